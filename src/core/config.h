@@ -1,0 +1,96 @@
+#ifndef TENANTD_CORE_CONFIG_H
+#define TENANTD_CORE_CONFIG_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/*
+ * Every setting: an environment variable and a command-line flag
+ * (--listen, --threads, ... : the env name lower-cased without the TENANTD_
+ * prefix, '_' -> '-'). A flag wins over the environment, the environment over
+ * the default. X(field, ENV_NAME, type, default, min, max, help)
+ *   type STR: default is a string literal (NULL = unset); min/max unused
+ *   type INT: int64 within [min, max]
+ *   type BOOL: "0"/"1"/"true"/"false"
+ * Defaults marked "auto" are filled in by config_load (THREADS: cores).
+ */
+#define CONFIG_MAP(X)                                                                              \
+    X(database_url, DATABASE_URL, STR,                                                             \
+      "postgresql://tenantd@127.0.0.1:55432/tenantd", 0, 0,                                        \
+      "libpq connection string or URI")                                                            \
+    X(listen, TENANTD_LISTEN, STR, "127.0.0.1:8080", 0, 0, "host:port to serve on")                \
+    X(threads, TENANTD_THREADS, INT, 0, 0, 256, "event loops (0 = one per core)")                  \
+    X(db_pool_size, TENANTD_DB_POOL_SIZE, INT, 4, 1, 1024, "database connections per loop")        \
+    X(db_pipeline_depth, TENANTD_DB_PIPELINE_DEPTH, INT, 16, 1, 1024,                              \
+      "queries in flight on one connection (1 = no pipelining)")                                   \
+    X(db_wait_timeout_ms, TENANTD_DB_WAIT_TIMEOUT_MS, INT, 5000, 1, 600000,                        \
+      "how long a request waits for a database connection before 503")                            \
+    X(db_statement_timeout_ms, TENANTD_DB_STATEMENT_TIMEOUT_MS, INT, 10000, 0, 3600000,            \
+      "PostgreSQL statement_timeout (0 = none)")                                                   \
+    X(db_reconnect_max_ms, TENANTD_DB_RECONNECT_MAX_MS, INT, 5000, 10, 600000,                     \
+      "longest back-off between reconnect attempts")                                               \
+    X(max_connections, TENANTD_MAX_CONNECTIONS, INT, 10000, 1, 1000000,                            \
+      "open client connections per loop; more are refused")                                        \
+    X(max_body_bytes, TENANTD_MAX_BODY_BYTES, INT, 1048576, 0, 1073741824,                         \
+      "largest request body (413 above)")                                                          \
+    X(max_header_bytes, TENANTD_MAX_HEADER_BYTES, INT, 16384, 1024, 1048576,                       \
+      "largest request header block (431 above)")                                                  \
+    X(header_timeout_ms, TENANTD_HEADER_TIMEOUT_MS, INT, 10000, 1, 3600000,                        \
+      "time allowed to receive a request's headers")                                               \
+    X(idle_timeout_ms, TENANTD_IDLE_TIMEOUT_MS, INT, 60000, 1, 3600000,                            \
+      "idle keep-alive connections are closed after this")                                         \
+    X(drain_timeout_ms, TENANTD_DRAIN_TIMEOUT_MS, INT, 10000, 0, 3600000,                          \
+      "on SIGTERM/SIGINT, how long in-flight requests may finish")                                 \
+    X(jwt_secret, TENANTD_JWT_SECRET, STR, NULL, 0, 0, "HS256 key, >= 32 bytes")                   \
+    X(dev, TENANTD_DEV, BOOL, 0, 0, 1, "development mode")                                         \
+    X(operator_token, TENANTD_OPERATOR_TOKEN, STR, NULL, 0, 0,                                     \
+      "operator credential; unset disables operator routes")                                       \
+    X(signup, TENANTD_SIGNUP, STR, "open", 0, 0, "open or closed")                                 \
+    X(signup_credits, TENANTD_SIGNUP_CREDITS, INT, 0, 0, INT64_C(1000000000000),                   \
+      "credits granted to a new org")                                                              \
+    X(job_workers, TENANTD_JOB_WORKERS, INT, 2, 0, 256, "job workers inside serve")                \
+    X(test_jobs, TENANTD_TEST_JOBS, BOOL, 0, 0, 1, "enable the sleep and fail job types")          \
+    X(webhook_allow, TENANTD_WEBHOOK_ALLOW, STR, NULL, 0, 0,                                       \
+      "comma-separated hosts webhook.deliver may call")                                            \
+    X(login_limit, TENANTD_LOGIN_LIMIT, INT, 10, 0, 1000000,                                       \
+      "login attempts per minute per client IP and per email (0 = off)")                           \
+    X(log_level, TENANTD_LOG_LEVEL, STR, "info", 0, 0, "debug, info, warn or error")               \
+    X(migrate_concurrency, TENANTD_MIGRATE_CONCURRENCY, INT, 4, 1, 64,                             \
+      "tenant schemas migrated at once")
+
+struct config {
+#define CONFIG_FIELD_STR(f) const char *f;
+#define CONFIG_FIELD_INT(f) int64_t f;
+#define CONFIG_FIELD_BOOL(f) bool f;
+#define CONFIG_FIELD(field, env, type, def, min, max, help) CONFIG_FIELD_##type(field)
+    CONFIG_MAP(CONFIG_FIELD)
+#undef CONFIG_FIELD
+    bool jwt_secret_generated; /* dev mode made one up */
+    /* The command and its arguments after the flags, e.g. {"migrate", "down", "2"}. */
+    const char *command;
+    int argc;
+    char **argv;
+    bool migrate_on_start; /* serve --migrate */
+};
+
+/*
+ * Fills cfg from defaults, the environment, then argv. Setting flags
+ * (--listen 1.2.3.4:80 or --listen=1.2.3.4:80; a BOOL flag alone means 1)
+ * may stand anywhere; the first word that is not a flag is the command;
+ * `--migrate` after `serve` sets migrate_on_start; every other word after
+ * the command (unknown flags too) goes to cfg->argc/argv for the command to
+ * check. An unknown flag before the command, or a bad value anywhere: a
+ * clear message in err (naming the env var or flag) and -1. --help / -h:
+ * returns 1 with command NULL; --version: returns 1 with command "version".
+ * 0 on success. Strings point into argv, environ or static storage.
+ */
+int config_load(struct config *cfg, int argc, char **argv, char *err, size_t errlen);
+
+/* Prints usage, every setting with its env name, flag and default, to f. */
+void config_usage(FILE *f);
+
+/* The process-wide configuration, set once by main before any loop starts. */
+extern const struct config *g_config;
+
+#endif

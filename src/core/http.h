@@ -1,0 +1,134 @@
+#ifndef TENANTD_CORE_HTTP_H
+#define TENANTD_CORE_HTTP_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include <jansson.h>
+
+#include "core/arena.h"
+
+struct route;
+struct router;
+struct metrics;
+
+/*
+ * One event loop and what hangs off it. TENANTD_THREADS of them run, each on
+ * its own thread, sharing nothing. `db` is owned by db/ (core never looks
+ * inside); `metrics` by core/metrics.
+ */
+struct loop_ctx {
+    uv_loop_t *loop;
+    int index;               /* 0 .. threads-1 */
+    void *db;                /* struct db_pool *, set by the loop_start hook */
+    struct metrics *metrics; /* this loop's counters */
+    const struct router *router;
+    bool draining;           /* shutdown started: no new work */
+    void *server;            /* private to core/server.c */
+};
+
+struct http_header {
+    const char *name;  /* as sent, NUL-terminated */
+    const char *value; /* trimmed of surrounding spaces/tabs, NUL-terminated */
+};
+
+struct path_param {
+    const char *name;
+    const char *value; /* percent-decoded, NUL-terminated */
+};
+
+#define HTTP_MAX_PARAMS 8
+
+/*
+ * A parsed request. All memory hangs off `arena`, freed when the response has
+ * been written (or the connection died). A handler must eventually call
+ * exactly one of http_respond*() / problem_respond*(), synchronously or from
+ * a later callback; the request stays valid until then even if the client
+ * has gone away (the answer is then dropped).
+ */
+struct request {
+    struct arena *arena;
+    struct loop_ctx *ctx;
+    int method;             /* llhttp's enum llhttp_method (HTTP_GET, ...) */
+    const char *method_str; /* "GET", ... */
+    const char *target;     /* raw request target */
+    const char *path;       /* target up to '?', not decoded */
+    const char *query;      /* after '?', or NULL */
+    struct http_header *headers;
+    size_t nheaders;
+    char *body; /* NUL-terminated (the NUL is not counted) */
+    size_t body_len;
+    const char *request_id; /* the client's sane X-Request-Id, or a new one */
+    const char *client_ip;
+
+    /* Filled by the router. */
+    const struct route *route;
+    const char *route_pattern; /* for logs and metrics; "unmatched" when none */
+    struct path_param params[HTTP_MAX_PARAMS];
+    int nparams;
+
+    /* Owned by the module that authenticated the request (auth/). */
+    void *auth;
+    const char *org_id; /* for the access log, when known */
+
+    uint64_t start_ns; /* uv_hrtime() when the headers were complete */
+    bool head;         /* HEAD: answer like GET without the body */
+
+    /* Response headers added with http_set_header; private otherwise. */
+    struct http_out_header {
+        const char *name, *value;
+        struct http_out_header *next;
+    } *out_headers;
+    void *conn; /* private to core/server.c */
+    bool responded;
+};
+
+/* Case-insensitive header lookup; NULL when absent. */
+const char *http_header(const struct request *req, const char *name);
+/* A path parameter by name; NULL when absent. */
+const char *http_param(const struct request *req, const char *name);
+/* A query parameter, percent-decoded ('+' is a space), in the arena; NULL when absent. */
+const char *http_query(const struct request *req, const char *name);
+
+/* Adds a response header (both strings copied into the arena). */
+void http_set_header(struct request *req, const char *name, const char *value);
+
+/*
+ * Sends the response. Copies body; adds Content-Length, Content-Type (when
+ * non-NULL), Date, X-Request-Id and Connection as needed, logs the access
+ * line and counts metrics. For HEAD the body is left out but its length kept.
+ * Calling it twice is a bug (aborts).
+ */
+void http_respond(struct request *req, int status, const char *content_type, const char *body,
+                  size_t len);
+/* Serializes json (compact) as application/json and responds; steals the
+ * reference to json. */
+void http_respond_json(struct request *req, int status, json_t *json);
+/* Responds with no body (204, 304, ...). */
+void http_respond_empty(struct request *req, int status);
+
+/* The standard reason phrase for a status ("OK", "Not Found", ...). */
+const char *http_status_text(int status);
+
+/*
+ * The server. `hooks` let main wire in what core must not know about:
+ * loop_start runs on each loop's thread before it accepts (opens the DB
+ * pool), loop_stop when the loop drains (closes it; must call done(ctx)
+ * once everything it owns is closed), and dispatch runs for every matched
+ * route (auth check, then the handler).
+ */
+struct server_hooks {
+    void (*loop_start)(struct loop_ctx *ctx);
+    void (*loop_stop)(struct loop_ctx *ctx, void (*done)(struct loop_ctx *ctx));
+    void (*dispatch)(struct request *req);
+};
+
+/*
+ * Binds cfg->listen on `threads` loops (SO_REUSEPORT) and serves until
+ * SIGTERM/SIGINT, then stops accepting, lets in-flight requests finish for
+ * up to drain_timeout_ms, and returns 0. Returns -1 with a logged message if
+ * the address cannot be bound.
+ */
+int server_run(const struct router *router, const struct server_hooks *hooks);
+
+#endif

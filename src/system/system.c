@@ -1,0 +1,3 @@
+/* STUB */
+#include "system/system.h"
+const struct module system_module = {.name = "system"};
