@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# A private PostgreSQL 15 cluster for development, tests and benchmarks.
+#
+#   deps/pg.sh start | stop | status | url | psql [args]
+#
+# Settings (environment):
+#   TENANTD_PG_DIR   data folder        (default: <checkout>/.local/pg)
+#   TENANTD_PG_PORT  TCP port on 127.0.0.1 (default: 55432)
+#
+# As root, PostgreSQL refuses to run, so initdb/pg_ctl run as the `postgres`
+# OS user and the folder is owned by it; as a normal user they run directly.
+# The cluster trusts local connections: it is for this machine only.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PORT=${TENANTD_PG_PORT:-55432}
+DIR=${TENANTD_PG_DIR:-$here/.local/pg}
+LOG="$DIR.log"
+URL="postgresql://tenantd@127.0.0.1:$PORT/tenantd"
+
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# As root the data folder must be reachable by the postgres user; a checkout
+# under a private home (mode 700) is not, so fall back to a folder in /tmp.
+pick_dir() {
+    if [ "$(id -u)" = 0 ] && [ -z "${TENANTD_PG_DIR:-}" ]; then
+        mkdir -p "$(dirname "$DIR")"
+        if ! runuser -u postgres -- test -x "$(dirname "$DIR")"; then
+            DIR=/tmp/tenantd-pg-$(printf %s "$here" | sha256sum | cut -c1-12)
+            LOG="$DIR.log"
+        fi
+    fi
+}
+
+running() {
+    [ -f "$DIR/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$DIR" status >/dev/null 2>&1
+}
+
+start() {
+    # Parallel test runs may all ask for the cluster at once.
+    mkdir -p "$(dirname "$DIR")"
+    exec 9>"$DIR.lock"
+    flock 9
+    if running; then return 0; fi
+    if [ ! -f "$DIR/PG_VERSION" ]; then
+        mkdir -p "$DIR"
+        if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$DIR"; fi
+        chmod 700 "$DIR"
+        as_pg "$PGBIN/initdb" -D "$DIR" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+        # Tuned for a throwaway cluster: speed over durability.
+        cat <<CONF | as_pg tee -a "$DIR/postgresql.conf" >/dev/null
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$DIR'
+max_connections = 300
+shared_buffers = 256MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+log_min_messages = warning
+CONF
+    fi
+    touch "$LOG" && { [ "$(id -u)" != 0 ] || chown postgres:postgres "$LOG"; }
+    as_pg "$PGBIN/pg_ctl" -D "$DIR" -l "$LOG" -w -t 60 start >/dev/null
+    # Role and database of the app; superuser so tests may create databases.
+    as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 <<'SQL' >/dev/null
+SELECT 'CREATE ROLE tenantd LOGIN SUPERUSER' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenantd') \gexec
+SELECT 'CREATE DATABASE tenantd OWNER tenantd' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'tenantd') \gexec
+SQL
+}
+
+stop() {
+    if running; then as_pg "$PGBIN/pg_ctl" -D "$DIR" -m fast -w stop >/dev/null; fi
+}
+
+pick_dir
+case "${1:-}" in
+    start) start; echo "PostgreSQL ready: $URL" ;;
+    stop) stop ;;
+    status) if running; then echo "running: $URL ($DIR)"; else echo "stopped ($DIR)"; exit 3; fi ;;
+    url) echo "$URL" ;;
+    psql) shift; exec "$PGBIN/psql" "$URL" "$@" ;;
+    *) echo "usage: deps/pg.sh start|stop|status|url|psql [args]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,235 @@
+"""Shared helpers for the end-to-end tests: a real PostgreSQL (deps/pg.sh),
+a fresh database per test class, the real tenantd binary, and HTTP spoken
+over plain sockets. Standard library only.
+
+Environment: TENANTD_BIN (the binary under test), TENANTD_SOURCE_DIR (the
+checkout). ctest sets both; run by hand with them set too.
+"""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+import uuid
+
+SOURCE_DIR = os.environ.get(
+    "TENANTD_SOURCE_DIR",
+    os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+BIN = os.environ.get("TENANTD_BIN", os.path.join(SOURCE_DIR, "build", "dev", "tenantd"))
+PG_SH = os.path.join(SOURCE_DIR, "deps", "pg.sh")
+PSQL = "/usr/lib/postgresql/15/bin/psql"
+
+
+class PgCluster:
+    """A PostgreSQL cluster run by deps/pg.sh. The default one is shared by
+    every test (each test class gets its own database in it); fault tests
+    that stop PostgreSQL make a private one with their own dir and port."""
+
+    def __init__(self, data_dir=None, port=None):
+        self.env = dict(os.environ)
+        if data_dir:
+            self.env["TENANTD_PG_DIR"] = data_dir
+        if port:
+            self.env["TENANTD_PG_PORT"] = str(port)
+        self.port = port or int(os.environ.get("TENANTD_PG_PORT", "55432"))
+
+    def _run(self, *args):
+        return subprocess.run([PG_SH, *args], env=self.env, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    def start(self):
+        self._run("start")
+
+    def stop(self):
+        self._run("stop")
+
+    def url(self, db="tenantd"):
+        return f"postgresql://tenantd@127.0.0.1:{self.port}/{db}"
+
+    def psql(self, sql, db="tenantd"):
+        """Runs SQL, returns stdout rows as a list of '|'-joined strings."""
+        out = subprocess.run(
+            [PSQL, self.url(db), "-qAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
+            check=True, capture_output=True, text=True).stdout
+        return [line for line in out.splitlines() if line]
+
+    def create_db(self):
+        name = "t_" + uuid.uuid4().hex[:12]
+        self.psql(f"CREATE DATABASE {name}")
+        return name
+
+    def drop_db(self, name):
+        self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+_default = None
+
+
+def cluster():
+    """The shared cluster, started on first use."""
+    global _default
+    if _default is None:
+        _default = PgCluster()
+        _default.start()
+    return _default
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_tenantd(args, db_url, env=None, timeout=60):
+    """Runs a tenantd command to completion; returns CompletedProcess."""
+    e = dict(os.environ)
+    e["DATABASE_URL"] = db_url
+    e.update(env or {})
+    return subprocess.run([BIN, *args], env=e, capture_output=True, text=True, timeout=timeout)
+
+
+class Server:
+    """The real binary serving on a free port of 127.0.0.1."""
+
+    def __init__(self, db_url, env=None, args=("serve", "--migrate"), threads=1):
+        self.port = free_port()
+        self.env = dict(os.environ)
+        self.env.update({
+            "DATABASE_URL": db_url,
+            "TENANTD_LISTEN": f"127.0.0.1:{self.port}",
+            "TENANTD_THREADS": str(threads),
+            "TENANTD_DEV": "1",
+            "TENANTD_LOG_LEVEL": "info",
+        })
+        self.env.update(env or {})
+        self.args = list(args)
+        self.proc = None
+        self.stderr = tempfile.NamedTemporaryFile(prefix="tenantd-", suffix=".log", delete=False)
+
+    def start(self, wait=True):
+        self.proc = subprocess.Popen([BIN, *self.args], env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=self.stderr)
+        if wait:
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"tenantd exited with {self.proc.returncode}:\n{self.log()}")
+                try:
+                    if self.get("/health").status == 200:
+                        return self
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            raise AssertionError("tenantd did not answer /health in 30 s:\n" + self.log())
+        return self
+
+    def log(self):
+        with open(self.stderr.name, errors="replace") as f:
+            return f.read()
+
+    def log_lines(self):
+        """Parsed JSON log lines (other lines, e.g. sanitizer output, skipped)."""
+        out = []
+        for line in self.log().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def signal(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Stops the server; returns its exit code. A sanitizer report fails."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("tenantd did not stop in time:\n" + self.log())
+        log = self.log()
+        if "ERROR: AddressSanitizer" in log or "runtime error:" in log or "ERROR: LeakSanitizer" in log:
+            raise AssertionError("sanitizer report:\n" + log)
+        return self.proc.returncode
+
+    def conn(self, timeout=10):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None, timeout=10):
+        """One request on a new connection; returns (response, body bytes)."""
+        c = self.conn(timeout)
+        h = dict(headers or {})
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+            h.setdefault("Content-Type", "application/json")
+        c.request(method, path, body=body, headers=h)
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        r.body = data
+        return r
+
+    def get(self, path, headers=None):
+        return self.request("GET", path, headers=headers)
+
+    def json(self, method, path, body=None, headers=None):
+        r = self.request(method, path, body, headers)
+        return r.status, (json.loads(r.body) if r.body else None), r
+
+    def raw(self, data, timeout=5, read_until_close=True):
+        """Sends raw bytes on a new connection and returns everything read
+        until the server closes or the timeout passes."""
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        try:
+            s.sendall(data)
+            chunks = []
+            while True:
+                try:
+                    b = s.recv(65536)
+                except socket.timeout:
+                    break
+                if not b:
+                    break
+                chunks.append(b)
+                if not read_until_close:
+                    break
+            return b"".join(chunks)
+        finally:
+            s.close()
+
+
+class DbTestCase(unittest.TestCase):
+    """A test class with its own database in the shared cluster, and one
+    server on it (started in setUpClass, stopped in tearDownClass; a
+    non-zero exit or sanitizer report fails the class)."""
+
+    server_env = {}
+    start_server = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pg = cluster()
+        cls.dbname = cls.pg.create_db()
+        cls.db_url = cls.pg.url(cls.dbname)
+        cls.server = None
+        if cls.start_server:
+            cls.server = Server(cls.db_url, env=cls.server_env).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            if cls.server:
+                rc = cls.server.stop()
+                if rc != 0:
+                    raise AssertionError(f"tenantd exited with {rc}:\n{cls.server.log()}")
+        finally:
+            cls.pg.drop_db(cls.dbname)
