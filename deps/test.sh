@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds tenantd and runs the whole test suite (unit, end-to-end and database
+# tests) with ctest: first in the `dev` build, then in the `asan` build
+# (AddressSanitizer + UndefinedBehaviorSanitizer).
+#
+#   ./deps/test.sh [ctest args...]     e.g. ./deps/test.sh -R e2e.test_health
+#
+# Installs missing packages first (deps/install.sh) and starts the private
+# PostgreSQL (deps/pg.sh); stops it at exit if this script started it.
+# Needs no terminal; works as root and under CI=true. Exits non-zero if any
+# test fails in either build.
+#
+# Environment:
+#   TENANTD_TEST_PRESETS   builds to test, in order (default: "dev asan")
+#   CTEST_PARALLEL_LEVEL   tests run at once (default: number of cores)
+#   TENANTD_PG_PORT, TENANTD_PG_DIR   the private PostgreSQL (deps/pg.sh)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+
+presets=${TENANTD_TEST_PRESETS:-dev asan}
+jobs=$(nproc)
+export CTEST_PARALLEL_LEVEL=${CTEST_PARALLEL_LEVEL:-$jobs}
+# The harness and deps/pg.sh read these; exported so every test sees the
+# same cluster even when set only for this script.
+if [ -n "${TENANTD_PG_PORT:-}" ]; then export TENANTD_PG_PORT; fi
+if [ -n "${TENANTD_PG_DIR:-}" ]; then export TENANTD_PG_DIR; fi
+
+./deps/install.sh
+
+started_pg=
+stop_pg() {
+    if [ -n "$started_pg" ]; then ./deps/pg.sh stop || true; fi
+}
+trap stop_pg EXIT
+if ! ./deps/pg.sh status >/dev/null 2>&1; then
+    started_pg=1
+fi
+./deps/pg.sh start
+
+failed=()
+for preset in $presets; do
+    echo "=== $preset: build" >&2
+    if ! { cmake --preset "$preset" >/dev/null && cmake --build --preset "$preset" -j "$jobs"; }; then
+        failed+=("$preset (build)")
+        continue
+    fi
+    echo "=== $preset: test" >&2
+    start=$(date +%s)
+    if ! ctest --preset "$preset" --no-tests=error "$@"; then
+        failed+=("$preset")
+    fi
+    echo "=== $preset: $(($(date +%s) - start)) s" >&2
+done
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "FAILED: ${failed[*]}" >&2
+    exit 1
+fi
+echo "all tests passed in: $presets" >&2
