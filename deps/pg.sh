@@ -16,11 +16,14 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PORT=${TENANTD_PG_PORT:-55432}
 DIR=${TENANTD_PG_DIR:-$here/.local/pg}
+case "$DIR" in /*) ;; *) DIR=$PWD/$DIR ;; esac
 LOG="$DIR.log"
 URL="postgresql://tenantd@127.0.0.1:$PORT/tenantd"
 
+# From / so that a working folder the postgres user cannot enter (a checkout
+# under /root) draws no "could not change directory" warnings.
 as_pg() {
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+    if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 # As root the data folder must be reachable by the postgres user; a checkout
