@@ -1,0 +1,56 @@
+#ifndef TENANTD_AUTH_RATELIMIT_H
+#define TENANTD_AUTH_RATELIMIT_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * Token buckets keyed by a string (a client IP, an email), "N per minute":
+ * a bucket holds at most N tokens and gains N per 60 s, so a burst of N is
+ * allowed and then one attempt every 60/N s.
+ *
+ * The table has a fixed number of entries (memory is bounded whatever the
+ * traffic): keys hash (keyed SHA-256, random seed per table, so clients
+ * cannot aim at one slot) into 4-way sets; a new key takes an entry whose
+ * bucket has refilled (it carries no information), else the least recently
+ * used one of its set.
+ *
+ * One table per loop: no locks, call from one thread only. With several
+ * loops each enforces its own N, so the process-wide limit is up to
+ * N x loops (a client's connections spread over loops by SO_REUSEPORT).
+ * Time comes from the caller (uv_now), so tests can drive it.
+ */
+
+struct ratelimit;
+
+/* The answer for RateLimit-Limit / -Remaining / -Reset and Retry-After. */
+struct ratelimit_result {
+    bool allowed;
+    uint32_t limit;       /* N */
+    uint32_t remaining;   /* whole tokens left after this attempt */
+    uint32_t reset_s;     /* seconds (rounded up) until the bucket is full again */
+    uint32_t retry_after_s; /* when denied: seconds (rounded up, >= 1) until one token; else 0 */
+};
+
+/*
+ * A table for `per_minute` (>= 1) attempts per key with room for about
+ * `entries` keys (rounded up to a multiple of 4, at least 4). NULL on bad
+ * arguments or out of memory. Free with ratelimit_free.
+ */
+struct ratelimit *ratelimit_new(uint32_t per_minute, size_t entries);
+
+/* Frees the table; NULL is fine. */
+void ratelimit_free(struct ratelimit *rl);
+
+/*
+ * One attempt for key (len bytes) at now_ms (a monotonic clock in ms, e.g.
+ * uv_now). Takes a token when one is there (allowed) and fills *out either
+ * way. Returns out->allowed.
+ */
+bool ratelimit_take(struct ratelimit *rl, const char *key, size_t len, uint64_t now_ms,
+                    struct ratelimit_result *out);
+
+/* Forgets key (e.g. after a successful login for that email). */
+void ratelimit_reset(struct ratelimit *rl, const char *key, size_t len);
+
+#endif

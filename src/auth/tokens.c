@@ -1,0 +1,254 @@
+#include "auth/tokens.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char b64url_alphabet[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+static const char base62_alphabet[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+static const char base36_alphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+
+#define REFRESH_RANDOM_BYTES 32
+#define API_KEY_SECRET_LEN 43
+
+int token_b64url_encode(const void *data, size_t n, char *out, size_t outlen)
+{
+    const unsigned char *p = data;
+    size_t need = TOKEN_B64URL_LEN(n);
+    if (outlen < need + 1)
+        return -1;
+    size_t o = 0, i = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
+        out[o++] = b64url_alphabet[(v >> 18) & 63];
+        out[o++] = b64url_alphabet[(v >> 12) & 63];
+        out[o++] = b64url_alphabet[(v >> 6) & 63];
+        out[o++] = b64url_alphabet[v & 63];
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)p[i] << 16;
+        out[o++] = b64url_alphabet[(v >> 18) & 63];
+        out[o++] = b64url_alphabet[(v >> 12) & 63];
+    } else if (n - i == 2) {
+        uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8;
+        out[o++] = b64url_alphabet[(v >> 18) & 63];
+        out[o++] = b64url_alphabet[(v >> 12) & 63];
+        out[o++] = b64url_alphabet[(v >> 6) & 63];
+    }
+    out[o] = '\0';
+    return (int)o;
+}
+
+static int b64url_value(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '-')
+        return 62;
+    if (c == '_')
+        return 63;
+    return -1;
+}
+
+int token_b64url_decode(const char *in, size_t len, unsigned char *out, size_t outlen)
+{
+    if (len % 4 == 1 || len > (size_t)INT32_MAX)
+        return -1;
+    size_t need = len / 4 * 3 + (len % 4 ? len % 4 - 1 : 0);
+    if (outlen < need)
+        return -1;
+    uint32_t acc = 0;
+    int bits = 0;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        int v = b64url_value((unsigned char)in[i]);
+        if (v < 0)
+            return -1;
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+            acc &= (1u << bits) - 1;
+        }
+    }
+    /* Leftover bits must be zero: otherwise two texts decode to the same
+     * bytes, and a tampered token could pass as "the same" signature. */
+    if (acc != 0)
+        return -1;
+    return (int)o;
+}
+
+int token_random_b64url(size_t nbytes, char *out, size_t outlen)
+{
+    unsigned char buf[256];
+    if (nbytes == 0 || nbytes > sizeof buf || outlen < TOKEN_B64URL_LEN(nbytes) + 1)
+        return -1;
+    if (RAND_bytes(buf, (int)nbytes) != 1)
+        return -1;
+    int n = token_b64url_encode(buf, nbytes, out, outlen);
+    OPENSSL_cleanse(buf, sizeof buf);
+    return n;
+}
+
+/* n chars drawn uniformly from alphabet (size k <= 256) by rejection
+ * sampling, so no character is more likely than another. */
+static int random_chars(char *out, size_t n, const char *alphabet, unsigned k)
+{
+    unsigned limit = 256 - 256 % k;
+    unsigned char buf[64];
+    size_t o = 0;
+    while (o < n) {
+        if (RAND_bytes(buf, sizeof buf) != 1)
+            return -1;
+        for (size_t i = 0; i < sizeof buf && o < n; i++)
+            if (buf[i] < limit)
+                out[o++] = alphabet[buf[i] % k];
+    }
+    OPENSSL_cleanse(buf, sizeof buf);
+    return 0;
+}
+
+int token_refresh_new(char out[TOKEN_REFRESH_BUFSZ])
+{
+    memcpy(out, TOKEN_REFRESH_PREFIX, 4);
+    if (token_random_b64url(REFRESH_RANDOM_BYTES, out + 4, TOKEN_REFRESH_BUFSZ - 4) != 43) {
+        out[0] = '\0';
+        return -1;
+    }
+    return 0;
+}
+
+bool token_refresh_valid(const char *s, size_t len)
+{
+    unsigned char buf[REFRESH_RANDOM_BYTES];
+    if (len != TOKEN_REFRESH_LEN || memcmp(s, TOKEN_REFRESH_PREFIX, 4) != 0)
+        return false;
+    return token_b64url_decode(s + 4, len - 4, buf, sizeof buf) == REFRESH_RANDOM_BYTES;
+}
+
+int token_api_key_new(char key[TOKEN_API_KEY_BUFSZ], char prefix[TOKEN_API_KEY_PREFIX_LEN + 1])
+{
+    char *p = key;
+    memcpy(p, TOKEN_API_KEY_PREFIX, 4);
+    p += 4;
+    if (random_chars(p, TOKEN_API_KEY_PREFIX_LEN, base36_alphabet, 36) != 0)
+        goto fail;
+    p += TOKEN_API_KEY_PREFIX_LEN;
+    *p++ = '_';
+    if (random_chars(p, API_KEY_SECRET_LEN, base62_alphabet, 62) != 0)
+        goto fail;
+    p += API_KEY_SECRET_LEN;
+    *p = '\0';
+    memcpy(prefix, key + 4, TOKEN_API_KEY_PREFIX_LEN);
+    prefix[TOKEN_API_KEY_PREFIX_LEN] = '\0';
+    return 0;
+fail:
+    OPENSSL_cleanse(key, TOKEN_API_KEY_BUFSZ);
+    key[0] = '\0';
+    prefix[0] = '\0';
+    return -1;
+}
+
+static bool is_base36(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+}
+
+static bool is_base62(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+int token_api_key_parse(const char *s, size_t len, char prefix[TOKEN_API_KEY_PREFIX_LEN + 1])
+{
+    prefix[0] = '\0';
+    if (!s || len != TOKEN_API_KEY_LEN || memcmp(s, TOKEN_API_KEY_PREFIX, 4) != 0)
+        return -1;
+    for (size_t i = 4; i < 4 + TOKEN_API_KEY_PREFIX_LEN; i++)
+        if (!is_base36((unsigned char)s[i]))
+            return -1;
+    if (s[4 + TOKEN_API_KEY_PREFIX_LEN] != '_')
+        return -1;
+    for (size_t i = 5 + TOKEN_API_KEY_PREFIX_LEN; i < len; i++)
+        if (!is_base62((unsigned char)s[i]))
+            return -1;
+    memcpy(prefix, s + 4, TOKEN_API_KEY_PREFIX_LEN);
+    prefix[TOKEN_API_KEY_PREFIX_LEN] = '\0';
+    return 0;
+}
+
+bool token_is_api_key(const char *s, size_t len)
+{
+    return s && len >= 4 && memcmp(s, TOKEN_API_KEY_PREFIX, 4) == 0;
+}
+
+void token_sha256_hex(const void *data, size_t len, char out[TOKEN_SHA256_HEX_BUFSZ])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    /* SHA-256 on a valid buffer cannot fail short of a broken OpenSSL. */
+    if (EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32)
+        abort();
+    for (size_t i = 0; i < 32; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[64] = '\0';
+}
+
+bool token_equal(const void *a, size_t alen, const void *b, size_t blen)
+{
+    if (alen != blen)
+        return false;
+    if (alen == 0)
+        return true;
+    return CRYPTO_memcmp(a, b, alen) == 0;
+}
+
+int token_uuid_v4(char out[TOKEN_UUID_BUFSZ])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char b[16];
+    if (RAND_bytes(b, sizeof b) != 1) {
+        out[0] = '\0';
+        return -1;
+    }
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* variant 10xx */
+    size_t o = 0;
+    for (size_t i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[o++] = '-';
+        out[o++] = hex[b[i] >> 4];
+        out[o++] = hex[b[i] & 15];
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+bool token_uuid_valid(const char *s, size_t len)
+{
+    if (!s || len != 36)
+        return false;
+    for (size_t i = 0; i < 36; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (c != '-')
+                return false;
+        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
+            return false;
+        }
+    }
+    return true;
+}
