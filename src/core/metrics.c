@@ -29,7 +29,7 @@
 #define HIST_MAX_USED (HIST_SLOTS * 3 / 4)
 
 static const double bucket_bounds[] = {.0005, .001, .0025, .005, .01, .025, .05,
-                                       .1,    .25,  .5,    1,    2.5,  5,   10};
+                                       .1,    .25,  .5,    1,    2.5, 5,    10};
 static const char *const bucket_labels[] = {"0.0005", "0.001", "0.0025", "0.005", "0.01",
                                             "0.025",  "0.05",  "0.1",    "0.25",  "0.5",
                                             "1",      "2.5",   "5",      "10"};
@@ -37,8 +37,8 @@ static const char *const bucket_labels[] = {"0.0005", "0.001", "0.0025", "0.005"
 
 /* Methods are interned to a static name so a caller's arena string is never
  * kept. */
-static const char *const method_names[] = {"GET",     "POST", "PUT",     "PATCH",
-                                           "DELETE",  "HEAD", "OPTIONS", "other"};
+static const char *const method_names[] = {"GET",    "POST", "PUT",     "PATCH",
+                                           "DELETE", "HEAD", "OPTIONS", "other"};
 #define NMETHODS (sizeof method_names / sizeof method_names[0])
 
 static const char OTHER[] = "other";
@@ -60,10 +60,10 @@ struct metrics {
     struct metrics *next; /* registry list, append-only, guarded by registry_mu */
     int loop_index;
     struct req_slot req[REQ_SLOTS];
-    unsigned req_used;          /* writer-only */
+    unsigned req_used;              /* writer-only */
     atomic_uint_fast64_t req_other; /* requests whose key did not fit */
     struct hist_slot hist[HIST_SLOTS];
-    unsigned hist_used;         /* writer-only */
+    unsigned hist_used; /* writer-only */
     struct hist_slot hist_other;
     atomic_int_fast64_t conns_open;
     atomic_int_fast64_t pool_in_use, pool_idle, pool_waiting;
@@ -447,7 +447,8 @@ char *metrics_render(size_t *len)
                "Database connections of the pools, by state.");
     buf_printf(&b, "tenantd_db_pool_connections{state=\"in_use\"} %lld\n", (long long)in_use);
     buf_printf(&b, "tenantd_db_pool_connections{state=\"idle\"} %lld\n", (long long)idle);
-    buf_header(&b, "tenantd_db_pool_waiting", "gauge", "Queries waiting for a database connection.");
+    buf_header(&b, "tenantd_db_pool_waiting", "gauge",
+               "Queries waiting for a database connection.");
     buf_printf(&b, "tenantd_db_pool_waiting %lld\n", (long long)waiting);
     buf_header(&b, "tenantd_db_schema_switches_total", "counter",
                "Times a pooled connection changed its search_path to another schema.");

@@ -420,7 +420,7 @@ static const char *allow_string(struct arena *a, uint64_t mask)
 {
     if (mask & (UINT64_C(1) << HTTP_GET))
         mask |= UINT64_C(1) << HTTP_HEAD;
-    const char *names[ROUTER_MAX_METHOD + 1];
+    const char *names[ROUTER_MAX_METHOD + 1] = {0};
     size_t n = 0, total = 1;
     for (int m = 0; m <= ROUTER_MAX_METHOD; m++)
         if (mask & (UINT64_C(1) << m)) {

@@ -204,8 +204,8 @@ static void html_content(struct html *h, const json_t *content)
     }
 }
 
-static void html_operation(struct html *h, const json_t *doc, const char *path,
-                           const char *method, const json_t *op)
+static void html_operation(struct html *h, const json_t *doc, const char *path, const char *method,
+                           const json_t *op)
 {
     const char *opid = jstr(op, "operationId");
     html_raw(h, "<section class=\"op\" id=\"");
@@ -268,9 +268,8 @@ static void html_operation(struct html *h, const json_t *doc, const char *path,
         {
             const char *pname = ref_name(p, "parameters");
             if (pname)
-                p = json_object_get(json_object_get(json_object_get(doc, "components"),
-                                                    "parameters"),
-                                    pname);
+                p = json_object_get(
+                    json_object_get(json_object_get(doc, "components"), "parameters"), pname);
             html_raw(h, "<tr><td><code>");
             html_text(h, jstr(p, "name"));
             html_raw(h, "</code></td><td>");
@@ -308,8 +307,8 @@ static void html_operation(struct html *h, const json_t *doc, const char *path,
     {
         const char *rname = ref_name(resp, "responses");
         if (rname)
-            resp = json_object_get(
-                json_object_get(json_object_get(doc, "components"), "responses"), rname);
+            resp = json_object_get(json_object_get(json_object_get(doc, "components"), "responses"),
+                                   rname);
         html_raw(h, "<tr><td><code>");
         html_text(h, status);
         html_raw(h, "</code></td><td>");
@@ -466,7 +465,8 @@ static int system_init(void)
     json_error_t err;
     json_t *doc = json_loadb(embedded_openapi, embedded_openapi_len, 0, &err);
     if (!doc || !json_is_object(doc) || !json_is_object(json_object_get(doc, "paths"))) {
-        log_msg(LOG_ERROR, "the embedded openapi.json is not a valid OpenAPI document: %s (line %d)",
+        log_msg(LOG_ERROR,
+                "the embedded openapi.json is not a valid OpenAPI document: %s (line %d)",
                 doc ? "no paths object" : err.text, doc ? 0 : err.line);
         json_decref(doc);
         return -1;

@@ -62,8 +62,8 @@ static void test_requests_and_histogram(void **state)
     struct {
         const char *le;
         int count;
-    } want[] = {{"0.0005", 1}, {"0.001", 2}, {"0.0025", 2}, {"0.005", 3}, {"0.1", 3},
-                {"0.25", 4},   {"10", 4},    {"+Inf", 5}};
+    } want[] = {{"0.0005", 1}, {"0.001", 2}, {"0.0025", 2}, {"0.005", 3},
+                {"0.1", 3},    {"0.25", 4},  {"10", 4},     {"+Inf", 5}};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         snprintf(line, sizeof line, "%s_bucket{route=\"/v1/things/{id}\",le=\"%s\"} %d", h,
                  want[i].le, want[i].count);
@@ -161,16 +161,22 @@ static void test_overflow_goes_to_other(void **state)
             break;
         unsigned long long v;
         char route[64];
-        if (sscanf(p, "tenantd_http_requests_total{route=\"%63[^\"]\",method=\"GET\",status=\"200\"} %llu",
-                   route, &v) == 2 && route[0] == '/' && route[1] == 'r')
+        if (sscanf(p,
+                   "tenantd_http_requests_total{route=\"%63[^\"]\",method=\"GET\",status=\"200\"} "
+                   "%llu",
+                   route, &v) == 2 &&
+            route[0] == '/' && route[1] == 'r')
             total += v;
-        if (sscanf(p, "tenantd_http_requests_total{route=\"other\",method=\"other\",status=\"other\"} %llu",
+        if (sscanf(p,
+                   "tenantd_http_requests_total{route=\"other\",method=\"other\",status=\"other\"} "
+                   "%llu",
                    &v) == 1) {
             total += v;
             other += v;
         }
         if (sscanf(p, "tenantd_http_request_duration_seconds_count{route=\"%63[^\"]\"} %llu", route,
-                   &v) == 2 && ((route[0] == '/' && route[1] == 'r') || strcmp(route, "other") == 0))
+                   &v) == 2 &&
+            ((route[0] == '/' && route[1] == 'r') || strcmp(route, "other") == 0))
             hist_total += v;
         p = nl + 1;
     }
@@ -183,10 +189,8 @@ static void test_overflow_goes_to_other(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_requests_and_histogram),
-        cmocka_unit_test(test_gauges_sum_over_loops),
-        cmocka_unit_test(test_null_metrics_is_noop),
-        cmocka_unit_test(test_label_escaping),
+        cmocka_unit_test(test_requests_and_histogram), cmocka_unit_test(test_gauges_sum_over_loops),
+        cmocka_unit_test(test_null_metrics_is_noop),   cmocka_unit_test(test_label_escaping),
         cmocka_unit_test(test_overflow_goes_to_other),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

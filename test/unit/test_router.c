@@ -11,17 +11,50 @@
 #include "core/arena.h"
 #include "core/router.h"
 
-static void h_users_list(struct request *req) { (void)req; }
-static void h_users_create(struct request *req) { (void)req; }
-static void h_user_get(struct request *req) { (void)req; }
-static void h_user_delete(struct request *req) { (void)req; }
-static void h_org_mine(struct request *req) { (void)req; }
-static void h_org_slug(struct request *req) { (void)req; }
-static void h_org_slug_delete(struct request *req) { (void)req; }
-static void h_records(struct request *req) { (void)req; }
-static void h_root(struct request *req) { (void)req; }
-static void h_health(struct request *req) { (void)req; }
-static void h_head_only(struct request *req) { (void)req; }
+static void h_users_list(struct request *req)
+{
+    (void)req;
+}
+static void h_users_create(struct request *req)
+{
+    (void)req;
+}
+static void h_user_get(struct request *req)
+{
+    (void)req;
+}
+static void h_user_delete(struct request *req)
+{
+    (void)req;
+}
+static void h_org_mine(struct request *req)
+{
+    (void)req;
+}
+static void h_org_slug(struct request *req)
+{
+    (void)req;
+}
+static void h_org_slug_delete(struct request *req)
+{
+    (void)req;
+}
+static void h_records(struct request *req)
+{
+    (void)req;
+}
+static void h_root(struct request *req)
+{
+    (void)req;
+}
+static void h_health(struct request *req)
+{
+    (void)req;
+}
+static void h_head_only(struct request *req)
+{
+    (void)req;
+}
 
 static const struct route users_routes[] = {
     {HTTP_GET, "/v1/users", AUTH_MEMBER, h_users_list, "listUsers"},
@@ -72,8 +105,7 @@ static int teardown(void **state)
     return 0;
 }
 
-static enum router_result match(struct fixture *f, int method, const char *path,
-                                const char **allow)
+static enum router_result match(struct fixture *f, int method, const char *path, const char **allow)
 {
     memset(&f->req, 0, sizeof f->req);
     f->req.arena = f->a;
@@ -154,8 +186,7 @@ static void test_not_found_vs_method_not_allowed(void **state)
     /* Allow is the union over every pattern that matches the path. */
     assert_int_equal(match(f, HTTP_POST, "/v1/orgs/mine", &allow), ROUTER_METHOD_NOT_ALLOWED);
     assert_string_equal(allow, "GET, HEAD");
-    assert_int_equal(match(f, HTTP_GET, "/v1/admin/orgs/acme", &allow),
-                     ROUTER_METHOD_NOT_ALLOWED);
+    assert_int_equal(match(f, HTTP_GET, "/v1/admin/orgs/acme", &allow), ROUTER_METHOD_NOT_ALLOWED);
     assert_string_equal(allow, "DELETE");
     /* allow may be NULL. */
     assert_int_equal(match(f, HTTP_PUT, "/v1/users", NULL), ROUTER_METHOD_NOT_ALLOWED);
@@ -191,8 +222,8 @@ static void test_bad_paths(void **state)
         "/v1/users/%G1",
         "/v1/users/%zz",
         "/v1/users/ab%0",
-        "/v1/users/%00",        /* decoded NUL */
-        "/v1/users/a%2Fb",      /* decoded '/' */
+        "/v1/users/%00",   /* decoded NUL */
+        "/v1/users/a%2Fb", /* decoded '/' */
         "/v1/users/a%2fb",
         "/v1/users/..",
         "/v1/users/.",
@@ -204,11 +235,11 @@ static void test_bad_paths(void **state)
         "/v1/./users",
         "/v1//users",
         "//v1/users",
-        "/v1/users/",           /* trailing slash: no match, by policy */
+        "/v1/users/", /* trailing slash: no match, by policy */
         "/v1/users/a b",
         "/v1/users/a\"b",
         "/v1/users/a#b",
-        "/v1/users/a\xc3\xa9",  /* raw non-ASCII must be percent-encoded */
+        "/v1/users/a\xc3\xa9", /* raw non-ASCII must be percent-encoded */
         "/v1/users/a\x01",
         "/v1/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r/s",
     };
@@ -239,7 +270,10 @@ static void test_trailing_slash_policy(void **state)
     assert_int_equal(match(f, HTTP_GET, "/health", NULL), ROUTER_FOUND);
 }
 
-static void h_any(struct request *req) { (void)req; }
+static void h_any(struct request *req)
+{
+    (void)req;
+}
 
 static void expect_rejected(const struct route *table)
 {
@@ -303,9 +337,24 @@ static void test_malformed_patterns_rejected(void **state)
 {
     (void)state;
     static const char *const bad[] = {
-        "",          "v1/x",    "/v1/",     "/v1//x",   "/v1/{id",    "/v1/id}",  "/v1/{}",
-        "/v1/{1a}",  "/v1/{a-b}", "/v1/x{id}", "/v1/{id}x", "/v1/../x", "/v1/./x", "/v1/a b",
-        "/v1/%41",   "/v1/{a}/{a}", "/v1/x?y", "/v1/x#y",
+        "",
+        "v1/x",
+        "/v1/",
+        "/v1//x",
+        "/v1/{id",
+        "/v1/id}",
+        "/v1/{}",
+        "/v1/{1a}",
+        "/v1/{a-b}",
+        "/v1/x{id}",
+        "/v1/{id}x",
+        "/v1/../x",
+        "/v1/./x",
+        "/v1/a b",
+        "/v1/%41",
+        "/v1/{a}/{a}",
+        "/v1/x?y",
+        "/v1/x#y",
         "/{a}/{b}/{c}/{d}/{e}/{f}/{g}/{h}/{i}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -334,9 +383,9 @@ static void test_each_in_table_order(void **state)
     struct fixture *f = *state;
     struct each_state s = {0};
     router_each(f->r, collect, &s);
-    static const char *const want[] = {"listUsers",  "createUser",   "getUser",   "deleteUser",
+    static const char *const want[] = {"listUsers",    "createUser", "getUser",   "deleteUser",
                                        "getOrgBySlug", "deleteOrg",  "getMyOrg",  "getRecord",
-                                       "getRoot",    "getHealth",    "headHealth"};
+                                       "getRoot",      "getHealth",  "headHealth"};
     assert_int_equal(s.n, sizeof want / sizeof want[0]);
     for (int i = 0; i < s.n; i++)
         assert_string_equal(s.seen[i], want[i]);
