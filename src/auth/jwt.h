@@ -59,12 +59,12 @@ const char *jwt_strerror(enum jwt_error e);
 
 /* Who the token is about; plain buffers, so no allocation and no freeing. */
 struct jwt_claims {
-    char sub[JWT_ID_MAX + 1];   /* user id */
-    char org[JWT_ID_MAX + 1];   /* org id */
-    char role[JWT_ROLE_MAX + 1];/* "admin" | "member" (not checked here) */
-    char jti[JWT_ID_MAX + 1];   /* token id */
-    int64_t ver;                /* token version */
-    int64_t iat, nbf, exp;      /* seconds since the Unix epoch */
+    char sub[JWT_ID_MAX + 1];    /* user id */
+    char org[JWT_ID_MAX + 1];    /* org id */
+    char role[JWT_ROLE_MAX + 1]; /* "admin" | "member" (not checked here) */
+    char jti[JWT_ID_MAX + 1];    /* token id */
+    int64_t ver;                 /* token version */
+    int64_t iat, nbf, exp;       /* seconds since the Unix epoch */
 };
 
 /* Secret, issuer and audience. Immutable once made: one key may be shared

@@ -38,8 +38,8 @@ struct job {
     enum job_kind kind;
     char *pw; /* copy, wiped and freed as soon as argon2 is done */
     size_t pwlen;
-    char *phc;   /* verify: the stored PHC (copy); hash: the result */
-    bool dummy;  /* verify against the dummy PHC: never ok */
+    char *phc;  /* verify: the stored PHC (copy); hash: the result */
+    bool dummy; /* verify against the dummy PHC: never ok */
     int status;
     bool ok, needs_rehash;
     password_hash_cb hash_cb;
@@ -146,8 +146,8 @@ static char *hash_phc(const char *pw, size_t len, struct password_params p)
     char *enc = malloc(enclen);
     if (!enc)
         return NULL;
-    int rc = argon2id_hash_encoded(p.t, p.m_kib, p.p, pw, len, salt, SALT_LEN, HASH_LEN, enc,
-                                   enclen);
+    int rc =
+        argon2id_hash_encoded(p.t, p.m_kib, p.p, pw, len, salt, SALT_LEN, HASH_LEN, enc, enclen);
     if (rc != ARGON2_OK) {
         free(enc);
         return NULL;
@@ -264,8 +264,7 @@ static void on_async(uv_async_t *h)
     if (n == 0)
         return;
     uv_mutex_lock(&g.mu);
-    for (unsigned i = 0; i < n; i++)
-        ploop_unref_locked(pl); /* never the last: the handle holds one */
+    pl->refs -= n; /* never the last: the open handle holds one */
     uv_mutex_unlock(&g.mu);
     pl->inflight -= n;
     if (pl->inflight == 0)
@@ -349,8 +348,7 @@ static struct job *job_new(enum job_kind kind, const char *pw, size_t len, void 
     return j;
 }
 
-int password_hash_async(uv_loop_t *loop, const char *pw, size_t len, password_hash_cb cb,
-                        void *ud)
+int password_hash_async(uv_loop_t *loop, const char *pw, size_t len, password_hash_cb cb, void *ud)
 {
     if (!g.started || tl_detaching || !loop || !pw || !cb || !password_length_ok(len))
         return PASSWORD_EINVAL;
@@ -382,6 +380,7 @@ int password_verify_async(uv_loop_t *loop, const char *pw, size_t len, const cha
     return submit(loop, j);
 }
 
+// cppcheck-suppress constParameter ; the loop is identified, not read, but callers own it mutably
 void password_loop_detach(uv_loop_t *loop)
 {
     if (!g.started)
@@ -433,8 +432,7 @@ void password_loop_detach(uv_loop_t *loop)
     tl_detaching = false;
 
     uv_mutex_lock(&g.mu);
-    for (unsigned i = 0; i < n; i++)
-        ploop_unref_locked(pl);
+    pl->refs -= n; /* the handle, still open, holds the last one */
     uv_mutex_unlock(&g.mu);
     uv_close((uv_handle_t *)&pl->async, on_close);
 }

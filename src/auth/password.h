@@ -91,8 +91,7 @@ typedef void (*password_verify_cb)(void *ud, int status, bool ok, bool needs_reh
  * PASSWORD_EBUSY (queue full) or PASSWORD_EINVAL; on an error cb never runs.
  * Call on the loop's thread.
  */
-int password_hash_async(uv_loop_t *loop, const char *pw, size_t len, password_hash_cb cb,
-                        void *ud);
+int password_hash_async(uv_loop_t *loop, const char *pw, size_t len, password_hash_cb cb, void *ud);
 
 /*
  * Queues a check of pw (len 0..1024, so a login with a too-short password

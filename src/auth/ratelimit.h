@@ -26,9 +26,9 @@ struct ratelimit;
 /* The answer for RateLimit-Limit / -Remaining / -Reset and Retry-After. */
 struct ratelimit_result {
     bool allowed;
-    uint32_t limit;       /* N */
-    uint32_t remaining;   /* whole tokens left after this attempt */
-    uint32_t reset_s;     /* seconds (rounded up) until the bucket is full again */
+    uint32_t limit;         /* N */
+    uint32_t remaining;     /* whole tokens left after this attempt */
+    uint32_t reset_s;       /* seconds (rounded up) until the bucket is full again */
     uint32_t retry_after_s; /* when denied: seconds (rounded up, >= 1) until one token; else 0 */
 };
 

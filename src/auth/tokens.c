@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static const char b64url_alphabet[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -190,6 +191,32 @@ int token_api_key_parse(const char *s, size_t len, char prefix[TOKEN_API_KEY_PRE
 bool token_is_api_key(const char *s, size_t len)
 {
     return s && len >= 4 && memcmp(s, TOKEN_API_KEY_PREFIX, 4) == 0;
+}
+
+static bool is_b64token(unsigned char c)
+{
+    return is_base62(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/';
+}
+
+const char *token_bearer(const char *header, size_t *len)
+{
+    *len = 0;
+    if (!header || strncasecmp(header, "Bearer ", 7) != 0)
+        return NULL;
+    const char *p = header + 7;
+    while (*p == ' ')
+        p++;
+    const char *start = p;
+    while (is_b64token((unsigned char)*p))
+        p++;
+    if (p == start)
+        return NULL;
+    while (*p == '=')
+        p++;
+    if (*p != '\0')
+        return NULL;
+    *len = (size_t)(p - start);
+    return start;
 }
 
 void token_sha256_hex(const void *data, size_t len, char out[TOKEN_SHA256_HEX_BUFSZ])

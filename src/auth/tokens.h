@@ -78,6 +78,14 @@ int token_api_key_parse(const char *s, size_t len, char prefix[TOKEN_API_KEY_PRE
  * key from a JWT in an Authorization header. Says nothing about validity. */
 bool token_is_api_key(const char *s, size_t len);
 
+/*
+ * The credential of an Authorization header value "Bearer <token>" (RFC
+ * 6750: scheme case-insensitive, one or more spaces, then a b64token:
+ * [A-Za-z0-9-._~+/]+ followed by optional '='). Returns a pointer into
+ * header and its length in *len, or NULL for any other scheme or syntax.
+ */
+const char *token_bearer(const char *header, size_t *len);
+
 /* SHA-256 of data as 64 lowercase hex digits (NUL-terminated). */
 void token_sha256_hex(const void *data, size_t len, char out[TOKEN_SHA256_HEX_BUFSZ]);
 

@@ -27,8 +27,9 @@ static void on_hash(void *ud, int status, const char *phc)
     r->calls++;
     r->status = status;
     if (phc) {
-        assert_true(strlen(phc) < sizeof r->phc);
-        strcpy(r->phc, phc);
+        size_t n = strlen(phc);
+        assert_true(n < sizeof r->phc);
+        memcpy(r->phc, phc, n + 1);
     } else {
         r->phc[0] = '\0';
     }
@@ -70,8 +71,7 @@ static void hash_now(uv_loop_t *loop, const char *pw, struct result *r)
 static void verify_now(uv_loop_t *loop, const char *pw, const char *phc, struct result *r)
 {
     memset(r, 0, sizeof *r);
-    assert_int_equal(
-        password_verify_async(loop, pw, strlen(pw), phc, on_verify, r), PASSWORD_OK);
+    assert_int_equal(password_verify_async(loop, pw, strlen(pw), phc, on_verify, r), PASSWORD_OK);
     run(loop);
     assert_int_equal(r->calls, 1);
 }
@@ -150,8 +150,7 @@ static void test_lengths(void **state)
     memset(big, 'x', 1025);
     assert_int_equal(password_hash_async(&loop, "1234567", 7, on_hash, &r), PASSWORD_EINVAL);
     assert_int_equal(password_hash_async(&loop, big, 1025, on_hash, &r), PASSWORD_EINVAL);
-    assert_int_equal(password_verify_async(&loop, big, 1025, NULL, on_verify, &r),
-                     PASSWORD_EINVAL);
+    assert_int_equal(password_verify_async(&loop, big, 1025, NULL, on_verify, &r), PASSWORD_EINVAL);
     /* 1024 bytes, the longest allowed, hashes and verifies. */
     struct result h, v;
     memset(&h, 0, sizeof h);
@@ -218,24 +217,24 @@ static void test_phc_parse(void **state)
 {
     (void)state;
     struct password_params p;
-    assert_int_equal(
-        password_phc_params("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA+/", &p), 0);
+    assert_int_equal(password_phc_params("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA+/", &p),
+                     0);
     assert_int_equal(p.m_kib, 19456);
     assert_int_equal(p.t, 2);
     assert_int_equal(p.p, 1);
     static const char *const bad[] = {
         "",
-        "$argon2i$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA",   /* argon2i */
-        "$argon2d$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA",   /* argon2d */
-        "$argon2id$v=16$m=19456,t=2,p=1$c2FsdA$aGFzaA",  /* old version */
-        "$argon2id$m=19456,t=2,p=1$c2FsdA$aGFzaA",       /* no version */
-        "$argon2id$v=19$m=019456,t=2,p=1$c2FsdA$aGFzaA", /* leading zero */
+        "$argon2i$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA",        /* argon2i */
+        "$argon2d$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA",        /* argon2d */
+        "$argon2id$v=16$m=19456,t=2,p=1$c2FsdA$aGFzaA",       /* old version */
+        "$argon2id$m=19456,t=2,p=1$c2FsdA$aGFzaA",            /* no version */
+        "$argon2id$v=19$m=019456,t=2,p=1$c2FsdA$aGFzaA",      /* leading zero */
         "$argon2id$v=19$m=99999999999,t=2,p=1$c2FsdA$aGFzaA", /* overflow */
-        "$argon2id$v=19$t=2,m=19456,p=1$c2FsdA$aGFzaA",  /* order */
-        "$argon2id$v=19$m=19456,t=2,p=1$$aGFzaA",        /* empty salt */
-        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$",        /* empty hash */
-        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA$", /* trailing */
-        "$argon2id$v=19$m=19456,t=2,p=1$c2Fs=A$aGFzaA",  /* padding */
+        "$argon2id$v=19$t=2,m=19456,p=1$c2FsdA$aGFzaA",       /* order */
+        "$argon2id$v=19$m=19456,t=2,p=1$$aGFzaA",             /* empty salt */
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$",             /* empty hash */
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA$",      /* trailing */
+        "$argon2id$v=19$m=19456,t=2,p=1$c2Fs=A$aGFzaA",       /* padding */
         "$argon2id$v=19$m=-1,t=2,p=1$c2FsdA$aGFzaA",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
@@ -246,7 +245,7 @@ static void test_phc_parse(void **state)
 static void test_start_rejects(void **state)
 {
     (void)state;
-    assert_int_equal(password_pool_start(1, 0, small), -1);                           /* queue */
+    assert_int_equal(password_pool_start(1, 0, small), -1); /* queue */
     assert_int_equal(password_pool_start(1, 4, (struct password_params){1024, 0, 1}), -1); /* t */
     assert_int_equal(password_pool_start(1, 4, (struct password_params){1024, 1, 0}), -1); /* p */
     assert_int_equal(password_pool_start(1, 4, (struct password_params){4, 1, 1}), -1);    /* m */
@@ -385,8 +384,8 @@ static void loop_thread(void *p)
             continue;
         uv_run(&loop, UV_RUN_DEFAULT);
         memset(&v, 0, sizeof v);
-        if (h.calls != 1 ||
-            password_verify_async(&loop, "thread-password", 15, h.phc, on_verify, &v) != PASSWORD_OK)
+        if (h.calls != 1 || password_verify_async(&loop, "thread-password", 15, h.phc, on_verify,
+                                                  &v) != PASSWORD_OK)
             continue;
         uv_run(&loop, UV_RUN_DEFAULT);
         a->ok += v.calls == 1 && v.ok;
@@ -415,14 +414,10 @@ static void test_two_loops(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),
-        cmocka_unit_test(test_lengths),
-        cmocka_unit_test(test_needs_rehash),
-        cmocka_unit_test(test_phc_parse),
-        cmocka_unit_test(test_start_rejects),
-        cmocka_unit_test(test_queue_full),
-        cmocka_unit_test(test_detach_cancels),
-        cmocka_unit_test(test_loop_stays_responsive),
+        cmocka_unit_test(test_round_trip),     cmocka_unit_test(test_lengths),
+        cmocka_unit_test(test_needs_rehash),   cmocka_unit_test(test_phc_parse),
+        cmocka_unit_test(test_start_rejects),  cmocka_unit_test(test_queue_full),
+        cmocka_unit_test(test_detach_cancels), cmocka_unit_test(test_loop_stays_responsive),
         cmocka_unit_test(test_two_loops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

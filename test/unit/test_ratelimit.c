@@ -185,9 +185,9 @@ static void test_many_keys(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_args),          cmocka_unit_test(test_burst_then_deny),
+        cmocka_unit_test(test_args),           cmocka_unit_test(test_burst_then_deny),
         cmocka_unit_test(test_partial_refill), cmocka_unit_test(test_clock_backwards),
-        cmocka_unit_test(test_reset),         cmocka_unit_test(test_eviction),
+        cmocka_unit_test(test_reset),          cmocka_unit_test(test_eviction),
         cmocka_unit_test(test_many_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

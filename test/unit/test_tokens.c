@@ -15,7 +15,7 @@ static void test_b64url_vectors(void **state)
     /* RFC 4648 section 10, without padding. */
     static const struct {
         const char *in, *out;
-    } v[] = {{"", ""},         {"f", "Zg"},         {"fo", "Zm8"},        {"foo", "Zm9v"},
+    } v[] = {{"", ""},           {"f", "Zg"},          {"fo", "Zm8"},         {"foo", "Zm9v"},
              {"foob", "Zm9vYg"}, {"fooba", "Zm9vYmE"}, {"foobar", "Zm9vYmFy"}};
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
         char out[16];
@@ -40,14 +40,14 @@ static void test_b64url_strict(void **state)
     (void)state;
     unsigned char buf[64];
     static const char *const bad[] = {
-        "Zg==",   /* padding */
-        "Zm9v=",  /* padding */
-        "Zm+v",   /* standard alphabet */
-        "Zm/v",   /* standard alphabet */
-        "Zm9 v",  /* whitespace */
-        "Z",      /* length 1 mod 4 */
-        "Zh",     /* non-canonical: low bits set */
-        "Zm9",    /* non-canonical: "Zm8" is the only encoding of "fo" */
+        "Zg==",    /* padding */
+        "Zm9v=",   /* padding */
+        "Zm+v",    /* standard alphabet */
+        "Zm/v",    /* standard alphabet */
+        "Zm9 v",   /* whitespace */
+        "Z",       /* length 1 mod 4 */
+        "Zh",      /* non-canonical: low bits set */
+        "Zm9",     /* non-canonical: "Zm8" is the only encoding of "fo" */
         "Zm\x80v", /* non-ASCII */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
@@ -183,8 +183,8 @@ static void test_uuid(void **state)
     assert_int_equal(strlen(a), 36);
     assert_string_not_equal(a, b);
     assert_true(token_uuid_valid(a, 36));
-    assert_int_equal(a[14], '4');                 /* version */
-    assert_non_null(strchr("89ab", a[19]));       /* variant */
+    assert_int_equal(a[14], '4');           /* version */
+    assert_non_null(strchr("89ab", a[19])); /* variant */
     for (int i = 0; i < 36; i++)
         assert_true(a[i] == '-' || (a[i] >= '0' && a[i] <= '9') || (a[i] >= 'a' && a[i] <= 'f'));
 
@@ -195,6 +195,30 @@ static void test_uuid(void **state)
     assert_false(token_uuid_valid("' OR 1=1 --", 11));
 }
 
+static void test_bearer(void **state)
+{
+    (void)state;
+    size_t n;
+    const char *t = token_bearer("Bearer abc.DEF-_~+/==", &n);
+    assert_non_null(t);
+    assert_int_equal(n, strlen("abc.DEF-_~+/=="));
+    assert_memory_equal(t, "abc.DEF-_~+/==", n);
+    t = token_bearer("bearer   tdk_abc", &n);
+    assert_non_null(t);
+    assert_int_equal(n, 7);
+    static const char *const bad[] = {
+        "Basic dXNlcjpwYXNz", "Bearer",     "Bearer ",    "Bearer    ",
+        "Bearertoken",        "Bearer a b", "Bearer a=b", "Bearer a\tb",
+        "Bearer \"x\"",       "Bearer a,b", "Bearer\ta",  "Token abc",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        n = 99;
+        assert_null(token_bearer(bad[i], &n));
+        assert_int_equal(n, 0);
+    }
+    assert_null(token_bearer(NULL, &n));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -202,6 +226,7 @@ int main(void)
         cmocka_unit_test(test_random_b64url),  cmocka_unit_test(test_refresh_tokens),
         cmocka_unit_test(test_api_keys),       cmocka_unit_test(test_sha256_hex),
         cmocka_unit_test(test_equal),          cmocka_unit_test(test_uuid),
+        cmocka_unit_test(test_bearer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
