@@ -249,7 +249,8 @@ enum jwt_error jwt_verify(const struct jwt_key *key, const char *token, size_t l
         return err;
     if (!string_is(header, "alg", "HS256"))
         err = JWT_ALG;
-    else if (!string_is(header, "typ", "at+jwt"))
+    /* RFC 9068 section 4 names both spellings of the media type. */
+    else if (!string_is(header, "typ", "at+jwt") && !string_is(header, "typ", "application/at+jwt"))
         err = JWT_TYP;
     else if (json_object_get(header, "crit"))
         err = JWT_CRIT; /* RFC 7515 4.1.11: we understand no extension */

@@ -12,12 +12,11 @@
  * version per user and rejects tokens whose ver is older.
  *
  * Verification pins the algorithm: alg must be exactly "HS256" and typ
- * exactly "at+jwt" (alg none, HS512, RS256, a missing alg: rejected), the
- * token has exactly three strictly base64url (unpadded, canonical) parts and
- * at most JWT_MAX_TOKEN bytes, the signature is compared in constant time,
- * header and payload are JSON objects without duplicate keys, every claim is
- * present with its type, iss and aud equal the key's, and time claims hold
- * against the caller's `now` with JWT_LEEWAY_S of clock skew.
+ * exactly "at+jwt" (or "application/at+jwt", RFC 9068 section 4) (alg none, HS512, RS256, a missing
+ * alg: rejected), the token has exactly three strictly base64url (unpadded, canonical) parts and at
+ * most JWT_MAX_TOKEN bytes, the signature is compared in constant time, header and payload are JSON
+ * objects without duplicate keys, every claim is present with its type, iss and aud equal the
+ * key's, and time claims hold against the caller's `now` with JWT_LEEWAY_S of clock skew.
  */
 
 #define JWT_MAX_TOKEN 8192  /* longer tokens are rejected before any parsing */

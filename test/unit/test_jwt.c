@@ -249,6 +249,10 @@ static void test_bad_tokens(void **state)
     /* The forger itself makes tokens that verify: the table below is only
      * refused for the reason each row names. */
     assert_int_equal(jwt_verify(k, good, strlen(good), NOW, &v), JWT_OK);
+    char *long_typ = forge("{\"alg\":\"HS256\",\"typ\":\"application/at+jwt\",\"kid\":\"k1\"}",
+                           good_payload(NOW, NOW, NOW + 900), NULL);
+    assert_int_equal(jwt_verify(k, long_typ, strlen(long_typ), NOW, &v), JWT_OK);
+    free(long_typ);
     const char *d1 = strchr(good, '.'), *d2 = strrchr(good, '.');
 
     char *huge = malloc(HUGE_TOKEN + 1);
@@ -295,6 +299,9 @@ static void test_bad_tokens(void **state)
          JWT_HEADER},
         {"typ JWT",
          forge("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", good_payload(NOW, NOW, NOW + 900), NULL),
+         JWT_TYP},
+        {"typ AT+JWT",
+         forge("{\"alg\":\"HS256\",\"typ\":\"AT+JWT\"}", good_payload(NOW, NOW, NOW + 900), NULL),
          JWT_TYP},
         {"typ missing", forge("{\"alg\":\"HS256\"}", good_payload(NOW, NOW, NOW + 900), NULL),
          JWT_TYP},
