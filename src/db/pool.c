@@ -1,4 +1,1188 @@
-/* STUB */
+/*
+ * The async PostgreSQL pool (contract in db/db.h).
+ *
+ * Each connection is a small state machine: CLOSED -> CONNECTING (driven by
+ * PQconnectPoll on a uv_poll) -> READY (non-blocking, pipeline mode) ->
+ * on loss BACKOFF (timer) -> CONNECTING again. A request becomes one
+ * "segment" on a READY connection: [set_config search_path] [Parse] query
+ * Sync. Results come back in send order, so each connection keeps a FIFO of
+ * segments and a segment ends at its PGRES_PIPELINE_SYNC.
+ *
+ * Why the switch shares the query's segment and blocks pipelining until it
+ * is confirmed: statements between two syncs form one implicit transaction,
+ * so if the query fails, the set_config is rolled back too and the
+ * connection is still on its previous schema. Nothing else may be queued
+ * behind an unconfirmed switch, or it could run in the wrong tenant.
+ *
+ * The uv_poll watches a dup() of libpq's socket: libpq closes its socket
+ * itself when the server goes away (and may swap sockets while connecting),
+ * and a watcher on a closed, possibly reused fd number is undefined. The dup
+ * keeps the file description alive until our handle is closed; socket
+ * changes are detected by inode, not by fd number (a new socket often gets
+ * the old number).
+ *
+ * Every callback runs from the done list, drained at the end of a poll
+ * callback or from a uv_idle: never from inside db_query or db_pool_close.
+ */
 #include "db/db.h"
-struct db_pool *db_pool_new(uv_loop_t *loop, const struct db_pool_options *opts) { return 0; }
-void db_pool_close(struct db_pool *pool, void (*done)(void *ud), void *ud) {}
+
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/metrics.h"
+
+#define SCHEMA_MAX 63           /* NAMEDATALEN - 1: longer names are truncated by PostgreSQL */
+#define BACKOFF_START_MS 50
+#define CONNECT_TIMEOUT_MS 10000 /* PQconnectPoll has no timeout of its own */
+#define WATCHDOG_GRACE_MS 5000   /* beyond statement_timeout: the server is not answering */
+#define CLOSE_GRACE_MS 30000     /* db_pool_close waits at most this for queries in flight
+                                    when there is no statement_timeout */
+
+static const char switch_sql[] = "SELECT pg_catalog.set_config('search_path', $1, false)";
+static const struct db_stmt rollback_stmt = {NULL, "ROLLBACK"};
+
+enum conn_state { CONN_CLOSED, CONN_CONNECTING, CONN_READY, CONN_BACKOFF };
+
+/* One query: waiting, in flight (a segment), or done. */
+struct dbq {
+    struct dbq *next;
+    const struct db_stmt *stmt;
+    int nparams;
+    const char *const *values;
+    db_cb cb; /* NULL: an internal ROLLBACK */
+    void *ud;
+    uint64_t deadline; /* loop time (ms) after which waiting fails */
+    char schema[SCHEMA_MAX + 1];
+    bool has_switch, has_prepare, prepare_failed;
+    int step;           /* command of the segment whose results are coming */
+    PGresult *result;   /* the query's result */
+    PGresult *error;    /* first error of the segment */
+    enum db_status status;
+    const char *sqlstate; /* for errors not from the server */
+    char message[160];    /* for errors not from the server; copied since the PGconn may be gone */
+};
+
+/* A uv_poll on a dup of libpq's socket; freed by its close callback, which
+ * also runs PQfinish when the connection is being released. */
+struct pollw {
+    uv_poll_t h;
+    int fd;
+    PGconn *finish;
+    struct db_pool *pool;
+};
+
+struct conn {
+    struct db_pool *pool;
+    enum conn_state state;
+    PGconn *pg;
+    struct pollw *pw;
+    int poll_events;
+    dev_t sock_dev;
+    ino_t sock_ino;
+    uv_timer_t timer; /* connect timeout, back-off delay, or in-flight watchdog */
+    bool has_schema;  /* false: search_path unknown or default */
+    bool switch_pending;
+    bool draining; /* takes no more queries: it is to switch to a waiting schema */
+    bool writing; /* PQflush returned 1: watch writability */
+    char schema[SCHEMA_MAX + 1];
+    struct dbq *head, *tail;
+    int inflight;
+    const struct db_stmt **prepared; /* statements prepared on this backend */
+    int nprepared, capprepared;
+    uint64_t last_used, last_progress;
+    int attempts; /* failed connects in a row */
+};
+
+struct db_pool {
+    uv_loop_t *loop;
+    char *conninfo;
+    char *options; /* libpq "options" with statement_timeout, or NULL */
+    int size, depth, wait_ms, stmt_ms, reconnect_max_ms;
+    struct metrics *metrics;
+    struct conn *conns;
+    struct dbq *wait_head, *wait_tail;
+    int nwaiting;
+    uv_timer_t wait_timer; /* wait-queue deadlines; drain deadline once closing */
+    struct dbq *done_head, *done_tail;
+    uv_idle_t idle;
+    int pending_polls; /* pollw handles not yet freed */
+    bool closing, final_close_started;
+    int final_handles;
+    void (*close_done)(void *ud);
+    void *close_ud;
+    unsigned long switches, reconnects;
+    int g_in_use, g_idle, g_waiting; /* last values sent to metrics */
+    uint64_t rng;
+};
+
+static void on_poll(uv_poll_t *h, int status, int events);
+static void on_conn_timer(uv_timer_t *t);
+static void conn_fail(struct conn *c, const char *why);
+static void maybe_finish_close(struct db_pool *p);
+
+/* ---- small helpers ---- */
+
+static void *xcalloc(size_t n, size_t sz)
+{
+    void *p = calloc(n, sz);
+    if (!p)
+        abort(); /* out of memory: nothing sensible left to do */
+    return p;
+}
+
+static uint64_t now_ms(const struct db_pool *p) { return uv_now(p->loop); }
+
+static uint32_t rng_next(struct db_pool *p)
+{
+    uint64_t x = p->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    p->rng = x;
+    return (uint32_t)(x >> 32);
+}
+
+static void set_message(struct dbq *q, const char *msg)
+{
+    snprintf(q->message, sizeof q->message, "%s", msg ? msg : "");
+    size_t n = strlen(q->message); /* libpq messages end with a newline */
+    while (n && (q->message[n - 1] == '\n' || q->message[n - 1] == ' '))
+        q->message[--n] = 0;
+}
+
+static void free_q(struct dbq *q)
+{
+    PQclear(q->result);
+    PQclear(q->error);
+    free(q);
+}
+
+static bool prepared_has(const struct conn *c, const struct db_stmt *s)
+{
+    for (int i = 0; i < c->nprepared; i++)
+        if (c->prepared[i] == s)
+            return true;
+    return false;
+}
+
+static void prepared_add(struct conn *c, const struct db_stmt *s)
+{
+    if (c->nprepared == c->capprepared) {
+        int cap = c->capprepared ? c->capprepared * 2 : 16;
+        const struct db_stmt **n = realloc(c->prepared, (size_t)cap * sizeof *n);
+        if (!n)
+            abort();
+        c->prepared = n;
+        c->capprepared = cap;
+    }
+    c->prepared[c->nprepared++] = s;
+}
+
+static void prepared_remove(struct conn *c, const struct db_stmt *s)
+{
+    for (int i = 0; i < c->nprepared; i++)
+        if (c->prepared[i] == s) {
+            c->prepared[i] = c->prepared[--c->nprepared];
+            return;
+        }
+}
+
+/* ---- completion: every callback goes through here ---- */
+
+static void on_idle(uv_idle_t *h);
+
+static void complete(struct db_pool *p, struct dbq *q)
+{
+    if (!q->cb) { /* internal statement: nobody to tell */
+        free_q(q);
+        return;
+    }
+    q->next = NULL;
+    if (p->done_tail)
+        p->done_tail->next = q;
+    else
+        p->done_head = q;
+    p->done_tail = q;
+    if (!p->final_close_started && !uv_is_active((uv_handle_t *)&p->idle))
+        uv_idle_start(&p->idle, on_idle);
+}
+
+static void fail_q(struct db_pool *p, struct dbq *q, enum db_status st, const char *sqlstate,
+                   const char *msg)
+{
+    PQclear(q->result);
+    q->result = NULL;
+    PQclear(q->error);
+    q->error = NULL;
+    q->status = st;
+    q->sqlstate = sqlstate;
+    set_message(q, msg);
+    complete(p, q);
+}
+
+/* Runs the callbacks of finished queries. Callbacks may call db_query or
+ * db_pool_close; neither runs a callback itself, so this never nests. */
+static void drain_done(struct db_pool *p)
+{
+    struct dbq *q;
+    while ((q = p->done_head)) {
+        p->done_head = q->next;
+        if (!p->done_head)
+            p->done_tail = NULL;
+        struct db_result r = {.status = q->status};
+        if (q->status == DB_OK) {
+            r.res = q->result;
+        } else if (q->status == DB_ERROR && q->error) {
+            r.sqlstate = PQresultErrorField(q->error, PG_DIAG_SQLSTATE);
+            r.message = PQresultErrorField(q->error, PG_DIAG_MESSAGE_PRIMARY);
+            if (!r.sqlstate)
+                r.sqlstate = "XX000";
+            if (!r.message)
+                r.message = PQresultErrorMessage(q->error);
+        } else {
+            r.sqlstate = q->status == DB_ERROR ? (q->sqlstate ? q->sqlstate : "XX000") : NULL;
+            r.message = q->message;
+        }
+        q->cb(&r, q->ud);
+        free_q(q);
+    }
+    if (!p->final_close_started && uv_is_active((uv_handle_t *)&p->idle))
+        uv_idle_stop(&p->idle);
+}
+
+static void update_gauges(struct db_pool *p)
+{
+    if (!p->metrics)
+        return;
+    int in_use = 0, idle = 0;
+    for (int i = 0; i < p->size; i++) {
+        const struct conn *c = &p->conns[i];
+        if (c->state != CONN_READY)
+            continue;
+        if (c->inflight)
+            in_use++;
+        else
+            idle++;
+    }
+    if (in_use == p->g_in_use && idle == p->g_idle && p->nwaiting == p->g_waiting)
+        return;
+    p->g_in_use = in_use;
+    p->g_idle = idle;
+    p->g_waiting = p->nwaiting;
+    metrics_pool(p->metrics, in_use, idle, p->nwaiting);
+}
+
+/* ---- the socket watcher ---- */
+
+static void pollw_closed(uv_handle_t *h)
+{
+    struct pollw *pw = (struct pollw *)h;
+    struct db_pool *p = pw->pool;
+    close(pw->fd);
+    if (pw->finish)
+        PQfinish(pw->finish);
+    free(pw);
+    p->pending_polls--;
+    maybe_finish_close(p);
+}
+
+/* Stops the watcher now (no event reaches it any more) and frees it, and
+ * PQfinish(finish) when given, once libuv has let go of the handle. */
+static void pollw_release(struct db_pool *p, struct pollw *pw, PGconn *finish)
+{
+    uv_poll_stop(&pw->h);
+    pw->finish = finish;
+    uv_close((uv_handle_t *)&pw->h, pollw_closed);
+}
+
+/* Makes sure the watcher is on libpq's current socket; 0, or -1 on error. */
+static int conn_watch_socket(struct conn *c)
+{
+    struct db_pool *p = c->pool;
+    int fd = PQsocket(c->pg);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0)
+        return -1;
+    if (c->pw && st.st_ino == c->sock_ino && st.st_dev == c->sock_dev)
+        return 0;
+    if (c->pw) {
+        pollw_release(p, c->pw, NULL);
+        c->pw = NULL;
+    }
+    struct pollw *pw = xcalloc(1, sizeof *pw);
+    pw->pool = p;
+    pw->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (pw->fd < 0) {
+        free(pw);
+        return -1;
+    }
+    if (uv_poll_init(p->loop, &pw->h, pw->fd) != 0) {
+        close(pw->fd);
+        free(pw);
+        return -1;
+    }
+    pw->h.data = c;
+    p->pending_polls++;
+    c->pw = pw;
+    c->sock_dev = st.st_dev;
+    c->sock_ino = st.st_ino;
+    c->poll_events = 0;
+    return 0;
+}
+
+static int conn_set_poll(struct conn *c, int events)
+{
+    if (events == c->poll_events)
+        return 0;
+    int rc = uv_poll_start(&c->pw->h, events, on_poll);
+    if (rc == 0)
+        c->poll_events = events;
+    return rc;
+}
+
+/* Stops watching, hands the PGconn to the watcher's close callback for
+ * PQfinish, and forgets per-backend state. */
+static void conn_release(struct conn *c)
+{
+    if (c->pw)
+        pollw_release(c->pool, c->pw, c->pg);
+    else if (c->pg)
+        PQfinish(c->pg);
+    c->pw = NULL;
+    c->pg = NULL;
+    c->poll_events = 0;
+    c->has_schema = false;
+    c->switch_pending = false;
+    c->draining = false;
+    c->writing = false;
+    c->nprepared = 0;
+    uv_timer_stop(&c->timer);
+}
+
+/* ---- connecting ---- */
+
+static void conn_connect(struct conn *c)
+{
+    struct db_pool *p = c->pool;
+    /* application_name first so the conninfo may override it; options last so
+     * it wins (it already holds the conninfo's own options, see db_pool_new). */
+    const char *kw[] = {"application_name", "dbname", "options", NULL};
+    const char *val[] = {"tenantd", p->conninfo, p->options, NULL};
+    if (!p->options)
+        kw[2] = NULL;
+    c->state = CONN_CONNECTING;
+    c->pg = PQconnectStartParams(kw, val, 1);
+    if (!c->pg || PQstatus(c->pg) == CONNECTION_BAD) {
+        conn_fail(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
+        return;
+    }
+    /* libpq: behave as if PQconnectPoll had returned PGRES_POLLING_WRITING. */
+    if (conn_watch_socket(c) != 0 || conn_set_poll(c, UV_WRITABLE) != 0) {
+        conn_fail(c, "cannot watch the connection's socket");
+        return;
+    }
+    uv_timer_start(&c->timer, on_conn_timer, CONNECT_TIMEOUT_MS, 0);
+}
+
+static void conn_ready(struct conn *c)
+{
+    if (PQsetnonblocking(c->pg, 1) != 0 || PQenterPipelineMode(c->pg) != 1) {
+        conn_fail(c, PQerrorMessage(c->pg));
+        return;
+    }
+    if (conn_watch_socket(c) != 0 || conn_set_poll(c, UV_READABLE) != 0) {
+        conn_fail(c, "cannot watch the connection's socket");
+        return;
+    }
+    uv_timer_stop(&c->timer);
+    if (c->attempts > 0)
+        log_msg(LOG_INFO, "database connection restored after %d failed attempt(s)", c->attempts);
+    c->state = CONN_READY;
+    c->attempts = 0;
+    c->last_used = now_ms(c->pool);
+}
+
+static void conn_connect_step(struct conn *c)
+{
+    switch (PQconnectPoll(c->pg)) {
+    case PGRES_POLLING_READING:
+        if (conn_watch_socket(c) != 0 || conn_set_poll(c, UV_READABLE) != 0)
+            conn_fail(c, "cannot watch the connection's socket");
+        break;
+    case PGRES_POLLING_WRITING:
+        if (conn_watch_socket(c) != 0 || conn_set_poll(c, UV_WRITABLE) != 0)
+            conn_fail(c, "cannot watch the connection's socket");
+        break;
+    case PGRES_POLLING_OK:
+        conn_ready(c);
+        break;
+    default:
+        conn_fail(c, PQerrorMessage(c->pg));
+        break;
+    }
+}
+
+/* ---- losing a connection ---- */
+
+/* The connection is unusable: every query on it fails DB_UNAVAILABLE, the
+ * backend is released, and a reconnect is scheduled with back-off (or the
+ * slot just closes when the pool is closing). */
+static void conn_fail(struct conn *c, const char *why)
+{
+    struct db_pool *p = c->pool;
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s", why && *why ? why : "connection lost");
+    msg[strcspn(msg, "\n")] = 0;
+    if (c->state == CONN_READY)
+        log_msg(LOG_WARN, "database connection lost: %s", msg);
+    else if (c->state == CONN_CONNECTING && c->attempts == 0)
+        log_msg(LOG_WARN, "cannot connect to the database: %s", msg);
+
+    struct dbq *q = c->head;
+    c->head = c->tail = NULL;
+    c->inflight = 0;
+    while (q) {
+        struct dbq *next = q->next;
+        fail_q(p, q, DB_UNAVAILABLE, NULL, msg);
+        q = next;
+    }
+    conn_release(c);
+    if (p->closing) {
+        c->state = CONN_CLOSED;
+        maybe_finish_close(p);
+        return;
+    }
+    c->state = CONN_BACKOFF;
+    int shift = c->attempts < 16 ? c->attempts : 16;
+    uint64_t delay = (uint64_t)BACKOFF_START_MS << shift;
+    if (delay > (uint64_t)p->reconnect_max_ms)
+        delay = (uint64_t)p->reconnect_max_ms;
+    /* Jitter in [delay/2, delay] so loops and processes do not reconnect in step. */
+    delay = delay / 2 + rng_next(p) % (delay / 2 + 1);
+    c->attempts++;
+    uv_timer_start(&c->timer, on_conn_timer, delay, 0);
+}
+
+/* ---- sending ---- */
+
+static void conn_flush(struct conn *c)
+{
+    int r = PQflush(c->pg);
+    if (r < 0) {
+        conn_fail(c, PQerrorMessage(c->pg));
+        return;
+    }
+    c->writing = r == 1;
+    if (conn_set_poll(c, UV_READABLE | (c->writing ? UV_WRITABLE : 0)) != 0)
+        conn_fail(c, "cannot watch the connection's socket");
+}
+
+static void watchdog_arm(struct conn *c)
+{
+    struct db_pool *p = c->pool;
+    if (p->stmt_ms > 0 && !uv_is_active((uv_handle_t *)&c->timer))
+        uv_timer_start(&c->timer, on_conn_timer, (uint64_t)p->stmt_ms + WATCHDOG_GRACE_MS, 0);
+}
+
+/* Queues q as one segment on c (switching search_path first when asked).
+ * Always takes q: on a send failure the connection fails and q with it. */
+static void conn_send(struct conn *c, struct dbq *q, bool do_switch)
+{
+    struct db_pool *p = c->pool;
+    PGconn *pg = c->pg;
+    const struct db_stmt *s = q->stmt;
+
+    q->next = NULL;
+    q->step = 0;
+    q->has_switch = do_switch;
+    q->has_prepare = false;
+    if (c->tail)
+        c->tail->next = q;
+    else
+        c->head = q;
+    c->tail = q;
+    if (c->inflight++ == 0) {
+        c->last_progress = now_ms(p);
+        watchdog_arm(c);
+    }
+
+    int ok = 1;
+    if (do_switch) {
+        char *id = PQescapeIdentifier(pg, q->schema, strlen(q->schema));
+        char path[2 * SCHEMA_MAX + 16];
+        ok = id != NULL;
+        if (ok) {
+            snprintf(path, sizeof path, "%s, public", id);
+            PQfreemem(id);
+            const char *v[1] = {path};
+            ok = PQsendQueryParams(pg, switch_sql, 1, NULL, v, NULL, NULL, 0);
+        }
+        /* Bound now so that nothing else is switched onto it; confirmed at the
+         * segment's sync, forgotten if the segment fails. */
+        memcpy(c->schema, q->schema, sizeof c->schema);
+        c->has_schema = true;
+        c->switch_pending = true;
+        p->switches++;
+        if (p->metrics)
+            metrics_pool_schema_switch(p->metrics);
+    }
+    if (ok && s->name && !prepared_has(c, s)) {
+        ok = PQsendPrepare(pg, s->name, s->sql, 0, NULL);
+        if (ok) {
+            prepared_add(c, s);
+            q->has_prepare = true;
+        }
+    }
+    if (ok)
+        ok = s->name ? PQsendQueryPrepared(pg, s->name, q->nparams, q->values, NULL, NULL, 0)
+                     : PQsendQueryParams(pg, s->sql, q->nparams, NULL, q->values, NULL, NULL, 0);
+    if (ok)
+        ok = PQpipelineSync(pg);
+    if (!ok) {
+        conn_fail(c, PQerrorMessage(pg));
+        return;
+    }
+    conn_flush(c);
+}
+
+static void send_rollback(struct conn *c)
+{
+    struct dbq *q = xcalloc(1, sizeof *q);
+    q->stmt = &rollback_stmt;
+    /* The block may hold our own set_config (a BEGIN turns the segment's
+     * implicit transaction into the block), so the schema is unknown from
+     * now on and nothing may be pipelined behind the ROLLBACK. */
+    c->has_schema = false;
+    conn_send(c, q, false);
+}
+
+/* ---- receiving ---- */
+
+enum step_kind { STEP_SWITCH, STEP_PREPARE, STEP_QUERY, STEP_BEYOND };
+
+static enum step_kind step_kind(const struct dbq *q)
+{
+    int k = q->step;
+    if (q->has_switch && k-- == 0)
+        return STEP_SWITCH;
+    if (q->has_prepare && k-- == 0)
+        return STEP_PREPARE;
+    return k == 0 ? STEP_QUERY : STEP_BEYOND;
+}
+
+/* The head segment got its sync: hand the query its outcome. */
+static void segment_done(struct conn *c)
+{
+    struct db_pool *p = c->pool;
+    struct dbq *q = c->head;
+    c->head = q->next;
+    if (!c->head)
+        c->tail = NULL;
+    c->inflight--;
+    c->last_used = c->last_progress = now_ms(p);
+
+    bool failed = q->error || q->message[0] || !q->result;
+    if (q->has_switch) {
+        c->switch_pending = false;
+        if (failed) /* the implicit transaction rolled the switch back */
+            c->has_schema = false;
+    }
+    if (q->has_prepare && q->prepare_failed)
+        prepared_remove(c, q->stmt);
+    if (q->stmt == &rollback_stmt)
+        c->has_schema = false; /* a rolled-back block may have held a switch */
+
+    if (failed) {
+        q->status = DB_ERROR;
+        PQclear(q->result);
+        q->result = NULL;
+        if (!q->error && !q->message[0])
+            set_message(q, "the statement returned no result");
+    } else {
+        q->status = DB_OK;
+    }
+    complete(p, q);
+
+    if (c->inflight > 0)
+        return;
+    uv_timer_stop(&c->timer); /* the watchdog: nothing left to wait for */
+    if (p->closing) {
+        conn_release(c);
+        c->state = CONN_CLOSED;
+        maybe_finish_close(p);
+        return;
+    }
+    /* A statement that left a transaction block open (or failed inside one)
+     * would poison every later request on this backend. */
+    PGTransactionStatusType ts = PQtransactionStatus(c->pg);
+    if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
+        send_rollback(c);
+}
+
+static bool is_fatal(const PGresult *r)
+{
+    const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+    return sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0);
+}
+
+static void conn_read_results(struct conn *c)
+{
+    while (c->state == CONN_READY && !PQisBusy(c->pg)) {
+        struct dbq *q = c->head;
+        PGresult *r = PQgetResult(c->pg);
+        if (!r) {
+            if (!q)
+                break; /* nothing in flight: libpq is idle */
+            /* NULL ends one command's results; one per command, never for a sync. */
+            /* The NULL after the last command leaves step at the segment's
+             * command count; only the sync may follow. */
+            q->step++;
+            if (q->step > q->has_switch + q->has_prepare + 1) {
+                conn_fail(c, "pipeline out of step with the server");
+                return;
+            }
+            continue;
+        }
+        ExecStatusType st = PQresultStatus(r);
+        if (!q) {
+            bool fatal = st == PGRES_FATAL_ERROR;
+            PQclear(r);
+            conn_fail(c, fatal ? "the server ended the session" : "result without a query");
+            return;
+        }
+        switch (st) {
+        case PGRES_PIPELINE_SYNC:
+            PQclear(r);
+            segment_done(c);
+            break;
+        case PGRES_TUPLES_OK:
+        case PGRES_COMMAND_OK:
+            if (step_kind(q) == STEP_QUERY && !q->error) {
+                PQclear(q->result);
+                q->result = r;
+            } else {
+                PQclear(r);
+            }
+            break;
+        case PGRES_FATAL_ERROR:
+            /* Session-ending errors (pg_terminate_backend, shutdown) mean the
+             * connection is gone: everything on it is unavailable, not failed. */
+            if (is_fatal(r) || PQstatus(c->pg) == CONNECTION_BAD) {
+                PQclear(r);
+                conn_fail(c, "the server ended the session");
+                return;
+            }
+            if (step_kind(q) == STEP_PREPARE)
+                q->prepare_failed = true;
+            if (!q->error)
+                q->error = r;
+            else
+                PQclear(r);
+            break;
+        case PGRES_PIPELINE_ABORTED:
+            PQclear(r);
+            if (!q->error && !q->message[0])
+                set_message(q, "aborted by an earlier error in the pipeline");
+            break;
+        case PGRES_COPY_IN:
+        case PGRES_COPY_OUT:
+        case PGRES_COPY_BOTH:
+            PQclear(r);
+            conn_fail(c, "COPY is not supported on pooled connections");
+            return;
+        default:
+            if (!q->error && !q->message[0])
+                set_message(q, st == PGRES_EMPTY_QUERY ? "empty query" : PQresStatus(st));
+            PQclear(r);
+            break;
+        }
+    }
+}
+
+/* ---- placing queries ---- */
+
+/* The least loaded connection bound to `schema` that can take one more. */
+static struct conn *find_bound(struct db_pool *p, const char *schema)
+{
+    struct conn *best = NULL;
+    for (int i = 0; i < p->size; i++) {
+        struct conn *c = &p->conns[i];
+        if (c->state == CONN_READY && c->has_schema && !c->switch_pending && !c->draining &&
+            c->inflight < p->depth && strcmp(c->schema, schema) == 0 &&
+            (!best || c->inflight < best->inflight))
+            best = c;
+    }
+    return best;
+}
+
+/* A connection with an empty pipeline to switch: one drained for this very
+ * purpose first, then one never bound, then the one idle the longest. */
+static struct conn *find_idle(struct db_pool *p)
+{
+    struct conn *best = NULL;
+    for (int i = 0; i < p->size; i++) {
+        struct conn *c = &p->conns[i];
+        if (c->state != CONN_READY || c->inflight > 0)
+            continue;
+        if (!best || (c->draining && !best->draining) ||
+            (c->draining == best->draining &&
+             ((!c->has_schema && best->has_schema) ||
+              (c->has_schema == best->has_schema && c->last_used < best->last_used))))
+            best = c;
+    }
+    return best;
+}
+
+static bool schema_switching(const struct db_pool *p, const char *schema)
+{
+    for (int i = 0; i < p->size; i++) {
+        const struct conn *c = &p->conns[i];
+        if (c->state == CONN_READY && c->switch_pending && strcmp(c->schema, schema) == 0)
+            return true;
+    }
+    return false;
+}
+
+static bool place_bound(struct db_pool *p, struct dbq *q)
+{
+    struct conn *c = find_bound(p, q->schema);
+    if (!c)
+        return false;
+    conn_send(c, q, false);
+    return true;
+}
+
+/* A query whose schema is being switched onto a connection right now waits
+ * for that one round trip instead of switching a second connection. */
+static bool place_switch(struct db_pool *p, struct dbq *q)
+{
+    if (schema_switching(p, q->schema))
+        return false;
+    struct conn *c = find_idle(p);
+    if (!c)
+        return false;
+    c->draining = false;
+    conn_send(c, q, true);
+    return true;
+}
+
+/* Puts q on a connection if one can take it now: one bound to its schema
+ * with room (least loaded), else an idle one switched to it. */
+static bool try_assign(struct db_pool *p, struct dbq *q)
+{
+    return place_bound(p, q) || place_switch(p, q);
+}
+
+/* Offers every waiting query, oldest first, to `place`. */
+static void walk_waiting(struct db_pool *p, bool (*place)(struct db_pool *, struct dbq *))
+{
+    struct dbq *prev = NULL, *q = p->wait_head;
+    while (q) {
+        struct dbq *next = q->next; /* place() reuses q->next once it takes q */
+        if (place(p, q)) {
+            if (prev)
+                prev->next = next;
+            else
+                p->wait_head = next;
+            if (p->wait_tail == q)
+                p->wait_tail = prev;
+            p->nwaiting--;
+        } else {
+            prev = q;
+        }
+        q = next;
+    }
+}
+
+/* Opens never-used (or closed) slots while fewer are connecting than
+ * queries wait. Slots in back-off keep their delay. */
+static void open_for_waiters(struct db_pool *p)
+{
+    int connecting = 0;
+    for (int i = 0; i < p->size; i++)
+        connecting += p->conns[i].state == CONN_CONNECTING;
+    for (int i = 0; i < p->size && connecting < p->nwaiting; i++)
+        if (p->conns[i].state == CONN_CLOSED) {
+            conn_connect(&p->conns[i]);
+            connecting++;
+        }
+}
+
+/* When old waiting queries need a schema no connection is bound to and no
+ * connection will soon be free, stops feeding the least loaded one so it
+ * drains and can switch: without this, busy schemas that keep their
+ * pipelines full would starve the others until they time out. */
+static void pick_victim(struct db_pool *p)
+{
+    struct conn *victim = NULL;
+    for (int i = 0; i < p->size; i++) {
+        struct conn *c = &p->conns[i];
+        if (c->state == CONN_CONNECTING || c->state == CONN_CLOSED ||
+            (c->state == CONN_READY && (c->draining || c->inflight == 0)))
+            return; /* one will be free soon */
+        if (c->state == CONN_READY && c->has_schema && !c->switch_pending &&
+            (!victim || c->inflight < victim->inflight))
+            victim = c;
+    }
+    if (!victim)
+        return;
+    int looked = 0;
+    for (struct dbq *q = p->wait_head; q && looked < 32; q = q->next, looked++) {
+        bool bound = false;
+        for (int i = 0; i < p->size && !bound; i++) {
+            const struct conn *c = &p->conns[i];
+            bound = c->state == CONN_READY && c->has_schema && strcmp(c->schema, q->schema) == 0;
+        }
+        if (!bound) {
+            victim->draining = true;
+            return;
+        }
+    }
+}
+
+/* Serves the wait queue: first pipelining onto connections already bound to
+ * a query's schema, then switching idle ones, oldest query first. */
+static void dispatch(struct db_pool *p)
+{
+    if (p->closing)
+        return;
+    if (p->wait_head) {
+        walk_waiting(p, place_bound);
+        walk_waiting(p, place_switch);
+        /* A drained connection nobody needed after all goes back to work. */
+        bool freed = false;
+        for (int i = 0; i < p->size; i++) {
+            struct conn *c = &p->conns[i];
+            if (c->draining && c->inflight == 0) {
+                c->draining = false;
+                freed = true;
+            }
+        }
+        if (freed && p->wait_head)
+            walk_waiting(p, place_bound);
+        if (p->wait_head)
+            pick_victim(p);
+    }
+    open_for_waiters(p);
+}
+
+/* ---- timers ---- */
+
+static void on_wait_timer(uv_timer_t *t)
+{
+    struct db_pool *p = t->data;
+    uint64_t now = now_ms(p);
+    if (p->closing) {
+        /* Drain deadline passed: stop waiting for queries in flight. */
+        for (int i = 0; i < p->size; i++)
+            if (p->conns[i].state == CONN_READY)
+                conn_fail(&p->conns[i], "the pool closed before the query finished");
+    } else {
+        struct dbq *q;
+        while ((q = p->wait_head) && q->deadline <= now) {
+            p->wait_head = q->next;
+            if (!p->wait_head)
+                p->wait_tail = NULL;
+            p->nwaiting--;
+            fail_q(p, q, DB_UNAVAILABLE, NULL, "no database connection became free in time");
+        }
+        if (p->wait_head)
+            uv_timer_start(t, on_wait_timer, p->wait_head->deadline - now, 0);
+    }
+    update_gauges(p);
+}
+
+static void on_conn_timer(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    struct db_pool *p = c->pool;
+    switch (c->state) {
+    case CONN_BACKOFF:
+        p->reconnects++;
+        if (p->metrics)
+            metrics_db_reconnect(p->metrics);
+        conn_connect(c);
+        break;
+    case CONN_CONNECTING:
+        conn_fail(c, "timed out connecting to the database");
+        break;
+    case CONN_READY: {
+        if (c->inflight == 0)
+            break;
+        uint64_t limit = (uint64_t)p->stmt_ms + WATCHDOG_GRACE_MS;
+        uint64_t idle = now_ms(p) - c->last_progress;
+        if (idle >= limit)
+            conn_fail(c, "the database stopped answering");
+        else
+            uv_timer_start(&c->timer, on_conn_timer, limit - idle, 0);
+        break;
+    }
+    case CONN_CLOSED:
+        break;
+    }
+    update_gauges(p);
+}
+
+/* ---- the poll callback: where results arrive ---- */
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    struct conn *c = h->data;
+    struct db_pool *p = c->pool;
+    if (c->state == CONN_CONNECTING) {
+        if (status < 0)
+            conn_fail(c, uv_strerror(status));
+        else
+            conn_connect_step(c);
+    } else if (c->state == CONN_READY) {
+        if (status < 0) {
+            conn_fail(c, uv_strerror(status));
+        } else {
+            if (events & (UV_READABLE | UV_DISCONNECT)) {
+                if (!PQconsumeInput(c->pg))
+                    conn_fail(c, PQerrorMessage(c->pg));
+                else
+                    conn_read_results(c);
+            }
+            /* While output is pending, any event is a chance to flush (libpq docs). */
+            if (c->state == CONN_READY && c->writing)
+                conn_flush(c);
+            if (c->state == CONN_READY) {
+                PGnotify *n;
+                while ((n = PQnotifies(c->pg)))
+                    PQfreemem(n);
+            }
+        }
+    }
+    dispatch(p);
+    drain_done(p);
+    update_gauges(p);
+    maybe_finish_close(p);
+}
+
+static void on_idle(uv_idle_t *h)
+{
+    struct db_pool *p = h->data;
+    drain_done(p);
+    update_gauges(p);
+    maybe_finish_close(p);
+}
+
+/* ---- closing ---- */
+
+static void pool_free(struct db_pool *p)
+{
+    for (int i = 0; i < p->size; i++)
+        free(p->conns[i].prepared);
+    free(p->conns);
+    free(p->conninfo);
+    free(p->options);
+    free(p);
+}
+
+static void on_final_closed(uv_handle_t *h)
+{
+    struct db_pool *p = h->data;
+    if (--p->final_handles > 0)
+        return;
+    /* Queries attempted while the handles closed still get their answer. */
+    drain_done(p);
+    void (*done)(void *) = p->close_done;
+    void *ud = p->close_ud;
+    pool_free(p);
+    if (done)
+        done(ud);
+}
+
+/* Once every connection is closed and every callback has run, closes the
+ * pool's own handles; the last close frees the pool. */
+static void maybe_finish_close(struct db_pool *p)
+{
+    if (!p->closing || p->final_close_started || p->pending_polls > 0 || p->done_head)
+        return;
+    for (int i = 0; i < p->size; i++)
+        if (p->conns[i].state != CONN_CLOSED)
+            return;
+    p->final_close_started = true;
+    p->final_handles = p->size + 2;
+    for (int i = 0; i < p->size; i++) {
+        p->conns[i].timer.data = p;
+        uv_close((uv_handle_t *)&p->conns[i].timer, on_final_closed);
+    }
+    uv_close((uv_handle_t *)&p->wait_timer, on_final_closed);
+    uv_close((uv_handle_t *)&p->idle, on_final_closed);
+}
+
+void db_pool_close(struct db_pool *p, void (*done)(void *ud), void *ud)
+{
+    if (!p || p->closing)
+        return;
+    p->closing = true;
+    p->close_done = done;
+    p->close_ud = ud;
+
+    struct dbq *q = p->wait_head;
+    p->wait_head = p->wait_tail = NULL;
+    p->nwaiting = 0;
+    while (q) {
+        struct dbq *next = q->next;
+        fail_q(p, q, DB_UNAVAILABLE, NULL, "the database pool is closing");
+        q = next;
+    }
+    uv_timer_stop(&p->wait_timer);
+
+    bool busy = false;
+    for (int i = 0; i < p->size; i++) {
+        struct conn *c = &p->conns[i];
+        if (c->state == CONN_READY && c->inflight > 0) {
+            busy = true; /* closes when its pipeline drains */
+            continue;
+        }
+        conn_release(c);
+        c->state = CONN_CLOSED;
+    }
+    if (busy) {
+        uint64_t grace = p->stmt_ms > 0 ? (uint64_t)p->stmt_ms + WATCHDOG_GRACE_MS : CLOSE_GRACE_MS;
+        uv_timer_start(&p->wait_timer, on_wait_timer, grace, 0);
+    }
+    update_gauges(p);
+    /* Callbacks of failed waiters run from the idle handle; the rest follows
+     * from there and from the poll handles' close callbacks. */
+    maybe_finish_close(p);
+}
+
+/* ---- creating, querying, stats ---- */
+
+/* The "options" to connect with: the conninfo's own plus statement_timeout;
+ * NULL when there is nothing to add. Returns -1 when conninfo is invalid. */
+static int build_options(const char *conninfo, int stmt_ms, char **out)
+{
+    *out = NULL;
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
+    if (!opts) {
+        if (err)
+            log_msg(LOG_ERROR, "invalid database connection string: %s", err);
+        PQfreemem(err);
+        return -1;
+    }
+    const char *existing = NULL;
+    for (PQconninfoOption *o = opts; o->keyword; o++)
+        if (strcmp(o->keyword, "options") == 0 && o->val && *o->val)
+            existing = o->val;
+    if (stmt_ms > 0) {
+        size_t n = (existing ? strlen(existing) : 0) + 64;
+        *out = xcalloc(1, n);
+        snprintf(*out, n, "%s%s-c statement_timeout=%d", existing ? existing : "",
+                 existing ? " " : "", stmt_ms);
+    }
+    PQconninfoFree(opts);
+    return 0;
+}
+
+struct db_pool *db_pool_new(uv_loop_t *loop, const struct db_pool_options *o)
+{
+    if (!loop || !o || !o->conninfo || o->size < 1 || o->pipeline_depth < 1 ||
+        o->wait_timeout_ms < 1 || o->statement_timeout_ms < 0 || o->reconnect_max_ms < 1)
+        return NULL;
+    struct db_pool *p = xcalloc(1, sizeof *p);
+    if (build_options(o->conninfo, o->statement_timeout_ms, &p->options) != 0) {
+        free(p);
+        return NULL;
+    }
+    p->conninfo = strdup(o->conninfo);
+    if (!p->conninfo)
+        abort();
+    p->loop = loop;
+    p->size = o->size;
+    p->depth = o->pipeline_depth;
+    p->wait_ms = o->wait_timeout_ms;
+    p->stmt_ms = o->statement_timeout_ms;
+    p->reconnect_max_ms = o->reconnect_max_ms < BACKOFF_START_MS ? BACKOFF_START_MS : o->reconnect_max_ms;
+    p->metrics = o->metrics;
+    p->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)p ^ 0x9e3779b97f4a7c15ULL;
+    p->g_in_use = p->g_idle = p->g_waiting = -1;
+    p->conns = xcalloc((size_t)p->size, sizeof *p->conns);
+    for (int i = 0; i < p->size; i++) {
+        struct conn *c = &p->conns[i];
+        c->pool = p;
+        uv_timer_init(loop, &c->timer);
+        c->timer.data = c;
+    }
+    uv_timer_init(loop, &p->wait_timer);
+    p->wait_timer.data = p;
+    uv_idle_init(loop, &p->idle);
+    p->idle.data = p;
+    update_gauges(p);
+    return p;
+}
+
+void db_query(struct db_pool *p, const char *schema, const struct db_stmt *stmt, int nparams,
+              const char *const *values, db_cb cb, void *ud)
+{
+    if (!p || !cb)
+        abort(); /* a programming error, not input */
+    struct dbq *q = xcalloc(1, sizeof *q);
+    q->stmt = stmt;
+    q->nparams = nparams;
+    q->values = values;
+    q->cb = cb;
+    q->ud = ud;
+    if (!schema)
+        schema = "public";
+    size_t len = strlen(schema);
+    if (len == 0 || len > SCHEMA_MAX) {
+        fail_q(p, q, DB_ERROR, "42602", "invalid schema name");
+        return;
+    }
+    memcpy(q->schema, schema, len + 1);
+    if (!stmt || !stmt->sql || nparams < 0 || (nparams > 0 && !values)) {
+        fail_q(p, q, DB_ERROR, "XX000", "invalid statement");
+        return;
+    }
+    if (p->closing) {
+        fail_q(p, q, DB_UNAVAILABLE, NULL, "the database pool is closing");
+        return;
+    }
+    /* Waiting queries had first pick of any room already (dispatch runs after
+     * every change), so taking room now does not jump the queue. */
+    if (!try_assign(p, q)) {
+        q->deadline = now_ms(p) + (uint64_t)p->wait_ms;
+        q->next = NULL;
+        if (p->wait_tail)
+            p->wait_tail->next = q;
+        else
+            p->wait_head = q;
+        p->wait_tail = q;
+        p->nwaiting++;
+        if (!uv_is_active((uv_handle_t *)&p->wait_timer))
+            uv_timer_start(&p->wait_timer, on_wait_timer, (uint64_t)p->wait_ms, 0);
+        open_for_waiters(p);
+    }
+    update_gauges(p);
+}
+
+void db_pool_stats(const struct db_pool *p, struct db_pool_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    for (int i = 0; i < p->size; i++) {
+        const struct conn *c = &p->conns[i];
+        if (c->state == CONN_CONNECTING || c->state == CONN_READY)
+            out->connections++;
+        if (c->state == CONN_READY) {
+            if (c->inflight)
+                out->in_use++;
+            else
+                out->idle++;
+        }
+    }
+    out->waiting = p->nwaiting;
+    out->schema_switches = p->switches;
+    out->reconnects = p->reconnects;
+}

@@ -1,0 +1,618 @@
+/*
+ * The db pool against a real PostgreSQL: a fresh database per run in the
+ * shared cluster (deps/pg.sh start, or DATABASE_URL), dropped at exit.
+ * Each test makes its own loop and pool, closes both, and checks that no
+ * handle is left (uv_loop_close == 0); run under the ASan build for leaks.
+ */
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers" /* {a, b} leaves calls = 0 */
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+#include <uv.h>
+
+#include "db/db.h"
+
+#ifndef TENANTD_SOURCE_DIR
+#define TENANTD_SOURCE_DIR "."
+#endif
+
+/* ---- assertions and setup ---- */
+
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond);               \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+static char base_url[512];   /* the cluster's maintenance database */
+static char test_conninfo[1024];
+static char test_db[64];
+static PGconn *admin;        /* blocking connection to the test database */
+static bool db_created;
+
+/* Builds a keyword=value conninfo of `url` with dbname replaced. */
+static void conninfo_with_db(const char *url, const char *db, char *out, size_t outlen)
+{
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(url, &err);
+    CHECK(opts, "cannot parse %s: %s", url, err ? err : "?");
+    size_t n = 0;
+    out[0] = 0;
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        const char *v = strcmp(o->keyword, "dbname") == 0 ? db : o->val;
+        if (!v || !*v)
+            continue;
+        n += (size_t)snprintf(out + n, outlen - n, "%s='", o->keyword);
+        for (const char *s = v; *s && n + 3 < outlen; s++) {
+            if (*s == '\'' || *s == '\\')
+                out[n++] = '\\';
+            out[n++] = *s;
+        }
+        n += (size_t)snprintf(out + n, outlen - n, "' ");
+        CHECK(n < outlen, "conninfo too long");
+    }
+    PQconninfoFree(opts);
+}
+
+static PGresult *admin_exec(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+    CHECK(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(c));
+    return r;
+}
+
+static void drop_test_db(void)
+{
+    if (admin) {
+        PQfinish(admin);
+        admin = NULL;
+    }
+    if (!db_created)
+        return;
+    PGconn *root = PQconnectdb(base_url);
+    if (PQstatus(root) == CONNECTION_OK) {
+        char sql[160];
+        snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", test_db);
+        PQclear(PQexec(root, sql));
+    }
+    PQfinish(root);
+    db_created = false;
+}
+
+static void setup_db(void)
+{
+    const char *env = getenv("DATABASE_URL");
+    if (env && *env) {
+        snprintf(base_url, sizeof base_url, "%s", env);
+    } else {
+        CHECK(system(TENANTD_SOURCE_DIR "/deps/pg.sh start >/dev/null") == 0,
+              "deps/pg.sh start failed");
+        const char *port = getenv("TENANTD_PG_PORT");
+        snprintf(base_url, sizeof base_url, "postgresql://tenantd@127.0.0.1:%s/tenantd",
+                 port && *port ? port : "55432");
+    }
+    PGconn *root = PQconnectdb(base_url);
+    CHECK(PQstatus(root) == CONNECTION_OK, "cannot connect to %s: %s", base_url,
+          PQerrorMessage(root));
+    snprintf(test_db, sizeof test_db, "t_dbpool_%d_%u", (int)getpid(),
+             (unsigned)(uv_hrtime() % 1000000));
+    char sql[160];
+    snprintf(sql, sizeof sql, "CREATE DATABASE %s", test_db);
+    PQclear(admin_exec(root, sql));
+    db_created = true;
+    atexit(drop_test_db);
+    PQfinish(root);
+
+    conninfo_with_db(base_url, test_db, test_conninfo, sizeof test_conninfo);
+    admin = PQconnectdb(test_conninfo);
+    CHECK(PQstatus(admin) == CONNECTION_OK, "cannot connect to the test database: %s",
+          PQerrorMessage(admin));
+    PQclear(admin_exec(admin, "SET client_min_messages = warning"));
+    for (int i = 1; i <= 10; i++) {
+        snprintf(sql, sizeof sql,
+                 "CREATE SCHEMA t%d; CREATE TABLE t%d.info (name text); "
+                 "INSERT INTO t%d.info VALUES ('t%d')",
+                 i, i, i, i);
+        PQclear(admin_exec(admin, sql));
+    }
+    PQclear(admin_exec(admin, "CREATE TABLE public.info (name text); "
+                              "INSERT INTO public.info VALUES ('public')"));
+}
+
+/* ---- a loop per test ---- */
+
+struct env {
+    uv_loop_t loop;
+    uv_timer_t tick; /* keeps run_until from blocking forever */
+    struct db_pool *pool;
+    bool closed;
+};
+
+static bool in_db_query; /* set around db_query: callbacks must never see it */
+
+static void on_tick(uv_timer_t *t) { (void)t; }
+
+static void env_init(struct env *e, struct db_pool_options o)
+{
+    memset(e, 0, sizeof *e);
+    CHECK(uv_loop_init(&e->loop) == 0, "uv_loop_init");
+    uv_timer_init(&e->loop, &e->tick);
+    uv_timer_start(&e->tick, on_tick, 10, 10);
+    if (!o.conninfo)
+        o.conninfo = test_conninfo;
+    e->pool = db_pool_new(&e->loop, &o);
+    CHECK(e->pool, "db_pool_new returned NULL");
+}
+
+/* Runs the loop until *counter reaches target; fails after timeout_ms. */
+static void run_until(struct env *e, const int *counter, int target, int timeout_ms, const char *what)
+{
+    uint64_t start = uv_hrtime();
+    while (*counter < target) {
+        uv_run(&e->loop, UV_RUN_ONCE);
+        CHECK((uv_hrtime() - start) / 1000000 < (uint64_t)timeout_ms,
+              "%s: only %d of %d after %d ms", what, *counter, target, timeout_ms);
+    }
+}
+
+static void on_pool_closed(void *ud) { ((struct env *)ud)->closed = true; }
+
+/* Closes the pool, then the loop; every handle must be gone. */
+static void env_close(struct env *e)
+{
+    db_pool_close(e->pool, on_pool_closed, e);
+    int closed = 0;
+    uint64_t start = uv_hrtime();
+    while (!e->closed) {
+        uv_run(&e->loop, UV_RUN_ONCE);
+        CHECK((uv_hrtime() - start) / 1000000 < 15000, "db_pool_close did not finish in 15 s");
+    }
+    (void)closed;
+    uv_close((uv_handle_t *)&e->tick, NULL);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(&e->loop) == 0, "handles left open on the loop after db_pool_close");
+}
+
+static void query(struct env *e, const char *schema, const struct db_stmt *s, int n,
+                  const char *const *v, db_cb cb, void *ud)
+{
+    in_db_query = true;
+    db_query(e->pool, schema, s, n, v, cb, ud);
+    in_db_query = false;
+}
+
+static struct db_pool_options opts(int size, int depth)
+{
+    return (struct db_pool_options){
+        .size = size,
+        .pipeline_depth = depth,
+        .wait_timeout_ms = 10000,
+        .statement_timeout_ms = 0,
+        .reconnect_max_ms = 1000,
+    };
+}
+
+static const char *value(const struct db_result *r, int row, int col)
+{
+    CHECK(r->status == DB_OK, "expected DB_OK, got %d (%s %s)", r->status,
+          r->sqlstate ? r->sqlstate : "-", r->message ? r->message : "-");
+    CHECK(PQntuples(r->res) > row && PQnfields(r->res) > col, "result has %d rows, %d cols",
+          PQntuples(r->res), PQnfields(r->res));
+    return PQgetvalue(r->res, row, col);
+}
+
+/* ---- 1. many queries over many schemas ---- */
+
+#define MANY 2000
+struct many_q {
+    int i;
+    int calls;
+    char schema[8];
+    char param[16];
+    const char *values[1];
+};
+static struct many_q many[MANY];
+static int many_done;
+
+static const struct db_stmt st_info = {"test_info_name", "SELECT name FROM info"};
+static const struct db_stmt st_info_param = {NULL, "SELECT name, $1::int FROM info"};
+
+static void many_cb(struct db_result *r, void *ud)
+{
+    struct many_q *m = ud;
+    CHECK(!in_db_query, "callback ran inside db_query");
+    m->calls++;
+    CHECK(m->calls == 1, "query %d: callback ran %d times", m->i, m->calls);
+    CHECK(strcmp(value(r, 0, 0), m->schema) == 0, "query %d for %s read %s", m->i, m->schema,
+          value(r, 0, 0));
+    if (m->i % 2)
+        CHECK(strcmp(value(r, 0, 1), m->param) == 0, "query %d: param %s came back as %s", m->i,
+              m->param, value(r, 0, 1));
+    many_done++;
+}
+
+static void test_many_schemas(void)
+{
+    struct env e;
+    env_init(&e, opts(4, 16));
+    for (int i = 0; i < MANY; i++) {
+        struct many_q *m = &many[i];
+        m->i = i;
+        snprintf(m->schema, sizeof m->schema, "t%d", i % 10 + 1);
+        snprintf(m->param, sizeof m->param, "%d", i);
+        m->values[0] = m->param;
+        if (i % 2)
+            query(&e, m->schema, &st_info_param, 1, m->values, many_cb, m);
+        else
+            query(&e, m->schema, &st_info, 0, NULL, many_cb, m);
+    }
+    struct db_pool_stats s;
+    db_pool_stats(e.pool, &s);
+    CHECK(s.waiting > 0, "2000 queries on 4 connections: some must wait (waiting=%d)", s.waiting);
+    run_until(&e, &many_done, MANY, 30000, "2000 queries over 10 schemas");
+    db_pool_stats(e.pool, &s);
+    CHECK(s.connections >= 1 && s.connections <= 4, "pool of 4 has %d connections", s.connections);
+    CHECK(s.waiting == 0 && s.in_use == 0, "after all: waiting=%d in_use=%d", s.waiting, s.in_use);
+    CHECK(s.schema_switches >= 10, "10 schemas need >= 10 switches, got %lu", s.schema_switches);
+    PGresult *r = admin_exec(admin, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                    "datname = current_database() AND application_name = 'tenantd'");
+    int n = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    CHECK(n >= 1 && n <= 4, "server sees %d pool connections (want 1..4)", n);
+    env_close(&e);
+    for (int i = 0; i < MANY; i++)
+        CHECK(many[i].calls == 1, "query %d: %d callbacks", i, many[i].calls);
+    printf("ok - many_schemas (%d queries, %lu switches)\n", MANY, s.schema_switches);
+}
+
+/* ---- 2. one error does not touch the rest of the pipeline ---- */
+
+struct expect {
+    const char *schema;
+    const struct db_stmt *stmt;
+    enum db_status status;
+    const char *want; /* value or sqlstate */
+    int calls;
+};
+static int expect_done;
+
+static void expect_cb(struct db_result *r, void *ud)
+{
+    struct expect *x = ud;
+    CHECK(!in_db_query, "callback ran inside db_query");
+    x->calls++;
+    CHECK(r->status == x->status, "%s: status %d, want %d (%s %s)", x->stmt->sql, r->status,
+          x->status, r->sqlstate ? r->sqlstate : "-", r->message ? r->message : "-");
+    if (x->status == DB_OK && x->want)
+        CHECK(strcmp(value(r, 0, 0), x->want) == 0, "%s in %s: got %s, want %s", x->stmt->sql,
+              x->schema, value(r, 0, 0), x->want);
+    if (x->status == DB_ERROR) {
+        CHECK(r->sqlstate && strcmp(r->sqlstate, x->want) == 0, "%s: sqlstate %s, want %s",
+              x->stmt->sql, r->sqlstate ? r->sqlstate : "NULL", x->want);
+        CHECK(r->message && *r->message, "error without a message");
+        CHECK(r->res == NULL, "DB_ERROR with a result");
+    }
+    if (x->status == DB_UNAVAILABLE)
+        CHECK(r->message && *r->message, "unavailable without a message");
+    expect_done++;
+}
+
+static const struct db_stmt st_one = {NULL, "SELECT 1"};
+static const struct db_stmt st_three = {NULL, "SELECT 3"};
+static const struct db_stmt st_div0 = {NULL, "SELECT 1/0"};
+static const struct db_stmt st_div0_named = {"test_div0", "SELECT 1/0"};
+static const struct db_stmt st_bad_sql = {"test_bad", "SELECT FROM nowhere_at_all"};
+
+static void run_expect(struct env *e, struct expect *xs, int n, const char *what)
+{
+    expect_done = 0;
+    for (int i = 0; i < n; i++)
+        query(e, xs[i].schema, xs[i].stmt, 0, NULL, expect_cb, &xs[i]);
+    run_until(e, &expect_done, n, 10000, what);
+    for (int i = 0; i < n; i++)
+        CHECK(xs[i].calls == 1, "%s #%d: %d callbacks", what, i, xs[i].calls);
+}
+
+static void test_error_isolation(void)
+{
+    struct env e;
+    env_init(&e, opts(1, 16));
+    /* The first segment carries the switch to t1; its error rolls the switch
+     * back, so the pool must switch again for the next t1 query. */
+    struct expect first[] = {
+        {"t1", &st_div0, DB_ERROR, "22012"},
+        {"t1", &st_info, DB_OK, "t1"},
+    };
+    run_expect(&e, first, 2, "error in a switching segment");
+    struct db_pool_stats s;
+    db_pool_stats(e.pool, &s);
+    CHECK(s.schema_switches == 2, "a failed switch must be redone: %lu switches", s.schema_switches);
+
+    /* Now bound to t1: these share one pipeline on the single connection. */
+    struct expect xs[] = {
+        {"t1", &st_one, DB_OK, "1"},          {"t1", &st_div0, DB_ERROR, "22012"},
+        {"t1", &st_three, DB_OK, "3"},        {"t1", &st_div0_named, DB_ERROR, "22012"},
+        {"t1", &st_info, DB_OK, "t1"},        {"t1", &st_bad_sql, DB_ERROR, "42P01"},
+        {"t1", &st_div0_named, DB_ERROR, "22012"}, {"t1", &st_info, DB_OK, "t1"},
+        {"t2", &st_info, DB_OK, "t2"},        {"t1", &st_one, DB_OK, "1"},
+    };
+    run_expect(&e, xs, (int)(sizeof xs / sizeof xs[0]), "errors inside a pipeline");
+    db_pool_stats(e.pool, &s);
+    CHECK(s.connections == 1, "pool of 1 has %d connections", s.connections);
+    env_close(&e);
+    printf("ok - error_isolation\n");
+}
+
+/* ---- 3. prepared statements are prepared once per connection ---- */
+
+static const struct db_stmt st_prepared_count = {
+    "test_prepared_count",
+    "SELECT count(*) FROM pg_prepared_statements WHERE name = 'test_prepared_count'"};
+static const struct db_stmt st_prepared_name = {"test_prepared_name", "SELECT name FROM info"};
+
+struct chain {
+    struct env *e;
+    int n, done;
+    char want[8];
+};
+
+static void chain_next(struct chain *c);
+
+static void chain_cb(struct db_result *r, void *ud)
+{
+    struct chain *c = ud;
+    CHECK(!in_db_query, "callback ran inside db_query");
+    if (c->done % 2 == 0)
+        CHECK(strcmp(value(r, 0, 0), "1") == 0, "run %d: statement prepared %s times", c->done,
+              value(r, 0, 0));
+    else
+        CHECK(strcmp(value(r, 0, 0), c->want) == 0, "run %d: named statement read %s, want %s",
+              c->done, value(r, 0, 0), c->want);
+    c->done++;
+    if (c->done < c->n)
+        chain_next(c);
+}
+
+/* Alternates the count of its own preparations with a named statement that
+ * must follow search_path across switches (PostgreSQL re-plans it). */
+static void chain_next(struct chain *c)
+{
+    const char *schema = (c->done / 2) % 2 ? "t2" : "t3";
+    snprintf(c->want, sizeof c->want, "%s", schema);
+    query(c->e, schema, c->done % 2 ? &st_prepared_name : &st_prepared_count, 0, NULL, chain_cb, c);
+}
+
+static void test_prepared_reuse(void)
+{
+    struct env e;
+    env_init(&e, opts(1, 16));
+    struct chain c = {.e = &e, .n = 40};
+    chain_next(&c);
+    run_until(&e, &c.done, c.n, 10000, "prepared statement chain");
+    /* Through the pool's own backend: exactly our two statements exist. */
+    static const struct db_stmt all = {NULL, "SELECT count(*) FROM pg_prepared_statements"};
+    struct expect x = {"t2", &all, DB_OK, "2"};
+    run_expect(&e, &x, 1, "prepared statements on the backend");
+    struct db_pool_stats s;
+    db_pool_stats(e.pool, &s);
+    CHECK(s.schema_switches >= 20, "expected a switch per pair, got %lu", s.schema_switches);
+    env_close(&e);
+    printf("ok - prepared_reuse\n");
+}
+
+/* ---- 4. waiting for a connection times out ---- */
+
+static uint64_t t_unavail_ms;
+static void timed_cb(struct db_result *r, void *ud)
+{
+    t_unavail_ms = uv_hrtime() / 1000000;
+    expect_cb(r, ud);
+}
+
+static void test_wait_timeout(void)
+{
+    struct env e;
+    struct db_pool_options o = opts(1, 1);
+    o.wait_timeout_ms = 200;
+    env_init(&e, o);
+    static const struct db_stmt sleep1 = {NULL, "SELECT pg_sleep(1)::text"};
+    struct expect slow = {"t1", &sleep1, DB_OK, ""};
+    struct expect blocked = {"t1", &st_one, DB_UNAVAILABLE, NULL};
+    expect_done = 0;
+    uint64_t start = uv_hrtime() / 1000000;
+    query(&e, "t1", &sleep1, 0, NULL, expect_cb, &slow);
+    query(&e, "t1", &st_one, 0, NULL, timed_cb, &blocked);
+    struct db_pool_stats s;
+    db_pool_stats(e.pool, &s);
+    CHECK(s.waiting >= 1, "second query should wait, waiting=%d", s.waiting);
+    run_until(&e, &expect_done, 2, 5000, "wait timeout");
+    uint64_t waited = t_unavail_ms - start;
+    CHECK(waited >= 150 && waited < 900, "DB_UNAVAILABLE after %llu ms, want ~200",
+          (unsigned long long)waited);
+    db_pool_stats(e.pool, &s);
+    CHECK(s.waiting == 0, "waiting=%d after the timeout", s.waiting);
+    env_close(&e);
+    printf("ok - wait_timeout (%llu ms)\n", (unsigned long long)waited);
+}
+
+/* ---- 5. pg_terminate_backend: in flight -> unavailable, then reconnect ---- */
+
+static struct env *term_env;
+static void terminate_pool_backends(uv_timer_t *t)
+{
+    (void)t;
+    PGresult *r = admin_exec(admin, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                    "WHERE datname = current_database() "
+                                    "AND application_name = 'tenantd'");
+    CHECK(atoi(PQgetvalue(r, 0, 0)) >= 1, "no pool backend to terminate");
+    PQclear(r);
+}
+
+static void test_terminate(void)
+{
+    struct env e;
+    env_init(&e, opts(2, 16));
+    term_env = &e;
+    /* Warm up both connections on two schemas. */
+    struct expect warm[] = {{"t4", &st_info, DB_OK, "t4"}, {"t5", &st_info, DB_OK, "t5"}};
+    run_expect(&e, warm, 2, "warm-up");
+
+    static const struct db_stmt slow = {"test_slow", "SELECT name FROM info, pg_sleep(2)"};
+    struct expect inflight[6];
+    for (int i = 0; i < 6; i++)
+        inflight[i] = (struct expect){i % 2 ? "t4" : "t5", &slow, DB_UNAVAILABLE, NULL};
+    uv_timer_t kill;
+    uv_timer_init(&e.loop, &kill);
+    uv_timer_start(&kill, terminate_pool_backends, 300, 0);
+    uint64_t start = uv_hrtime() / 1000000;
+    run_expect(&e, inflight, 6, "queries on terminated backends");
+    uint64_t took = uv_hrtime() / 1000000 - start;
+    CHECK(took < 1500, "in-flight queries failed after %llu ms, not promptly",
+          (unsigned long long)took);
+    uv_close((uv_handle_t *)&kill, NULL);
+
+    /* Queued right away: they wait out the back-off and must land in the
+     * right schema on the new backends. */
+    struct expect after[] = {
+        {"t4", &st_info, DB_OK, "t4"}, {"t5", &st_info, DB_OK, "t5"},
+        {"t6", &st_info, DB_OK, "t6"}, {"t4", &slow, DB_OK, "t4"},
+    };
+    run_expect(&e, after, 4, "queries after reconnect");
+    struct db_pool_stats s;
+    db_pool_stats(e.pool, &s);
+    CHECK(s.reconnects >= 1, "reconnects=%lu", s.reconnects);
+    env_close(&e);
+    printf("ok - terminate (%lu reconnects)\n", s.reconnects);
+}
+
+/* ---- 6. statement_timeout ---- */
+
+static void test_statement_timeout(void)
+{
+    struct env e;
+    struct db_pool_options o = opts(1, 16);
+    o.statement_timeout_ms = 100;
+    env_init(&e, o);
+    static const struct db_stmt sleep2 = {NULL, "SELECT pg_sleep(2)"};
+    static const struct db_stmt show = {NULL, "SELECT current_setting('statement_timeout') || ' ' "
+                                              "|| current_setting('application_name')"};
+    struct expect xs[] = {
+        {"t1", &st_info, DB_OK, "t1"},
+        {"t1", &sleep2, DB_ERROR, "57014"},
+        {"t1", &st_info, DB_OK, "t1"},
+        {"t1", &show, DB_OK, "100ms tenantd"},
+    };
+    run_expect(&e, xs, 4, "statement timeout");
+    env_close(&e);
+    printf("ok - statement_timeout\n");
+}
+
+/* ---- 7. a statement that leaves a transaction open gets a ROLLBACK ---- */
+
+static void test_open_transaction(void)
+{
+    struct env e;
+    env_init(&e, opts(1, 16));
+    static const struct db_stmt begin = {NULL, "BEGIN"};
+    static const struct db_stmt savepoint = {NULL, "SAVEPOINT x"};
+    struct expect a[] = {{"t7", &begin, DB_OK, NULL}};
+    run_expect(&e, a, 1, "BEGIN");
+    /* SAVEPOINT works only inside a block: it must fail now. */
+    struct expect b[] = {{"t7", &savepoint, DB_ERROR, "25P01"}, {"t7", &st_info, DB_OK, "t7"}};
+    run_expect(&e, b, 2, "after BEGIN");
+    env_close(&e);
+    printf("ok - open_transaction\n");
+}
+
+/* ---- 8. close with queries in flight and waiting ---- */
+
+static void test_close_inflight(void)
+{
+    struct env e;
+    struct db_pool_options o = opts(1, 1);
+    env_init(&e, o);
+    static const struct db_stmt sleep = {NULL, "SELECT pg_sleep(0.3)::text"};
+    struct expect running = {"t1", &sleep, DB_OK, ""};
+    struct expect waiting = {"t1", &st_one, DB_UNAVAILABLE, NULL};
+    struct expect late = {"t1", &st_one, DB_UNAVAILABLE, NULL};
+    expect_done = 0;
+    query(&e, "t1", &sleep, 0, NULL, expect_cb, &running);
+    query(&e, "t1", &st_one, 0, NULL, expect_cb, &waiting);
+    /* Let the first one reach the server before closing. */
+    struct db_pool_stats s;
+    uint64_t start = uv_hrtime();
+    do {
+        uv_run(&e.loop, UV_RUN_ONCE);
+        db_pool_stats(e.pool, &s);
+        CHECK((uv_hrtime() - start) / 1000000 < 5000, "never got a connection");
+    } while (s.in_use == 0);
+    db_pool_close(e.pool, on_pool_closed, &e);
+    query(&e, "t1", &st_one, 0, NULL, expect_cb, &late);
+    CHECK(expect_done == 0 && !e.closed, "db_pool_close ran a callback synchronously");
+    while (!e.closed) {
+        uv_run(&e.loop, UV_RUN_ONCE);
+        CHECK((uv_hrtime() - start) / 1000000 < 10000, "close did not finish");
+    }
+    CHECK(expect_done == 3, "close must answer every query before done: %d of 3", expect_done);
+    CHECK(running.calls == 1 && waiting.calls == 1 && late.calls == 1, "callback counts");
+    uv_close((uv_handle_t *)&e.tick, NULL);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(&e.loop) == 0, "handles left open after close");
+    printf("ok - close_inflight\n");
+}
+
+/* ---- 9. an unreachable server: unavailable in time, clean close ---- */
+
+static void test_unreachable(void)
+{
+    struct env e;
+    struct db_pool_options o = opts(2, 16);
+    o.conninfo = "host=127.0.0.1 port=1 dbname=x user=x connect_timeout=2";
+    o.wait_timeout_ms = 300;
+    o.reconnect_max_ms = 100;
+    env_init(&e, o);
+    struct expect xs[] = {{"t1", &st_one, DB_UNAVAILABLE, NULL}, {"t2", &st_one, DB_UNAVAILABLE, NULL}};
+    uint64_t start = uv_hrtime() / 1000000;
+    run_expect(&e, xs, 2, "unreachable server");
+    uint64_t took = uv_hrtime() / 1000000 - start;
+    CHECK(took >= 250 && took < 2000, "unavailable after %llu ms, want ~300",
+          (unsigned long long)took);
+    struct db_pool_stats s;
+    db_pool_stats(e.pool, &s);
+    CHECK(s.reconnects >= 1, "retries while waiting: reconnects=%lu", s.reconnects);
+    env_close(&e);
+
+    CHECK(db_pool_new(&e.loop, &(struct db_pool_options){.conninfo = "host='unclosed", .size = 1,
+                                                         .pipeline_depth = 1, .wait_timeout_ms = 1,
+                                                         .reconnect_max_ms = 10}) == NULL,
+          "a bad conninfo must be refused");
+    printf("ok - unreachable (%lu reconnects)\n", s.reconnects);
+}
+
+int main(void)
+{
+    setvbuf(stdout, NULL, _IONBF, 0);
+    setup_db();
+    test_many_schemas();
+    test_error_isolation();
+    test_prepared_reuse();
+    test_wait_timeout();
+    test_terminate();
+    test_statement_timeout();
+    test_open_transaction();
+    test_close_inflight();
+    test_unreachable();
+    drop_test_db();
+    printf("9 passed, 0 failed\n");
+    return 0;
+}
