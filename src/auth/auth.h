@@ -1,0 +1,63 @@
+#ifndef TENANTD_AUTH_AUTH_H
+#define TENANTD_AUTH_AUTH_H
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/http.h"
+#include "core/router.h"
+
+/*
+ * The auth module's public face: who is calling (struct auth_ctx), the
+ * dispatch hook main.c installs (checks the route's auth level, then runs
+ * its handler), the process-wide cache of orgs/users/keys kept current by
+ * LISTEN/NOTIFY, and the narrow calls the org module needs at signup.
+ */
+
+enum auth_kind { AUTH_KIND_USER, AUTH_KIND_KEY, AUTH_KIND_OPERATOR };
+enum auth_role { ROLE_MEMBER, ROLE_ADMIN };
+
+struct auth_ctx {
+    enum auth_kind kind;
+    enum auth_role role;      /* from the cache, never from the token */
+    char org_id[37];          /* empty for the operator */
+    char principal_id[37];    /* user id or API key id; empty for the operator */
+    const char *schema;       /* "tenant_<hex>", in the request arena; NULL for the operator */
+    const char *slug;         /* the org's current slug, in the request arena */
+};
+
+/* The caller of an authenticated route; NULL on AUTH_NONE routes. */
+static inline const struct auth_ctx *auth_ctx(const struct request *req)
+{
+    return (const struct auth_ctx *)req->auth;
+}
+
+/*
+ * main.c's dispatch hook: authenticates the request as the route's auth
+ * level asks (401 without a valid credential, 403 for a wrong role, a
+ * suspended org or an X-Org-Name naming another org), fills req->auth and
+ * req->org_id, then calls the handler. May finish asynchronously (cache
+ * miss -> one query).
+ */
+void auth_dispatch(struct request *req);
+
+/* Routes /v1/auth/..., /v1/users..., /v1/api-keys...; init starts the
+ * password pool and the cache listener, shutdown stops them. */
+extern const struct module auth_module;
+
+/* Drops cached entries at once in this process (others learn through
+ * NOTIFY, which the database triggers send). */
+void auth_cache_forget_org(const char *org_id);
+void auth_cache_forget_user(const char *user_id);
+
+/*
+ * Signs an access token for a user (claims sub, org, role, ver) into out
+ * (JWT_SIGNED_MAX bytes). Returns the length, or -1.
+ */
+int auth_sign_access(const char *user_id, const char *org_id, const char *role, int64_t ver,
+                     char *out, size_t outlen);
+
+/* Seconds an access token lives (TENANTD_ACCESS_TTL_S), for expires_in. */
+int64_t auth_access_ttl(void);
+int64_t auth_refresh_ttl(void);
+
+#endif
