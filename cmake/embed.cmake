@@ -24,10 +24,10 @@ foreach(track control tenant)
   endforeach()
 endforeach()
 # The OpenAPI document: src/system/openapi.json is the base; each module may
-# keep a fragment src/<module>/openapi.json with "paths", "components" and
+# keep fragments src/<module>/openapi*.json with "paths", "components" and
 # "tags" of its own, merged in here so modules never edit one shared file.
 file(READ "${SRC}/src/system/openapi.json" doc)
-file(GLOB fragments "${SRC}/src/*/openapi.json")
+file(GLOB fragments "${SRC}/src/*/openapi*.json")
 list(SORT fragments)
 list(REMOVE_ITEM fragments "${SRC}/src/system/openapi.json")
 foreach(frag ${fragments})

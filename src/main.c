@@ -11,11 +11,16 @@
 #include "core/router.h"
 #include "db/db.h"
 #include "db/migrate.h"
+#include "auth/auth.h"
+#include "org/org.h"
 #include "system/system.h"
 
 /* Every module of the program; the router is built from their tables. */
 static const struct module *const modules[] = {
     &system_module,
+    &auth_module,
+    &users_module,
+    &org_module,
 };
 #define NMODULES (sizeof modules / sizeof modules[0])
 

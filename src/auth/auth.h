@@ -40,9 +40,12 @@ static inline const struct auth_ctx *auth_ctx(const struct request *req)
  */
 void auth_dispatch(struct request *req);
 
-/* Routes /v1/auth/..., /v1/users..., /v1/api-keys...; init starts the
+/* Routes /v1/auth/...; init starts the
  * password pool and the cache listener, shutdown stops them. */
 extern const struct module auth_module;
+
+/* Routes /v1/users... and /v1/api-keys... (src/auth/users.c, apikeys.c). */
+extern const struct module users_module;
 
 /* Drops cached entries at once in this process (others learn through
  * NOTIFY, which the database triggers send). */

@@ -1,0 +1,3 @@
+/* STUB: the auth module (identity engineer replaces this). */
+#include "auth/auth.h"
+const struct module auth_module = {.name = "auth"};
