@@ -1,5 +1,1205 @@
-/* STUB */
+/*
+ * The migration runner: loads the migrations compiled into the binary,
+ * applies or reverts them with blocking libpq (command line and start-up
+ * only, never on an event loop), and reports their state.
+ *
+ * Layout in the database: public.schema_migrations records the control
+ * track; <tenant>.schema_migrations records the tenant track of each org
+ * schema. A session advisory lock on the control connection serialises
+ * whole runs across processes. Control migrations commit one by one; each
+ * tenant schema gets all its pending migrations in one transaction, so a
+ * crash leaves every schema fully migrated or untouched and a rerun resumes.
+ *
+ * Migration files must not contain their own BEGIN/COMMIT: the runner owns
+ * the transaction, and a COMMIT inside a file would break that guarantee.
+ */
 #include "db/migrate.h"
-int migrate_cli(const char *conninfo, int argc, char **argv, int concurrency) { return 1; }
-int migrate_up(const char *conninfo, int concurrency, char *err, size_t errlen) { return -1; }
-int migrate_check(const char *conninfo, char *err, size_t errlen) { return -1; }
+
+#include <ctype.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include "core/embedded.h"
+#include "core/log.h"
+
+/* Key of the session-level advisory lock that one run holds from start to
+ * end; any fixed bigint works as long as every tenantd uses the same. */
+#define LOCK_KEY "7346519082413377"
+
+#define NAME_MAX_LEN 128
+#define ERRBUF 1024
+
+#define MIGRATIONS_COLUMNS                                                                         \
+    " (version int PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"                       \
+    " applied_at timestamptz NOT NULL DEFAULT now())"
+
+static const char *const track_dir[] = {[TRACK_CONTROL] = "control", [TRACK_TENANT] = "tenant"};
+
+__attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt,
+                                                      ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* libpq messages end in newlines and indent hints with tabs; one line reads
+ * better in a log and in a terminal. */
+static void one_line(char *s)
+{
+    for (char *p = s; *p; p++)
+        if (*p == '\n' || *p == '\t' || *p == '\r')
+            *p = ' ';
+    size_t n = strlen(s);
+    while (n && s[n - 1] == ' ')
+        s[--n] = '\0';
+}
+
+/* ---- names, checksums, loading ---------------------------------------- */
+
+int migration_parse_name(const char *file, int *version, char *name, size_t namelen, bool *is_up)
+{
+    if (!file)
+        return -1;
+    const char *p = file;
+    long v = 0;
+    int digits = 0;
+    while (isdigit((unsigned char)*p)) {
+        if (++digits > 9) /* keeps v inside int */
+            return -1;
+        v = v * 10 + (*p++ - '0');
+    }
+    if (digits < 4 || v < 1 || *p != '_')
+        return -1;
+    const char *start = ++p;
+    while (islower((unsigned char)*p) || isdigit((unsigned char)*p) || *p == '_')
+        p++;
+    size_t len = (size_t)(p - start);
+    bool up;
+    if (!strcmp(p, ".up.sql"))
+        up = true;
+    else if (!strcmp(p, ".down.sql"))
+        up = false;
+    else
+        return -1;
+    if (len == 0 || len >= namelen)
+        return -1;
+    memcpy(name, start, len);
+    name[len] = '\0';
+    *version = (int)v;
+    *is_up = up;
+    return 0;
+}
+
+void migration_checksum(const char *text, size_t len, char out[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    static const char hex[] = "0123456789abcdef";
+    if (!EVP_Digest(text, len, md, &mdlen, EVP_sha256(), NULL) || mdlen != 32)
+        abort(); /* SHA-256 cannot fail short of a broken OpenSSL */
+    for (unsigned i = 0; i < 32; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[64] = '\0';
+}
+
+struct loaded_file {
+    int version;
+    bool up;
+    char name[NAME_MAX_LEN];
+    const struct embedded_file *f;
+};
+
+static int cmp_loaded(const void *a, const void *b)
+{
+    const struct loaded_file *x = a, *y = b;
+    if (x->version != y->version)
+        return x->version < y->version ? -1 : 1;
+    if (x->up != y->up)
+        return x->up ? -1 : 1; /* the up file first in each version */
+    return strcmp(x->f->name, y->f->name);
+}
+
+int migrations_load(const struct embedded_file *files, enum migration_track track,
+                    struct migration **out, size_t *n, char *err, size_t errlen)
+{
+    const char *dir = track_dir[track];
+    *out = NULL;
+    *n = 0;
+    size_t nfiles = 0;
+    for (const struct embedded_file *f = files; f->name; f++)
+        if (f->track && !strcmp(f->track, dir))
+            nfiles++;
+    if (nfiles == 0)
+        return 0;
+
+    struct loaded_file *lf = calloc(nfiles, sizeof *lf);
+    if (!lf)
+        return fail(err, errlen, "out of memory");
+    size_t k = 0;
+    for (const struct embedded_file *f = files; f->name; f++) {
+        if (!f->track || strcmp(f->track, dir))
+            continue;
+        if (migration_parse_name(f->name, &lf[k].version, lf[k].name, sizeof lf[k].name,
+                                 &lf[k].up) != 0) {
+            free(lf);
+            return fail(err, errlen,
+                        "migrations/%s/%s: bad file name (expected NNNN_name.up.sql or "
+                        "NNNN_name.down.sql, name in a-z0-9_)",
+                        dir, f->name);
+        }
+        lf[k++].f = f;
+    }
+    qsort(lf, nfiles, sizeof *lf, cmp_loaded);
+
+    /* Checks pairs and numbering, and sizes the one block that holds the
+     * array followed by the names, so the caller frees a single pointer. */
+    size_t count = 0, names = 0;
+    for (size_t i = 0; i < nfiles; i++) {
+        const struct loaded_file *x = &lf[i];
+        const struct loaded_file *prev = i ? &lf[i - 1] : NULL;
+        int rc = 0;
+        if (prev && prev->version == x->version) {
+            if (x->up || !prev->up)
+                rc = fail(err, errlen, "migrations/%s: duplicate version %04d (%s and %s)", dir,
+                          x->version, prev->f->name, x->f->name);
+            else if (strcmp(prev->name, x->name))
+                rc = fail(err, errlen,
+                          "migrations/%s: duplicate version %04d (%s and %s name different "
+                          "migrations)",
+                          dir, x->version, prev->f->name, x->f->name);
+            else if (i >= 2 && lf[i - 2].version == x->version)
+                rc = fail(err, errlen, "migrations/%s: duplicate version %04d (%s)", dir,
+                          x->version, x->f->name);
+        } else if (!x->up) {
+            rc = fail(err, errlen, "migrations/%s/%s: a .down.sql without its .up.sql", dir,
+                      x->f->name);
+        } else {
+            if (x->version != (int)count + 1)
+                rc = fail(err, errlen,
+                          "migrations/%s: version %04d is missing (numbering must run 0001, "
+                          "0002, ... without gaps; found %s)",
+                          dir, (int)count + 1, x->f->name);
+            count++;
+            names += strlen(x->name) + 1;
+        }
+        if (rc) {
+            free(lf);
+            return rc;
+        }
+    }
+
+    struct migration *m = malloc(count * sizeof *m + names);
+    if (!m) {
+        free(lf);
+        return fail(err, errlen, "out of memory");
+    }
+    char *np = (char *)(m + count);
+    size_t j = 0;
+    for (size_t i = 0; i < nfiles; i++) {
+        const struct loaded_file *x = &lf[i];
+        if (x->up) {
+            size_t len = strlen(x->name) + 1;
+            memcpy(np, x->name, len);
+            m[j].version = x->version;
+            m[j].name = np;
+            m[j].up = x->f->data;
+            m[j].down = NULL;
+            migration_checksum(x->f->data, x->f->len, m[j].checksum);
+            np += len;
+            j++;
+        } else {
+            m[j - 1].down = x->f->data;
+        }
+    }
+    free(lf);
+    *out = m;
+    *n = count;
+    return 0;
+}
+
+/* The embedded migrations, loaded once per process: they never change and
+ * /ready asks for the latest version on every probe. */
+static struct {
+    pthread_once_t once;
+    int rc;
+    char err[512];
+    struct migration *m[2];
+    size_t n[2];
+} builtin = {.once = PTHREAD_ONCE_INIT};
+
+static void builtin_load(void)
+{
+    for (int t = TRACK_CONTROL; t <= TRACK_TENANT; t++)
+        if (migrations_load(embedded_migrations, (enum migration_track)t, &builtin.m[t],
+                            &builtin.n[t], builtin.err, sizeof builtin.err) != 0) {
+            builtin.rc = -1;
+            return;
+        }
+}
+
+static int builtin_get(enum migration_track t, const struct migration **m, size_t *n, char *err,
+                       size_t errlen)
+{
+    pthread_once(&builtin.once, builtin_load);
+    if (builtin.rc != 0)
+        return fail(err, errlen, "migrations built into this binary are broken: %s", builtin.err);
+    *m = builtin.m[t];
+    *n = builtin.n[t];
+    return 0;
+}
+
+int migrate_latest(enum migration_track track)
+{
+    const struct migration *m;
+    size_t n;
+    /* A broken embedded list cannot happen in a tested build (unit test). */
+    if (builtin_get(track, &m, &n, NULL, 0) != 0 || n == 0)
+        return 0;
+    return m[n - 1].version;
+}
+
+/* ---- libpq helpers ---------------------------------------------------- */
+
+/* Warnings from migrations matter; NOTICEs ("already exists, skipping") do not. */
+static void notice_receiver(void *arg, const PGresult *res)
+{
+    (void)arg;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    if (sev && (!strcmp(sev, "NOTICE") || !strcmp(sev, "DEBUG") || !strcmp(sev, "LOG") ||
+                !strcmp(sev, "INFO")))
+        return;
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", PQresultErrorMessage(res));
+    one_line(msg);
+    log_msg(LOG_WARN, "database: %s", msg);
+}
+
+static PGconn *db_open(const char *conninfo, char *err, size_t errlen)
+{
+    const char *const keys[] = {"fallback_application_name", "dbname", NULL};
+    const char *const vals[] = {"tenantd migrate", conninfo, NULL};
+    PGconn *c = PQconnectdbParams(keys, vals, 1);
+    if (!c) {
+        fail(err, errlen, "cannot connect to the database: out of memory");
+        return NULL;
+    }
+    if (PQstatus(c) != CONNECTION_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", PQerrorMessage(c));
+        one_line(msg);
+        fail(err, errlen, "cannot connect to the database: %s", msg);
+        PQfinish(c);
+        return NULL;
+    }
+    PQsetNoticeReceiver(c, notice_receiver, NULL);
+    return c;
+}
+
+/* Line of the 1-based character `pos` in text (UTF-8). */
+static int line_of(const char *text, long pos)
+{
+    int line = 1;
+    long ch = 0;
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
+        if ((*p & 0xC0) == 0x80)
+            continue;
+        if (++ch >= pos)
+            break;
+        if (*p == '\n')
+            line++;
+    }
+    return line;
+}
+
+/* A failed result as one line: severity, message, detail, and the line in
+ * `sql` when the server gave a position. */
+static void result_error(PGconn *c, const PGresult *res, const char *sql, char *out, size_t outlen)
+{
+    const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (!primary) {
+        snprintf(out, outlen, "%s", PQerrorMessage(c));
+        one_line(out);
+        if (!*out)
+            snprintf(out, outlen, "unexpected result from the database");
+        return;
+    }
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY);
+    const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+    const char *pos = PQresultErrorField(res, PG_DIAG_STATEMENT_POSITION);
+    char where[32] = "";
+    if (pos && sql)
+        snprintf(where, sizeof where, " (line %d)", line_of(sql, strtol(pos, NULL, 10)));
+    snprintf(out, outlen, "%s: %s%s%s%s", sev ? sev : "ERROR", primary, detail ? "; " : "",
+             detail ? detail : "", where);
+    one_line(out);
+}
+
+/* Runs sql (simple protocol, may hold several statements); 0 on success. */
+static int exec_sql(PGconn *c, const char *sql, const char *what, char *err, size_t errlen)
+{
+    PGresult *res = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        PQclear(res);
+        return 0;
+    }
+    char msg[ERRBUF];
+    result_error(c, res, sql, msg, sizeof msg);
+    PQclear(res);
+    return fail(err, errlen, "%s: %s", what, msg);
+}
+
+/* One parameterised statement; the result (owned by the caller) or NULL. */
+static PGresult *query(PGconn *c, const char *sql, int n, const char *const *vals,
+                       const char *what, char *err, size_t errlen)
+{
+    PGresult *res = PQexecParams(c, sql, n, NULL, vals, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return res;
+    char msg[ERRBUF];
+    result_error(c, res, NULL, msg, sizeof msg);
+    PQclear(res);
+    fail(err, errlen, "%s: %s", what, msg);
+    return NULL;
+}
+
+static void rollback(PGconn *c)
+{
+    PQclear(PQexec(c, "ROLLBACK"));
+}
+
+/* before || "schema" || after, malloc'd. Schema names reach SQL only
+ * through PQescapeIdentifier. NULL with err on failure. */
+static char *with_schema(PGconn *c, const char *schema, const char *before, const char *after,
+                         char *err, size_t errlen)
+{
+    char *q = PQescapeIdentifier(c, schema, strlen(schema));
+    if (!q) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s", PQerrorMessage(c));
+        one_line(msg);
+        fail(err, errlen, "bad schema name: %s", msg);
+        return NULL;
+    }
+    size_t a = strlen(before), b = strlen(q), d = strlen(after);
+    char *s = malloc(a + b + d + 1);
+    if (s) {
+        memcpy(s, before, a);
+        memcpy(s + a, q, b);
+        memcpy(s + a + b, after, d + 1);
+    } else {
+        fail(err, errlen, "out of memory");
+    }
+    PQfreemem(q);
+    return s;
+}
+
+/* Sets the transaction's search_path to "<schema>", public. */
+static int set_search_path(PGconn *c, const char *schema, char *err, size_t errlen)
+{
+    char *path = with_schema(c, schema, "", ", public", err, errlen);
+    if (!path)
+        return -1;
+    const char *v[] = {path};
+    PGresult *r = query(c, "SELECT pg_catalog.set_config('search_path', $1, true)", 1, v,
+                        "setting search_path", err, errlen);
+    free(path);
+    if (!r)
+        return -1;
+    PQclear(r);
+    return 0;
+}
+
+/* Inserts the row that says m is applied in schema's schema_migrations. */
+static int record_applied(PGconn *c, const char *insert_sql, const struct migration *m, char *err,
+                          size_t errlen)
+{
+    char ver[16];
+    snprintf(ver, sizeof ver, "%d", m->version);
+    const char *v[] = {ver, m->name, m->checksum};
+    PGresult *r = query(c, insert_sql, 3, v, "recording the migration", err, errlen);
+    if (!r)
+        return -1;
+    PQclear(r);
+    return 0;
+}
+
+static int record_reverted(PGconn *c, const char *delete_sql, const struct migration *m,
+                           char *err, size_t errlen)
+{
+    char ver[16];
+    snprintf(ver, sizeof ver, "%d", m->version);
+    const char *v[] = {ver};
+    PGresult *r = query(c, delete_sql, 1, v, "forgetting the migration", err, errlen);
+    if (!r)
+        return -1;
+    PQclear(r);
+    return 0;
+}
+
+/* ---- what a schema has applied ---------------------------------------- */
+
+/* Applied versions of one schema, ascending, with their checksums checked
+ * against the binary. */
+struct applied {
+    int *versions;
+    size_t n;
+};
+
+/* Fills a from rows (version, checksum) and checks each against m: an
+ * unknown version or a changed file is an error naming it. */
+static int check_applied(const PGresult *rows, enum migration_track t, const char *where,
+                         const struct migration *m, size_t nm, struct applied *a, char *err,
+                         size_t errlen)
+{
+    int nr = PQntuples(rows);
+    a->versions = nr ? malloc((size_t)nr * sizeof *a->versions) : NULL;
+    a->n = 0;
+    if (nr && !a->versions)
+        return fail(err, errlen, "out of memory");
+    for (int i = 0; i < nr; i++) {
+        int v = atoi(PQgetvalue(rows, i, 0));
+        const char *sum = PQgetvalue(rows, i, 1);
+        if (v < 1 || (size_t)v > nm)
+            return fail(err, errlen,
+                        "%s has %s migration %04d applied, which this binary does not have "
+                        "(it knows up to %04d): run a newer tenantd",
+                        where, track_dir[t], v, nm ? m[nm - 1].version : 0);
+        const struct migration *x = &m[v - 1];
+        if (strcmp(sum, x->checksum))
+            return fail(err, errlen,
+                        "migrations/%s/%04d_%s.up.sql differs from the one applied in %s "
+                        "(checksum mismatch): an applied migration must not be edited; restore "
+                        "it and add a new migration instead",
+                        track_dir[t], x->version, x->name, where);
+        a->versions[a->n++] = v;
+    }
+    return 0;
+}
+
+static bool is_applied(const struct applied *a, int version)
+{
+    for (size_t i = 0; i < a->n; i++)
+        if (a->versions[i] == version)
+            return true;
+    return false;
+}
+
+/* ---- tenant schemas --------------------------------------------------- */
+
+struct tenant {
+    char *name;
+    bool has_table; /* its schema_migrations exists */
+    struct applied a;
+};
+
+struct tenant_list {
+    struct tenant *t;
+    size_t n;
+};
+
+static void tenants_free(struct tenant_list *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->t[i].name);
+        free(l->t[i].a.versions);
+    }
+    free(l->t);
+    l->t = NULL;
+    l->n = 0;
+}
+
+/* Lists the live orgs' schemas (when public.orgs exists yet) and reads and
+ * checks what each has applied. */
+static int tenants_read(PGconn *c, const struct migration *m, size_t nm, struct tenant_list *l,
+                        char *err, size_t errlen)
+{
+    l->t = NULL;
+    l->n = 0;
+    PGresult *r = query(c, "SELECT pg_catalog.to_regclass('public.orgs') IS NOT NULL", 0, NULL,
+                        "looking for public.orgs", err, errlen);
+    if (!r)
+        return -1;
+    bool has_orgs = PQgetvalue(r, 0, 0)[0] == 't';
+    PQclear(r);
+    if (!has_orgs)
+        return 0;
+    r = query(c,
+              "SELECT o.schema_name, EXISTS (SELECT 1 FROM pg_catalog.pg_tables t"
+              " WHERE t.schemaname = o.schema_name AND t.tablename = 'schema_migrations')"
+              " FROM public.orgs o"
+              " WHERE o.status <> 'deleted'"
+              " AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspname = o.schema_name)"
+              " ORDER BY o.schema_name",
+              0, NULL, "listing tenant schemas", err, errlen);
+    if (!r)
+        return -1;
+    int nr = PQntuples(r);
+    l->t = nr ? calloc((size_t)nr, sizeof *l->t) : NULL;
+    if (nr && !l->t) {
+        PQclear(r);
+        return fail(err, errlen, "out of memory");
+    }
+    for (int i = 0; i < nr; i++) {
+        struct tenant *t = &l->t[l->n];
+        t->name = strdup(PQgetvalue(r, i, 0));
+        if (!t->name) {
+            PQclear(r);
+            return fail(err, errlen, "out of memory");
+        }
+        t->has_table = PQgetvalue(r, i, 1)[0] == 't';
+        l->n++;
+    }
+    PQclear(r);
+
+    for (size_t i = 0; i < l->n; i++) {
+        struct tenant *t = &l->t[i];
+        if (!t->has_table)
+            continue;
+        char *sql = with_schema(c, t->name, "SELECT version, checksum FROM ",
+                                ".schema_migrations ORDER BY version", err, errlen);
+        if (!sql)
+            return -1;
+        char what[200], where[200];
+        snprintf(what, sizeof what, "reading %s.schema_migrations", t->name);
+        snprintf(where, sizeof where, "schema %s", t->name);
+        r = query(c, sql, 0, NULL, what, err, errlen);
+        free(sql);
+        if (!r)
+            return -1;
+        int rc = check_applied(r, TRACK_TENANT, where, m, nm, &t->a, err, errlen);
+        PQclear(r);
+        if (rc)
+            return -1;
+    }
+    return 0;
+}
+
+static bool tenant_current(const struct tenant *t, size_t nm)
+{
+    return t->a.n == nm; /* every applied version is known and distinct */
+}
+
+/* Applies to schema every tenant migration not in `a` (NULL: none applied),
+ * inside the transaction open on c; creates its schema_migrations first. */
+static int tenant_apply(PGconn *c, const char *schema, const struct migration *m, size_t nm,
+                        const struct applied *a, char *err, size_t errlen)
+{
+    int rc = -1;
+    char *create = with_schema(c, schema, "CREATE TABLE IF NOT EXISTS ",
+                               ".schema_migrations" MIGRATIONS_COLUMNS, err, errlen);
+    char *insert = with_schema(c, schema, "INSERT INTO ",
+                               ".schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                               err, errlen);
+    if (!create || !insert)
+        goto out;
+    if (set_search_path(c, schema, err, errlen) ||
+        exec_sql(c, create, "creating schema_migrations", err, errlen))
+        goto out;
+    for (size_t i = 0; i < nm; i++) {
+        if (a && is_applied(a, m[i].version))
+            continue;
+        char what[200];
+        snprintf(what, sizeof what, "tenant/%04d_%s.up.sql", m[i].version, m[i].name);
+        if (exec_sql(c, m[i].up, what, err, errlen) || record_applied(c, insert, &m[i], err, errlen))
+            goto out;
+    }
+    rc = 0;
+out:
+    free(create);
+    free(insert);
+    return rc;
+}
+
+/* Reverts the last `steps` applied migrations of schema in the transaction open on c. */
+static int tenant_revert(PGconn *c, const char *schema, const struct migration *m,
+                         const struct applied *a, int steps, char *err, size_t errlen)
+{
+    char *del = with_schema(c, schema, "DELETE FROM ", ".schema_migrations WHERE version = $1",
+                            err, errlen);
+    if (!del)
+        return -1;
+    int rc = set_search_path(c, schema, err, errlen);
+    for (size_t i = a->n; rc == 0 && i > 0 && (int)(a->n - i) < steps; i--) {
+        const struct migration *x = &m[a->versions[i - 1] - 1];
+        char what[200];
+        snprintf(what, sizeof what, "tenant/%04d_%s.down.sql", x->version, x->name);
+        rc = exec_sql(c, x->down, what, err, errlen);
+        if (rc == 0)
+            rc = record_reverted(c, del, x, err, errlen);
+    }
+    free(del);
+    return rc;
+}
+
+/* The tenant phase: `concurrency` threads, each with its own connection,
+ * take schemas from a shared index; one transaction per schema. */
+struct tenant_run {
+    const char *conninfo;
+    const struct migration *m;
+    size_t nm;
+    bool down;
+    int steps;
+    struct tenant **todo;
+    size_t ntodo;
+    bool tty;
+
+    pthread_mutex_t mu;
+    size_t next, done;
+    bool failed;
+    char err[ERRBUF];
+};
+
+static void tenant_fail(struct tenant_run *r, const char *schema, const char *msg)
+{
+    pthread_mutex_lock(&r->mu);
+    if (!r->failed) {
+        r->failed = true;
+        if (schema)
+            snprintf(r->err, sizeof r->err, "tenant schema %s: %s", schema, msg);
+        else
+            snprintf(r->err, sizeof r->err, "%s", msg);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+static int tenant_one(PGconn *c, const struct tenant_run *r, const struct tenant *t, char *err,
+                      size_t errlen)
+{
+    if (exec_sql(c, "BEGIN", "BEGIN", err, errlen))
+        return -1;
+    int rc = r->down ? tenant_revert(c, t->name, r->m, &t->a, r->steps, err, errlen)
+                     : tenant_apply(c, t->name, r->m, r->nm, &t->a, err, errlen);
+    if (rc == 0)
+        rc = exec_sql(c, "COMMIT", "COMMIT", err, errlen);
+    if (rc)
+        rollback(c);
+    return rc;
+}
+
+static void *tenant_worker(void *arg)
+{
+    struct tenant_run *r = arg;
+    char err[ERRBUF];
+    PGconn *c = db_open(r->conninfo, err, sizeof err);
+    if (!c) {
+        tenant_fail(r, NULL, err);
+        return NULL;
+    }
+    for (;;) {
+        pthread_mutex_lock(&r->mu);
+        struct tenant *t = NULL;
+        if (!r->failed && r->next < r->ntodo)
+            t = r->todo[r->next++];
+        pthread_mutex_unlock(&r->mu);
+        if (!t)
+            break;
+        if (tenant_one(c, r, t, err, sizeof err) != 0) {
+            tenant_fail(r, t->name, err);
+            break;
+        }
+        pthread_mutex_lock(&r->mu);
+        r->done++;
+        if (r->tty) {
+            fprintf(stderr, "\rtenant schemas: %zu/%zu", r->done, r->ntodo);
+            fflush(stderr);
+        }
+        pthread_mutex_unlock(&r->mu);
+    }
+    PQfinish(c);
+    return NULL;
+}
+
+static int tenant_run(struct tenant_run *r, int concurrency, char *err, size_t errlen)
+{
+    if (r->ntodo == 0)
+        return 0;
+    size_t nthreads = concurrency < 1 ? 1 : (size_t)concurrency;
+    if (nthreads > r->ntodo)
+        nthreads = r->ntodo;
+    pthread_t *th = calloc(nthreads, sizeof *th);
+    if (!th)
+        return fail(err, errlen, "out of memory");
+    pthread_mutex_init(&r->mu, NULL);
+    size_t started = 0;
+    while (started < nthreads && pthread_create(&th[started], NULL, tenant_worker, r) == 0)
+        started++;
+    if (started == 0)
+        tenant_worker(r); /* no thread to be had: do the work here */
+    for (size_t i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    pthread_mutex_destroy(&r->mu);
+    free(th);
+    if (r->tty)
+        fputc('\n', stderr);
+    if (r->failed)
+        return fail(err, errlen, "%s (%zu of %zu schemas done; the rest are untouched, rerun to "
+                                 "resume)",
+                    r->err, r->done, r->ntodo);
+    return 0;
+}
+
+/* ---- a run ------------------------------------------------------------ */
+
+struct runner {
+    const char *conninfo;
+    int concurrency;
+    bool cli; /* plain lines on stdout and a progress line; else JSON logs */
+    PGconn *c;
+    const struct migration *cm, *tm;
+    size_t ncm, ntm;
+    struct applied control;
+    struct tenant_list tenants;
+    char *err;
+    size_t errlen;
+};
+
+__attribute__((format(printf, 2, 3))) static void say(const struct runner *r, const char *fmt, ...)
+{
+    char buf[ERRBUF];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (r->cli) {
+        printf("%s\n", buf);
+        fflush(stdout);
+    } else {
+        log_msg(LOG_INFO, "%s", buf);
+    }
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Connects, loads the embedded migrations, and (when `lock`) takes the
+ * advisory lock and makes public.schema_migrations. Then reads what control
+ * and every tenant schema have applied, checking every checksum: any
+ * mismatch fails here, before anything changes. */
+static int runner_open(struct runner *r, bool lock)
+{
+    if (builtin_get(TRACK_CONTROL, &r->cm, &r->ncm, r->err, r->errlen) ||
+        builtin_get(TRACK_TENANT, &r->tm, &r->ntm, r->err, r->errlen))
+        return -1;
+    r->c = db_open(r->conninfo, r->err, r->errlen);
+    if (!r->c)
+        return -1;
+    if (lock) {
+        PGresult *res = query(r->c, "SELECT pg_try_advisory_lock(" LOCK_KEY ")", 0, NULL,
+                              "taking the migration lock", r->err, r->errlen);
+        if (!res)
+            return -1;
+        bool got = PQgetvalue(res, 0, 0)[0] == 't';
+        PQclear(res);
+        if (!got) {
+            say(r, "another migration run holds the lock; waiting for it to finish");
+            res = query(r->c, "SELECT pg_advisory_lock(" LOCK_KEY ")", 0, NULL,
+                        "waiting for the migration lock", r->err, r->errlen);
+            if (!res)
+                return -1;
+            PQclear(res);
+        }
+        if (exec_sql(r->c, "CREATE TABLE IF NOT EXISTS public.schema_migrations" MIGRATIONS_COLUMNS,
+                     "creating public.schema_migrations", r->err, r->errlen))
+            return -1;
+    } else {
+        PGresult *res = query(r->c,
+                              "SELECT pg_catalog.to_regclass('public.schema_migrations') IS NULL",
+                              0, NULL, "looking for public.schema_migrations", r->err, r->errlen);
+        if (!res)
+            return -1;
+        bool missing = PQgetvalue(res, 0, 0)[0] == 't';
+        PQclear(res);
+        if (missing)
+            return 0; /* nothing applied anywhere: no orgs table either */
+    }
+    PGresult *res = query(r->c,
+                          "SELECT version, checksum FROM public.schema_migrations ORDER BY version",
+                          0, NULL, "reading public.schema_migrations", r->err, r->errlen);
+    if (!res)
+        return -1;
+    int rc = check_applied(res, TRACK_CONTROL, "public", r->cm, r->ncm, &r->control, r->err,
+                           r->errlen);
+    PQclear(res);
+    if (rc)
+        return -1;
+    return tenants_read(r->c, r->tm, r->ntm, &r->tenants, r->err, r->errlen);
+}
+
+static void runner_close(struct runner *r)
+{
+    if (r->c)
+        PQfinish(r->c); /* also releases the advisory lock */
+    r->c = NULL;
+    free(r->control.versions);
+    r->control.versions = NULL;
+    tenants_free(&r->tenants);
+}
+
+static int control_up(struct runner *r)
+{
+    size_t applied = 0;
+    for (size_t i = 0; i < r->ncm; i++) {
+        const struct migration *m = &r->cm[i];
+        if (is_applied(&r->control, m->version))
+            continue;
+        char what[200];
+        snprintf(what, sizeof what, "control/%04d_%s.up.sql", m->version, m->name);
+        double t0 = now_ms();
+        if (exec_sql(r->c, "BEGIN", "BEGIN", r->err, r->errlen))
+            return -1;
+        PGresult *res = query(r->c, "SELECT pg_catalog.set_config('search_path', 'public', true)",
+                              0, NULL, "setting search_path", r->err, r->errlen);
+        int rc = res ? 0 : -1;
+        PQclear(res);
+        if (rc == 0)
+            rc = exec_sql(r->c, m->up, what, r->err, r->errlen);
+        if (rc == 0)
+            rc = record_applied(r->c,
+                                "INSERT INTO public.schema_migrations (version, name, checksum)"
+                                " VALUES ($1, $2, $3)",
+                                m, r->err, r->errlen);
+        if (rc == 0)
+            rc = exec_sql(r->c, "COMMIT", "COMMIT", r->err, r->errlen);
+        if (rc) {
+            rollback(r->c);
+            return -1;
+        }
+        applied++;
+        say(r, "control: applied %04d_%s (%.0f ms)", m->version, m->name, now_ms() - t0);
+    }
+    if (applied == 0)
+        say(r, "control: up to date (version %04d)", r->ncm ? r->cm[r->ncm - 1].version : 0);
+    return 0;
+}
+
+static int tenants_up(struct runner *r)
+{
+    struct tenant_run t = {.conninfo = r->conninfo, .m = r->tm, .nm = r->ntm};
+    t.todo = r->tenants.n ? calloc(r->tenants.n, sizeof *t.todo) : NULL;
+    if (r->tenants.n && !t.todo)
+        return fail(r->err, r->errlen, "out of memory");
+    for (size_t i = 0; i < r->tenants.n; i++)
+        if (!tenant_current(&r->tenants.t[i], r->ntm))
+            t.todo[t.ntodo++] = &r->tenants.t[i];
+    t.tty = r->cli && t.ntodo > 0 && isatty(STDERR_FILENO);
+    double t0 = now_ms();
+    int rc = tenant_run(&t, r->concurrency, r->err, r->errlen);
+    free(t.todo);
+    if (rc)
+        return -1;
+    say(r, "tenant schemas: %zu migrated, %zu already current (version %04d, %.0f ms)", t.ntodo,
+        r->tenants.n - t.ntodo, r->ntm ? r->tm[r->ntm - 1].version : 0, now_ms() - t0);
+    return 0;
+}
+
+static int run_up(const char *conninfo, int concurrency, bool cli, char *err, size_t errlen)
+{
+    struct runner r = {.conninfo = conninfo, .concurrency = concurrency, .cli = cli, .err = err,
+                       .errlen = errlen};
+    int rc = runner_open(&r, true);
+    if (rc == 0)
+        rc = control_up(&r);
+    if (rc == 0)
+        rc = tenants_up(&r);
+    runner_close(&r);
+    return rc;
+}
+
+int migrate_up(const char *conninfo, int concurrency, char *err, size_t errlen)
+{
+    return run_up(conninfo, concurrency, false, err, errlen);
+}
+
+static int control_down(struct runner *r, int steps)
+{
+    struct applied *a = &r->control;
+    if (a->n == 0) {
+        say(r, "control: nothing to revert");
+        return 0;
+    }
+    /* Refuse before touching anything when one of them cannot be reverted. */
+    for (size_t i = a->n, k = 0; i > 0 && (int)k < steps; i--, k++) {
+        const struct migration *m = &r->cm[a->versions[i - 1] - 1];
+        if (!m->down)
+            return fail(r->err, r->errlen,
+                        "cannot revert control %04d_%s: migrations/control has no "
+                        "%04d_%s.down.sql; nothing was reverted",
+                        m->version, m->name, m->version, m->name);
+    }
+    for (size_t i = a->n, k = 0; i > 0 && (int)k < steps; i--, k++) {
+        const struct migration *m = &r->cm[a->versions[i - 1] - 1];
+        char what[200];
+        snprintf(what, sizeof what, "control/%04d_%s.down.sql", m->version, m->name);
+        if (exec_sql(r->c, "BEGIN", "BEGIN", r->err, r->errlen))
+            return -1;
+        PGresult *res = query(r->c, "SELECT pg_catalog.set_config('search_path', 'public', true)",
+                              0, NULL, "setting search_path", r->err, r->errlen);
+        int rc = res ? 0 : -1;
+        PQclear(res);
+        if (rc == 0)
+            rc = exec_sql(r->c, m->down, what, r->err, r->errlen);
+        if (rc == 0)
+            rc = record_reverted(r->c, "DELETE FROM public.schema_migrations WHERE version = $1",
+                                 m, r->err, r->errlen);
+        if (rc == 0)
+            rc = exec_sql(r->c, "COMMIT", "COMMIT", r->err, r->errlen);
+        if (rc) {
+            rollback(r->c);
+            return -1;
+        }
+        say(r, "control: reverted %04d_%s", m->version, m->name);
+    }
+    if ((size_t)steps > a->n)
+        say(r, "control: only %zu migration(s) were applied; all reverted", a->n);
+    return 0;
+}
+
+static int tenants_down(struct runner *r, int steps)
+{
+    struct tenant_run t = {.conninfo = r->conninfo, .m = r->tm, .nm = r->ntm, .down = true,
+                           .steps = steps};
+    t.todo = r->tenants.n ? calloc(r->tenants.n, sizeof *t.todo) : NULL;
+    if (r->tenants.n && !t.todo)
+        return fail(r->err, r->errlen, "out of memory");
+    for (size_t i = 0; i < r->tenants.n; i++) {
+        struct tenant *x = &r->tenants.t[i];
+        if (x->a.n == 0)
+            continue;
+        for (size_t j = x->a.n, k = 0; j > 0 && (int)k < steps; j--, k++) {
+            const struct migration *m = &r->tm[x->a.versions[j - 1] - 1];
+            if (!m->down) {
+                free(t.todo);
+                return fail(r->err, r->errlen,
+                            "cannot revert tenant %04d_%s: migrations/tenant has no "
+                            "%04d_%s.down.sql; nothing was reverted",
+                            m->version, m->name, m->version, m->name);
+            }
+        }
+        t.todo[t.ntodo++] = x;
+    }
+    t.tty = r->cli && t.ntodo > 0 && isatty(STDERR_FILENO);
+    int rc = tenant_run(&t, r->concurrency, r->err, r->errlen);
+    free(t.todo);
+    if (rc)
+        return -1;
+    say(r, "tenant schemas: reverted the last %d migration(s) in %zu schema(s), %zu had none", steps,
+        t.ntodo, r->tenants.n - t.ntodo);
+    return 0;
+}
+
+/* ---- status and check ------------------------------------------------- */
+
+static int run_status(const char *conninfo, char *err, size_t errlen)
+{
+    struct runner r = {.conninfo = conninfo, .cli = true, .err = err, .errlen = errlen};
+    int rc = runner_open(&r, false);
+    if (rc == 0 && r.control.n > 0) {
+        PGresult *res = query(r.c,
+                              "SELECT version, to_char(applied_at AT TIME ZONE 'UTC',"
+                              " 'YYYY-MM-DD HH24:MI:SS') || ' UTC' FROM public.schema_migrations"
+                              " ORDER BY version",
+                              0, NULL, "reading public.schema_migrations", err, errlen);
+        if (!res) {
+            rc = -1;
+        } else {
+            printf("control migrations (public):\n");
+            for (size_t i = 0; i < r.ncm; i++) {
+                const struct migration *m = &r.cm[i];
+                const char *at = NULL;
+                for (int j = 0; j < PQntuples(res); j++)
+                    if (atoi(PQgetvalue(res, j, 0)) == m->version)
+                        at = PQgetvalue(res, j, 1);
+                printf("  %04d_%-30s %s%s\n", m->version, m->name, at ? "applied " : "pending",
+                       at ? at : "");
+            }
+            PQclear(res);
+        }
+    } else if (rc == 0) {
+        printf("control migrations (public):\n");
+        for (size_t i = 0; i < r.ncm; i++)
+            printf("  %04d_%-30s pending\n", r.cm[i].version, r.cm[i].name);
+    }
+    if (rc == 0) {
+        size_t current = 0;
+        for (size_t i = 0; i < r.tenants.n; i++)
+            current += tenant_current(&r.tenants.t[i], r.ntm);
+        printf("tenant migrations (%zu schema(s): %zu current, %zu behind):\n", r.tenants.n,
+               current, r.tenants.n - current);
+        for (size_t i = 0; i < r.ntm; i++) {
+            size_t have = 0;
+            for (size_t j = 0; j < r.tenants.n; j++)
+                have += is_applied(&r.tenants.t[j].a, r.tm[i].version);
+            printf("  %04d_%-30s %zu applied, %zu pending\n", r.tm[i].version, r.tm[i].name, have,
+                   r.tenants.n - have);
+        }
+        fflush(stdout);
+    }
+    runner_close(&r);
+    return rc;
+}
+
+int migrate_check(const char *conninfo, char *err, size_t errlen)
+{
+    struct runner r = {.conninfo = conninfo, .err = err, .errlen = errlen};
+    int rc = runner_open(&r, false);
+    if (rc == 0) {
+        char list[256] = "";
+        size_t pending = 0, len = 0;
+        for (size_t i = 0; i < r.ncm; i++) {
+            if (is_applied(&r.control, r.cm[i].version))
+                continue;
+            if (len < sizeof list)
+                len += (size_t)snprintf(list + len, sizeof list - len, "%s%04d_%s",
+                                        pending ? ", " : "", r.cm[i].version, r.cm[i].name);
+            pending++;
+        }
+        size_t behind = 0;
+        const char *first = NULL;
+        for (size_t i = 0; i < r.tenants.n; i++)
+            if (!tenant_current(&r.tenants.t[i], r.ntm)) {
+                if (!first)
+                    first = r.tenants.t[i].name;
+                behind++;
+            }
+        if (pending) {
+            fail(err, errlen, "control migrations pending: %s", list);
+            rc = 1;
+        } else if (behind) {
+            fail(err, errlen, "%zu of %zu tenant schema(s) behind, e.g. %s", behind, r.tenants.n,
+                 first);
+            rc = 1;
+        } else if (errlen) {
+            err[0] = '\0';
+        }
+    }
+    runner_close(&r);
+    return rc;
+}
+
+/* ---- org creation ----------------------------------------------------- */
+
+int migrate_tenant_schema(PGconn *conn, const char *schema, char *err, size_t errlen)
+{
+    const struct migration *m;
+    size_t nm;
+    if (builtin_get(TRACK_TENANT, &m, &nm, err, errlen))
+        return -1;
+    PGresult *res = query(conn, "SELECT pg_catalog.current_setting('search_path')", 0, NULL,
+                          "reading search_path", err, errlen);
+    if (!res)
+        return -1;
+    char *saved = strdup(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    if (!saved)
+        return fail(err, errlen, "out of memory");
+    char *create = with_schema(conn, schema, "CREATE SCHEMA ", "", err, errlen);
+    int rc = create ? 0 : -1;
+    if (rc == 0)
+        rc = exec_sql(conn, create, "creating the schema", err, errlen);
+    free(create);
+    if (rc == 0)
+        rc = tenant_apply(conn, schema, m, nm, NULL, err, errlen);
+    if (rc == 0) {
+        /* Restore for the rest of the caller's transaction; local, so the
+         * session's own value comes back at commit either way. */
+        const char *v[] = {saved};
+        res = query(conn, "SELECT pg_catalog.set_config('search_path', $1, true)", 1, v,
+                    "restoring search_path", err, errlen);
+        rc = res ? 0 : -1;
+        PQclear(res);
+    }
+    free(saved);
+    return rc;
+}
+
+/* ---- command line ----------------------------------------------------- */
+
+static const char usage[] = "usage: tenantd migrate up | down [N] [--tenant] | status";
+
+__attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("tenantd migrate: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n%s\n", usage);
+    return 2;
+}
+
+/* N of `down N`: 1..10000, digits only. */
+static int parse_steps(const char *s)
+{
+    if (!*s || strlen(s) > 5)
+        return -1;
+    int v = 0;
+    for (const char *p = s; *p; p++) {
+        if (!isdigit((unsigned char)*p))
+            return -1;
+        v = v * 10 + (*p - '0');
+    }
+    return v >= 1 && v <= 10000 ? v : -1;
+}
+
+int migrate_cli(const char *conninfo, int argc, char **argv, int concurrency)
+{
+    /* main passes the words after "migrate"; tolerate the word itself too. */
+    if (argc > 0 && !strcmp(argv[0], "migrate"))
+        argc--, argv++;
+    if (argc == 0)
+        return usage_error("missing subcommand");
+    char err[ERRBUF];
+    int rc;
+    if (!strcmp(argv[0], "up") || !strcmp(argv[0], "status")) {
+        if (argc > 1)
+            return usage_error("unexpected argument '%s'", argv[1]);
+        rc = argv[0][0] == 'u' ? run_up(conninfo, concurrency, true, err, sizeof err)
+                               : run_status(conninfo, err, sizeof err);
+    } else if (!strcmp(argv[0], "down")) {
+        int steps = 0;
+        bool tenant = false;
+        for (int i = 1; i < argc; i++) {
+            if (!strcmp(argv[i], "--tenant") && !tenant)
+                tenant = true;
+            else if (steps == 0 && (steps = parse_steps(argv[i])) > 0)
+                continue;
+            else
+                return usage_error("down: bad argument '%s' (N is a number from 1 to 10000)",
+                                   argv[i]);
+        }
+        struct runner r = {.conninfo = conninfo, .concurrency = concurrency, .cli = true,
+                           .err = err, .errlen = sizeof err};
+        rc = runner_open(&r, true);
+        if (rc == 0)
+            rc = tenant ? tenants_down(&r, steps ? steps : 1) : control_down(&r, steps ? steps : 1);
+        runner_close(&r);
+    } else {
+        return usage_error("unknown subcommand '%s'", argv[0]);
+    }
+    if (rc != 0) {
+        fprintf(stderr, "tenantd migrate: %s\n", err);
+        return 1;
+    }
+    return 0;
+}
