@@ -1,3 +1,1327 @@
-/* STUB */
+/*
+ * The HTTP/1.1 server: one libuv loop per thread, each with its own
+ * SO_REUSEPORT listening socket; llhttp parses; one request at a time per
+ * connection (pipelined requests wait in the connection's buffer, so
+ * answers go out in order); graceful drain on SIGTERM/SIGINT.
+ *
+ * A connection moves through these states:
+ *   IDLE      waiting for a request's first byte (idle or first-request timer)
+ *   HEAD      request line and headers arriving (header timer since 1st byte)
+ *   BODY      body arriving (idle timer, restarted by every read)
+ *   HANDLING  request complete, with the handler; not reading
+ *   WRITING   response being written (idle timer against slow readers)
+ *   LINGER    error or Connection: close answered; FIN sent, the client's
+ *             leftovers read and dropped briefly so they cause no RST that
+ *             could destroy the answer in flight
+ *   CLOSED    handles closing
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <llhttp.h>
+#include <openssl/rand.h>
+
+#include "core/config.h"
 #include "core/http.h"
-int server_run(const struct router *router, const struct server_hooks *hooks) { return -1; }
+#include "core/http_internal.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/problem.h"
+#include "core/router.h"
+
+#define READ_BUF_SIZE 65536
+#define LINGER_MS 1000
+#define REQUEST_ID_MAX 128
+
+enum conn_state { C_IDLE, C_HEAD, C_BODY, C_HANDLING, C_WRITING, C_LINGER, C_CLOSED };
+
+struct loop_server;
+
+struct conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_shutdown_t shutdown_req;
+    uv_write_t write_req; /* the response; one at a time */
+    struct loop_server *ls;
+    struct conn *prev, *next;
+    llhttp_t parser;
+    enum conn_state state;
+    int open_handles;
+    bool reading;
+    bool keep_alive; /* decided when a request completes */
+    bool must_close; /* an error, or the server drains */
+    bool dispatched; /* c->req is with its handler */
+    int status;      /* of the response being written */
+    char client_ip[INET6_ADDRSTRLEN];
+
+    /* Bytes after a complete request, kept until its answer is written. */
+    char *pending;
+    size_t pending_len, pending_cap;
+
+    /* Where the parser is in the raw input, for the checks llhttp 8.1 does
+     * not make itself (obs-fold, space before the colon). */
+    const char *chunk;  /* start of the buffer given to llhttp_execute */
+    char prev_byte;     /* last byte of the previous buffer */
+    size_t head_before; /* header bytes of this request before `chunk` */
+    enum { SCAN_BEFORE, SCAN_HEAD, SCAN_DONE } scan; /* raw obs-fold scan of the head */
+    uint32_t scan_tail;                              /* its last four bytes */
+
+    /* The request being parsed and its accumulators. */
+    struct request *req;
+    char *span; /* a URL, header name or value arriving in pieces */
+    size_t span_len, span_cap;
+    bool url_started;
+    const char *field; /* current header name, in the arena */
+    size_t headers_cap;
+    size_t trailer_bytes;
+    int cl_count, te_count, host_count;
+    const char *te_value, *expect;
+    char *body;
+    size_t body_len, body_cap;
+
+    /* Set by a parser callback that rejects the request. */
+    bool failed;
+    enum problem problem;
+    const char *detail;
+};
+
+struct server;
+
+struct loop_server {
+    struct loop_ctx ctx;
+    uv_loop_t loop;
+    uv_tcp_t listener;
+    uv_async_t stop_async;
+    uv_timer_t drain_timer;
+    uv_thread_t thread;
+    const struct server_hooks *hooks;
+    struct server *srv;
+    int fd;
+    char *readbuf; /* shared by the loop's connections: each read is parsed at once */
+    struct conn *conns;
+    size_t nconns;
+    size_t orphans; /* requests whose client left before the handler answered */
+    bool listening, stopping;
+    uint64_t last_refusal_log;
+};
+
+struct server {
+    uv_loop_t loop;
+    uv_signal_t sigterm, sigint;
+    uv_async_t exited;
+    atomic_int nexited;
+    int nloops;
+    bool stopping;
+    struct loop_server *loops;
+};
+
+static llhttp_settings_t parser_settings;
+
+static void conn_close(struct conn *c);
+static void conn_respond_error(struct conn *c);
+static void check_drained(struct loop_server *ls);
+
+/* ---- request ids ---- */
+
+/* xoshiro128**-like generator per thread, seeded from the CSPRNG: request
+ * ids must be unique, not secret, and this keeps RAND_bytes off the hot path. */
+static _Thread_local uint64_t rng_state[2];
+static _Thread_local bool rng_seeded;
+
+static uint64_t rng_next(void)
+{
+    if (!rng_seeded) {
+        if (RAND_bytes((unsigned char *)rng_state, sizeof rng_state) != 1) {
+            rng_state[0] = uv_hrtime() ^ (uint64_t)(uintptr_t)&rng_state;
+            rng_state[1] = (uint64_t)getpid() * 0x9E3779B97F4A7C15ull;
+        }
+        if (!rng_state[0] && !rng_state[1])
+            rng_state[1] = 1;
+        rng_seeded = true;
+    }
+    /* xorshift128+ */
+    uint64_t s1 = rng_state[0];
+    const uint64_t s0 = rng_state[1];
+    rng_state[0] = s0;
+    s1 ^= s1 << 23;
+    rng_state[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
+    return rng_state[1] + s0;
+}
+
+/* A UUID v4-shaped id in the arena. */
+static const char *new_request_id(struct arena *a)
+{
+    uint64_t hi = rng_next(), lo = rng_next();
+    hi = (hi & 0xFFFFFFFFFFFF0FFFull) | 0x0000000000004000ull;
+    lo = (lo & 0x3FFFFFFFFFFFFFFFull) | 0x8000000000000000ull;
+    return arena_printf(a, "%08x-%04x-%04x-%04x-%012llx", (unsigned)(hi >> 32),
+                        (unsigned)((hi >> 16) & 0xFFFF), (unsigned)(hi & 0xFFFF),
+                        (unsigned)(lo >> 48), (unsigned long long)(lo & 0xFFFFFFFFFFFFull));
+}
+
+/* A client's X-Request-Id is kept only if it is safe to log and echo. */
+static bool sane_request_id(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char ch = s[n];
+        if (n >= REQUEST_ID_MAX ||
+            !((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == ':' || ch == '-'))
+            return false;
+    }
+    return n > 0;
+}
+
+/* ---- small helpers ---- */
+
+static void read_on(struct conn *c);
+
+static void on_timer(uv_timer_t *t);
+
+static void timer_set(struct conn *c, uint64_t ms)
+{
+    uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+static void read_off(struct conn *c)
+{
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n);
+    if (!q) {
+        log_msg(LOG_ERROR, "out of memory");
+        abort();
+    }
+    return q;
+}
+
+/* Appends to a malloc'd growable buffer. */
+static void buf_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t ncap = *cap ? *cap : 256;
+        while (ncap < *len + n + 1)
+            ncap *= 2;
+        *buf = xrealloc(*buf, ncap);
+        *cap = ncap;
+    }
+    memcpy(*buf + *len, data, n);
+    *len += n;
+}
+
+/* The byte k positions before `at` in the input stream, or -1 when it is no
+ * longer at hand. */
+static int byte_before(const struct conn *c, const char *at, size_t k)
+{
+    if ((size_t)(at - c->chunk) >= k)
+        return (unsigned char)at[-(ptrdiff_t)k];
+    if (k == 1 && at == c->chunk)
+        return (unsigned char)c->prev_byte;
+    return -1;
+}
+
+static int reject(struct conn *c, enum problem p, const char *detail)
+{
+    if (!c->failed) {
+        c->failed = true;
+        c->problem = p;
+        c->detail = detail;
+    }
+    llhttp_set_error_reason(&c->parser, detail);
+    return HPE_USER;
+}
+
+/* The header block so far, up to `end` in the current buffer. */
+static int check_head_size(struct conn *c, const char *end)
+{
+    if (c->state != C_HEAD)
+        return 0;
+    size_t n = c->head_before + (size_t)(end - c->chunk);
+    if (n > (size_t)g_config->max_header_bytes)
+        return reject(c, PROBLEM_HEADERS_TOO_LARGE, "The request's header block is too large.");
+    return 0;
+}
+
+/* ---- the request's lifetime ---- */
+
+static void new_request(struct conn *c)
+{
+    struct arena *a = arena_new();
+    struct request *req = arena_calloc(a, sizeof *req);
+    req->arena = a;
+    req->ctx = &c->ls->ctx;
+    req->conn = c;
+    req->method_str = "-";
+    req->target = "";
+    req->path = "";
+    req->client_ip = arena_strdup(a, c->client_ip);
+    c->req = req;
+    c->span_len = 0;
+    c->url_started = false;
+    c->field = NULL;
+    c->headers_cap = 0;
+    c->trailer_bytes = 0;
+    c->cl_count = c->te_count = c->host_count = 0;
+    c->te_value = c->expect = NULL;
+    c->body_len = 0;
+    c->dispatched = false;
+}
+
+/* Logs, counts and frees a request whose answer is done (written, failed,
+ * or dropped because the client left). */
+static void finish_request(struct loop_server *ls, struct request *req, int status)
+{
+    uint64_t now = uv_hrtime();
+    if (!req->start_ns)
+        req->start_ns = now;
+    double secs = (double)(now - req->start_ns) / 1e9;
+    const char *route = req->route_pattern ? req->route_pattern : "unmatched";
+    if (!req->request_id)
+        req->request_id = new_request_id(req->arena);
+    log_request(req->request_id, req->method_str, route, req->path, status, secs * 1000.0,
+                req->org_id);
+    if (ls->ctx.metrics)
+        metrics_request(ls->ctx.metrics, route, req->method_str, status, secs);
+    arena_free(req->arena);
+}
+
+/* Drops the request being parsed (never dispatched) and its body. */
+static void drop_request(struct conn *c)
+{
+    if (c->req) {
+        arena_free(c->req->arena);
+        c->req = NULL;
+    }
+    free(c->body);
+    c->body = NULL;
+    c->body_len = c->body_cap = 0;
+}
+
+/* ---- llhttp callbacks: collect, validate, never dispatch ---- */
+
+static int on_message_begin(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    drop_request(c); /* none should remain; keeps the invariant cheap */
+    new_request(c);
+    c->state = C_HEAD;
+    timer_set(c, (uint64_t)g_config->header_timeout_ms);
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    if (!c->url_started) {
+        c->url_started = true;
+        /* llhttp 8.1 accepts several spaces after the method. */
+        if (byte_before(c, at, 2) == ' ')
+            return reject(c, PROBLEM_BAD_REQUEST, "The request line is malformed.");
+    }
+    if (check_head_size(c, at + len))
+        return HPE_USER;
+    buf_append(&c->span, &c->span_len, &c->span_cap, at, len);
+    return 0;
+}
+
+static int on_url_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    c->req->target = arena_strndup(c->req->arena, c->span ? c->span : "", c->span_len);
+    c->span_len = 0;
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    /* llhttp 8.1 keeps a space before the colon in the name; RFC 9112
+     * says to reject it (a proxy might read the line differently). */
+    for (size_t i = 0; i < len; i++)
+        if (at[i] == ' ' || at[i] == '\t')
+            return reject(c, PROBLEM_BAD_REQUEST, "A header name contains whitespace.");
+    if (c->state == C_BODY) { /* trailer: checked and counted, not kept */
+        c->trailer_bytes += len;
+        if (c->trailer_bytes > (size_t)g_config->max_header_bytes)
+            return reject(c, PROBLEM_HEADERS_TOO_LARGE, "The request's trailers are too large.");
+        return 0;
+    }
+    if (check_head_size(c, at + len))
+        return HPE_USER;
+    buf_append(&c->span, &c->span_len, &c->span_cap, at, len);
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    if (c->state == C_BODY)
+        return 0;
+    if (c->span_len == 0)
+        return reject(c, PROBLEM_BAD_REQUEST, "A header name is empty.");
+    c->field = arena_strndup(c->req->arena, c->span, c->span_len);
+    c->span_len = 0;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    /* llhttp 8.1 joins an obs-fold continuation line (CRLF then SP/HT) to the
+     * value; such a piece starts right after a LF. RFC 9112 5.2: reject. */
+    if (len > 0 && byte_before(c, at, 1) == '\n')
+        return reject(c, PROBLEM_BAD_REQUEST, "Folded header lines (obs-fold) are not accepted.");
+    for (size_t i = 0; i < len; i++)
+        if (at[i] == '\r' || at[i] == '\n' || at[i] == '\0')
+            return reject(c, PROBLEM_BAD_REQUEST, "A header value contains CR, LF or NUL.");
+    if (c->state == C_BODY) {
+        c->trailer_bytes += len;
+        if (c->trailer_bytes > (size_t)g_config->max_header_bytes)
+            return reject(c, PROBLEM_HEADERS_TOO_LARGE, "The request's trailers are too large.");
+        return 0;
+    }
+    if (check_head_size(c, at + len))
+        return HPE_USER;
+    buf_append(&c->span, &c->span_len, &c->span_cap, at, len);
+    return 0;
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    if (c->state == C_BODY)
+        return 0;
+    struct request *req = c->req;
+    const char *v = c->span ? c->span : "";
+    size_t n = c->span_len;
+    while (n && (*v == ' ' || *v == '\t'))
+        v++, n--;
+    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    if (req->nheaders == c->headers_cap) {
+        size_t ncap = c->headers_cap ? c->headers_cap * 2 : 16;
+        struct http_header *h = arena_alloc(req->arena, ncap * sizeof *h);
+        if (req->nheaders)
+            memcpy(h, req->headers, req->nheaders * sizeof *h);
+        req->headers = h;
+        c->headers_cap = ncap;
+    }
+    struct http_header *h = &req->headers[req->nheaders++];
+    h->name = c->field ? c->field : "";
+    h->value = arena_strndup(req->arena, v, n);
+    c->span_len = 0;
+    c->field = NULL;
+
+    if (strcasecmp(h->name, "content-length") == 0) {
+        c->cl_count++;
+    } else if (strcasecmp(h->name, "transfer-encoding") == 0) {
+        c->te_count++;
+        c->te_value = h->value;
+    } else if (strcasecmp(h->name, "host") == 0) {
+        c->host_count++;
+    } else if (strcasecmp(h->name, "expect") == 0) {
+        c->expect = h->value;
+    }
+    return 0;
+}
+
+static void write_ignored(uv_write_t *w, int status)
+{
+    (void)w;
+    (void)status;
+}
+
+/* Splits the target into path and query. Origin-form ("/a?b") is the norm;
+ * absolute-form ("http://host/a") must be accepted too (RFC 9112 3.2.2);
+ * "*" only with OPTIONS. */
+static bool split_target(struct request *req)
+{
+    const char *t = req->target;
+    if (t[0] != '/') {
+        if (strcmp(t, "*") == 0 && req->method == HTTP_OPTIONS) {
+            req->path = "*";
+            return true;
+        }
+        size_t skip;
+        if (strncasecmp(t, "http://", 7) == 0)
+            skip = 7;
+        else if (strncasecmp(t, "https://", 8) == 0)
+            skip = 8;
+        else
+            return false;
+        t += skip;
+        const char *slash = strpbrk(t, "/?");
+        if (slash == t)
+            return false; /* no authority */
+        if (!slash)
+            t = "/";
+        else if (*slash == '?')
+            t = arena_printf(req->arena, "/%s", slash);
+        else
+            t = slash;
+    }
+    const char *q = strchr(t, '?');
+    if (q) {
+        req->path = arena_strndup(req->arena, t, (size_t)(q - t));
+        req->query = q + 1;
+    } else {
+        req->path = t;
+    }
+    return true;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    struct request *req = c->req;
+    req->start_ns = uv_hrtime();
+    req->method = p->method;
+    req->method_str = llhttp_method_name((llhttp_method_t)p->method);
+    req->head = p->method == HTTP_HEAD;
+    const char *rid = http_header(req, "X-Request-Id");
+    req->request_id = rid && sane_request_id(rid) ? rid : new_request_id(req->arena);
+
+    /* llhttp accepts 0.9 and 2.0 in the version; only 1.x is HTTP/1. */
+    if (p->http_major != 1 || p->http_minor > 1) {
+        reject(c, PROBLEM_BAD_REQUEST, "Only HTTP/1.0 and HTTP/1.1 are supported.");
+        return -1;
+    }
+    /* Smuggling guards on top of llhttp's own (it already refuses CL with TE,
+     * differing duplicate CLs and "chunked" not last). */
+    if (c->cl_count > 1) {
+        reject(c, PROBLEM_BAD_REQUEST, "Content-Length appears more than once.");
+        return -1;
+    }
+    if (c->te_count) {
+        if (c->te_count > 1 || strcasecmp(c->te_value, "chunked") != 0 || p->http_minor == 0) {
+            reject(c, PROBLEM_BAD_REQUEST,
+                   "Transfer-Encoding must be exactly \"chunked\" (HTTP/1.1 only).");
+            return -1;
+        }
+        if (c->cl_count) {
+            reject(c, PROBLEM_BAD_REQUEST, "Content-Length and Transfer-Encoding both present.");
+            return -1;
+        }
+    }
+    if (c->host_count > 1) {
+        reject(c, PROBLEM_BAD_REQUEST, "Host appears more than once.");
+        return -1;
+    }
+    if (!split_target(req)) {
+        reject(c, PROBLEM_BAD_REQUEST, "The request target is not valid.");
+        return -1;
+    }
+    bool chunked = (p->flags & F_CHUNKED) != 0;
+    bool has_cl = (p->flags & F_CONTENT_LENGTH) != 0;
+    if (has_cl && p->content_length > (uint64_t)g_config->max_body_bytes) {
+        reject(c, PROBLEM_PAYLOAD_TOO_LARGE, "The request body is too large.");
+        return -1;
+    }
+    if (chunked || (has_cl && p->content_length > 0)) {
+        if (c->expect && p->http_minor == 1 && strcasecmp(c->expect, "100-continue") == 0) {
+            static char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+            uv_buf_t b = uv_buf_init(cont, sizeof cont - 1);
+            uv_write_t *w = arena_alloc(req->arena, sizeof *w);
+            /* Ordered before the final answer's write, whose callback is
+             * what frees the arena. */
+            if (uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, write_ignored) != 0)
+                log_msg(LOG_DEBUG, "could not send 100 Continue");
+        }
+        size_t first = has_cl ? (size_t)p->content_length + 1 : 16384;
+        if (first > 65536)
+            first = 65536; /* grow as bytes arrive, not as the client promises */
+        c->body = xrealloc(c->body, first);
+        c->body_cap = first;
+        c->body_len = 0;
+        c->state = C_BODY;
+        timer_set(c, (uint64_t)g_config->idle_timeout_ms);
+    } else {
+        c->state = C_BODY; /* on_message_complete follows at once */
+    }
+    return 0;
+}
+
+static int on_chunk_header(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    /* p->content_length is the announced chunk size: refuse early. */
+    if (p->content_length > (uint64_t)g_config->max_body_bytes - c->body_len)
+        return reject(c, PROBLEM_PAYLOAD_TOO_LARGE, "The request body is too large.");
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    if (c->body_len + len > (size_t)g_config->max_body_bytes)
+        return reject(c, PROBLEM_PAYLOAD_TOO_LARGE, "The request body is too large.");
+    buf_append(&c->body, &c->body_len, &c->body_cap, at, len);
+    return 0;
+}
+
+static void free_body(void *p)
+{
+    free(p);
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    struct request *req = c->req;
+    if (c->body) {
+        c->body[c->body_len] = '\0'; /* buf_append keeps room for it */
+        arena_cleanup(req->arena, free_body, c->body);
+        req->body = c->body;
+        req->body_len = c->body_len;
+        c->body = NULL;
+        c->body_len = c->body_cap = 0;
+    } else {
+        req->body = arena_calloc(req->arena, 1);
+        req->body_len = 0;
+    }
+    /* Upgrade / CONNECT leave the parser in another protocol: answer, then
+     * close. */
+    c->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
+    c->state = C_HANDLING;
+    uv_timer_stop(&c->timer);
+    return HPE_PAUSED; /* one request at a time; the rest waits in c->pending */
+}
+
+/* ---- reading and dispatch ---- */
+
+static void keep_pending(struct conn *c, const char *from, size_t n)
+{
+    if (n == 0) {
+        c->pending_len = 0;
+        return;
+    }
+    if (c->pending && from >= c->pending && from < c->pending + c->pending_cap) {
+        memmove(c->pending, from, n);
+        c->pending_len = n;
+        return;
+    }
+    if (n > c->pending_cap) {
+        c->pending = xrealloc(c->pending, n);
+        c->pending_cap = n;
+    }
+    memcpy(c->pending, from, n);
+    c->pending_len = n;
+}
+
+static void dispatch(struct conn *c)
+{
+    struct request *req = c->req;
+    struct loop_server *ls = c->ls;
+    c->dispatched = true;
+    const char *allow = NULL;
+    enum router_result r =
+        ls->ctx.router ? router_match(ls->ctx.router, req, &allow) : ROUTER_NOT_FOUND;
+    switch (r) {
+    case ROUTER_FOUND:
+        if (ls->hooks->dispatch)
+            ls->hooks->dispatch(req);
+        else
+            req->route->handler(req);
+        break;
+    case ROUTER_METHOD_NOT_ALLOWED:
+        if (allow)
+            http_set_header(req, "Allow", allow);
+        problem_respond(req, PROBLEM_METHOD_NOT_ALLOWED,
+                        "This route does not support the request's method.");
+        break;
+    default:
+        problem_respond(req, PROBLEM_NOT_FOUND, "No route matches the request's path.");
+        break;
+    }
+}
+
+/*
+ * llhttp 8.1 folds an obs-fold continuation line (CRLF then SP/HT) into the
+ * value, and after an empty value skips it as whitespace, so no callback can
+ * see it. RFC 9112 5.2 lets a server reject it, and we must: a proxy in
+ * front may read the line differently. Strict llhttp insists on CRLF, so the
+ * head ends at the first CRLFCRLF; any LF followed by SP/HT before it is a
+ * fold. Returns false when one is found.
+ */
+static bool scan_head(struct conn *c, const unsigned char *p, size_t n)
+{
+    if (c->state == C_IDLE)
+        c->scan = SCAN_BEFORE;
+    else if (c->state != C_HEAD)
+        return true;
+    for (size_t i = 0; i < n && c->scan != SCAN_DONE; i++) {
+        unsigned char b = p[i];
+        if (c->scan == SCAN_BEFORE) {
+            if (b == '\r' || b == '\n')
+                continue; /* empty lines before a request are allowed */
+            c->scan = SCAN_HEAD;
+            c->scan_tail = 0;
+        }
+        if ((c->scan_tail & 0xFF) == '\n' && (b == ' ' || b == '\t'))
+            return false;
+        c->scan_tail = (c->scan_tail << 8) | b;
+        if (c->scan_tail == 0x0D0A0D0Au)
+            c->scan = SCAN_DONE;
+    }
+    return true;
+}
+
+/* Parses data. Returns with the connection reading for more, handling a
+ * request (rest kept in c->pending), or answering an error. */
+static void conn_feed(struct conn *c, const char *data, size_t len)
+{
+    c->chunk = data;
+    if (c->state == C_IDLE)
+        c->head_before = 0;
+    if (!scan_head(c, (const unsigned char *)data, len)) {
+        reject(c, PROBLEM_BAD_REQUEST, "Folded header lines (obs-fold) are not accepted.");
+        conn_respond_error(c);
+        return;
+    }
+    llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+    const char *end = err == HPE_OK ? data + len : llhttp_get_error_pos(&c->parser);
+    if (!end || end < data || end > data + len)
+        end = data + len;
+    if (end > data)
+        c->prev_byte = end[-1];
+    if (err == HPE_OK) {
+        if (c->state == C_HEAD) {
+            c->head_before += len;
+            if (c->head_before > (size_t)g_config->max_header_bytes) {
+                reject(c, PROBLEM_HEADERS_TOO_LARGE, "The request's header block is too large.");
+                conn_respond_error(c);
+            }
+        }
+        return;
+    }
+    if ((err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) && c->state == C_HANDLING) {
+        read_off(c);
+        keep_pending(c, end, (size_t)(data + len - end));
+        dispatch(c);
+        return;
+    }
+    if (!c->failed)
+        log_msg(LOG_DEBUG, "bad request from %s: %s (%s)", c->client_ip, llhttp_errno_name(err),
+                c->parser.reason ? c->parser.reason : "");
+    conn_respond_error(c);
+}
+
+/* Answers a request the parser rejected, then closes. */
+static void conn_respond_error(struct conn *c)
+{
+    enum problem p = c->failed ? c->problem : PROBLEM_BAD_REQUEST;
+    const char *detail = c->failed ? c->detail : "The request is not valid HTTP/1.1.";
+    read_off(c);
+    c->must_close = true;
+    c->keep_alive = false;
+    if (!c->req)
+        new_request(c);
+    struct request *req = c->req;
+    if (!req->request_id) {
+        const char *rid = http_header(req, "X-Request-Id");
+        req->request_id = rid && sane_request_id(rid) ? rid : new_request_id(req->arena);
+    }
+    if (p == PROBLEM_BAD_REQUEST)
+        log_msg(LOG_DEBUG, "rejected a request from %s: %s", c->client_ip, detail);
+    c->dispatched = true; /* the answer below is the request's one answer */
+    problem_respond(req, p, detail);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    struct conn *c = h->data;
+    buf->base = c->ls->readbuf;
+    buf->len = READ_BUF_SIZE;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct conn *c = s->data;
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        /* EOF or error. Requests are never delimited by EOF, so whatever was
+         * half-received is dropped. */
+        conn_close(c);
+        return;
+    }
+    switch (c->state) {
+    case C_LINGER:
+        return; /* discarded */
+    case C_BODY:
+        timer_set(c, (uint64_t)g_config->idle_timeout_ms);
+        break;
+    case C_IDLE:
+    case C_HEAD:
+        break;
+    default:
+        return; /* not reading in other states */
+    }
+    conn_feed(c, buf->base, (size_t)nread);
+}
+
+static void read_on(struct conn *c)
+{
+    if (!c->reading && c->state != C_CLOSED) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+            c->reading = true;
+        else
+            conn_close(c);
+    }
+}
+
+/* ---- closing ---- */
+
+static void on_conn_handle_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    if (--c->open_handles > 0)
+        return;
+    struct loop_server *ls = c->ls;
+    if (c->req) {
+        if (c->dispatched && !c->req->responded) {
+            /* The handler still runs; it answers into the void later. */
+            c->req->conn = NULL;
+            ls->orphans++;
+            c->req = NULL;
+        } else {
+            drop_request(c);
+        }
+    }
+    free(c->body);
+    free(c->pending);
+    free(c->span);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        ls->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    ls->nconns--;
+    if (ls->ctx.metrics)
+        metrics_conn_open(ls->ctx.metrics, -1);
+    free(c);
+    check_drained(ls);
+}
+
+static void conn_close(struct conn *c)
+{
+    if (c->state == C_CLOSED)
+        return;
+    c->state = C_CLOSED;
+    c->reading = false;
+    uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *r, int status)
+{
+    struct conn *c = r->data;
+    if (status < 0 && status != UV_ECANCELED)
+        conn_close(c);
+}
+
+/* Sends FIN after the answer, then reads and drops what the client still
+ * sends until it closes or LINGER_MS passes, so the kernel does not answer
+ * unread bytes with an RST that could destroy the response in flight. */
+static void conn_linger(struct conn *c)
+{
+    c->state = C_LINGER;
+    c->shutdown_req.data = c;
+    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+        conn_close(c);
+        return;
+    }
+    timer_set(c, LINGER_MS);
+    read_on(c);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    if (c->state == C_HEAD)
+        log_msg(LOG_DEBUG, "closing a connection from %s: headers not complete in time",
+                c->client_ip);
+    conn_close(c);
+}
+
+/* ---- responses ---- */
+
+bool server_must_close(const struct request *req)
+{
+    const struct conn *c = req->conn;
+    return !c || c->state == C_CLOSED || c->must_close || !c->keep_alive || c->ls->ctx.draining;
+}
+
+bool server_http10_keep_alive(const struct request *req)
+{
+    const struct conn *c = req->conn;
+    return c && c->parser.http_major == 1 && c->parser.http_minor == 0 && c->keep_alive;
+}
+
+/* The next pipelined request, or back to reading. */
+static void conn_next(struct conn *c)
+{
+    c->state = C_IDLE;
+    c->dispatched = false;
+    timer_set(c, (uint64_t)g_config->idle_timeout_ms);
+    llhttp_resume(&c->parser);
+    if (c->pending_len) {
+        size_t n = c->pending_len;
+        c->pending_len = 0;
+        conn_feed(c, c->pending, n);
+    }
+    if (c->state == C_IDLE || c->state == C_HEAD || c->state == C_BODY)
+        read_on(c);
+}
+
+static void on_write(uv_write_t *w, int status)
+{
+    struct conn *c = w->data;
+    struct loop_server *ls = c->ls;
+    if (c->req) {
+        finish_request(ls, c->req, c->status);
+        c->req = NULL;
+    }
+    c->dispatched = false;
+    if (c->state == C_CLOSED)
+        return;
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    if (c->must_close || !c->keep_alive || ls->ctx.draining) {
+        conn_linger(c);
+        return;
+    }
+    conn_next(c);
+}
+
+void server_send(struct request *req, int status, char *buf, size_t len)
+{
+    struct conn *c = req->conn;
+    struct loop_server *ls = req->ctx->server;
+    if (!c) { /* the client left while the handler ran */
+        finish_request(ls, req, status);
+        ls->orphans--;
+        check_drained(ls);
+        return;
+    }
+    if (c->state == C_CLOSED) { /* closing: handles not yet released */
+        finish_request(ls, req, status);
+        c->req = NULL;
+        return;
+    }
+    read_off(c);
+    free(c->body); /* an error answered mid-body: the rest is never read */
+    c->body = NULL;
+    c->body_len = c->body_cap = 0;
+    c->status = status;
+    c->state = C_WRITING;
+    timer_set(c, (uint64_t)g_config->idle_timeout_ms);
+    c->write_req.data = c;
+    uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+    int r = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    if (r != 0) {
+        finish_request(ls, req, status);
+        c->req = NULL;
+        conn_close(c);
+    }
+}
+
+/* ---- accepting ---- */
+
+#define REFUSAL_BODY                                                                               \
+    "{\"type\":\"https://tenantd.dev/problems/unavailable\",\"title\":\"Service Unavailable\","    \
+    "\"status\":503,\"detail\":\"Too many open connections.\",\"code\":\"unavailable\"}"
+static char refusal[512]; /* built once by server_run */
+static size_t refusal_len;
+
+static void init_refusal(void)
+{
+    int n = snprintf(refusal, sizeof refusal,
+                     "HTTP/1.1 503 Service Unavailable\r\n"
+                     "Content-Type: application/problem+json\r\n"
+                     "Content-Length: %zu\r\n"
+                     "Connection: close\r\n"
+                     "Retry-After: 1\r\n"
+                     "\r\n%s",
+                     sizeof REFUSAL_BODY - 1, REFUSAL_BODY);
+    refusal_len = n > 0 && (size_t)n < sizeof refusal ? (size_t)n : 0;
+}
+
+static void free_handle(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* Over max_connections: answer 503 at once and close, so the client sees a
+ * clean refusal instead of a hang. */
+static void refuse(struct loop_server *ls)
+{
+    uv_tcp_t *t = malloc(sizeof *t);
+    if (!t)
+        abort();
+    uv_tcp_init(&ls->loop, t);
+    if (uv_accept((uv_stream_t *)&ls->listener, (uv_stream_t *)t) == 0) {
+        uv_buf_t b = uv_buf_init(refusal, (unsigned)refusal_len);
+        (void)uv_try_write((uv_stream_t *)t, &b, 1);
+    }
+    uv_close((uv_handle_t *)t, free_handle);
+    uint64_t now = uv_now(&ls->loop);
+    if (now - ls->last_refusal_log >= 1000 || !ls->last_refusal_log) {
+        ls->last_refusal_log = now;
+        log_msg(LOG_WARN, "loop %d: connection refused, %zu open (max %lld)", ls->ctx.index,
+                ls->nconns, (long long)g_config->max_connections);
+    }
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct loop_server *ls = server->data;
+    if (status < 0) {
+        log_msg(LOG_WARN, "accept failed: %s", uv_strerror(status));
+        return;
+    }
+    if (ls->ctx.draining)
+        return;
+    if (ls->nconns >= (size_t)g_config->max_connections) {
+        refuse(ls);
+        return;
+    }
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c)
+        abort();
+    c->ls = ls;
+    uv_tcp_init(&ls->loop, &c->tcp);
+    c->tcp.data = c;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        uv_close((uv_handle_t *)&c->tcp, free_handle); /* c is the handle's start */
+        return;
+    }
+    uv_timer_init(&ls->loop, &c->timer);
+    c->timer.data = c;
+    c->open_handles = 2;
+    c->next = ls->conns;
+    if (ls->conns)
+        ls->conns->prev = c;
+    ls->conns = c;
+    ls->nconns++;
+    if (ls->ctx.metrics)
+        metrics_conn_open(ls->ctx.metrics, +1);
+    uv_tcp_nodelay(&c->tcp, 1);
+
+    struct sockaddr_storage sa;
+    int salen = sizeof sa;
+    strcpy(c->client_ip, "-");
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) == 0) {
+        if (sa.ss_family == AF_INET)
+            uv_ip4_name((struct sockaddr_in *)&sa, c->client_ip, sizeof c->client_ip);
+        else if (sa.ss_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)&sa, c->client_ip, sizeof c->client_ip);
+    }
+    llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
+    c->parser.data = c;
+    c->state = C_IDLE;
+    /* A new connection must start its request promptly. */
+    timer_set(c, (uint64_t)g_config->header_timeout_ms);
+    read_on(c);
+}
+
+/* ---- draining and stopping a loop ---- */
+
+static void on_loop_handle_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+static void loop_done(struct loop_ctx *ctx)
+{
+    struct loop_server *ls = ctx->server;
+    uv_close((uv_handle_t *)&ls->stop_async, on_loop_handle_closed);
+    uv_close((uv_handle_t *)&ls->drain_timer, on_loop_handle_closed);
+}
+
+static void begin_stop(struct loop_server *ls)
+{
+    if (ls->stopping)
+        return;
+    ls->stopping = true;
+    uv_timer_stop(&ls->drain_timer);
+    if (ls->hooks->loop_stop)
+        ls->hooks->loop_stop(&ls->ctx, loop_done);
+    else
+        loop_done(&ls->ctx);
+}
+
+static void check_drained(struct loop_server *ls)
+{
+    if (ls->ctx.draining && !ls->stopping && ls->nconns == 0 && ls->orphans == 0)
+        begin_stop(ls);
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    struct loop_server *ls = t->data;
+    if (ls->nconns || ls->orphans)
+        log_msg(LOG_WARN, "loop %d: drain timeout, closing %zu connections", ls->ctx.index,
+                ls->nconns);
+    for (struct conn *c = ls->conns; c; c = c->next)
+        conn_close(c);
+    begin_stop(ls);
+}
+
+static void start_drain(struct loop_server *ls)
+{
+    if (ls->ctx.draining)
+        return;
+    ls->ctx.draining = true;
+    if (ls->listening) {
+        uv_close((uv_handle_t *)&ls->listener, on_loop_handle_closed);
+        ls->listening = false;
+    }
+    for (struct conn *c = ls->conns; c; c = c->next) {
+        if (c->state == C_IDLE || c->state == C_LINGER)
+            conn_close(c);
+        else
+            c->must_close = true;
+    }
+    uv_timer_start(&ls->drain_timer, on_drain_timeout, (uint64_t)g_config->drain_timeout_ms, 0);
+    check_drained(ls);
+}
+
+static void on_stop_async(uv_async_t *a)
+{
+    start_drain(a->data);
+}
+
+static void loop_thread(void *arg)
+{
+    struct loop_server *ls = arg;
+    ls->ctx.metrics = metrics_new(ls->ctx.index);
+    if (ls->hooks->loop_start)
+        ls->hooks->loop_start(&ls->ctx);
+    uv_tcp_init(&ls->loop, &ls->listener);
+    ls->listener.data = ls;
+    int r = uv_tcp_open(&ls->listener, ls->fd);
+    if (r == 0)
+        r = uv_listen((uv_stream_t *)&ls->listener, SOMAXCONN, on_connection);
+    if (r == 0) {
+        ls->listening = true;
+    } else {
+        log_msg(LOG_ERROR, "loop %d cannot listen: %s", ls->ctx.index, uv_strerror(r));
+        uv_close((uv_handle_t *)&ls->listener, on_loop_handle_closed);
+        start_drain(ls);
+    }
+    uv_run(&ls->loop, UV_RUN_DEFAULT);
+    if (ls->orphans)
+        log_msg(LOG_WARN, "loop %d: %zu requests never answered", ls->ctx.index, ls->orphans);
+    if (uv_loop_close(&ls->loop) != 0)
+        log_msg(LOG_WARN, "loop %d ended with open handles", ls->ctx.index);
+    atomic_fetch_add(&ls->srv->nexited, 1);
+    uv_async_send(&ls->srv->exited);
+}
+
+/* ---- the main thread ---- */
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct server *srv = s->data;
+    if (srv->stopping) {
+        log_msg(LOG_INFO, "signal %d: already shutting down", signum);
+        return;
+    }
+    srv->stopping = true;
+    log_msg(LOG_INFO, "signal %d: draining (up to %lld ms)", signum,
+            (long long)g_config->drain_timeout_ms);
+    for (int i = 0; i < srv->nloops; i++)
+        uv_async_send(&srv->loops[i].stop_async);
+}
+
+static void on_loop_exited(uv_async_t *a)
+{
+    struct server *srv = a->data;
+    if (atomic_load(&srv->nexited) < srv->nloops)
+        return;
+    uv_close((uv_handle_t *)&srv->sigterm, NULL);
+    uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->exited, NULL);
+}
+
+/* Parses "host:port" or "[v6]:port" into an address. */
+static int parse_listen(const char *spec, struct sockaddr_storage *out, socklen_t *outlen)
+{
+    char host[256];
+    const char *port;
+    if (spec[0] == '[') {
+        const char *close = strchr(spec, ']');
+        if (!close || close[1] != ':' || (size_t)(close - spec - 1) >= sizeof host)
+            return -1;
+        memcpy(host, spec + 1, (size_t)(close - spec - 1));
+        host[close - spec - 1] = '\0';
+        port = close + 2;
+    } else {
+        const char *colon = strrchr(spec, ':');
+        if (!colon || (size_t)(colon - spec) >= sizeof host)
+            return -1;
+        memcpy(host, spec, (size_t)(colon - spec));
+        host[colon - spec] = '\0';
+        if (strchr(host, ':'))
+            return -1; /* IPv6 needs brackets */
+        port = colon + 1;
+    }
+    char *end;
+    errno = 0;
+    long pn = strtol(port, &end, 10);
+    if (errno || *end || end == port || pn < 1 || pn > 65535)
+        return -1;
+    struct addrinfo hints = {.ai_flags = AI_PASSIVE | AI_NUMERICSERV,
+                             .ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    if (getaddrinfo(host[0] ? host : NULL, port, &hints, &res) != 0 || !res)
+        return -1;
+    memcpy(out, res->ai_addr, res->ai_addrlen);
+    *outlen = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+static int open_listener(const struct sockaddr_storage *sa, socklen_t len)
+{
+    int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+        (sa->ss_family == AF_INET6 &&
+         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0) ||
+        bind(fd, (const struct sockaddr *)sa, len) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+static void init_parser_settings(void)
+{
+    llhttp_settings_init(&parser_settings);
+    parser_settings.on_message_begin = on_message_begin;
+    parser_settings.on_url = on_url;
+    parser_settings.on_url_complete = on_url_complete;
+    parser_settings.on_header_field = on_header_field;
+    parser_settings.on_header_field_complete = on_header_field_complete;
+    parser_settings.on_header_value = on_header_value;
+    parser_settings.on_header_value_complete = on_header_value_complete;
+    parser_settings.on_headers_complete = on_headers_complete;
+    parser_settings.on_chunk_header = on_chunk_header;
+    parser_settings.on_body = on_body;
+    parser_settings.on_message_complete = on_message_complete;
+}
+
+int server_run(const struct router *router, const struct server_hooks *hooks)
+{
+    const struct config *cfg = g_config;
+    signal(SIGPIPE, SIG_IGN); /* a client gone mid-write is an error code, not a death */
+    init_parser_settings();
+    init_refusal();
+
+    int n = (int)cfg->threads;
+    if (n <= 0)
+        n = (int)uv_available_parallelism();
+    if (n <= 0)
+        n = 1;
+
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    if (!cfg->listen || parse_listen(cfg->listen, &sa, &salen) != 0) {
+        log_msg(LOG_ERROR, "TENANTD_LISTEN \"%s\" is not host:port or [ipv6]:port",
+                cfg->listen ? cfg->listen : "");
+        return -1;
+    }
+    /* Bind every loop's socket here, so a taken port fails the start. */
+    int *fds = calloc((size_t)n, sizeof *fds);
+    if (!fds)
+        abort();
+    for (int i = 0; i < n; i++) {
+        fds[i] = open_listener(&sa, salen);
+        if (fds[i] < 0) {
+            log_msg(LOG_ERROR, "cannot listen on %s: %s", cfg->listen, strerror(errno));
+            for (int j = 0; j < i; j++)
+                close(fds[j]);
+            free(fds);
+            return -1;
+        }
+    }
+
+    struct server srv = {.nloops = n};
+    atomic_init(&srv.nexited, 0);
+    srv.loops = calloc((size_t)n, sizeof *srv.loops);
+    if (!srv.loops)
+        abort();
+    uv_loop_init(&srv.loop);
+    uv_signal_init(&srv.loop, &srv.sigterm);
+    uv_signal_init(&srv.loop, &srv.sigint);
+    srv.sigterm.data = srv.sigint.data = &srv;
+    uv_signal_start(&srv.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&srv.sigint, on_signal, SIGINT);
+    uv_async_init(&srv.loop, &srv.exited, on_loop_exited);
+    srv.exited.data = &srv;
+
+    for (int i = 0; i < n; i++) {
+        struct loop_server *ls = &srv.loops[i];
+        uv_loop_init(&ls->loop);
+        ls->ctx.loop = &ls->loop;
+        ls->ctx.index = i;
+        ls->ctx.router = router;
+        ls->ctx.server = ls;
+        ls->hooks = hooks;
+        ls->srv = &srv;
+        ls->fd = fds[i];
+        ls->readbuf = malloc(READ_BUF_SIZE);
+        if (!ls->readbuf)
+            abort();
+        uv_async_init(&ls->loop, &ls->stop_async, on_stop_async);
+        ls->stop_async.data = ls;
+        uv_timer_init(&ls->loop, &ls->drain_timer);
+        ls->drain_timer.data = ls;
+    }
+    for (int i = 0; i < n; i++)
+        if (uv_thread_create(&srv.loops[i].thread, loop_thread, &srv.loops[i]) != 0) {
+            log_msg(LOG_ERROR, "cannot start loop thread %d", i);
+            abort();
+        }
+    log_msg(LOG_INFO, "listening on %s with %d loop%s", cfg->listen, n, n == 1 ? "" : "s");
+
+    uv_run(&srv.loop, UV_RUN_DEFAULT);
+    for (int i = 0; i < n; i++) {
+        uv_thread_join(&srv.loops[i].thread);
+        free(srv.loops[i].readbuf);
+    }
+    uv_loop_close(&srv.loop);
+    free(srv.loops);
+    free(fds);
+    log_msg(LOG_INFO, "stopped");
+    return 0;
+}

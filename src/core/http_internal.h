@@ -1,0 +1,29 @@
+#ifndef TENANTD_CORE_HTTP_INTERNAL_H
+#define TENANTD_CORE_HTTP_INTERNAL_H
+/*
+ * Private between core/http.c (which builds responses) and core/server.c
+ * (which owns connections). Nothing outside core/ includes this.
+ */
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "core/http.h"
+
+/* True when the response to req must carry "Connection: close": the client
+ * asked for it, an error ends the connection, the server is draining, or
+ * the client is already gone. */
+bool server_must_close(const struct request *req);
+
+/* True when the client spoke HTTP/1.0 and asked to keep the connection
+ * (the response then says "Connection: keep-alive"). */
+bool server_http10_keep_alive(const struct request *req);
+
+/*
+ * Hands a serialized response (buf, len, allocated in req->arena) to the
+ * connection. The server writes it, then logs the access line, counts
+ * metrics with `status`, and frees req->arena. If the client is gone it
+ * does the same without writing.
+ */
+void server_send(struct request *req, int status, char *buf, size_t len);
+
+#endif
