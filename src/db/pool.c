@@ -935,29 +935,29 @@ static void on_poll(uv_poll_t *h, int status, int events)
 {
     struct conn *c = h->data;
     struct db_pool *p = c->pool;
+    /* An error (EPOLLERR, reported as UV_EBADF) stops the handle; libpq reads
+     * the socket's error itself and says what happened, e.g. an asynchronous
+     * "connection refused" after which it tries the next host. */
+    if (status < 0)
+        c->poll_events = 0;
     if (c->state == CONN_CONNECTING) {
-        if (status < 0)
-            conn_fail(c, uv_strerror(status));
-        else
-            conn_connect_step(c);
+        conn_connect_step(c);
     } else if (c->state == CONN_READY) {
-        if (status < 0) {
-            conn_fail(c, uv_strerror(status));
-        } else {
-            if (events & (UV_READABLE | UV_DISCONNECT)) {
-                if (!PQconsumeInput(c->pg))
-                    conn_fail(c, PQerrorMessage(c->pg));
-                else
-                    conn_read_results(c);
-            }
-            /* While output is pending, any event is a chance to flush (libpq docs). */
-            if (c->state == CONN_READY && c->writing)
-                conn_flush(c);
-            if (c->state == CONN_READY) {
-                PGnotify *n;
-                while ((n = PQnotifies(c->pg)))
-                    PQfreemem(n);
-            }
+        if (status < 0 || (events & (UV_READABLE | UV_DISCONNECT))) {
+            if (!PQconsumeInput(c->pg))
+                conn_fail(c, PQerrorMessage(c->pg));
+            else
+                conn_read_results(c);
+        }
+        /* While output is pending, any event is a chance to flush (libpq docs). */
+        if (c->state == CONN_READY && c->writing)
+            conn_flush(c);
+        else if (c->state == CONN_READY && conn_set_poll(c, UV_READABLE) != 0)
+            conn_fail(c, "cannot watch the connection's socket");
+        if (c->state == CONN_READY) {
+            PGnotify *n;
+            while ((n = PQnotifies(c->pg)))
+                PQfreemem(n);
         }
     }
     dispatch(p);

@@ -599,6 +599,46 @@ static void test_unreachable(void)
     printf("ok - unreachable (%lu reconnects)\n", s.reconnects);
 }
 
+/* ---- 10. libpq changes sockets while connecting ---- */
+
+/* prefer-standby against two entries of the same primary: libpq connects,
+ * finds no standby, closes, tries the next host, then starts over in "any"
+ * mode, each time on a new socket (often with the old fd number). The pool
+ * must follow every change or the connect hangs. */
+static void test_socket_change(void)
+{
+    char *err = NULL;
+    PQconninfoOption *o = PQconninfoParse(test_conninfo, &err);
+    CHECK(o, "parse: %s", err ? err : "?");
+    const char *host = "127.0.0.1", *port = "5432";
+    for (PQconninfoOption *i = o; i->keyword; i++) {
+        if (strcmp(i->keyword, "host") == 0 && i->val && *i->val)
+            host = i->val;
+        if (strcmp(i->keyword, "port") == 0 && i->val && *i->val)
+            port = i->val;
+    }
+    char ci[1400];
+    snprintf(ci, sizeof ci, "%s host=%s,%s port=%s,%s target_session_attrs=prefer-standby",
+             test_conninfo, host, host, port, port);
+    PQconninfoFree(o);
+
+    struct env e;
+    struct db_pool_options opt = opts(2, 4);
+    opt.conninfo = ci;
+    opt.wait_timeout_ms = 5000;
+    env_init(&e, opt);
+    struct expect xs[6];
+    static const char *names[] = {"t1", "t2", "t3"};
+    for (int i = 0; i < 6; i++)
+        xs[i] = (struct expect){names[i % 3], &st_info, DB_OK, names[i % 3]};
+    run_expect(&e, xs, 6, "connect through host fallbacks");
+    struct db_pool_stats s;
+    db_pool_stats(e.pool, &s);
+    CHECK(s.reconnects == 0, "fallbacks are one connect, not reconnects: %lu", s.reconnects);
+    env_close(&e);
+    printf("ok - socket_change\n");
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -612,7 +652,8 @@ int main(void)
     test_open_transaction();
     test_close_inflight();
     test_unreachable();
+    test_socket_change();
     drop_test_db();
-    printf("9 passed, 0 failed\n");
+    printf("10 passed, 0 failed\n");
     return 0;
 }
