@@ -19,14 +19,18 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/problem.h"
+#include "db/db.h"
+#include "db/migrate.h"
 
 static void health_get(struct request *req);
+static void ready_get(struct request *req);
 static void metrics_get(struct request *req);
 static void openapi_get(struct request *req);
 static void docs_get(struct request *req);
 
 static const struct route system_routes[] = {
     {HTTP_GET, "/health", AUTH_NONE, health_get, "getHealth"},
+    {HTTP_GET, "/ready", AUTH_NONE, ready_get, "getReady"},
     {HTTP_GET, "/metrics", AUTH_NONE, metrics_get, "getMetrics"},
     {HTTP_GET, "/openapi.json", AUTH_NONE, openapi_get, "getOpenApi"},
     {HTTP_GET, "/docs", AUTH_NONE, docs_get, "getDocs"},
@@ -43,6 +47,13 @@ const struct module system_module = {
     .shutdown = system_shutdown,
 };
 
+/* Unnamed (not prepared): the table may not exist yet, and /ready is not hot.
+ */
+static const struct db_stmt ready_stmt = {
+    .name = NULL,
+    .sql = "SELECT coalesce(max(version), 0) FROM public.schema_migrations",
+};
+
 /* The /docs page, rendered once at init from the embedded OpenAPI document;
  * read-only while loops run. */
 static char *docs_html;
@@ -54,6 +65,63 @@ static void health_get(struct request *req)
 {
     static const char body[] = "{\"status\":\"ok\"}";
     http_respond(req, 200, "application/json", body, sizeof body - 1);
+}
+
+static void ready_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status == DB_UNAVAILABLE) {
+        problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unreachable.");
+        return;
+    }
+    if (r->status == DB_ERROR) {
+        if (r->sqlstate && strcmp(r->sqlstate, "42P01") == 0) {
+            problem_respond(req, PROBLEM_UNAVAILABLE,
+                            "The database has no migrations applied; run `tenantd migrate up`.");
+            return;
+        }
+        log_msg(LOG_WARN, "readiness query failed: %s (%s)", r->message ? r->message : "?",
+                r->sqlstate ? r->sqlstate : "?");
+        problem_respond(req, PROBLEM_UNAVAILABLE,
+                        "The database could not report its migration version.");
+        return;
+    }
+    int want = migrate_latest(TRACK_CONTROL);
+    if (!r->res || PQntuples(r->res) != 1 || PQnfields(r->res) != 1 || PQgetisnull(r->res, 0, 0)) {
+        problem_respond(req, PROBLEM_UNAVAILABLE,
+                        "The database could not report its migration version.");
+        return;
+    }
+    int have = atoi(PQgetvalue(r->res, 0, 0));
+    if (have == want) {
+        static const char body[] = "{\"status\":\"ready\"}";
+        http_respond(req, 200, "application/json", body, sizeof body - 1);
+        return;
+    }
+    const char *detail = have < want ? arena_printf(req->arena,
+                                                    "Migrations are behind: the database "
+                                                    "is at version %d, this server "
+                                                    "needs %d; run `tenantd migrate up`.",
+                                                    have, want)
+                                     : arena_printf(req->arena,
+                                                    "The database schema (version %d) is "
+                                                    "newer than this server's (%d); "
+                                                    "deploy the newer server.",
+                                                    have, want);
+    problem_respond(req, PROBLEM_UNAVAILABLE, detail);
+}
+
+/* Readiness: the database answers and the control schema is exactly this
+ * binary's, so a load balancer only sends traffic to servers that can
+ * handle it. */
+static void ready_get(struct request *req)
+{
+    struct db_pool *pool = req->ctx ? req->ctx->db : NULL;
+    if (!pool) {
+        problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unreachable.");
+        return;
+    }
+    db_query(pool, NULL, &ready_stmt, 0, NULL, ready_done, req);
 }
 
 static void metrics_get(struct request *req)
@@ -260,7 +328,8 @@ static void html_operation(struct html *h, const json_t *doc, const char *path, 
 
     const json_t *params = json_object_get(op, "parameters");
     if (json_array_size(params) > 0) {
-        html_raw(h, "<h4>Parameters</h4><table><tr><th>name</th><th>in</th><th>required</th>"
+        html_raw(h, "<h4>Parameters</h4><table><tr><th>name</th><th>in</"
+                    "th><th>required</th>"
                     "<th>schema</th><th>description</th></tr>");
         size_t i;
         const json_t *p;
@@ -331,7 +400,8 @@ static char *docs_render(const json_t *doc, size_t *len)
     const json_t *info = json_object_get(doc, "info");
     const json_t *paths = json_object_get(doc, "paths");
     html_raw(&h, "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                 "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>");
+                 "<meta name=\"viewport\" content=\"width=device-width, "
+                 "initial-scale=1\"><title>");
     html_text(&h, jstr(info, "title"));
     html_raw(&h, " API</title><style>"
                  "body{font:15px/1.5 system-ui,sans-serif;max-width:60em;margin:2em auto;"
@@ -363,7 +433,8 @@ static char *docs_render(const json_t *doc, size_t *len)
         html_text(&h, jstr(info, "description"));
         html_raw(&h, "</p>");
     }
-    html_raw(&h, "<p>Machine-readable description: <a href=\"/openapi.json\">/openapi.json</a> "
+    html_raw(&h, "<p>Machine-readable description: <a "
+                 "href=\"/openapi.json\">/openapi.json</a> "
                  "(OpenAPI ");
     html_text(&h, jstr(doc, "openapi"));
     html_raw(&h, ").</p>\n<nav><h2>Operations</h2><ul>\n");
@@ -466,7 +537,8 @@ static int system_init(void)
     json_t *doc = json_loadb(embedded_openapi, embedded_openapi_len, 0, &err);
     if (!doc || !json_is_object(doc) || !json_is_object(json_object_get(doc, "paths"))) {
         log_msg(LOG_ERROR,
-                "the embedded openapi.json is not a valid OpenAPI document: %s (line %d)",
+                "the embedded openapi.json is not a valid OpenAPI document: %s "
+                "(line %d)",
                 doc ? "no paths object" : err.text, doc ? 0 : err.line);
         json_decref(doc);
         return -1;
