@@ -37,12 +37,13 @@
 #include "core/log.h"
 #include "core/metrics.h"
 
-#define SCHEMA_MAX 63           /* NAMEDATALEN - 1: longer names are truncated by PostgreSQL */
+#define SCHEMA_MAX 63 /* NAMEDATALEN - 1: longer names are truncated by PostgreSQL */
 #define BACKOFF_START_MS 50
 #define CONNECT_TIMEOUT_MS 10000 /* PQconnectPoll has no timeout of its own */
 #define WATCHDOG_GRACE_MS 5000   /* beyond statement_timeout: the server is not answering */
-#define CLOSE_GRACE_MS 30000     /* db_pool_close waits at most this for queries in flight
-                                    when there is no statement_timeout */
+#define CLOSE_GRACE_MS                                                                             \
+    30000 /* db_pool_close waits at most this for queries in flight                                \
+             when there is no statement_timeout */
 
 static const char switch_sql[] = "SELECT pg_catalog.set_config('search_path', $1, false)";
 static const struct db_stmt rollback_stmt = {NULL, "ROLLBACK"};
@@ -59,10 +60,10 @@ struct dbq {
     void *ud;
     uint64_t deadline; /* loop time (ms) after which waiting fails */
     char schema[SCHEMA_MAX + 1];
-    bool has_switch, has_prepare, prepare_failed;
-    int step;           /* command of the segment whose results are coming */
-    PGresult *result;   /* the query's result */
-    PGresult *error;    /* first error of the segment */
+    bool has_switch, has_prepare, prepare_ok;
+    int step;         /* command of the segment whose results are coming */
+    PGresult *result; /* the query's result */
+    PGresult *error;  /* first error of the segment */
     enum db_status status;
     const char *sqlstate; /* for errors not from the server */
     char message[160];    /* for errors not from the server; copied since the PGconn may be gone */
@@ -89,7 +90,7 @@ struct conn {
     bool has_schema;  /* false: search_path unknown or default */
     bool switch_pending;
     bool draining; /* takes no more queries: it is to switch to a waiting schema */
-    bool writing; /* PQflush returned 1: watch writability */
+    bool writing;  /* PQflush returned 1: watch writability */
     char schema[SCHEMA_MAX + 1];
     struct dbq *head, *tail;
     int inflight;
@@ -136,7 +137,10 @@ static void *xcalloc(size_t n, size_t sz)
     return p;
 }
 
-static uint64_t now_ms(const struct db_pool *p) { return uv_now(p->loop); }
+static uint64_t now_ms(const struct db_pool *p)
+{
+    return uv_now(p->loop);
+}
 
 static uint32_t rng_next(struct db_pool *p)
 {
@@ -515,9 +519,9 @@ static void conn_send(struct conn *c, struct dbq *q, bool do_switch)
     int ok = 1;
     if (do_switch) {
         char *id = PQescapeIdentifier(pg, q->schema, strlen(q->schema));
-        char path[2 * SCHEMA_MAX + 16];
         ok = id != NULL;
         if (ok) {
+            char path[2 * SCHEMA_MAX + 16];
             snprintf(path, sizeof path, "%s, public", id);
             PQfreemem(id);
             const char *v[1] = {path};
@@ -593,7 +597,9 @@ static void segment_done(struct conn *c)
         if (failed) /* the implicit transaction rolled the switch back */
             c->has_schema = false;
     }
-    if (q->has_prepare && q->prepare_failed)
+    /* A Parse that failed or was skipped (an earlier error aborted the
+     * segment) left nothing prepared on the backend. */
+    if (q->has_prepare && !q->prepare_ok)
         prepared_remove(c, q->stmt);
     if (q->stmt == &rollback_stmt)
         c->has_schema = false; /* a rolled-back block may have held a switch */
@@ -667,6 +673,8 @@ static void conn_read_results(struct conn *c)
                 PQclear(q->result);
                 q->result = r;
             } else {
+                if (step_kind(q) == STEP_PREPARE)
+                    q->prepare_ok = true;
                 PQclear(r);
             }
             break;
@@ -678,8 +686,6 @@ static void conn_read_results(struct conn *c)
                 conn_fail(c, "the server ended the session");
                 return;
             }
-            if (step_kind(q) == STEP_PREPARE)
-                q->prepare_failed = true;
             if (!q->error)
                 q->error = r;
             else
@@ -779,11 +785,32 @@ static bool try_assign(struct db_pool *p, struct dbq *q)
     return place_bound(p, q) || place_switch(p, q);
 }
 
-/* Offers every waiting query, oldest first, to `place`. */
-static void walk_waiting(struct db_pool *p, bool (*place)(struct db_pool *, struct dbq *))
+static bool room_bound(const struct db_pool *p)
+{
+    for (int i = 0; i < p->size; i++) {
+        const struct conn *c = &p->conns[i];
+        if (c->state == CONN_READY && c->has_schema && !c->switch_pending && !c->draining &&
+            c->inflight < p->depth)
+            return true;
+    }
+    return false;
+}
+
+static bool room_idle(const struct db_pool *p)
+{
+    for (int i = 0; i < p->size; i++)
+        if (p->conns[i].state == CONN_READY && p->conns[i].inflight == 0)
+            return true;
+    return false;
+}
+
+/* Offers waiting queries, oldest first, to `place` while `room` says some
+ * connection could still take one (a long queue is not walked in vain). */
+static void walk_waiting(struct db_pool *p, bool (*place)(struct db_pool *, struct dbq *),
+                         bool (*room)(const struct db_pool *))
 {
     struct dbq *prev = NULL, *q = p->wait_head;
-    while (q) {
+    while (q && room(p)) {
         struct dbq *next = q->next; /* place() reuses q->next once it takes q */
         if (place(p, q)) {
             if (prev)
@@ -853,8 +880,8 @@ static void dispatch(struct db_pool *p)
     if (p->closing)
         return;
     if (p->wait_head) {
-        walk_waiting(p, place_bound);
-        walk_waiting(p, place_switch);
+        walk_waiting(p, place_bound, room_bound);
+        walk_waiting(p, place_switch, room_idle);
         /* A drained connection nobody needed after all goes back to work. */
         bool freed = false;
         for (int i = 0; i < p->size; i++) {
@@ -865,7 +892,7 @@ static void dispatch(struct db_pool *p)
             }
         }
         if (freed && p->wait_head)
-            walk_waiting(p, place_bound);
+            walk_waiting(p, place_bound, room_bound);
         if (p->wait_head)
             pick_victim(p);
     }
@@ -1104,7 +1131,8 @@ struct db_pool *db_pool_new(uv_loop_t *loop, const struct db_pool_options *o)
     p->depth = o->pipeline_depth;
     p->wait_ms = o->wait_timeout_ms;
     p->stmt_ms = o->statement_timeout_ms;
-    p->reconnect_max_ms = o->reconnect_max_ms < BACKOFF_START_MS ? BACKOFF_START_MS : o->reconnect_max_ms;
+    p->reconnect_max_ms =
+        o->reconnect_max_ms < BACKOFF_START_MS ? BACKOFF_START_MS : o->reconnect_max_ms;
     p->metrics = o->metrics;
     p->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)p ^ 0x9e3779b97f4a7c15ULL;
     p->g_in_use = p->g_idle = p->g_waiting = -1;

@@ -33,21 +33,21 @@
         }                                                                                          \
     } while (0)
 
-static char base_url[512];   /* the cluster's maintenance database */
+static char base_url[512]; /* the cluster's maintenance database */
 static char test_conninfo[1024];
 static char test_db[64];
-static PGconn *admin;        /* blocking connection to the test database */
+static PGconn *admin; /* blocking connection to the test database */
 static bool db_created;
 
 /* Builds a keyword=value conninfo of `url` with dbname replaced. */
 static void conninfo_with_db(const char *url, const char *db, char *out, size_t outlen)
 {
     char *err = NULL;
-    PQconninfoOption *opts = PQconninfoParse(url, &err);
-    CHECK(opts, "cannot parse %s: %s", url, err ? err : "?");
+    PQconninfoOption *parsed = PQconninfoParse(url, &err);
+    CHECK(parsed, "cannot parse %s: %s", url, err ? err : "?");
     size_t n = 0;
     out[0] = 0;
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
+    for (PQconninfoOption *o = parsed; o->keyword; o++) {
         const char *v = strcmp(o->keyword, "dbname") == 0 ? db : o->val;
         if (!v || !*v)
             continue;
@@ -60,7 +60,7 @@ static void conninfo_with_db(const char *url, const char *db, char *out, size_t 
         n += (size_t)snprintf(out + n, outlen - n, "' ");
         CHECK(n < outlen, "conninfo too long");
     }
-    PQconninfoFree(opts);
+    PQconninfoFree(parsed);
 }
 
 static PGresult *admin_exec(PGconn *c, const char *sql)
@@ -140,7 +140,10 @@ struct env {
 
 static bool in_db_query; /* set around db_query: callbacks must never see it */
 
-static void on_tick(uv_timer_t *t) { (void)t; }
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+}
 
 static void env_init(struct env *e, struct db_pool_options o)
 {
@@ -155,7 +158,8 @@ static void env_init(struct env *e, struct db_pool_options o)
 }
 
 /* Runs the loop until *counter reaches target; fails after timeout_ms. */
-static void run_until(struct env *e, const int *counter, int target, int timeout_ms, const char *what)
+static void run_until(struct env *e, const int *counter, int target, int timeout_ms,
+                      const char *what)
 {
     uint64_t start = uv_hrtime();
     while (*counter < target) {
@@ -165,7 +169,10 @@ static void run_until(struct env *e, const int *counter, int target, int timeout
     }
 }
 
-static void on_pool_closed(void *ud) { ((struct env *)ud)->closed = true; }
+static void on_pool_closed(void *ud)
+{
+    ((struct env *)ud)->closed = true;
+}
 
 /* Closes the pool, then the loop; every handle must be gone. */
 static void env_close(struct env *e)
@@ -264,8 +271,9 @@ static void test_many_schemas(void)
     CHECK(s.connections >= 1 && s.connections <= 4, "pool of 4 has %d connections", s.connections);
     CHECK(s.waiting == 0 && s.in_use == 0, "after all: waiting=%d in_use=%d", s.waiting, s.in_use);
     CHECK(s.schema_switches >= 10, "10 schemas need >= 10 switches, got %lu", s.schema_switches);
-    PGresult *r = admin_exec(admin, "SELECT count(*) FROM pg_stat_activity WHERE "
-                                    "datname = current_database() AND application_name = 'tenantd'");
+    PGresult *r =
+        admin_exec(admin, "SELECT count(*) FROM pg_stat_activity WHERE "
+                          "datname = current_database() AND application_name = 'tenantd'");
     int n = atoi(PQgetvalue(r, 0, 0));
     PQclear(r);
     CHECK(n >= 1 && n <= 4, "server sees %d pool connections (want 1..4)", n);
@@ -336,15 +344,21 @@ static void test_error_isolation(void)
     run_expect(&e, first, 2, "error in a switching segment");
     struct db_pool_stats s;
     db_pool_stats(e.pool, &s);
-    CHECK(s.schema_switches == 2, "a failed switch must be redone: %lu switches", s.schema_switches);
+    CHECK(s.schema_switches == 2, "a failed switch must be redone: %lu switches",
+          s.schema_switches);
 
     /* Now bound to t1: these share one pipeline on the single connection. */
     struct expect xs[] = {
-        {"t1", &st_one, DB_OK, "1"},          {"t1", &st_div0, DB_ERROR, "22012"},
-        {"t1", &st_three, DB_OK, "3"},        {"t1", &st_div0_named, DB_ERROR, "22012"},
-        {"t1", &st_info, DB_OK, "t1"},        {"t1", &st_bad_sql, DB_ERROR, "42P01"},
-        {"t1", &st_div0_named, DB_ERROR, "22012"}, {"t1", &st_info, DB_OK, "t1"},
-        {"t2", &st_info, DB_OK, "t2"},        {"t1", &st_one, DB_OK, "1"},
+        {"t1", &st_one, DB_OK, "1"},
+        {"t1", &st_div0, DB_ERROR, "22012"},
+        {"t1", &st_three, DB_OK, "3"},
+        {"t1", &st_div0_named, DB_ERROR, "22012"},
+        {"t1", &st_info, DB_OK, "t1"},
+        {"t1", &st_bad_sql, DB_ERROR, "42P01"},
+        {"t1", &st_div0_named, DB_ERROR, "22012"},
+        {"t1", &st_info, DB_OK, "t1"},
+        {"t2", &st_info, DB_OK, "t2"},
+        {"t1", &st_one, DB_OK, "1"},
     };
     run_expect(&e, xs, (int)(sizeof xs / sizeof xs[0]), "errors inside a pipeline");
     db_pool_stats(e.pool, &s);
@@ -484,8 +498,10 @@ static void test_terminate(void)
     /* Queued right away: they wait out the back-off and must land in the
      * right schema on the new backends. */
     struct expect after[] = {
-        {"t4", &st_info, DB_OK, "t4"}, {"t5", &st_info, DB_OK, "t5"},
-        {"t6", &st_info, DB_OK, "t6"}, {"t4", &slow, DB_OK, "t4"},
+        {"t4", &st_info, DB_OK, "t4"},
+        {"t5", &st_info, DB_OK, "t5"},
+        {"t6", &st_info, DB_OK, "t6"},
+        {"t4", &slow, DB_OK, "t4"},
     };
     run_expect(&e, after, 4, "queries after reconnect");
     struct db_pool_stats s;
@@ -581,7 +597,8 @@ static void test_unreachable(void)
     o.wait_timeout_ms = 300;
     o.reconnect_max_ms = 100;
     env_init(&e, o);
-    struct expect xs[] = {{"t1", &st_one, DB_UNAVAILABLE, NULL}, {"t2", &st_one, DB_UNAVAILABLE, NULL}};
+    struct expect xs[] = {{"t1", &st_one, DB_UNAVAILABLE, NULL},
+                          {"t2", &st_one, DB_UNAVAILABLE, NULL}};
     uint64_t start = uv_hrtime() / 1000000;
     run_expect(&e, xs, 2, "unreachable server");
     uint64_t took = uv_hrtime() / 1000000 - start;
@@ -592,8 +609,10 @@ static void test_unreachable(void)
     CHECK(s.reconnects >= 1, "retries while waiting: reconnects=%lu", s.reconnects);
     env_close(&e);
 
-    CHECK(db_pool_new(&e.loop, &(struct db_pool_options){.conninfo = "host='unclosed", .size = 1,
-                                                         .pipeline_depth = 1, .wait_timeout_ms = 1,
+    CHECK(db_pool_new(&e.loop, &(struct db_pool_options){.conninfo = "host='unclosed",
+                                                         .size = 1,
+                                                         .pipeline_depth = 1,
+                                                         .wait_timeout_ms = 1,
                                                          .reconnect_max_ms = 10}) == NULL,
           "a bad conninfo must be refused");
     printf("ok - unreachable (%lu reconnects)\n", s.reconnects);
