@@ -197,7 +197,7 @@ class SystemTest(harness.DbTestCase):
                 self.assertTrue(ref.startswith("#/"), ref)
                 target = doc
                 for part in ref[2:].split("/"):
-                    self.assertIn(part, target, f"dangling $ref {ref}")
+                    self.assertTrue(part in target, f"dangling $ref {ref}")
                     target = target[part]
                 obj = target
             return obj
@@ -231,8 +231,8 @@ class SystemTest(harness.DbTestCase):
                     self.assertTrue(successes, f"{where}: no success response")
                     for code in successes:
                         resp = resolve(responses[code])
-                        if code in ("204", "202") and "content" not in resp:
-                            self.assertEqual(code, "204", f"{where}: 202 without a body")
+                        if code == "204":
+                            self.assertNotIn("content", resp, f"{where}: 204 with a body")
                             continue
                         self.assertIn("content", resp, f"{where} {code}: no content")
                         for media in resp["content"].values():
