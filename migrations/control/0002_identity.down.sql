@@ -1,0 +1,16 @@
+DROP FUNCTION public.tenantd_refresh(text, text, bigint);
+DROP FUNCTION public.tenantd_issue_refresh(uuid, text, bigint);
+DROP TRIGGER api_keys_notify ON public.api_keys;
+DROP TRIGGER users_notify ON public.users;
+DROP TRIGGER orgs_notify ON public.orgs;
+DROP FUNCTION public.tenantd_notify_api_key();
+DROP FUNCTION public.tenantd_notify_user();
+DROP FUNCTION public.tenantd_notify_org();
+DROP FUNCTION public.tenantd_user_json(public.users);
+DROP FUNCTION public.tenantd_org_json(public.orgs);
+DROP TABLE public.credit_transactions;
+DROP TABLE public.credit_accounts;
+DROP TABLE public.refresh_tokens;
+DROP TABLE public.api_keys;
+DROP TABLE public.users;
+DROP FUNCTION public.tenantd_ts(timestamptz);
