@@ -57,7 +57,19 @@
       "login attempts per minute per client IP and per email (0 = off)")                           \
     X(log_level, TENANTD_LOG_LEVEL, STR, "info", 0, 0, "debug, info, warn or error")               \
     X(migrate_concurrency, TENANTD_MIGRATE_CONCURRENCY, INT, 4, 1, 64,                             \
-      "tenant schemas migrated at once")
+      "tenant schemas migrated at once")                                                           \
+    X(access_ttl_s, TENANTD_ACCESS_TTL_S, INT, 900, 1, 86400, "access token lifetime, seconds")   \
+    X(refresh_ttl_s, TENANTD_REFRESH_TTL_S, INT, 2592000, 60, INT64_C(31536000),                   \
+      "refresh token lifetime, seconds")                                                           \
+    X(argon2_m_kib, TENANTD_ARGON2_M_KIB, INT, 19456, 8, 4194304, "argon2id memory cost, KiB")     \
+    X(argon2_t, TENANTD_ARGON2_T, INT, 2, 1, 100, "argon2id iterations")                           \
+    X(argon2_p, TENANTD_ARGON2_P, INT, 1, 1, 64, "argon2id lanes")                                 \
+    X(hash_threads, TENANTD_HASH_THREADS, INT, 0, 0, 256,                                          \
+      "password hashing threads (0 = one per core)")                                               \
+    X(hash_queue, TENANTD_HASH_QUEUE, INT, 256, 1, 1000000,                                        \
+      "password hashes waiting at most; more get 503")                                             \
+    X(jwt_issuer, TENANTD_JWT_ISSUER, STR, "tenantd", 0, 0, "access token iss claim")              \
+    X(jwt_audience, TENANTD_JWT_AUDIENCE, STR, "tenantd", 0, 0, "access token aud claim")
 
 struct config {
 #define CONFIG_FIELD_STR(f) const char *f;

@@ -43,6 +43,15 @@ static void defaults(void **state)
     assert_false(c.dev);
     assert_null(c.jwt_secret);
     assert_string_equal(c.signup, "open");
+    assert_int_equal(c.access_ttl_s, 900);
+    assert_int_equal(c.refresh_ttl_s, 2592000);
+    assert_int_equal(c.argon2_m_kib, 19456);
+    assert_int_equal(c.argon2_t, 2);
+    assert_int_equal(c.argon2_p, 1);
+    assert_int_equal(c.hash_threads, 0);
+    assert_int_equal(c.hash_queue, 256);
+    assert_string_equal(c.jwt_issuer, "tenantd");
+    assert_string_equal(c.jwt_audience, "tenantd");
 }
 
 static void env_then_flag_wins(void **state)
