@@ -461,10 +461,12 @@ static void test_wait_timeout(void)
 
 /* ---- 5. pg_terminate_backend: in flight -> unavailable, then reconnect ---- */
 
-static struct env *term_env;
 static void terminate_pool_backends(uv_timer_t *t)
 {
-    (void)t;
+    struct db_pool_stats s;
+    db_pool_stats(((struct env *)t->data)->pool, &s);
+    CHECK(s.waiting == 0 && s.in_use == 2, "all six should be in flight: waiting=%d in_use=%d",
+          s.waiting, s.in_use);
     PGresult *r = admin_exec(admin, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                                     "WHERE datname = current_database() "
                                     "AND application_name = 'tenantd'");
@@ -476,9 +478,10 @@ static void test_terminate(void)
 {
     struct env e;
     env_init(&e, opts(2, 16));
-    term_env = &e;
-    /* Warm up both connections on two schemas. */
-    struct expect warm[] = {{"t4", &st_info, DB_OK, "t4"}, {"t5", &st_info, DB_OK, "t5"}};
+    /* Warm up both connections, one per schema: the two overlap in time, so
+     * each needs its own connection. */
+    static const struct db_stmt warm_stmt = {NULL, "SELECT name FROM info, pg_sleep(0.2)"};
+    struct expect warm[] = {{"t4", &warm_stmt, DB_OK, "t4"}, {"t5", &warm_stmt, DB_OK, "t5"}};
     run_expect(&e, warm, 2, "warm-up");
 
     static const struct db_stmt slow = {"test_slow", "SELECT name FROM info, pg_sleep(2)"};
@@ -487,6 +490,7 @@ static void test_terminate(void)
         inflight[i] = (struct expect){i % 2 ? "t4" : "t5", &slow, DB_UNAVAILABLE, NULL};
     uv_timer_t kill;
     uv_timer_init(&e.loop, &kill);
+    kill.data = &e;
     uv_timer_start(&kill, terminate_pool_backends, 300, 0);
     uint64_t start = uv_hrtime() / 1000000;
     run_expect(&e, inflight, 6, "queries on terminated backends");
