@@ -315,7 +315,7 @@ void http_respond(struct request *req, int status, const char *content_type, con
     put_header(&o, "Date", date_now());
     if (content_type && !no_content)
         put_header(&o, "Content-Type", content_type);
-    if (status != 204) {
+    if (!no_content) {
         n = snprintf(line, sizeof line, "%zu", len);
         put_header(&o, "Content-Length", line);
     }

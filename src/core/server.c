@@ -61,6 +61,7 @@ struct conn {
     bool keep_alive; /* decided when a request completes */
     bool must_close; /* an error, or the server drains */
     bool dispatched; /* c->req is with its handler */
+    bool peer_eof;   /* the client half-closed while its request ran */
     int status;      /* of the response being written */
     char client_ip[INET6_ADDRSTRLEN];
 
@@ -158,15 +159,29 @@ static uint64_t rng_next(void)
     return rng_state[1] + s0;
 }
 
-/* A UUID v4-shaped id in the arena. */
+/* A UUID v4-shaped id in the arena (formatted by hand: this runs for every
+ * request). */
 static const char *new_request_id(struct arena *a)
 {
+    static const char hex[] = "0123456789abcdef";
     uint64_t hi = rng_next(), lo = rng_next();
     hi = (hi & 0xFFFFFFFFFFFF0FFFull) | 0x0000000000004000ull;
     lo = (lo & 0x3FFFFFFFFFFFFFFFull) | 0x8000000000000000ull;
-    return arena_printf(a, "%08x-%04x-%04x-%04x-%012llx", (unsigned)(hi >> 32),
-                        (unsigned)((hi >> 16) & 0xFFFF), (unsigned)(hi & 0xFFFF),
-                        (unsigned)(lo >> 48), (unsigned long long)(lo & 0xFFFFFFFFFFFFull));
+    unsigned char b[16];
+    for (int i = 0; i < 8; i++) {
+        b[i] = (unsigned char)(hi >> (56 - 8 * i));
+        b[8 + i] = (unsigned char)(lo >> (56 - 8 * i));
+    }
+    char *out = arena_alloc(a, 37);
+    char *o = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *o++ = '-';
+        *o++ = hex[b[i] >> 4];
+        *o++ = hex[b[i] & 15];
+    }
+    *o = '\0';
+    return out;
 }
 
 /* A client's X-Request-Id is kept only if it is safe to log and echo. */
@@ -712,7 +727,6 @@ static void conn_feed(struct conn *c, const char *data, size_t len)
         return;
     }
     if ((err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) && c->state == C_HANDLING) {
-        read_off(c);
         keep_pending(c, end, (size_t)(data + len - end));
         dispatch(c);
         return;
@@ -758,14 +772,29 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0)
         return;
     if (nread < 0) {
-        /* EOF or error. Requests are never delimited by EOF, so whatever was
-         * half-received is dropped. */
+        if (nread == UV_EOF && (c->state == C_HANDLING || c->state == C_WRITING)) {
+            /* Half-close after a request: answer it (and any complete
+             * pipelined ones), then close. */
+            c->peer_eof = true;
+            read_off(c);
+            return;
+        }
+        /* Requests are never delimited by EOF: a half-received one is
+         * dropped. */
         conn_close(c);
         return;
     }
     switch (c->state) {
     case C_LINGER:
         return; /* discarded */
+    case C_HANDLING:
+    case C_WRITING:
+        /* Pipelined bytes wait for their turn; past one buffer's worth the
+         * socket stops being read (backpressure). */
+        buf_append(&c->pending, &c->pending_len, &c->pending_cap, buf->base, (size_t)nread);
+        if (c->pending_len >= READ_BUF_SIZE)
+            read_off(c);
+        return;
     case C_BODY:
         timer_set(c, (uint64_t)g_config->idle_timeout_ms);
         break;
@@ -889,8 +918,12 @@ static void conn_next(struct conn *c)
         c->pending_len = 0;
         conn_feed(c, c->pending, n);
     }
-    if (c->state == C_IDLE || c->state == C_HEAD || c->state == C_BODY)
-        read_on(c);
+    if (c->state == C_IDLE || c->state == C_HEAD || c->state == C_BODY) {
+        if (c->peer_eof)
+            conn_close(c);
+        else
+            read_on(c);
+    }
 }
 
 static void on_write(uv_write_t *w, int status)
@@ -930,13 +963,13 @@ void server_send(struct request *req, int status, char *buf, size_t len)
         c->req = NULL;
         return;
     }
-    read_off(c);
-    free(c->body); /* an error answered mid-body: the rest is never read */
+    if (server_must_close(req))
+        read_off(c); /* the rest is drained by conn_linger */
+    free(c->body);   /* an error answered mid-body: the rest is never read */
     c->body = NULL;
     c->body_len = c->body_cap = 0;
     c->status = status;
     c->state = C_WRITING;
-    timer_set(c, (uint64_t)g_config->idle_timeout_ms);
     c->write_req.data = c;
     uv_buf_t b = uv_buf_init(buf, (unsigned)len);
     int r = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
@@ -944,7 +977,14 @@ void server_send(struct request *req, int status, char *buf, size_t len)
         finish_request(ls, req, status);
         c->req = NULL;
         conn_close(c);
+        return;
     }
+    /* Usually written at once; otherwise a client that does not read gets
+     * the idle timeout. */
+    if (c->tcp.write_queue_size > 0)
+        timer_set(c, (uint64_t)g_config->idle_timeout_ms);
+    else
+        uv_timer_stop(&c->timer);
 }
 
 /* ---- accepting ---- */

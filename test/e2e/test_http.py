@@ -150,6 +150,28 @@ class HttpBasics(harness.DbTestCase):
         self.assertEqual(r.response().status, 200)
         self.assertEqual(r.response().status, 200)
 
+    def test_many_pipelined_requests_with_backpressure(self):
+        import threading
+        r = self.raw()
+        n = 3000  # about 100 KiB of requests: more than the server buffers
+        data = b"".join(req("GET", "/health" if i % 2 else "/nope", [("X-Request-Id", "r%d" % i)])
+                        for i in range(n))
+        t = threading.Thread(target=r.send, args=(data,))
+        t.start()
+        for i in range(n):
+            resp = r.response()
+            self.assertEqual(resp.header("x-request-id"), "r%d" % i)
+            self.assertEqual(resp.status, 200 if i % 2 else 404)
+        t.join()
+
+    def test_half_close_after_pipelined_requests(self):
+        r = self.raw()
+        r.send(req("GET", "/health") + req("GET", "/nope"))
+        r.sock.shutdown(socket.SHUT_WR)
+        self.assertEqual(r.response().status, 200)
+        self.assertEqual(r.response().status, 404)
+        self.assertTrue(r.closed())
+
     def test_chunked_request_body(self):
         r = self.raw()
         body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
