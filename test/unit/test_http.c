@@ -67,7 +67,7 @@ static void query_decoding(void **state)
     assert_string_equal(http_query(req, "c"), "AB\xe2\x82\xac");
     assert_string_equal(http_query(req, "d"), ""); /* present without '=' */
     assert_string_equal(http_query(req, "e"), "");
-    assert_string_equal(http_query(req, "f"), "%zz"); /* bad escapes stay literal */
+    assert_string_equal(http_query(req, "f"), "%zz");  /* bad escapes stay literal */
     assert_string_equal(http_query(req, "g"), "%00x"); /* never a hidden NUL */
     assert_string_equal(http_query(req, "h"), "%4");
     assert_string_equal(http_query(req, "s p"), "yes"); /* names are decoded too */
