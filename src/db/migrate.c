@@ -365,8 +365,8 @@ static int exec_sql(PGconn *c, const char *sql, const char *what, char *err, siz
 }
 
 /* One parameterised statement; the result (owned by the caller) or NULL. */
-static PGresult *query(PGconn *c, const char *sql, int n, const char *const *vals,
-                       const char *what, char *err, size_t errlen)
+static PGresult *query(PGconn *c, const char *sql, int n, const char *const *vals, const char *what,
+                       char *err, size_t errlen)
 {
     PGresult *res = PQexecParams(c, sql, n, NULL, vals, NULL, NULL, 0);
     ExecStatusType st = PQresultStatus(res);
@@ -440,8 +440,8 @@ static int record_applied(PGconn *c, const char *insert_sql, const struct migrat
     return 0;
 }
 
-static int record_reverted(PGconn *c, const char *delete_sql, const struct migration *m,
-                           char *err, size_t errlen)
+static int record_reverted(PGconn *c, const char *delete_sql, const struct migration *m, char *err,
+                           size_t errlen)
 {
     char ver[16];
     snprintf(ver, sizeof ver, "%d", m->version);
@@ -460,29 +460,38 @@ static int record_reverted(PGconn *c, const char *delete_sql, const struct migra
 struct applied {
     int *versions;
     size_t n;
+    size_t unknown; /* status only: applied versions this binary lacks */
+    size_t changed; /* status only: applied files edited since */
 };
 
 /* Fills a from rows (version, checksum) and checks each against m: an
- * unknown version or a changed file is an error naming it. */
+ * unknown version or a changed file is an error naming it, unless
+ * `tolerate` (status), which counts them instead. */
 static int check_applied(const PGresult *rows, enum migration_track t, const char *where,
-                         const struct migration *m, size_t nm, struct applied *a, char *err,
-                         size_t errlen)
+                         const struct migration *m, size_t nm, bool tolerate, struct applied *a,
+                         char *err, size_t errlen)
 {
     int nr = PQntuples(rows);
     a->versions = nr ? malloc((size_t)nr * sizeof *a->versions) : NULL;
-    a->n = 0;
+    a->n = a->unknown = a->changed = 0;
     if (nr && !a->versions)
         return fail(err, errlen, "out of memory");
     for (int i = 0; i < nr; i++) {
         int v = atoi(PQgetvalue(rows, i, 0));
         const char *sum = PQgetvalue(rows, i, 1);
+        if ((v < 1 || (size_t)v > nm) && tolerate) {
+            a->unknown++;
+            continue;
+        }
         if (v < 1 || (size_t)v > nm)
             return fail(err, errlen,
                         "%s has %s migration %04d applied, which this binary does not have "
                         "(it knows up to %04d): run a newer tenantd",
                         where, track_dir[t], v, nm ? m[nm - 1].version : 0);
         const struct migration *x = &m[v - 1];
-        if (strcmp(sum, x->checksum))
+        if (strcmp(sum, x->checksum) && tolerate)
+            a->changed++;
+        else if (strcmp(sum, x->checksum))
             return fail(err, errlen,
                         "migrations/%s/%04d_%s.up.sql differs from the one applied in %s "
                         "(checksum mismatch): an applied migration must not be edited; restore "
@@ -525,10 +534,25 @@ static void tenants_free(struct tenant_list *l)
     l->n = 0;
 }
 
+/* An org deleted while the run was going drops its schema: that is no
+ * failure, there is simply nothing left to migrate. */
+static bool schema_gone(PGconn *c, const char *schema)
+{
+    const char *v[] = {schema};
+    PGresult *r = query(c, "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1", 1, v,
+                        "looking for the schema", NULL, 0);
+    bool gone = r && PQntuples(r) == 0;
+    PQclear(r);
+    return gone;
+}
+
+static int tenant_read_one(PGconn *c, const struct migration *m, size_t nm, bool tolerate,
+                           struct tenant *t, char *err, size_t errlen);
+
 /* Lists the live orgs' schemas (when public.orgs exists yet) and reads and
  * checks what each has applied. */
-static int tenants_read(PGconn *c, const struct migration *m, size_t nm, struct tenant_list *l,
-                        char *err, size_t errlen)
+static int tenants_read(PGconn *c, const struct migration *m, size_t nm, bool tolerate,
+                        struct tenant_list *l, char *err, size_t errlen)
 {
     l->t = NULL;
     l->n = 0;
@@ -540,14 +564,15 @@ static int tenants_read(PGconn *c, const struct migration *m, size_t nm, struct 
     PQclear(r);
     if (!has_orgs)
         return 0;
-    r = query(c,
-              "SELECT o.schema_name, EXISTS (SELECT 1 FROM pg_catalog.pg_tables t"
-              " WHERE t.schemaname = o.schema_name AND t.tablename = 'schema_migrations')"
-              " FROM public.orgs o"
-              " WHERE o.status <> 'deleted'"
-              " AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspname = o.schema_name)"
-              " ORDER BY o.schema_name",
-              0, NULL, "listing tenant schemas", err, errlen);
+    r = query(
+        c,
+        "SELECT o.schema_name, EXISTS (SELECT 1 FROM pg_catalog.pg_tables t"
+        " WHERE t.schemaname = o.schema_name AND t.tablename = 'schema_migrations')"
+        " FROM public.orgs o"
+        " WHERE o.status <> 'deleted'"
+        " AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspname = o.schema_name)"
+        " ORDER BY o.schema_name",
+        0, NULL, "listing tenant schemas", err, errlen);
     if (!r)
         return -1;
     int nr = PQntuples(r);
@@ -572,28 +597,43 @@ static int tenants_read(PGconn *c, const struct migration *m, size_t nm, struct 
         struct tenant *t = &l->t[i];
         if (!t->has_table)
             continue;
-        char *sql = with_schema(c, t->name, "SELECT version, checksum FROM ",
-                                ".schema_migrations ORDER BY version", err, errlen);
-        if (!sql)
+        int rc = tenant_read_one(c, m, nm, tolerate, t, err, errlen);
+        if (rc > 0) { /* gone: drop it from the list */
+            free(t->name);
+            memmove(t, t + 1, (l->n - i - 1) * sizeof *t);
+            l->n--;
+            i--; /* unsigned wrap is defined; the loop's i++ brings it back */
+        } else if (rc < 0) {
             return -1;
-        char what[200], where[200];
-        snprintf(what, sizeof what, "reading %s.schema_migrations", t->name);
-        snprintf(where, sizeof where, "schema %s", t->name);
-        r = query(c, sql, 0, NULL, what, err, errlen);
-        free(sql);
-        if (!r)
-            return -1;
-        int rc = check_applied(r, TRACK_TENANT, where, m, nm, &t->a, err, errlen);
-        PQclear(r);
-        if (rc)
-            return -1;
+        }
     }
     return 0;
 }
 
+/* Reads one schema's schema_migrations into t and checks it: 0, 1 when the
+ * schema was dropped meanwhile, -1 with err. */
+static int tenant_read_one(PGconn *c, const struct migration *m, size_t nm, bool tolerate,
+                           struct tenant *t, char *err, size_t errlen)
+{
+    char *sql = with_schema(c, t->name, "SELECT version, checksum FROM ",
+                            ".schema_migrations ORDER BY version", err, errlen);
+    if (!sql)
+        return -1;
+    char what[200], where[200];
+    snprintf(what, sizeof what, "reading %s.schema_migrations", t->name);
+    snprintf(where, sizeof where, "schema %s", t->name);
+    PGresult *r = query(c, sql, 0, NULL, what, err, errlen);
+    free(sql);
+    if (!r)
+        return schema_gone(c, t->name) ? 1 : -1;
+    int rc = check_applied(r, TRACK_TENANT, where, m, nm, tolerate, &t->a, err, errlen);
+    PQclear(r);
+    return rc;
+}
+
 static bool tenant_current(const struct tenant *t, size_t nm)
 {
-    return t->a.n == nm; /* every applied version is known and distinct */
+    return t->a.n == nm; /* applied versions are known and distinct */
 }
 
 /* Applies to schema every tenant migration not in `a` (NULL: none applied),
@@ -617,7 +657,8 @@ static int tenant_apply(PGconn *c, const char *schema, const struct migration *m
             continue;
         char what[200];
         snprintf(what, sizeof what, "tenant/%04d_%s.up.sql", m[i].version, m[i].name);
-        if (exec_sql(c, m[i].up, what, err, errlen) || record_applied(c, insert, &m[i], err, errlen))
+        if (exec_sql(c, m[i].up, what, err, errlen) ||
+            record_applied(c, insert, &m[i], err, errlen))
             goto out;
     }
     rc = 0;
@@ -631,8 +672,8 @@ out:
 static int tenant_revert(PGconn *c, const char *schema, const struct migration *m,
                          const struct applied *a, int steps, char *err, size_t errlen)
 {
-    char *del = with_schema(c, schema, "DELETE FROM ", ".schema_migrations WHERE version = $1",
-                            err, errlen);
+    char *del = with_schema(c, schema, "DELETE FROM ", ".schema_migrations WHERE version = $1", err,
+                            errlen);
     if (!del)
         return -1;
     int rc = set_search_path(c, schema, err, errlen);
@@ -661,7 +702,7 @@ struct tenant_run {
     bool tty;
 
     pthread_mutex_t mu;
-    size_t next, done;
+    size_t next, done, gone;
     bool failed;
     char err[ERRBUF];
 };
@@ -710,12 +751,17 @@ static void *tenant_worker(void *arg)
         pthread_mutex_unlock(&r->mu);
         if (!t)
             break;
+        bool gone = false;
         if (tenant_one(c, r, t, err, sizeof err) != 0) {
-            tenant_fail(r, t->name, err);
-            break;
+            gone = schema_gone(c, t->name);
+            if (!gone) {
+                tenant_fail(r, t->name, err);
+                break;
+            }
         }
         pthread_mutex_lock(&r->mu);
         r->done++;
+        r->gone += gone;
         if (r->tty) {
             fprintf(stderr, "\rtenant schemas: %zu/%zu", r->done, r->ntodo);
             fflush(stderr);
@@ -749,8 +795,9 @@ static int tenant_run(struct tenant_run *r, int concurrency, char *err, size_t e
     if (r->tty)
         fputc('\n', stderr);
     if (r->failed)
-        return fail(err, errlen, "%s (%zu of %zu schemas done; the rest are untouched, rerun to "
-                                 "resume)",
+        return fail(err, errlen,
+                    "%s (%zu of %zu schemas done; the rest are untouched, rerun to "
+                    "resume)",
                     r->err, r->done, r->ntodo);
     return 0;
 }
@@ -760,7 +807,8 @@ static int tenant_run(struct tenant_run *r, int concurrency, char *err, size_t e
 struct runner {
     const char *conninfo;
     int concurrency;
-    bool cli; /* plain lines on stdout and a progress line; else JSON logs */
+    bool cli;      /* plain lines on stdout and a progress line; else JSON logs */
+    bool tolerate; /* status: count edited or unknown migrations, do not fail */
     PGconn *c;
     const struct migration *cm, *tm;
     size_t ncm, ntm;
@@ -823,9 +871,9 @@ static int runner_open(struct runner *r, bool lock)
                      "creating public.schema_migrations", r->err, r->errlen))
             return -1;
     } else {
-        PGresult *res = query(r->c,
-                              "SELECT pg_catalog.to_regclass('public.schema_migrations') IS NULL",
-                              0, NULL, "looking for public.schema_migrations", r->err, r->errlen);
+        PGresult *res =
+            query(r->c, "SELECT pg_catalog.to_regclass('public.schema_migrations') IS NULL", 0,
+                  NULL, "looking for public.schema_migrations", r->err, r->errlen);
         if (!res)
             return -1;
         bool missing = PQgetvalue(res, 0, 0)[0] == 't';
@@ -833,17 +881,17 @@ static int runner_open(struct runner *r, bool lock)
         if (missing)
             return 0; /* nothing applied anywhere: no orgs table either */
     }
-    PGresult *res = query(r->c,
-                          "SELECT version, checksum FROM public.schema_migrations ORDER BY version",
-                          0, NULL, "reading public.schema_migrations", r->err, r->errlen);
+    PGresult *res =
+        query(r->c, "SELECT version, checksum FROM public.schema_migrations ORDER BY version", 0,
+              NULL, "reading public.schema_migrations", r->err, r->errlen);
     if (!res)
         return -1;
-    int rc = check_applied(res, TRACK_CONTROL, "public", r->cm, r->ncm, &r->control, r->err,
-                           r->errlen);
+    int rc = check_applied(res, TRACK_CONTROL, "public", r->cm, r->ncm, r->tolerate, &r->control,
+                           r->err, r->errlen);
     PQclear(res);
     if (rc)
         return -1;
-    return tenants_read(r->c, r->tm, r->ntm, &r->tenants, r->err, r->errlen);
+    return tenants_read(r->c, r->tm, r->ntm, r->tolerate, &r->tenants, r->err, r->errlen);
 }
 
 static void runner_close(struct runner *r)
@@ -908,15 +956,16 @@ static int tenants_up(struct runner *r)
     free(t.todo);
     if (rc)
         return -1;
-    say(r, "tenant schemas: %zu migrated, %zu already current (version %04d, %.0f ms)", t.ntodo,
-        r->tenants.n - t.ntodo, r->ntm ? r->tm[r->ntm - 1].version : 0, now_ms() - t0);
+    say(r, "tenant schemas: %zu migrated, %zu already current%s (version %04d, %.0f ms)",
+        t.ntodo - t.gone, r->tenants.n - t.ntodo, t.gone ? ", some dropped meanwhile" : "",
+        r->ntm ? r->tm[r->ntm - 1].version : 0, now_ms() - t0);
     return 0;
 }
 
 static int run_up(const char *conninfo, int concurrency, bool cli, char *err, size_t errlen)
 {
-    struct runner r = {.conninfo = conninfo, .concurrency = concurrency, .cli = cli, .err = err,
-                       .errlen = errlen};
+    struct runner r = {
+        .conninfo = conninfo, .concurrency = concurrency, .cli = cli, .err = err, .errlen = errlen};
     int rc = runner_open(&r, true);
     if (rc == 0)
         rc = control_up(&r);
@@ -960,8 +1009,8 @@ static int control_down(struct runner *r, int steps)
         if (rc == 0)
             rc = exec_sql(r->c, m->down, what, r->err, r->errlen);
         if (rc == 0)
-            rc = record_reverted(r->c, "DELETE FROM public.schema_migrations WHERE version = $1",
-                                 m, r->err, r->errlen);
+            rc = record_reverted(r->c, "DELETE FROM public.schema_migrations WHERE version = $1", m,
+                                 r->err, r->errlen);
         if (rc == 0)
             rc = exec_sql(r->c, "COMMIT", "COMMIT", r->err, r->errlen);
         if (rc) {
@@ -977,8 +1026,8 @@ static int control_down(struct runner *r, int steps)
 
 static int tenants_down(struct runner *r, int steps)
 {
-    struct tenant_run t = {.conninfo = r->conninfo, .m = r->tm, .nm = r->ntm, .down = true,
-                           .steps = steps};
+    struct tenant_run t = {
+        .conninfo = r->conninfo, .m = r->tm, .nm = r->ntm, .down = true, .steps = steps};
     t.todo = r->tenants.n ? calloc(r->tenants.n, sizeof *t.todo) : NULL;
     if (r->tenants.n && !t.todo)
         return fail(r->err, r->errlen, "out of memory");
@@ -1003,47 +1052,61 @@ static int tenants_down(struct runner *r, int steps)
     free(t.todo);
     if (rc)
         return -1;
-    say(r, "tenant schemas: reverted the last %d migration(s) in %zu schema(s), %zu had none", steps,
-        t.ntodo, r->tenants.n - t.ntodo);
+    say(r, "tenant schemas: reverted the last %d migration(s) in %zu schema(s), %zu had none",
+        steps, t.ntodo, r->tenants.n - t.ntodo);
     return 0;
 }
 
 /* ---- status and check ------------------------------------------------- */
 
+/* `migrate status`: every control migration with its state, then how many
+ * tenant schemas have each tenant migration. Edited or unknown applied
+ * migrations are shown, not fatal: status is how one finds them. */
 static int run_status(const char *conninfo, char *err, size_t errlen)
 {
-    struct runner r = {.conninfo = conninfo, .cli = true, .err = err, .errlen = errlen};
+    struct runner r = {
+        .conninfo = conninfo, .cli = true, .tolerate = true, .err = err, .errlen = errlen};
     int rc = runner_open(&r, false);
-    if (rc == 0 && r.control.n > 0) {
-        PGresult *res = query(r.c,
-                              "SELECT version, to_char(applied_at AT TIME ZONE 'UTC',"
-                              " 'YYYY-MM-DD HH24:MI:SS') || ' UTC' FROM public.schema_migrations"
-                              " ORDER BY version",
-                              0, NULL, "reading public.schema_migrations", err, errlen);
-        if (!res) {
+    PGresult *res = NULL;
+    if (rc == 0 && (r.control.n || r.control.unknown || r.control.changed)) {
+        res = query(r.c,
+                    "SELECT version, name, checksum, to_char(applied_at AT TIME ZONE 'UTC',"
+                    " 'YYYY-MM-DD HH24:MI:SS') || ' UTC' FROM public.schema_migrations"
+                    " ORDER BY version",
+                    0, NULL, "reading public.schema_migrations", err, errlen);
+        if (!res)
             rc = -1;
-        } else {
-            printf("control migrations (public):\n");
-            for (size_t i = 0; i < r.ncm; i++) {
-                const struct migration *m = &r.cm[i];
-                const char *at = NULL;
-                for (int j = 0; j < PQntuples(res); j++)
-                    if (atoi(PQgetvalue(res, j, 0)) == m->version)
-                        at = PQgetvalue(res, j, 1);
-                printf("  %04d_%-30s %s%s\n", m->version, m->name, at ? "applied " : "pending",
-                       at ? at : "");
-            }
-            PQclear(res);
-        }
-    } else if (rc == 0) {
-        printf("control migrations (public):\n");
-        for (size_t i = 0; i < r.ncm; i++)
-            printf("  %04d_%-30s pending\n", r.cm[i].version, r.cm[i].name);
     }
     if (rc == 0) {
-        size_t current = 0;
-        for (size_t i = 0; i < r.tenants.n; i++)
-            current += tenant_current(&r.tenants.t[i], r.ntm);
+        printf("control migrations (public):\n");
+        for (size_t i = 0; i < r.ncm; i++) {
+            const struct migration *m = &r.cm[i];
+            int row = -1;
+            for (int j = 0; res && j < PQntuples(res); j++)
+                if (atoi(PQgetvalue(res, j, 0)) == m->version)
+                    row = j;
+            if (row < 0)
+                printf("  %04d_%-30s pending\n", m->version, m->name);
+            else
+                printf("  %04d_%-30s applied %s%s\n", m->version, m->name, PQgetvalue(res, row, 3),
+                       strcmp(PQgetvalue(res, row, 2), m->checksum)
+                           ? "  CHANGED: the file differs from what was applied"
+                           : "");
+        }
+        for (int j = 0; res && j < PQntuples(res); j++) {
+            int v = atoi(PQgetvalue(res, j, 0));
+            if (v < 1 || (size_t)v > r.ncm)
+                printf("  %04d_%-30s applied %s  UNKNOWN: not in this binary\n", v,
+                       PQgetvalue(res, j, 1), PQgetvalue(res, j, 3));
+        }
+
+        size_t current = 0, changed = 0, unknown = 0;
+        for (size_t i = 0; i < r.tenants.n; i++) {
+            const struct tenant *t = &r.tenants.t[i];
+            current += tenant_current(t, r.ntm);
+            changed += t->a.changed > 0;
+            unknown += t->a.unknown > 0;
+        }
         printf("tenant migrations (%zu schema(s): %zu current, %zu behind):\n", r.tenants.n,
                current, r.tenants.n - current);
         for (size_t i = 0; i < r.ntm; i++) {
@@ -1053,8 +1116,15 @@ static int run_status(const char *conninfo, char *err, size_t errlen)
             printf("  %04d_%-30s %zu applied, %zu pending\n", r.tm[i].version, r.tm[i].name, have,
                    r.tenants.n - have);
         }
+        if (changed)
+            printf("  CHANGED: %zu schema(s) applied a tenant migration whose file differs now\n",
+                   changed);
+        if (unknown)
+            printf("  UNKNOWN: %zu schema(s) applied tenant migrations not in this binary\n",
+                   unknown);
         fflush(stdout);
     }
+    PQclear(res);
     runner_close(&r);
     return rc;
 }
@@ -1188,8 +1258,11 @@ int migrate_cli(const char *conninfo, int argc, char **argv, int concurrency)
                 return usage_error("down: bad argument '%s' (N is a number from 1 to 10000)",
                                    argv[i]);
         }
-        struct runner r = {.conninfo = conninfo, .concurrency = concurrency, .cli = true,
-                           .err = err, .errlen = sizeof err};
+        struct runner r = {.conninfo = conninfo,
+                           .concurrency = concurrency,
+                           .cli = true,
+                           .err = err,
+                           .errlen = sizeof err};
         rc = runner_open(&r, true);
         if (rc == 0)
             rc = tenant ? tenants_down(&r, steps ? steps : 1) : control_down(&r, steps ? steps : 1);

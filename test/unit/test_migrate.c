@@ -86,8 +86,14 @@ static void checksum_known(void **state)
     assert_string_equal(out, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
-#define F(track, name, data) {track, name, data, sizeof data - 1}
-#define END {0, 0, 0, 0}
+#define F(track, name, data)                                                                       \
+    {                                                                                              \
+        track, name, data, sizeof data - 1                                                         \
+    }
+#define END                                                                                        \
+    {                                                                                              \
+        0, 0, 0, 0                                                                                 \
+    }
 
 static void load_sorts_and_pairs(void **state)
 {
@@ -156,26 +162,26 @@ static void expect_fail(const struct embedded_file *files, const char *expect)
 static void load_rejects(void **state)
 {
     (void)state;
-    const struct embedded_file gap[] = {
-        F("tenant", "0001_a.up.sql", "A"), F("tenant", "0003_c.up.sql", "C"), END};
+    const struct embedded_file gap[] = {F("tenant", "0001_a.up.sql", "A"),
+                                        F("tenant", "0003_c.up.sql", "C"), END};
     expect_fail(gap, "0002 is missing");
     const struct embedded_file no_first[] = {F("tenant", "0002_b.up.sql", "B"), END};
     expect_fail(no_first, "0001 is missing");
-    const struct embedded_file dup[] = {
-        F("tenant", "0001_a.up.sql", "A"), F("tenant", "0001_b.up.sql", "B"), END};
+    const struct embedded_file dup[] = {F("tenant", "0001_a.up.sql", "A"),
+                                        F("tenant", "0001_b.up.sql", "B"), END};
     expect_fail(dup, "duplicate version 0001");
     const struct embedded_file dup_down[] = {F("tenant", "0001_a.up.sql", "A"),
                                              F("tenant", "0001_b.down.sql", "B"), END};
     expect_fail(dup_down, "duplicate version 0001");
-    const struct embedded_file two_downs[] = {
-        F("tenant", "0001_a.up.sql", "A"), F("tenant", "0001_a.down.sql", "A1"),
-        F("tenant", "00001_a.down.sql", "A2"), END};
+    const struct embedded_file two_downs[] = {F("tenant", "0001_a.up.sql", "A"),
+                                              F("tenant", "0001_a.down.sql", "A1"),
+                                              F("tenant", "00001_a.down.sql", "A2"), END};
     expect_fail(two_downs, "duplicate version 0001");
-    const struct embedded_file down_only[] = {
-        F("tenant", "0001_a.up.sql", "A"), F("tenant", "0002_b.down.sql", "B"), END};
+    const struct embedded_file down_only[] = {F("tenant", "0001_a.up.sql", "A"),
+                                              F("tenant", "0002_b.down.sql", "B"), END};
     expect_fail(down_only, "0002_b.down.sql: a .down.sql without its .up.sql");
-    const struct embedded_file bad_name[] = {
-        F("tenant", "0001_a.up.sql", "A"), F("tenant", "2_b.up.sql", "B"), END};
+    const struct embedded_file bad_name[] = {F("tenant", "0001_a.up.sql", "A"),
+                                             F("tenant", "2_b.up.sql", "B"), END};
     expect_fail(bad_name, "migrations/tenant/2_b.up.sql: bad file name");
 }
 
@@ -212,9 +218,9 @@ static void embedded_list_loads(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(parse_good_names),   cmocka_unit_test(parse_bad_names),
-        cmocka_unit_test(checksum_known),     cmocka_unit_test(load_sorts_and_pairs),
-        cmocka_unit_test(load_empty_track),   cmocka_unit_test(load_rejects),
+        cmocka_unit_test(parse_good_names),    cmocka_unit_test(parse_bad_names),
+        cmocka_unit_test(checksum_known),      cmocka_unit_test(load_sorts_and_pairs),
+        cmocka_unit_test(load_empty_track),    cmocka_unit_test(load_rejects),
         cmocka_unit_test(embedded_list_loads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
