@@ -358,6 +358,8 @@ static void test_error_isolation(void)
         {"t1", &st_div0_named, DB_ERROR, "22012"},
         {"t1", &st_info, DB_OK, "t1"},
         {"t2", &st_info, DB_OK, "t2"},
+        {"a_schema_name_longer_than_the_sixty_three_bytes_postgresql_keeps_xx", &st_one, DB_ERROR,
+         "42602"},
         {"t1", &st_one, DB_OK, "1"},
     };
     run_expect(&e, xs, (int)(sizeof xs / sizeof xs[0]), "errors inside a pipeline");
