@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import signal
+import signal as _signal  # Server.signal() shadows the module inside the class body
 import socket
 import subprocess
 import tempfile
@@ -144,7 +145,7 @@ class Server:
     def signal(self, sig=signal.SIGTERM):
         self.proc.send_signal(sig)
 
-    def stop(self, sig=signal.SIGTERM, timeout=30):
+    def stop(self, sig=_signal.SIGTERM, timeout=30):
         """Stops the server; returns its exit code. A sanitizer report fails."""
         if self.proc is None:
             return None
@@ -233,3 +234,47 @@ class DbTestCase(unittest.TestCase):
                     raise AssertionError(f"tenantd exited with {rc}:\n{cls.server.log()}")
         finally:
             cls.pg.drop_db(cls.dbname)
+
+
+# ---- identity helpers (auth tests; usable before signup exists) ----
+
+def argon2id_phc(password, m_kib=1024, t=1, p=1):
+    """An argon2id PHC string for password, computed by libargon2 through
+    ctypes (the same library tenantd links), so tests can seed users
+    directly in the database."""
+    import ctypes
+    import ctypes.util
+    lib = ctypes.CDLL(ctypes.util.find_library("argon2") or "libargon2.so.1")
+    pw = password.encode() if isinstance(password, str) else password
+    salt = os.urandom(16)
+    out = ctypes.create_string_buffer(256)
+    rc = lib.argon2id_hash_encoded(ctypes.c_uint32(t), ctypes.c_uint32(m_kib), ctypes.c_uint32(p),
+                                   pw, ctypes.c_size_t(len(pw)), salt, ctypes.c_size_t(len(salt)),
+                                   ctypes.c_size_t(32), out, ctypes.c_size_t(len(out)))
+    if rc != 0:
+        raise AssertionError(f"argon2id_hash_encoded failed: {rc}")
+    return out.value.decode()
+
+
+def sql_quote(s):
+    """A SQL string literal (for test seeding through psql only)."""
+    return "NULL" if s is None else "'" + str(s).replace("'", "''") + "'"
+
+
+def seed_org(pg, db, slug, users=(), status="active"):
+    """Inserts an org row (no tenant schema) and its users straight into the
+    database. users: (email, password, role) tuples. Returns
+    {"id", "slug", "users": {email: id}}. For auth tests that must not
+    depend on the signup route."""
+    org_id = pg.psql(
+        "INSERT INTO public.orgs (name, slug, schema_name, status) VALUES "
+        f"({sql_quote(slug)}, {sql_quote(slug)}, 'tenant_' || md5(random()::text), "
+        f"{sql_quote(status)}) RETURNING id", db=db)[0]
+    out = {"id": org_id, "slug": slug, "users": {}}
+    for email, password, role in users:
+        uid = pg.psql(
+            "INSERT INTO public.users (org_id, email, role, password_hash) VALUES "
+            f"({sql_quote(org_id)}, {sql_quote(email.lower())}, {sql_quote(role)}, "
+            f"{sql_quote(argon2id_phc(password))}) RETURNING id", db=db)[0]
+        out["users"][email.lower()] = uid
+    return out
