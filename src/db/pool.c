@@ -371,6 +371,18 @@ static void conn_release(struct conn *c)
 
 /* ---- connecting ---- */
 
+/* Server notices go to the log, not to libpq's default of raw lines on
+ * stderr (which would break the JSON log). */
+static void on_notice(void *arg, const PGresult *r)
+{
+    (void)arg;
+    const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+    const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+    bool warning = sev && strcmp(sev, "WARNING") == 0;
+    log_msg(warning ? LOG_WARN : LOG_DEBUG, "database %s: %s", sev ? sev : "notice",
+            msg ? msg : "");
+}
+
 static void conn_connect(struct conn *c)
 {
     struct db_pool *p = c->pool;
@@ -386,6 +398,7 @@ static void conn_connect(struct conn *c)
         conn_fail(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
         return;
     }
+    PQsetNoticeReceiver(c->pg, on_notice, NULL);
     /* libpq: behave as if PQconnectPoll had returned PGRES_POLLING_WRITING. */
     if (conn_watch_socket(c) != 0 || conn_set_poll(c, UV_WRITABLE) != 0) {
         conn_fail(c, "cannot watch the connection's socket");

@@ -664,6 +664,36 @@ static void test_socket_change(void)
     printf("ok - socket_change\n");
 }
 
+/* ---- 11. server notices go to the JSON log ---- */
+
+static void test_notice(void)
+{
+    struct env e;
+    env_init(&e, opts(1, 4));
+    static const struct db_stmt warn = {NULL,
+                                        "DO $$BEGIN RAISE WARNING 'pool test warning'; END$$"};
+    char path[] = "/tmp/tenantd-dbnotice-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0, "mkstemp");
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(fd, 2);
+    struct expect x = {"t1", &warn, DB_OK, NULL};
+    run_expect(&e, &x, 1, "a statement raising a warning");
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    char buf[4096] = {0};
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    close(fd);
+    unlink(path);
+    CHECK(n > 0 && strstr(buf, "\"level\":\"warn\"") && strstr(buf, "pool test warning"),
+          "the warning should be a JSON log line, stderr had: %s", buf);
+    CHECK(!strstr(buf, "WARNING:  pool test warning"), "raw libpq notice on stderr: %s", buf);
+    env_close(&e);
+    printf("ok - notice\n");
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -678,7 +708,8 @@ int main(void)
     test_close_inflight();
     test_unreachable();
     test_socket_change();
+    test_notice();
     drop_test_db();
-    printf("10 passed, 0 failed\n");
+    printf("11 passed, 0 failed\n");
     return 0;
 }
