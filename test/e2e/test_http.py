@@ -39,7 +39,11 @@ class Raw:
     def __init__(self, port, timeout=5, host="127.0.0.1", family=socket.AF_INET):
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
-        self.sock.connect((host, port))
+        try:
+            self.sock.connect((host, port))
+        except OSError:
+            self.sock.close()
+            raise
         self.buf = b""
 
     def send(self, data):
@@ -359,6 +363,27 @@ class HttpBasics(harness.DbTestCase):
         r.send(b"\r\n" + req("GET", "/health"))
         self.assertEqual(r.response().status, 200)
 
+    def test_upgrade_request_answered_then_closed(self):
+        # No protocol switch is offered: a normal answer, then close, since
+        # the client may already be speaking the other protocol.
+        r = self.raw()
+        r.send(req("GET", "/health", [("Connection", "Upgrade"), ("Upgrade", "websocket")]) +
+               b"\x81\x85garbage")
+        resp = r.response()
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.header("connection"), "close")
+        self.assertTrue(r.closed())
+
+    def test_http11_without_host_accepted(self):
+        r = self.raw()
+        r.send(b"GET /health HTTP/1.1\r\n\r\n")
+        self.assertEqual(r.response().status, 200)
+
+    def test_header_values_trimmed_and_case_insensitive(self):
+        r = self.raw()
+        r.send(b"GET /health HTTP/1.1\r\nx-request-id:   trimmed-id \t \r\n\r\n")
+        self.assertEqual(r.response().header("x-request-id"), "trimmed-id")
+
     def test_access_log_line(self):
         rid = "log-check-1"
         self.server.get("/health", headers={"X-Request-Id": rid})
@@ -591,6 +616,16 @@ class HttpThreads(harness.DbTestCase):
         with concurrent.futures.ThreadPoolExecutor(8) as ex:
             self.assertEqual(set(ex.map(one, range(64))), {200})
         self.assertIn("2 loops", self.server.log())
+
+
+class HttpDefaultThreads(harness.DbTestCase):
+    server_env = {"TENANTD_THREADS": "0"}
+
+    def test_zero_threads_means_one_loop_per_core(self):
+        import os
+        n = len(os.sched_getaffinity(0))
+        self.assertIn("with %d loop%s" % (n, "" if n == 1 else "s"), self.server.log())
+        self.assertEqual(self.server.get("/health").status, 200)
 
 
 class HttpShutdown(harness.DbTestCase):
