@@ -65,18 +65,10 @@ static void loop_stop(struct loop_ctx *ctx, void (*done)(struct loop_ctx *ctx))
         abort();
     s->ctx = ctx;
     s->done = done;
+    /* Before the pool closes: pending password work may still answer
+     * requests or queue a query. */
+    auth_loop_stop(ctx);
     db_pool_close(ctx->db, pool_closed, s);
-}
-
-/* Runs the route's auth check, then its handler. Until the auth module
- * exists, only routes open to anyone are served. */
-static void dispatch(struct request *req)
-{
-    if (req->route->auth != AUTH_NONE) {
-        problem_respond(req, PROBLEM_UNAUTHORIZED, "This route needs a credential.");
-        return;
-    }
-    req->route->handler(req);
 }
 
 static int cmd_serve(const struct config *cfg)
@@ -110,7 +102,7 @@ static int cmd_serve(const struct config *cfg)
     if (!router)
         return 1;
     struct server_hooks hooks = {.loop_start = loop_start, .loop_stop = loop_stop,
-                                 .dispatch = dispatch};
+                                 .dispatch = auth_dispatch};
     int rc = server_run(router, &hooks);
     for (size_t i = 0; i < NMODULES; i++)
         if (modules[i]->shutdown)

@@ -1,3 +1,163 @@
-/* STUB: the auth module (identity engineer replaces this). */
+/*
+ * The auth module: its life cycle (argon2 pool, JWT key, cache listener,
+ * per-loop rate limiters) and the small shared helpers of src/auth.
+ * Request authentication is in context.c, the session routes in session.c.
+ */
 #include "auth/auth.h"
-const struct module auth_module = {.name = "auth"};
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "auth/cache.h"
+#include "auth/internal.h"
+#include "auth/password.h"
+#include "core/config.h"
+#include "core/log.h"
+#include "core/problem.h"
+
+#define RATELIMIT_ENTRIES 65536 /* keys tracked per loop and table (bounded memory) */
+
+static int auth_init(void);
+static void auth_loop_start(struct loop_ctx *ctx);
+static void auth_shutdown(void);
+
+const struct module auth_module = {
+    .name = "auth",
+    .routes = session_routes,
+    .init = auth_init,
+    .loop_start = auth_loop_start,
+    .shutdown = auth_shutdown,
+};
+
+static struct jwt_key *g_key;
+static _Thread_local struct auth_loop *t_loop;
+
+const struct jwt_key *auth_jwt_key(void)
+{
+    return g_key;
+}
+
+struct auth_loop *auth_loop_state(void)
+{
+    return t_loop;
+}
+
+int64_t auth_access_ttl(void)
+{
+    return g_config ? g_config->access_ttl_s : 900;
+}
+
+int64_t auth_refresh_ttl(void)
+{
+    return g_config ? g_config->refresh_ttl_s : 2592000;
+}
+
+int auth_sign_access(const char *user_id, const char *org_id, const char *role, int64_t ver,
+                     char *out, size_t outlen)
+{
+    if (!g_key || !user_id || !org_id || !role)
+        return -1;
+    struct jwt_claims c = {0};
+    size_t a = strlen(user_id), b = strlen(org_id), r = strlen(role);
+    if (a > JWT_ID_MAX || b > JWT_ID_MAX || r > JWT_ROLE_MAX)
+        return -1;
+    memcpy(c.sub, user_id, a + 1);
+    memcpy(c.org, org_id, b + 1);
+    memcpy(c.role, role, r + 1);
+    c.ver = ver;
+    return jwt_sign(g_key, &c, (int64_t)time(NULL), auth_access_ttl(), out, outlen);
+}
+
+static void json_release(void *p)
+{
+    json_decref(p);
+}
+
+json_t *auth_body_object(struct request *req)
+{
+    json_error_t err;
+    json_t *j = NULL;
+    if (req->body && req->body_len)
+        j = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &err);
+    if (!j) {
+        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
+        return NULL;
+    }
+    arena_cleanup(req->arena, json_release, j);
+    if (!json_is_object(j)) {
+        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
+        return NULL;
+    }
+    return j;
+}
+
+static int auth_init(void)
+{
+    const struct config *c = g_config;
+    if (!c->jwt_secret)
+        return -1;
+    g_key = jwt_key_new(c->jwt_secret, strlen(c->jwt_secret), c->jwt_issuer, c->jwt_audience);
+    if (!g_key) {
+        log_msg(LOG_ERROR, "auth: cannot make the JWT key (secret >= 32 bytes; issuer and "
+                           "audience 1..255 bytes)");
+        return -1;
+    }
+    if (c->jwt_secret_generated)
+        log_msg(LOG_WARN, "auth: development mode generated a JWT secret; tokens die with "
+                          "this process (set TENANTD_JWT_SECRET)");
+    struct password_params pp = {(uint32_t)c->argon2_m_kib, (uint32_t)c->argon2_t,
+                                 (uint32_t)c->argon2_p};
+    if (password_pool_start((unsigned)c->hash_threads, (unsigned)c->hash_queue, pp) != 0) {
+        log_msg(LOG_ERROR, "auth: cannot start the password hashing pool (check "
+                           "TENANTD_ARGON2_*)");
+        jwt_key_free(g_key);
+        g_key = NULL;
+        return -1;
+    }
+    if (cache_start(c->database_url) != 0) {
+        log_msg(LOG_ERROR, "auth: cannot start the cache listener");
+        password_pool_stop();
+        jwt_key_free(g_key);
+        g_key = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static void auth_loop_start(struct loop_ctx *ctx)
+{
+    (void)ctx;
+    struct auth_loop *st = calloc(1, sizeof *st);
+    if (!st)
+        abort();
+    uint32_t n = g_config ? (uint32_t)g_config->login_limit : 0;
+    if (n > 0) {
+        st->login_ip = ratelimit_new(n, RATELIMIT_ENTRIES);
+        st->login_email = ratelimit_new(n, RATELIMIT_ENTRIES);
+        if (!st->login_ip || !st->login_email)
+            abort();
+    }
+    t_loop = st;
+}
+
+void auth_loop_stop(struct loop_ctx *ctx)
+{
+    password_loop_detach(ctx->loop);
+    struct auth_loop *st = t_loop;
+    if (!st)
+        return;
+    session_loop_stop(st);
+    ratelimit_free(st->login_ip);
+    ratelimit_free(st->login_email);
+    free(st);
+    t_loop = NULL;
+}
+
+static void auth_shutdown(void)
+{
+    cache_stop();
+    password_pool_stop();
+    jwt_key_free(g_key);
+    g_key = NULL;
+}

@@ -44,6 +44,14 @@ void auth_dispatch(struct request *req);
  * password pool and the cache listener, shutdown stops them. */
 extern const struct module auth_module;
 
+/*
+ * Per-loop teardown, called by main.c's loop_stop on the loop's thread
+ * BEFORE the loop's database pool closes: detaches the loop from the
+ * password pool (pending verifications answer 503) and frees the loop's
+ * rate limiters and background re-hash jobs.
+ */
+void auth_loop_stop(struct loop_ctx *ctx);
+
 /* Routes /v1/users... and /v1/api-keys... (src/auth/users.c, apikeys.c). */
 extern const struct module users_module;
 

@@ -1,0 +1,40 @@
+#ifndef TENANTD_AUTH_INTERNAL_H
+#define TENANTD_AUTH_INTERNAL_H
+/* Private to src/auth: state shared by auth.c, context.c and session.c. */
+#include <jansson.h>
+
+#include "auth/auth.h"
+#include "auth/jwt.h"
+#include "auth/ratelimit.h"
+
+/* The process's signing key (set by auth_module's init; immutable after). */
+const struct jwt_key *auth_jwt_key(void);
+
+/* Per-loop state, made by auth_module's loop_start on the loop's thread. */
+struct auth_loop {
+    struct ratelimit *login_ip;    /* NULL when TENANTD_LOGIN_LIMIT is 0 */
+    struct ratelimit *login_email; /* keyed by lowercased email (and "pw:<user id>") */
+    struct rehash *rehashes;       /* background re-hashes not finished yet */
+};
+
+/* This thread's loop state; NULL off a loop thread. */
+struct auth_loop *auth_loop_state(void);
+
+/* Frees the rehash jobs that can no longer finish (after password_loop_detach). */
+void session_loop_stop(struct auth_loop *st);
+
+/* Session routes (session.c). */
+extern const struct route session_routes[];
+
+/* Parses req's body as a JSON object; on failure answers 400 and returns
+ * NULL. The result is released when the request's arena is freed. */
+json_t *auth_body_object(struct request *req);
+
+/* "admin" / "member" -> role; -1 for anything else. */
+int auth_role_parse(const char *s);
+const char *auth_role_name(enum auth_role r);
+
+/* Answers 401 with WWW-Authenticate: Bearer and a generic detail. */
+void auth_respond_unauthorized(struct request *req, const char *detail);
+
+#endif
