@@ -361,6 +361,11 @@ void auth_dispatch(struct request *req)
         return;
     }
     const char *op = g_config ? g_config->operator_token : NULL;
+    if (!op && req->route->auth == AUTH_OPERATOR) {
+        /* No operator token configured: the operator routes are off. */
+        auth_respond_unauthorized(req, "Operator routes are disabled on this server.");
+        return;
+    }
     if (op && token_equal(tok, len, op, strlen(op))) {
         struct auth_ctx *ctx = arena_calloc(req->arena, sizeof *ctx);
         ctx->kind = AUTH_KIND_OPERATOR;
