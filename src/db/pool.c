@@ -39,8 +39,9 @@
 
 #define SCHEMA_MAX 63 /* NAMEDATALEN - 1: longer names are truncated by PostgreSQL */
 #define BACKOFF_START_MS 50
-#define CONNECT_TIMEOUT_MS 10000 /* PQconnectPoll has no timeout of its own */
-#define WATCHDOG_GRACE_MS 5000   /* beyond statement_timeout: the server is not answering */
+#define CONNECT_TIMEOUT_MS 10000   /* PQconnectPoll has no timeout of its own */
+#define WATCHDOG_GRACE_MS 5000     /* beyond statement_timeout: the server is not answering */
+#define RECYCLE_AFTER_SCHEMAS 1000 /* distinct schemas before a backend is replaced */
 #define CLOSE_GRACE_MS                                                                             \
     30000 /* db_pool_close waits at most this for queries in flight                                \
              when there is no statement_timeout */
@@ -98,6 +99,12 @@ struct conn {
     int nprepared, capprepared;
     uint64_t last_used, last_progress;
     int attempts; /* failed connects in a row */
+    /* Hashes of the schemas this backend has been switched to: every schema
+     * touched stays in its catalog caches, so after RECYCLE_AFTER_SCHEMAS
+     * the connection is replaced once its pipeline is empty. */
+    uint32_t *seen;
+    int nseen, capseen;
+    bool recycle;
 };
 
 struct db_pool {
@@ -195,6 +202,38 @@ static void prepared_remove(struct conn *c, const struct db_stmt *s)
             c->prepared[i] = c->prepared[--c->nprepared];
             return;
         }
+}
+
+static void note_schema(struct conn *c, const char *schema)
+{
+    uint32_t h = 2166136261u; /* FNV-1a; 0 marks an empty slot */
+    for (const unsigned char *s = (const unsigned char *)schema; *s; s++)
+        h = (h ^ *s) * 16777619u;
+    h |= 1;
+    if (c->nseen * 2 >= c->capseen) {
+        int cap = c->capseen ? c->capseen * 2 : 64;
+        uint32_t *n = xcalloc((size_t)cap, sizeof *n);
+        for (int i = 0; i < c->capseen; i++) {
+            if (!c->seen[i])
+                continue;
+            int j = (int)(c->seen[i] & (uint32_t)(cap - 1));
+            while (n[j])
+                j = (j + 1) & (cap - 1);
+            n[j] = c->seen[i];
+        }
+        free(c->seen);
+        c->seen = n;
+        c->capseen = cap;
+    }
+    int i = (int)(h & (uint32_t)(c->capseen - 1));
+    while (c->seen[i]) {
+        if (c->seen[i] == h)
+            return;
+        i = (i + 1) & (c->capseen - 1);
+    }
+    c->seen[i] = h;
+    if (++c->nseen >= RECYCLE_AFTER_SCHEMAS)
+        c->recycle = true;
 }
 
 /* ---- completion: every callback goes through here ---- */
@@ -366,6 +405,10 @@ static void conn_release(struct conn *c)
     c->draining = false;
     c->writing = false;
     c->nprepared = 0;
+    if (c->nseen)
+        memset(c->seen, 0, (size_t)c->capseen * sizeof *c->seen);
+    c->nseen = 0;
+    c->recycle = false;
     uv_timer_stop(&c->timer);
 }
 
@@ -545,6 +588,7 @@ static void conn_send(struct conn *c, struct dbq *q, bool do_switch)
         memcpy(c->schema, q->schema, sizeof c->schema);
         c->has_schema = true;
         c->switch_pending = true;
+        note_schema(c, q->schema);
         p->switches++;
         if (p->metrics)
             metrics_pool_schema_switch(p->metrics);
@@ -635,6 +679,14 @@ static void segment_done(struct conn *c)
         conn_release(c);
         c->state = CONN_CLOSED;
         maybe_finish_close(p);
+        return;
+    }
+    if (c->recycle) {
+        /* A fresh backend instead of one holding many schemas' catalogs; the
+         * slot reopens when a query needs it (not a failure: no back-off). */
+        log_msg(LOG_DEBUG, "replacing a database connection that served %d schemas", c->nseen);
+        conn_release(c);
+        c->state = CONN_CLOSED;
         return;
     }
     /* A statement that left a transaction block open (or failed inside one)
@@ -1018,8 +1070,10 @@ static void on_idle(uv_idle_t *h)
 
 static void pool_free(struct db_pool *p)
 {
-    for (int i = 0; i < p->size; i++)
+    for (int i = 0; i < p->size; i++) {
         free(p->conns[i].prepared);
+        free(p->conns[i].seen);
+    }
     free(p->conns);
     free(p->conninfo);
     free(p->options);

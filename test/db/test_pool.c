@@ -694,6 +694,57 @@ static void test_notice(void)
     printf("ok - notice\n");
 }
 
+/* ---- 12. a backend that served many schemas is replaced ---- */
+
+#define RECYCLE_RUNS 1100
+struct recycle_chain {
+    struct env *e;
+    int done;
+    char schema[16];
+    int pids[RECYCLE_RUNS];
+};
+static const struct db_stmt st_pid = {"test_backend_pid", "SELECT pg_backend_pid()::text"};
+
+static void recycle_next(struct recycle_chain *c);
+static void recycle_cb(struct db_result *r, void *ud)
+{
+    struct recycle_chain *c = ud;
+    c->pids[c->done] = atoi(value(r, 0, 0));
+    c->done++;
+    if (c->done < RECYCLE_RUNS)
+        recycle_next(c);
+}
+
+/* Each query a new schema (they need not exist for search_path). */
+static void recycle_next(struct recycle_chain *c)
+{
+    snprintf(c->schema, sizeof c->schema, "nx%d", c->done);
+    query(c->e, c->schema, &st_pid, 0, NULL, recycle_cb, c);
+}
+
+static void test_recycle(void)
+{
+    struct env e;
+    env_init(&e, opts(1, 4));
+    static struct recycle_chain c;
+    c.e = &e;
+    recycle_next(&c);
+    run_until(&e, &c.done, RECYCLE_RUNS, 20000, "queries over 1100 schemas");
+    int changes = 0, at = -1;
+    for (int i = 1; i < RECYCLE_RUNS; i++)
+        if (c.pids[i] != c.pids[i - 1]) {
+            changes++;
+            at = i;
+        }
+    CHECK(changes == 1 && at >= 990 && at <= 1010,
+          "want one new backend after ~1000 schemas, got %d changes (last at %d)", changes, at);
+    struct db_pool_stats s;
+    db_pool_stats(e.pool, &s);
+    CHECK(s.reconnects == 0, "a planned replacement is not a reconnect: %lu", s.reconnects);
+    env_close(&e);
+    printf("ok - recycle (new backend at query %d)\n", at);
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -709,7 +760,8 @@ int main(void)
     test_unreachable();
     test_socket_change();
     test_notice();
+    test_recycle();
     drop_test_db();
-    printf("11 passed, 0 failed\n");
+    printf("12 passed, 0 failed\n");
     return 0;
 }
