@@ -1175,6 +1175,10 @@ int migrate_tenant_schema(PGconn *conn, const char *schema, char *err, size_t er
     size_t nm;
     if (builtin_get(TRACK_TENANT, &m, &nm, err, errlen))
         return -1;
+    /* Outside a transaction each statement would commit alone and a failure
+     * would leave a half-made schema behind. */
+    if (PQtransactionStatus(conn) != PQTRANS_INTRANS)
+        return fail(err, errlen, "creating a tenant schema needs an open transaction (BEGIN)");
     PGresult *res = query(conn, "SELECT pg_catalog.current_setting('search_path')", 0, NULL,
                           "reading search_path", err, errlen);
     if (!res)
