@@ -21,6 +21,13 @@
  * changes are detected by inode, not by fd number (a new socket often gets
  * the old number).
  *
+ * Placement: a query goes to a connection bound to its schema with room in
+ * its pipeline, else an idle connection is switched, else it waits (FIFO,
+ * one timer for all deadlines). So that busy schemas cannot keep every
+ * pipeline full forever while another schema waits, one connection at a
+ * time may be marked "draining": it takes no more work and, once empty, is
+ * switched to the oldest waiting schema.
+ *
  * Every callback runs from the done list, drained at the end of a poll
  * callback or from a uv_idle: never from inside db_query or db_pool_close.
  */
@@ -42,9 +49,9 @@
 #define CONNECT_TIMEOUT_MS 10000   /* PQconnectPoll has no timeout of its own */
 #define WATCHDOG_GRACE_MS 5000     /* beyond statement_timeout: the server is not answering */
 #define RECYCLE_AFTER_SCHEMAS 1000 /* distinct schemas before a backend is replaced */
-#define CLOSE_GRACE_MS                                                                             \
-    30000 /* db_pool_close waits at most this for queries in flight                                \
-             when there is no statement_timeout */
+/* db_pool_close waits at most this for queries in flight when there is no
+ * statement_timeout (with one: statement_timeout + WATCHDOG_GRACE_MS). */
+#define CLOSE_GRACE_MS 30000
 
 static const char switch_sql[] = "SELECT pg_catalog.set_config('search_path', $1, false)";
 static const struct db_stmt rollback_stmt = {NULL, "ROLLBACK"};

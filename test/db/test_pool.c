@@ -5,6 +5,7 @@
  * handle is left (uv_loop_close == 0); run under the ASan build for leaks.
  */
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers" /* {a, b} leaves calls = 0 */
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -745,6 +746,46 @@ static void test_recycle(void)
     printf("ok - recycle (new backend at query %d)\n", at);
 }
 
+/* ---- 13. a backend that stops answering is given up on ---- */
+
+static int stopped_pid;
+static void continue_stopped(void)
+{
+    if (stopped_pid > 0)
+        kill(stopped_pid, SIGCONT);
+    stopped_pid = 0;
+}
+
+static void test_watchdog(void)
+{
+    struct env e;
+    struct db_pool_options o = opts(1, 4);
+    o.statement_timeout_ms = 200; /* the watchdog allows statement_timeout + 5 s */
+    env_init(&e, o);
+    static const struct db_stmt pid = {NULL, "SELECT pg_backend_pid()::text"};
+    struct expect x = {"t1", &pid, DB_OK, NULL};
+    run_expect(&e, &x, 1, "backend pid");
+    PGresult *r = admin_exec(admin, "SELECT pid FROM pg_stat_activity WHERE datname = "
+                                    "current_database() AND application_name = 'tenantd'");
+    CHECK(PQntuples(r) == 1, "want one pool backend, see %d", PQntuples(r));
+    stopped_pid = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    atexit(continue_stopped);
+    CHECK(kill(stopped_pid, SIGSTOP) == 0, "cannot stop backend %d", stopped_pid);
+
+    uint64_t start = uv_hrtime() / 1000000;
+    struct expect hung = {"t1", &st_one, DB_UNAVAILABLE, NULL};
+    run_expect(&e, &hung, 1, "a query on a frozen backend");
+    uint64_t took = uv_hrtime() / 1000000 - start;
+    continue_stopped();
+    CHECK(took >= 5000 && took < 8000, "gave up after %llu ms, want ~5200",
+          (unsigned long long)took);
+    struct expect after = {"t1", &st_info, DB_OK, "t1"};
+    run_expect(&e, &after, 1, "a query after giving up");
+    env_close(&e);
+    printf("ok - watchdog (%llu ms)\n", (unsigned long long)took);
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -761,7 +802,8 @@ int main(void)
     test_socket_change();
     test_notice();
     test_recycle();
+    test_watchdog();
     drop_test_db();
-    printf("12 passed, 0 failed\n");
+    printf("13 passed, 0 failed\n");
     return 0;
 }
