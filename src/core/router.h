@@ -20,11 +20,12 @@ typedef void (*route_handler)(struct request *req);
 
 /*
  * One entry of a module's route table. pattern: "/v1/users/{id}"; a {name}
- * segment matches one non-empty path segment. A table ends with a zeroed
- * entry. operation_id is the OpenAPI operationId (must be unique).
+ * segment matches one non-empty path segment. A table ends with an entry
+ * whose pattern is NULL (a zeroed entry).
+ * operation_id is the OpenAPI operationId (must be unique).
  */
 struct route {
-    int method; /* HTTP_GET, HTTP_POST, ... (llhttp); 0 ends a table */
+    int method; /* HTTP_GET, HTTP_POST, ... (llhttp; HTTP_DELETE is 0) */
     const char *pattern;
     enum auth_level auth;
     route_handler handler;
