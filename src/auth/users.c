@@ -1,3 +1,975 @@
-/* STUB: users and API keys routes (replaced by their engineer). */
+/*
+ * Users and API keys of an org: /v1/users and /v1/api-keys.
+ *
+ * Every handler validates its input, then runs exactly one statement on the
+ * loop's pool; PostgreSQL renders the JSON that goes back. Every statement
+ * filters by the caller's org_id (from the credential, never from the
+ * request), and every id from the URL must be a UUID, else 404, so another
+ * org's ids are indistinguishable from ids that do not exist.
+ *
+ * "The last admin can be neither demoted nor deleted" is enforced inside the
+ * same statement as the change: a CTE locks the org's admin rows FOR UPDATE
+ * (in id order, so two such statements never deadlock) and the change only
+ * applies while more than one admin row is still locked. In READ COMMITTED
+ * the second of two concurrent demotions waits for the first, re-reads the
+ * rows it locks and sees one admin fewer, so both can never pass.
+ */
 #include "auth/auth.h"
-const struct module users_module = {.name = "users"};
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+#include <llhttp.h>
+#include <openssl/crypto.h>
+
+#include "auth/cache.h"
+#include "auth/password.h"
+#include "auth/tokens.h"
+#include "core/arena.h"
+#include "core/http.h"
+#include "core/log.h"
+#include "core/problem.h"
+#include "db/db.h"
+
+static void users_list(struct request *req);
+static void users_create(struct request *req);
+static void users_get(struct request *req);
+static void users_update(struct request *req);
+static void users_delete(struct request *req);
+static void keys_create(struct request *req);
+static void keys_list(struct request *req);
+static void keys_delete(struct request *req);
+
+static const struct route users_routes[] = {
+    {HTTP_GET, "/v1/users", AUTH_MEMBER, users_list, "listUsers"},
+    {HTTP_POST, "/v1/users", AUTH_ADMIN, users_create, "createUser"},
+    {HTTP_GET, "/v1/users/{id}", AUTH_MEMBER, users_get, "getUser"},
+    /* Members may edit themselves (name, avatar_url, email): checked in the handler. */
+    {HTTP_PATCH, "/v1/users/{id}", AUTH_MEMBER, users_update, "updateUser"},
+    {HTTP_DELETE, "/v1/users/{id}", AUTH_ADMIN, users_delete, "deleteUser"},
+    {HTTP_POST, "/v1/api-keys", AUTH_ADMIN, keys_create, "createApiKey"},
+    {HTTP_GET, "/v1/api-keys", AUTH_ADMIN, keys_list, "listApiKeys"},
+    {HTTP_DELETE, "/v1/api-keys/{id}", AUTH_ADMIN, keys_delete, "deleteApiKey"},
+    {0},
+};
+
+const struct module users_module = {
+    .name = "users",
+    .routes = users_routes,
+};
+
+/* ---- SQL ---------------------------------------------------------------- */
+
+/* RFC 3339 UTC text and the User resource: SQL functions of migration
+ * 0002 (public.tenantd_ts, public.tenantd_user_json), so every route renders
+ * them alike. */
+#define SQL_TS(col) "public.tenantd_ts(" col ")"
+#define SQL_USER_JSON(u) "public.tenantd_user_json(" u ")"
+
+/* The ApiKey resource (never the key or its hash) from an api_keys row `k`. */
+#define SQL_KEY_JSON(k)                                                                            \
+    "json_build_object('id', " k ".id, 'name', " k ".name, 'role', " k ".role, 'prefix', " k     \
+    ".prefix, 'created_at', " SQL_TS(k ".created_at") ", 'last_used_at', " SQL_TS(             \
+        k ".last_used_at") ")"
+
+/*
+ * One page of a list ordered by (created_at, id), both ascending so that
+ * rows inserted later land after every cursor already handed out. $2/$3 are
+ * the cursor (NULL for the first page), $4 the page size. Answers the page
+ * as a JSON array and, when more rows follow, the last row's position.
+ */
+#define SQL_PAGE(table, alias, json, extra_where)                                                  \
+    "WITH page AS (SELECT " alias ".id, " alias ".created_at, " json " AS j FROM " table " "      \
+    alias " WHERE " alias ".org_id = $1::uuid " extra_where " AND ($2::timestamptz IS NULL OR ("  \
+    alias ".created_at, " alias ".id) > ($2::timestamptz, $3::uuid)) ORDER BY " alias            \
+    ".created_at, " alias ".id LIMIT $4::int + 1), "                                              \
+    "numbered AS (SELECT p.*, row_number() OVER (ORDER BY p.created_at, p.id) AS n FROM page p) " \
+    "SELECT coalesce((SELECT json_agg(j ORDER BY n) FROM numbered WHERE n <= $4::int), "          \
+    "'[]'::json)::text, (SELECT " SQL_TS("created_at") " || '|' || id FROM numbered WHERE n = "   \
+    "$4::int AND EXISTS (SELECT 1 FROM numbered WHERE n > $4::int))"
+
+static const struct db_stmt q_users_list = {
+    "users_list", SQL_PAGE("public.users", "u", SQL_USER_JSON("u"), ""),
+};
+
+static const struct db_stmt q_users_get = {
+    "users_get",
+    "SELECT " SQL_USER_JSON("u") "::text FROM public.users u "
+    "WHERE u.id = $2::uuid AND u.org_id = $1::uuid",
+};
+
+static const struct db_stmt q_users_create = {
+    "users_create",
+    "INSERT INTO public.users AS u (org_id, email, name, role, password_hash) "
+    "VALUES ($1::uuid, $2, $3, $4, $5) RETURNING u.id, " SQL_USER_JSON("u") "::text",
+};
+
+/* The org's admins, locked in id order: the last-admin rule's guard. */
+#define SQL_LOCK_ADMINS                                                                            \
+    "admins AS (SELECT a.id FROM public.users a WHERE a.org_id = $1::uuid AND a.role = 'admin' "  \
+    "ORDER BY a.id FOR UPDATE)"
+
+/*
+ * $3 name given, $4 name; $5 email or NULL (keep); $6 role or NULL (keep);
+ * $7 avatar_url given, $8 avatar_url. An email change revokes the user's
+ * refresh tokens in the same statement. Answers (found, old role, user JSON
+ * or NULL when refused by the last-admin rule).
+ */
+static const struct db_stmt q_users_update = {
+    "users_update",
+    "WITH target AS (SELECT t.id, t.email, t.role FROM public.users t "
+    "WHERE t.id = $2::uuid AND t.org_id = $1::uuid), " SQL_LOCK_ADMINS ", "
+    "upd AS (UPDATE public.users u SET "
+    "name = CASE WHEN $3::bool THEN $4 ELSE u.name END, "
+    "email = coalesce($5, u.email), role = coalesce($6, u.role), "
+    "avatar_url = CASE WHEN $7::bool THEN $8 ELSE u.avatar_url END, updated_at = now() "
+    "WHERE u.id = $2::uuid AND u.org_id = $1::uuid AND (coalesce($6, u.role) = 'admin' "
+    "OR u.role <> 'admin' OR (SELECT count(*) FROM admins) > 1) "
+    "RETURNING u.id, u.email, " SQL_USER_JSON("u") "::text AS j), "
+    "revoked AS (UPDATE public.refresh_tokens r SET revoked_at = now() FROM upd, target "
+    "WHERE r.user_id = upd.id AND r.org_id = $1::uuid AND r.revoked_at IS NULL "
+    "AND upd.email <> target.email RETURNING r.id) "
+    "SELECT (SELECT count(*) FROM target)::int, (SELECT role FROM target), "
+    "(SELECT j FROM upd)",
+};
+
+/* Answers (found, old role, deleted). Refresh tokens go by cascade. */
+static const struct db_stmt q_users_delete = {
+    "users_delete",
+    "WITH target AS (SELECT t.id, t.role FROM public.users t "
+    "WHERE t.id = $2::uuid AND t.org_id = $1::uuid), " SQL_LOCK_ADMINS ", "
+    "del AS (DELETE FROM public.users u WHERE u.id = $2::uuid AND u.org_id = $1::uuid "
+    "AND (u.role <> 'admin' OR (SELECT count(*) FROM admins) > 1) RETURNING u.id) "
+    "SELECT (SELECT count(*) FROM target)::int, (SELECT role FROM target), "
+    "(SELECT count(*) FROM del)::int",
+};
+
+static const struct db_stmt q_keys_create = {
+    "keys_create",
+    "INSERT INTO public.api_keys AS k (org_id, name, role, prefix, key_hash) "
+    "VALUES ($1::uuid, $2, $3, $4, $5) RETURNING k.id, " SQL_KEY_JSON("k") "::text",
+};
+
+static const struct db_stmt q_keys_list = {
+    "keys_list", SQL_PAGE("public.api_keys", "k", SQL_KEY_JSON("k"), "AND k.revoked_at IS NULL"),
+};
+
+/* Revoked rather than deleted, so that an audit can still tell which key did
+ * what; the auth lookup refuses a revoked key. */
+static const struct db_stmt q_keys_delete = {
+    "keys_delete",
+    "UPDATE public.api_keys k SET revoked_at = now() "
+    "WHERE k.id = $2::uuid AND k.org_id = $1::uuid AND k.revoked_at IS NULL RETURNING k.prefix",
+};
+
+/* ---- helpers ------------------------------------------------------------ */
+
+#define NAME_MAX_CHARS 100
+#define EMAIL_MAX 254
+#define AVATAR_URL_MAX 2048
+#define LIST_LIMIT_DEFAULT 20
+#define LIST_LIMIT_MAX 100
+#define CURSOR_TS_LEN 27 /* 2026-01-02T03:04:05.123456Z */
+#define CURSOR_RAW_LEN (CURSOR_TS_LEN + 1 + 36)
+#define CURSOR_B64_BUFSZ (TOKEN_B64URL_LEN(CURSOR_RAW_LEN) + 1)
+
+static void json_decref_cleanup(void *p)
+{
+    json_decref((json_t *)p);
+}
+
+/* The caller of an org route, or NULL after answering 403 (the operator, or
+ * a dispatch that let an org-less credential through: a bug, not input). */
+static const struct auth_ctx *org_caller(struct request *req)
+{
+    const struct auth_ctx *a = auth_ctx(req);
+    if (!a || a->kind == AUTH_KIND_OPERATOR || a->org_id[0] == '\0') {
+        problem_respond(req, PROBLEM_FORBIDDEN, "This route needs a credential of an organization.");
+        return NULL;
+    }
+    return a;
+}
+
+/* The {id} path parameter when it is a UUID (lower-cased into the arena),
+ * else NULL after answering 404. */
+static const char *path_uuid(struct request *req, const char *what)
+{
+    const char *id = http_param(req, "id");
+    if (!id || !token_uuid_valid(id, strlen(id))) {
+        problem_respond(req, PROBLEM_NOT_FOUND, arena_printf(req->arena, "No such %s.", what));
+        return NULL;
+    }
+    char *low = arena_strdup(req->arena, id);
+    for (char *p = low; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    return low;
+}
+
+/* The request body as a JSON object (freed with the arena), or NULL after
+ * answering 400. Duplicate keys are refused: which one would win is
+ * ambiguous, and proxies and servers may disagree. An escaped NUL is valid
+ * JSON, so it parses; the field checks then refuse it with a 422. */
+static json_t *body_object(struct request *req)
+{
+    if (!req->body || req->body_len == 0) {
+        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
+        return NULL;
+    }
+    json_error_t err;
+    json_t *j = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
+    if (!j) {
+        problem_respond(req, PROBLEM_BAD_REQUEST,
+                        arena_printf(req->arena, "The body is not valid JSON (line %d, column %d).",
+                                     err.line, err.column));
+        return NULL;
+    }
+    arena_cleanup(req->arena, json_decref_cleanup, j);
+    if (!json_is_object(j)) {
+        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
+        return NULL;
+    }
+    return j;
+}
+
+/* Adds an "unknown field" error for every key of obj not in allowed (NULL-ended). */
+static void check_known_fields(json_t *obj, const char *const *allowed, json_t **errors)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v)
+    {
+        bool ok = false;
+        for (const char *const *a = allowed; *a; a++)
+            if (strcmp(*a, key) == 0)
+                ok = true;
+        if (!ok)
+            problem_add_error(errors, key, "is not a known field");
+    }
+}
+
+/* Code points in a valid UTF-8 string (jansson checked it) and whether it
+ * holds a control character (C0, DEL or C1). */
+static size_t utf8_chars(const char *s, bool *has_control)
+{
+    size_t n = 0;
+    *has_control = false;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if ((*p & 0xC0) != 0x80)
+            n++;
+        if (*p < 0x20 || *p == 0x7F)
+            *has_control = true;
+        if (*p == 0xC2 && p[1] >= 0x80 && p[1] <= 0x9F)
+            *has_control = true;
+    }
+    return n;
+}
+
+/* A display name: 1..100 characters, no control characters. */
+static const char *name_problem(const char *s)
+{
+    bool ctl;
+    size_t n = utf8_chars(s, &ctl);
+    if (n < 1 || n > NAME_MAX_CHARS)
+        return "must be 1 to 100 characters";
+    if (ctl)
+        return "must not contain control characters";
+    return NULL;
+}
+
+static bool email_local_char(unsigned char c)
+{
+    return isalnum(c) || (c && strchr("!#$%&'*+-/=?^_`{|}~.", c));
+}
+
+/*
+ * A plain ASCII addr-spec: local@domain, local 1..64 of RFC 5322 atext and
+ * dots (not first, last or doubled), domain of dot-separated labels of
+ * [A-Za-z0-9-] (not starting or ending with '-') with at least one dot, the
+ * whole at most 254. Quoted local parts and address literals are refused:
+ * no mail provider hands them out and they only serve to smuggle text.
+ */
+static bool email_valid(const char *s)
+{
+    size_t len = strlen(s);
+    const char *at = strchr(s, '@');
+    if (len > EMAIL_MAX || !at || strchr(at + 1, '@'))
+        return false;
+    size_t local = (size_t)(at - s);
+    if (local < 1 || local > 64 || s[0] == '.' || at[-1] == '.')
+        return false;
+    for (const char *p = s; p < at; p++)
+        if (!email_local_char((unsigned char)*p) || (*p == '.' && p[1] == '.'))
+            return false;
+    const char *d = at + 1;
+    size_t label = 0, dots = 0;
+    if (*d == '\0')
+        return false;
+    for (const char *p = d;; p++) {
+        if (*p == '.' || *p == '\0') {
+            if (label == 0 || label > 63 || p[-1] == '-')
+                return false;
+            if (*p == '\0')
+                break;
+            dots++;
+            label = 0;
+            continue;
+        }
+        unsigned char c = (unsigned char)*p;
+        if (!isalnum(c) && c != '-')
+            return false;
+        if (label == 0 && c == '-')
+            return false;
+        label++;
+    }
+    return dots >= 1;
+}
+
+/* An email from JSON value v, lower-cased into the arena (emails are
+ * stored lowercase), or NULL with an error added. */
+static const char *take_email(struct request *req, json_t *v, const char *field, json_t **errors)
+{
+    if (!json_is_string(v)) {
+        problem_add_error(errors, field, "must be a string");
+        return NULL;
+    }
+    const char *s = json_string_value(v);
+    if (strlen(s) != json_string_length(v) || !email_valid(s)) {
+        problem_add_error(errors, field, "must be a valid email address of at most 254 characters");
+        return NULL;
+    }
+    char *low = arena_strdup(req->arena, s);
+    for (char *p = low; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    return low;
+}
+
+static const char *take_role(json_t *v, const char *field, json_t **errors)
+{
+    const char *s = json_string_value(v);
+    if (!s || (strcmp(s, "admin") != 0 && strcmp(s, "member") != 0)) {
+        problem_add_error(errors, field, "must be \"admin\" or \"member\"");
+        return NULL;
+    }
+    return s;
+}
+
+/* A display name from a JSON string, or NULL with an error added (callers
+ * handle JSON null themselves where it is allowed). */
+static const char *take_name(json_t *v, const char *field, json_t **errors)
+{
+    if (!json_is_string(v)) {
+        problem_add_error(errors, field, "must be a string or null");
+        return NULL;
+    }
+    const char *s = json_string_value(v);
+    const char *why = strlen(s) != json_string_length(v) ? "must not contain NUL characters"
+                                                          : name_problem(s);
+    if (why) {
+        problem_add_error(errors, field, why);
+        return NULL;
+    }
+    return s;
+}
+
+/* An absolute http(s) URL of at most 2048 bytes without spaces or controls. */
+static const char *take_avatar_url(json_t *v, json_t **errors)
+{
+    const char *s = json_string_value(v);
+    bool ok = s && strlen(s) == json_string_length(v) && strlen(s) <= AVATAR_URL_MAX;
+    if (ok) {
+        size_t scheme = strncmp(s, "https://", 8) == 0 ? 8 : strncmp(s, "http://", 7) == 0 ? 7 : 0;
+        ok = scheme && s[scheme] != '\0' && s[scheme] != '/';
+        for (const unsigned char *p = (const unsigned char *)s; ok && *p; p++)
+            if (*p <= 0x20 || *p >= 0x7F)
+                ok = false;
+    }
+    if (!ok) {
+        problem_add_error(errors, "avatar_url",
+                          "must be an http or https URL of at most 2048 characters, or null");
+        return NULL;
+    }
+    return s;
+}
+
+/* ?limit= (1..100, default 20) and ?cursor= into *limit and ts/id (both NULL
+ * for the first page). False after answering 422. */
+static bool page_params(struct request *req, int *limit, const char **ts, const char **id)
+{
+    json_t *errors = NULL;
+    *limit = LIST_LIMIT_DEFAULT;
+    *ts = *id = NULL;
+    const char *l = http_query(req, "limit");
+    if (l) {
+        char *end = NULL;
+        long v = (*l >= '0' && *l <= '9' && strlen(l) <= 3) ? strtol(l, &end, 10) : -1;
+        if (v < 1 || v > LIST_LIMIT_MAX || !end || *end)
+            problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
+        else
+            *limit = (int)v;
+    }
+    const char *c = http_query(req, "cursor");
+    if (c) {
+        unsigned char raw[CURSOR_RAW_LEN + 1];
+        int n = token_b64url_decode(c, strlen(c), raw, sizeof raw);
+        bool ok = n == CURSOR_RAW_LEN && raw[CURSOR_TS_LEN] == '|' &&
+                  token_uuid_valid((const char *)raw + CURSOR_TS_LEN + 1, 36);
+        /* The timestamp part: digits where digits go, the rest literal. */
+        static const char shape[] = "dddd-dd-ddTdd:dd:dd.ddddddZ";
+        for (int i = 0; ok && i < CURSOR_TS_LEN; i++)
+            ok = shape[i] == 'd' ? (raw[i] >= '0' && raw[i] <= '9') : raw[i] == (unsigned char)shape[i];
+        if (!ok) {
+            problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
+        } else {
+            *ts = arena_strndup(req->arena, (const char *)raw, CURSOR_TS_LEN);
+            *id = arena_strndup(req->arena, (const char *)raw + CURSOR_TS_LEN + 1, 36);
+        }
+    }
+    if (errors) {
+        problem_respond_errors(req, "The query parameters are not valid.", errors);
+        return false;
+    }
+    return true;
+}
+
+/* Answers a failed statement: 503 when the database is away, 500 (logged)
+ * for anything this module did not expect. */
+static void respond_db_failure(struct request *req, const struct db_result *r, const char *what)
+{
+    if (r->status == DB_UNAVAILABLE) {
+        http_set_header(req, "Retry-After", "1");
+        problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unavailable; try again shortly.");
+        return;
+    }
+    log_msg(LOG_ERROR, "%s failed: %s (%s)", what, r->message ? r->message : "?",
+            r->sqlstate ? r->sqlstate : "?");
+    problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+}
+
+static bool is_sqlstate(const struct db_result *r, const char *code)
+{
+    return r->status == DB_ERROR && r->sqlstate && strcmp(r->sqlstate, code) == 0;
+}
+
+/* The single text value of a one-row result, or NULL. */
+static const char *result_text(const struct db_result *r, int row, int col)
+{
+    if (!r->res || PQntuples(r->res) <= row || PQnfields(r->res) <= col ||
+        PQgetisnull(r->res, row, col))
+        return NULL;
+    return PQgetvalue(r->res, row, col);
+}
+
+static struct db_pool *pool_of(struct request *req)
+{
+    return req->ctx ? (struct db_pool *)req->ctx->db : NULL;
+}
+
+/* Runs stmt with the org's schema as the connection's binding (every
+ * statement here is schema-qualified, so this only spares a switch). */
+static void org_query(struct request *req, const struct auth_ctx *a, const struct db_stmt *stmt,
+                      int n, const char *const *values, db_cb cb, void *ud)
+{
+    struct db_pool *pool = pool_of(req);
+    if (!pool) {
+        http_set_header(req, "Retry-After", "1");
+        problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unavailable; try again shortly.");
+        return;
+    }
+    db_query(pool, a->schema, stmt, n, values, cb, ud);
+}
+
+/* ---- lists -------------------------------------------------------------- */
+
+/* {"data": <page>, "next_cursor": "<b64url>" | null}: the page is JSON from
+ * PostgreSQL, the cursor base64url (no characters that need escaping). */
+static void list_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status != DB_OK) {
+        if (r->status == DB_ERROR && r->sqlstate && strncmp(r->sqlstate, "22", 2) == 0) {
+            /* A cursor of the right shape but an impossible date (month 13). */
+            json_t *errors = NULL;
+            problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
+            problem_respond_errors(req, "The query parameters are not valid.", errors);
+            return;
+        }
+        respond_db_failure(req, r, "list");
+        return;
+    }
+    const char *data = result_text(r, 0, 0);
+    const char *pos = result_text(r, 0, 1);
+    if (!data) {
+        respond_db_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no page"},
+                           "list");
+        return;
+    }
+    char cursor[CURSOR_B64_BUFSZ + 2] = "null";
+    if (pos) {
+        char enc[CURSOR_B64_BUFSZ];
+        if (strlen(pos) != CURSOR_RAW_LEN ||
+            token_b64url_encode(pos, CURSOR_RAW_LEN, enc, sizeof enc) < 0) {
+            respond_db_failure(req,
+                               &(struct db_result){.status = DB_ERROR, .message = "bad cursor"},
+                               "list");
+            return;
+        }
+        snprintf(cursor, sizeof cursor, "\"%s\"", enc);
+    }
+    char *body = arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":%s}", data, cursor);
+    http_respond(req, 200, "application/json", body, strlen(body));
+}
+
+static void run_list(struct request *req, const struct db_stmt *stmt)
+{
+    const struct auth_ctx *a = org_caller(req);
+    if (!a)
+        return;
+    int limit;
+    const char *ts, *id;
+    if (!page_params(req, &limit, &ts, &id))
+        return;
+    const char **v = arena_alloc(req->arena, 4 * sizeof *v);
+    v[0] = a->org_id;
+    v[1] = ts;
+    v[2] = id;
+    v[3] = arena_printf(req->arena, "%d", limit);
+    org_query(req, a, stmt, 4, v, list_done, req);
+}
+
+static void users_list(struct request *req)
+{
+    run_list(req, &q_users_list);
+}
+
+static void keys_list(struct request *req)
+{
+    run_list(req, &q_keys_list);
+}
+
+/* ---- GET /v1/users/{id} ------------------------------------------------- */
+
+static void user_get_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "get user");
+        return;
+    }
+    const char *json = result_text(r, 0, 0);
+    if (!json) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such user.");
+        return;
+    }
+    http_respond(req, 200, "application/json", json, strlen(json));
+}
+
+static void users_get(struct request *req)
+{
+    const struct auth_ctx *a = org_caller(req);
+    if (!a)
+        return;
+    const char *id = path_uuid(req, "user");
+    if (!id)
+        return;
+    const char **v = arena_alloc(req->arena, 2 * sizeof *v);
+    v[0] = a->org_id;
+    v[1] = id;
+    org_query(req, a, &q_users_get, 2, v, user_get_done, req);
+}
+
+/* ---- POST /v1/users ----------------------------------------------------- */
+
+struct user_create {
+    struct request *req;
+    const struct auth_ctx *a;
+    const char *values[5]; /* org_id, email, name, role, password_hash */
+};
+
+static void user_create_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (is_sqlstate(r, "23505")) {
+        problem_respond(req, PROBLEM_CONFLICT, "A user with this email already exists in the organization.");
+        return;
+    }
+    if (is_sqlstate(r, "23503")) {
+        /* The org went away between authentication and the insert. */
+        problem_respond(req, PROBLEM_UNAUTHORIZED, "The credential's organization no longer exists.");
+        return;
+    }
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "create user");
+        return;
+    }
+    const char *id = result_text(r, 0, 0), *json = result_text(r, 0, 1);
+    if (!id || !json) {
+        respond_db_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no row"},
+                           "create user");
+        return;
+    }
+    http_set_header(req, "Location", arena_printf(req->arena, "/v1/users/%s", id));
+    http_respond(req, 201, "application/json", json, strlen(json));
+}
+
+static void user_hashed(void *ud, int status, const char *phc)
+{
+    struct user_create *c = ud;
+    struct request *req = c->req;
+    if (status == PASSWORD_EBUSY || status == PASSWORD_ECANCELED) {
+        http_set_header(req, "Retry-After", "1");
+        problem_respond(req, PROBLEM_UNAVAILABLE, "The server is busy; try again shortly.");
+        return;
+    }
+    if (status != PASSWORD_OK || !phc) {
+        log_msg(LOG_ERROR, "password hash failed (%d)", status);
+        problem_respond(req, PROBLEM_INTERNAL, "The password could not be stored.");
+        return;
+    }
+    c->values[4] = arena_strdup(req->arena, phc);
+    org_query(req, c->a, &q_users_create, 5, c->values, user_create_done, req);
+}
+
+static void users_create(struct request *req)
+{
+    const struct auth_ctx *a = org_caller(req);
+    if (!a)
+        return;
+    json_t *body = body_object(req);
+    if (!body)
+        return;
+    static const char *const fields[] = {"email", "password", "name", "role", NULL};
+    json_t *errors = NULL;
+    check_known_fields(body, fields, &errors);
+
+    const char *email = NULL, *name = NULL, *role = "member";
+    json_t *v = json_object_get(body, "email");
+    if (!v)
+        problem_add_error(&errors, "email", "is required");
+    else
+        email = take_email(req, v, "email", &errors);
+
+    const char *pw = NULL;
+    size_t pwlen = 0;
+    v = json_object_get(body, "password");
+    if (!v) {
+        problem_add_error(&errors, "password", "is required");
+    } else if (!json_is_string(v)) {
+        problem_add_error(&errors, "password", "must be a string");
+    } else {
+        pw = json_string_value(v);
+        pwlen = json_string_length(v);
+        if (strlen(pw) != pwlen) {
+            problem_add_error(&errors, "password", "must not contain NUL characters");
+            pw = NULL;
+        } else if (!password_length_ok(pwlen)) {
+            problem_add_error(&errors, "password", "must be 8 to 1024 bytes");
+            pw = NULL;
+        }
+    }
+
+    v = json_object_get(body, "name");
+    if (v && !json_is_null(v))
+        name = take_name(v, "name", &errors);
+
+    v = json_object_get(body, "role");
+    if (v)
+        role = take_role(v, "role", &errors);
+
+    if (errors) {
+        problem_respond_errors(req, "Some fields are not valid.", errors);
+        return;
+    }
+    struct user_create *c = arena_calloc(req->arena, sizeof *c);
+    c->req = req;
+    c->a = a;
+    c->values[0] = a->org_id;
+    c->values[1] = email;
+    c->values[2] = name ? arena_strdup(req->arena, name) : NULL;
+    c->values[3] = role;
+    int rc = password_hash_async(req->ctx->loop, pw, pwlen, user_hashed, c);
+    if (rc == PASSWORD_EBUSY) {
+        http_set_header(req, "Retry-After", "1");
+        problem_respond(req, PROBLEM_UNAVAILABLE, "The server is busy; try again shortly.");
+    } else if (rc != PASSWORD_OK) {
+        log_msg(LOG_ERROR, "password hash could not be queued (%d)", rc);
+        problem_respond(req, PROBLEM_INTERNAL, "The password could not be stored.");
+    }
+}
+
+/* ---- PATCH /v1/users/{id} ----------------------------------------------- */
+
+struct user_update {
+    struct request *req;
+    const char *id;
+    bool demote; /* role "member" asked */
+};
+
+static void user_update_done(struct db_result *r, void *ud)
+{
+    struct user_update *u = ud;
+    struct request *req = u->req;
+    if (is_sqlstate(r, "23505")) {
+        problem_respond(req, PROBLEM_CONFLICT, "Another user of the organization has this email.");
+        return;
+    }
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "update user");
+        return;
+    }
+    const char *found = result_text(r, 0, 0), *old_role = result_text(r, 0, 1);
+    const char *json = result_text(r, 0, 2);
+    if (json) {
+        /* Role and email live in this process's cache: drop it now; other
+         * processes hear the database trigger's NOTIFY. */
+        auth_cache_forget_user(u->id);
+        http_respond(req, 200, "application/json", json, strlen(json));
+    } else if (found && strcmp(found, "1") == 0 && u->demote && old_role &&
+               strcmp(old_role, "admin") == 0) {
+        problem_respond(req, PROBLEM_CONFLICT,
+                        "This is the organization's last admin: make another user admin first.");
+    } else {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such user.");
+    }
+}
+
+static void users_update(struct request *req)
+{
+    const struct auth_ctx *a = org_caller(req);
+    if (!a)
+        return;
+    const char *id = path_uuid(req, "user");
+    if (!id)
+        return;
+    json_t *body = body_object(req);
+    if (!body)
+        return;
+    bool self = a->kind == AUTH_KIND_USER && strcasecmp(a->principal_id, id) == 0;
+    if (a->role != ROLE_ADMIN) {
+        if (!self) {
+            problem_respond(req, PROBLEM_FORBIDDEN, "Only an admin may change another user.");
+            return;
+        }
+        if (json_object_get(body, "role")) {
+            problem_respond(req, PROBLEM_FORBIDDEN, "Only an admin may change a role.");
+            return;
+        }
+    }
+    static const char *const fields[] = {"name", "email", "role", "avatar_url", NULL};
+    json_t *errors = NULL;
+    check_known_fields(body, fields, &errors);
+
+    const char **vals = arena_calloc(req->arena, 8 * sizeof *vals);
+    vals[0] = a->org_id;
+    vals[1] = id;
+    vals[2] = "f";
+    vals[6] = "f";
+    json_t *v = json_object_get(body, "name");
+    if (v) {
+        vals[2] = "t";
+        if (!json_is_null(v)) {
+            const char *name = take_name(v, "name", &errors);
+            vals[3] = name ? arena_strdup(req->arena, name) : NULL;
+        }
+    }
+    if ((v = json_object_get(body, "email")))
+        vals[4] = take_email(req, v, "email", &errors);
+    if ((v = json_object_get(body, "role")))
+        vals[5] = take_role(v, "role", &errors);
+    if ((v = json_object_get(body, "avatar_url"))) {
+        vals[6] = "t";
+        if (!json_is_null(v)) {
+            const char *url = take_avatar_url(v, &errors);
+            vals[7] = url ? arena_strdup(req->arena, url) : NULL;
+        }
+    }
+    if (errors) {
+        problem_respond_errors(req, "Some fields are not valid.", errors);
+        return;
+    }
+    struct user_update *u = arena_calloc(req->arena, sizeof *u);
+    u->req = req;
+    u->id = id;
+    u->demote = vals[5] && strcmp(vals[5], "member") == 0;
+    org_query(req, a, &q_users_update, 8, vals, user_update_done, u);
+}
+
+/* ---- DELETE /v1/users/{id} ---------------------------------------------- */
+
+struct user_delete {
+    struct request *req;
+    const char *id;
+};
+
+static void user_delete_done(struct db_result *r, void *ud)
+{
+    struct user_delete *d = ud;
+    struct request *req = d->req;
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "delete user");
+        return;
+    }
+    const char *found = result_text(r, 0, 0), *old_role = result_text(r, 0, 1);
+    const char *deleted = result_text(r, 0, 2);
+    if (deleted && strcmp(deleted, "1") == 0) {
+        auth_cache_forget_user(d->id);
+        http_respond_empty(req, 204);
+    } else if (found && strcmp(found, "1") == 0 && old_role && strcmp(old_role, "admin") == 0) {
+        problem_respond(req, PROBLEM_CONFLICT,
+                        "This is the organization's last admin: make another user admin first, "
+                        "or delete the organization.");
+    } else {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such user.");
+    }
+}
+
+static void users_delete(struct request *req)
+{
+    const struct auth_ctx *a = org_caller(req);
+    if (!a)
+        return;
+    const char *id = path_uuid(req, "user");
+    if (!id)
+        return;
+    struct user_delete *d = arena_calloc(req->arena, sizeof *d);
+    d->req = req;
+    d->id = id;
+    const char **v = arena_alloc(req->arena, 2 * sizeof *v);
+    v[0] = a->org_id;
+    v[1] = id;
+    org_query(req, a, &q_users_delete, 2, v, user_delete_done, d);
+}
+
+/* ---- API keys ----------------------------------------------------------- */
+
+struct key_create {
+    struct request *req;
+    const struct auth_ctx *a;
+    const char *values[5]; /* org_id, name, role, prefix, key_hash */
+    char key[TOKEN_API_KEY_BUFSZ];
+    char prefix[TOKEN_API_KEY_PREFIX_LEN + 1];
+    char hash[TOKEN_SHA256_HEX_BUFSZ];
+    int attempts;
+};
+
+static void key_wipe(void *p)
+{
+    struct key_create *k = p;
+    OPENSSL_cleanse(k->key, sizeof k->key);
+}
+
+static void key_insert(struct key_create *k);
+
+static void key_create_done(struct db_result *r, void *ud)
+{
+    struct key_create *k = ud;
+    struct request *req = k->req;
+    /* The only unique column a new key can collide on is its random prefix
+     * (1 in 36^8): draw again, a few times at most. */
+    if (is_sqlstate(r, "23505") && ++k->attempts < 3) {
+        key_insert(k);
+        return;
+    }
+    if (is_sqlstate(r, "23503")) {
+        problem_respond(req, PROBLEM_UNAUTHORIZED, "The credential's organization no longer exists.");
+        return;
+    }
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "create API key");
+        return;
+    }
+    const char *id = result_text(r, 0, 0), *json = result_text(r, 0, 1);
+    json_t *obj = json ? json_loads(json, 0, NULL) : NULL;
+    if (!id || !json_is_object(obj)) {
+        json_decref(obj);
+        respond_db_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no row"},
+                           "create API key");
+        return;
+    }
+    /* The key itself never went to the database (not even as a parameter,
+     * where statement logging could keep it): it joins the answer here. */
+    json_object_set_new(obj, "key", json_string(k->key));
+    http_set_header(req, "Location", arena_printf(req->arena, "/v1/api-keys/%s", id));
+    http_set_header(req, "Cache-Control", "no-store");
+    http_respond_json(req, 201, obj);
+}
+
+static void key_insert(struct key_create *k)
+{
+    struct request *req = k->req;
+    if (token_api_key_new(k->key, k->prefix) != 0) {
+        problem_respond(req, PROBLEM_INTERNAL, "No key could be generated.");
+        return;
+    }
+    token_sha256_hex(k->key, strlen(k->key), k->hash);
+    k->values[3] = k->prefix;
+    k->values[4] = k->hash;
+    org_query(req, k->a, &q_keys_create, 5, k->values, key_create_done, k);
+}
+
+static void keys_create(struct request *req)
+{
+    const struct auth_ctx *a = org_caller(req);
+    if (!a)
+        return;
+    json_t *body = body_object(req);
+    if (!body)
+        return;
+    static const char *const fields[] = {"name", "role", NULL};
+    json_t *errors = NULL;
+    check_known_fields(body, fields, &errors);
+    const char *name = NULL, *role = "member";
+    json_t *v = json_object_get(body, "name");
+    if (!v)
+        problem_add_error(&errors, "name", "is required");
+    else
+        name = take_name(v, "name", &errors);
+    if ((v = json_object_get(body, "role")))
+        role = take_role(v, "role", &errors);
+    if (errors) {
+        problem_respond_errors(req, "Some fields are not valid.", errors);
+        return;
+    }
+    struct key_create *k = arena_calloc(req->arena, sizeof *k);
+    arena_cleanup(req->arena, key_wipe, k);
+    k->req = req;
+    k->a = a;
+    k->values[0] = a->org_id;
+    k->values[1] = arena_strdup(req->arena, name);
+    k->values[2] = role;
+    key_insert(k);
+}
+
+static void key_delete_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "delete API key");
+        return;
+    }
+    const char *prefix = result_text(r, 0, 0);
+    if (!prefix) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such API key.");
+        return;
+    }
+    /* Effective at once here; other processes hear the trigger's NOTIFY. */
+    cache_invalidate(arena_printf(req->arena, "key:%s", prefix));
+    http_respond_empty(req, 204);
+}
+
+static void keys_delete(struct request *req)
+{
+    const struct auth_ctx *a = org_caller(req);
+    if (!a)
+        return;
+    const char *id = path_uuid(req, "API key");
+    if (!id)
+        return;
+    const char **v = arena_alloc(req->arena, 2 * sizeof *v);
+    v[0] = a->org_id;
+    v[1] = id;
+    org_query(req, a, &q_keys_delete, 2, v, key_delete_done, req);
+}
