@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -786,6 +787,66 @@ static void test_watchdog(void)
     printf("ok - watchdog (%llu ms)\n", (unsigned long long)took);
 }
 
+/* ---- 14. a busy schema does not starve the others ---- */
+
+struct flood {
+    struct env *e;
+    bool stop;
+    int answered, outstanding;
+};
+static void flood_cb(struct db_result *r, void *ud)
+{
+    struct flood *f = ud;
+    CHECK(r->status == DB_OK, "flood query failed: %s", r->message ? r->message : "?");
+    f->answered++;
+    if (f->stop) {
+        f->outstanding--;
+        return;
+    }
+    query(f->e, "t1", &st_one, 0, NULL, flood_cb, f);
+}
+
+static uint64_t starve_start;
+static int starve_done;
+static uint64_t starve_ms[2];
+static void starve_cb(struct db_result *r, void *ud)
+{
+    int i = (int)(intptr_t)ud;
+    CHECK(r->status == DB_OK, "query %d behind the flood: status %d (%s)", i, r->status,
+          r->message ? r->message : "-");
+    starve_ms[i] = uv_hrtime() / 1000000 - starve_start;
+    starve_done++;
+}
+
+static void test_no_starvation(void)
+{
+    struct env e;
+    struct db_pool_options o = opts(2, 16);
+    o.wait_timeout_ms = 3000;
+    env_init(&e, o);
+    /* 64 queries for t1 that re-issue themselves: always more than the two
+     * pipelines hold, so t1 queries are always waiting too. */
+    struct flood f = {.e = &e, .outstanding = 64};
+    for (int i = 0; i < 64; i++)
+        query(&e, "t1", &st_one, 0, NULL, flood_cb, &f);
+    run_until(&e, &f.answered, 500, 10000, "the flood getting going");
+    starve_start = uv_hrtime() / 1000000;
+    query(&e, "t2", &st_info, 0, NULL, starve_cb, (void *)(intptr_t)0);
+    query(&e, "t3", &st_info, 0, NULL, starve_cb, (void *)(intptr_t)1);
+    run_until(&e, &starve_done, 2, 5000, "t2 and t3 behind a t1 flood");
+    f.stop = true;
+    uint64_t wait_start = uv_hrtime();
+    while (f.outstanding > 0) {
+        uv_run(&e.loop, UV_RUN_ONCE);
+        CHECK((uv_hrtime() - wait_start) / 1000000 < 5000, "the flood did not wind down");
+    }
+    CHECK(starve_ms[0] < 1000 && starve_ms[1] < 1000, "t2 after %llu ms, t3 after %llu ms",
+          (unsigned long long)starve_ms[0], (unsigned long long)starve_ms[1]);
+    env_close(&e);
+    printf("ok - no_starvation (t2 %llu ms, t3 %llu ms)\n", (unsigned long long)starve_ms[0],
+           (unsigned long long)starve_ms[1]);
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -803,7 +864,8 @@ int main(void)
     test_notice();
     test_recycle();
     test_watchdog();
+    test_no_starvation();
     drop_test_db();
-    printf("13 passed, 0 failed\n");
+    printf("14 passed, 0 failed\n");
     return 0;
 }
