@@ -59,6 +59,8 @@ extern const struct module users_module;
  * NOTIFY, which the database triggers send). */
 void auth_cache_forget_org(const char *org_id);
 void auth_cache_forget_user(const char *user_id);
+/* The same for an API key, by its 8-char lookup prefix (after a delete). */
+void auth_cache_forget_key(const char *prefix);
 
 /*
  * Signs an access token for a user (claims sub, org, role, ver) into out

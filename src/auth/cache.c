@@ -241,6 +241,13 @@ void auth_cache_forget_user(const char *user_id)
         cache_invalidate(key);
 }
 
+void auth_cache_forget_key(const char *prefix)
+{
+    char key[KEY_MAX];
+    if (make_key(key, "key", prefix))
+        cache_invalidate(key);
+}
+
 static void set_live(bool live)
 {
     pthread_rwlock_wrlock(&C.lock);
@@ -329,8 +336,10 @@ static void *listener_main(void *arg)
                 break;
             PGnotify *n;
             while ((n = PQnotifies(conn)) != NULL) {
-                if (n->extra)
+                if (n->extra) {
                     cache_invalidate(n->extra);
+                    log_msg(LOG_DEBUG, "auth cache: invalidated %s", n->extra);
+                }
                 PQfreemem(n);
             }
             if (PQstatus(conn) != CONNECTION_OK)
