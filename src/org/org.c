@@ -1,3 +1,1019 @@
-/* STUB: the org module (replaced by its engineer). */
+/*
+ * The org module: organization (tenant) lifecycle and the operator's view of
+ * every org.
+ *
+ *   POST   /v1/orgs                         signup: org + schema + admin + tokens
+ *   GET    /v1/org                          the caller's org
+ *   PATCH  /v1/org                          rename (name, slug); the schema stays
+ *   DELETE /v1/org                          drop the schema, users, keys; keep the ledger
+ *   GET    /v1/orgs/{slug}                  a member's own org, or any org for the operator
+ *   GET    /v1/admin/orgs                   operator: every org with its balance
+ *   POST   /v1/admin/orgs/{slug}/suspend    operator
+ *   POST   /v1/admin/orgs/{slug}/unsuspend  operator
+ *   DELETE /v1/admin/orgs/{slug}            operator
+ *
+ * Every write is one statement: the multi-step ones call the SQL functions of
+ * migrations/control/0003_org_lifecycle (tenantd_create_org,
+ * tenantd_delete_org), so a failure at any step rolls the whole thing back.
+ * PostgreSQL renders the org JSON (tenantd_org_json); handlers pass it
+ * through. Cache invalidation across instances comes from the triggers on
+ * public.orgs/users/api_keys (NOTIFY); this process also drops its own entry
+ * at once so the very next request sees the change.
+ *
+ * Operator routes are AUTH_OPERATOR: with TENANTD_OPERATOR_TOKEN unset no
+ * credential can match, so they answer 401 like any wrong token.
+ */
 #include "org/org.h"
-const struct module org_module = {.name = "org"};
+
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <llhttp.h>
+
+#include "auth/auth.h"
+#include "auth/jwt.h"
+#include "auth/password.h"
+#include "auth/tokens.h"
+#include "core/config.h"
+#include "core/embedded.h"
+#include "core/http.h"
+#include "core/log.h"
+#include "core/problem.h"
+#include "db/db.h"
+#include "db/migrate.h"
+
+static void orgs_create(struct request *req);
+static void org_get(struct request *req);
+static void org_patch(struct request *req);
+static void org_delete(struct request *req);
+static void org_get_by_slug(struct request *req);
+static void admin_orgs_list(struct request *req);
+static void admin_org_suspend(struct request *req);
+static void admin_org_unsuspend(struct request *req);
+static void admin_org_delete(struct request *req);
+
+static const struct route org_routes[] = {
+    {HTTP_POST, "/v1/orgs", AUTH_NONE, orgs_create, "createOrg"},
+    {HTTP_GET, "/v1/org", AUTH_MEMBER, org_get, "getOrg"},
+    {HTTP_PATCH, "/v1/org", AUTH_ADMIN, org_patch, "updateOrg"},
+    {HTTP_DELETE, "/v1/org", AUTH_ADMIN, org_delete, "deleteOrg"},
+    {HTTP_GET, "/v1/orgs/{slug}", AUTH_MEMBER_OR_OPERATOR, org_get_by_slug, "getOrgBySlug"},
+    {HTTP_GET, "/v1/admin/orgs", AUTH_OPERATOR, admin_orgs_list, "adminListOrgs"},
+    {HTTP_POST, "/v1/admin/orgs/{slug}/suspend", AUTH_OPERATOR, admin_org_suspend,
+     "adminSuspendOrg"},
+    {HTTP_POST, "/v1/admin/orgs/{slug}/unsuspend", AUTH_OPERATOR, admin_org_unsuspend,
+     "adminUnsuspendOrg"},
+    {HTTP_DELETE, "/v1/admin/orgs/{slug}", AUTH_OPERATOR, admin_org_delete, "adminDeleteOrg"},
+    {0},
+};
+
+static int org_init(void);
+static void org_shutdown(void);
+
+const struct module org_module = {
+    .name = "org",
+    .routes = org_routes,
+    .init = org_init,
+    .shutdown = org_shutdown,
+};
+
+#define ORG_NAME_MAX 100  /* characters (code points) */
+#define USER_NAME_MAX 100 /* characters */
+#define SLUG_MIN 2
+#define SLUG_MAX 50
+#define EMAIL_MAX 254
+#define LIST_LIMIT_DEFAULT 20
+#define LIST_LIMIT_MAX 100
+
+/* ---- statements --------------------------------------------------------- */
+
+/* One round trip: org row, schema with every tenant migration, admin user,
+ * credit account (+ grant), refresh token; all or nothing. */
+static const struct db_stmt create_stmt = {
+    "org_create",
+    "SELECT o_org, o_user, o_user_id, o_org_id, o_token_version"
+    " FROM public.tenantd_create_org($1, $2, $3, $4, $5, $6::bigint, $7, $8::bigint,"
+    " $9::text[], $10::int[], $11::text[], $12::text[])",
+};
+
+static const struct db_stmt get_by_id_stmt = {
+    "org_get_by_id",
+    "SELECT public.tenantd_org_json(o) FROM public.orgs o"
+    " WHERE o.id = $1::uuid AND o.status <> 'deleted'",
+};
+
+/* $2 NULL: the operator sees any live org; else only the caller's own. */
+static const struct db_stmt get_by_slug_stmt = {
+    "org_get_by_slug",
+    "SELECT public.tenantd_org_json(o) FROM public.orgs o"
+    " WHERE lower(o.slug) = $1 AND o.status <> 'deleted'"
+    " AND ($2::uuid IS NULL OR o.id = $2::uuid)",
+};
+
+/* updated_at moves only when something changed. */
+static const struct db_stmt patch_stmt = {
+    "org_patch",
+    "UPDATE public.orgs o SET name = coalesce($2, o.name), slug = coalesce($3, o.slug),"
+    " updated_at = CASE WHEN (coalesce($2, o.name), coalesce($3, o.slug))"
+    " IS DISTINCT FROM (o.name, o.slug) THEN now() ELSE o.updated_at END"
+    " WHERE o.id = $1::uuid AND o.status <> 'deleted'"
+    " RETURNING public.tenantd_org_json(o)",
+};
+
+static const struct db_stmt delete_stmt = {
+    "org_delete",
+    "SELECT public.tenantd_delete_org($1::uuid)",
+};
+
+static const struct db_stmt admin_delete_stmt = {
+    "org_admin_delete",
+    "SELECT o.id, public.tenantd_delete_org(o.id) FROM public.orgs o"
+    " WHERE lower(o.slug) = $1 AND o.status <> 'deleted'",
+};
+
+static const struct db_stmt admin_status_stmt = {
+    "org_admin_status",
+    "UPDATE public.orgs o SET status = $2,"
+    " updated_at = CASE WHEN o.status = $2 THEN o.updated_at ELSE now() END"
+    " WHERE lower(o.slug) = $1 AND o.status <> 'deleted'"
+    " RETURNING o.id, public.tenantd_org_json(o)",
+};
+
+/* Keyset pagination on (created_at, id), oldest first, so pages are stable
+ * under inserts. $1/$2 the cursor (NULL for the first page), $3 the page
+ * size plus one (to know whether another page follows), $4 a status filter
+ * (NULL: every org that is not deleted). */
+static const struct db_stmt admin_list_stmt = {
+    "org_admin_list",
+    "SELECT json_build_object('id', o.id, 'name', o.name, 'slug', o.slug, 'status', o.status,"
+    " 'created_at', public.tenantd_ts(o.created_at),"
+    " 'updated_at', public.tenantd_ts(o.updated_at), 'balance', coalesce(a.balance, 0)),"
+    " public.tenantd_ts(o.created_at), o.id"
+    " FROM public.orgs o LEFT JOIN public.credit_accounts a ON a.org_id = o.id"
+    " WHERE CASE WHEN $4::text IS NULL THEN o.status <> 'deleted' ELSE o.status = $4 END"
+    " AND ($1::timestamptz IS NULL OR (o.created_at, o.id) > ($1::timestamptz, $2::uuid))"
+    " ORDER BY o.created_at, o.id LIMIT $3::int",
+};
+
+/* ---- the tenant migrations, as array literals for tenantd_create_org ---- */
+
+/* Built once at init from the binary's embedded tenant migrations (the same
+ * ones `tenantd migrate up` applies), read-only while loops run. */
+static struct {
+    char *sql, *versions, *names, *checksums;
+} tenant_arrays;
+
+/* A growing malloc'd string; out of memory aborts (broken invariant). */
+struct strbuf {
+    char *s;
+    size_t len, cap;
+};
+
+static void sb_put(struct strbuf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->s, cap);
+        if (!p)
+            abort();
+        b->s = p;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+}
+
+static void sb_puts(struct strbuf *b, const char *s)
+{
+    sb_put(b, s, strlen(s));
+}
+
+/* Appends s as one double-quoted element of a PostgreSQL array literal:
+ * inside quotes a backslash escapes the next character, so only '"' and
+ * '\' need it. */
+static void sb_put_array_elem(struct strbuf *b, const char *s)
+{
+    sb_put(b, "\"", 1);
+    for (const char *p = s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            sb_put(b, "\\", 1);
+        sb_put(b, p, 1);
+    }
+    sb_put(b, "\"", 1);
+}
+
+static int build_tenant_arrays(void)
+{
+    struct migration *m = NULL;
+    size_t n = 0;
+    char err[256];
+    if (migrations_load(embedded_migrations, TRACK_TENANT, &m, &n, err, sizeof err) != 0) {
+        log_msg(LOG_ERROR, "org: tenant migrations: %s", err);
+        return -1;
+    }
+    struct strbuf sql = {0}, ver = {0}, names = {0}, sums = {0};
+    sb_puts(&sql, "{");
+    sb_puts(&ver, "{");
+    sb_puts(&names, "{");
+    sb_puts(&sums, "{");
+    for (size_t i = 0; i < n; i++) {
+        const char *sep = i ? "," : "";
+        char num[16];
+        snprintf(num, sizeof num, "%s%d", sep, m[i].version);
+        sb_puts(&ver, num);
+        sb_puts(&sql, sep);
+        sb_put_array_elem(&sql, m[i].up);
+        sb_puts(&names, sep);
+        sb_put_array_elem(&names, m[i].name);
+        sb_puts(&sums, sep);
+        sb_put_array_elem(&sums, m[i].checksum);
+    }
+    sb_puts(&sql, "}");
+    sb_puts(&ver, "}");
+    sb_puts(&names, "}");
+    sb_puts(&sums, "}");
+    free(m);
+    tenant_arrays.sql = sql.s;
+    tenant_arrays.versions = ver.s;
+    tenant_arrays.names = names.s;
+    tenant_arrays.checksums = sums.s;
+    return 0;
+}
+
+static int org_init(void)
+{
+    const char *s = g_config->signup;
+    if (!s || (strcmp(s, "open") != 0 && strcmp(s, "closed") != 0)) {
+        log_msg(LOG_ERROR, "TENANTD_SIGNUP must be \"open\" or \"closed\", not \"%s\"", s ? s : "");
+        return -1;
+    }
+    return build_tenant_arrays();
+}
+
+static void org_shutdown(void)
+{
+    free(tenant_arrays.sql);
+    free(tenant_arrays.versions);
+    free(tenant_arrays.names);
+    free(tenant_arrays.checksums);
+    memset(&tenant_arrays, 0, sizeof tenant_arrays);
+}
+
+/* ---- validation ----------------------------------------------------------- */
+
+static void json_decref_cleanup(void *p)
+{
+    json_decref(p);
+}
+
+/* The request body as a JSON object owned by the arena, or NULL after
+ * answering 400 (not JSON, duplicate keys, or not an object). */
+static json_t *body_object(struct request *req)
+{
+    json_error_t e;
+    json_t *j = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &e);
+    if (!j) {
+        problem_respond(req, PROBLEM_BAD_REQUEST, "The body is not valid JSON.");
+        return NULL;
+    }
+    arena_cleanup(req->arena, json_decref_cleanup, j);
+    if (!json_is_object(j)) {
+        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
+        return NULL;
+    }
+    return j;
+}
+
+/* Code points of a valid UTF-8 string (jansson only hands out valid UTF-8). */
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+static bool blank(const char *s)
+{
+    for (; *s; s++)
+        if (!isspace((unsigned char)*s))
+            return false;
+    return true;
+}
+
+/* Checks an org name (1..100 characters, not only spaces); NULL when fine,
+ * else the message for the errors list. */
+static const char *org_name_problem(const char *s)
+{
+    size_t n = utf8_chars(s);
+    if (n == 0 || blank(s))
+        return "must not be empty";
+    if (n > ORG_NAME_MAX)
+        return "must be at most 100 characters";
+    return NULL;
+}
+
+static bool slug_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+}
+
+/* A copy of s with ASCII letters lowercased (slugs are case-insensitive and
+ * stored lowercase); other bytes are left for slug_valid to refuse. */
+static char *slug_lower(struct arena *a, const char *s)
+{
+    char *out = arena_strdup(a, s);
+    for (char *p = out; *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+    return out;
+}
+
+static bool slug_valid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < SLUG_MIN || n > SLUG_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!slug_char(s[i]))
+            return false;
+    return true;
+}
+
+/* The slug derived from a name: ASCII letters and digits kept (lowercased),
+ * every run of anything else one '-', no '-' at either end, at most 50
+ * chars. May come out shorter than 2 (a name of only symbols or non-ASCII
+ * letters): the caller then asks for an explicit slug. */
+static char *slug_derive(struct arena *a, const char *name)
+{
+    char *out = arena_alloc(a, SLUG_MAX + 1);
+    size_t n = 0;
+    bool dash = false;
+    for (const char *p = name; *p && n < SLUG_MAX; p++) {
+        char c = *p;
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c - 'A' + 'a');
+        if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) {
+            if (dash && n > 0 && n < SLUG_MAX)
+                out[n++] = '-';
+            dash = false;
+            if (n < SLUG_MAX)
+                out[n++] = c;
+        } else {
+            dash = true;
+        }
+    }
+    while (n > 0 && out[n - 1] == '-')
+        n--;
+    out[n] = '\0';
+    return out;
+}
+
+static bool email_local_char(unsigned char c)
+{
+    return isalnum(c) || (c && strchr("!#$%&'*+-/=?^_`{|}~.", c));
+}
+
+/*
+ * The same addr-spec rule as the users routes (src/auth/users.c), so an
+ * admin created at signup could also have been created there: local@domain,
+ * local 1..64 of RFC 5322 atext and dots (not first, last or doubled),
+ * domain of dot-separated labels of [A-Za-z0-9-] (1..63, not starting or
+ * ending with '-') with at least one dot, the whole at most 254.
+ */
+static bool email_valid(const char *s)
+{
+    size_t len = strlen(s);
+    const char *at = strchr(s, '@');
+    if (len > EMAIL_MAX || !at || strchr(at + 1, '@'))
+        return false;
+    size_t local = (size_t)(at - s);
+    if (local < 1 || local > 64 || s[0] == '.' || at[-1] == '.')
+        return false;
+    for (const char *p = s; p < at; p++)
+        if (!email_local_char((unsigned char)*p) || (*p == '.' && p[1] == '.'))
+            return false;
+    const char *d = at + 1;
+    size_t label = 0, dots = 0;
+    if (*d == '\0')
+        return false;
+    for (const char *p = d;; p++) {
+        if (*p == '.' || *p == '\0') {
+            if (label == 0 || label > 63 || p[-1] == '-')
+                return false;
+            if (*p == '\0')
+                break;
+            dots++;
+            label = 0;
+            continue;
+        }
+        unsigned char c = (unsigned char)*p;
+        if ((!isalnum(c) && c != '-') || (label == 0 && c == '-'))
+            return false;
+        label++;
+    }
+    return dots >= 1;
+}
+
+static char *ascii_lower(struct arena *a, const char *s)
+{
+    char *out = arena_strdup(a, s);
+    for (char *p = out; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    return out;
+}
+
+/* ---- shared answers ----------------------------------------------------- */
+
+static struct db_pool *pool_of(struct request *req)
+{
+    return req->ctx ? req->ctx->db : NULL;
+}
+
+/* Answers a failed statement that has no specific meaning for the caller. */
+static void respond_db_failure(struct request *req, const struct db_result *r, const char *what)
+{
+    if (r->status == DB_UNAVAILABLE) {
+        http_set_header(req, "Retry-After", "1");
+        problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unavailable; retry shortly.");
+        return;
+    }
+    log_msg(LOG_ERROR, "org: %s failed: %s (%s)", what, r->message ? r->message : "?",
+            r->sqlstate ? r->sqlstate : "?");
+    problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+}
+
+static bool is_unique_violation(const struct db_result *r)
+{
+    return r->status == DB_ERROR && r->sqlstate && strcmp(r->sqlstate, "23505") == 0;
+}
+
+/* Responds 200 with the single JSON column `col` of the first row, or 404. */
+static void respond_row_json(struct request *req, const struct db_result *r, int col)
+{
+    if (PQntuples(r->res) < 1 || PQnfields(r->res) <= col || PQgetisnull(r->res, 0, col)) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
+        return;
+    }
+    http_respond(req, 200, "application/json", PQgetvalue(r->res, 0, col),
+                 (size_t)PQgetlength(r->res, 0, col));
+}
+
+/* ---- POST /v1/orgs ------------------------------------------------------ */
+
+/* A signup between its steps: validated fields (pointing into the body's
+ * JSON, alive as long as the arena), then the hash, then the statement. */
+struct signup {
+    struct request *req;
+    const char *name, *slug, *email, *user_name;
+    char *phc;
+    char refresh[TOKEN_REFRESH_BUFSZ];
+    char refresh_hash[TOKEN_SHA256_HEX_BUFSZ];
+    char credits[24], ttl[24];
+    const char *values[12];
+};
+
+/* With TENANTD_SIGNUP=closed only the operator may create orgs. */
+static bool signup_allowed(const struct request *req)
+{
+    if (strcmp(g_config->signup, "closed") != 0)
+        return true;
+    const char *op = g_config->operator_token;
+    const char *h = http_header(req, "Authorization");
+    if (!op || !*op || !h)
+        return false;
+    size_t len = 0;
+    const char *tok = token_bearer(h, &len);
+    return tok && token_equal(tok, len, op, strlen(op));
+}
+
+static void signup_done(struct db_result *r, void *ud)
+{
+    struct signup *s = ud;
+    struct request *req = s->req;
+    if (is_unique_violation(r)) {
+        problem_respond(req, PROBLEM_CONFLICT, "That slug is already taken.");
+        return;
+    }
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "creating an org");
+        return;
+    }
+    if (PQntuples(r->res) != 1 || PQnfields(r->res) != 5) {
+        log_msg(LOG_ERROR, "org: tenantd_create_org returned %d rows", PQntuples(r->res));
+        problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+        return;
+    }
+    const char *org = PQgetvalue(r->res, 0, 0), *user = PQgetvalue(r->res, 0, 1);
+    const char *user_id = PQgetvalue(r->res, 0, 2), *org_id = PQgetvalue(r->res, 0, 3);
+    int64_t ver = strtoll(PQgetvalue(r->res, 0, 4), NULL, 10);
+    req->org_id = arena_strdup(req->arena, org_id);
+    char access[JWT_SIGNED_MAX];
+    if (auth_sign_access(user_id, org_id, "admin", ver, access, sizeof access) < 0) {
+        /* The org exists; the admin can still log in with the password. */
+        log_msg(LOG_ERROR, "org: cannot sign the access token of a new org");
+        problem_respond(req, PROBLEM_INTERNAL,
+                        "The organization was created, but no token "
+                        "could be issued; log in instead.");
+        return;
+    }
+    char *body = arena_printf(req->arena,
+                              "{\"org\":%s,\"user\":%s,\"access_token\":\"%s\","
+                              "\"refresh_token\":\"%s\",\"token_type\":\"Bearer\","
+                              "\"expires_in\":%" PRId64 "}",
+                              org, user, access, s->refresh, auth_access_ttl());
+    http_respond(req, 201, "application/json", body, strlen(body));
+}
+
+static void signup_hashed(void *ud, int status, const char *phc)
+{
+    struct signup *s = ud;
+    struct request *req = s->req;
+    if (status != PASSWORD_OK || !phc) {
+        if (status == PASSWORD_ECANCELED) {
+            http_set_header(req, "Retry-After", "1");
+            problem_respond(req, PROBLEM_UNAVAILABLE, "The server is shutting down.");
+        } else {
+            log_msg(LOG_ERROR, "org: password hashing failed (%d)", status);
+            problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+        }
+        return;
+    }
+    s->phc = arena_strdup(req->arena, phc);
+    if (token_refresh_new(s->refresh) != 0) {
+        problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+        return;
+    }
+    token_sha256_hex(s->refresh, strlen(s->refresh), s->refresh_hash);
+    snprintf(s->credits, sizeof s->credits, "%" PRId64, g_config->signup_credits);
+    snprintf(s->ttl, sizeof s->ttl, "%" PRId64, auth_refresh_ttl());
+    const char *v[12] = {
+        s->name,
+        s->slug,
+        s->email,
+        s->phc,
+        s->user_name,
+        s->credits,
+        s->refresh_hash,
+        s->ttl,
+        tenant_arrays.sql,
+        tenant_arrays.versions,
+        tenant_arrays.names,
+        tenant_arrays.checksums,
+    };
+    memcpy(s->values, v, sizeof v);
+    struct db_pool *pool = pool_of(req);
+    if (!pool || !tenant_arrays.sql) {
+        problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unavailable.");
+        return;
+    }
+    db_query(pool, NULL, &create_stmt, 12, s->values, signup_done, s);
+}
+
+/* A string member: NULL with *err set when present but not a string (or
+ * null when !nullable), NULL without an error when absent. */
+static const char *string_member(json_t *obj, const char *key, bool nullable, json_t **errors,
+                                 const char *field, bool *present)
+{
+    json_t *v = json_object_get(obj, key);
+    *present = v != NULL;
+    if (!v || (nullable && json_is_null(v)))
+        return NULL;
+    if (!json_is_string(v)) {
+        problem_add_error(errors, field,
+                          nullable ? "must be a string or null" : "must be a string");
+        return NULL;
+    }
+    return json_string_value(v);
+}
+
+static void orgs_create(struct request *req)
+{
+    if (!signup_allowed(req)) {
+        problem_respond(req, PROBLEM_FORBIDDEN,
+                        "Signup is closed; only the operator can create organizations.");
+        return;
+    }
+    json_t *body = body_object(req);
+    if (!body)
+        return;
+    json_t *errors = NULL;
+    bool present;
+    struct signup *s = arena_calloc(req->arena, sizeof *s);
+    s->req = req;
+
+    s->name = string_member(body, "name", false, &errors, "name", &present);
+    if (!present)
+        problem_add_error(&errors, "name", "is required");
+    else if (s->name) {
+        const char *why = org_name_problem(s->name);
+        if (why)
+            problem_add_error(&errors, "name", why);
+    }
+
+    const char *slug = string_member(body, "slug", true, &errors, "slug", &present);
+    if (slug) {
+        s->slug = slug_lower(req->arena, slug);
+        if (!slug_valid(s->slug))
+            problem_add_error(&errors, "slug", "must be 2..50 characters of a-z, 0-9 and '-'");
+    } else if (s->name && !errors) {
+        s->slug = slug_derive(req->arena, s->name);
+        if (!slug_valid(s->slug))
+            problem_add_error(&errors, "slug",
+                              "cannot be derived from the name; give a slug of 2..50 "
+                              "characters of a-z, 0-9 and '-'");
+    }
+
+    const char *password = NULL;
+    json_t *admin = json_object_get(body, "admin");
+    if (!admin) {
+        problem_add_error(&errors, "admin", "is required");
+    } else if (!json_is_object(admin)) {
+        problem_add_error(&errors, "admin", "must be an object");
+    } else {
+        const char *email = string_member(admin, "email", false, &errors, "admin.email", &present);
+        if (!present)
+            problem_add_error(&errors, "admin.email", "is required");
+        else if (email && !email_valid(email))
+            problem_add_error(&errors, "admin.email", "must be a valid email address");
+        else if (email)
+            s->email = ascii_lower(req->arena, email);
+
+        password = string_member(admin, "password", false, &errors, "admin.password", &present);
+        if (!present)
+            problem_add_error(&errors, "admin.password", "is required");
+        else if (password && !password_length_ok(strlen(password)))
+            problem_add_error(&errors, "admin.password", "must be 8..1024 bytes");
+
+        s->user_name = string_member(admin, "name", true, &errors, "admin.name", &present);
+        if (s->user_name && utf8_chars(s->user_name) > USER_NAME_MAX)
+            problem_add_error(&errors, "admin.name", "must be at most 100 characters");
+    }
+    if (errors) {
+        problem_respond_errors(req, "The request has invalid fields.", errors);
+        return;
+    }
+    if (!s->name || !s->slug || !s->email || !password) { /* every path above set errors */
+        problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+        return;
+    }
+
+    int rc = password_hash_async(req->ctx->loop, password, strlen(password), signup_hashed, s);
+    if (rc == PASSWORD_EBUSY) {
+        http_set_header(req, "Retry-After", "1");
+        problem_respond(req, PROBLEM_UNAVAILABLE, "The server is busy; retry shortly.");
+    } else if (rc != PASSWORD_OK) {
+        log_msg(LOG_ERROR, "org: cannot queue a password hash (%d)", rc);
+        problem_respond(req, PROBLEM_UNAVAILABLE, "The request could not be queued.");
+    }
+}
+
+/* ---- the caller's org ------------------------------------------------------ */
+
+static void org_json_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "reading an org");
+        return;
+    }
+    respond_row_json(req, r, 0);
+}
+
+/* The caller's org id; NULL (after answering) when the credential has none,
+ * which the route's auth level should already have ruled out. */
+static const char *caller_org(struct request *req)
+{
+    const struct auth_ctx *a = auth_ctx(req);
+    if (!a || !a->org_id[0]) {
+        problem_respond(req, PROBLEM_UNAUTHORIZED,
+                        "This route needs an organization's credential.");
+        return NULL;
+    }
+    return a->org_id;
+}
+
+static void org_get(struct request *req)
+{
+    const char *id = caller_org(req);
+    if (!id)
+        return;
+    const char **v = arena_alloc(req->arena, sizeof *v);
+    v[0] = id;
+    db_query(pool_of(req), NULL, &get_by_id_stmt, 1, v, org_json_done, req);
+}
+
+static void patch_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (is_unique_violation(r)) {
+        problem_respond(req, PROBLEM_CONFLICT, "That slug is already taken.");
+        return;
+    }
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "updating an org");
+        return;
+    }
+    /* The slug is cached with the org; drop it here at once (other
+     * instances hear the trigger's NOTIFY). */
+    const struct auth_ctx *a = auth_ctx(req);
+    if (a && a->org_id[0])
+        auth_cache_forget_org(a->org_id);
+    respond_row_json(req, r, 0);
+}
+
+static void org_patch(struct request *req)
+{
+    const char *id = caller_org(req);
+    if (!id)
+        return;
+    json_t *body = body_object(req);
+    if (!body)
+        return;
+    json_t *errors = NULL;
+    bool has_name, has_slug;
+    const char *name = string_member(body, "name", false, &errors, "name", &has_name);
+    if (name) {
+        const char *why = org_name_problem(name);
+        if (why)
+            problem_add_error(&errors, "name", why);
+    }
+    const char *slug = string_member(body, "slug", false, &errors, "slug", &has_slug);
+    if (slug) {
+        slug = slug_lower(req->arena, slug);
+        if (!slug_valid(slug))
+            problem_add_error(&errors, "slug", "must be 2..50 characters of a-z, 0-9 and '-'");
+    }
+    if (errors) {
+        problem_respond_errors(req, "The request has invalid fields.", errors);
+        return;
+    }
+    const char **v = arena_alloc(req->arena, 3 * sizeof *v);
+    v[0] = id;
+    if (!has_name && !has_slug) {
+        db_query(pool_of(req), NULL, &get_by_id_stmt, 1, v, org_json_done, req);
+        return;
+    }
+    v[1] = name;
+    v[2] = slug;
+    db_query(pool_of(req), NULL, &patch_stmt, 3, v, patch_done, req);
+}
+
+static void delete_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "deleting an org");
+        return;
+    }
+    if (PQntuples(r->res) != 1 || strcmp(PQgetvalue(r->res, 0, 0), "t") != 0) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
+        return;
+    }
+    auth_cache_forget_org(auth_ctx(req)->org_id);
+    http_respond_empty(req, 204);
+}
+
+static void org_delete(struct request *req)
+{
+    const char *id = caller_org(req);
+    if (!id)
+        return;
+    const char **v = arena_alloc(req->arena, sizeof *v);
+    v[0] = id;
+    db_query(pool_of(req), NULL, &delete_stmt, 1, v, delete_done, req);
+}
+
+/* The {slug} path parameter, lowercased, or NULL (after answering 404) when
+ * it cannot be a slug at all: no query for junk. */
+static const char *slug_param(struct request *req)
+{
+    const char *raw = http_param(req, "slug");
+    const char *slug = raw ? slug_lower(req->arena, raw) : NULL;
+    if (!slug || !slug_valid(slug)) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
+        return NULL;
+    }
+    return slug;
+}
+
+/* A member sees only its own org under this path; another org's slug is 404
+ * like a slug that does not exist, so strangers learn nothing. */
+static void org_get_by_slug(struct request *req)
+{
+    const struct auth_ctx *a = auth_ctx(req);
+    if (!a) {
+        problem_respond(req, PROBLEM_UNAUTHORIZED, "This route needs a credential.");
+        return;
+    }
+    const char *slug = slug_param(req);
+    if (!slug)
+        return;
+    const char **v = arena_alloc(req->arena, 2 * sizeof *v);
+    v[0] = slug;
+    v[1] = a->kind == AUTH_KIND_OPERATOR ? NULL : a->org_id;
+    db_query(pool_of(req), NULL, &get_by_slug_stmt, 2, v, org_json_done, req);
+}
+
+/* ---- operator ------------------------------------------------------------- */
+
+static void admin_status_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "changing an org's status");
+        return;
+    }
+    if (PQntuples(r->res) == 1)
+        auth_cache_forget_org(PQgetvalue(r->res, 0, 0));
+    respond_row_json(req, r, 1);
+}
+
+static void admin_set_status(struct request *req, const char *status)
+{
+    const char *slug = slug_param(req);
+    if (!slug)
+        return;
+    const char **v = arena_alloc(req->arena, 2 * sizeof *v);
+    v[0] = slug;
+    v[1] = status;
+    db_query(pool_of(req), NULL, &admin_status_stmt, 2, v, admin_status_done, req);
+}
+
+static void admin_org_suspend(struct request *req)
+{
+    admin_set_status(req, "suspended");
+}
+
+static void admin_org_unsuspend(struct request *req)
+{
+    admin_set_status(req, "active");
+}
+
+static void admin_delete_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "deleting an org");
+        return;
+    }
+    if (PQntuples(r->res) != 1 || strcmp(PQgetvalue(r->res, 0, 1), "t") != 0) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
+        return;
+    }
+    auth_cache_forget_org(PQgetvalue(r->res, 0, 0));
+    http_respond_empty(req, 204);
+}
+
+static void admin_org_delete(struct request *req)
+{
+    const char *slug = slug_param(req);
+    if (!slug)
+        return;
+    const char **v = arena_alloc(req->arena, sizeof *v);
+    v[0] = slug;
+    db_query(pool_of(req), NULL, &admin_delete_stmt, 1, v, admin_delete_done, req);
+}
+
+/*
+ * List cursors: base64url of "<created_at>|<id>", created_at exactly as
+ * tenantd_ts renders it (microseconds, UTC), so it round-trips without
+ * loss. Opaque to clients; checked strictly here before it reaches SQL.
+ */
+#define CURSOR_TIME_LEN 27 /* 2026-11-25T12:46:01.123456Z */
+#define CURSOR_TEXT_LEN (CURSOR_TIME_LEN + 1 + 36)
+
+static bool cursor_time_valid(const char *t)
+{
+    static const char shape[] = "dddd-dd-ddTdd:dd:dd.ddddddZ";
+    for (size_t i = 0; i < CURSOR_TIME_LEN; i++) {
+        if (shape[i] == 'd' ? !isdigit((unsigned char)t[i]) : t[i] != shape[i])
+            return false;
+    }
+    int mon = (t[5] - '0') * 10 + (t[6] - '0'), day = (t[8] - '0') * 10 + (t[9] - '0');
+    int hour = (t[11] - '0') * 10 + (t[12] - '0'), min = (t[14] - '0') * 10 + (t[15] - '0');
+    int sec = (t[17] - '0') * 10 + (t[18] - '0');
+    return mon >= 1 && mon <= 12 && day >= 1 && day <= 31 && hour <= 23 && min <= 59 && sec <= 59;
+}
+
+/* Decodes a cursor into its time and id (arena strings). false when bad. */
+static bool cursor_decode(struct arena *a, const char *cur, const char **time, const char **id)
+{
+    unsigned char buf[CURSOR_TEXT_LEN + 1];
+    size_t len = strlen(cur);
+    if (len > TOKEN_B64URL_LEN(CURSOR_TEXT_LEN))
+        return false;
+    int n = token_b64url_decode(cur, len, buf, sizeof buf);
+    if (n != CURSOR_TEXT_LEN || buf[CURSOR_TIME_LEN] != '|')
+        return false;
+    buf[n] = '\0';
+    const char *t = (const char *)buf, *u = (const char *)buf + CURSOR_TIME_LEN + 1;
+    if (!cursor_time_valid(t) || !token_uuid_valid(u, 36))
+        return false;
+    *time = arena_strndup(a, t, CURSOR_TIME_LEN);
+    *id = arena_strndup(a, u, 36);
+    return true;
+}
+
+static char *cursor_encode(struct arena *a, const char *time, const char *id)
+{
+    char text[CURSOR_TEXT_LEN + 1];
+    int n = snprintf(text, sizeof text, "%s|%s", time, id);
+    if (n != CURSOR_TEXT_LEN)
+        return NULL;
+    size_t cap = TOKEN_B64URL_LEN(CURSOR_TEXT_LEN) + 1;
+    char *out = arena_alloc(a, cap);
+    return token_b64url_encode(text, (size_t)n, out, cap) < 0 ? NULL : out;
+}
+
+/* ?limit=: 1..100, default 20; -1 when malformed or out of range. */
+static int parse_limit(const char *s)
+{
+    if (!s)
+        return LIST_LIMIT_DEFAULT;
+    if (!*s || strlen(s) > 3)
+        return -1;
+    int v = 0;
+    for (const char *p = s; *p; p++) {
+        if (!isdigit((unsigned char)*p))
+            return -1;
+        v = v * 10 + (*p - '0');
+    }
+    return v >= 1 && v <= LIST_LIMIT_MAX ? v : -1;
+}
+
+struct list_state {
+    struct request *req;
+    int limit;
+    char fetch[16];
+    const char *values[4];
+};
+
+static void admin_list_done(struct db_result *r, void *ud)
+{
+    struct list_state *st = ud;
+    struct request *req = st->req;
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "listing orgs");
+        return;
+    }
+    int rows = PQntuples(r->res);
+    int shown = rows > st->limit ? st->limit : rows;
+    struct strbuf b = {0};
+    sb_puts(&b, "{\"data\":[");
+    for (int i = 0; i < shown; i++) {
+        if (i)
+            sb_puts(&b, ",");
+        sb_put(&b, PQgetvalue(r->res, i, 0), (size_t)PQgetlength(r->res, i, 0));
+    }
+    sb_puts(&b, "],\"next_cursor\":");
+    const char *next = NULL;
+    if (rows > st->limit && shown > 0)
+        next = cursor_encode(req->arena, PQgetvalue(r->res, shown - 1, 1),
+                             PQgetvalue(r->res, shown - 1, 2));
+    if (next) {
+        sb_puts(&b, "\"");
+        sb_puts(&b, next);
+        sb_puts(&b, "\"}");
+    } else {
+        sb_puts(&b, "null}");
+    }
+    http_respond(req, 200, "application/json", b.s, b.len);
+    free(b.s);
+}
+
+static void admin_orgs_list(struct request *req)
+{
+    struct list_state *st = arena_calloc(req->arena, sizeof *st);
+    st->req = req;
+    json_t *errors = NULL;
+    st->limit = parse_limit(http_query(req, "limit"));
+    if (st->limit < 0)
+        problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
+    const char *status = http_query(req, "status");
+    if (status && strcmp(status, "active") != 0 && strcmp(status, "suspended") != 0 &&
+        strcmp(status, "deleted") != 0)
+        problem_add_error(&errors, "status", "must be active, suspended or deleted");
+    const char *cur = http_query(req, "cursor");
+    const char *ctime = NULL, *cid = NULL;
+    if (cur && !cursor_decode(req->arena, cur, &ctime, &cid))
+        problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
+    if (errors) {
+        problem_respond_errors(req, "The query has invalid parameters.", errors);
+        return;
+    }
+    snprintf(st->fetch, sizeof st->fetch, "%d", st->limit + 1);
+    st->values[0] = ctime;
+    st->values[1] = cid;
+    st->values[2] = st->fetch;
+    st->values[3] = status;
+    db_query(pool_of(req), NULL, &admin_list_stmt, 4, st->values, admin_list_done, st);
+}
