@@ -1,0 +1,470 @@
+"""Organizations end to end: signup (POST /v1/orgs) and everything it creates,
+its all-or-nothing rollback, slug rules, hostile input, closed signup, rename
+and deletion (GET|PATCH|DELETE /v1/org, GET /v1/orgs/{slug})."""
+import hashlib
+import json
+import re
+import unittest
+import uuid
+
+import harness
+
+# Small argon2 parameters: signups in these tests should take milliseconds.
+FAST_ARGON2 = {"TENANTD_ARGON2_M_KIB": "1024", "TENANTD_ARGON2_T": "1"}
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+ORG_FIELDS = {"id", "name", "slug", "created_at", "updated_at", "status"}
+PASSWORD = "correct horse battery"
+
+
+def unique(prefix="org"):
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+class OrgTestCase(harness.DbTestCase):
+    """Helpers shared by the org test classes."""
+
+    server_env = dict(FAST_ARGON2)
+
+    def sql(self, q):
+        return self.pg.psql(q, self.dbname)
+
+    def signup(self, name=None, slug=None, email=None, password=PASSWORD, headers=None,
+               expect=201):
+        body = {"name": name or unique("Org"), "admin": {"email": email or f"{unique('a')}@example.com",
+                                                          "password": password}}
+        if slug is not None:
+            body["slug"] = slug
+        status, doc, _ = self.server.json("POST", "/v1/orgs", body, headers)
+        if expect is not None:
+            self.assertEqual(status, expect, doc)
+        return doc
+
+    def counts(self):
+        """What a failed signup must not change."""
+        return (self.sql("SELECT count(*) FROM public.orgs")[0],
+                self.sql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenant\\_%'")[0],
+                self.sql("SELECT count(*) FROM public.users")[0],
+                self.sql("SELECT count(*) FROM public.credit_accounts")[0],
+                self.sql("SELECT count(*) FROM public.refresh_tokens")[0])
+
+    def assert_problem(self, status, doc, want_status, code):
+        self.assertEqual(status, want_status, doc)
+        self.assertEqual(doc["code"], code, doc)
+        self.assertEqual(doc["status"], want_status)
+
+    def assert_org(self, org):
+        self.assertEqual(set(org), ORG_FIELDS, org)
+        uuid.UUID(org["id"])
+        self.assertRegex(org["created_at"], RFC3339_UTC)
+        self.assertRegex(org["updated_at"], RFC3339_UTC)
+
+
+class SignupTest(OrgTestCase):
+    server_env = dict(FAST_ARGON2, TENANTD_SIGNUP_CREDITS="250")
+
+    def test_signup_creates_everything(self):
+        slug = unique("acme")
+        doc = self.signup(name="Acme Inc", slug=slug, email="Founder@Example.COM")
+        self.assertEqual(set(doc), {"org", "user", "access_token", "refresh_token", "token_type",
+                                    "expires_in"})
+        org, user = doc["org"], doc["user"]
+        self.assert_org(org)
+        self.assertEqual((org["name"], org["slug"], org["status"]), ("Acme Inc", slug, "active"))
+        self.assertEqual(user["email"], "founder@example.com")
+        self.assertEqual(user["role"], "admin")
+        self.assertEqual(doc["token_type"], "Bearer")
+        self.assertIsInstance(doc["expires_in"], int)
+        self.assertGreater(doc["expires_in"], 0)
+        self.assertTrue(doc["refresh_token"].startswith("tdr_"))
+        self.assertEqual(doc["access_token"].count("."), 2)
+
+        # The schema is named from the id and holds every tenant migration.
+        schema = "tenant_" + org["id"].replace("-", "")
+        self.assertEqual(self.sql(f"SELECT schema_name FROM public.orgs WHERE id = '{org['id']}'"),
+                         [schema])
+        self.assertEqual(self.sql(f"SELECT to_regclass('{schema}.records') IS NOT NULL"), ["t"])
+        applied = self.sql(f"SELECT version FROM {schema}.schema_migrations ORDER BY version")
+        self.assertEqual(applied, ["1"])  # migrations/tenant holds 0001 so far
+        self.assertEqual(self.sql(
+            f"SELECT role, password_hash LIKE '$argon2id$%' FROM public.users"
+            f" WHERE org_id = '{org['id']}'"), ["admin|t"])
+        # Signup credits: the account and its ledger agree from the start.
+        self.assertEqual(self.sql(
+            f"SELECT balance FROM public.credit_accounts WHERE org_id = '{org['id']}'"), ["250"])
+        self.assertEqual(self.sql(
+            f"SELECT type, amount, balance_after FROM public.credit_transactions"
+            f" WHERE org_id = '{org['id']}'"), ["grant|250|250"])
+        # Only the refresh token's hash is stored.
+        digest = hashlib.sha256(doc["refresh_token"].encode()).hexdigest()
+        self.assertEqual(self.sql(
+            f"SELECT count(*) FROM public.refresh_tokens WHERE org_id = '{org['id']}'"
+            f" AND token_hash = '{digest}' AND user_id = '{user['id']}'"), ["1"])
+
+        # The tokens work.
+        status, me, _ = self.server.json("GET", "/v1/org", headers=bearer(doc["access_token"]))
+        self.assertEqual(status, 200, me)
+        self.assertEqual(me, org)
+        status, got, _ = self.server.json("GET", f"/v1/orgs/{slug.upper()}",
+                                          headers=bearer(doc["access_token"]))
+        self.assertEqual(status, 200, got)
+        self.assertEqual(got["id"], org["id"])
+        status, pair, _ = self.server.json("POST", "/v1/auth/refresh",
+                                           {"refresh_token": doc["refresh_token"]})
+        self.assertEqual(status, 200, pair)
+
+    def test_signup_is_all_or_nothing(self):
+        """A failure at a late step (credit account, refresh token) leaves no
+        org row, no schema, no user behind."""
+        for table in ("credit_accounts", "refresh_tokens"):
+            with self.subTest(failing=table):
+                before = self.counts()
+                self.sql("CREATE FUNCTION public.org_test_fail() RETURNS trigger LANGUAGE plpgsql"
+                         " AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$")
+                self.sql(f"CREATE TRIGGER org_test_fail BEFORE INSERT ON public.{table}"
+                         " FOR EACH ROW EXECUTE FUNCTION public.org_test_fail()")
+                try:
+                    slug, email = unique("rollback"), f"{unique('rb')}@example.com"
+                    status, doc, _ = self.server.json("POST", "/v1/orgs", {
+                        "name": "Rollback", "slug": slug,
+                        "admin": {"email": email, "password": PASSWORD}})
+                    self.assert_problem(status, doc, 500, "internal")
+                    self.assertNotIn("injected", json.dumps(doc))  # no SQL detail leaks
+                finally:
+                    self.sql(f"DROP TRIGGER org_test_fail ON public.{table}")
+                    self.sql("DROP FUNCTION public.org_test_fail()")
+                self.assertEqual(self.counts(), before)
+                self.assertEqual(self.sql(f"SELECT count(*) FROM public.orgs WHERE slug = '{slug}'"),
+                                 ["0"])
+                self.assertEqual(self.sql(
+                    f"SELECT count(*) FROM public.users WHERE email = '{email}'"), ["0"])
+                # The same signup succeeds once the failure is gone.
+                self.signup(name="Rollback", slug=slug, email=email)
+
+    def test_slug_rules(self):
+        bad = ["a", "x" * 51, "has space", "under_score", "sl/ash", "dot.dot", "ünï-code",
+               "'; DROP TABLE public.orgs; --", "", "tab\tslug", "emoji-🚀"]
+        before = self.counts()
+        for slug in bad:
+            with self.subTest(slug=slug):
+                status, doc, _ = self.server.json("POST", "/v1/orgs", {
+                    "name": "Slug Test", "slug": slug,
+                    "admin": {"email": f"{unique('s')}@example.com", "password": PASSWORD}})
+                self.assert_problem(status, doc, 422, "validation_failed")
+                self.assertIn("slug", [e["field"] for e in doc["errors"]])
+        self.assertEqual(self.counts(), before)
+        # Upper case is accepted and stored lowercase; 2 and 50 chars are the bounds.
+        base = uuid.uuid4().hex[:8]
+        self.assertEqual(self.signup(slug=f"Mixed-CASE-{base}")["org"]["slug"],
+                         f"mixed-case-{base}")
+        self.assertEqual(self.signup(slug="q7")["org"]["slug"], "q7")
+        fifty = ("z" + uuid.uuid4().hex * 2)[:50]
+        self.assertEqual(self.signup(slug=fifty)["org"]["slug"], fifty)
+
+    def test_slug_taken_is_409_case_insensitively(self):
+        slug = unique("dup")
+        self.signup(slug=slug)
+        before = self.counts()
+        for other in (slug, slug.upper(), slug.capitalize()):
+            with self.subTest(slug=other):
+                status, doc, _ = self.server.json("POST", "/v1/orgs", {
+                    "name": "Dup", "slug": other,
+                    "admin": {"email": f"{unique('d')}@example.com", "password": PASSWORD}})
+                self.assert_problem(status, doc, 409, "conflict")
+        self.assertEqual(self.counts(), before)
+
+    def test_derived_slug(self):
+        tag = uuid.uuid4().hex[:6]
+        cases = {
+            f"Hello, World! {tag}": f"hello-world-{tag}",
+            f"  --Acme   Widgets__Ltd.  {tag}  ": f"acme-widgets-ltd-{tag}",
+            f"Café Ünïcode {tag}": f"caf-n-code-{tag}",
+        }
+        for name, slug in cases.items():
+            with self.subTest(name=name):
+                org = self.signup(name=name)["org"]
+                self.assertEqual(org["name"], name)
+                self.assertEqual(org["slug"], slug)
+        # Long names are cut to 50 characters, without a trailing '-'.
+        long_name = tag + "-" + "a" * 43 + " b" + "c" * 30
+        org = self.signup(name=long_name)["org"]
+        self.assertEqual(org["slug"], tag + "-" + "a" * 43)
+        # A derived slug that is taken is a conflict like an explicit one.
+        status, doc, _ = self.server.json("POST", "/v1/orgs", {
+            "name": f"HELLO world {tag}", "admin": {"email": f"{unique('c')}@example.com",
+                                                   "password": PASSWORD}})
+        self.assert_problem(status, doc, 409, "conflict")
+        # Nothing usable to derive from: 422 on slug, asking for one.
+        before = self.counts()
+        for name in ("日本語", "!!", "x", "🚀🚀🚀"):
+            with self.subTest(name=name):
+                status, doc, _ = self.server.json("POST", "/v1/orgs", {
+                    "name": name, "admin": {"email": f"{unique('u')}@example.com",
+                                            "password": PASSWORD}})
+                self.assert_problem(status, doc, 422, "validation_failed")
+                self.assertEqual([e["field"] for e in doc["errors"]], ["slug"])
+        self.assertEqual(self.counts(), before)
+        # With an explicit slug a non-ASCII name is fine.
+        self.assertEqual(self.signup(name="日本語", slug=f"nihongo-{tag}")["org"]["name"], "日本語")
+
+    def test_hostile_input_creates_nothing(self):
+        before = self.counts()
+        good_admin = {"email": "h@example.com", "password": PASSWORD}
+        bad_json = [b"", b"{", b"not json", b"[]", b'"string"', b"null", b"42",
+                    b'{"name": "a", "name": "b", "admin": {}}',  # duplicate key
+                    b'{"name": "nul\\u0000byte", "admin": {}}',
+                    b"\xff\xfe{}"]
+        for body in bad_json:
+            with self.subTest(body=body):
+                r = self.server.request("POST", "/v1/orgs", body,
+                                        {"Content-Type": "application/json"})
+                doc = json.loads(r.body)
+                self.assert_problem(r.status, doc, 400, "bad_request")
+        fields = [
+            ({}, {"name", "admin"}),
+            ({"name": "x" * 3}, {"admin"}),
+            ({"admin": good_admin}, {"name"}),
+            ({"name": 5, "admin": good_admin}, {"name"}),
+            ({"name": None, "admin": good_admin}, {"name"}),
+            ({"name": ["a"], "admin": good_admin}, {"name"}),
+            ({"name": "ok name", "slug": 7, "admin": good_admin}, {"slug"}),
+            ({"name": "ok name", "admin": "admin@example.com"}, {"admin"}),
+            ({"name": "ok name", "admin": []}, {"admin"}),
+            ({"name": "ok name", "admin": {}}, {"admin.email", "admin.password"}),
+            ({"name": "ok name", "admin": {"email": 1, "password": True}},
+             {"admin.email", "admin.password"}),
+            ({"name": "ok name", "admin": {"email": "h@example.com", "password": "short"}},
+             {"admin.password"}),
+            ({"name": "ok name", "admin": {"email": "h@example.com", "password": "p" * 1025}},
+             {"admin.password"}),
+            ({"name": "ok name", "admin": dict(good_admin, name=5)}, {"admin.name"}),
+            ({"name": "ok name", "admin": dict(good_admin, name="n" * 101)}, {"admin.name"}),
+            ({"name": "", "admin": good_admin}, {"name"}),
+            ({"name": "   ", "admin": good_admin}, {"name"}),
+            ({"name": "n" * 101, "admin": good_admin}, {"name"}),
+            ({"name": "🚀" * 101, "admin": good_admin}, {"name"}),
+        ]
+        for email in ("no-at-sign", "a@b", "a@@example.com", "a@example..com", "@example.com",
+                      "a@-example.com", "a b@example.com", "<script>@example.com", ".a@example.com",
+                      "a..b@example.com", "a@example.com.", "a(b)@example.com",
+                      "x@example.com'; DROP TABLE public.users; --", "é@example.com",
+                      "a" * 65 + "@example.com", "a@" + "b" * 250 + ".com"):
+            fields.append(({"name": "ok name", "admin": {"email": email, "password": PASSWORD}},
+                           {"admin.email"}))
+        for body, want in fields:
+            with self.subTest(body=json.dumps(body)[:80]):
+                status, doc, _ = self.server.json("POST", "/v1/orgs", body)
+                self.assert_problem(status, doc, 422, "validation_failed")
+                self.assertEqual({e["field"] for e in doc["errors"]}, want, doc)
+                for e in doc["errors"]:
+                    self.assertTrue(e["message"])
+        # A name of about a megabyte: over the body limit (413) or the name limit (422).
+        for size in (1_000_000, 2_000_000):
+            with self.subTest(size=size):
+                status, doc, _ = self.server.json("POST", "/v1/orgs",
+                                                  {"name": "n" * size, "admin": good_admin})
+                self.assertIn(status, (413, 422), doc)
+        self.assertEqual(self.counts(), before)
+        self.assertEqual(self.server.get("/health").status, 200)
+
+    def test_hostile_but_valid_text_is_stored_verbatim(self):
+        """SQL-looking and unicode text that passes validation is data, never SQL."""
+        name = "Robert'); DROP TABLE public.orgs; -- 🚀 Ünïcode \"quoted\" \\ back"
+        email = f"o'brien+drop--table-{uuid.uuid4().hex[:6]}@example.com"
+        doc = self.signup(name=name, slug=f"drop-table-orgs--{uuid.uuid4().hex[:6]}", email=email)
+        self.assertEqual(doc["org"]["name"], name)
+        self.assertEqual(doc["user"]["email"], email)
+        self.assertEqual(self.sql("SELECT to_regclass('public.orgs') IS NOT NULL"), ["t"])
+        # 100 characters of 4 bytes each: the limit counts characters.
+        self.assertEqual(self.signup(name="🚀" * 100, slug=unique("rockets"))["org"]["name"],
+                         "🚀" * 100)
+
+    def test_get_by_slug_never_reveals_another_org(self):
+        a = self.signup()
+        b = self.signup()
+        tok = bearer(a["access_token"])
+        for slug in (b["org"]["slug"], "no-such-org-" + uuid.uuid4().hex[:6], "!!", "a",
+                     "x" * 51, "%27%20OR%201%3D1"):
+            with self.subTest(slug=slug):
+                status, doc, _ = self.server.json("GET", f"/v1/orgs/{slug}", headers=tok)
+                self.assert_problem(status, doc, 404, "not_found")
+        # Without a credential: 401.
+        status, doc, _ = self.server.json("GET", f"/v1/orgs/{a['org']['slug']}")
+        self.assert_problem(status, doc, 401, "unauthorized")
+        status, doc, _ = self.server.json("GET", "/v1/org")
+        self.assert_problem(status, doc, 401, "unauthorized")
+
+
+class RenameDeleteTest(OrgTestCase):
+
+    def test_rename_keeps_tokens_and_schema(self):
+        doc = self.signup(name="Before Rename")
+        org, tok = doc["org"], bearer(doc["access_token"])
+        schema = self.sql(f"SELECT schema_name FROM public.orgs WHERE id = '{org['id']}'")
+        new_slug = unique("renamed")
+        status, after, _ = self.server.json("PATCH", "/v1/org",
+                                            {"name": "After Rename", "slug": new_slug.upper()},
+                                            headers=tok)
+        self.assertEqual(status, 200, after)
+        self.assert_org(after)
+        self.assertEqual((after["id"], after["name"], after["slug"]),
+                         (org["id"], "After Rename", new_slug))
+        self.assertEqual(after["created_at"], org["created_at"])
+        self.assertGreater(after["updated_at"], org["updated_at"])
+        self.assertEqual(self.sql(f"SELECT schema_name FROM public.orgs WHERE id = '{org['id']}'"),
+                         schema)
+        # The old access token still works, and the org answers under its new slug only.
+        status, got, _ = self.server.json("GET", "/v1/org", headers=tok)
+        self.assertEqual((status, got), (200, after))
+        status, got, _ = self.server.json("GET", f"/v1/orgs/{new_slug}", headers=tok)
+        self.assertEqual((status, got), (200, after))
+        status, got, _ = self.server.json("GET", f"/v1/orgs/{org['slug']}", headers=tok)
+        self.assertEqual(status, 404, got)
+        # The old refresh token too.
+        status, pair, _ = self.server.json("POST", "/v1/auth/refresh",
+                                           {"refresh_token": doc["refresh_token"]})
+        self.assertEqual(status, 200, pair)
+        # The old slug is free for someone else.
+        self.signup(slug=org["slug"])
+
+    def test_patch_rules(self):
+        a, b = self.signup(), self.signup()
+        tok = bearer(a["access_token"])
+        # Another live org's slug, in any case: 409, nothing changes.
+        for slug in (b["org"]["slug"], b["org"]["slug"].upper()):
+            status, doc, _ = self.server.json("PATCH", "/v1/org", {"slug": slug}, headers=tok)
+            self.assert_problem(status, doc, 409, "conflict")
+        # Its own slug again: fine.
+        status, doc, _ = self.server.json("PATCH", "/v1/org", {"slug": a["org"]["slug"]},
+                                          headers=tok)
+        self.assertEqual(status, 200, doc)
+        self.assertEqual(doc["updated_at"], a["org"]["updated_at"])  # nothing changed
+        # Nothing asked: the org as it is.
+        status, doc, _ = self.server.json("PATCH", "/v1/org", {}, headers=tok)
+        self.assertEqual((status, doc), (200, a["org"]))
+        for body, field in (({"slug": "x"}, "slug"), ({"slug": "bad slug"}, "slug"),
+                            ({"slug": None}, "slug"), ({"slug": 12}, "slug"),
+                            ({"name": ""}, "name"), ({"name": None}, "name"),
+                            ({"name": "n" * 101}, "name"), ({"name": {"a": 1}}, "name")):
+            with self.subTest(body=body):
+                status, doc, _ = self.server.json("PATCH", "/v1/org", body, headers=tok)
+                self.assert_problem(status, doc, 422, "validation_failed")
+                self.assertEqual([e["field"] for e in doc["errors"]], [field])
+        for raw in (b"{", b"[]", b"null"):
+            r = self.server.request("PATCH", "/v1/org", raw,
+                                    dict(tok, **{"Content-Type": "application/json"}))
+            self.assertEqual(r.status, 400, r.body)
+        status, doc, _ = self.server.json("GET", "/v1/org", headers=tok)
+        self.assertEqual((status, doc), (200, a["org"]))
+        status, doc, _ = self.server.json("PATCH", "/v1/org", {"name": "x"})
+        self.assert_problem(status, doc, 401, "unauthorized")
+
+    def test_delete_removes_every_credential_and_the_schema(self):
+        doc = self.signup()
+        org, tok = doc["org"], bearer(doc["access_token"])
+        schema = "tenant_" + org["id"].replace("-", "")
+        status, key, _ = self.server.json("POST", "/v1/api-keys", {"name": "ci", "role": "admin"},
+                                          headers=tok)
+        self.assertEqual(status, 201, key)
+        status, _, _ = self.server.json("GET", "/v1/org", headers=bearer(key["key"]))
+        self.assertEqual(status, 200)
+        self.sql(f"UPDATE public.credit_accounts SET balance = balance WHERE org_id = '{org['id']}'")
+        self.sql(f"INSERT INTO public.credit_transactions (org_id, amount, type, balance_after)"
+                 f" VALUES ('{org['id']}', 0, 'adjustment', 0)")
+
+        r = self.server.request("DELETE", "/v1/org", headers=tok)
+        self.assertEqual(r.status, 204, r.body)
+        self.assertEqual(r.body, b"")
+
+        for name, cred in (("access token", tok), ("api key", bearer(key["key"]))):
+            with self.subTest(credential=name):
+                status, body, _ = self.server.json("GET", "/v1/org", headers=cred)
+                self.assert_problem(status, body, 401, "unauthorized")
+        status, body, _ = self.server.json("POST", "/v1/auth/refresh",
+                                           {"refresh_token": doc["refresh_token"]})
+        self.assertEqual(status, 401, body)
+        status, body, _ = self.server.json("POST", "/v1/auth/login", {
+            "email": doc["user"]["email"], "password": PASSWORD})
+        self.assertEqual(status, 401, body)
+
+        self.assertEqual(self.sql(f"SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'"),
+                         ["0"])
+        self.assertEqual(self.sql(f"SELECT status FROM public.orgs WHERE id = '{org['id']}'"),
+                         ["deleted"])
+        for table in ("users", "api_keys", "refresh_tokens"):
+            self.assertEqual(self.sql(
+                f"SELECT count(*) FROM public.{table} WHERE org_id = '{org['id']}'"), ["0"], table)
+        # The ledger stays, flagged.
+        self.assertEqual(self.sql(
+            f"SELECT count(*), bool_and(org_deleted) FROM public.credit_transactions"
+            f" WHERE org_id = '{org['id']}'"), ["1|t"])
+        # The slug is free again; the deleted org is not found under it.
+        again = self.signup(slug=org["slug"])
+        self.assertNotEqual(again["org"]["id"], org["id"])
+
+    def test_delete_twice_and_without_credential(self):
+        doc = self.signup()
+        tok = bearer(doc["access_token"])
+        r = self.server.request("DELETE", "/v1/org")
+        self.assertEqual(r.status, 401)
+        self.assertEqual(self.server.request("DELETE", "/v1/org", headers=tok).status, 204)
+        self.assertEqual(self.server.request("DELETE", "/v1/org", headers=tok).status, 401)
+
+
+class ClosedSignupTest(OrgTestCase):
+    OPERATOR = "op-" + uuid.uuid4().hex + uuid.uuid4().hex
+    server_env = dict(FAST_ARGON2, TENANTD_SIGNUP="closed", TENANTD_OPERATOR_TOKEN=OPERATOR)
+
+    def test_only_the_operator_creates_orgs(self):
+        before = self.counts()
+        for headers in (None, bearer("wrong"), bearer(self.OPERATOR[:-1]),
+                        bearer(self.OPERATOR + "x"), {"Authorization": self.OPERATOR},
+                        {"Authorization": f"Basic {self.OPERATOR}"}):
+            with self.subTest(headers=headers):
+                status, doc, _ = self.server.json("POST", "/v1/orgs", {
+                    "name": "Closed", "admin": {"email": "c@example.com", "password": PASSWORD}},
+                    headers)
+                self.assert_problem(status, doc, 403, "forbidden")
+        # An org admin's token is not the operator's either.
+        self.assertEqual(self.counts(), before)
+        doc = self.signup(headers=bearer(self.OPERATOR))
+        status, again, _ = self.server.json("POST", "/v1/orgs", {
+            "name": "Closed", "admin": {"email": "c@example.com", "password": PASSWORD}},
+            bearer(doc["access_token"]))
+        self.assert_problem(status, again, 403, "forbidden")
+        # The admin the operator created can use the org.
+        status, org, _ = self.server.json("GET", "/v1/org", headers=bearer(doc["access_token"]))
+        self.assertEqual((status, org), (200, doc["org"]))
+
+
+class ClosedSignupWithoutOperatorTest(OrgTestCase):
+    server_env = dict(FAST_ARGON2, TENANTD_SIGNUP="closed")
+
+    def test_nobody_creates_orgs(self):
+        for headers in (None, bearer("anything"), bearer("")):
+            status, doc, _ = self.server.json("POST", "/v1/orgs", {
+                "name": "Closed", "admin": {"email": "c@example.com", "password": PASSWORD}},
+                headers)
+            self.assert_problem(status, doc, 403, "forbidden")
+        self.assertEqual(self.sql("SELECT count(*) FROM public.orgs"), ["0"])
+
+
+class BadSignupConfigTest(unittest.TestCase):
+    def test_unknown_signup_mode_refuses_to_start(self):
+        pg = harness.cluster()
+        db = pg.create_db()
+        try:
+            server = harness.Server(pg.url(db), env={"TENANTD_SIGNUP": "maybe"})
+            with self.assertRaises(AssertionError) as cm:
+                server.start()
+            self.assertIn("TENANTD_SIGNUP", str(cm.exception))
+            server.stop()
+        finally:
+            pg.drop_db(db)
+
+
+if __name__ == "__main__":
+    unittest.main()
