@@ -23,7 +23,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         libuv1 libpq5 libargon2-1 libjansson4 libssl3 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin tenantd
+ && useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tenantd
 COPY --from=build /src/build/release/tenantd /usr/local/bin/tenantd
 USER tenantd:tenantd
 ENV TENANTD_LISTEN=0.0.0.0:8080 \
