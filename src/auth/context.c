@@ -41,6 +41,37 @@ static const struct db_stmt org_load = {
     .sql = "SELECT status, schema_name, slug FROM public.orgs WHERE id = $1",
 };
 
+/* last_used_at is refreshed when a key is loaded from the database, i.e.
+ * about once per cache TTL (30 s) per process, not on every request. */
+static const struct db_stmt key_touch = {
+    .name = "auth_key_touch",
+    .sql = "UPDATE public.api_keys SET last_used_at = now() WHERE id = $1",
+};
+
+struct touch {
+    char id[CACHE_ID_LEN + 1];
+    const char *param;
+};
+
+static void key_touched(struct db_result *r, void *ud)
+{
+    if (r->status == DB_ERROR)
+        log_msg(LOG_WARN, "auth: updating an API key's last use failed: %s",
+                r->message ? r->message : "?");
+    free(ud);
+}
+
+/* Fire and forget: the request does not wait for it. */
+static void key_touch_start(struct db_pool *pool, const char *id)
+{
+    struct touch *t = malloc(sizeof *t);
+    if (!t)
+        return;
+    snprintf(t->id, sizeof t->id, "%s", id);
+    t->param = t->id;
+    db_query(pool, NULL, &key_touch, 1, &t->param, key_touched, t);
+}
+
 /* One authentication in progress (request arena). */
 struct authn {
     struct request *req;
@@ -290,8 +321,10 @@ static void key_loaded(struct db_result *r, void *ud)
     cache_put_key(a->prefix, &k, a->epoch);
     cache_put_org(k.org_id, &a->org, a->epoch);
     check_key(a, &k);
-    if (!a->req->responded)
+    if (!a->req->responded) {
+        key_touch_start(a->req->ctx->db, k.id);
         finish(a);
+    }
 }
 
 static void auth_key(struct authn *a, const char *tok, size_t len)

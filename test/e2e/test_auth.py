@@ -199,6 +199,9 @@ class LoginTest(AuthCase):
         self.assertEqual(b["api_key"]["id"], kid)
         self.assertEqual(b["api_key"]["role"], "member")
         self.assertEqual(b["org"]["id"], self.acme["id"])
+        # last_used_at is written in the background, not awaited by the answer.
+        self.settles(lambda: self.sql(f"SELECT last_used_at IS NOT NULL FROM public.api_keys "
+                                      f"WHERE id = '{kid}'"), ["t"])
         # Password change is for users only.
         st, b, _ = self.server.json("POST", "/v1/auth/password",
                                     {"current_password": PW, "new_password": "x" * 12},
