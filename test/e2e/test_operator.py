@@ -3,7 +3,7 @@
 the operator credential itself (wrong or absent token, routes disabled when
 TENANTD_OPERATOR_TOKEN is unset)."""
 import base64
-import json
+import time
 import unittest
 import uuid
 
@@ -197,6 +197,63 @@ class OperatorTest(OrgTestCase):
         # Nothing happened to the org.
         status, org, _ = self.server.json("GET", "/v1/org", headers=bearer(victim["access_token"]))
         self.assertEqual((status, org), (200, victim["org"]))
+
+
+class TwoServersTest(OrgTestCase):
+    """Org changes made through one server reach another server's auth cache
+    (the orgs trigger's NOTIFY), so a second instance never serves a
+    suspended, renamed or deleted org from stale memory."""
+    # One JWT secret for both, as in any real deployment of several instances.
+    server_env = dict(FAST_ARGON2, TENANTD_OPERATOR_TOKEN=OPERATOR,
+                      TENANTD_JWT_SECRET="s" + uuid.uuid4().hex + uuid.uuid4().hex)
+    OP = bearer(OPERATOR)
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.other = harness.Server(cls.db_url, env=cls.server_env, args=("serve",)).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            rc = cls.other.stop()
+            if rc != 0:
+                raise AssertionError(f"second tenantd exited with {rc}:\n{cls.other.log()}")
+        finally:
+            super().tearDownClass()
+
+    def eventually(self, fn, want, timeout=5.0):
+        deadline = time.time() + timeout
+        while True:
+            got = fn()
+            if got == want or time.time() > deadline:
+                self.assertEqual(got, want)
+                return
+            time.sleep(0.05)
+
+    def test_changes_reach_the_other_server(self):
+        doc = self.signup()
+        tok, slug = bearer(doc["access_token"]), doc["org"]["slug"]
+
+        def status_on_other(headers=tok):
+            return self.other.json("GET", "/v1/org", headers=headers)[0]
+
+        self.assertEqual(status_on_other(), 200)  # now cached there
+        self.assertEqual(self.server.json("POST", f"/v1/admin/orgs/{slug}/suspend",
+                                          headers=self.OP)[0], 200)
+        self.eventually(status_on_other, 403)
+        self.assertEqual(self.server.json("POST", f"/v1/admin/orgs/{slug}/unsuspend",
+                                          headers=self.OP)[0], 200)
+        self.eventually(status_on_other, 200)
+
+        new_slug = unique("moved")
+        self.assertEqual(self.server.json("PATCH", "/v1/org", {"slug": new_slug}, headers=tok)[0],
+                         200)
+        self.eventually(lambda: status_on_other(dict(tok, **{"X-Org-Name": new_slug})), 200)
+        self.assertEqual(status_on_other(dict(tok, **{"X-Org-Name": slug})), 403)
+
+        self.assertEqual(self.server.request("DELETE", "/v1/org", headers=tok).status, 204)
+        self.eventually(status_on_other, 401)
 
 
 class OperatorDisabledTest(OrgTestCase):

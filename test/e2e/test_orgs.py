@@ -4,6 +4,7 @@ and deletion (GET|PATCH|DELETE /v1/org, GET /v1/orgs/{slug})."""
 import hashlib
 import json
 import re
+import threading
 import unittest
 import uuid
 
@@ -298,6 +299,77 @@ class SignupTest(OrgTestCase):
         self.assert_problem(status, doc, 401, "unauthorized")
 
 
+class SignupConcurrencyTest(OrgTestCase):
+    server_env = dict(FAST_ARGON2)
+
+    def test_same_slug_at_once_exactly_one_wins(self):
+        slug = unique("race")
+        before = self.counts()
+        results = []
+
+        def one(i):
+            status, doc, _ = self.server.json("POST", "/v1/orgs", {
+                "name": "Race", "slug": slug,
+                "admin": {"email": f"r{i}@example.com", "password": PASSWORD}})
+            results.append((status, doc))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(sorted(s for s, _ in results), [201] + [409] * 7, results)
+        self.assertEqual(self.sql(f"SELECT count(*) FROM public.orgs WHERE slug = '{slug}'"), ["1"])
+        self.assertEqual([int(a) - int(b) for a, b in zip(self.counts(), before)], [1] * 5)
+
+    def test_new_schemas_are_what_migrate_up_makes(self):
+        """Signup applies the binary's tenant migrations with the runner's
+        bookkeeping: `migrate status` sees the schemas current, `migrate up`
+        has nothing to do."""
+        for _ in range(2):
+            self.signup()
+        n = self.sql("SELECT count(*) FROM public.orgs WHERE status <> 'deleted'")[0]
+        cp = harness.run_tenantd(["migrate", "status"], self.db_url)
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        self.assertIn(f"{n} current, 0 behind", cp.stdout)
+        cp = harness.run_tenantd(["migrate", "up"], self.db_url)
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        self.assertIn(f"0 migrated, {n} already current", cp.stdout + cp.stderr)
+
+
+class SignupBusyTest(OrgTestCase):
+    """A saturated password pool answers 503 + Retry-After at once, and such a
+    signup creates nothing."""
+    server_env = {"TENANTD_ARGON2_M_KIB": "32768", "TENANTD_ARGON2_T": "3",
+                  "TENANTD_HASH_THREADS": "1", "TENANTD_HASH_QUEUE": "1"}
+
+    def test_busy_is_503_and_creates_nothing(self):
+        results = []
+
+        def one(i):
+            status, doc, r = self.server.json("POST", "/v1/orgs", {
+                "name": f"Busy {i}", "slug": f"busy-{i}",
+                "admin": {"email": f"b{i}@example.com", "password": PASSWORD}})
+            results.append((i, status, doc, r.getheader("Retry-After")))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        created = {i for i, status, _, _ in results if status == 201}
+        busy = [(i, doc, ra) for i, status, doc, ra in results if status == 503]
+        self.assertEqual(len(created) + len(busy), 12, results)
+        self.assertTrue(created)
+        self.assertTrue(busy, "12 signups at once never filled a queue of 1")
+        for i, doc, retry_after in busy:
+            self.assertEqual(doc["code"], "unavailable")
+            self.assertEqual(retry_after, "1")
+        self.assertEqual(sorted(self.sql("SELECT slug FROM public.orgs")),
+                         sorted(f"busy-{i}" for i in created))
+        self.assertEqual(self.sql("SELECT count(*) FROM public.users")[0], str(len(created)))
+
+
 class RenameDeleteTest(OrgTestCase):
 
     def test_rename_keeps_tokens_and_schema(self):
@@ -323,6 +395,13 @@ class RenameDeleteTest(OrgTestCase):
         self.assertEqual((status, got), (200, after))
         status, got, _ = self.server.json("GET", f"/v1/orgs/{org['slug']}", headers=tok)
         self.assertEqual(status, 404, got)
+        # X-Org-Name follows the rename at once.
+        status, got, _ = self.server.json("GET", "/v1/org",
+                                          headers=dict(tok, **{"X-Org-Name": new_slug}))
+        self.assertEqual(status, 200, got)
+        status, got, _ = self.server.json("GET", "/v1/org",
+                                          headers=dict(tok, **{"X-Org-Name": org["slug"]}))
+        self.assert_problem(status, got, 403, "forbidden")
         # The old refresh token too.
         status, pair, _ = self.server.json("POST", "/v1/auth/refresh",
                                            {"refresh_token": doc["refresh_token"]})
