@@ -97,11 +97,13 @@ static void setup_db(void)
     if (env && *env) {
         snprintf(base_url, sizeof base_url, "%s", env);
     } else {
-        CHECK(system(TENANTD_SOURCE_DIR "/deps/pg.sh start >/dev/null") == 0,
-              "deps/pg.sh start failed");
         const char *port = getenv("TENANTD_PG_PORT");
         snprintf(base_url, sizeof base_url, "postgresql://tenantd@127.0.0.1:%s/tenantd",
                  port && *port ? port : "55432");
+        /* Start the shared cluster only when it is not already serving. */
+        if (PQping(base_url) != PQPING_OK)
+            CHECK(system(TENANTD_SOURCE_DIR "/deps/pg.sh start >/dev/null") == 0,
+                  "deps/pg.sh start failed");
     }
     PGconn *root = PQconnectdb(base_url);
     CHECK(PQstatus(root) == CONNECTION_OK, "cannot connect to %s: %s", base_url,
