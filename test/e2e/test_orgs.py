@@ -484,6 +484,35 @@ class RenameDeleteTest(OrgTestCase):
         again = self.signup(slug=org["slug"])
         self.assertNotEqual(again["org"]["id"], org["id"])
 
+    def test_members_and_member_keys_read_but_do_not_change_the_org(self):
+        doc = self.signup()
+        admin = bearer(doc["access_token"])
+        email = f"{unique('m')}@example.com"
+        status, user, _ = self.server.json("POST", "/v1/users", {
+            "email": email, "password": PASSWORD, "role": "member"}, headers=admin)
+        self.assertEqual(status, 201, user)
+        status, login, _ = self.server.json("POST", "/v1/auth/login", {
+            "email": email, "password": PASSWORD})
+        self.assertEqual(status, 200, login)
+        status, key, _ = self.server.json("POST", "/v1/api-keys", {"name": "ro", "role": "member"},
+                                          headers=admin)
+        self.assertEqual(status, 201, key)
+        for name, cred in (("member", bearer(login["access_token"])),
+                           ("member key", bearer(key["key"]))):
+            with self.subTest(credential=name):
+                status, got, _ = self.server.json("GET", "/v1/org", headers=cred)
+                self.assertEqual((status, got), (200, doc["org"]))
+                status, got, _ = self.server.json("GET", f"/v1/orgs/{doc['org']['slug']}",
+                                                  headers=cred)
+                self.assertEqual((status, got), (200, doc["org"]))
+                status, got, _ = self.server.json("PATCH", "/v1/org", {"name": "Taken Over"},
+                                                  headers=cred)
+                self.assert_problem(status, got, 403, "forbidden")
+                r = self.server.request("DELETE", "/v1/org", headers=cred)
+                self.assertEqual(r.status, 403, r.body)
+        status, got, _ = self.server.json("GET", "/v1/org", headers=admin)
+        self.assertEqual((status, got), (200, doc["org"]))
+
     def test_delete_twice_and_without_credential(self):
         doc = self.signup()
         tok = bearer(doc["access_token"])
