@@ -530,6 +530,8 @@ static void signup_done(struct db_result *r, void *ud)
                               "\"refresh_token\":\"%s\",\"token_type\":\"Bearer\","
                               "\"expires_in\":%" PRId64 "}",
                               org, user, access, s->refresh, auth_access_ttl());
+    /* Credentials in the body: never cached (RFC 6749 section 5.1). */
+    http_set_header(req, "Cache-Control", "no-store");
     http_respond(req, 201, "application/json", body, strlen(body));
 }
 

@@ -69,7 +69,13 @@ class SignupTest(OrgTestCase):
 
     def test_signup_creates_everything(self):
         slug = unique("acme")
-        doc = self.signup(name="Acme Inc", slug=slug, email="Founder@Example.COM")
+        status, doc, r = self.server.json("POST", "/v1/orgs", {
+            "name": "Acme Inc", "slug": slug,
+            "admin": {"email": "Founder@Example.COM", "password": PASSWORD, "name": "Ada"}})
+        self.assertEqual(status, 201, doc)
+        self.assertEqual(r.getheader("Cache-Control"), "no-store")
+        self.assertTrue(r.getheader("Content-Type").startswith("application/json"))
+        self.assertEqual(doc["user"]["name"], "Ada")
         self.assertEqual(set(doc), {"org", "user", "access_token", "refresh_token", "token_type",
                                     "expires_in"})
         org, user = doc["org"], doc["user"]
