@@ -257,6 +257,11 @@ static void set_live(bool live)
     pthread_rwlock_unlock(&C.lock);
 }
 
+void cache_set_live_for_test(bool live)
+{
+    set_live(live);
+}
+
 bool cache_live(void)
 {
     pthread_rwlock_rdlock(&C.lock);

@@ -70,4 +70,7 @@ void cache_invalidate(const char *payload);
 /* True while the listener is connected and the cache serves hits (tests, /ready). */
 bool cache_live(void);
 
+/* Unit tests only: serve and fill without a listener. */
+void cache_set_live_for_test(bool live);
+
 #endif
