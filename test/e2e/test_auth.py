@@ -401,6 +401,46 @@ class PasswordAndCacheTest(AuthCase):
         self.settles(post, 422)
 
 
+class MultiLoopTest(AuthCase):
+    """Two loops share one cache and one password pool: concurrent logins,
+    refresh chains and cached authentications, while the rows change under
+    them, all answer correctly (and cleanly under the sanitizers)."""
+    server_env = dict(FAST_ARGON2, TENANTD_LOGIN_LIMIT="0", TENANTD_THREADS="2")
+
+    def test_concurrent_mix(self):
+        org = self.seed("busy", [("u1@busy.io", PW, "admin"), ("u2@busy.io", PW, "member")])
+        key, _ = self.add_key(org["id"], role="member")
+
+        def worker(i):
+            email = "u1@busy.io" if i % 2 else "u2@busy.io"
+            t = self.tokens(email)
+            out = []
+            for n in range(15):
+                out.append(self.me(t["access_token"])[0])
+                out.append(self.me(key)[0])
+                if n % 5 == 0:
+                    st, t2, _ = self.refresh(t["refresh_token"])
+                    out.append(st)
+                    if st == 200:
+                        t = t2
+            return out
+
+        def churn():
+            for n in range(10):
+                role = "member" if n % 2 == 0 else "admin"
+                self.sql(f"UPDATE public.users SET role = '{role}' WHERE org_id = '{org['id']}' "
+                         "AND email = 'u1@busy.io'")
+                self.sql(f"UPDATE public.orgs SET slug = 'busy{n}' WHERE id = '{org['id']}'")
+                time.sleep(0.01)
+
+        with concurrent.futures.ThreadPoolExecutor(9) as ex:
+            ch = ex.submit(churn)
+            results = list(ex.map(worker, range(8)))
+            ch.result()
+        flat = [x for r in results for x in r]
+        self.assertEqual(set(flat), {200}, flat)
+
+
 class LoginRateLimitTest(AuthCase):
     server_env = dict(FAST_ARGON2, TENANTD_LOGIN_LIMIT="3")
 
