@@ -21,11 +21,11 @@
 
 #include "core/log.h"
 
-#define NBUCKETS 8192          /* power of two */
-#define MAX_ENTRIES 200000     /* beyond this the table is flushed: memory stays bounded */
-#define TTL_KEY_S 30           /* API keys: short, they are revoked by delete */
-#define TTL_OTHER_S 300        /* orgs and users */
-#define KEY_MAX 48             /* "user:" + 36 chars fits */
+#define NBUCKETS 8192      /* power of two */
+#define MAX_ENTRIES 200000 /* beyond this the table is flushed: memory stays bounded */
+#define TTL_KEY_S 30       /* API keys: short, they are revoked by delete */
+#define TTL_OTHER_S 300    /* orgs and users */
+#define KEY_MAX 48         /* "user:" + 36 chars fits */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
@@ -292,8 +292,13 @@ static PGconn *listen_connect(void)
 {
     /* expand_dbname: the URL/conninfo first, then ours override. Keepalives
      * notice a dead peer on an idle connection within about a minute. */
-    const char *keys[] = {"dbname", "application_name", "connect_timeout", "keepalives_idle",
-                          "keepalives_interval", "keepalives_count", NULL};
+    const char *keys[] = {"dbname",
+                          "application_name",
+                          "connect_timeout",
+                          "keepalives_idle",
+                          "keepalives_interval",
+                          "keepalives_count",
+                          NULL};
     const char *vals[] = {C.conninfo, "tenantd-cache", "5", "30", "10", "3", NULL};
     PGconn *conn = PQconnectdbParams(keys, vals, 1);
     if (!conn)

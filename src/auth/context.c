@@ -79,7 +79,7 @@ struct authn {
     char principal[CACHE_ID_LEN + 1]; /* user id or API key id */
     char org_id[CACHE_ID_LEN + 1];
     enum auth_role role;
-    int64_t ver;                      /* token's ver claim */
+    int64_t ver; /* token's ver claim */
     char prefix[TOKEN_API_KEY_PREFIX_LEN + 1];
     char key_hash[TOKEN_SHA256_HEX_BUFSZ];
     struct cache_org org;
@@ -133,7 +133,8 @@ static bool col(PGresult *res, int row, int c, char *buf, size_t len)
 static bool org_cols(PGresult *res, int c, struct cache_org *o)
 {
     char status[16];
-    if (!col(res, 0, c, status, sizeof status) || !col(res, 0, c + 1, o->schema, sizeof o->schema) ||
+    if (!col(res, 0, c, status, sizeof status) ||
+        !col(res, 0, c + 1, o->schema, sizeof o->schema) ||
         !col(res, 0, c + 2, o->slug, sizeof o->slug))
         return false;
     o->status = org_status_parse(status);
@@ -290,8 +291,8 @@ static void user_loaded(struct db_result *r, void *ud)
 
 static void check_key(struct authn *a, const struct cache_key *k)
 {
-    if (k->revoked || !token_equal(k->key_hash, strlen(k->key_hash), a->key_hash,
-                                   strlen(a->key_hash))) {
+    if (k->revoked ||
+        !token_equal(k->key_hash, strlen(k->key_hash), a->key_hash, strlen(a->key_hash))) {
         log_msg(LOG_DEBUG, "auth: API key %s revoked or wrong secret", a->prefix);
         auth_respond_unauthorized(a->req, GENERIC_401);
         return;
@@ -384,7 +385,8 @@ void auth_dispatch(struct request *req)
     }
     const char *h = http_header(req, "Authorization");
     if (!h) {
-        auth_respond_unauthorized(req, "This route needs a credential: Authorization: Bearer <token>.");
+        auth_respond_unauthorized(req,
+                                  "This route needs a credential: Authorization: Bearer <token>.");
         return;
     }
     size_t len = 0;

@@ -201,8 +201,8 @@ static bool rate_ok(struct request *req, const char *key, size_t keylen,
         http_set_header(req, "Retry-After", v);
         set_rl_headers(req, deny);
         problem_respond(req, PROBLEM_RATE_LIMITED,
-                        arena_printf(req->arena,
-                                     "Too many attempts; retry in %u seconds.", deny->retry_after_s));
+                        arena_printf(req->arena, "Too many attempts; retry in %u seconds.",
+                                     deny->retry_after_s));
         return false;
     }
     *shown = a.remaining <= b.remaining ? a : b;
