@@ -800,13 +800,14 @@ static struct conn *find_bound(struct db_pool *p, const char *schema)
 }
 
 /* A connection with an empty pipeline to switch: one drained for this very
- * purpose first, then one never bound, then the one idle the longest. */
-static struct conn *find_idle(struct db_pool *p)
+ * purpose first (only when `drained_too`), then one never bound, then the
+ * one idle the longest. */
+static struct conn *find_idle(struct db_pool *p, bool drained_too)
 {
     struct conn *best = NULL;
     for (int i = 0; i < p->size; i++) {
         struct conn *c = &p->conns[i];
-        if (c->state != CONN_READY || c->inflight > 0)
+        if (c->state != CONN_READY || c->inflight > 0 || (c->draining && !drained_too))
             continue;
         if (!best || (c->draining && !best->draining) ||
             (c->draining == best->draining &&
@@ -836,17 +837,29 @@ static bool place_bound(struct db_pool *p, struct dbq *q)
     return true;
 }
 
+static bool schema_bound(const struct db_pool *p, const char *schema)
+{
+    for (int i = 0; i < p->size; i++) {
+        const struct conn *c = &p->conns[i];
+        if (c->state == CONN_READY && c->has_schema && strcmp(c->schema, schema) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* A query whose schema is being switched onto a connection right now waits
- * for that one round trip instead of switching a second connection. */
+ * for that one round trip instead of switching a second connection. A
+ * drained connection is kept for a schema no connection is bound to (that
+ * is what it was drained for). */
 static bool place_switch(struct db_pool *p, struct dbq *q)
 {
     if (schema_switching(p, q->schema))
         return false;
-    struct conn *c = find_idle(p);
+    struct conn *c = find_idle(p, !schema_bound(p, q->schema));
     if (!c)
         return false;
     c->draining = false;
-    conn_send(c, q, true);
+    conn_send(c, q, !(c->has_schema && strcmp(c->schema, q->schema) == 0));
     return true;
 }
 
