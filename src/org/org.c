@@ -82,8 +82,7 @@ const struct module org_module = {
     .shutdown = org_shutdown,
 };
 
-#define ORG_NAME_MAX 100  /* characters (code points) */
-#define USER_NAME_MAX 100 /* characters */
+#define NAME_MAX_CHARS 100 /* org and user display names, in code points */
 #define SLUG_MIN 2
 #define SLUG_MAX 50
 #define EMAIL_MAX 254
@@ -292,12 +291,18 @@ static json_t *body_object(struct request *req)
     return j;
 }
 
-/* Code points of a valid UTF-8 string (jansson only hands out valid UTF-8). */
-static size_t utf8_chars(const char *s)
+/* Code points of a valid UTF-8 string (jansson only hands out valid UTF-8),
+ * and whether it holds a control character (C0, DEL or C1). */
+static size_t utf8_chars(const char *s, bool *has_control)
 {
     size_t n = 0;
-    for (; *s; s++)
-        n += ((unsigned char)*s & 0xC0) != 0x80;
+    *has_control = false;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if ((*p & 0xC0) != 0x80)
+            n++;
+        if (*p < 0x20 || *p == 0x7F || (*p == 0xC2 && p[1] >= 0x80 && p[1] <= 0x9F))
+            *has_control = true;
+    }
     return n;
 }
 
@@ -309,16 +314,37 @@ static bool blank(const char *s)
     return true;
 }
 
-/* Checks an org name (1..100 characters, not only spaces); NULL when fine,
- * else the message for the errors list. */
-static const char *org_name_problem(const char *s)
+/* Checks a display name (an org's, or the admin's): 1..100 characters, not
+ * only spaces, no control characters, as the users routes require. NULL
+ * when fine, else the message for the errors list. */
+static const char *name_problem(const char *s)
 {
-    size_t n = utf8_chars(s);
-    if (n == 0 || blank(s))
-        return "must not be empty";
-    if (n > ORG_NAME_MAX)
-        return "must be at most 100 characters";
+    bool ctl;
+    size_t n = utf8_chars(s, &ctl);
+    if (n < 1 || n > NAME_MAX_CHARS || blank(s))
+        return "must be 1 to 100 characters, not only spaces";
+    if (ctl)
+        return "must not contain control characters";
     return NULL;
+}
+
+/* Adds an "is not a known field" error for every key of obj not in allowed
+ * (NULL-ended), prefixed for nested objects, so a typo is not silently
+ * ignored (the users routes do the same). */
+static void check_known_fields(json_t *obj, const char *const *allowed, const char *prefix,
+                               struct arena *a, json_t **errors)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v)
+    {
+        bool ok = false;
+        for (const char *const *k = allowed; *k && !ok; k++)
+            ok = strcmp(*k, key) == 0;
+        if (!ok)
+            problem_add_error(errors, prefix ? arena_printf(a, "%s.%s", prefix, key) : key,
+                              "is not a known field");
+    }
 }
 
 static bool slug_char(char c)
@@ -611,22 +637,22 @@ static void orgs_create(struct request *req)
     bool present;
     struct signup *s = arena_calloc(req->arena, sizeof *s);
     s->req = req;
+    static const char *const fields[] = {"name", "slug", "admin", NULL};
+    check_known_fields(body, fields, NULL, req->arena, &errors);
 
     s->name = string_member(body, "name", false, &errors, "name", &present);
+    const char *name_why = s->name ? name_problem(s->name) : NULL;
     if (!present)
         problem_add_error(&errors, "name", "is required");
-    else if (s->name) {
-        const char *why = org_name_problem(s->name);
-        if (why)
-            problem_add_error(&errors, "name", why);
-    }
+    else if (name_why)
+        problem_add_error(&errors, "name", name_why);
 
     const char *slug = string_member(body, "slug", true, &errors, "slug", &present);
     if (slug) {
         s->slug = slug_lower(req->arena, slug);
         if (!slug_valid(s->slug))
             problem_add_error(&errors, "slug", "must be 2..50 characters of a-z, 0-9 and '-'");
-    } else if (s->name && !errors) {
+    } else if (s->name && !name_why) {
         s->slug = slug_derive(req->arena, s->name);
         if (!slug_valid(s->slug))
             problem_add_error(&errors, "slug",
@@ -656,8 +682,11 @@ static void orgs_create(struct request *req)
             problem_add_error(&errors, "admin.password", "must be 8..1024 bytes");
 
         s->user_name = string_member(admin, "name", true, &errors, "admin.name", &present);
-        if (s->user_name && utf8_chars(s->user_name) > USER_NAME_MAX)
-            problem_add_error(&errors, "admin.name", "must be at most 100 characters");
+        const char *why = s->user_name ? name_problem(s->user_name) : NULL;
+        if (why)
+            problem_add_error(&errors, "admin.name", why);
+        static const char *const admin_fields[] = {"email", "password", "name", NULL};
+        check_known_fields(admin, admin_fields, "admin", req->arena, &errors);
     }
     if (errors) {
         problem_respond_errors(req, "The request has invalid fields.", errors);
@@ -742,9 +771,11 @@ static void org_patch(struct request *req)
         return;
     json_t *errors = NULL;
     bool has_name, has_slug;
+    static const char *const fields[] = {"name", "slug", NULL};
+    check_known_fields(body, fields, NULL, req->arena, &errors);
     const char *name = string_member(body, "name", false, &errors, "name", &has_name);
     if (name) {
-        const char *why = org_name_problem(name);
+        const char *why = name_problem(name);
         if (why)
             problem_add_error(&errors, "name", why);
     }

@@ -253,6 +253,15 @@ class SignupTest(OrgTestCase):
             ({"name": "   ", "admin": good_admin}, {"name"}),
             ({"name": "n" * 101, "admin": good_admin}, {"name"}),
             ({"name": "🚀" * 101, "admin": good_admin}, {"name"}),
+            ({"name": "bell\u0007", "admin": good_admin}, {"name"}),
+            ({"name": "two\nlines", "admin": good_admin}, {"name"}),
+            ({"name": "c1\u0085", "admin": good_admin}, {"name"}),
+            ({"name": "ok name", "admin": dict(good_admin, name="")}, {"admin.name"}),
+            ({"name": "ok name", "admin": dict(good_admin, name="tab\t")}, {"admin.name"}),
+            ({"name": "ok name", "nmae": "typo", "admin": good_admin}, {"nmae"}),
+            ({"name": "ok name", "admin": dict(good_admin, role="member")}, {"admin.role"}),
+            ({"name": "ok name", "id": str(uuid.uuid4()), "status": "suspended",
+              "admin": good_admin}, {"id", "status"}),
         ]
         for email in ("no-at-sign", "a@b", "a@@example.com", "a@example..com", "@example.com",
                       "a@-example.com", "a b@example.com", "<script>@example.com", ".a@example.com",
@@ -433,7 +442,9 @@ class RenameDeleteTest(OrgTestCase):
         for body, field in (({"slug": "x"}, "slug"), ({"slug": "bad slug"}, "slug"),
                             ({"slug": None}, "slug"), ({"slug": 12}, "slug"),
                             ({"name": ""}, "name"), ({"name": None}, "name"),
-                            ({"name": "n" * 101}, "name"), ({"name": {"a": 1}}, "name")):
+                            ({"name": "n" * 101}, "name"), ({"name": {"a": 1}}, "name"),
+                            ({"name": "new\nline"}, "name"), ({"status": "active"}, "status"),
+                            ({"id": str(uuid.uuid4())}, "id")):
             with self.subTest(body=body):
                 status, doc, _ = self.server.json("PATCH", "/v1/org", body, headers=tok)
                 self.assert_problem(status, doc, 422, "validation_failed")
