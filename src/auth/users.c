@@ -17,7 +17,6 @@
 #include "auth/auth.h"
 
 #include <ctype.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -62,6 +61,8 @@ const struct module users_module = {
     .routes = users_routes,
 };
 
+/* SQL reads better laid out by hand. */
+/* clang-format off */
 /* ---- SQL ---------------------------------------------------------------- */
 
 /* RFC 3339 UTC text and the User resource: SQL functions of migration
@@ -166,6 +167,8 @@ static const struct db_stmt q_keys_delete = {
     "WHERE k.id = $2::uuid AND k.org_id = $1::uuid AND k.revoked_at IS NULL RETURNING k.prefix",
 };
 
+/* clang-format on */
+
 /* ---- helpers ------------------------------------------------------------ */
 
 #define NAME_MAX_CHARS 100
@@ -188,7 +191,8 @@ static const struct auth_ctx *org_caller(struct request *req)
 {
     const struct auth_ctx *a = auth_ctx(req);
     if (!a || a->kind == AUTH_KIND_OPERATOR || a->org_id[0] == '\0') {
-        problem_respond(req, PROBLEM_FORBIDDEN, "This route needs a credential of an organization.");
+        problem_respond(req, PROBLEM_FORBIDDEN,
+                        "This route needs a credential of an organization.");
         return NULL;
     }
     return a;
@@ -366,8 +370,8 @@ static const char *take_name(json_t *v, const char *field, json_t **errors)
         return NULL;
     }
     const char *s = json_string_value(v);
-    const char *why = strlen(s) != json_string_length(v) ? "must not contain NUL characters"
-                                                          : name_problem(s);
+    const char *why =
+        strlen(s) != json_string_length(v) ? "must not contain NUL characters" : name_problem(s);
     if (why) {
         problem_add_error(errors, field, why);
         return NULL;
@@ -420,7 +424,8 @@ static bool page_params(struct request *req, int *limit, const char **ts, const 
         /* The timestamp part: digits where digits go, the rest literal. */
         static const char shape[] = "dddd-dd-ddTdd:dd:dd.ddddddZ";
         for (int i = 0; ok && i < CURSOR_TS_LEN; i++)
-            ok = shape[i] == 'd' ? (raw[i] >= '0' && raw[i] <= '9') : raw[i] == (unsigned char)shape[i];
+            ok = shape[i] == 'd' ? (raw[i] >= '0' && raw[i] <= '9')
+                                 : raw[i] == (unsigned char)shape[i];
         if (!ok) {
             problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
         } else {
@@ -441,7 +446,8 @@ static void respond_db_failure(struct request *req, const struct db_result *r, c
 {
     if (r->status == DB_UNAVAILABLE) {
         http_set_header(req, "Retry-After", "1");
-        problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unavailable; try again shortly.");
+        problem_respond(req, PROBLEM_UNAVAILABLE,
+                        "The database is unavailable; try again shortly.");
         return;
     }
     log_msg(LOG_ERROR, "%s failed: %s (%s)", what, r->message ? r->message : "?",
@@ -476,7 +482,8 @@ static void org_query(struct request *req, const struct auth_ctx *a, const struc
     struct db_pool *pool = pool_of(req);
     if (!pool) {
         http_set_header(req, "Retry-After", "1");
-        problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unavailable; try again shortly.");
+        problem_respond(req, PROBLEM_UNAVAILABLE,
+                        "The database is unavailable; try again shortly.");
         return;
     }
     db_query(pool, a->schema, stmt, n, values, cb, ud);
@@ -507,17 +514,17 @@ static void list_done(struct db_result *r, void *ud)
                            "list");
         return;
     }
-    char cursor[CURSOR_B64_BUFSZ + 2] = "null";
+    /* base64url needs no escaping inside a JSON string. */
+    const char *cursor = "null";
     if (pos) {
         char enc[CURSOR_B64_BUFSZ];
         if (strlen(pos) != CURSOR_RAW_LEN ||
             token_b64url_encode(pos, CURSOR_RAW_LEN, enc, sizeof enc) < 0) {
-            respond_db_failure(req,
-                               &(struct db_result){.status = DB_ERROR, .message = "bad cursor"},
-                               "list");
+            respond_db_failure(
+                req, &(struct db_result){.status = DB_ERROR, .message = "bad cursor"}, "list");
             return;
         }
-        snprintf(cursor, sizeof cursor, "\"%s\"", enc);
+        cursor = arena_printf(req->arena, "\"%s\"", enc);
     }
     char *body = arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":%s}", data, cursor);
     http_respond(req, 200, "application/json", body, strlen(body));
@@ -593,12 +600,14 @@ static void user_create_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
     if (is_sqlstate(r, "23505")) {
-        problem_respond(req, PROBLEM_CONFLICT, "A user with this email already exists in the organization.");
+        problem_respond(req, PROBLEM_CONFLICT,
+                        "A user with this email already exists in the organization.");
         return;
     }
     if (is_sqlstate(r, "23503")) {
         /* The org went away between authentication and the insert. */
-        problem_respond(req, PROBLEM_UNAUTHORIZED, "The credential's organization no longer exists.");
+        problem_respond(req, PROBLEM_UNAUTHORIZED,
+                        "The credential's organization no longer exists.");
         return;
     }
     if (r->status != DB_OK) {
@@ -690,6 +699,10 @@ static void users_create(struct request *req)
     c->values[1] = email;
     c->values[2] = name ? arena_strdup(req->arena, name) : NULL;
     c->values[3] = role;
+    if (!req->ctx) {
+        problem_respond(req, PROBLEM_UNAVAILABLE, "The server is shutting down.");
+        return;
+    }
     int rc = password_hash_async(req->ctx->loop, pw, pwlen, user_hashed, c);
     if (rc == PASSWORD_EBUSY) {
         http_set_header(req, "Retry-After", "1");
@@ -874,7 +887,8 @@ static void key_create_done(struct db_result *r, void *ud)
         return;
     }
     if (is_sqlstate(r, "23503")) {
-        problem_respond(req, PROBLEM_UNAUTHORIZED, "The credential's organization no longer exists.");
+        problem_respond(req, PROBLEM_UNAUTHORIZED,
+                        "The credential's organization no longer exists.");
         return;
     }
     if (r->status != DB_OK) {
