@@ -289,17 +289,19 @@ static void user_loaded(struct db_result *r, void *ud)
     finish(a);
 }
 
-static void check_key(struct authn *a, const struct cache_key *k)
+/* False after answering 401 (the request may be gone then: touch nothing). */
+static bool check_key(struct authn *a, const struct cache_key *k)
 {
     if (k->revoked ||
         !token_equal(k->key_hash, strlen(k->key_hash), a->key_hash, strlen(a->key_hash))) {
         log_msg(LOG_DEBUG, "auth: API key %s revoked or wrong secret", a->prefix);
         auth_respond_unauthorized(a->req, GENERIC_401);
-        return;
+        return false;
     }
     memcpy(a->principal, k->id, sizeof a->principal);
     memcpy(a->org_id, k->org_id, sizeof a->org_id);
     a->role = k->role;
+    return true;
 }
 
 static void key_loaded(struct db_result *r, void *ud)
@@ -321,8 +323,7 @@ static void key_loaded(struct db_result *r, void *ud)
     k.revoked = revoked[0] == 't';
     cache_put_key(a->prefix, &k, a->epoch);
     cache_put_org(k.org_id, &a->org, a->epoch);
-    check_key(a, &k);
-    if (!a->req->responded) {
+    if (check_key(a, &k)) {
         key_touch_start(a->req->ctx->db, k.id);
         finish(a);
     }
@@ -339,8 +340,7 @@ static void auth_key(struct authn *a, const char *tok, size_t len)
     token_sha256_hex(tok, len, a->key_hash);
     struct cache_key k;
     if (cache_get_key(a->prefix, &k)) {
-        check_key(a, &k);
-        if (!a->req->responded)
+        if (check_key(a, &k))
             with_org(a);
         return;
     }
