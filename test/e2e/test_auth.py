@@ -489,6 +489,27 @@ class DefaultParamsTest(AuthCase):
         self.assertEqual(self.login("sam@slow.io", "wrong password")[0], 401)
         self.assertLess(time.monotonic() - t0, 30)
 
+    def test_unknown_email_costs_like_wrong_password(self):
+        self.seed("timing", [("tim@timing.io", PW, "admin")])
+        self.tokens("tim@timing.io")  # re-hashed to the default parameters
+
+        def median_ms(email, pw):
+            times = []
+            for _ in range(7):
+                t = time.monotonic()
+                self.assertEqual(self.login(email, pw)[0], 401)
+                times.append((time.monotonic() - t) * 1000)
+            return sorted(times)[3]
+
+        # Give the background re-hash time to land first.
+        self.settles(lambda: "m=19456" in self.sql(
+            "SELECT password_hash FROM public.users WHERE email = 'tim@timing.io'")[0], True, 10)
+        wrong = median_ms("tim@timing.io", "not the password")
+        unknown = median_ms("nobody@timing.io", "not the password")
+        # Both run one argon2id verification with the same parameters.
+        self.assertGreater(wrong, 5, "a real argon2id check takes milliseconds")
+        self.assertLess(max(wrong, unknown) / min(wrong, unknown), 2.0, (wrong, unknown))
+
 
 if __name__ == "__main__":
     unittest.main()
