@@ -632,7 +632,13 @@ class HttpShutdown(harness.DbTestCase):
     start_server = False
 
     def test_graceful_shutdown_with_request_in_flight(self):
-        srv = harness.Server(self.db_url).start()
+        self._graceful_shutdown(threads=1)
+
+    def test_graceful_shutdown_two_loops(self):
+        self._graceful_shutdown(threads=2)
+
+    def _graceful_shutdown(self, threads):
+        srv = harness.Server(self.db_url, threads=threads).start()
         try:
             idle = Raw(srv.port)
             idle.send(req("GET", "/health"))
