@@ -33,7 +33,9 @@
  */
 #include "db/db.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,7 +97,9 @@ struct conn {
     dev_t sock_dev;
     ino_t sock_ino;
     uv_timer_t timer; /* connect timeout, back-off delay, or in-flight watchdog */
-    bool has_schema;  /* false: search_path unknown or default */
+    uv_getaddrinfo_t gai;
+    bool resolving;  /* CONNECTING, waiting for gai (no PGconn yet) */
+    bool has_schema; /* false: search_path unknown or default */
     bool switch_pending;
     bool draining; /* takes no more queries: it is to switch to a waiting schema */
     bool writing;  /* PQflush returned 1: watch writability */
@@ -117,7 +121,8 @@ struct conn {
 struct db_pool {
     uv_loop_t *loop;
     char *conninfo;
-    char *options; /* libpq "options" with statement_timeout, or NULL */
+    char *options;      /* libpq "options" with statement_timeout, or NULL */
+    char *resolve_host; /* a host name we resolve off the loop, or NULL */
     int size, depth, wait_ms, stmt_ms, reconnect_max_ms;
     struct metrics *metrics;
     struct conn *conns;
@@ -126,7 +131,8 @@ struct db_pool {
     uv_timer_t wait_timer; /* wait-queue deadlines; drain deadline once closing */
     struct dbq *done_head, *done_tail;
     uv_idle_t idle;
-    int pending_polls; /* pollw handles not yet freed */
+    int pending_polls;    /* pollw handles not yet freed */
+    int pending_resolves; /* uv_getaddrinfo requests not yet called back */
     bool closing, final_close_started;
     int final_handles;
     void (*close_done)(void *ud);
@@ -433,16 +439,27 @@ static void on_notice(void *arg, const PGresult *r)
             msg ? msg : "");
 }
 
-static void conn_connect(struct conn *c)
+/* Starts libpq's non-blocking connect; `hosts`/`addrs` (comma lists of
+ * equal length) replace the conninfo's host when we resolved it. */
+static void conn_start(struct conn *c, const char *hosts, const char *addrs)
 {
     struct db_pool *p = c->pool;
-    /* application_name first so the conninfo may override it; options last so
-     * it wins (it already holds the conninfo's own options, see db_pool_new). */
-    const char *kw[] = {"application_name", "dbname", "options", NULL};
-    const char *val[] = {"tenantd", p->conninfo, p->options, NULL};
-    if (!p->options)
-        kw[2] = NULL;
-    c->state = CONN_CONNECTING;
+    /* application_name first so the conninfo may override it; what follows
+     * dbname overrides the conninfo (options already holds its own). */
+    const char *kw[6] = {"application_name", "dbname"};
+    const char *val[6] = {"tenantd", p->conninfo};
+    int n = 2;
+    if (hosts) {
+        kw[n] = "host";
+        val[n++] = hosts;
+        kw[n] = "hostaddr";
+        val[n++] = addrs;
+    }
+    if (p->options) {
+        kw[n] = "options";
+        val[n++] = p->options;
+    }
+    kw[n] = val[n] = NULL;
     c->pg = PQconnectStartParams(kw, val, 1);
     if (!c->pg || PQstatus(c->pg) == CONNECTION_BAD) {
         conn_fail(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
@@ -455,6 +472,79 @@ static void conn_connect(struct conn *c)
         return;
     }
     uv_timer_start(&c->timer, on_conn_timer, CONNECT_TIMEOUT_MS, 0);
+}
+
+#define MAX_ADDRS 8
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct conn *c = req->data;
+    struct db_pool *p = c->pool;
+    p->pending_resolves--;
+    c->resolving = false;
+    if (p->closing || c->state != CONN_CONNECTING) {
+        uv_freeaddrinfo(res);
+        maybe_finish_close(p);
+        return;
+    }
+    if (status < 0 || !res) {
+        char msg[320];
+        snprintf(msg, sizeof msg, "cannot resolve \"%s\": %s", p->resolve_host,
+                 status < 0 ? uv_strerror(status) : "no address");
+        uv_freeaddrinfo(res);
+        conn_fail(c, msg);
+        update_gauges(p);
+        return;
+    }
+    /* Every address, as libpq would try them; the name stays as host for
+     * TLS verification and messages. */
+    size_t hlen = strlen(p->resolve_host) + 1;
+    char *hosts = xcalloc(MAX_ADDRS, hlen);
+    char addrs[MAX_ADDRS * (INET6_ADDRSTRLEN + 1)] = "";
+    int n = 0;
+    for (struct addrinfo *ai = res; ai && n < MAX_ADDRS; ai = ai->ai_next) {
+        char ip[INET6_ADDRSTRLEN];
+        const void *a = ai->ai_family == AF_INET
+                            ? (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr
+                            : (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
+        if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
+            !inet_ntop(ai->ai_family, a, ip, sizeof ip))
+            continue;
+        if (n) {
+            strcat(hosts, ",");
+            strcat(addrs, ",");
+        }
+        strcat(hosts, p->resolve_host);
+        strcat(addrs, ip);
+        n++;
+    }
+    uv_freeaddrinfo(res);
+    if (n == 0)
+        conn_fail(c, "the host name has no IP address");
+    else
+        conn_start(c, hosts, addrs);
+    free(hosts);
+}
+
+/* Connects a slot; a host name is first resolved on libuv's thread pool,
+ * since libpq would resolve it synchronously, blocking the loop. */
+static void conn_connect(struct conn *c)
+{
+    struct db_pool *p = c->pool;
+    c->state = CONN_CONNECTING;
+    if (!p->resolve_host) {
+        conn_start(c, NULL, NULL);
+        return;
+    }
+    const struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    c->gai.data = c;
+    int rc = uv_getaddrinfo(p->loop, &c->gai, on_resolved, p->resolve_host, NULL, &hints);
+    if (rc != 0) {
+        conn_fail(c, uv_strerror(rc));
+        return;
+    }
+    c->resolving = true;
+    p->pending_resolves++;
 }
 
 static void conn_ready(struct conn *c)
@@ -1097,6 +1187,7 @@ static void pool_free(struct db_pool *p)
     free(p->conns);
     free(p->conninfo);
     free(p->options);
+    free(p->resolve_host);
     free(p);
 }
 
@@ -1118,7 +1209,8 @@ static void on_final_closed(uv_handle_t *h)
  * pool's own handles; the last close frees the pool. */
 static void maybe_finish_close(struct db_pool *p)
 {
-    if (!p->closing || p->final_close_started || p->pending_polls > 0 || p->done_head)
+    if (!p->closing || p->final_close_started || p->pending_polls > 0 || p->pending_resolves > 0 ||
+        p->done_head)
         return;
     for (int i = 0; i < p->size; i++)
         if (p->conns[i].state != CONN_CLOSED)
@@ -1158,6 +1250,8 @@ void db_pool_close(struct db_pool *p, void (*done)(void *ud), void *ud)
             busy = true; /* closes when its pipeline drains */
             continue;
         }
+        if (c->resolving) /* its callback still comes (ECANCELED if in time) */
+            uv_cancel((uv_req_t *)&c->gai);
         conn_release(c);
         c->state = CONN_CLOSED;
     }
@@ -1175,7 +1269,33 @@ void db_pool_close(struct db_pool *p, void (*done)(void *ud), void *ud)
 
 /* The "options" to connect with: the conninfo's own plus statement_timeout;
  * NULL when there is nothing to add. Returns -1 when conninfo is invalid. */
-static int build_options(const char *conninfo, int stmt_ms, char **out)
+static bool is_ip(const char *s)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+/* The conninfo's single host name when it needs resolving: not a socket
+ * folder, not an IP, not a list, and no hostaddr given. */
+static char *host_to_resolve(const PQconninfoOption *opts)
+{
+    const char *host = NULL, *hostaddr = NULL;
+    for (const PQconninfoOption *o = opts; o->keyword; o++) {
+        if (strcmp(o->keyword, "host") == 0)
+            host = o->val;
+        else if (strcmp(o->keyword, "hostaddr") == 0)
+            hostaddr = o->val;
+    }
+    if (!host || !*host || (hostaddr && *hostaddr) || host[0] == '/' || host[0] == '@' ||
+        strchr(host, ',') || is_ip(host))
+        return NULL;
+    char *h = strdup(host);
+    if (!h)
+        abort();
+    return h;
+}
+
+static int build_options(const char *conninfo, int stmt_ms, char **out, char **resolve)
 {
     *out = NULL;
     char *err = NULL;
@@ -1196,6 +1316,7 @@ static int build_options(const char *conninfo, int stmt_ms, char **out)
         snprintf(*out, n, "%s%s-c statement_timeout=%d", existing ? existing : "",
                  existing ? " " : "", stmt_ms);
     }
+    *resolve = host_to_resolve(opts);
     PQconninfoFree(opts);
     return 0;
 }
@@ -1206,7 +1327,7 @@ struct db_pool *db_pool_new(uv_loop_t *loop, const struct db_pool_options *o)
         o->wait_timeout_ms < 1 || o->statement_timeout_ms < 0 || o->reconnect_max_ms < 1)
         return NULL;
     struct db_pool *p = xcalloc(1, sizeof *p);
-    if (build_options(o->conninfo, o->statement_timeout_ms, &p->options) != 0) {
+    if (build_options(o->conninfo, o->statement_timeout_ms, &p->options, &p->resolve_host) != 0) {
         free(p);
         return NULL;
     }

@@ -849,6 +849,29 @@ static void test_no_starvation(void)
            (unsigned long long)starve_ms[1]);
 }
 
+/* ---- 15. host names are resolved off the loop ---- */
+
+static void test_resolve(void)
+{
+    char ci[1200];
+    snprintf(ci, sizeof ci, "%s host=localhost", test_conninfo);
+    struct env e;
+    struct db_pool_options o = opts(2, 4);
+    o.conninfo = ci;
+    env_init(&e, o);
+    struct expect xs[] = {{"t8", &st_info, DB_OK, "t8"}, {"t9", &st_info, DB_OK, "t9"}};
+    run_expect(&e, xs, 2, "connecting through a host name");
+    env_close(&e);
+
+    snprintf(ci, sizeof ci, "%s host=no-such-host.invalid", test_conninfo);
+    o.wait_timeout_ms = 300;
+    env_init(&e, o);
+    struct expect bad = {"t8", &st_info, DB_UNAVAILABLE, NULL};
+    run_expect(&e, &bad, 1, "a host name that does not resolve");
+    env_close(&e);
+    printf("ok - resolve\n");
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -867,7 +890,8 @@ int main(void)
     test_recycle();
     test_watchdog();
     test_no_starvation();
+    test_resolve();
     drop_test_db();
-    printf("14 passed, 0 failed\n");
+    printf("15 passed, 0 failed\n");
     return 0;
 }
