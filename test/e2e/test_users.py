@@ -7,6 +7,8 @@ test_api_keys.py and test_isolation.py."""
 import base64
 import concurrent.futures
 import json
+import subprocess
+import time
 import unittest
 import uuid
 
@@ -397,32 +399,6 @@ class UsersUpdateTest(UsersTestBase):
         return int(self.sql(f"SELECT count(*) FROM public.users WHERE org_id = '{self.org_id}' "
                             "AND role = 'admin'")[0])
 
-    def test_concurrent_demotions_leave_one_admin(self):
-        """Two admins demote each other (and themselves) at the same moment:
-        exactly one change may pass, every round."""
-        for rnd in range(6):
-            with self.subTest(round=rnd):
-                org = signup(self.server)
-                # An admin key acts for both sides: a user token of a just
-                # demoted admin would (rightly) get 403 instead of 409.
-                tok = create_key(self.server, org["access_token"], role="admin")["key"]
-                second = create_user(self.server, tok, f"s@{org['slug']}.example.com",
-                                     role="admin")
-                ids = [org["user"]["id"], second["id"]]
-                if rnd % 2:
-                    ops = [("PATCH", f"/v1/users/{i}", {"role": "member"}) for i in ids]
-                else:  # one demotion and one deletion race
-                    ops = [("PATCH", f"/v1/users/{ids[0]}", {"role": "member"}),
-                           ("DELETE", f"/v1/users/{ids[1]}", None)]
-                with concurrent.futures.ThreadPoolExecutor(2) as ex:
-                    res = list(ex.map(lambda op: self.server.json(op[0], op[1], op[2],
-                                                                  bearer(tok))[0], ops))
-                self.assertEqual(sorted(res)[1], 409, res)
-                self.assertIn(sorted(res)[0], (200, 204), res)
-                n = self.sql(f"SELECT count(*) FROM public.users WHERE org_id = "
-                             f"'{org['org']['id']}' AND role = 'admin'")
-                self.assertEqual(n, ["1"])
-
 
 class UsersDeleteTest(UsersTestBase):
 
@@ -461,18 +437,71 @@ class UsersDeleteTest(UsersTestBase):
         status, body, _ = self.call("GET", "/v1/users")
         self.assertProblem(status, body, 401, "unauthorized")
 
-    def test_concurrent_deletions_of_two_admins(self):
-        for rnd in range(4):
-            with self.subTest(round=rnd):
-                org = signup(self.server)
-                key = create_key(self.server, org["access_token"], role="admin")
-                second = create_user(self.server, org["access_token"],
-                                     f"s@{org['slug']}.example.com", role="admin")
-                ids = [org["user"]["id"], second["id"]]
-                with concurrent.futures.ThreadPoolExecutor(2) as ex:
-                    res = list(ex.map(lambda i: self.server.json(
-                        "DELETE", f"/v1/users/{i}", None, bearer(key["key"]))[0], ids))
-                self.assertEqual(sorted(res), [204, 409], res)
+
+class UsersRaceTest(UsersTestBase):
+    """The last-admin rule under real concurrency. Two requests that could
+    each pass alone are made to overlap inside PostgreSQL: an outside
+    transaction holds the org's user rows locked while both arrive (on two
+    connections: pipelining off), then lets go; both statements were
+    planned against a snapshot with two admins. Exactly one may pass."""
+    server_env = dict(SERVER_ENV, TENANTD_DB_PIPELINE_DEPTH="1", TENANTD_DB_POOL_SIZE="4")
+
+    def race(self, ops):
+        org = signup(self.server)
+        org_id = org["org"]["id"]
+        # An admin key acts for both sides: a user token of a just demoted
+        # admin would (rightly) get 403 instead of 409.
+        key = create_key(self.server, org["access_token"], role="admin")["key"]
+        second = create_user(self.server, key, f"s@{org['slug']}.example.com", role="admin")
+        ids = [org["user"]["id"], second["id"]]
+        self.call("GET", "/v1/users", token=key)  # the key is cached: auth needs no query
+        tag = uuid.uuid4().hex
+        holder = subprocess.Popen(
+            [harness.PSQL, self.db_url, "-qAt", "-v", "ON_ERROR_STOP=1", "-c",
+             f"BEGIN; SELECT id FROM public.users WHERE org_id = '{org_id}' FOR UPDATE; "
+             f"SELECT pg_sleep(1.5) /* {tag} */; COMMIT;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(100):
+                if self.sql(f"SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                            f"'%pg_sleep(1.5) /* {tag}%' AND pid <> pg_backend_pid()") == ["1"]:
+                    break
+                time.sleep(0.02)
+            else:
+                self.fail("the lock holder never started")
+            with concurrent.futures.ThreadPoolExecutor(2) as ex:
+                futs = [ex.submit(self.server.json, m, p.format(*ids), b, bearer(key))
+                        for m, p, b in ops]
+                # Both are waiting on the holder's locks before it lets go.
+                time.sleep(0.3)
+                waiting = self.sql("SELECT count(*) FROM pg_stat_activity "
+                                   f"WHERE wait_event_type = 'Lock' AND datname = current_database()")
+                res = [f.result()[0] for f in futs]
+        finally:
+            _, err = holder.communicate(timeout=30)
+        self.assertEqual(holder.returncode, 0, err)
+        self.assertEqual(waiting, ["2"], "the two requests did not overlap in PostgreSQL")
+        n = self.sql(f"SELECT count(*) FROM public.users WHERE org_id = '{org_id}' "
+                     "AND role = 'admin'")
+        return sorted(res), n
+
+    def test_two_admins_demote_each_other(self):
+        res, n = self.race([("PATCH", "/v1/users/{0}", {"role": "member"}),
+                            ("PATCH", "/v1/users/{1}", {"role": "member"})])
+        self.assertEqual(res, [200, 409])
+        self.assertEqual(n, ["1"])
+
+    def test_demotion_and_deletion(self):
+        res, n = self.race([("PATCH", "/v1/users/{0}", {"role": "member"}),
+                            ("DELETE", "/v1/users/{1}", None)])
+        self.assertIn(res, ([200, 409], [204, 409]))
+        self.assertEqual(n, ["1"])
+
+    def test_two_deletions(self):
+        res, n = self.race([("DELETE", "/v1/users/{0}", None),
+                            ("DELETE", "/v1/users/{1}", None)])
+        self.assertEqual(res, [204, 409])
+        self.assertEqual(n, ["1"])
 
 
 class UsersHostileInputTest(UsersTestBase):
