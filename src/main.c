@@ -13,6 +13,7 @@
 #include "db/migrate.h"
 #include "auth/auth.h"
 #include "org/org.h"
+#include "record/record.h"
 #include "system/system.h"
 
 /* Every module of the program; the router is built from their tables. */
@@ -21,6 +22,7 @@ static const struct module *const modules[] = {
     &auth_module,
     &users_module,
     &org_module,
+    &record_module,
 };
 #define NMODULES (sizeof modules / sizeof modules[0])
 

@@ -1,0 +1,1 @@
+DROP FUNCTION IF EXISTS jsonb_merge_patch(jsonb, jsonb);

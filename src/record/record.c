@@ -1,0 +1,750 @@
+/*
+ * Per-org records: /v1/collections/{collection}/records[/{id}].
+ *
+ * The hottest path of the server, so every request is exactly one prepared
+ * statement on a connection bound to the caller's org schema (the pool keeps
+ * it bound, so the statements stay planned), and PostgreSQL renders the
+ * response JSON; C only validates input and passes text through.
+ *
+ * Bodies are not parsed in C: a small scanner checks that the text is one
+ * JSON object nested at most RECORD_MAX_DEPTH deep, and PostgreSQL's jsonb
+ * input does the full validation (any syntax error is a 22xxx error,
+ * answered 400). This keeps every valid JSON number (jansson refuses
+ * integers beyond 64 bits), costs no allocation per value, and the text
+ * that is stored is the text that was checked.
+ *
+ * Invalid collection names and ids that are not UUIDs answer 404: such a
+ * path can never name a record (the detail says why). Another org's ids are
+ * indistinguishable from ids that do not exist, since every statement runs
+ * in the caller's own schema.
+ *
+ * Versions: every record starts at version 1 and each PUT/PATCH adds one;
+ * the ETag is the version in quotes. If-Match is checked inside the UPDATE's
+ * WHERE, so of concurrent writers holding the same ETag exactly one wins
+ * (the others re-check the updated row after its lock and find another
+ * version: 412).
+ */
+#include "record/record.h"
+
+#include <ctype.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <llhttp.h>
+
+#include "auth/auth.h"
+#include "core/arena.h"
+#include "core/http.h"
+#include "core/log.h"
+#include "core/problem.h"
+
+static void records_create(struct request *req);
+static void records_list(struct request *req);
+static void records_get(struct request *req);
+static void records_replace(struct request *req);
+static void records_patch(struct request *req);
+static void records_delete(struct request *req);
+
+#define COLL "/v1/collections/{collection}/records"
+static const struct route record_routes[] = {
+    {HTTP_POST, COLL, AUTH_MEMBER, records_create, "createRecord"},
+    {HTTP_GET, COLL, AUTH_MEMBER, records_list, "listRecords"},
+    {HTTP_GET, COLL "/{id}", AUTH_MEMBER, records_get, "getRecord"},
+    {HTTP_PUT, COLL "/{id}", AUTH_MEMBER, records_replace, "replaceRecord"},
+    {HTTP_PATCH, COLL "/{id}", AUTH_MEMBER, records_patch, "patchRecord"},
+    {HTTP_DELETE, COLL "/{id}", AUTH_MEMBER, records_delete, "deleteRecord"},
+    {0},
+};
+#undef COLL
+
+const struct module record_module = {
+    .name = "records",
+    .routes = record_routes,
+};
+
+/* ---- SQL ---------------------------------------------------------------- */
+
+/* Statements run with search_path "<org schema>, public", so `records` and
+ * jsonb_merge_patch are the caller's own (tenant migrations 0001, 0002);
+ * public.tenantd_ts comes from control migration 0002. */
+#define SQL_RECORD_JSON(r)                                                                         \
+    "json_build_object('id', " r ".id, 'collection', " r ".collection, 'data', " r ".data, "       \
+    "'version', " r ".version, 'created_at', public.tenantd_ts(" r ".created_at), "                \
+    "'updated_at', public.tenantd_ts(" r ".updated_at))"
+
+/* $1 collection, $2 data. Answers (id, version, record). */
+static const struct db_stmt q_create = {
+    "records_create",
+    "INSERT INTO records AS r (collection, data) VALUES ($1, $2::jsonb) "
+    "RETURNING r.id, r.version, " SQL_RECORD_JSON("r") "::text",
+};
+
+/* $1 id, $2 collection. Answers (version, record). */
+static const struct db_stmt q_get = {
+    "records_get",
+    "SELECT r.version, " SQL_RECORD_JSON("r") "::text FROM records r "
+                                              "WHERE r.id = $1::uuid AND r.collection = $2",
+};
+
+/*
+ * One page, newest first: rows strictly after the cursor ($2 created_at, $3
+ * id; the first page passes +infinity and the greatest uuid) in (created_at
+ * DESC, id DESC) order, which the listing index serves as a range scan.
+ * Rows inserted later sort before any cursor already handed out, so pages
+ * never shift under inserts. $4 page size. Answers the page as a JSON array
+ * and, when more rows follow, the last row's position as 20 digits of its
+ * UTC time (to the microsecond) and the 32 hex digits of its id.
+ */
+#define SQL_LIST(filter)                                                                           \
+    "WITH page AS (SELECT r.id, r.created_at, " SQL_RECORD_JSON(                                   \
+        "r") " AS j FROM records r "                                                               \
+             "WHERE r.collection = $1 AND (r.created_at, r.id) < ($2::timestamptz, "               \
+             "$3::uuid) " filter " ORDER BY r.created_at DESC, r.id DESC LIMIT $4::int + 1), "     \
+             "numbered AS (SELECT p.*, row_number() OVER (ORDER BY p.created_at DESC, p.id DESC) " \
+             "AS n "                                                                               \
+             "FROM page p) "                                                                       \
+             "SELECT coalesce((SELECT json_agg(j ORDER BY n) FROM numbered WHERE n <= $4::int), "  \
+             "'[]'::json)::text, (SELECT to_char(created_at AT TIME ZONE 'UTC', "                  \
+             "'YYYYMMDDHH24MISSUS') || "                                                           \
+             "replace(id::text, '-', '') FROM numbered WHERE n = $4::int AND EXISTS "              \
+             "(SELECT 1 FROM numbered WHERE n > $4::int))"
+
+static const struct db_stmt q_list = {"records_list", SQL_LIST("")};
+/* A separate statement, so that the planner can weigh the GIN index for the
+ * filtered form without a generic "$5 IS NULL OR" plan spoiling both. */
+static const struct db_stmt q_list_filter = {"records_list_filter",
+                                             SQL_LIST("AND r.data @> $5::jsonb")};
+
+/*
+ * Writes: $1 id, $2 collection, $3 the new data or the merge patch, $4 the
+ * If-Match versions as a bigint[] (NULL: no precondition). Answer (version,
+ * record) when written; else (NULL, NULL, exists) so that a stale ETag (412)
+ * and a missing record (404) are told apart in the same round trip.
+ */
+#define SQL_WRITE(set)                                                                             \
+    "WITH w AS (UPDATE records r SET " set ", version = r.version + 1, updated_at = now() "        \
+    "WHERE r.id = $1::uuid AND r.collection = $2 AND ($4::bigint[] IS NULL OR "                    \
+    "r.version = ANY ($4::bigint[])) RETURNING r.version, " SQL_RECORD_JSON(                       \
+        "r") "::text AS j) "                                                                       \
+             "SELECT w.version, w.j, true FROM w UNION ALL "                                       \
+             "SELECT NULL, NULL, EXISTS (SELECT 1 FROM records x WHERE x.id = $1::uuid AND "       \
+             "x.collection = $2) WHERE NOT EXISTS (SELECT 1 FROM w)"
+
+static const struct db_stmt q_replace = {"records_replace", SQL_WRITE("data = $3::jsonb")};
+static const struct db_stmt q_patch = {
+    "records_patch", SQL_WRITE("data = jsonb_merge_patch(r.data, $3::jsonb)")};
+
+/* $1 id, $2 collection, $3 If-Match versions or NULL. Answers (deleted, exists). */
+static const struct db_stmt q_delete = {
+    "records_delete",
+    "WITH d AS (DELETE FROM records r WHERE r.id = $1::uuid AND r.collection = $2 AND "
+    "($3::bigint[] IS NULL OR r.version = ANY ($3::bigint[])) RETURNING r.id) "
+    "SELECT EXISTS (SELECT 1 FROM d), EXISTS (SELECT 1 FROM records x WHERE x.id = $1::uuid "
+    "AND x.collection = $2)",
+};
+
+/* $1 collection: the whole collection, oldest first (records.export). */
+static const struct db_stmt q_export = {
+    "records_export",
+    "SELECT coalesce(json_agg(" SQL_RECORD_JSON(
+        "r") " ORDER BY r.created_at, r.id), "
+             "'[]'::json)::text FROM records r WHERE r.collection = $1",
+};
+
+/* ---- input checks ------------------------------------------------------- */
+
+#define LIST_LIMIT_DEFAULT 20
+#define LIST_LIMIT_MAX 100
+#define CURSOR_TS_DIGITS 20 /* YYYYMMDDHHMMSS + microseconds */
+#define CURSOR_LEN (CURSOR_TS_DIGITS + 32)
+#define ETAG_MAX_TAGS 16
+
+int record_collection_valid(const char *name)
+{
+    size_t n = 0;
+    for (const char *p = name; *p; p++, n++) {
+        unsigned char c = (unsigned char)*p;
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return 0;
+    }
+    return n >= 1 && n <= RECORD_COLLECTION_MAX;
+}
+
+enum shape { SHAPE_OBJECT, SHAPE_NOT_OBJECT, SHAPE_TOO_DEEP, SHAPE_NUL, SHAPE_TRAILING };
+
+static bool json_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/*
+ * Whether s[0..len) looks like one JSON object nested at most max_depth
+ * deep: the first token is '{', brackets outside strings never go deeper
+ * than max_depth, and nothing but whitespace follows the bracket that
+ * closes the object. Strings are skipped with their escapes, so brackets in
+ * them do not count. The rest of the syntax is PostgreSQL's to check.
+ */
+static enum shape json_object_shape(const char *s, size_t len, int max_depth)
+{
+    if (memchr(s, '\0', len))
+        return SHAPE_NUL; /* libpq takes C strings: text after a NUL would vanish */
+    size_t i = 0;
+    while (i < len && json_ws(s[i]))
+        i++;
+    if (i == len || s[i] != '{')
+        return SHAPE_NOT_OBJECT;
+    int depth = 0;
+    for (; i < len; i++) {
+        char c = s[i];
+        if (c == '"') {
+            for (i++; i < len && s[i] != '"'; i++)
+                if (s[i] == '\\')
+                    i++;
+        } else if (c == '{' || c == '[') {
+            if (++depth > max_depth)
+                return SHAPE_TOO_DEEP;
+        } else if (c == '}' || c == ']') {
+            if (--depth == 0) {
+                for (i++; i < len; i++)
+                    if (!json_ws(s[i]))
+                        return SHAPE_TRAILING;
+                return SHAPE_OBJECT;
+            }
+        }
+    }
+    /* Unclosed: PostgreSQL reports it as invalid JSON. */
+    return SHAPE_OBJECT;
+}
+
+/* Answers 400 unless text is one JSON object of acceptable depth; `what`
+ * names it in the detail ("The body", "The filter"). */
+static bool check_object(struct request *req, const char *text, size_t len, const char *what)
+{
+    switch (json_object_shape(text, len, RECORD_MAX_DEPTH)) {
+    case SHAPE_OBJECT:
+        return true;
+    case SHAPE_TOO_DEEP:
+        problem_respond(req, PROBLEM_BAD_REQUEST,
+                        arena_printf(req->arena,
+                                     "%s is nested deeper than %d levels of objects and arrays.",
+                                     what, RECORD_MAX_DEPTH));
+        return false;
+    case SHAPE_NUL:
+    case SHAPE_TRAILING:
+        problem_respond(req, PROBLEM_BAD_REQUEST,
+                        arena_printf(req->arena, "%s is not valid JSON.", what));
+        return false;
+    case SHAPE_NOT_OBJECT:
+    default:
+        problem_respond(req, PROBLEM_BAD_REQUEST,
+                        arena_printf(req->arena, "%s must be a JSON object.", what));
+        return false;
+    }
+}
+
+/* The caller's org, or NULL after answering 403 (an operator credential). */
+static const struct auth_ctx *org_caller(struct request *req)
+{
+    const struct auth_ctx *a = auth_ctx(req);
+    if (!a || a->kind == AUTH_KIND_OPERATOR || !a->schema || !a->schema[0]) {
+        problem_respond(req, PROBLEM_FORBIDDEN,
+                        "This route needs a credential of an organization.");
+        return NULL;
+    }
+    return a;
+}
+
+/* The {collection} parameter, or NULL after answering 404. */
+static const char *path_collection(struct request *req)
+{
+    const char *c = http_param(req, "collection");
+    if (!c || !record_collection_valid(c)) {
+        problem_respond(req, PROBLEM_NOT_FOUND,
+                        "No such collection: collection names are 1 to 64 characters of a-z, "
+                        "0-9, '_' and '-'.");
+        return NULL;
+    }
+    return c;
+}
+
+static bool uuid_valid(const char *s)
+{
+    if (strlen(s) != 36)
+        return false;
+    for (int i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-')
+                return false;
+        } else if (!isxdigit((unsigned char)s[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The {id} parameter lower-cased, or NULL after answering 404. */
+static const char *path_id(struct request *req)
+{
+    const char *id = http_param(req, "id");
+    if (!id || !uuid_valid(id)) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such record.");
+        return NULL;
+    }
+    char *low = arena_strdup(req->arena, id);
+    for (char *p = low; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    return low;
+}
+
+/*
+ * Parses an If-Match / If-None-Match value: "*", or a comma-separated list
+ * of entity-tags (RFC 9110 section 8.8.3: [W/]"etagc*"). Sets *any for "*";
+ * appends to versions (at most ETAG_MAX_TAGS) the tags that can match one
+ * of our ETags: decimal versions, weak ones only when `weak_ok` (If-Match
+ * compares strongly). False when the value is malformed.
+ */
+static bool parse_etags(const char *h, bool weak_ok, bool *any, long long *versions, int *n)
+{
+    *any = false;
+    *n = 0;
+    const char *p = h;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p == '*') {
+        for (p++; *p == ' ' || *p == '\t'; p++)
+            ;
+        *any = true;
+        return *p == '\0';
+    }
+    bool seen = false;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        if (*p == '\0')
+            return seen;
+        bool weak = false;
+        if (p[0] == 'W' && p[1] == '/') {
+            weak = true;
+            p += 2;
+        }
+        if (*p != '"')
+            return false;
+        const char *start = ++p;
+        /* etagc = %x21 / %x23-7E / obs-text */
+        while (*p && *p != '"') {
+            unsigned char c = (unsigned char)*p;
+            if (c < 0x21 || c == 0x7F)
+                return false;
+            p++;
+        }
+        if (*p != '"')
+            return false;
+        size_t len = (size_t)(p - start);
+        p++;
+        seen = true;
+        bool digits = len >= 1 && len <= 18;
+        for (size_t i = 0; digits && i < len; i++)
+            digits = start[i] >= '0' && start[i] <= '9';
+        if (digits && (!weak || weak_ok) && *n < ETAG_MAX_TAGS)
+            versions[(*n)++] = strtoll(start, NULL, 10);
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p != ',' && *p != '\0')
+            return false;
+    }
+}
+
+/*
+ * The If-Match header as a bigint[] literal for the write statements: NULL
+ * with *ok when absent or "*" (the record need only exist); "{}" when no tag
+ * can match (412 if the record exists). *ok false after answering 400.
+ */
+static const char *if_match_param(struct request *req, bool *ok)
+{
+    *ok = true;
+    const char *h = http_header(req, "If-Match");
+    if (!h)
+        return NULL;
+    bool any;
+    long long v[ETAG_MAX_TAGS];
+    int n;
+    if (!parse_etags(h, false, &any, v, &n)) {
+        *ok = false;
+        problem_respond(req, PROBLEM_BAD_REQUEST,
+                        "If-Match must be \"*\" or a list of entity tags such as \"3\".");
+        return NULL;
+    }
+    if (any)
+        return NULL;
+    char buf[ETAG_MAX_TAGS * 21 + 3];
+    size_t off = 0;
+    buf[off++] = '{';
+    for (int i = 0; i < n; i++)
+        off += (size_t)snprintf(buf + off, sizeof buf - off, "%s%lld", i ? "," : "", v[i]);
+    buf[off++] = '}';
+    buf[off] = '\0';
+    return arena_strdup(req->arena, buf);
+}
+
+/* ?limit=, ?cursor= and ?filter= into values v[1..4] of the list statements
+ * (v[0] is the collection). Returns the statement to run, or NULL after
+ * answering 422 (limit, cursor) or 400 (filter). */
+static const struct db_stmt *list_params(struct request *req, const char **v)
+{
+    json_t *errors = NULL;
+    int limit = LIST_LIMIT_DEFAULT;
+    const char *l = http_query(req, "limit");
+    if (l) {
+        char *end = NULL;
+        long x = (*l >= '0' && *l <= '9' && strlen(l) <= 3) ? strtol(l, &end, 10) : -1;
+        if (x < 1 || x > LIST_LIMIT_MAX || !end || *end)
+            problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
+        else
+            limit = (int)x;
+    }
+    /* The first page starts after the greatest possible position. */
+    v[1] = "infinity";
+    v[2] = "ffffffff-ffff-ffff-ffff-ffffffffffff";
+    const char *c = http_query(req, "cursor");
+    if (c) {
+        bool good = strlen(c) == CURSOR_LEN;
+        for (int i = 0; good && i < CURSOR_LEN; i++)
+            good = i < CURSOR_TS_DIGITS
+                       ? (c[i] >= '0' && c[i] <= '9')
+                       : ((c[i] >= '0' && c[i] <= '9') || (c[i] >= 'a' && c[i] <= 'f'));
+        if (!good) {
+            problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
+        } else {
+            const char *u = c + CURSOR_TS_DIGITS;
+            v[1] = arena_printf(req->arena, "%.4s-%.2s-%.2sT%.2s:%.2s:%.2s.%.6sZ", c, c + 4, c + 6,
+                                c + 8, c + 10, c + 12, c + 14);
+            v[2] = arena_printf(req->arena, "%.8s-%.4s-%.4s-%.4s-%.12s", u, u + 8, u + 12, u + 16,
+                                u + 20);
+        }
+    }
+    if (errors) {
+        problem_respond_errors(req, "The query parameters are not valid.", errors);
+        return NULL;
+    }
+    v[3] = arena_printf(req->arena, "%d", limit);
+    const char *f = http_query(req, "filter");
+    if (!f)
+        return &q_list;
+    if (!check_object(req, f, strlen(f), "The filter"))
+        return NULL;
+    v[4] = f;
+    return &q_list_filter;
+}
+
+/* ---- database answers --------------------------------------------------- */
+
+static const char *result_text(const struct db_result *r, int row, int col)
+{
+    if (!r->res || PQntuples(r->res) <= row || PQnfields(r->res) <= col ||
+        PQgetisnull(r->res, row, col))
+        return NULL;
+    return PQgetvalue(r->res, row, col);
+}
+
+/* Answers a failed statement. Data exceptions (class 22: invalid JSON text,
+ * bad UTF-8, an impossible cursor date) come only from the client's text, so
+ * they are that text's fault: `what` says which ("The body", "The filter",
+ * NULL for none). A vanished schema means the org was deleted meanwhile. */
+static void respond_failure(struct request *req, const struct db_result *r, const char *what,
+                            const char *op)
+{
+    if (r->status == DB_UNAVAILABLE) {
+        http_set_header(req, "Retry-After", "1");
+        problem_respond(req, PROBLEM_UNAVAILABLE,
+                        "The database is unavailable; try again shortly.");
+        return;
+    }
+    const char *st = r->sqlstate ? r->sqlstate : "";
+    if (what && strncmp(st, "22", 2) == 0) {
+        problem_respond(req, PROBLEM_BAD_REQUEST,
+                        arena_printf(req->arena, "%s is not valid JSON.", what));
+        return;
+    }
+    if (strcmp(st, "42P01") == 0 || strcmp(st, "3F000") == 0) {
+        problem_respond(req, PROBLEM_UNAUTHORIZED,
+                        "The credential's organization no longer exists.");
+        return;
+    }
+    log_msg(LOG_ERROR, "%s failed: %s (%s)", op, r->message ? r->message : "?", st[0] ? st : "?");
+    problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+}
+
+static void internal(struct request *req, const char *op)
+{
+    log_msg(LOG_ERROR, "%s: unexpected result shape", op);
+    problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+}
+
+static void set_etag(struct request *req, const char *version)
+{
+    http_set_header(req, "ETag", arena_printf(req->arena, "\"%s\"", version));
+}
+
+static void query(struct request *req, const struct auth_ctx *a, const struct db_stmt *stmt, int n,
+                  const char **values, db_cb cb)
+{
+    struct db_pool *pool = req->ctx ? (struct db_pool *)req->ctx->db : NULL;
+    if (!pool) {
+        http_set_header(req, "Retry-After", "1");
+        problem_respond(req, PROBLEM_UNAVAILABLE,
+                        "The database is unavailable; try again shortly.");
+        return;
+    }
+    db_query(pool, a->schema, stmt, n, (const char *const *)values, cb, req);
+}
+
+/* ---- POST .../records --------------------------------------------------- */
+
+static void create_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status != DB_OK) {
+        respond_failure(req, r, "The body", "create record");
+        return;
+    }
+    const char *id = result_text(r, 0, 0), *ver = result_text(r, 0, 1), *j = result_text(r, 0, 2);
+    if (!id || !ver || !j) {
+        internal(req, "create record");
+        return;
+    }
+    http_set_header(req, "Location",
+                    arena_printf(req->arena, "/v1/collections/%s/records/%s",
+                                 http_param(req, "collection"), id));
+    set_etag(req, ver);
+    http_respond(req, 201, "application/json", j, strlen(j));
+}
+
+static void records_create(struct request *req)
+{
+    const struct auth_ctx *a = org_caller(req);
+    const char *coll = a ? path_collection(req) : NULL;
+    if (!coll)
+        return;
+    if (!check_object(req, req->body ? req->body : "", req->body ? req->body_len : 0, "The body"))
+        return;
+    const char **v = arena_alloc(req->arena, 2 * sizeof *v);
+    v[0] = coll;
+    v[1] = req->body;
+    query(req, a, &q_create, 2, v, create_done);
+}
+
+/* ---- GET .../records ---------------------------------------------------- */
+
+static void list_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status != DB_OK) {
+        if (r->status == DB_ERROR && r->sqlstate &&
+            (strcmp(r->sqlstate, "22007") == 0 || strcmp(r->sqlstate, "22008") == 0)) {
+            /* A cursor of the right shape but an impossible date (month 13):
+             * datetime errors, where bad JSON in the filter is 22P02. */
+            json_t *errors = NULL;
+            problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
+            problem_respond_errors(req, "The query parameters are not valid.", errors);
+            return;
+        }
+        respond_failure(req, r, "The filter", "list records");
+        return;
+    }
+    const char *data = result_text(r, 0, 0), *pos = result_text(r, 0, 1);
+    if (!data || (pos && strlen(pos) != CURSOR_LEN)) {
+        internal(req, "list records");
+        return;
+    }
+    char *body = pos ? arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":\"%s\"}", data, pos)
+                     : arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":null}", data);
+    http_respond(req, 200, "application/json", body, strlen(body));
+}
+
+static void records_list(struct request *req)
+{
+    const struct auth_ctx *a = org_caller(req);
+    const char *coll = a ? path_collection(req) : NULL;
+    if (!coll)
+        return;
+    const char **v = arena_calloc(req->arena, 5 * sizeof *v);
+    v[0] = coll;
+    const struct db_stmt *stmt = list_params(req, v);
+    if (!stmt)
+        return;
+    query(req, a, stmt, stmt == &q_list_filter ? 5 : 4, v, list_done);
+}
+
+/* ---- GET .../records/{id} ----------------------------------------------- */
+
+static void get_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status != DB_OK) {
+        respond_failure(req, r, NULL, "get record");
+        return;
+    }
+    const char *ver = result_text(r, 0, 0), *j = result_text(r, 0, 1);
+    if (!ver || !j) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such record.");
+        return;
+    }
+    set_etag(req, ver);
+    const char *inm = http_header(req, "If-None-Match");
+    if (inm) {
+        bool any;
+        long long v[ETAG_MAX_TAGS];
+        int n;
+        /* A malformed If-None-Match is ignored: the full answer is always safe. */
+        if (parse_etags(inm, true, &any, v, &n)) {
+            long long cur = strtoll(ver, NULL, 10);
+            bool match = any;
+            for (int i = 0; i < n && !match; i++)
+                match = v[i] == cur;
+            if (match) {
+                http_respond_empty(req, 304);
+                return;
+            }
+        }
+    }
+    http_respond(req, 200, "application/json", j, strlen(j));
+}
+
+static void records_get(struct request *req)
+{
+    const struct auth_ctx *a = org_caller(req);
+    const char *coll = a ? path_collection(req) : NULL;
+    const char *id = coll ? path_id(req) : NULL;
+    if (!id)
+        return;
+    const char **v = arena_alloc(req->arena, 2 * sizeof *v);
+    v[0] = id;
+    v[1] = coll;
+    query(req, a, &q_get, 2, v, get_done);
+}
+
+/* ---- PUT / PATCH .../records/{id} --------------------------------------- */
+
+static void write_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status != DB_OK) {
+        respond_failure(req, r, "The body",
+                        req->method == HTTP_PUT ? "replace record" : "patch record");
+        return;
+    }
+    const char *ver = result_text(r, 0, 0), *j = result_text(r, 0, 1),
+               *exists = result_text(r, 0, 2);
+    if (ver && j) {
+        set_etag(req, ver);
+        http_respond(req, 200, "application/json", j, strlen(j));
+    } else if (exists && exists[0] == 't') {
+        problem_respond(req, PROBLEM_PRECONDITION_FAILED,
+                        "The record has changed since the version in If-Match; fetch it again.");
+    } else {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such record.");
+    }
+}
+
+static void run_write(struct request *req, const struct db_stmt *stmt, const char *what)
+{
+    const struct auth_ctx *a = org_caller(req);
+    const char *coll = a ? path_collection(req) : NULL;
+    const char *id = coll ? path_id(req) : NULL;
+    if (!id)
+        return;
+    if (!check_object(req, req->body ? req->body : "", req->body ? req->body_len : 0, what))
+        return;
+    bool ok;
+    const char *versions = if_match_param(req, &ok);
+    if (!ok)
+        return;
+    const char **v = arena_alloc(req->arena, 4 * sizeof *v);
+    v[0] = id;
+    v[1] = coll;
+    v[2] = req->body;
+    v[3] = versions;
+    query(req, a, stmt, 4, v, write_done);
+}
+
+static void records_replace(struct request *req)
+{
+    run_write(req, &q_replace, "The body");
+}
+
+/* RFC 7396: the body is a merge patch; only an object can keep `data` an
+ * object, so any other patch is refused (400) rather than replacing it. */
+static void records_patch(struct request *req)
+{
+    run_write(req, &q_patch, "The merge patch");
+}
+
+/* ---- DELETE .../records/{id} -------------------------------------------- */
+
+static void delete_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status != DB_OK) {
+        respond_failure(req, r, NULL, "delete record");
+        return;
+    }
+    const char *deleted = result_text(r, 0, 0), *exists = result_text(r, 0, 1);
+    if (deleted && deleted[0] == 't')
+        http_respond_empty(req, 204);
+    else if (exists && exists[0] == 't')
+        problem_respond(req, PROBLEM_PRECONDITION_FAILED,
+                        "The record has changed since the version in If-Match; fetch it again.");
+    else
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such record.");
+}
+
+static void records_delete(struct request *req)
+{
+    const struct auth_ctx *a = org_caller(req);
+    const char *coll = a ? path_collection(req) : NULL;
+    const char *id = coll ? path_id(req) : NULL;
+    if (!id)
+        return;
+    bool ok;
+    const char *versions = if_match_param(req, &ok);
+    if (!ok)
+        return;
+    const char **v = arena_alloc(req->arena, 3 * sizeof *v);
+    v[0] = id;
+    v[1] = coll;
+    v[2] = versions;
+    query(req, a, &q_delete, 3, v, delete_done);
+}
+
+/* ---- records.export hook ------------------------------------------------ */
+
+struct export_req {
+    record_export_cb cb;
+    void *ud;
+    const char *values[1];
+};
+
+static void export_done(struct db_result *r, void *ud)
+{
+    struct export_req *e = ud;
+    const char *j = r->status == DB_OK ? result_text(r, 0, 0) : NULL;
+    if (r->status == DB_OK && !j)
+        e->cb(DB_ERROR, NULL, 0, e->ud);
+    else
+        e->cb(r->status, j, j ? strlen(j) : 0, e->ud);
+    free(e);
+}
+
+void record_export_collection(struct db_pool *pool, const char *schema, const char *collection,
+                              record_export_cb cb, void *ud)
+{
+    struct export_req *e = malloc(sizeof *e);
+    if (!e)
+        abort();
+    e->cb = cb;
+    e->ud = ud;
+    e->values[0] = collection;
+    db_query(pool, schema, &q_export, 1, e->values, export_done, e);
+}
