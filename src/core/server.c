@@ -828,6 +828,8 @@ static void on_conn_handle_closed(uv_handle_t *h)
     if (c->req) {
         if (c->dispatched && !c->req->responded) {
             /* The handler still runs; it answers into the void later. */
+            log_msg(LOG_DEBUG, "client %s left before request %s was answered", c->client_ip,
+                    c->req->request_id ? c->req->request_id : "-");
             c->req->conn = NULL;
             ls->orphans++;
             c->req = NULL;
