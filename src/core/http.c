@@ -288,7 +288,7 @@ void http_respond(struct request *req, int status, const char *content_type, con
         status = 500; /* 1xx are sent by the server itself, never as a final answer */
     /* RFC 9110: no content for 204 and 304, and no Content-Length for 204. */
     bool no_content = status == 204 || status == 304;
-    if (no_content)
+    if (no_content || !body)
         len = 0;
     if (content_type && !valid_value(content_type))
         content_type = NULL;
@@ -316,7 +316,7 @@ void http_respond(struct request *req, int status, const char *content_type, con
     if (content_type && !no_content)
         put_header(&o, "Content-Type", content_type);
     if (!no_content) {
-        n = snprintf(line, sizeof line, "%zu", len);
+        snprintf(line, sizeof line, "%zu", len);
         put_header(&o, "Content-Length", line);
     }
     if (rid)
