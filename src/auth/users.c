@@ -239,19 +239,28 @@ static json_t *body_object(struct request *req)
     return j;
 }
 
-/* Adds an "unknown field" error for every key of obj not in allowed (NULL-ended). */
+/* Adds an "unknown field" error for every key of obj not in allowed
+ * (NULL-ended). The answer echoes client text, so it stays small: at most a
+ * few such errors, and long names are not repeated. */
 static void check_known_fields(json_t *obj, const char *const *allowed, json_t **errors)
 {
     const char *key;
     json_t *v;
+    int reported = 0;
     json_object_foreach(obj, key, v)
     {
         bool ok = false;
         for (const char *const *a = allowed; *a; a++)
             if (strcmp(*a, key) == 0)
                 ok = true;
-        if (!ok)
-            problem_add_error(errors, key, "is not a known field");
+        if (ok)
+            continue;
+        if (++reported > 8) {
+            problem_add_error(errors, "(more)", "more unknown fields were left out");
+            return;
+        }
+        problem_add_error(errors, strlen(key) <= 64 ? key : "(a name of over 64 bytes)",
+                          "is not a known field");
     }
 }
 
