@@ -10,6 +10,8 @@ so a new route is covered without anyone remembering to add it:
    plus `X-Org-Name: <B's slug>`: 403, and A's data unchanged;
 3. every authenticated GET called with A's admin credentials: no byte of
    B's identifiers in the answer;
+4. every authenticated POST sent by B, then by A with the same
+   Idempotency-Key: A never gets B's answer replayed;
 and after each, B's rows in every `public` table with an org_id column and
 every table of B's schema are byte for byte what they were.
 
@@ -281,6 +283,24 @@ class IsolationTest(harness.DbTestCase):
                 status, body, _ = self.request(method, path, OPERATOR_TOKEN, opid=opid)
                 self.assertIn(status, (401, 403, 404), body)
         self.assertUnchanged(before, self.b)
+
+    def test_idempotency_keys_are_per_org(self):
+        """B uses an Idempotency-Key on every authenticated POST; A then
+        sends the same key and body: A's answer is A's own, never a replay
+        of B's."""
+        posts = [r for r in self.routes if r[0] == "POST" and (r[0], r[1]) not in self.public]
+        self.assertTrue(posts)
+        for method, pattern, opid in posts:
+            idem = "isolation-" + uuid.uuid4().hex
+            with self.subTest(route=pattern):
+                self.request(method, self.b.fill(pattern), self.b.admin_key["key"],
+                             {"Idempotency-Key": idem}, opid)
+                status, body, r = self.request(method, self.a.fill(pattern),
+                                               self.a.admin_key["key"],
+                                               {"Idempotency-Key": idem}, opid)
+                self.assertLess(status, 500, body)
+                self.assertIsNone(r.getheader("Idempotent-Replayed"), body)
+                self.assertNoSecrets(body, self.b, f"POST {pattern}")
 
     def assertNoSecrets(self, body, org, where):
         text = json.dumps(body) if body is not None else ""
