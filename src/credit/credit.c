@@ -1,0 +1,688 @@
+/*
+ * Credits: balance, ledger, metered spend and the operator's grants and
+ * adjustments.
+ *
+ * Every write is ONE statement calling a SQL function of migration 0006
+ * (tenantd_credit_spend / tenantd_credit_admin, both built on
+ * tenantd_credit_apply): the account UPDATE ... WHERE balance + amount >= 0,
+ * the ledger INSERT and, when the request has an Idempotency-Key, the key's
+ * stored answer commit together or not at all. A short balance raises
+ * SQLSTATE TD402 and rolls everything back, so a 402 changes nothing (not
+ * even the key: a retry after a top-up spends). PostgreSQL renders the
+ * Transaction JSON; handlers pass it through, and replays send the very same
+ * text.
+ *
+ * Operator adjustments that would take a balance below zero answer 409
+ * (conflict with the org's state; 402 would tell the operator to pay).
+ */
+#include "credit/credit.h"
+
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <llhttp.h>
+
+#include "auth/auth.h"
+#include "core/arena.h"
+#include "core/config.h"
+#include "core/http.h"
+#include "core/log.h"
+#include "core/problem.h"
+#include "idem/idem.h"
+
+static void credits_get(struct request *req);
+static void credits_list(struct request *req);
+static void credits_spend(struct request *req);
+static void admin_credits(struct request *req);
+
+static const struct route credit_routes[] = {
+    {HTTP_GET, "/v1/credits", AUTH_MEMBER, credits_get, "getCredits"},
+    {HTTP_GET, "/v1/credits/transactions", AUTH_MEMBER, credits_list, "listCreditTransactions"},
+    {HTTP_POST, "/v1/credits/spend", AUTH_ADMIN_OR_KEY, credits_spend, "spendCredits"},
+    {HTTP_POST, "/v1/admin/orgs/{slug}/credits", AUTH_OPERATOR, admin_credits,
+     "adminAdjustCredits"},
+    {0},
+};
+
+static int credit_init(void);
+static void credit_shutdown(void);
+
+const struct module credit_module = {
+    .name = "credit",
+    .routes = credit_routes,
+    .init = credit_init,
+    .shutdown = credit_shutdown,
+};
+
+/* ---- SQL ---------------------------------------------------------------- */
+
+/* An org without an account row (only orgs made outside signup) has 0. */
+static const struct db_stmt q_balance = {
+    "credit_balance",
+    "SELECT json_build_object('balance', coalesce(a.balance, 0), 'updated_at', "
+    "public.tenantd_ts(coalesce(a.updated_at, o.created_at)))::text "
+    "FROM public.orgs o LEFT JOIN public.credit_accounts a ON a.org_id = o.id "
+    "WHERE o.id = $1::uuid",
+};
+
+/* Newest first by seq (the org's order of balance changes); $2 the cursor
+ * (seq of the last row shown, NULL first), $3 the page size. Answers the
+ * page as a JSON array and, when more rows follow, the seq to go on from. */
+static const struct db_stmt q_list = {
+    "credit_list",
+    "WITH page AS (SELECT t.seq, public.tenantd_credit_tx_json(t) AS j "
+    "FROM public.credit_transactions t WHERE t.org_id = $1::uuid "
+    "AND ($2::bigint IS NULL OR t.seq < $2::bigint) ORDER BY t.seq DESC LIMIT $3::int + 1), "
+    "shown AS (SELECT p.seq, p.j FROM page p ORDER BY p.seq DESC LIMIT $3::int) "
+    "SELECT coalesce((SELECT json_agg(s.j ORDER BY s.seq DESC) FROM shown s), '[]'::json)::text, "
+    "CASE WHEN (SELECT count(*) FROM page) > $3::int THEN (SELECT min(s.seq) FROM shown s) END",
+};
+
+static const struct db_stmt q_spend = {
+    "credit_spend",
+    "SELECT s.o_outcome, s.o_status, s.o_headers::text, s.o_body "
+    "FROM public.tenantd_credit_spend($1::uuid, $2::bigint, $3, $4, $5, $6) s",
+};
+
+static const struct db_stmt q_admin = {
+    "credit_admin",
+    "SELECT s.o_outcome, s.o_status, s.o_headers::text, s.o_body "
+    "FROM public.tenantd_credit_admin($1, $2::bigint, $3, $4, $5) s",
+};
+
+static const struct db_stmt q_apply = {
+    "credit_apply",
+    "SELECT public.tenantd_credit_tx_json(t)::text FROM public.tenantd_credit_apply("
+    "$1::uuid, $2::bigint, $3, $4::uuid, $5, $6) t",
+};
+
+static const struct db_stmt q_refund_job = {
+    "credit_refund_job",
+    "SELECT CASE WHEN t.id IS NULL THEN NULL ELSE public.tenantd_credit_tx_json(t)::text END "
+    "FROM public.tenantd_credit_refund_job($1::uuid, $2::uuid, $3) t",
+};
+
+/* ---- limits ------------------------------------------------------------- */
+
+#define AMOUNT_MAX INT64_C(1000000000000000) /* 10^15: far from bigint overflow */
+#define DESCRIPTION_MAX_CHARS 1000
+#define REFERENCE_MAX_CHARS 255
+#define SLUG_MAX 100
+#define LIST_LIMIT_DEFAULT 20
+#define LIST_LIMIT_MAX 100
+#define PURGE_INTERVAL_S 300
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static void json_release(void *p)
+{
+    json_decref((json_t *)p);
+}
+
+static struct db_pool *pool_of(struct request *req)
+{
+    return req->ctx ? (struct db_pool *)req->ctx->db : NULL;
+}
+
+static void respond_unavailable(struct request *req)
+{
+    http_set_header(req, "Retry-After", "1");
+    problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unavailable; try again shortly.");
+}
+
+/* 503 when the database is away, 500 (logged) for anything unexpected. */
+static void respond_db_failure(struct request *req, const struct db_result *r, const char *what)
+{
+    if (r->status == DB_UNAVAILABLE) {
+        respond_unavailable(req);
+        return;
+    }
+    log_msg(LOG_ERROR, "%s failed: %s (%s)", what, r->message ? r->message : "?",
+            r->sqlstate ? r->sqlstate : "?");
+    problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+}
+
+static bool is_sqlstate(const struct db_result *r, const char *code)
+{
+    return r->status == DB_ERROR && r->sqlstate && strcmp(r->sqlstate, code) == 0;
+}
+
+static const char *result_text(const struct db_result *r, int row, int col)
+{
+    if (!r->res || PQntuples(r->res) <= row || PQnfields(r->res) <= col ||
+        PQgetisnull(r->res, row, col))
+        return NULL;
+    return PQgetvalue(r->res, row, col);
+}
+
+/* The caller's org, or NULL after answering 403 (an org-less credential on
+ * an org route is a dispatch bug, not input). */
+static const struct auth_ctx *org_caller(struct request *req)
+{
+    const struct auth_ctx *a = auth_ctx(req);
+    if (!a || a->kind == AUTH_KIND_OPERATOR || a->org_id[0] == '\0') {
+        problem_respond(req, PROBLEM_FORBIDDEN, "This route needs a credential of an organization.");
+        return NULL;
+    }
+    return a;
+}
+
+/* The body as a JSON object (freed with the arena), or NULL after 400.
+ * Duplicate keys are refused: which one wins would be ambiguous. */
+static json_t *body_object(struct request *req)
+{
+    if (!req->body || req->body_len == 0) {
+        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
+        return NULL;
+    }
+    json_error_t err;
+    json_t *j = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
+    if (!j) {
+        problem_respond(req, PROBLEM_BAD_REQUEST,
+                        arena_printf(req->arena, "The body is not valid JSON (line %d, column %d).",
+                                     err.line, err.column));
+        return NULL;
+    }
+    arena_cleanup(req->arena, json_release, j);
+    if (!json_is_object(j)) {
+        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
+        return NULL;
+    }
+    return j;
+}
+
+static void check_known_fields(json_t *obj, const char *const *allowed, json_t **errors)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v)
+    {
+        bool ok = false;
+        for (const char *const *a = allowed; *a; a++)
+            if (strcmp(*a, key) == 0)
+                ok = true;
+        if (!ok)
+            problem_add_error(errors, key, "is not a known field");
+    }
+}
+
+/* Code points of a valid UTF-8 string (jansson checked it). */
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if ((*p & 0xC0) != 0x80)
+            n++;
+    return n;
+}
+
+/* An optional text field: absent or null -> NULL; a string of 1 (0 when
+ * allow_empty) to max_chars code points without NUL (PostgreSQL text cannot
+ * hold it) -> the string; anything else -> NULL with `message` added. */
+static const char *take_text(json_t *obj, const char *field, size_t max_chars, bool allow_empty,
+                             const char *message, json_t **errors)
+{
+    json_t *v = json_object_get(obj, field);
+    if (!v || json_is_null(v))
+        return NULL;
+    const char *s = json_string_value(v);
+    const char *why = NULL;
+    if (!s)
+        why = "must be a string or null";
+    else if (strlen(s) != json_string_length(v))
+        why = "must not contain NUL characters";
+    else if ((!allow_empty && *s == '\0') || utf8_chars(s) > max_chars)
+        why = message;
+    if (why) {
+        problem_add_error(errors, field, why);
+        return NULL;
+    }
+    return s;
+}
+
+/* The integer field `amount` within [min, max] and != 0, or false with an
+ * error added. */
+static bool take_amount(json_t *obj, int64_t min, int64_t max, const char *message, int64_t *out,
+                        json_t **errors)
+{
+    json_t *v = json_object_get(obj, "amount");
+    if (!v) {
+        problem_add_error(errors, "amount", "is required");
+        return false;
+    }
+    if (!json_is_integer(v)) {
+        problem_add_error(errors, "amount", "must be an integer");
+        return false;
+    }
+    json_int_t n = json_integer_value(v);
+    if (n < min || n > max || n == 0) {
+        problem_add_error(errors, "amount", message);
+        return false;
+    }
+    *out = (int64_t)n;
+    return true;
+}
+
+/* ---- opaque cursors: base64url of "s<seq>" -------------------------------- */
+
+static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static void cursor_encode(const char *seq, char *out, size_t outlen)
+{
+    char raw[32];
+    int n = snprintf(raw, sizeof raw, "s%s", seq);
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (int i = 0; i < n && o + 1 < outlen; i++) {
+        acc = (acc << 8) | (unsigned char)raw[i];
+        bits += 8;
+        while (bits >= 6 && o + 1 < outlen) {
+            bits -= 6;
+            out[o++] = b64url[(acc >> bits) & 63];
+        }
+    }
+    if (bits > 0 && o + 1 < outlen)
+        out[o++] = b64url[(acc << (6 - bits)) & 63];
+    out[o] = '\0';
+}
+
+/* The seq a cursor names, as decimal text into out; false for anything
+ * this server did not hand out. */
+static bool cursor_decode(const char *c, char *out, size_t outlen)
+{
+    size_t len = strlen(c);
+    if (len < 2 || len > 28)
+        return false;
+    char raw[32];
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < len; i++) {
+        const char *p = memchr(b64url, c[i], 64);
+        if (!p || c[i] == '\0')
+            return false;
+        acc = (acc << 6) | (uint32_t)(p - b64url);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (o + 1 >= sizeof raw)
+                return false;
+            raw[o++] = (char)((acc >> bits) & 0xFF);
+        }
+    }
+    /* Leftover bits must be zero, as the encoder writes them (one spelling
+     * per cursor). */
+    if (bits >= 6 || (acc & ((1u << bits) - 1)) != 0)
+        return false;
+    raw[o] = '\0';
+    if (o < 2 || o > 20 || raw[0] != 's' || raw[1] == '0')
+        return false;
+    for (size_t i = 1; i < o; i++)
+        if (!isdigit((unsigned char)raw[i]))
+            return false;
+    if (o - 1 >= outlen || (o - 1 == 19 && strcmp(raw + 1, "9223372036854775807") > 0))
+        return false;
+    memcpy(out, raw + 1, o);
+    return true;
+}
+
+/* ---- GET /v1/credits ---------------------------------------------------- */
+
+static void balance_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "credit balance");
+        return;
+    }
+    const char *body = result_text(r, 0, 0);
+    if (!body) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
+        return;
+    }
+    http_respond(req, 200, "application/json", body, strlen(body));
+}
+
+static void credits_get(struct request *req)
+{
+    const struct auth_ctx *a = org_caller(req);
+    if (!a)
+        return;
+    struct db_pool *pool = pool_of(req);
+    if (!pool) {
+        respond_unavailable(req);
+        return;
+    }
+    const char **v = arena_alloc(req->arena, sizeof *v);
+    v[0] = a->org_id;
+    db_query(pool, a->schema, &q_balance, 1, v, balance_done, req);
+}
+
+/* ---- GET /v1/credits/transactions --------------------------------------- */
+
+static void list_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "credit list");
+        return;
+    }
+    const char *data = result_text(r, 0, 0);
+    const char *next = result_text(r, 0, 1);
+    if (!data) {
+        respond_db_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no page"},
+                           "credit list");
+        return;
+    }
+    char cursor[48] = "null";
+    if (next) {
+        char enc[40];
+        cursor_encode(next, enc, sizeof enc);
+        snprintf(cursor, sizeof cursor, "\"%s\"", enc);
+    }
+    const char *body = arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":%s}", data, cursor);
+    http_respond(req, 200, "application/json", body, strlen(body));
+}
+
+static void credits_list(struct request *req)
+{
+    const struct auth_ctx *a = org_caller(req);
+    if (!a)
+        return;
+    json_t *errors = NULL;
+    int limit = LIST_LIMIT_DEFAULT;
+    const char *l = http_query(req, "limit");
+    if (l) {
+        char *end = NULL;
+        long n = (*l >= '0' && *l <= '9' && strlen(l) <= 3) ? strtol(l, &end, 10) : -1;
+        if (n < 1 || n > LIST_LIMIT_MAX || !end || *end)
+            problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
+        else
+            limit = (int)n;
+    }
+    const char *c = http_query(req, "cursor");
+    char seq[24];
+    if (c && !cursor_decode(c, seq, sizeof seq))
+        problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
+    if (errors) {
+        problem_respond_errors(req, "The query parameters are not valid.", errors);
+        return;
+    }
+    struct db_pool *pool = pool_of(req);
+    if (!pool) {
+        respond_unavailable(req);
+        return;
+    }
+    const char **v = arena_alloc(req->arena, 3 * sizeof *v);
+    v[0] = a->org_id;
+    v[1] = c ? arena_strdup(req->arena, seq) : NULL;
+    v[2] = arena_printf(req->arena, "%d", limit);
+    db_query(pool, a->schema, &q_list, 3, v, list_done, req);
+}
+
+/* ---- the two writes ------------------------------------------------------ */
+
+/* Answers a write's outcome row: the new Transaction (201), or what the
+ * Idempotency-Key says (replay, 409, 422). */
+static void write_answer(struct request *req, const struct db_result *r, const char *what)
+{
+    const char *outcome = result_text(r, 0, 0);
+    if (idem_answer(req, outcome, result_text(r, 0, 1), result_text(r, 0, 2),
+                    result_text(r, 0, 3)))
+        return;
+    const char *body = result_text(r, 0, 3);
+    if (!outcome || strcmp(outcome, "executed") != 0 || !body) {
+        respond_db_failure(req,
+                           &(struct db_result){.status = DB_ERROR, .message = "unexpected outcome"},
+                           what);
+        return;
+    }
+    http_respond(req, 201, "application/json", body, strlen(body));
+}
+
+static void spend_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (is_sqlstate(r, CREDIT_SQLSTATE_INSUFFICIENT)) {
+        problem_respond(req, PROBLEM_PAYMENT_REQUIRED,
+                        "The organization's credit balance is lower than the amount; nothing was "
+                        "spent.");
+        return;
+    }
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "credit spend");
+        return;
+    }
+    write_answer(req, r, "credit spend");
+}
+
+/* POST /v1/credits/spend {amount, description?, reference?}. */
+static void credits_spend(struct request *req)
+{
+    const struct auth_ctx *a = org_caller(req);
+    if (!a)
+        return;
+    json_t *body = body_object(req);
+    if (!body)
+        return;
+    static const char *const fields[] = {"amount", "description", "reference", NULL};
+    json_t *errors = NULL;
+    check_known_fields(body, fields, &errors);
+    int64_t amount = 0;
+    take_amount(body, 1, AMOUNT_MAX, "must be an integer from 1 to 10^15", &amount, &errors);
+    const char *description = take_text(body, "description", DESCRIPTION_MAX_CHARS, true,
+                                        "must be at most 1000 characters", &errors);
+    const char *reference = take_text(body, "reference", REFERENCE_MAX_CHARS, false,
+                                      "must be 1 to 255 characters", &errors);
+    if (errors) {
+        problem_respond_errors(req, "The spend is not valid.", errors);
+        return;
+    }
+    /* Only now, after validation: a rejected request does not use the key. */
+    struct idem_key k;
+    if (idem_read(req, a->org_id, &k) < 0)
+        return;
+    struct db_pool *pool = pool_of(req);
+    if (!pool) {
+        respond_unavailable(req);
+        return;
+    }
+    const char **v = arena_alloc(req->arena, 6 * sizeof *v);
+    v[0] = a->org_id;
+    v[1] = arena_printf(req->arena, "%" PRId64, amount);
+    v[2] = description;
+    v[3] = reference;
+    v[4] = k.key;
+    v[5] = k.hash;
+    db_query(pool, a->schema, &q_spend, 6, v, spend_done, req);
+}
+
+static void admin_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (is_sqlstate(r, CREDIT_SQLSTATE_INSUFFICIENT)) {
+        problem_respond(req, PROBLEM_CONFLICT,
+                        "The adjustment would take the organization's balance below zero; "
+                        "nothing changed.");
+        return;
+    }
+    if (is_sqlstate(r, "22003")) {
+        problem_respond(req, PROBLEM_CONFLICT,
+                        "The grant would take the balance beyond the largest value it can hold; "
+                        "nothing changed.");
+        return;
+    }
+    if (r->status != DB_OK) {
+        respond_db_failure(req, r, "credit adjustment");
+        return;
+    }
+    const char *outcome = result_text(r, 0, 0);
+    if (outcome && strcmp(outcome, "not_found") == 0) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
+        return;
+    }
+    write_answer(req, r, "credit adjustment");
+}
+
+/* POST /v1/admin/orgs/{slug}/credits {amount, description?}: amount > 0 is
+ * a grant, < 0 an adjustment. */
+static void admin_credits(struct request *req)
+{
+    const char *slug = http_param(req, "slug");
+    if (!slug || strlen(slug) > SLUG_MAX) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
+        return;
+    }
+    json_t *body = body_object(req);
+    if (!body)
+        return;
+    static const char *const fields[] = {"amount", "description", NULL};
+    json_t *errors = NULL;
+    check_known_fields(body, fields, &errors);
+    int64_t amount = 0;
+    take_amount(body, -AMOUNT_MAX, AMOUNT_MAX,
+                "must be a non-zero integer from -10^15 to 10^15", &amount, &errors);
+    const char *description = take_text(body, "description", DESCRIPTION_MAX_CHARS, true,
+                                        "must be at most 1000 characters", &errors);
+    if (errors) {
+        problem_respond_errors(req, "The credit change is not valid.", errors);
+        return;
+    }
+    /* The operator's keys are scoped to the target org, which SQL resolves
+     * from the slug; idem_read only checks the header and hashes. */
+    struct idem_key k;
+    if (idem_read(req, "", &k) < 0)
+        return;
+    struct db_pool *pool = pool_of(req);
+    if (!pool) {
+        respond_unavailable(req);
+        return;
+    }
+    const char **v = arena_alloc(req->arena, 5 * sizeof *v);
+    v[0] = slug;
+    v[1] = arena_printf(req->arena, "%" PRId64, amount);
+    v[2] = description;
+    v[3] = k.key;
+    v[4] = k.hash;
+    db_query(pool, NULL, &q_admin, 5, v, admin_done, req);
+}
+
+/* ---- narrow calls for other modules ------------------------------------ */
+
+enum credit_status credit_status_of(const struct db_result *r)
+{
+    if (r->status == DB_OK)
+        return CREDIT_OK;
+    if (r->status == DB_UNAVAILABLE)
+        return CREDIT_UNAVAILABLE;
+    if (is_sqlstate(r, CREDIT_SQLSTATE_INSUFFICIENT))
+        return CREDIT_INSUFFICIENT;
+    if (is_sqlstate(r, CREDIT_SQLSTATE_DUPLICATE))
+        return CREDIT_DUPLICATE;
+    if (is_sqlstate(r, "22023"))
+        return CREDIT_INVALID;
+    return CREDIT_ERROR;
+}
+
+/* A call's copies of its parameters, freed after the callback. */
+struct credit_call {
+    credit_cb cb;
+    void *ud;
+    char amount[24];
+    char *strs[5];
+    const char *values[6];
+};
+
+static void credit_call_free(struct credit_call *c)
+{
+    for (size_t i = 0; i < sizeof c->strs / sizeof c->strs[0]; i++)
+        free(c->strs[i]);
+    free(c);
+}
+
+static void credit_call_done(struct db_result *r, void *ud)
+{
+    struct credit_call *c = ud;
+    enum credit_status st = credit_status_of(r);
+    if (st == CREDIT_ERROR)
+        log_msg(LOG_ERROR, "credit call failed: %s (%s)", r->message ? r->message : "?",
+                r->sqlstate ? r->sqlstate : "?");
+    c->cb(st, st == CREDIT_OK ? result_text(r, 0, 0) : NULL, c->ud);
+    credit_call_free(c);
+}
+
+/* strdup that keeps NULL; false when out of memory. */
+static bool dup_opt(const char *s, char **out)
+{
+    *out = s ? strdup(s) : NULL;
+    return !s || *out;
+}
+
+static struct credit_call *credit_call_new(credit_cb cb, void *ud, const char *const *strs,
+                                           size_t n)
+{
+    struct credit_call *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->cb = cb;
+    c->ud = ud;
+    for (size_t i = 0; i < n; i++)
+        if (!dup_opt(strs[i], &c->strs[i])) {
+            credit_call_free(c);
+            return NULL;
+        }
+    return c;
+}
+
+void credit_apply(struct db_pool *pool, const char *schema, const char *org_id, int64_t amount,
+                  const char *type, const char *job_id, const char *description,
+                  const char *reference, credit_cb cb, void *ud)
+{
+    const char *strs[] = {org_id, type, job_id, description, reference};
+    struct credit_call *c = credit_call_new(cb, ud, strs, 5);
+    if (!c)
+        abort(); /* out of memory: as h2o does */
+    snprintf(c->amount, sizeof c->amount, "%" PRId64, amount);
+    c->values[0] = c->strs[0];
+    c->values[1] = c->amount;
+    c->values[2] = c->strs[1];
+    c->values[3] = c->strs[2];
+    c->values[4] = c->strs[3];
+    c->values[5] = c->strs[4];
+    db_query(pool, schema, &q_apply, 6, c->values, credit_call_done, c);
+}
+
+void credit_refund_job(struct db_pool *pool, const char *schema, const char *org_id,
+                       const char *job_id, const char *description, credit_cb cb, void *ud)
+{
+    const char *strs[] = {org_id, job_id, description};
+    struct credit_call *c = credit_call_new(cb, ud, strs, 3);
+    if (!c)
+        abort();
+    c->values[0] = c->strs[0];
+    c->values[1] = c->strs[1];
+    c->values[2] = c->strs[2];
+    db_query(pool, schema, &q_refund_job, 3, c->values, credit_call_done, c);
+}
+
+/* ---- lifecycle ----------------------------------------------------------- */
+
+static int credit_init(void)
+{
+    const char *url = g_config ? g_config->database_url : NULL;
+    if (!url || idem_purge_start(url, PURGE_INTERVAL_S) != 0) {
+        log_msg(LOG_ERROR, "cannot start the idempotency-key purge");
+        return -1;
+    }
+    return 0;
+}
+
+static void credit_shutdown(void)
+{
+    idem_purge_stop();
+}
