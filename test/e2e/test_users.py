@@ -504,6 +504,62 @@ class UsersRaceTest(UsersTestBase):
         self.assertEqual(n, ["1"])
 
 
+class CrossInstanceTest(UsersTestBase):
+    """Two tenantd processes on one database, as behind a load balancer: a
+    change made through one takes effect on the other without waiting for
+    any TTL (the database triggers' NOTIFY reaches its cache)."""
+    # One signing key for both, or neither accepts the other's tokens.
+    server_env = dict(SERVER_ENV, TENANTD_JWT_SECRET="cross-instance-" + uuid.uuid4().hex * 2)
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.other = harness.Server(cls.db_url, env=cls.server_env, args=("serve",)).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            rc = cls.other.stop()
+            if rc != 0:
+                raise AssertionError(f"second tenantd exited with {rc}:\n{cls.other.log()}")
+        finally:
+            super().tearDownClass()
+
+    def status_on_other(self, path, token):
+        return self.other.json("GET", path, None, bearer(token))[0]
+
+    def until(self, path, token, want, timeout=3.0):
+        """Polls the other instance until it answers `want`; returns seconds."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.status_on_other(path, token) == want:
+                return time.monotonic() - start
+            time.sleep(0.02)
+        self.fail(f"the other instance never answered {want} for {path}")
+
+    def test_delete_demote_and_revoke_reach_the_other_instance(self):
+        victim, vtoken, _ = user_with_token(self.server, self.admin_token, self.org["slug"])
+        boss, btoken, _ = user_with_token(self.server, self.admin_token, self.org["slug"],
+                                          role="admin")
+        key = create_key(self.server, self.admin_token)
+        # Warm the other instance's cache with every credential.
+        self.assertEqual(self.status_on_other("/v1/users", vtoken), 200)
+        self.assertEqual(self.status_on_other("/v1/api-keys", btoken), 200)
+        self.assertEqual(self.status_on_other("/v1/users", key["key"]), 200)
+
+        status, _, _ = self.call("DELETE", f"/v1/users/{victim['id']}")
+        self.assertEqual(status, 204)
+        self.until("/v1/users", vtoken, 401)
+
+        status, _, _ = self.call("PATCH", f"/v1/users/{boss['id']}", {"role": "member"})
+        self.assertEqual(status, 200)
+        self.until("/v1/api-keys", btoken, 403)
+
+        status, _, _ = self.call("DELETE", f"/v1/api-keys/{key['id']}")
+        self.assertEqual(status, 204)
+        self.until("/v1/users", key["key"], 401)
+
+
 class UsersHostileInputTest(UsersTestBase):
 
     def _post(self, body, raw=False):
