@@ -240,6 +240,8 @@ void config_usage(FILE *f)
             "tenantd %s: multi-tenant SaaS backend\n\n"
             "Usage:\n"
             "  tenantd serve [--migrate]          serve the API (--migrate: apply migrations first)\n"
+            "  tenantd worker                     run job workers only (TENANTD_JOB_WORKERS of them),\n"
+            "                                     no HTTP; SIGTERM/SIGINT: finish or release, then exit\n"
             "  tenantd migrate up                 apply pending migrations (control, then every org)\n"
             "  tenantd migrate down [N] [--tenant] revert the last N migrations (default 1)\n"
             "  tenantd migrate status             what is applied and what is pending\n"

@@ -53,6 +53,29 @@
     X(test_jobs, TENANTD_TEST_JOBS, BOOL, 0, 0, 1, "enable the sleep and fail job types")          \
     X(webhook_allow, TENANTD_WEBHOOK_ALLOW, STR, NULL, 0, 0,                                       \
       "comma-separated hosts webhook.deliver may call")                                            \
+    X(webhook_timeout_ms, TENANTD_WEBHOOK_TIMEOUT_MS, INT, 10000, 1, 600000,                       \
+      "webhook.deliver: connect + answer time allowed per attempt")                                \
+    X(job_lease_ms, TENANTD_JOB_LEASE_MS, INT, 30000, 100, 86400000,                               \
+      "a running job's lease; renewed at a third of it, a dead worker's job runs again after it")  \
+    X(job_poll_ms, TENANTD_JOB_POLL_MS, INT, 1000, 10, 3600000,                                    \
+      "workers look for due jobs at least this often (besides LISTEN)")                            \
+    X(job_timeout_ms, TENANTD_JOB_TIMEOUT_MS, INT, 60000, 10, 86400000,                            \
+      "one attempt of a job may take this long, then it fails (and may retry)")                   \
+    X(job_batch, TENANTD_JOB_BATCH, INT, 8, 1, 1000, "jobs a worker claims at once")               \
+    X(job_retry_base_ms, TENANTD_JOB_RETRY_BASE_MS, INT, 1000, 1, 86400000,                        \
+      "retry backoff: base * 2^(attempt-1), with jitter")                                          \
+    X(job_retry_max_ms, TENANTD_JOB_RETRY_MAX_MS, INT, 300000, 1, 86400000,                        \
+      "longest retry backoff")                                                                     \
+    X(job_cost_records_export, TENANTD_JOB_COST_RECORDS_EXPORT, INT, 5, 0, INT64_C(1000000000),    \
+      "credits a records.export job costs")                                                        \
+    X(job_cost_credits_report, TENANTD_JOB_COST_CREDITS_REPORT, INT, 2, 0, INT64_C(1000000000),    \
+      "credits a credits.report job costs")                                                        \
+    X(job_cost_webhook_deliver, TENANTD_JOB_COST_WEBHOOK_DELIVER, INT, 2, 0,                       \
+      INT64_C(1000000000), "credits a webhook.deliver job costs")                                  \
+    X(job_cost_sleep, TENANTD_JOB_COST_SLEEP, INT, 1, 0, INT64_C(1000000000),                      \
+      "credits a sleep job costs (test jobs)")                                                     \
+    X(job_cost_fail, TENANTD_JOB_COST_FAIL, INT, 1, 0, INT64_C(1000000000),                        \
+      "credits a fail job costs (test jobs)")                                                      \
     X(login_limit, TENANTD_LOGIN_LIMIT, INT, 10, 0, 1000000,                                       \
       "login attempts per minute per client IP and per email (0 = off)")                           \
     X(log_level, TENANTD_LOG_LEVEL, STR, "info", 0, 0, "debug, info, warn or error")               \
