@@ -1,0 +1,543 @@
+/*
+ * The jobs module's routes:
+ *
+ *   GET  /v1/job-types         the enabled types with their cost
+ *   POST /v1/jobs              check type and payload, charge, enqueue (202)
+ *   GET  /v1/jobs              the org's jobs, newest first (?status= ?type=)
+ *   GET  /v1/jobs/{id}         one job of the org
+ *   POST /v1/jobs/{id}/cancel  a queued job -> cancelled, refunded
+ *
+ * Each request is one statement on the caller's connection (all SQL is
+ * schema-qualified to public; passing the org's schema only reuses the
+ * connection the pool keeps bound to it). Enqueue is one SQL function
+ * (tenantd_job_enqueue): Idempotency-Key, deduction, insert, NOTIFY and the
+ * stored answer commit together. Cancel is one function too, made
+ * idempotent with the two-step form of idem.h. PostgreSQL renders the Job
+ * JSON (tenantd_job_json); C passes it through.
+ *
+ * The workers that run jobs are in worker.c; the job types in types.c.
+ */
+#include "job/job.h"
+
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+#include <llhttp.h>
+
+#include "auth/auth.h"
+#include "core/arena.h"
+#include "core/config.h"
+#include "core/http.h"
+#include "core/log.h"
+#include "core/problem.h"
+#include "credit/credit.h"
+#include "db/db.h"
+#include "idem/idem.h"
+#include "job/internal.h"
+
+static void job_types_list(struct request *req);
+static void jobs_create(struct request *req);
+static void jobs_list(struct request *req);
+static void jobs_get(struct request *req);
+static void jobs_cancel(struct request *req);
+
+static const struct route job_routes[] = {
+    {HTTP_GET, "/v1/job-types", AUTH_MEMBER, job_types_list, "listJobTypes"},
+    {HTTP_POST, "/v1/jobs", AUTH_ADMIN_OR_KEY, jobs_create, "createJob"},
+    {HTTP_GET, "/v1/jobs", AUTH_MEMBER, jobs_list, "listJobs"},
+    {HTTP_GET, "/v1/jobs/{id}", AUTH_MEMBER, jobs_get, "getJob"},
+    {HTTP_POST, "/v1/jobs/{id}/cancel", AUTH_ADMIN_OR_KEY, jobs_cancel, "cancelJob"},
+    {0},
+};
+
+static int job_init(void);
+static void job_shutdown(void);
+
+const struct module job_module = {
+    .name = "jobs",
+    .routes = job_routes,
+    .init = job_init,
+    .shutdown = job_shutdown,
+};
+
+#define MAX_ATTEMPTS_DEFAULT 3
+#define LIST_LIMIT_DEFAULT 20
+#define LIST_LIMIT_MAX 100
+
+/* ---- statements --------------------------------------------------------- */
+
+static const struct db_stmt enqueue_stmt = {
+    "job_enqueue",
+    "SELECT o_outcome, o_status::text, o_headers::text, o_body"
+    " FROM public.tenantd_job_enqueue($1::uuid, $2, $3::jsonb, $4::int, $5::timestamptz,"
+    " $6::int, $7::bigint, $8, $9)",
+};
+
+static const struct db_stmt get_stmt = {
+    "job_get",
+    "SELECT public.tenantd_job_json(j)::text FROM public.jobs j"
+    " WHERE j.id = $1::uuid AND j.org_id = $2::uuid",
+};
+
+/* Newest first by seq (a cursor is the last seq handed out, so inserts never
+ * shift a page); one row more than the page says whether another follows. */
+static const struct db_stmt list_stmt = {
+    "job_list",
+    "SELECT public.tenantd_job_json(j)::text, j.seq FROM public.jobs j"
+    " WHERE j.org_id = $1::uuid AND ($2::text IS NULL OR j.status = $2)"
+    " AND ($3::text IS NULL OR j.type = $3) AND ($4::bigint IS NULL OR j.seq < $4::bigint)"
+    " ORDER BY j.seq DESC LIMIT $5::int + 1",
+};
+
+static const struct db_stmt cancel_stmt = {
+    "job_cancel",
+    "SELECT o_outcome, o_body FROM public.tenantd_job_cancel($1::uuid, $2::uuid)",
+};
+
+/* ---- lifecycle ------------------------------------------------------------- */
+
+static bool workers_started;
+
+static int job_init(void)
+{
+    if (g_config->job_workers <= 0)
+        return 0;
+    if (job_workers_start(g_config->database_url, (int)g_config->job_workers) != 0)
+        return -1;
+    workers_started = true;
+    return 0;
+}
+
+static void job_shutdown(void)
+{
+    if (workers_started)
+        job_workers_stop((int)g_config->drain_timeout_ms);
+    workers_started = false;
+}
+
+/* ---- helpers ------------------------------------------------------------------ */
+
+static bool uuid_valid(const char *s)
+{
+    if (!s || strlen(s) != 36)
+        return false;
+    for (int i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-')
+                return false;
+        } else if (!isxdigit((unsigned char)s[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void decref_cleanup(void *p)
+{
+    json_decref(p);
+}
+
+static const char *col(const struct db_result *r, int c)
+{
+    return PQgetisnull(r->res, 0, c) ? NULL : PQgetvalue(r->res, 0, c);
+}
+
+static bool db_failed(struct request *req, const struct db_result *r, const char *what)
+{
+    if (r->status == DB_UNAVAILABLE) {
+        problem_respond(req, PROBLEM_UNAVAILABLE, "The database is not available; retry later.");
+        return true;
+    }
+    if (r->status == DB_ERROR) {
+        log_msg(LOG_ERROR, "%s: %s (%s)", what, r->message ? r->message : "?",
+                r->sqlstate ? r->sqlstate : "?");
+        problem_respond(req, PROBLEM_INTERNAL, "The request failed on our side.");
+        return true;
+    }
+    return false;
+}
+
+/* RFC 3339 date-time (with a UTC offset), e.g. 2026-01-02T03:04:05.5Z, of a
+ * real calendar date in years 1970..9999. */
+static bool rfc3339_valid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 20 || n > 40)
+        return false;
+    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
+    for (int i = 0; i < 19; i++) {
+        char c = s[i];
+        if (shape[i] == 'd' ? !isdigit((unsigned char)c)
+                            : shape[i] == 'T' ? (c != 'T' && c != 't') : c != shape[i])
+            return false;
+    }
+    int y = atoi(s), mo = atoi(s + 5), d = atoi(s + 8), h = atoi(s + 11), mi = atoi(s + 14),
+        se = atoi(s + 17);
+    static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] + (mo == 2 && leap) ||
+        h > 23 || mi > 59 || se > 59)
+        return false;
+    const char *p = s + 19;
+    if (*p == '.') {
+        const char *q = ++p;
+        while (isdigit((unsigned char)*p))
+            p++;
+        if (p == q || p - q > 9)
+            return false;
+    }
+    if ((*p == 'Z' || *p == 'z') && p[1] == '\0')
+        return true;
+    if ((*p == '+' || *p == '-') && strlen(p) == 6 && isdigit((unsigned char)p[1]) &&
+        isdigit((unsigned char)p[2]) && p[3] == ':' && isdigit((unsigned char)p[4]) &&
+        isdigit((unsigned char)p[5]))
+        return atoi(p + 1) <= 23 && atoi(p + 4) <= 59;
+    return false;
+}
+
+/* ---- GET /v1/job-types ---------------------------------------------------------- */
+
+static void job_types_list(struct request *req)
+{
+    json_t *data = json_array();
+    const struct job_type *t;
+    for (size_t i = 0; (t = job_type_at(i)); i++)
+        json_array_append_new(data, json_pack("{s:s, s:I, s:s}", "type", t->type, "cost",
+                                              (json_int_t)t->cost(), "description",
+                                              t->description));
+    http_respond_json(req, 200, json_pack("{s:o}", "data", data));
+}
+
+/* ---- POST /v1/jobs ----------------------------------------------------------------- */
+
+struct create_ctx {
+    struct request *req;
+    int64_t cost;
+};
+
+static void created(struct db_result *r, void *ud)
+{
+    struct create_ctx *cc = ud;
+    struct request *req = cc->req;
+    if (r->status == DB_ERROR && r->sqlstate &&
+        !strcmp(r->sqlstate, CREDIT_SQLSTATE_INSUFFICIENT)) {
+        char detail[160];
+        snprintf(detail, sizeof detail,
+                 "The org's balance is short of this job's cost (%" PRId64
+                 " credits); nothing was charged or queued.",
+                 cc->cost);
+        problem_respond(req, PROBLEM_PAYMENT_REQUIRED, detail);
+        return;
+    }
+    if (r->status == DB_ERROR && r->sqlstate && !strncmp(r->sqlstate, "22", 2)) {
+        /* Only run_at reaches SQL as client text the C checks could miss
+         * (a timestamp PostgreSQL cannot represent). */
+        json_t *errors = NULL;
+        problem_add_error(&errors, "run_at", "must be an RFC 3339 date-time");
+        problem_respond_errors(req, "The job is not valid.", errors);
+        return;
+    }
+    if (db_failed(req, r, "job enqueue"))
+        return;
+    const char *outcome = col(r, 0), *body = col(r, 3);
+    if (idem_answer(req, outcome, col(r, 1), col(r, 2), body))
+        return;
+    if (!outcome || strcmp(outcome, "executed") || !body) {
+        log_msg(LOG_ERROR, "job enqueue: unexpected outcome %s", outcome ? outcome : "NULL");
+        problem_respond(req, PROBLEM_INTERNAL, "The request failed on our side.");
+        return;
+    }
+    /* The same headers as the stored answer a replay gets. */
+    json_t *hs = json_loads(col(r, 2), 0, NULL);
+    size_t i;
+    json_t *h;
+    json_array_foreach(hs, i, h) {
+        const char *name = json_string_value(json_array_get(h, 0));
+        const char *value = json_string_value(json_array_get(h, 1));
+        if (name && value && strcasecmp(name, "Content-Type"))
+            http_set_header(req, name, value);
+    }
+    json_decref(hs);
+    http_respond(req, 202, "application/json", body, strlen(body));
+}
+
+static void jobs_create(struct request *req)
+{
+    const struct auth_ctx *a = auth_ctx(req);
+    json_error_t je;
+    json_t *body = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &je);
+    if (!body) {
+        problem_respond(req, PROBLEM_BAD_REQUEST, "The body is not valid JSON.");
+        return;
+    }
+    arena_cleanup(req->arena, decref_cleanup, body);
+    if (!json_is_object(body)) {
+        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
+        return;
+    }
+    json_t *errors = NULL;
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v) {
+        static const char *const known[] = {"type", "payload", "priority", "run_at",
+                                            "max_attempts", NULL};
+        bool ok = false;
+        for (const char *const *k = known; *k; k++)
+            ok = ok || !strcmp(*k, key);
+        if (!ok)
+            problem_add_error(&errors, arena_printf(req->arena, "%.100s", key),
+                              "is not a field of a job");
+    }
+
+    const struct job_type *t = NULL;
+    json_t *type = json_object_get(body, "type");
+    if (!type)
+        problem_add_error(&errors, "type", "is required");
+    else if (!json_is_string(type) || !(t = job_type_find(json_string_value(type))))
+        problem_add_error(&errors, "type", "is not a job type of this server (GET /v1/job-types)");
+
+    json_t *payload = json_object_get(body, "payload");
+    if (payload && json_is_null(payload))
+        payload = NULL;
+    if (payload && !json_is_object(payload))
+        problem_add_error(&errors, "payload", "must be an object");
+    else if (t) {
+        json_t *empty = payload ? NULL : json_object();
+        t->validate(payload ? payload : empty, &errors);
+        json_decref(empty);
+    }
+
+    json_int_t priority = 0, max_attempts = MAX_ATTEMPTS_DEFAULT;
+    json_t *p = json_object_get(body, "priority");
+    if (p && !json_is_null(p)) {
+        if (!json_is_integer(p) || json_integer_value(p) < 0 || json_integer_value(p) > 9)
+            problem_add_error(&errors, "priority", "must be an integer from 0 to 9");
+        else
+            priority = json_integer_value(p);
+    }
+    json_t *m = json_object_get(body, "max_attempts");
+    if (m && !json_is_null(m)) {
+        if (!json_is_integer(m) || json_integer_value(m) < 1 || json_integer_value(m) > 25)
+            problem_add_error(&errors, "max_attempts", "must be an integer from 1 to 25");
+        else
+            max_attempts = json_integer_value(m);
+    }
+    const char *run_at = NULL;
+    json_t *ra = json_object_get(body, "run_at");
+    if (ra && !json_is_null(ra)) {
+        if (!json_is_string(ra) || !rfc3339_valid(json_string_value(ra)))
+            problem_add_error(&errors, "run_at",
+                              "must be an RFC 3339 date-time, e.g. 2030-01-02T03:04:05Z");
+        else
+            run_at = json_string_value(ra);
+    }
+    if (errors) {
+        problem_respond_errors(req, "The job is not valid.", errors);
+        return;
+    }
+
+    struct idem_key ik;
+    int has_key = idem_read(req, a->org_id, &ik);
+    if (has_key < 0)
+        return;
+
+    char *ptext = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
+    const char *payload_text = ptext ? arena_strdup(req->arena, ptext) : "{}";
+    free(ptext);
+    struct create_ctx *cc = arena_calloc(req->arena, sizeof *cc);
+    cc->req = req;
+    cc->cost = t->cost();
+    const char **vals = arena_calloc(req->arena, 9 * sizeof *vals);
+    vals[0] = a->org_id;
+    vals[1] = t->type;
+    vals[2] = payload_text;
+    vals[3] = arena_printf(req->arena, "%d", (int)priority);
+    vals[4] = run_at;
+    vals[5] = arena_printf(req->arena, "%d", (int)max_attempts);
+    vals[6] = arena_printf(req->arena, "%" PRId64, cc->cost);
+    vals[7] = has_key ? ik.key : NULL;
+    vals[8] = has_key ? ik.hash : NULL;
+    db_query(req->ctx->db, a->schema, &enqueue_stmt, 9, vals, created, cc);
+}
+
+/* ---- GET /v1/jobs/{id} ------------------------------------------------------------- */
+
+static void got(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (db_failed(req, r, "job get"))
+        return;
+    if (PQntuples(r->res) != 1) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such job.");
+        return;
+    }
+    const char *body = PQgetvalue(r->res, 0, 0);
+    http_respond(req, 200, "application/json", body, strlen(body));
+}
+
+static void jobs_get(struct request *req)
+{
+    const struct auth_ctx *a = auth_ctx(req);
+    const char *id = http_param(req, "id");
+    if (!uuid_valid(id)) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such job (job ids are UUIDs).");
+        return;
+    }
+    const char **vals = arena_calloc(req->arena, 2 * sizeof *vals);
+    vals[0] = id;
+    vals[1] = a->org_id;
+    db_query(req->ctx->db, a->schema, &get_stmt, 2, vals, got, req);
+}
+
+/* ---- GET /v1/jobs -------------------------------------------------------------------- */
+
+struct list_ctx {
+    struct request *req;
+    int limit;
+};
+
+static void listed(struct db_result *r, void *ud)
+{
+    struct list_ctx *lc = ud;
+    struct request *req = lc->req;
+    if (db_failed(req, r, "job list"))
+        return;
+    int n = PQntuples(r->res);
+    int shown = n > lc->limit ? lc->limit : n;
+    size_t len = 64;
+    for (int i = 0; i < shown; i++)
+        len += (size_t)PQgetlength(r->res, i, 0) + 1;
+    char *out = arena_alloc(req->arena, len), *w = out;
+    w += sprintf(w, "{\"data\":[");
+    for (int i = 0; i < shown; i++) {
+        if (i)
+            *w++ = ',';
+        size_t l = (size_t)PQgetlength(r->res, i, 0);
+        memcpy(w, PQgetvalue(r->res, i, 0), l);
+        w += l;
+    }
+    if (n > lc->limit)
+        w += sprintf(w, "],\"next_cursor\":\"%.20s\"}", PQgetvalue(r->res, shown - 1, 1));
+    else
+        w += sprintf(w, "],\"next_cursor\":null}");
+    http_respond(req, 200, "application/json", out, (size_t)(w - out));
+}
+
+static void jobs_list(struct request *req)
+{
+    const struct auth_ctx *a = auth_ctx(req);
+    json_t *errors = NULL;
+    const char *status = http_query(req, "status");
+    if (status) {
+        static const char *const statuses[] = {"queued", "running", "succeeded", "failed",
+                                               "cancelled", NULL};
+        bool ok = false;
+        for (const char *const *s = statuses; *s; s++)
+            ok = ok || !strcmp(*s, status);
+        if (!ok)
+            problem_add_error(&errors, "status",
+                              "must be queued, running, succeeded, failed or cancelled");
+    }
+    const char *type = http_query(req, "type");
+    if (type && (strlen(type) < 1 || strlen(type) > 64))
+        problem_add_error(&errors, "type", "must be a job type name");
+    int limit = LIST_LIMIT_DEFAULT;
+    const char *l = http_query(req, "limit");
+    if (l) {
+        char *end;
+        long v = strtol(l, &end, 10);
+        if (!*l || *end || v < 1 || v > LIST_LIMIT_MAX)
+            problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
+        else
+            limit = (int)v;
+    }
+    const char *cursor = http_query(req, "cursor");
+    if (cursor) {
+        size_t n = strlen(cursor);
+        bool ok = n >= 1 && n <= 18;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = isdigit((unsigned char)cursor[i]);
+        if (!ok)
+            problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
+    }
+    if (errors) {
+        problem_respond_errors(req, "The query is not valid.", errors);
+        return;
+    }
+    struct list_ctx *lc = arena_calloc(req->arena, sizeof *lc);
+    lc->req = req;
+    lc->limit = limit;
+    const char **vals = arena_calloc(req->arena, 5 * sizeof *vals);
+    vals[0] = a->org_id;
+    vals[1] = status;
+    vals[2] = type;
+    vals[3] = cursor;
+    vals[4] = arena_printf(req->arena, "%d", limit);
+    db_query(req->ctx->db, a->schema, &list_stmt, 5, vals, listed, lc);
+}
+
+/* ---- POST /v1/jobs/{id}/cancel ---------------------------------------------------------- */
+
+struct cancel_ctx {
+    struct request *req;
+    struct idem_claim *claim;
+};
+
+static void cancelled(struct db_result *r, void *ud)
+{
+    struct cancel_ctx *cc = ud;
+    struct request *req = cc->req;
+    if (r->status == DB_UNAVAILABLE) {
+        idem_problem(req, cc->claim, PROBLEM_UNAVAILABLE,
+                     "The database is not available; retry later.");
+        return;
+    }
+    if (r->status == DB_ERROR || PQntuples(r->res) != 1) {
+        log_msg(LOG_ERROR, "job cancel: %s (%s)", r->message ? r->message : "no row",
+                r->sqlstate ? r->sqlstate : "?");
+        idem_problem(req, cc->claim, PROBLEM_INTERNAL, "The request failed on our side.");
+        return;
+    }
+    const char *outcome = col(r, 0), *body = col(r, 1);
+    if (outcome && !strcmp(outcome, "cancelled") && body) {
+        idem_respond(req, cc->claim, 200, "application/json", body, strlen(body));
+    } else if (outcome && !strcmp(outcome, "conflict") && body) {
+        json_t *j = json_loads(body, 0, NULL);
+        const char *st = json_string_value(json_object_get(j, "status"));
+        char detail[128];
+        snprintf(detail, sizeof detail, "Only a queued job can be cancelled; this one is %s.",
+                 st ? st : "not queued");
+        json_decref(j);
+        idem_problem(req, cc->claim, PROBLEM_CONFLICT, detail);
+    } else {
+        idem_problem(req, cc->claim, PROBLEM_NOT_FOUND, "No such job.");
+    }
+}
+
+static void cancel_proceed(struct request *req, struct idem_claim *claim, void *ud)
+{
+    (void)ud;
+    const struct auth_ctx *a = auth_ctx(req);
+    struct cancel_ctx *cc = arena_calloc(req->arena, sizeof *cc);
+    cc->req = req;
+    cc->claim = claim;
+    const char **vals = arena_calloc(req->arena, 2 * sizeof *vals);
+    vals[0] = a->org_id;
+    vals[1] = http_param(req, "id");
+    db_query(req->ctx->db, a->schema, &cancel_stmt, 2, vals, cancelled, cc);
+}
+
+static void jobs_cancel(struct request *req)
+{
+    const struct auth_ctx *a = auth_ctx(req);
+    if (!uuid_valid(http_param(req, "id"))) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such job (job ids are UUIDs).");
+        return;
+    }
+    idem_claim(req, a->org_id, cancel_proceed, NULL);
+}

@@ -1,0 +1,161 @@
+"""Job workers under faults: a `tenantd worker` killed with SIGKILL in the
+middle of a job (its lease lapses, another worker runs the job again; it is
+charged once and refunded at most once), and graceful shutdown (SIGTERM:
+a running job finishes within the drain time, or is released unharmed)."""
+import signal
+import time
+import unittest
+
+import harness
+from test_jobs import FAST, Ledger, enqueue, wait_job
+from test_users import signup
+
+# One JWT secret for every process, so a token works on a second server.
+LEASE = dict(FAST, TENANTD_JOB_LEASE_MS="800", TENANTD_JOB_POLL_MS="100",
+             TENANTD_JWT_SECRET="jobs-fault-tests-" + "k" * 32)
+
+
+def start_worker(db_url, **env):
+    e = dict(LEASE, TENANTD_JOB_WORKERS="1", TENANTD_LOG_LEVEL="debug")
+    e.update(env)
+    return harness.Server(db_url, env=e, args=("worker",)).start(wait=False)
+
+
+class WorkerCrashTest(harness.DbTestCase):
+    server_env = dict(LEASE, TENANTD_JOB_WORKERS="0")
+
+    def setUp(self):
+        self.org = signup(self.server)
+        self.token = self.org["access_token"]
+        self.org_id = self.org["org"]["id"]
+        self.ledger = Ledger(self.pg, self.dbname)
+
+    def job_row(self, job_id):
+        return self.pg.psql(f"SELECT status, attempts, coalesce(locked_by, '') FROM public.jobs"
+                            f" WHERE id = '{job_id}'", db=self.dbname)[0].split("|")
+
+    def wait_running(self, job_id, timeout=15):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status, attempts, locked_by = self.job_row(job_id)
+            if status == "running":
+                return locked_by
+            time.sleep(0.02)
+        raise AssertionError(f"job {job_id} never ran")
+
+    def kill_mid_job(self, max_attempts):
+        before = self.ledger.balance(self.org_id)
+        job = enqueue(self.server, self.token, "sleep", {"ms": 1500}, max_attempts=max_attempts)
+        victim = start_worker(self.db_url)
+        holder = self.wait_running(job["id"])
+        time.sleep(0.3)  # well inside the sleep
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+        self.assertEqual(self.job_row(job["id"])[0], "running")  # held by a dead worker
+        rescuer = start_worker(self.db_url)
+        try:
+            done = wait_job(self.server, self.token, job["id"], timeout=20)
+        finally:
+            self.assertEqual(rescuer.stop(), 0, rescuer.log())
+        return before, job, holder, done
+
+    def test_killed_worker_job_runs_again_after_the_lease(self):
+        before, job, holder, done = self.kill_mid_job(max_attempts=3)
+        self.assertEqual(done["status"], "succeeded", done)
+        self.assertEqual(done["attempts"], 2)  # the lost attempt counts
+        self.assertEqual(done["result"], {"slept_ms": 1500})
+        self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -1)])  # charged once
+        self.assertEqual(self.ledger.balance(self.org_id), before - 1)
+        self.assertTrue(self.ledger.check_sum(self.org_id))
+
+    def test_killed_on_last_attempt_fails_and_refunds_once(self):
+        before, job, holder, done = self.kill_mid_job(max_attempts=1)
+        self.assertEqual(done["status"], "failed", done)
+        self.assertIn("lease", done["error"])
+        self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -1), ("refund", 1)])
+        self.assertEqual(self.ledger.balance(self.org_id), before)
+        # a second reaper pass, or a refund by hand, changes nothing
+        self.pg.psql("SELECT public.tenantd_job_reap()", db=self.dbname)
+        self.pg.psql(f"SELECT public.tenantd_credit_refund_job('{self.org_id}', '{job['id']}')",
+                     db=self.dbname)
+        self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -1), ("refund", 1)])
+        self.assertTrue(self.ledger.check_sum(self.org_id))
+
+    def test_stale_worker_cannot_finish_a_taken_over_attempt(self):
+        """A worker whose lease lapsed (e.g. it was paused) and whose job was
+        taken over cannot write its outcome over the new attempt's."""
+        job = enqueue(self.server, self.token, "sleep", {"ms": 1200}, max_attempts=3)
+        slow = start_worker(self.db_url)
+        self.wait_running(job["id"])
+        slow.proc.send_signal(signal.SIGSTOP)  # no lease renewal from here on
+        try:
+            time.sleep(1.0)  # lease (0.8 s) lapses
+            self.pg.psql("SELECT public.tenantd_job_reap()", db=self.dbname)
+            self.assertEqual(self.job_row(job["id"])[:2], ["queued", "1"])
+            rescuer = start_worker(self.db_url)
+            self.wait_running(job["id"])
+        finally:
+            slow.proc.send_signal(signal.SIGCONT)
+        try:
+            done = wait_job(self.server, self.token, job["id"], timeout=20)
+        finally:
+            self.assertEqual(rescuer.stop(), 0)
+            self.assertEqual(slow.stop(), 0)
+        self.assertEqual(done["status"], "succeeded")
+        self.assertEqual(done["attempts"], 2)
+        self.assertIn("lost-lease", slow.log())  # its finish found the attempt gone
+        self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -1)])
+
+
+class GracefulShutdownTest(harness.DbTestCase):
+    server_env = dict(LEASE, TENANTD_JOB_WORKERS="0")
+
+    def setUp(self):
+        self.org = signup(self.server)
+        self.token = self.org["access_token"]
+
+    def test_sigterm_finishes_a_short_job(self):
+        job = enqueue(self.server, self.token, "sleep", {"ms": 600})
+        w = start_worker(self.db_url, TENANTD_DRAIN_TIMEOUT_MS="5000")
+        wait_job(self.server, self.token, job["id"], ("running",))
+        t0 = time.time()
+        w.signal(signal.SIGTERM)
+        self.assertEqual(w.stop(), 0, w.log())
+        self.assertLess(time.time() - t0, 4)
+        status, body, _ = self.server.json("GET", f"/v1/jobs/{job['id']}", None,
+                                           {"Authorization": f"Bearer {self.token}"})
+        self.assertEqual(body["status"], "succeeded", body)
+
+    def test_sigterm_releases_a_long_job(self):
+        job = enqueue(self.server, self.token, "sleep", {"ms": 30000})
+        w = start_worker(self.db_url, TENANTD_DRAIN_TIMEOUT_MS="300")
+        wait_job(self.server, self.token, job["id"], ("running",))
+        t0 = time.time()
+        self.assertEqual(w.stop(), 0, w.log())
+        self.assertLess(time.time() - t0, 3)
+        status, body, _ = self.server.json("GET", f"/v1/jobs/{job['id']}", None,
+                                           {"Authorization": f"Bearer {self.token}"})
+        self.assertEqual(body["status"], "queued", body)
+        self.assertEqual(body["attempts"], 0)  # released: the attempt does not count
+        self.assertIn("released", w.log())
+        self.assertEqual(self.server.json("POST", f"/v1/jobs/{job['id']}/cancel", None,
+                                          {"Authorization": f"Bearer {self.token}"})[0], 200)
+
+    def test_serve_sigterm_releases_in_process_jobs(self):
+        s = harness.Server(self.db_url, env=dict(LEASE, TENANTD_JOB_WORKERS="2",
+                                                 TENANTD_DRAIN_TIMEOUT_MS="300")).start()
+        try:
+            job = enqueue(s, self.token, "sleep", {"ms": 30000})
+            wait_job(s, self.token, job["id"], ("running",))
+        finally:
+            self.assertEqual(s.stop(), 0, s.log())
+        status, body, _ = self.server.json("GET", f"/v1/jobs/{job['id']}", None,
+                                           {"Authorization": f"Bearer {self.token}"})
+        self.assertEqual((body["status"], body["attempts"]), ("queued", 0), body)
+        # cancel it so no later test's worker picks it up
+        self.assertEqual(self.server.json("POST", f"/v1/jobs/{job['id']}/cancel", None,
+                                          {"Authorization": f"Bearer {self.token}"})[0], 200)
+
+
+if __name__ == "__main__":
+    unittest.main()
