@@ -7,7 +7,7 @@ import time
 import unittest
 
 import harness
-from test_jobs import FAST, Ledger, enqueue, wait_job
+from test_jobs import FAST, Ledger, enqueue, needs_jobs, wait_job
 from test_users import signup
 
 # One JWT secret for every process, so a token works on a second server.
@@ -21,6 +21,7 @@ def start_worker(db_url, **env):
     return harness.Server(db_url, env=e, args=("worker",)).start(wait=False)
 
 
+@needs_jobs
 class WorkerCrashTest(harness.DbTestCase):
     server_env = dict(LEASE, TENANTD_JOB_WORKERS="0")
 
@@ -107,6 +108,7 @@ class WorkerCrashTest(harness.DbTestCase):
         self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -1)])
 
 
+@needs_jobs
 class GracefulShutdownTest(harness.DbTestCase):
     server_env = dict(LEASE, TENANTD_JOB_WORKERS="0")
 

@@ -27,6 +27,13 @@ import uuid
 import harness
 from test_users import bearer, create_key, create_user, login, signup
 
+# Until the jobs migration is numbered (it waits as a .draft for the control
+# migrations before it), the module is not in the binary: skip, saying so.
+# Once migrations/control/NNNN_jobs.up.sql exists these tests always run.
+JOBS_MIGRATED = any(f.endswith("_jobs.up.sql") for f in os.listdir(
+    os.path.join(harness.SOURCE_DIR, "migrations", "control")))
+needs_jobs = unittest.skipUnless(JOBS_MIGRATED, "jobs migration still a .draft (not numbered yet)")
+
 FAST = {
     "TENANTD_TEST_JOBS": "1",
     "TENANTD_SIGNUP_CREDITS": "1000",
@@ -92,6 +99,7 @@ class Ledger:
         return int(s) == self.balance(org_id)
 
 
+@needs_jobs
 class JobsApiTest(harness.DbTestCase):
     server_env = dict(FAST, TENANTD_JOB_WORKERS="2")
 
@@ -570,6 +578,7 @@ def verify_signature(headers, body, secret):
     return hmac.compare_digest(mac, m.group(2)) and abs(time.time() - int(m.group(1))) < 60
 
 
+@needs_jobs
 class WebhookTest(harness.DbTestCase):
     start_server = False
 
@@ -653,6 +662,7 @@ class WebhookTest(harness.DbTestCase):
         self.assertEqual(self.ledger.balance(self.org["org"]["id"]), before)
 
 
+@needs_jobs
 class WebhookWorkerAllowListTest(harness.DbTestCase):
     """The worker's own allow list decides: a job accepted by a server that
     allows the host, run by a `tenantd worker` that does not, fails without
@@ -707,6 +717,7 @@ def job_starts(log):
     return out
 
 
+@needs_jobs
 class SchedulingTest(harness.DbTestCase):
     """Ordering and fairness, with the server's workers off: jobs are queued
     first, then `tenantd worker` processes run them."""
