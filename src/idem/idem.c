@@ -164,8 +164,8 @@ static void replay(struct request *req, const char *status, const char *headers,
     http_respond(req, (int)st, ctype, body ? body : "", body ? strlen(body) : 0);
 }
 
-bool idem_answer(struct request *req, const char *outcome, const char *status,
-                 const char *headers, const char *body)
+bool idem_answer(struct request *req, const char *outcome, const char *status, const char *headers,
+                 const char *body)
 {
     if (!outcome)
         return false;
@@ -365,8 +365,7 @@ void idem_respond_json(struct request *req, struct idem_claim *claim, int status
     free(s);
 }
 
-void idem_problem(struct request *req, struct idem_claim *claim, enum problem p,
-                  const char *detail)
+void idem_problem(struct request *req, struct idem_claim *claim, enum problem p, const char *detail)
 {
     if (!claim) {
         problem_respond(req, p, detail);

@@ -67,8 +67,8 @@ int idem_read(struct request *req, const char *org_id, struct idem_key *out);
  * status/headers/body are the text columns (headers a JSON array of
  * [name, value] pairs); NULL where SQL gave NULL.
  */
-bool idem_answer(struct request *req, const char *outcome, const char *status,
-                 const char *headers, const char *body);
+bool idem_answer(struct request *req, const char *outcome, const char *status, const char *headers,
+                 const char *body);
 
 /* A two-step claim on a key (in the request arena). */
 struct idem_claim;
