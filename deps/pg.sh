@@ -67,7 +67,9 @@ log_min_messages = warning
 CONF
     fi
     touch "$LOG" && { [ "$(id -u)" != 0 ] || chown postgres:postgres "$LOG"; }
-    as_pg "$PGBIN/pg_ctl" -D "$DIR" -l "$LOG" -w -t 60 start >/dev/null
+    # 9>&-: the server must not inherit the lock, or it would hold it for its
+    # whole life and every later `start` would wait on it forever.
+    as_pg "$PGBIN/pg_ctl" -D "$DIR" -l "$LOG" -w -t 60 start >/dev/null 9>&-
     # Role and database of the app; superuser so tests may create databases.
     as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 <<'SQL' >/dev/null
 SELECT 'CREATE ROLE tenantd LOGIN SUPERUSER' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenantd') \gexec
