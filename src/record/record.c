@@ -27,6 +27,7 @@
 #include "record/record.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +40,7 @@
 #include "core/http.h"
 #include "core/log.h"
 #include "core/problem.h"
+#include "db/db.h"
 
 static void records_create(struct request *req);
 static void records_list(struct request *req);
@@ -59,34 +61,47 @@ static const struct route record_routes[] = {
 };
 #undef COLL
 
+static void record_shutdown(void);
+
 const struct module record_module = {
     .name = "records",
     .routes = record_routes,
+    .shutdown = record_shutdown,
 };
 
 /* ---- SQL ---------------------------------------------------------------- */
 
+/* clang-format off */
+
 /* Statements run with search_path "<org schema>, public", so `records` and
- * jsonb_merge_patch are the caller's own (tenant migrations 0001, 0002);
- * public.tenantd_ts comes from control migration 0002. */
+ * jsonb_merge_patch are the caller's own (tenant migrations 0001, 0002).
+ *
+ * RFC 3339 UTC times are rendered with to_char inline rather than with
+ * public.tenantd_ts: that SQL function is inlined at plan time, which parses
+ * its body again on every plan, and a statement is planned again whenever
+ * its connection changes schema. Same text either way. */
+#define SQL_TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 #define SQL_RECORD_JSON(r)                                                                         \
     "json_build_object('id', " r ".id, 'collection', " r ".collection, 'data', " r ".data, "       \
-    "'version', " r ".version, 'created_at', public.tenantd_ts(" r ".created_at), "                \
-    "'updated_at', public.tenantd_ts(" r ".updated_at))"
+    "'version', " r ".version, 'created_at', " SQL_TS(r ".created_at") ", "                        \
+    "'updated_at', " SQL_TS(r ".updated_at") ")"
+
+/* The two hottest statements are also made per org with the table named in
+ * full (see qualified_stmt), so each is written as the text before and
+ * after the table's name. */
 
 /* $1 collection, $2 data. Answers (id, version, record). */
-static const struct db_stmt q_create = {
-    "records_create",
-    "INSERT INTO records AS r (collection, data) VALUES ($1, $2::jsonb) "
-    "RETURNING r.id, r.version, " SQL_RECORD_JSON("r") "::text",
-};
+#define SQL_CREATE_HEAD "INSERT INTO "
+#define SQL_CREATE_TAIL                                                                            \
+    " AS r (collection, data) VALUES ($1, $2::jsonb) "                                             \
+    "RETURNING r.id, r.version, " SQL_RECORD_JSON("r") "::text"
+static const struct db_stmt q_create = {"records_create",
+                                        SQL_CREATE_HEAD "records" SQL_CREATE_TAIL};
 
 /* $1 id, $2 collection. Answers (version, record). */
-static const struct db_stmt q_get = {
-    "records_get",
-    "SELECT r.version, " SQL_RECORD_JSON("r") "::text FROM records r "
-                                              "WHERE r.id = $1::uuid AND r.collection = $2",
-};
+#define SQL_GET_HEAD "SELECT r.version, " SQL_RECORD_JSON("r") "::text FROM "
+#define SQL_GET_TAIL " r WHERE r.id = $1::uuid AND r.collection = $2"
+static const struct db_stmt q_get = {"records_get", SQL_GET_HEAD "records" SQL_GET_TAIL};
 
 /*
  * One page, newest first: rows strictly after the cursor ($2 created_at, $3
@@ -98,18 +113,15 @@ static const struct db_stmt q_get = {
  * UTC time (to the microsecond) and the 32 hex digits of its id.
  */
 #define SQL_LIST(filter)                                                                           \
-    "WITH page AS (SELECT r.id, r.created_at, " SQL_RECORD_JSON(                                   \
-        "r") " AS j FROM records r "                                                               \
-             "WHERE r.collection = $1 AND (r.created_at, r.id) < ($2::timestamptz, "               \
-             "$3::uuid) " filter " ORDER BY r.created_at DESC, r.id DESC LIMIT $4::int + 1), "     \
-             "numbered AS (SELECT p.*, row_number() OVER (ORDER BY p.created_at DESC, p.id DESC) " \
-             "AS n "                                                                               \
-             "FROM page p) "                                                                       \
-             "SELECT coalesce((SELECT json_agg(j ORDER BY n) FROM numbered WHERE n <= $4::int), "  \
-             "'[]'::json)::text, (SELECT to_char(created_at AT TIME ZONE 'UTC', "                  \
-             "'YYYYMMDDHH24MISSUS') || "                                                           \
-             "replace(id::text, '-', '') FROM numbered WHERE n = $4::int AND EXISTS "              \
-             "(SELECT 1 FROM numbered WHERE n > $4::int))"
+    "WITH page AS (SELECT r.id, r.created_at, " SQL_RECORD_JSON("r") " AS j FROM records r "       \
+    "WHERE r.collection = $1 AND (r.created_at, r.id) < ($2::timestamptz, $3::uuid) " filter       \
+    " ORDER BY r.created_at DESC, r.id DESC LIMIT $4::int + 1), "                                  \
+    "numbered AS (SELECT p.*, row_number() OVER (ORDER BY p.created_at DESC, p.id DESC) AS n "     \
+    "FROM page p) "                                                                                \
+    "SELECT coalesce((SELECT json_agg(j ORDER BY n) FROM numbered WHERE n <= $4::int), "           \
+    "'[]'::json)::text, (SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISSUS') || "  \
+    "replace(id::text, '-', '') FROM numbered WHERE n = $4::int AND EXISTS "                       \
+    "(SELECT 1 FROM numbered WHERE n > $4::int))"
 
 static const struct db_stmt q_list = {"records_list", SQL_LIST("")};
 /* A separate statement, so that the planner can weigh the GIN index for the
@@ -126,15 +138,14 @@ static const struct db_stmt q_list_filter = {"records_list_filter",
 #define SQL_WRITE(set)                                                                             \
     "WITH w AS (UPDATE records r SET " set ", version = r.version + 1, updated_at = now() "        \
     "WHERE r.id = $1::uuid AND r.collection = $2 AND ($4::bigint[] IS NULL OR "                    \
-    "r.version = ANY ($4::bigint[])) RETURNING r.version, " SQL_RECORD_JSON(                       \
-        "r") "::text AS j) "                                                                       \
-             "SELECT w.version, w.j, true FROM w UNION ALL "                                       \
-             "SELECT NULL, NULL, EXISTS (SELECT 1 FROM records x WHERE x.id = $1::uuid AND "       \
-             "x.collection = $2) WHERE NOT EXISTS (SELECT 1 FROM w)"
+    "r.version = ANY ($4::bigint[])) RETURNING r.version, " SQL_RECORD_JSON("r") "::text AS j) "   \
+    "SELECT w.version, w.j, true FROM w UNION ALL "                                                \
+    "SELECT NULL, NULL, EXISTS (SELECT 1 FROM records x WHERE x.id = $1::uuid AND "                \
+    "x.collection = $2) WHERE NOT EXISTS (SELECT 1 FROM w)"
 
 static const struct db_stmt q_replace = {"records_replace", SQL_WRITE("data = $3::jsonb")};
-static const struct db_stmt q_patch = {
-    "records_patch", SQL_WRITE("data = jsonb_merge_patch(r.data, $3::jsonb)")};
+static const struct db_stmt q_patch = {"records_patch",
+                                       SQL_WRITE("data = jsonb_merge_patch(r.data, $3::jsonb)")};
 
 /* $1 id, $2 collection, $3 If-Match versions or NULL. Answers (deleted, exists). */
 static const struct db_stmt q_delete = {
@@ -145,13 +156,131 @@ static const struct db_stmt q_delete = {
     "AND x.collection = $2)",
 };
 
-/* $1 collection: the whole collection, oldest first (records.export). */
-static const struct db_stmt q_export = {
-    "records_export",
-    "SELECT coalesce(json_agg(" SQL_RECORD_JSON(
-        "r") " ORDER BY r.created_at, r.id), "
-             "'[]'::json)::text FROM records r WHERE r.collection = $1",
+/* clang-format on */
+
+/* ---- schema-qualified statements ---------------------------------------- */
+
+/*
+ * GET and POST are the hottest requests, and with many active orgs most of
+ * them would land on a pooled connection bound to another org's schema: the
+ * switch costs a set_config and, worse, a new plan for the prepared
+ * statement (PostgreSQL re-plans whenever search_path differs), together
+ * more than the statement itself (test/bench/records.sh: about a third of
+ * the throughput with 100 orgs). So these two run a copy of their statement
+ * with the org's table named in full ("tenant_<hex>".records), prepared once
+ * per connection and org like any other statement, on connections bound to
+ * `public`: any connection serves any org, nothing is re-planned, and
+ * queries of different orgs share pipelines.
+ *
+ * The copies are made on first use and kept for the life of the process:
+ * the pool knows prepared statements by address, so one must never be freed
+ * or reused for another org while connections run. Their number is bounded
+ * by QUALIFIED_ORGS, which also bounds what each PostgreSQL backend holds for
+ * them (about 24 KiB per prepared statement); requests of orgs beyond it use
+ * the schema-bound statements, correct but slower.
+ */
+#define QUALIFIED_ORGS 512
+#define QUALIFIED_SLOTS (2 * QUALIFIED_ORGS) /* open addressing, at most half full */
+#define SCHEMA_LEN (7 + 32)                  /* "tenant_" + 32 hex digits */
+
+enum qualified_kind { QUALIFIED_GET, QUALIFIED_CREATE, QUALIFIED__COUNT };
+
+static const struct {
+    const char *prefix, *head, *tail;
+} qualified_kinds[QUALIFIED__COUNT] = {
+    [QUALIFIED_GET] = {"records_get_", SQL_GET_HEAD, SQL_GET_TAIL},
+    [QUALIFIED_CREATE] = {"records_create_", SQL_CREATE_HEAD, SQL_CREATE_TAIL},
 };
+
+struct qualified {
+    char schema[SCHEMA_LEN + 1];
+    char names[QUALIFIED__COUNT][sizeof "records_create_" + SCHEMA_LEN];
+    struct db_stmt stmts[QUALIFIED__COUNT];
+};
+
+static pthread_mutex_t qualified_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct qualified *qualified_slots[QUALIFIED_SLOTS];
+static int qualified_count;
+
+/* Only names of the exact shape the org module gives schemas are quoted
+ * into SQL text (they cannot contain a quote); anything else keeps using the
+ * bound statements. */
+static bool schema_shape_ok(const char *s)
+{
+    if (strncmp(s, "tenant_", 7) != 0 || strlen(s) != SCHEMA_LEN)
+        return false;
+    for (const char *p = s + 7; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return false;
+    return true;
+}
+
+static struct qualified *qualified_new(const char *schema)
+{
+    struct qualified *q = calloc(1, sizeof *q);
+    if (!q)
+        abort();
+    memcpy(q->schema, schema, SCHEMA_LEN + 1);
+    for (int k = 0; k < QUALIFIED__COUNT; k++) {
+        size_t len = strlen(qualified_kinds[k].head) + strlen(qualified_kinds[k].tail) +
+                     SCHEMA_LEN + sizeof "\"\".records";
+        char *sql = malloc(len);
+        if (!sql)
+            abort();
+        /* The schema's shape was checked: quoting it needs no escaping. */
+        snprintf(sql, len, "%s\"%s\".records%s", qualified_kinds[k].head, schema,
+                 qualified_kinds[k].tail);
+        snprintf(q->names[k], sizeof q->names[k], "%s%s", qualified_kinds[k].prefix, schema);
+        q->stmts[k].name = q->names[k];
+        q->stmts[k].sql = sql;
+    }
+    return q;
+}
+
+/* The statement of `kind` naming the table of `schema` in full, or NULL
+ * (then run the schema-bound one). */
+static const struct db_stmt *qualified_stmt(const char *schema, enum qualified_kind kind)
+{
+    if (!schema_shape_ok(schema))
+        return NULL;
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *p = schema; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    const struct db_stmt *out = NULL;
+    pthread_mutex_lock(&qualified_mu);
+    for (uint32_t i = h % QUALIFIED_SLOTS;; i = (i + 1) % QUALIFIED_SLOTS) {
+        struct qualified *q = qualified_slots[i];
+        if (q && strcmp(q->schema, schema) == 0) {
+            out = &q->stmts[kind];
+            break;
+        }
+        if (q)
+            continue;
+        if (qualified_count < QUALIFIED_ORGS) {
+            qualified_slots[i] = qualified_new(schema);
+            qualified_count++;
+            out = &qualified_slots[i]->stmts[kind];
+        }
+        break;
+    }
+    pthread_mutex_unlock(&qualified_mu);
+    return out;
+}
+
+static void record_shutdown(void)
+{
+    pthread_mutex_lock(&qualified_mu);
+    for (int i = 0; i < QUALIFIED_SLOTS; i++) {
+        if (qualified_slots[i]) {
+            for (int k = 0; k < QUALIFIED__COUNT; k++)
+                free((char *)qualified_slots[i]->stmts[k].sql);
+            free(qualified_slots[i]);
+            qualified_slots[i] = NULL;
+        }
+    }
+    qualified_count = 0;
+    pthread_mutex_unlock(&qualified_mu);
+}
 
 /* ---- input checks ------------------------------------------------------- */
 
@@ -500,6 +629,20 @@ static void query(struct request *req, const struct auth_ctx *a, const struct db
     db_query(pool, a->schema, stmt, n, (const char *const *)values, cb, req);
 }
 
+/* For statements that name the org's table in full (qualified_stmt). */
+static void query_public(struct request *req, const struct db_stmt *stmt, int n,
+                         const char **values, db_cb cb)
+{
+    struct db_pool *pool = req->ctx ? (struct db_pool *)req->ctx->db : NULL;
+    if (!pool) {
+        http_set_header(req, "Retry-After", "1");
+        problem_respond(req, PROBLEM_UNAVAILABLE,
+                        "The database is unavailable; try again shortly.");
+        return;
+    }
+    db_query(pool, NULL, stmt, n, (const char *const *)values, cb, req);
+}
+
 /* ---- POST .../records --------------------------------------------------- */
 
 static void create_done(struct db_result *r, void *ud)
@@ -532,7 +675,11 @@ static void records_create(struct request *req)
     const char **v = arena_alloc(req->arena, 2 * sizeof *v);
     v[0] = coll;
     v[1] = req->body;
-    query(req, a, &q_create, 2, v, create_done);
+    const struct db_stmt *qualified = qualified_stmt(a->schema, QUALIFIED_CREATE);
+    if (qualified)
+        query_public(req, qualified, 2, v, create_done);
+    else
+        query(req, a, &q_create, 2, v, create_done);
 }
 
 /* ---- GET .../records ---------------------------------------------------- */
@@ -622,7 +769,11 @@ static void records_get(struct request *req)
     const char **v = arena_alloc(req->arena, 2 * sizeof *v);
     v[0] = id;
     v[1] = coll;
-    query(req, a, &q_get, 2, v, get_done);
+    const struct db_stmt *qualified = qualified_stmt(a->schema, QUALIFIED_GET);
+    if (qualified)
+        query_public(req, qualified, 2, v, get_done);
+    else
+        query(req, a, &q_get, 2, v, get_done);
 }
 
 /* ---- PUT / PATCH .../records/{id} --------------------------------------- */
@@ -716,35 +867,4 @@ static void records_delete(struct request *req)
     v[1] = coll;
     v[2] = versions;
     query(req, a, &q_delete, 3, v, delete_done);
-}
-
-/* ---- records.export hook ------------------------------------------------ */
-
-struct export_req {
-    record_export_cb cb;
-    void *ud;
-    const char *values[1];
-};
-
-static void export_done(struct db_result *r, void *ud)
-{
-    struct export_req *e = ud;
-    const char *j = r->status == DB_OK ? result_text(r, 0, 0) : NULL;
-    if (r->status == DB_OK && !j)
-        e->cb(DB_ERROR, NULL, 0, e->ud);
-    else
-        e->cb(r->status, j, j ? strlen(j) : 0, e->ud);
-    free(e);
-}
-
-void record_export_collection(struct db_pool *pool, const char *schema, const char *collection,
-                              record_export_cb cb, void *ud)
-{
-    struct export_req *e = malloc(sizeof *e);
-    if (!e)
-        abort();
-    e->cb = cb;
-    e->ud = ud;
-    e->values[0] = collection;
-    db_query(pool, schema, &q_export, 1, e->values, export_done, e);
 }

@@ -569,8 +569,9 @@ class IsolationTest(RecordsTestCase):
         self.assertEqual(self.call("GET", BASE.format("c"))[0], 200)
 
     def test_steady_load_over_orgs_keeps_connections_bound(self):
-        """Three orgs reading concurrently through one loop: once the pool has
-        a connection bound to each org's schema, requests reuse them and
+        """Three orgs reading concurrently through one loop: reads of records
+        never make the pool rebind connections (they name the org's table in
+        full; a schema-bound pool would keep a connection per org), so
         tenantd_db_schema_switches_total stays still."""
         orgs = [self.org] + [self.signup() for _ in range(2)]
         recs = [self.create({"o": i}, tok=bearer(o["access_token"])) for i, o in enumerate(orgs)]
@@ -609,6 +610,39 @@ class IsolationTest(RecordsTestCase):
         # 300 requests over 3 orgs with a pool of 4: a handful of switches at
         # most (a connection may still be rebound while the pool settles).
         self.assertLessEqual(switches() - before, 6)
+
+class BoundStatementsTest(RecordsTestCase):
+    """GET and POST run statements that name the org's table in full when its
+    schema has the usual tenant_<32 hex> shape; any other schema name (or an
+    org past the cache's bound) takes the schema-bound statements. An org
+    whose schema has another name must work the same."""
+
+    def test_org_with_an_unusual_schema_name(self):
+        schema = 'tenant_Odd "Name" ' + uuid.uuid4().hex[:6]
+        slug = "odd-" + uuid.uuid4().hex[:8]
+        email = f"odd-{uuid.uuid4().hex[:8]}@example.com"
+        org = harness.seed_org(self.pg, self.dbname, slug, users=[(email, PASSWORD, "admin")])
+        quoted = '"' + schema.replace('"', '""') + '"'
+        self.sql(f"UPDATE public.orgs SET schema_name = {harness.sql_quote(schema)} "
+                 f"WHERE id = '{org['id']}'; CREATE SCHEMA {quoted}")
+        r = harness.run_tenantd(["migrate", "up"], self.db_url)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        status, login, _ = self.server.json("POST", "/v1/auth/login", {"email": email, "password": PASSWORD})
+        self.assertEqual(status, 200, login)
+        tok = bearer(login["access_token"])
+
+        mine = self.create({"odd": True}, coll="shared", tok=tok)
+        self.create({"odd": False}, coll="shared")
+        self.assertEqual(self.sql(f"SELECT data::text FROM {quoted}.records"), ['{"odd": true}'])
+        path = BASE.format("shared") + "/" + mine["id"]
+        status, got, r = self.call("GET", path, tok=tok)
+        self.assertEqual((status, got, r.getheader("ETag")), (200, mine, '"1"'))
+        self.assertEqual(self.call("GET", path)[0], 404)  # not in the other org
+        status, page, _ = self.call("GET", BASE.format("shared"), tok=tok)
+        self.assertEqual([x["id"] for x in page["data"]], [mine["id"]])
+        self.assertEqual(self.call("PATCH", path, {"more": 1}, tok=tok)[1]["data"], {"odd": True, "more": 1})
+        self.assertEqual(self.call("DELETE", path, tok=tok)[0], 204)
+
 
 if __name__ == "__main__":
     import unittest
