@@ -289,19 +289,12 @@ static void store_done(struct db_result *r, void *ud)
 static const char *headers_json(struct request *req, const char *content_type)
 {
     json_t *arr = json_array();
-    size_t n = 0;
-    for (struct http_out_header *h = req->out_headers; h; h = h->next)
-        n++;
-    /* The list is newest first; store oldest first. */
-    const struct http_out_header **v = arena_alloc(req->arena, (n ? n : 1) * sizeof *v);
-    size_t i = n;
-    for (struct http_out_header *h = req->out_headers; h; h = h->next)
-        v[--i] = h;
     if (content_type)
         json_array_append_new(arr, json_pack("[ss]", "Content-Type", content_type));
-    for (i = 0; i < n; i++)
-        if (strcasecmp(v[i]->name, "X-Request-Id") != 0)
-            json_array_append_new(arr, json_pack("[ss]", v[i]->name, v[i]->value));
+    /* http_set_header appends, so the list is in the order set. */
+    for (const struct http_out_header *h = req->out_headers; h; h = h->next)
+        if (strcasecmp(h->name, "X-Request-Id") != 0)
+            json_array_append_new(arr, json_pack("[ss]", h->name, h->value));
     char *s = json_dumps(arr, JSON_COMPACT);
     json_decref(arr);
     if (!s)
