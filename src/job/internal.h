@@ -18,12 +18,12 @@ enum job_outcome {
 
 /* One attempt of a job, as a handler sees it (on a worker thread). */
 struct job_run {
-    PGconn *conn;         /* the worker's own connection (blocking libpq) */
-    const char *id;       /* job id */
+    PGconn *conn;   /* the worker's own connection (blocking libpq) */
+    const char *id; /* job id */
     const char *org_id;
-    const char *schema;   /* the org's schema ("tenant_<hex>"), from public.orgs */
-    json_t *payload;      /* validated at enqueue; borrowed */
-    int attempt;          /* 1 .. max_attempts */
+    const char *schema; /* the org's schema ("tenant_<hex>"), from public.orgs */
+    json_t *payload;    /* validated at enqueue; borrowed */
+    int attempt;        /* 1 .. max_attempts */
     int max_attempts;
     uint64_t deadline_ns; /* monotonic (job_now_ns): the attempt's timeout */
     char *result;         /* out: malloc'd JSON object text (JOB_OK, optional otherwise) */
@@ -34,8 +34,8 @@ struct job_run {
 struct job_type {
     const char *type;
     const char *description;
-    bool test_only;                 /* only with TENANTD_TEST_JOBS=1 */
-    int64_t (*cost)(void);          /* credits, from the configuration */
+    bool test_only;        /* only with TENANTD_TEST_JOBS=1 */
+    int64_t (*cost)(void); /* credits, from the configuration */
     /* Checks a payload object; adds {"field": "payload.x", ...} entries. */
     void (*validate)(json_t *payload, json_t **errors);
     enum job_outcome (*run)(struct job_run *run);

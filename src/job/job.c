@@ -172,16 +172,17 @@ static bool rfc3339_valid(const char *s)
     static const char shape[] = "dddd-dd-ddTdd:dd:dd";
     for (int i = 0; i < 19; i++) {
         char c = s[i];
-        if (shape[i] == 'd' ? !isdigit((unsigned char)c)
-                            : shape[i] == 'T' ? (c != 'T' && c != 't') : c != shape[i])
+        if (shape[i] == 'd'   ? !isdigit((unsigned char)c)
+            : shape[i] == 'T' ? (c != 'T' && c != 't')
+                              : c != shape[i])
             return false;
     }
     int y = atoi(s), mo = atoi(s + 5), d = atoi(s + 8), h = atoi(s + 11), mi = atoi(s + 14),
         se = atoi(s + 17);
     static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] + (mo == 2 && leap) ||
-        h > 23 || mi > 59 || se > 59)
+    if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] + (mo == 2 && leap) || h > 23 ||
+        mi > 59 || se > 59)
         return false;
     const char *p = s + 19;
     if (*p == '.') {
@@ -207,9 +208,9 @@ static void job_types_list(struct request *req)
     json_t *data = json_array();
     const struct job_type *t;
     for (size_t i = 0; (t = job_type_at(i)); i++)
-        json_array_append_new(data, json_pack("{s:s, s:I, s:s}", "type", t->type, "cost",
-                                              (json_int_t)t->cost(), "description",
-                                              t->description));
+        json_array_append_new(data,
+                              json_pack("{s:s, s:I, s:s}", "type", t->type, "cost",
+                                        (json_int_t)t->cost(), "description", t->description));
     http_respond_json(req, 200, json_pack("{s:o}", "data", data));
 }
 
@@ -256,7 +257,8 @@ static void created(struct db_result *r, void *ud)
     json_t *hs = json_loads(col(r, 2), 0, NULL);
     size_t i;
     json_t *h;
-    json_array_foreach(hs, i, h) {
+    json_array_foreach(hs, i, h)
+    {
         const char *name = json_string_value(json_array_get(h, 0));
         const char *value = json_string_value(json_array_get(h, 1));
         if (name && value && strcasecmp(name, "Content-Type"))
@@ -283,9 +285,10 @@ static void jobs_create(struct request *req)
     json_t *errors = NULL;
     const char *key;
     json_t *v;
-    json_object_foreach(body, key, v) {
-        static const char *const known[] = {"type", "payload", "priority", "run_at",
-                                            "max_attempts", NULL};
+    json_object_foreach(body, key, v)
+    {
+        static const char *const known[] = {"type",   "payload",      "priority",
+                                            "run_at", "max_attempts", NULL};
         bool ok = false;
         for (const char *const *k = known; *k; k++)
             ok = ok || !strcmp(*k, key);
@@ -336,7 +339,7 @@ static void jobs_create(struct request *req)
         else
             run_at = json_string_value(ra);
     }
-    if (errors) {
+    if (errors || !t) { /* no type means an error was added */
         problem_respond_errors(req, "The job is not valid.", errors);
         return;
     }
@@ -434,8 +437,8 @@ static void jobs_list(struct request *req)
     json_t *errors = NULL;
     const char *status = http_query(req, "status");
     if (status) {
-        static const char *const statuses[] = {"queued", "running", "succeeded", "failed",
-                                               "cancelled", NULL};
+        static const char *const statuses[] = {"queued", "running",   "succeeded",
+                                               "failed", "cancelled", NULL};
         bool ok = false;
         for (const char *const *s = statuses; *s; s++)
             ok = ok || !strcmp(*s, status);

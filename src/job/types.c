@@ -45,11 +45,26 @@ static enum job_outcome sleep_run(struct job_run *run);
 static void fail_validate(json_t *p, json_t **errors);
 static enum job_outcome fail_run(struct job_run *run);
 
-static int64_t cost_export(void) { return g_config->job_cost_records_export; }
-static int64_t cost_report(void) { return g_config->job_cost_credits_report; }
-static int64_t cost_webhook(void) { return g_config->job_cost_webhook_deliver; }
-static int64_t cost_sleep(void) { return g_config->job_cost_sleep; }
-static int64_t cost_fail(void) { return g_config->job_cost_fail; }
+static int64_t cost_export(void)
+{
+    return g_config->job_cost_records_export;
+}
+static int64_t cost_report(void)
+{
+    return g_config->job_cost_credits_report;
+}
+static int64_t cost_webhook(void)
+{
+    return g_config->job_cost_webhook_deliver;
+}
+static int64_t cost_sleep(void)
+{
+    return g_config->job_cost_sleep;
+}
+static int64_t cost_fail(void)
+{
+    return g_config->job_cost_fail;
+}
 
 static const struct job_type job_types[] = {
     {"records.export",
@@ -66,8 +81,8 @@ static const struct job_type job_types[] = {
      "t + \".\" + body)>); 2xx succeeds, 408/429/5xx and network errors retry (payload: url, "
      "secret, body).",
      false, cost_webhook, webhook_validate, webhook_run},
-    {"sleep", "Test job: waits payload.ms milliseconds (0..600000, default 0).", true,
-     cost_sleep, sleep_validate, sleep_run},
+    {"sleep", "Test job: waits payload.ms milliseconds (0..600000, default 0).", true, cost_sleep,
+     sleep_validate, sleep_run},
     {"fail",
      "Test job: fails its first payload.fail_attempts attempts (every attempt when absent) with "
      "payload.message, then succeeds.",
@@ -117,7 +132,8 @@ static void known_fields(json_t *p, const char *const *known, json_t **errors)
 {
     const char *key;
     json_t *v;
-    json_object_foreach(p, key, v) {
+    json_object_foreach(p, key, v)
+    {
         bool ok = false;
         for (const char *const *k = known; *k; k++)
             ok = ok || !strcmp(*k, key);
@@ -390,8 +406,7 @@ static char *db_read(struct job_run *run, const char *sql, int n, const char *co
                 snprintf(run->error, sizeof run->error, "the org's data is gone");
                 *retry = false;
             } else {
-                log_msg(LOG_WARN, "job %s: query failed: %s", run->id,
-                        PQresultErrorMessage(r));
+                log_msg(LOG_WARN, "job %s: query failed: %s", run->id, PQresultErrorMessage(r));
                 snprintf(run->error, sizeof run->error, "database error");
             }
         }
@@ -446,8 +461,7 @@ static const char report_sql[] =
 
 static enum job_outcome report_run(struct job_run *run)
 {
-    const char *v[] = {run->org_id,
-                       json_string_value(json_object_get(run->payload, "from")),
+    const char *v[] = {run->org_id, json_string_value(json_object_get(run->payload, "from")),
                        json_string_value(json_object_get(run->payload, "to"))};
     if (!v[1] || !v[2]) {
         snprintf(run->error, sizeof run->error, "payload lacks from/to");
@@ -480,8 +494,7 @@ static int connect_to(const char *host, int port, uint64_t deadline, char *err, 
     int fd = -1;
     snprintf(err, errlen, "cannot connect to %s:%d", host, port);
     for (ai = res; ai && fd < 0; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                    ai->ai_protocol);
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
         if (fd < 0)
             continue;
         if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
@@ -494,8 +507,7 @@ static int connect_to(const char *host, int port, uint64_t deadline, char *err, 
                 getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0)
                 break;
             if (soerr)
-                snprintf(err, errlen, "cannot connect to %s:%d: %s", host, port,
-                         strerror(soerr));
+                snprintf(err, errlen, "cannot connect to %s:%d: %s", host, port, strerror(soerr));
             else
                 snprintf(err, errlen, "connecting to %s:%d timed out", host, port);
         }
@@ -547,8 +559,7 @@ static int read_status(int fd, uint64_t deadline)
     }
     buf[len] = '\0';
     int major, minor, status;
-    if (sscanf(buf, "HTTP/%d.%d %3d", &major, &minor, &status) != 3 || status < 100 ||
-        status > 599)
+    if (sscanf(buf, "HTTP/%d.%d %3d", &major, &minor, &status) != 3 || status < 100 || status > 599)
         return -1;
     return status;
 }
@@ -619,8 +630,8 @@ static enum job_outcome webhook_run(struct job_run *run)
             status = read_status(fd, deadline);
         close(fd);
         if (status < 0) {
-            snprintf(run->error, sizeof run->error, "no HTTP answer from %s:%d in time",
-                     url.host, url.port);
+            snprintf(run->error, sizeof run->error, "no HTTP answer from %s:%d in time", url.host,
+                     url.port);
         } else {
             char res[96];
             snprintf(res, sizeof res, "{\"status\":%d,\"attempt\":%d}", status, run->attempt);

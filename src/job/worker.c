@@ -66,16 +66,16 @@ static struct {
     pthread_mutex_t mu;
     pthread_cond_t cond; /* CLOCK_MONOTONIC */
     bool running;
-    bool stopping;       /* no new claims */
+    bool stopping; /* no new claims */
     bool coord_stop;
-    uint64_t wake_gen;   /* bumped on NOTIFY / reconnect / stop */
+    uint64_t wake_gen; /* bumped on NOTIFY / reconnect / stop */
     uint64_t drain_deadline;
     char *conninfo;
-    char ident[128];     /* this process's locked_by */
+    char ident[128]; /* this process's locked_by */
     int n;
     struct worker *workers;
     pthread_t coord;
-    int wake_fd;         /* interrupts the coordinator's poll */
+    int wake_fd; /* interrupts the coordinator's poll */
 } W = {.mu = PTHREAD_MUTEX_INITIALIZER, .wake_fd = -1};
 
 /* ---- waiting ---------------------------------------------------------- */
@@ -150,8 +150,7 @@ static PGconn *connect_db(const char *who)
 {
     PGconn *c = PQconnectdb(W.conninfo);
     if (PQstatus(c) != CONNECTION_OK) {
-        log_msg(LOG_WARN, "job %s: cannot connect to the database: %s", who,
-                PQerrorMessage(c));
+        log_msg(LOG_WARN, "job %s: cannot connect to the database: %s", who, PQerrorMessage(c));
         PQfinish(c);
         return NULL;
     }
@@ -247,8 +246,8 @@ static void run_one(struct worker *wk, const struct claimed *c)
         .max_attempts = c->max_attempts,
         .deadline_ns = job_now_ns() + (uint64_t)g_config->job_timeout_ms * 1000000u,
     };
-    log_msg(LOG_DEBUG, "job %s attempt %d start type=%s worker=%s/%d", c->id, c->attempt,
-            c->type, W.ident, wk->index);
+    log_msg(LOG_DEBUG, "job %s attempt %d start type=%s worker=%s/%d", c->id, c->attempt, c->type,
+            W.ident, wk->index);
     const struct job_type *t = job_type_find(c->type);
     json_error_t je;
     run.payload = json_loads(c->payload, 0, &je);
@@ -256,8 +255,7 @@ static void run_one(struct worker *wk, const struct claimed *c)
     if (!t) {
         /* A test type enqueued on a server that allows it, claimed by a
          * worker that does not: another worker may. */
-        snprintf(run.error, sizeof run.error, "job type %s is not enabled on this worker",
-                 c->type);
+        snprintf(run.error, sizeof run.error, "job type %s is not enabled on this worker", c->type);
         out = JOB_RETRY;
     } else if (!run.payload) {
         snprintf(run.error, sizeof run.error, "stored payload is not JSON");
@@ -289,8 +287,8 @@ static void run_one(struct worker *wk, const struct claimed *c)
                 " $6, $7::boolean, $8::bigint, $9::bigint)",
                 9, v, status, sizeof status))
         log_msg(LOG_DEBUG, "job %s attempt %d end status=%s%s%s", c->id, c->attempt,
-                status[0] ? status : "lost-lease", out == JOB_OK ? "" : " error=",
-                out == JOB_OK ? "" : run.error);
+                status[0] ? status : "lost-lease",
+                out == JOB_OK ? "" : " error=", out == JOB_OK ? "" : run.error);
     free(run.result);
 }
 
@@ -410,11 +408,10 @@ static void *coord_main(void *arg)
             next_renew = now + renew_every;
         }
         if (now >= next_reap) {
-            if (!stopping() && exec_ok(c, "SELECT public.tenantd_job_reap()", 0, NULL, out,
-                                       sizeof out) &&
+            if (!stopping() &&
+                exec_ok(c, "SELECT public.tenantd_job_reap()", 0, NULL, out, sizeof out) &&
                 atoi(out) > 0)
-                log_msg(LOG_INFO, "job listener: %s job(s) with a lapsed lease queued again",
-                        out);
+                log_msg(LOG_INFO, "job listener: %s job(s) with a lapsed lease queued again", out);
             next_reap = now + reap_every;
         }
         if (PQstatus(c) != CONNECTION_OK) {
@@ -519,8 +516,7 @@ void job_workers_stop(int drain_ms)
 int job_worker_main(int argc, char **argv)
 {
     if (argc > 0) {
-        fprintf(stderr, "tenantd worker: unexpected argument '%s' (see tenantd --help)\n",
-                argv[0]);
+        fprintf(stderr, "tenantd worker: unexpected argument '%s' (see tenantd --help)\n", argv[0]);
         return 2;
     }
     const struct config *cfg = g_config;

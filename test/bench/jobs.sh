@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Job throughput: completed jobs per second, with 2 workers inside
+# `tenantd serve` and with 2 `tenantd worker` processes (one worker each).
+#
+#   test/bench/jobs.sh
+#   BENCH_JOBS=50000 BENCH_ORGS=100 test/bench/jobs.sh
+#
+# For each run: a fresh database (`tenantd migrate up`), BENCH_ORGS orgs with
+# credits, then BENCH_JOBS `sleep` jobs with ms 0 spread evenly over the orgs,
+# enqueued by the same SQL function POST /v1/jobs calls
+# (public.tenantd_job_enqueue: charge + insert + NOTIFY), all before any
+# worker starts. Then the workers start and the script waits until every job
+# has succeeded. jobs/s = jobs / (last finished_at - first started_at), both
+# taken from the jobs table, so process start-up is not counted. It also
+# checks that every job ran exactly once (attempts = 1) and the ledger holds
+# exactly one deduction per job and no refund.
+#
+# It is a measurement, not a test. Environment: BENCH_JOBS (20000),
+# BENCH_ORGS (100), BENCH_BATCH (TENANTD_JOB_BATCH, default 8), TENANTD_BIN
+# (default: the release preset's binary, built here if stale).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$here"
+jobs=${BENCH_JOBS:-20000}
+orgs=${BENCH_ORGS:-100}
+batch=${BENCH_BATCH:-8}
+
+if [ -z "${TENANTD_BIN:-}" ]; then
+    ./deps/install.sh
+    cmake --preset release >/dev/null
+    cmake --build --preset release --target tenantd -j "$(nproc)" >/dev/null
+    TENANTD_BIN=$here/build/release/tenantd
+fi
+BIN=$TENANTD_BIN
+
+started_pg=
+if ! ./deps/pg.sh psql -qAt -c "SELECT 1" >/dev/null 2>&1; then
+    ./deps/pg.sh start >/dev/null
+    started_pg=1
+fi
+PGURL=$(./deps/pg.sh url 2>/dev/null || echo "postgresql://tenantd@127.0.0.1:55432/tenantd")
+base=${PGURL%/*}
+dbname=bench_jobs_$$
+pids=()
+cleanup() {
+    set +e
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+    ./deps/pg.sh psql -qAt -c "DROP DATABASE IF EXISTS $dbname WITH (FORCE)" >/dev/null 2>&1
+    [ -n "$started_pg" ] && ./deps/pg.sh stop
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+PSQL=${PSQL:-/usr/lib/postgresql/15/bin/psql}
+sql() { "$PSQL" "$base/$dbname" -qAt -v ON_ERROR_STOP=1 -c "$1"; }
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+export TENANTD_DEV=1 TENANTD_TEST_JOBS=1 TENANTD_LOG_LEVEL=warn TENANTD_JOB_BATCH=$batch
+export DATABASE_URL=$base/$dbname
+
+# A fresh database with the orgs and the queued jobs; no worker runs yet.
+prepare() {
+    ./deps/pg.sh psql -qAt -c "DROP DATABASE IF EXISTS $dbname WITH (FORCE)" >/dev/null
+    ./deps/pg.sh psql -qAt -c "CREATE DATABASE $dbname" >/dev/null
+    "$BIN" migrate up >/dev/null 2>&1
+    sql "INSERT INTO public.orgs (name, slug, schema_name)
+         SELECT 'bench ' || i, 'bench-' || i, 'tenant_bench_' || i FROM generate_series(1, $orgs) i;
+         SELECT count(public.tenantd_credit_apply(id, $jobs, 'grant')) FROM public.orgs;" >/dev/null
+    # Interleaved by org, as many clients enqueueing at once would do.
+    sql "SELECT count(*) FROM (SELECT public.tenantd_job_enqueue(o.id, 'sleep', '{\"ms\":0}',
+             0, NULL, 3, 1) FROM generate_series(1, $jobs / $orgs) n, public.orgs o
+         ORDER BY n, o.id) s;" >/dev/null
+    [ "$(sql "SELECT count(*) FROM public.jobs WHERE status = 'queued'")" = "$((jobs / orgs * orgs))" ]
+}
+
+# Waits until every job succeeded (at most 10 minutes), then prints jobs/s.
+measure() {
+    local label=$1 total=$((jobs / orgs * orgs)) done
+    for _ in $(seq 3000); do
+        done=$(sql "SELECT count(*) FROM public.jobs WHERE status = 'succeeded'")
+        [ "$done" = "$total" ] && break
+        sleep 0.2
+    done
+    [ "$done" = "$total" ] || { echo "$label: only $done of $total jobs done" >&2; exit 1; }
+    local secs
+    secs=$(sql "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM public.jobs")
+    # every job ran once, charged once, never refunded
+    [ "$(sql "SELECT count(*) FROM public.jobs WHERE attempts <> 1")" = 0 ]
+    [ "$(sql "SELECT count(*), count(DISTINCT job_id) FROM public.credit_transactions
+              WHERE type = 'deduction'")" = "$total|$total" ]
+    [ "$(sql "SELECT count(*) FROM public.credit_transactions WHERE type = 'refund'")" = 0 ]
+    python3 -c "print(f'%-34s %8d jobs %8.2f s %10.0f jobs/s' % ('$label', $total, $secs, $total / $secs))"
+}
+
+stop_all() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    pids=()
+}
+
+echo "jobs: $jobs sleep(0) jobs over $orgs orgs, batch $batch, $(nproc) cores shared with PostgreSQL"
+
+prepare
+TENANTD_JOB_WORKERS=2 TENANTD_LISTEN=127.0.0.1:$(free_port) "$BIN" serve 2>>/tmp/bench-jobs-$$.log &
+pids+=($!)
+measure "serve, 2 in-process workers"
+stop_all
+
+prepare
+for _ in 1 2; do
+    TENANTD_JOB_WORKERS=1 "$BIN" worker 2>>/tmp/bench-jobs-$$.log &
+    pids+=($!)
+done
+measure "2 tenantd worker processes"
+stop_all
+rm -f /tmp/bench-jobs-$$.log
