@@ -2,7 +2,10 @@
 middle of a job (its lease lapses, another worker runs the job again; it is
 charged once and refunded at most once), and graceful shutdown (SIGTERM:
 a running job finishes within the drain time, or is released unharmed)."""
+import os
+import shutil
 import signal
+import tempfile
 import time
 import unittest
 
@@ -157,6 +160,69 @@ class GracefulShutdownTest(harness.DbTestCase):
         # cancel it so no later test's worker picks it up
         self.assertEqual(self.server.json("POST", f"/v1/jobs/{job['id']}/cancel", None,
                                           {"Authorization": f"Bearer {self.token}"})[0], 200)
+
+
+@needs_jobs
+class DbRestartTest(unittest.TestCase):
+    """PostgreSQL restarts under a `tenantd worker`: it reconnects, LISTENs
+    again and runs a job enqueued afterwards at once (the poll interval is an
+    hour, so only a re-issued LISTEN can wake it). Private cluster: the
+    shared one is never stopped."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="tenantd-jobs-pg-")
+        os.chmod(self.tmp, 0o755)
+        self.pg = harness.PgCluster(data_dir=os.path.join(self.tmp, "pg"),
+                                    port=harness.free_port())
+        self.pg.start()
+        self.procs = []
+
+    def tearDown(self):
+        try:
+            for p in self.procs:
+                if p.proc and p.proc.poll() is None:
+                    p.proc.kill()
+                    p.proc.wait()
+        finally:
+            try:
+                self.pg.stop()
+            finally:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_worker_survives_a_restart(self):
+        url = self.pg.url()
+        env = dict(LEASE, TENANTD_JOB_POLL_MS="3600000", TENANTD_JOB_WORKERS="0")
+        server = harness.Server(url, env=env).start()
+        self.procs.append(server)
+        org = signup(server)
+        token = org["access_token"]
+        worker = start_worker(url, TENANTD_JOB_POLL_MS="3600000")
+        self.procs.append(worker)
+        first = enqueue(server, token, "sleep", {"ms": 1})
+        self.assertEqual(wait_job(server, token, first["id"], timeout=10)["status"], "succeeded")
+
+        self.pg.stop()
+        time.sleep(0.5)
+        self.pg.start()
+        # Let the worker reconnect and fall asleep again (its reconnection
+        # back-off is at most a few hundred ms here): from then on only a
+        # NOTIFY on a re-issued LISTEN can wake it within the hour.
+        time.sleep(2)
+        # the server's pool reconnects on its own; retry the enqueue until it does
+        deadline = time.time() + 20
+        while True:
+            status, job, _ = server.json("POST", "/v1/jobs", {"type": "sleep"},
+                                         {"Authorization": f"Bearer {token}"})
+            if status == 202 or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(status, 202, job)
+        t0 = time.time()
+        done = wait_job(server, token, job["id"], timeout=15)
+        self.assertEqual(done["status"], "succeeded", worker.log()[-3000:])
+        self.assertLess(time.time() - t0, 10)
+        self.assertEqual(worker.stop(), 0, worker.log())
+        self.assertEqual(server.stop(), 0)
 
 
 if __name__ == "__main__":
