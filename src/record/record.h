@@ -17,11 +17,8 @@ extern const struct module record_module;
 /* True when name (NUL-terminated) is a valid collection name. */
 int record_collection_valid(const char *name);
 
-/*
- * The `records.export` job type (jobs issue) is to read a collection through
- * this module: a call here taking (pool, org schema, collection, callback)
- * and running one statement that renders the collection as JSON in
- * PostgreSQL, added together with its first caller and its tests.
- */
+/* The `records.export` job type (src/job/types.c) reads the records table
+ * itself on a worker's own connection; record_collection_valid is the one
+ * rule for collection names it can share. */
 
 #endif
