@@ -5,6 +5,7 @@ over plain sockets. Standard library only.
 Environment: TENANTD_BIN (the binary under test), TENANTD_SOURCE_DIR (the
 checkout). ctest sets both; run by hand with them set too.
 """
+import atexit
 import http.client
 import json
 import os
@@ -44,6 +45,8 @@ class PgCluster:
 
     def start(self):
         self._run("start")
+        if "TENANTD_PG_DIR" in self.env and self not in _private_clusters:
+            _private_clusters.append(self)
 
     def stop(self):
         self._run("stop")
@@ -68,6 +71,18 @@ class PgCluster:
 
 
 _default = None
+_private_clusters = []
+
+
+@atexit.register
+def _stop_private_clusters():
+    """A test that failed before its tearDown must not leave its private
+    PostgreSQL running after the test process ends."""
+    for c in _private_clusters:
+        try:
+            c.stop()
+        except Exception:
+            pass
 
 
 def cluster():
