@@ -504,6 +504,34 @@ class UsersRaceTest(UsersTestBase):
         self.assertEqual(n, ["1"])
 
 
+class UsersBusyTest(UsersTestBase):
+    """A saturated password pool answers 503 with Retry-After at once,
+    and a refused request creates nothing."""
+    server_env = dict(SERVER_ENV, TENANTD_HASH_THREADS="1", TENANTD_HASH_QUEUE="1",
+                      TENANTD_ARGON2_T="6")
+
+    def test_full_hash_queue_is_503(self):
+        slug = self.org["slug"]
+        before = self.user_count()
+
+        def create(i):
+            return self.server.request("POST", "/v1/users",
+                                       {"email": f"busy{i}@{slug}.example.com",
+                                        "password": PASSWORD}, bearer(self.admin_token))
+
+        with concurrent.futures.ThreadPoolExecutor(12) as ex:
+            answers = list(ex.map(create, range(12)))
+        statuses = [r.status for r in answers]
+        self.assertLessEqual(set(statuses), {201, 503}, statuses)
+        self.assertIn(503, statuses)
+        self.assertIn(201, statuses)
+        for r in answers:
+            if r.status == 503:
+                self.assertEqual(r.getheader("Retry-After"), "1")
+                self.assertEqual(json.loads(r.body)["code"], "unavailable")
+        self.assertEqual(self.user_count(), before + statuses.count(201))
+
+
 class CrossInstanceTest(UsersTestBase):
     """Two tenantd processes on one database, as behind a load balancer: a
     change made through one takes effect on the other without waiting for
