@@ -22,8 +22,9 @@
 #     -c 64, a custom script), both in this run; ratio target >= 0.7.
 #
 # A measurement, not a test: runs only when called, talks only to
-# 127.0.0.1, bounded in time, cleans up (its database, its processes, its
-# temporary folder; the private PostgreSQL is stopped only if it started it).
+# 127.0.0.1, bounded in time, cleans up its database, its processes and its
+# temporary folder. It starts the private PostgreSQL if needed but never
+# stops it: others may be using it (or have started it meanwhile).
 # Fails only when something cannot start or answers wrongly (a non-2xx).
 #
 # Environment: BENCH_DURATION (seconds per measurement, default 10),
@@ -55,7 +56,6 @@ BIN=$build/tenantd
 
 tmp=$(mktemp -d /tmp/tenantd-bench-auth.XXXXXX)
 chmod 755 "$tmp"
-started_pg=
 tenantd_pid=
 health_pid=
 dbname=bench_auth_$$
@@ -64,7 +64,6 @@ cleanup() {
     [ -n "$health_pid" ] && kill "$health_pid" 2>/dev/null && wait "$health_pid" 2>/dev/null
     [ -n "$tenantd_pid" ] && kill "$tenantd_pid" 2>/dev/null && wait "$tenantd_pid" 2>/dev/null
     ./deps/pg.sh psql -qAt -c "DROP DATABASE IF EXISTS $dbname WITH (FORCE)" >/dev/null 2>&1
-    [ -n "$started_pg" ] && ./deps/pg.sh stop
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -172,7 +171,6 @@ hash_rate_now() {
 }
 
 # ---- server, database, one org ------------------------------------------------
-./deps/pg.sh status >/dev/null 2>&1 || started_pg=1
 ./deps/pg.sh start >/dev/null
 ./deps/pg.sh psql -qAt -c "CREATE DATABASE $dbname" >/dev/null
 db_url="$(./deps/pg.sh url | sed 's,/tenantd$,,')/$dbname"
