@@ -369,6 +369,7 @@ static void *coord_main(void *arg)
                 continue;
             }
             backoff = BACKOFF_MIN_MS;
+            log_msg(LOG_DEBUG, "job listener: listening");
             wake_all(); /* notifications sent while we were away are lost */
         }
         uint64_t now = job_now_ns();
@@ -396,8 +397,10 @@ static void *coord_main(void *arg)
                 got = true;
                 PQfreemem(nt);
             }
-            if (got)
+            if (got) {
+                log_msg(LOG_DEBUG, "job listener: woken by NOTIFY");
                 wake_all();
+            }
         }
         now = job_now_ns();
         char lease[16], out[16];

@@ -129,7 +129,7 @@ class GracefulShutdownTest(harness.DbTestCase):
         self.assertLess(time.time() - t0, 4)
         status, body, _ = self.server.json("GET", f"/v1/jobs/{job['id']}", None,
                                            {"Authorization": f"Bearer {self.token}"})
-        self.assertEqual(body["status"], "succeeded", body)
+        self.assertEqual(body["status"], "succeeded", f"{body}\n{w.log()}")
 
     def test_sigterm_releases_a_long_job(self):
         job = enqueue(self.server, self.token, "sleep", {"ms": 30000})
@@ -140,7 +140,7 @@ class GracefulShutdownTest(harness.DbTestCase):
         self.assertLess(time.time() - t0, 3)
         status, body, _ = self.server.json("GET", f"/v1/jobs/{job['id']}", None,
                                            {"Authorization": f"Bearer {self.token}"})
-        self.assertEqual(body["status"], "queued", body)
+        self.assertEqual(body["status"], "queued", f"{body}\n{w.log()}")
         self.assertEqual(body["attempts"], 0)  # released: the attempt does not count
         self.assertIn("released", w.log())
         self.assertEqual(self.server.json("POST", f"/v1/jobs/{job['id']}/cancel", None,
@@ -219,7 +219,7 @@ class DbRestartTest(unittest.TestCase):
         self.assertEqual(status, 202, job)
         t0 = time.time()
         done = wait_job(server, token, job["id"], timeout=15)
-        self.assertEqual(done["status"], "succeeded", worker.log()[-3000:])
+        self.assertEqual(done["status"], "succeeded", worker.log()[-6000:] + server.log()[-3000:])
         self.assertLess(time.time() - t0, 10)
         self.assertEqual(worker.stop(), 0, worker.log())
         self.assertEqual(server.stop(), 0)
