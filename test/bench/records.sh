@@ -33,13 +33,14 @@
 #
 # A measurement, not a test: runs only when called, talks only to 127.0.0.1,
 # bounded in time, cleans up (its database, processes and temporary folder;
-# the private PostgreSQL is stopped only if it started it). Fails only when
+# its own PostgreSQL cluster too, see below). Fails only when
 # something cannot start or answers wrongly (non-2xx).
 #
 # Environment: BENCH_DURATION (seconds per measurement, default 5),
 # BENCH_ROUNDS (alternating measurements per side, default 3; medians),
 # BENCH_WARMUP (seconds of load before each GET measurement, default 5),
 # BENCH_CONNECTIONS (default 64), BENCH_ORGS (100), BENCH_RECORDS (1000),
+# BENCH_SHARED_PG (1: the shared dev cluster instead of one of its own),
 # BENCH_BUILD_DIR (release build folder, default build/release; built here
 # if stale), TENANTD_THREADS (default: cores), TENANTD_DB_POOL_SIZE
 # (connections per loop; default 32 / loops, i.e. 32 in all),
@@ -74,16 +75,16 @@ BIN=$build/tenantd
 
 tmp=$(mktemp -d /tmp/tenantd-bench-records.XXXXXX)
 chmod 755 "$tmp"
-started_pg=
 tenantd_pid=
 perf_pid=
+own_pg=
 dbname=bench_records_$$
 cleanup() {
     set +e
     [ -n "$perf_pid" ] && kill -INT "$perf_pid" 2>/dev/null && wait "$perf_pid" 2>/dev/null
     [ -n "$tenantd_pid" ] && kill "$tenantd_pid" 2>/dev/null && wait "$tenantd_pid" 2>/dev/null
     ./deps/pg.sh psql -qAt -c "DROP DATABASE IF EXISTS $dbname WITH (FORCE)" >/dev/null 2>&1
-    [ -n "$started_pg" ] && ./deps/pg.sh stop
+    [ -n "$own_pg" ] && ./deps/pg.sh stop
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -106,6 +107,8 @@ check_wrk() {
     if grep -q 'Non-2xx' "$2"; then
         echo "bench: $1 got non-2xx answers:" >&2
         cat "$2" >&2
+        echo "bench: tenantd's log (last lines):" >&2
+        tail -20 "$tmp/tenantd.log" >&2
         exit 1
     fi
     if grep -q 'Socket errors' "$2"; then
@@ -150,7 +153,15 @@ switches() {
 }
 
 # ---- server, database, orgs, records --------------------------------------------
-./deps/pg.sh status >/dev/null 2>&1 || started_pg=1
+# A PostgreSQL of its own by default (deps/pg.sh with a folder and port of
+# this run, stopped at exit): the shared one is restarted by fault tests and
+# loaded by everyone's suites. BENCH_SHARED_PG=1 uses the shared one instead
+# (started if needed, never stopped).
+if [ "${BENCH_SHARED_PG:-0}" != 1 ]; then
+    export TENANTD_PG_DIR="$tmp/pg" TENANTD_PG_PORT
+    TENANTD_PG_PORT=$(free_port)
+    own_pg=1
+fi
 ./deps/pg.sh start >/dev/null
 ./deps/pg.sh psql -qAt -c "CREATE DATABASE $dbname" >/dev/null
 db_url="$(./deps/pg.sh url | sed 's,/tenantd$,,')/$dbname"
@@ -351,12 +362,12 @@ awk -v a="$(median "$tmp/res-post-tenantd" 1)" -v b="$(median "$tmp/res-post-pgb
 if [ "${BENCH_PERF:-0}" = 1 ] && [ -s "$tmp/perf.data" ]; then
     echo
     echo "perf (whole machine during (a)): cycles by command"
-    perf report -i "$tmp/perf.data" --no-children --sort comm --stdio 2>/dev/null |
-        grep -E '^ +[0-9]' | head -8
-    echo "perf: top symbols of postgres"
-    perf report -i "$tmp/perf.data" --no-children --comm postgres --sort sym --stdio 2>/dev/null |
-        grep -E '^ +[0-9]' | head -25
-    echo "perf: top symbols of tenantd"
-    perf report -i "$tmp/perf.data" --no-children --comm tenantd --sort sym --stdio 2>/dev/null |
-        grep -E '^ +[0-9]' | head -15
+    # `|| true`: head closing the pipe early is not a failure.
+    perf report -i "$tmp/perf.data" --no-children -g none --sort comm --stdio 2>/dev/null |
+        grep -E '^ +[0-9]' | head -8 || true
+    for comm in postgres tenantd; do
+        echo "perf: top symbols of $comm"
+        perf report -i "$tmp/perf.data" --no-children -g none --comm "$comm" --sort sym --stdio \
+            2>/dev/null | grep -E '^ +[0-9]' | head -15 || true
+    done
 fi
