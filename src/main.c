@@ -14,6 +14,8 @@
 #include "auth/auth.h"
 #include "org/org.h"
 #include "record/record.h"
+#include "credit/credit.h"
+#include "job/job.h"
 #include "system/system.h"
 
 /* Every module of the program; the router is built from their tables. */
@@ -23,6 +25,8 @@ static const struct module *const modules[] = {
     &users_module,
     &org_module,
     &record_module,
+    &credit_module,
+    &job_module,
 };
 #define NMODULES (sizeof modules / sizeof modules[0])
 
