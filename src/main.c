@@ -160,6 +160,8 @@ int main(int argc, char **argv)
         return cmd_serve(&cfg);
     if (strcmp(cfg.command, "migrate") == 0)
         return migrate_cli(cfg.database_url, cfg.argc, cfg.argv, (int)cfg.migrate_concurrency);
+    if (strcmp(cfg.command, "worker") == 0)
+        return job_worker_main(cfg.argc, cfg.argv);
     if (strcmp(cfg.command, "routes") == 0)
         return cmd_routes();
     fprintf(stderr, "tenantd: unknown command '%s' (see tenantd --help)\n", cfg.command);
