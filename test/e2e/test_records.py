@@ -241,6 +241,16 @@ class BodyValidationTest(RecordsTestCase):
         for method in ("PUT", "PATCH"):
             status, doc, _ = self.call(method, path, nested(65))
             self.assert_problem(status, doc, 400, "bad_request")
+        # The merge patch recurses as deep as the deepest allowed documents.
+        deep = {"k": {"k": 1}}
+        for _ in range(61):
+            deep = {"k": deep}
+        deep_rec = self.create(deep)
+        tip = {"k": {"k": {"x": 2}}}
+        for _ in range(61):
+            tip = {"k": tip}
+        status, got, _ = self.call("PATCH", BASE.format("items") + "/" + deep_rec["id"], tip)
+        self.assertEqual((status, got["data"]), (200, tip))
 
     def test_body_limit_is_one_mebibyte(self):
         def body_of(size):
