@@ -254,6 +254,16 @@ class CreditsTest(CreditsCase):
                 self.assertProblem(status, answer, 404, "not_found")
         self.assertEqual(self.ledger(org), ["100:grant", "-30:adjustment", "-70:adjustment"])
 
+    def test_grant_beyond_bigint_is_409(self):
+        org = self.new_org()
+        big = 2 ** 63 - 1 - 10 ** 14
+        self.sql(f"SELECT public.tenantd_credit_apply('{org['org']['id']}', {big}, 'grant')")
+        status, body, _ = self.server.json("POST", f"/v1/admin/orgs/{org['slug']}/credits",
+                                           {"amount": 10 ** 15}, op_headers())
+        self.assertProblem(status, body, 409, "conflict")
+        self.assertEqual(self.balance(org), big)
+        self.assertEqual(self.ledger(org), [f"{big}:grant"])
+
     def test_transactions_pagination(self):
         org = self.new_org(credits=1000)
         for i in range(24):
