@@ -41,6 +41,7 @@
 #include "core/log.h"
 #include "core/problem.h"
 #include "db/db.h"
+#include "idem/idem.h"
 
 static void records_create(struct request *req);
 static void records_list(struct request *req);
@@ -581,34 +582,40 @@ static const char *result_text(const struct db_result *r, int row, int col)
  * bad UTF-8, an impossible cursor date) come only from the client's text, so
  * they are that text's fault: `what` says which ("The body", "The filter",
  * NULL for none). A vanished schema means the org was deleted meanwhile. */
-static void respond_failure(struct request *req, const struct db_result *r, const char *what,
-                            const char *op)
+static void respond_failure_claimed(struct request *req, struct idem_claim *claim,
+                                    const struct db_result *r, const char *what, const char *op)
 {
     if (r->status == DB_UNAVAILABLE) {
         http_set_header(req, "Retry-After", "1");
-        problem_respond(req, PROBLEM_UNAVAILABLE,
-                        "The database is unavailable; try again shortly.");
+        idem_problem(req, claim, PROBLEM_UNAVAILABLE,
+                     "The database is unavailable; try again shortly.");
         return;
     }
     const char *st = r->sqlstate ? r->sqlstate : "";
     if (what && strncmp(st, "22", 2) == 0) {
-        problem_respond(req, PROBLEM_BAD_REQUEST,
-                        arena_printf(req->arena, "%s is not valid JSON.", what));
+        idem_problem(req, claim, PROBLEM_BAD_REQUEST,
+                     arena_printf(req->arena, "%s is not valid JSON.", what));
         return;
     }
     if (strcmp(st, "42P01") == 0 || strcmp(st, "3F000") == 0) {
-        problem_respond(req, PROBLEM_UNAUTHORIZED,
-                        "The credential's organization no longer exists.");
+        idem_problem(req, claim, PROBLEM_UNAUTHORIZED,
+                     "The credential's organization no longer exists.");
         return;
     }
     log_msg(LOG_ERROR, "%s failed: %s (%s)", op, r->message ? r->message : "?", st[0] ? st : "?");
-    problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+    idem_problem(req, claim, PROBLEM_INTERNAL, "The request could not be completed.");
 }
 
-static void internal(struct request *req, const char *op)
+static void respond_failure(struct request *req, const struct db_result *r, const char *what,
+                            const char *op)
+{
+    respond_failure_claimed(req, NULL, r, what, op);
+}
+
+static void internal(struct request *req, struct idem_claim *claim, const char *op)
 {
     log_msg(LOG_ERROR, "%s: unexpected result shape", op);
-    problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+    idem_problem(req, claim, PROBLEM_INTERNAL, "The request could not be completed.");
 }
 
 static void set_etag(struct request *req, const char *version)
@@ -617,7 +624,7 @@ static void set_etag(struct request *req, const char *version)
 }
 
 static void query(struct request *req, const struct auth_ctx *a, const struct db_stmt *stmt, int n,
-                  const char **values, db_cb cb)
+                  const char **values, db_cb cb, void *ud)
 {
     struct db_pool *pool = req->ctx ? (struct db_pool *)req->ctx->db : NULL;
     if (!pool) {
@@ -626,12 +633,12 @@ static void query(struct request *req, const struct auth_ctx *a, const struct db
                         "The database is unavailable; try again shortly.");
         return;
     }
-    db_query(pool, a->schema, stmt, n, (const char *const *)values, cb, req);
+    db_query(pool, a->schema, stmt, n, (const char *const *)values, cb, ud);
 }
 
 /* For statements that name the org's table in full (qualified_stmt). */
 static void query_public(struct request *req, const struct db_stmt *stmt, int n,
-                         const char **values, db_cb cb)
+                         const char **values, db_cb cb, void *ud)
 {
     struct db_pool *pool = req->ctx ? (struct db_pool *)req->ctx->db : NULL;
     if (!pool) {
@@ -640,30 +647,56 @@ static void query_public(struct request *req, const struct db_stmt *stmt, int n,
                         "The database is unavailable; try again shortly.");
         return;
     }
-    db_query(pool, NULL, stmt, n, (const char *const *)values, cb, req);
+    db_query(pool, NULL, stmt, n, (const char *const *)values, cb, ud);
 }
 
 /* ---- POST .../records --------------------------------------------------- */
 
+/* A create in flight: the request and its Idempotency-Key claim (NULL when
+ * the request has no key). */
+struct create_op {
+    struct request *req;
+    struct idem_claim *claim;
+    const char *values[2];
+};
+
 static void create_done(struct db_result *r, void *ud)
 {
-    struct request *req = ud;
+    struct create_op *op = ud;
+    struct request *req = op->req;
     if (r->status != DB_OK) {
-        respond_failure(req, r, "The body", "create record");
+        respond_failure_claimed(req, op->claim, r, "The body", "create record");
         return;
     }
     const char *id = result_text(r, 0, 0), *ver = result_text(r, 0, 1), *j = result_text(r, 0, 2);
     if (!id || !ver || !j) {
-        internal(req, "create record");
+        internal(req, op->claim, "create record");
         return;
     }
     http_set_header(req, "Location",
                     arena_printf(req->arena, "/v1/collections/%s/records/%s",
                                  http_param(req, "collection"), id));
     set_etag(req, ver);
-    http_respond(req, 201, "application/json", j, strlen(j));
+    idem_respond(req, op->claim, 201, "application/json", j, strlen(j));
 }
 
+/* Runs once the Idempotency-Key (if any) is claimed: the insert itself. */
+static void create_proceed(struct request *req, struct idem_claim *claim, void *ud)
+{
+    struct create_op *op = ud;
+    op->claim = claim;
+    const struct auth_ctx *a = auth_ctx(req);
+    const struct db_stmt *qualified = qualified_stmt(a->schema, QUALIFIED_CREATE);
+    if (qualified)
+        query_public(req, qualified, 2, op->values, create_done, op);
+    else
+        query(req, a, &q_create, 2, op->values, create_done, op);
+}
+
+/* POST accepts Idempotency-Key (API.md) in idem's two-step form: the key is
+ * claimed, then the record inserted, then the answer stored under the key.
+ * A crash between insert and store can, after the claim's lease, create the
+ * record a second time; records carry no money, so that is acceptable. */
 static void records_create(struct request *req)
 {
     const struct auth_ctx *a = org_caller(req);
@@ -672,14 +705,11 @@ static void records_create(struct request *req)
         return;
     if (!check_object(req, req->body ? req->body : "", req->body ? req->body_len : 0, "The body"))
         return;
-    const char **v = arena_alloc(req->arena, 2 * sizeof *v);
-    v[0] = coll;
-    v[1] = req->body;
-    const struct db_stmt *qualified = qualified_stmt(a->schema, QUALIFIED_CREATE);
-    if (qualified)
-        query_public(req, qualified, 2, v, create_done);
-    else
-        query(req, a, &q_create, 2, v, create_done);
+    struct create_op *op = arena_calloc(req->arena, sizeof *op);
+    op->req = req;
+    op->values[0] = coll;
+    op->values[1] = req->body;
+    idem_claim(req, a->org_id, create_proceed, op);
 }
 
 /* ---- GET .../records ---------------------------------------------------- */
@@ -702,7 +732,7 @@ static void list_done(struct db_result *r, void *ud)
     }
     const char *data = result_text(r, 0, 0), *pos = result_text(r, 0, 1);
     if (!data || (pos && strlen(pos) != CURSOR_LEN)) {
-        internal(req, "list records");
+        internal(req, NULL, "list records");
         return;
     }
     char *body = pos ? arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":\"%s\"}", data, pos)
@@ -721,7 +751,7 @@ static void records_list(struct request *req)
     const struct db_stmt *stmt = list_params(req, v);
     if (!stmt)
         return;
-    query(req, a, stmt, stmt == &q_list_filter ? 5 : 4, v, list_done);
+    query(req, a, stmt, stmt == &q_list_filter ? 5 : 4, v, list_done, req);
 }
 
 /* ---- GET .../records/{id} ----------------------------------------------- */
@@ -771,9 +801,9 @@ static void records_get(struct request *req)
     v[1] = coll;
     const struct db_stmt *qualified = qualified_stmt(a->schema, QUALIFIED_GET);
     if (qualified)
-        query_public(req, qualified, 2, v, get_done);
+        query_public(req, qualified, 2, v, get_done, req);
     else
-        query(req, a, &q_get, 2, v, get_done);
+        query(req, a, &q_get, 2, v, get_done, req);
 }
 
 /* ---- PUT / PATCH .../records/{id} --------------------------------------- */
@@ -817,7 +847,7 @@ static void run_write(struct request *req, const struct db_stmt *stmt, const cha
     v[1] = coll;
     v[2] = req->body;
     v[3] = versions;
-    query(req, a, stmt, 4, v, write_done);
+    query(req, a, stmt, 4, v, write_done, req);
 }
 
 static void records_replace(struct request *req)
@@ -866,5 +896,5 @@ static void records_delete(struct request *req)
     v[0] = id;
     v[1] = coll;
     v[2] = versions;
-    query(req, a, &q_delete, 3, v, delete_done);
+    query(req, a, &q_delete, 3, v, delete_done, req);
 }

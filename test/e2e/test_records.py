@@ -628,6 +628,40 @@ class IsolationTest(RecordsTestCase):
         # pool switching per request would show about 150.
         self.assertLessEqual(switches() - before, 6)
 
+class IdempotencyTest(RecordsTestCase):
+    def test_malformed_keys_are_400_and_create_nothing(self):
+        before = self.rows()
+        for key in ("x" * 256, "a b\x01", "é"):
+            with self.subTest(key=key):
+                r = self.server.request("POST", BASE.format("idem"), json.dumps({"a": 1}).encode(),
+                                        dict(self.tok, **{"Content-Type": "application/json",
+                                                          "Idempotency-Key": key.encode("utf-8")
+                                                          .decode("latin-1")}))
+                self.assertEqual(r.status, 400, r.body)
+        self.assertEqual(self.rows(), before)
+
+    def test_same_key_replays_the_first_answer(self):
+        key = {"Idempotency-Key": "rec-" + uuid.uuid4().hex}
+        status, first, r1 = self.call("POST", BASE.format("idem"), {"a": 1}, key)
+        self.assertEqual(status, 201, first)
+        self.assertIsNone(r1.getheader("Idempotent-Replayed"))
+        status, again, r2 = self.call("POST", BASE.format("idem"), {"a": 1}, key)
+        self.assertEqual((status, again), (201, first))
+        self.assertEqual(r2.getheader("Idempotent-Replayed"), "true")
+        self.assertEqual(r2.getheader("Location"), r1.getheader("Location"))
+        self.assertEqual(r2.getheader("ETag"), '"1"')
+        self.assertEqual(self.rows(where="collection = 'idem'"), 1)
+        status, doc, _ = self.call("POST", BASE.format("idem"), {"a": 2}, key)
+        self.assert_problem(status, doc, 422, "validation_failed")
+        # A request refused before it ran does not use up its key.
+        other = {"Idempotency-Key": "rec-" + uuid.uuid4().hex}
+        status, doc, _ = self.call("POST", BASE.format("idem"), "[1]", other)
+        self.assertEqual(status, 400)
+        status, rec, _ = self.call("POST", BASE.format("idem"), {"b": 1}, other)
+        self.assertEqual(status, 201, rec)
+        self.assertEqual(self.rows(where="collection = 'idem'"), 2)
+
+
 class BoundStatementsTest(RecordsTestCase):
     """GET and POST run statements that name the org's table in full when its
     schema has the usual tenant_<32 hex> shape; any other schema name (or an
