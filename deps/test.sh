@@ -40,22 +40,43 @@ fi
 ./deps/pg.sh start
 
 failed=()
+npassed=0
+nfailed=0
+log=$(mktemp /tmp/tenantd-ctest.XXXXXX)
+trap 'stop_pg; rm -f "$log"' EXIT
 for preset in $presets; do
     echo "=== $preset: build" >&2
     if ! { cmake --preset "$preset" >/dev/null && cmake --build --preset "$preset" -j "$jobs"; }; then
         failed+=("$preset (build)")
+        nfailed=$((nfailed + 1))
         continue
     fi
     echo "=== $preset: test" >&2
     start=$(date +%s)
-    if ! ctest --preset "$preset" --no-tests=error "$@"; then
+    set +e
+    ctest --preset "$preset" --no-tests=error "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    if [ "$rc" != 0 ]; then
         failed+=("$preset")
     fi
+    # "100% tests passed, 0 tests failed out of 28" -> counts for the total.
+    read -r f n < <(sed -nE 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1 \2/p' "$log" | tail -1) || true
+    if [ -n "${n:-}" ]; then
+        npassed=$((npassed + n - f))
+        nfailed=$((nfailed + f))
+    elif [ "$rc" != 0 ]; then
+        nfailed=$((nfailed + 1))
+    fi
+    f= n=
     echo "=== $preset: $(($(date +%s) - start)) s" >&2
 done
 
+# One closing line over every build, in the plain form CI tools read.
 if [ ${#failed[@]} -gt 0 ]; then
-    echo "FAILED: ${failed[*]}" >&2
+    echo "FAILED in: ${failed[*]}"
+    echo "total: $npassed passed, $nfailed failed"
     exit 1
 fi
-echo "all tests passed in: $presets" >&2
+echo "all tests passed in: $presets"
+echo "total: $npassed passed, $nfailed failed"
