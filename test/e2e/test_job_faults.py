@@ -10,7 +10,7 @@ import time
 import unittest
 
 import harness
-from test_jobs import FAST, Ledger, enqueue, needs_jobs, wait_job
+from test_jobs import FAST, Ledger, LedgerAudit, enqueue, needs_jobs, wait_job
 from test_users import signup
 
 # One JWT secret for every process, so a token works on a second server.
@@ -25,7 +25,7 @@ def start_worker(db_url, **env):
 
 
 @needs_jobs
-class WorkerCrashTest(harness.DbTestCase):
+class WorkerCrashTest(LedgerAudit, harness.DbTestCase):
     server_env = dict(LEASE, TENANTD_JOB_WORKERS="0")
 
     def setUp(self):
@@ -112,7 +112,7 @@ class WorkerCrashTest(harness.DbTestCase):
 
 
 @needs_jobs
-class GracefulShutdownTest(harness.DbTestCase):
+class GracefulShutdownTest(LedgerAudit, harness.DbTestCase):
     server_env = dict(LEASE, TENANTD_JOB_WORKERS="0")
 
     def setUp(self):

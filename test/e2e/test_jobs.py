@@ -110,8 +110,45 @@ class Ledger:
         return int(s) == self.balance(org_id)
 
 
+# The auditor (STYLE 14): over every job and org of the database, each job
+# was charged exactly once (when it cost anything), refunded exactly once
+# when it failed or was cancelled and never otherwise, and every balance
+# equals the sum of its org's ledger.
+AUDIT_SQL = """
+WITH j AS (
+  SELECT j.id, j.status, j.cost,
+    (SELECT count(*) FROM public.credit_transactions t
+      WHERE t.job_id = j.id AND t.type = 'deduction') AS d,
+    (SELECT count(*) FROM public.credit_transactions t
+      WHERE t.job_id = j.id AND t.type = 'refund') AS r,
+    (SELECT coalesce(sum(t.amount), 0) FROM public.credit_transactions t
+      WHERE t.job_id = j.id) AS net
+  FROM public.jobs j)
+SELECT 'job ' || id || ' ' || status || ' cost ' || cost || ': ' || d || ' deductions, '
+       || r || ' refunds, net ' || net FROM j
+ WHERE d <> (cost > 0)::int
+    OR r <> (cost > 0 AND status IN ('failed', 'cancelled'))::int
+    OR net <> CASE WHEN status IN ('failed', 'cancelled') THEN 0 ELSE -cost END
+UNION ALL
+SELECT 'org ' || a.org_id || ': balance ' || a.balance || ' but ledger sum '
+       || coalesce((SELECT sum(t.amount) FROM public.credit_transactions t
+                     WHERE t.org_id = a.org_id), 0)
+  FROM public.credit_accounts a
+ WHERE a.balance <> coalesce((SELECT sum(t.amount) FROM public.credit_transactions t
+                               WHERE t.org_id = a.org_id), 0)
+"""
+
+
+class LedgerAudit:
+    """Mixin: runs the auditor after every test of a DbTestCase."""
+
+    def tearDown(self):
+        self.assertEqual(self.pg.psql(AUDIT_SQL, db=self.dbname), [], "ledger audit")
+        super().tearDown()
+
+
 @needs_jobs
-class JobsApiTest(harness.DbTestCase):
+class JobsApiTest(LedgerAudit, harness.DbTestCase):
     server_env = dict(FAST, TENANTD_JOB_WORKERS="2")
 
     @classmethod
@@ -590,7 +627,7 @@ def verify_signature(headers, body, secret):
 
 
 @needs_jobs
-class WebhookTest(harness.DbTestCase):
+class WebhookTest(LedgerAudit, harness.DbTestCase):
     start_server = False
 
     @classmethod
@@ -692,7 +729,7 @@ class WebhookTest(harness.DbTestCase):
 
 
 @needs_jobs
-class WebhookWorkerAllowListTest(harness.DbTestCase):
+class WebhookWorkerAllowListTest(LedgerAudit, harness.DbTestCase):
     """The worker's own allow list decides: a job accepted by a server that
     allows the host, run by a `tenantd worker` that does not, fails without
     connecting (and is refunded)."""
@@ -747,7 +784,7 @@ def job_starts(log):
 
 
 @needs_jobs
-class TimeoutTest(harness.DbTestCase):
+class TimeoutTest(LedgerAudit, harness.DbTestCase):
     """TENANTD_JOB_TIMEOUT_MS bounds every attempt: a job that runs longer
     fails the attempt ("timed out"), retries, and is refunded at the end."""
     server_env = dict(FAST, TENANTD_JOB_WORKERS="1", TENANTD_JOB_TIMEOUT_MS="300")
@@ -769,7 +806,7 @@ class TimeoutTest(harness.DbTestCase):
 
 
 @needs_jobs
-class SchedulingTest(harness.DbTestCase):
+class SchedulingTest(LedgerAudit, harness.DbTestCase):
     """Ordering and fairness, with the server's workers off: jobs are queued
     first, then `tenantd worker` processes run them."""
     server_env = dict(FAST, TENANTD_JOB_WORKERS="0")
