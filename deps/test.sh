@@ -30,10 +30,12 @@ if [ -n "${TENANTD_PG_DIR:-}" ]; then export TENANTD_PG_DIR; fi
 ./deps/install.sh
 
 started_pg=
-stop_pg() {
+log=$(mktemp /tmp/tenantd-ctest.XXXXXX) # one build's ctest output, for the counts
+cleanup() {
+    rm -f "$log"
     if [ -n "$started_pg" ]; then ./deps/pg.sh stop || true; fi
 }
-trap stop_pg EXIT
+trap cleanup EXIT
 if ! ./deps/pg.sh status >/dev/null 2>&1; then
     started_pg=1
 fi
@@ -42,8 +44,6 @@ fi
 failed=()
 npassed=0
 nfailed=0
-log=$(mktemp /tmp/tenantd-ctest.XXXXXX)
-trap 'stop_pg; rm -f "$log"' EXIT
 for preset in $presets; do
     echo "=== $preset: build" >&2
     if ! { cmake --preset "$preset" >/dev/null && cmake --build --preset "$preset" -j "$jobs"; }; then
