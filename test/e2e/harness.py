@@ -32,6 +32,7 @@ class PgCluster:
     that stop PostgreSQL make a private one with their own dir and port."""
 
     def __init__(self, data_dir=None, port=None):
+        self.private = data_dir is not None
         self.env = dict(os.environ)
         if data_dir:
             self.env["TENANTD_PG_DIR"] = data_dir
@@ -45,7 +46,7 @@ class PgCluster:
 
     def start(self):
         self._run("start")
-        if "TENANTD_PG_DIR" in self.env and self not in _private_clusters:
+        if self.private and self not in _private_clusters:
             _private_clusters.append(self)
 
     def stop(self):
