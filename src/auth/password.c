@@ -5,6 +5,9 @@
 #include <openssl/rand.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "core/log.h"
 
@@ -201,6 +204,11 @@ static void ploop_unref_locked(struct ploop *pl)
 static void worker(void *arg)
 {
     (void)arg;
+    /* Hashing saturates the cores by design; a lower priority (Linux nice is
+     * per thread) keeps the event loops, and so /health and every other
+     * route, responsive while logins queue. Best effort: failure is harmless. */
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10) != 0)
+        log_msg(LOG_DEBUG, "password pool: cannot lower the hashing threads' priority");
     for (;;) {
         uv_mutex_lock(&g.mu);
         while (!g.head && !g.stopping)
