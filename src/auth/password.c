@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* SCHED_IDLE */
 #include "auth/password.h"
 
 #include <argon2.h>
@@ -5,6 +6,8 @@
 #include <openssl/rand.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -204,10 +207,14 @@ static void ploop_unref_locked(struct ploop *pl)
 static void worker(void *arg)
 {
     (void)arg;
-    /* Hashing saturates the cores by design; a lower priority (Linux nice is
-     * per thread) keeps the event loops, and so /health and every other
-     * route, responsive while logins queue. Best effort: failure is harmless. */
-    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10) != 0)
+    /* Hashing saturates the cores by design; SCHED_IDLE lets an event loop
+     * that wakes up preempt a hashing thread at once (a nice level only
+     * shrinks its share, and the wake-up still waits out a time slice), so
+     * /health and every other route stay responsive while logins queue.
+     * Best effort: failing costs latency, not correctness. */
+    struct sched_param sp = {.sched_priority = 0};
+    if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) != 0 &&
+        setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19) != 0)
         log_msg(LOG_DEBUG, "password pool: cannot lower the hashing threads' priority");
     for (;;) {
         uv_mutex_lock(&g.mu);
