@@ -16,9 +16,72 @@
 #include "core/log.h"
 #include "core/problem.h"
 
-#define RATELIMIT_ENTRIES 65536 /* keys tracked per loop and table (bounded memory) */
+#define RATELIMIT_ENTRIES 65536 /* keys tracked per table (bounded memory) */
 
 static int auth_init(void);
+static struct {
+    uv_mutex_t mu;
+    struct ratelimit *ip, *key; /* NULL when TENANTD_LOGIN_LIMIT is 0 */
+} g_login;
+
+static int login_limit_start(void)
+{
+    if (uv_mutex_init(&g_login.mu) != 0)
+        return -1;
+    uint32_t n = g_config ? (uint32_t)g_config->login_limit : 0;
+    if (n > 0) {
+        g_login.ip = ratelimit_new(n, RATELIMIT_ENTRIES);
+        g_login.key = ratelimit_new(n, RATELIMIT_ENTRIES);
+        if (!g_login.ip || !g_login.key)
+            return -1;
+    }
+    return 0;
+}
+
+static void login_limit_stop(void)
+{
+    ratelimit_free(g_login.ip);
+    ratelimit_free(g_login.key);
+    g_login.ip = g_login.key = NULL;
+    uv_mutex_destroy(&g_login.mu);
+}
+
+bool login_limit_take(const char *ip, const char *key, size_t keylen,
+                      struct ratelimit_result *out, bool *have)
+{
+    *have = false;
+    if (!g_login.ip)
+        return true;
+    /* One clock for all loops: uv_now() is per loop. */
+    uint64_t now = uv_hrtime() / 1000000;
+    struct ratelimit_result a, b;
+    uv_mutex_lock(&g_login.mu);
+    ratelimit_take(g_login.ip, ip, strlen(ip), now, &a);
+    bool ok = a.allowed;
+    if (ok) {
+        ratelimit_take(g_login.key, key, keylen, now, &b);
+        ok = b.allowed;
+    }
+    uv_mutex_unlock(&g_login.mu);
+    if (!a.allowed)
+        *out = a;
+    else if (!ok || b.remaining < a.remaining)
+        *out = b;
+    else
+        *out = a;
+    *have = true;
+    return ok;
+}
+
+void login_limit_reset(const char *key, size_t keylen)
+{
+    if (!g_login.key)
+        return;
+    uv_mutex_lock(&g_login.mu);
+    ratelimit_reset(g_login.key, key, keylen);
+    uv_mutex_unlock(&g_login.mu);
+}
+
 static void auth_loop_start(struct loop_ctx *ctx);
 static void auth_shutdown(void);
 
@@ -92,11 +155,18 @@ json_t *auth_body_object(struct request *req)
     return j;
 }
 
+static int login_limit_start(void);
+static void login_limit_stop(void);
+
 static int auth_init(void)
 {
     const struct config *c = g_config;
     if (!c->jwt_secret)
         return -1;
+    if (login_limit_start() != 0) {
+        log_msg(LOG_ERROR, "auth: cannot make the login limiters");
+        return -1;
+    }
     g_key = jwt_key_new(c->jwt_secret, strlen(c->jwt_secret), c->jwt_issuer, c->jwt_audience);
     if (!g_key) {
         log_msg(LOG_ERROR, "auth: cannot make the JWT key (secret >= 32 bytes; issuer and "
@@ -111,12 +181,14 @@ static int auth_init(void)
     if (password_pool_start((unsigned)c->hash_threads, (unsigned)c->hash_queue, pp) != 0) {
         log_msg(LOG_ERROR, "auth: cannot start the password hashing pool (check "
                            "TENANTD_ARGON2_*)");
+        login_limit_stop();
         jwt_key_free(g_key);
         g_key = NULL;
         return -1;
     }
     if (cache_start(c->database_url) != 0) {
         log_msg(LOG_ERROR, "auth: cannot start the cache listener");
+        login_limit_stop();
         password_pool_stop();
         jwt_key_free(g_key);
         g_key = NULL;
@@ -131,13 +203,6 @@ static void auth_loop_start(struct loop_ctx *ctx)
     struct auth_loop *st = calloc(1, sizeof *st);
     if (!st)
         abort();
-    uint32_t n = g_config ? (uint32_t)g_config->login_limit : 0;
-    if (n > 0) {
-        st->login_ip = ratelimit_new(n, RATELIMIT_ENTRIES);
-        st->login_email = ratelimit_new(n, RATELIMIT_ENTRIES);
-        if (!st->login_ip || !st->login_email)
-            abort();
-    }
     t_loop = st;
 }
 
@@ -148,8 +213,6 @@ void auth_loop_stop(struct loop_ctx *ctx)
     if (!st)
         return;
     session_loop_stop(st);
-    ratelimit_free(st->login_ip);
-    ratelimit_free(st->login_email);
     free(st);
     t_loop = NULL;
 }
@@ -158,6 +221,7 @@ static void auth_shutdown(void)
 {
     cache_stop();
     password_pool_stop();
+    login_limit_stop();
     jwt_key_free(g_key);
     g_key = NULL;
 }

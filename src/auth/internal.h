@@ -12,10 +12,21 @@ const struct jwt_key *auth_jwt_key(void);
 
 /* Per-loop state, made by auth_module's loop_start on the loop's thread. */
 struct auth_loop {
-    struct ratelimit *login_ip;    /* NULL when TENANTD_LOGIN_LIMIT is 0 */
-    struct ratelimit *login_email; /* keyed by lowercased email (and "pw:<user id>") */
-    struct rehash *rehashes;       /* background re-hashes not finished yet */
+    struct rehash *rehashes; /* background re-hashes not finished yet */
 };
+
+/*
+ * Login limiters, one pair per process shared by every loop (a per-loop
+ * table would let a client get N x loops attempts by landing on several
+ * loops), so each call takes a mutex; logins are rare next to argon2's
+ * cost. login_limit_take answers false when either the client IP or the key
+ * (lowercased email, or "pw:<user id>") is over TENANTD_LOGIN_LIMIT, with
+ * the tighter result in *out; it is always true (and *have false) when the
+ * limit is off.
+ */
+bool login_limit_take(const char *ip, const char *key, size_t keylen,
+                      struct ratelimit_result *out, bool *have);
+void login_limit_reset(const char *key, size_t keylen);
 
 /* This thread's loop state; NULL off a loop thread. */
 struct auth_loop *auth_loop_state(void);

@@ -181,33 +181,20 @@ static void set_rl_headers(struct request *req, const struct ratelimit_result *r
 static bool rate_ok(struct request *req, const char *key, size_t keylen,
                     struct ratelimit_result *shown, bool *have)
 {
-    struct auth_loop *st = auth_loop_state();
-    *have = false;
-    if (!st || !st->login_ip)
+    struct ratelimit_result r;
+    if (login_limit_take(req->client_ip ? req->client_ip : "", key, keylen, &r, have)) {
+        if (*have)
+            *shown = r;
         return true;
-    uint64_t now = uv_now(req->ctx->loop);
-    struct ratelimit_result a, b;
-    const char *ip = req->client_ip ? req->client_ip : "";
-    ratelimit_take(st->login_ip, ip, strlen(ip), now, &a);
-    struct ratelimit_result *deny = !a.allowed ? &a : NULL;
-    if (!deny) {
-        ratelimit_take(st->login_email, key, keylen, now, &b);
-        if (!b.allowed)
-            deny = &b;
     }
-    if (deny) {
-        char v[24];
-        snprintf(v, sizeof v, "%u", deny->retry_after_s);
-        http_set_header(req, "Retry-After", v);
-        set_rl_headers(req, deny);
-        problem_respond(req, PROBLEM_RATE_LIMITED,
-                        arena_printf(req->arena, "Too many attempts; retry in %u seconds.",
-                                     deny->retry_after_s));
-        return false;
-    }
-    *shown = a.remaining <= b.remaining ? a : b;
-    *have = true;
-    return true;
+    char v[24];
+    snprintf(v, sizeof v, "%u", r.retry_after_s);
+    http_set_header(req, "Retry-After", v);
+    set_rl_headers(req, &r);
+    problem_respond(req, PROBLEM_RATE_LIMITED,
+                    arena_printf(req->arena, "Too many attempts; retry in %u seconds.",
+                                 r.retry_after_s));
+    return false;
 }
 
 /*
@@ -392,9 +379,7 @@ static void login_verified(void *ud, int status, bool ok, bool needs_rehash)
         auth_respond_unauthorized(req, LOGIN_401);
         return;
     }
-    struct auth_loop *st = auth_loop_state();
-    if (st && st->login_email)
-        ratelimit_reset(st->login_email, l->email, strlen(l->email));
+    login_limit_reset(l->email, strlen(l->email));
     if (needs_rehash)
         rehash_start(req, l->user_id, l->phc, l->pw, l->pwlen);
     if (token_refresh_new(l->refresh) != 0) {

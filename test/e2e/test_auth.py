@@ -465,6 +465,19 @@ class LoginRateLimitTest(AuthCase):
         self.assertEqual(self.server.get("/health").status, 200)
 
 
+class LoginRateLimitAcrossLoopsTest(AuthCase):
+    """The limit is per process, not per event loop: with two loops sharing
+    the port, connections landing on either loop draw from one budget."""
+    server_env = dict(FAST_ARGON2, TENANTD_LOGIN_LIMIT="3", TENANTD_THREADS="2")
+
+    def test_one_budget_for_all_loops(self):
+        self.seed("limx", [("lou@limx.io", PW, "admin")])
+        # Each login on a new connection: SO_REUSEPORT spreads them over both loops.
+        statuses = [self.login("lou@limx.io", "bad password")[0] for _ in range(10)]
+        self.assertEqual(statuses[:3], [401, 401, 401], statuses)
+        self.assertEqual(set(statuses[3:]), {429}, statuses)
+
+
 class DefaultParamsTest(AuthCase):
     """Default argon2id parameters (m=19456, t=2): login works, and a hash
     made with weaker parameters is upgraded after a successful login."""
