@@ -62,7 +62,15 @@ struct conn {
     bool must_close; /* an error, or the server drains */
     bool dispatched; /* c->req is with its handler */
     bool peer_eof;   /* the client half-closed while its request ran */
+    bool cont_in_flight; /* a 100 Continue write whose callback is still due */
+    /* Queued on ls->done_* when the response went out whole at once (see
+     * server_send). */
+    bool done_queued;
+    struct conn *done_prev, *done_next;
     int status;      /* of the response being written */
+    /* Timeouts are lazy (see timer_set): the loop time at which the
+     * connection is closed (0: none), and when c->timer fires (0: idle). */
+    uint64_t deadline, timer_due;
     char client_ip[INET6_ADDRSTRLEN];
 
     /* Bytes after a complete request, kept until its answer is written. */
@@ -104,6 +112,8 @@ struct loop_server {
     uv_tcp_t listener;
     uv_async_t stop_async;
     uv_timer_t drain_timer;
+    uv_idle_t done_idle; /* runs write completions queued by server_send */
+    struct conn *done_head, *done_tail;
     uv_thread_t thread;
     const struct server_hooks *hooks;
     struct server *srv;
@@ -131,6 +141,8 @@ static llhttp_settings_t parser_settings;
 static void conn_close(struct conn *c);
 static void conn_respond_error(struct conn *c);
 static void check_drained(struct loop_server *ls);
+static void write_done(struct conn *c, int status);
+static void done_unlink(struct loop_server *ls, struct conn *c);
 
 /* ---- request ids ---- */
 
@@ -204,9 +216,23 @@ static void read_on(struct conn *c);
 
 static void on_timer(uv_timer_t *t);
 
+/* Sets the connection's one timeout to ms from now. Every request moves it
+ * a few times, so c->timer is only restarted when it would fire too late;
+ * firing early, it re-arms itself for the rest (on_timer). */
 static void timer_set(struct conn *c, uint64_t ms)
 {
+    uint64_t due = uv_now(&c->ls->loop) + ms;
+    c->deadline = due;
+    if (c->timer_due && c->timer_due <= due)
+        return;
     uv_timer_start(&c->timer, on_timer, ms, 0);
+    c->timer_due = due;
+}
+
+/* No timeout (a handler runs, or an answer went out whole). */
+static void timer_clear(struct conn *c)
+{
+    c->deadline = 0;
 }
 
 static void read_off(struct conn *c)
@@ -457,10 +483,11 @@ static int on_header_value_complete(llhttp_t *p)
     return 0;
 }
 
-static void write_ignored(uv_write_t *w, int status)
+static void continue_written(uv_write_t *w, int status)
 {
-    (void)w;
     (void)status;
+    struct conn *c = w->data;
+    c->cont_in_flight = false;
 }
 
 /* Splits the target into path and query. Origin-form ("/a?b") is the norm;
@@ -554,9 +581,13 @@ static int on_headers_complete(llhttp_t *p)
             static char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
             uv_buf_t b = uv_buf_init(cont, sizeof cont - 1);
             uv_write_t *w = arena_alloc(req->arena, sizeof *w);
+            w->data = c;
             /* Ordered before the final answer's write, whose callback is
-             * what frees the arena. */
-            if (uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, write_ignored) != 0)
+             * what frees the arena; server_send takes no shortcut while
+             * this callback is due. */
+            if (uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, continue_written) == 0)
+                c->cont_in_flight = true;
+            else
                 log_msg(LOG_DEBUG, "could not send 100 Continue");
         }
         size_t first = has_cl ? (size_t)p->content_length + 1 : 16384;
@@ -615,7 +646,7 @@ static int on_message_complete(llhttp_t *p)
      * close. */
     c->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
     c->state = C_HANDLING;
-    uv_timer_stop(&c->timer);
+    timer_clear(c);
     return HPE_PAUSED; /* one request at a time; the rest waits in c->pending */
 }
 
@@ -859,6 +890,10 @@ static void conn_close(struct conn *c)
         return;
     c->state = C_CLOSED;
     c->reading = false;
+    if (c->done_queued) { /* written: finish it now, as uv_write's callback would */
+        done_unlink(c->ls, c);
+        write_done(c, 0);
+    }
     uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
 }
@@ -888,6 +923,15 @@ static void conn_linger(struct conn *c)
 static void on_timer(uv_timer_t *t)
 {
     struct conn *c = t->data;
+    c->timer_due = 0;
+    if (!c->deadline)
+        return;
+    uint64_t now = uv_now(&c->ls->loop);
+    if (now < c->deadline) { /* moved since armed */
+        uv_timer_start(&c->timer, on_timer, c->deadline - now, 0);
+        c->timer_due = c->deadline;
+        return;
+    }
     if (c->state == C_HEAD)
         log_msg(LOG_DEBUG, "closing a connection from %s: headers not complete in time",
                 c->client_ip);
@@ -928,9 +972,10 @@ static void conn_next(struct conn *c)
     }
 }
 
-static void on_write(uv_write_t *w, int status)
+/* The response is written (status 0) or failed: finish the request, then
+ * the next one, linger or close. */
+static void write_done(struct conn *c, int status)
 {
-    struct conn *c = w->data;
     struct loop_server *ls = c->ls;
     if (c->req) {
         finish_request(ls, c->req, c->status);
@@ -948,6 +993,45 @@ static void on_write(uv_write_t *w, int status)
         return;
     }
     conn_next(c);
+}
+
+static void on_write(uv_write_t *w, int status)
+{
+    write_done(w->data, status);
+}
+
+static void done_unlink(struct loop_server *ls, struct conn *c)
+{
+    if (c->done_prev)
+        c->done_prev->done_next = c->done_next;
+    else
+        ls->done_head = c->done_next;
+    if (c->done_next)
+        c->done_next->done_prev = c->done_prev;
+    else
+        ls->done_tail = c->done_prev;
+    c->done_prev = c->done_next = NULL;
+    c->done_queued = false;
+}
+
+/* Completions of responses written whole by server_send, one loop turn
+ * later as uv_write's callback would be (a handler may still touch its
+ * request after answering). Only those queued before this turn run now;
+ * the ones they queue (pipelined requests) wait for the next turn. */
+static void on_done_idle(uv_idle_t *h)
+{
+    struct loop_server *ls = h->data;
+    struct conn *last = ls->done_tail;
+    while (ls->done_head) {
+        struct conn *c = ls->done_head;
+        bool was_last = c == last;
+        done_unlink(ls, c);
+        write_done(c, 0);
+        if (was_last)
+            break;
+    }
+    if (!ls->done_head)
+        uv_idle_stop(h);
 }
 
 void server_send(struct request *req, int status, char *buf, size_t len)
@@ -974,6 +1058,31 @@ void server_send(struct request *req, int status, char *buf, size_t len)
     c->state = C_WRITING;
     c->write_req.data = c;
     uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+    /* Most answers fit the socket buffer: write them here. A whole write
+     * then completes through ls->done_idle rather than uv_write, whose
+     * completion costs an epoll_ctl per response. The rest, or all of it
+     * on EAGAIN or an error, goes through uv_write as before. */
+    if (!c->cont_in_flight) {
+        int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (n >= 0 && (size_t)n == len) {
+            timer_clear(c);
+            c->done_prev = ls->done_tail;
+            c->done_next = NULL;
+            if (ls->done_tail)
+                ls->done_tail->done_next = c;
+            else
+                ls->done_head = c;
+            ls->done_tail = c;
+            c->done_queued = true;
+            if (!uv_is_active((uv_handle_t *)&ls->done_idle))
+                uv_idle_start(&ls->done_idle, on_done_idle);
+            return;
+        }
+        if (n > 0) {
+            b.base += n;
+            b.len -= (size_t)n;
+        }
+    }
     int r = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
     if (r != 0) {
         finish_request(ls, req, status);
@@ -986,7 +1095,7 @@ void server_send(struct request *req, int status, char *buf, size_t len)
     if (c->tcp.write_queue_size > 0)
         timer_set(c, (uint64_t)g_config->idle_timeout_ms);
     else
-        uv_timer_stop(&c->timer);
+        timer_clear(c);
 }
 
 /* ---- accepting ---- */
@@ -1100,6 +1209,7 @@ static void loop_done(struct loop_ctx *ctx)
     struct loop_server *ls = ctx->server;
     uv_close((uv_handle_t *)&ls->stop_async, on_loop_handle_closed);
     uv_close((uv_handle_t *)&ls->drain_timer, on_loop_handle_closed);
+    uv_close((uv_handle_t *)&ls->done_idle, on_loop_handle_closed);
 }
 
 static void begin_stop(struct loop_server *ls)
@@ -1348,6 +1458,8 @@ int server_run(const struct router *router, const struct server_hooks *hooks)
         ls->stop_async.data = ls;
         uv_timer_init(&ls->loop, &ls->drain_timer);
         ls->drain_timer.data = ls;
+        uv_idle_init(&ls->loop, &ls->done_idle);
+        ls->done_idle.data = ls;
     }
     for (int i = 0; i < n; i++)
         if (uv_thread_create(&srv.loops[i].thread, loop_thread, &srv.loops[i]) != 0) {
