@@ -267,6 +267,18 @@ static void puts_(struct out *o, const char *s)
     put(o, s, strlen(s));
 }
 
+/* Decimal digits of v, without printf (this runs for every response). */
+static void put_uint(struct out *o, size_t v)
+{
+    char tmp[24];
+    size_t i = sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    put(o, tmp + i, sizeof tmp - i);
+}
+
 static void put_header(struct out *o, const char *name, const char *value)
 {
     puts_(o, name);
@@ -307,17 +319,19 @@ void http_respond(struct request *req, int status, const char *content_type, con
         cap += len;
 
     struct out o = {arena_alloc(req->arena, cap), 0};
-    char line[64];
-    int n = snprintf(line, sizeof line, "HTTP/1.1 %d ", status);
-    put(&o, line, (size_t)n);
+    put(&o, "HTTP/1.1 ", 9);
+    put_uint(&o, (size_t)status);
+    put(&o, " ", 1);
     puts_(&o, reason);
+    put(&o, "\r\nDate: ", 8);
+    puts_(&o, date_now());
     put(&o, "\r\n", 2);
-    put_header(&o, "Date", date_now());
     if (content_type && !no_content)
         put_header(&o, "Content-Type", content_type);
     if (!no_content) {
-        snprintf(line, sizeof line, "%zu", len);
-        put_header(&o, "Content-Length", line);
+        put(&o, "Content-Length: ", 16);
+        put_uint(&o, len);
+        put(&o, "\r\n", 2);
     }
     if (rid)
         put_header(&o, "X-Request-Id", rid);
