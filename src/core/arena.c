@@ -1,6 +1,8 @@
 #include "core/arena.h"
 
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +25,49 @@ struct cleanup {
 struct arena {
     struct chunk *head;
     struct cleanup *cleanups;
+    struct arena *next_free; /* in the thread's cache */
 };
+
+#define STD_CAP (ARENA_CHUNK - sizeof(struct chunk))
+
+/* Every request makes and frees an arena; each thread keeps a few freed
+ * ones (with one standard chunk) to skip malloc/free. Not under ASan, so
+ * a use after arena_free is still caught there. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ARENA_CACHE 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ARENA_CACHE 0
+#endif
+#endif
+#ifndef ARENA_CACHE
+#define ARENA_CACHE 64
+#endif
+
+#if ARENA_CACHE
+static _Thread_local struct arena *cache;
+static _Thread_local unsigned ncached;
+static pthread_key_t cache_key;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+
+/* At thread exit: the thread's cached arenas are freed. */
+static void cache_drop(void *unused)
+{
+    (void)unused;
+    while (cache) {
+        struct arena *a = cache;
+        cache = a->next_free;
+        free(a->head);
+        free(a);
+    }
+    ncached = 0;
+}
+
+static void cache_key_init(void)
+{
+    (void)pthread_key_create(&cache_key, cache_drop);
+}
+#endif
 
 static void *xmalloc(size_t n)
 {
@@ -46,9 +90,19 @@ static struct chunk *chunk_new(size_t cap)
 
 struct arena *arena_new(void)
 {
+#if ARENA_CACHE
+    if (cache) {
+        struct arena *a = cache;
+        cache = a->next_free;
+        ncached--;
+        a->next_free = NULL;
+        return a;
+    }
+#endif
     struct arena *a = xmalloc(sizeof *a);
-    a->head = chunk_new(ARENA_CHUNK - sizeof(struct chunk));
+    a->head = chunk_new(STD_CAP);
     a->cleanups = NULL;
+    a->next_free = NULL;
     return a;
 }
 
@@ -58,12 +112,39 @@ void arena_free(struct arena *a)
         return;
     for (struct cleanup *c = a->cleanups; c; c = c->next)
         c->fn(c->ptr);
+    struct chunk *keep = NULL;
+#if ARENA_CACHE
+    bool cacheable = ncached < ARENA_CACHE;
+#else
+    bool cacheable = false;
+#endif
     struct chunk *c = a->head;
     while (c) {
         struct chunk *next = c->next;
-        free(c);
+        if (cacheable && !keep && c->cap == STD_CAP)
+            keep = c;
+        else
+            free(c);
         c = next;
     }
+#if ARENA_CACHE
+    if (keep) {
+        if (ncached == 0 && !cache) {
+            /* Registers the thread-exit cleanup (once per thread). */
+            pthread_once(&cache_once, cache_key_init);
+            if (!pthread_getspecific(cache_key))
+                (void)pthread_setspecific(cache_key, &cache);
+        }
+        keep->next = NULL;
+        keep->used = 0;
+        a->head = keep;
+        a->cleanups = NULL;
+        a->next_free = cache;
+        cache = a;
+        ncached++;
+        return;
+    }
+#endif
     free(a);
 }
 
