@@ -146,51 +146,49 @@ static void done_unlink(struct loop_server *ls, struct conn *c);
 
 /* ---- request ids ---- */
 
-/* xoshiro128**-like generator per thread, seeded from the CSPRNG: request
- * ids must be unique, not secret, and this keeps RAND_bytes off the hot path. */
-static _Thread_local uint64_t rng_state[2];
-static _Thread_local bool rng_seeded;
+/* Request ids must be unique, not secret. Each thread draws a random
+ * 64-bit prefix and a random start once (RAND_bytes), then counts: the
+ * prefix separates threads (and runs), the counter requests, and only the
+ * counter's 16 hex digits are formatted per request. */
+static _Thread_local char rid_prefix[20]; /* "xxxxxxxx-xxxx-4xxx-" */
+static _Thread_local uint64_t rid_next;
+static _Thread_local bool rid_seeded;
+static const char hex_digits[] = "0123456789abcdef";
 
-static uint64_t rng_next(void)
+static void rid_seed(void)
 {
-    if (!rng_seeded) {
-        if (RAND_bytes((unsigned char *)rng_state, sizeof rng_state) != 1) {
-            rng_state[0] = uv_hrtime() ^ (uint64_t)(uintptr_t)&rng_state;
-            rng_state[1] = (uint64_t)getpid() * 0x9E3779B97F4A7C15ull;
-        }
-        if (!rng_state[0] && !rng_state[1])
-            rng_state[1] = 1;
-        rng_seeded = true;
+    uint64_t r[2];
+    if (RAND_bytes((unsigned char *)r, sizeof r) != 1) {
+        r[0] = uv_hrtime() ^ (uint64_t)(uintptr_t)&rid_next;
+        r[1] = (uint64_t)getpid() * 0x9E3779B97F4A7C15ull;
     }
-    /* xorshift128+ */
-    uint64_t s1 = rng_state[0];
-    const uint64_t s0 = rng_state[1];
-    rng_state[0] = s0;
-    s1 ^= s1 << 23;
-    rng_state[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
-    return rng_state[1] + s0;
+    uint64_t hi = (r[0] & 0xFFFFFFFFFFFF0FFFull) | 0x0000000000004000ull; /* version 4 */
+    char *o = rid_prefix;
+    for (int i = 0; i < 16; i++) {
+        if (i == 8 || i == 12)
+            *o++ = '-';
+        *o++ = hex_digits[(hi >> (60 - 4 * i)) & 15];
+    }
+    *o++ = '-';
+    *o = '\0';
+    rid_next = r[1];
+    rid_seeded = true;
 }
 
 /* A UUID v4-shaped id in the arena (formatted by hand: this runs for every
  * request). */
 static const char *new_request_id(struct arena *a)
 {
-    static const char hex[] = "0123456789abcdef";
-    uint64_t hi = rng_next(), lo = rng_next();
-    hi = (hi & 0xFFFFFFFFFFFF0FFFull) | 0x0000000000004000ull;
-    lo = (lo & 0x3FFFFFFFFFFFFFFFull) | 0x8000000000000000ull;
-    unsigned char b[16];
-    for (int i = 0; i < 8; i++) {
-        b[i] = (unsigned char)(hi >> (56 - 8 * i));
-        b[8 + i] = (unsigned char)(lo >> (56 - 8 * i));
-    }
+    if (!rid_seeded)
+        rid_seed();
+    uint64_t lo = (rid_next++ & 0x3FFFFFFFFFFFFFFFull) | 0x8000000000000000ull; /* variant */
     char *out = arena_alloc(a, 37);
-    char *o = out;
+    memcpy(out, rid_prefix, 19);
+    char *o = out + 19;
     for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
+        if (i == 4)
             *o++ = '-';
-        *o++ = hex[b[i] >> 4];
-        *o++ = hex[b[i] & 15];
+        *o++ = hex_digits[(lo >> (60 - 4 * i)) & 15];
     }
     *o = '\0';
     return out;
