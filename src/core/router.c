@@ -59,6 +59,11 @@ struct router {
     size_t nroutes;
     struct seg *segs;
     size_t nsegs;
+    /* Route indexes grouped by segment count, table order kept within a
+     * group: a path of n segments is only compared with
+     * by_nsegs[group[n] .. group[n + 1]). */
+    uint32_t *by_nsegs;
+    uint32_t group[ROUTER_MAX_SEGS + 2];
 };
 
 /* A segment of the request path, not decoded. */
@@ -290,6 +295,17 @@ struct router *router_new(const struct module *const *modules, size_t nmodules)
             r->nroutes++;
         }
     }
+    r->by_nsegs = calloc(r->nroutes ? r->nroutes : 1, sizeof *r->by_nsegs);
+    if (!r->by_nsegs)
+        abort();
+    uint32_t k = 0;
+    for (int ns = 0; ns <= ROUTER_MAX_SEGS; ns++) {
+        r->group[ns] = k;
+        for (size_t i = 0; i < r->nroutes; i++)
+            if (r->routes[i].nsegs == ns)
+                r->by_nsegs[k++] = (uint32_t)i;
+    }
+    r->group[ROUTER_MAX_SEGS + 1] = k;
     return r;
 fail:
     router_free(r);
@@ -304,6 +320,7 @@ void router_free(struct router *r)
         free(r->segs[i].name);
     free(r->routes);
     free(r->segs);
+    free(r->by_nsegs);
     free(r);
 }
 
@@ -462,8 +479,8 @@ enum router_result router_match(const struct router *r, struct request *req, con
     const struct croute *best = NULL;
     uint64_t best_score = 0, allowed = 0;
     bool path_found = false;
-    for (size_t i = 0; i < r->nroutes; i++) {
-        const struct croute *cr = &r->routes[i];
+    for (uint32_t k = r->group[n]; k < r->group[n + 1]; k++) {
+        const struct croute *cr = &r->routes[r->by_nsegs[k]];
         if (!path_matches(r, cr, segs, n))
             continue;
         path_found = true;
