@@ -710,20 +710,43 @@ static bool scan_head(struct conn *c, const unsigned char *p, size_t n)
         c->scan = SCAN_BEFORE;
     else if (c->state != C_HEAD)
         return true;
-    for (size_t i = 0; i < n && c->scan != SCAN_DONE; i++) {
-        unsigned char b = p[i];
-        if (c->scan == SCAN_BEFORE) {
-            if (b == '\r' || b == '\n')
-                continue; /* empty lines before a request are allowed */
-            c->scan = SCAN_HEAD;
-            c->scan_tail = 0;
-        }
-        if ((c->scan_tail & 0xFF) == '\n' && (b == ' ' || b == '\t'))
-            return false;
-        c->scan_tail = (c->scan_tail << 8) | b;
-        if (c->scan_tail == 0x0D0A0D0Au)
-            c->scan = SCAN_DONE;
+    if (c->scan == SCAN_DONE || n == 0)
+        return true;
+    size_t i = 0;
+    if (c->scan == SCAN_BEFORE) {
+        while (i < n && (p[i] == '\r' || p[i] == '\n'))
+            i++; /* empty lines before a request are allowed */
+        if (i == n)
+            return true;
+        c->scan = SCAN_HEAD;
+        c->scan_tail = 0;
+    } else if ((c->scan_tail & 0xFF) == '\n' && (p[0] == ' ' || p[0] == '\t')) {
+        return false; /* the previous buffer ended with the LF */
     }
+    /* Only LFs matter: jump from one to the next. The head's bytes in this
+     * buffer start at `start`; c->scan_tail holds the ones before. */
+    const size_t start = i;
+    const uint32_t before = c->scan_tail;
+    while (i < n) {
+        const unsigned char *lf = memchr(p + i, '\n', n - i);
+        if (!lf)
+            break;
+        size_t j = (size_t)(lf - p);
+        uint32_t t = before; /* the four bytes ending at the LF */
+        for (size_t k = j >= start + 3 ? j - 3 : start; k <= j; k++)
+            t = (t << 8) | p[k];
+        if (t == 0x0D0A0D0Au) {
+            c->scan = SCAN_DONE;
+            return true;
+        }
+        if (j + 1 < n && (p[j + 1] == ' ' || p[j + 1] == '\t'))
+            return false;
+        i = j + 1;
+    }
+    uint32_t t = before;
+    for (size_t k = n >= start + 4 ? n - 4 : start; k < n; k++)
+        t = (t << 8) | p[k];
+    c->scan_tail = t;
     return true;
 }
 
