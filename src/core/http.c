@@ -115,10 +115,7 @@ static bool valid_name(const char *s)
 
 static bool valid_value(const char *s)
 {
-    for (; *s; s++)
-        if (*s == '\r' || *s == '\n')
-            return false;
-    return true;
+    return s[strcspn(s, "\r\n")] == '\0';
 }
 
 void http_set_header(struct request *req, const char *name, const char *value)
