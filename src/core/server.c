@@ -91,6 +91,7 @@ struct conn {
     size_t span_len, span_cap;
     bool url_started;
     const char *field; /* current header name, in the arena */
+    size_t field_len;
     size_t headers_cap;
     size_t trailer_bytes;
     int cl_count, te_count, host_count;
@@ -175,6 +176,22 @@ static void rid_seed(void)
     rid_seeded = true;
 }
 
+/* The 8 hex digits of v (lowercase), without a loop: each nibble is spread
+ * to a byte, then '0' or 'a' - 10 is added to all bytes at once. */
+static void hex8(uint32_t v, char *out)
+{
+    uint64_t x = v;
+    x = ((x & 0xFFFF0000ull) << 16) | (x & 0x0000FFFFull);
+    x = ((x & 0x0000FF000000FF00ull) << 8) | (x & 0x000000FF000000FFull);
+    x = ((x & 0x00F000F000F000F0ull) << 4) | (x & 0x000F000F000F000Full);
+    uint64_t letters = ((x + 0x0606060606060606ull) >> 4) & 0x0101010101010101ull;
+    x += 0x3030303030303030ull + letters * (uint64_t)('a' - '0' - 10);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    x = __builtin_bswap64(x); /* most significant digit first in memory */
+#endif
+    memcpy(out, &x, 8);
+}
+
 /* A UUID v4-shaped id in the arena (formatted by hand: this runs for every
  * request). */
 static const char *new_request_id(struct arena *a)
@@ -182,15 +199,15 @@ static const char *new_request_id(struct arena *a)
     if (!rid_seeded)
         rid_seed();
     uint64_t lo = (rid_next++ & 0x3FFFFFFFFFFFFFFFull) | 0x8000000000000000ull; /* variant */
+    char digits[16];
+    hex8((uint32_t)(lo >> 32), digits);
+    hex8((uint32_t)lo, digits + 8);
     char *out = arena_alloc(a, 37);
     memcpy(out, rid_prefix, 19);
-    char *o = out + 19;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4)
-            *o++ = '-';
-        *o++ = hex_digits[(lo >> (60 - 4 * i)) & 15];
-    }
-    *o = '\0';
+    memcpy(out + 19, digits, 4);
+    out[23] = '-';
+    memcpy(out + 24, digits + 4, 12);
+    out[36] = '\0';
     return out;
 }
 
@@ -416,6 +433,7 @@ static int on_header_field_complete(llhttp_t *p)
     if (c->span_len == 0)
         return reject(c, PROBLEM_BAD_REQUEST, "A header name is empty.");
     c->field = arena_strndup(c->req->arena, c->span, c->span_len);
+    c->field_len = c->span_len;
     c->span_len = 0;
     return 0;
 }
@@ -465,18 +483,32 @@ static int on_header_value_complete(llhttp_t *p)
     struct http_header *h = &req->headers[req->nheaders++];
     h->name = c->field ? c->field : "";
     h->value = arena_strndup(req->arena, v, n);
+    size_t name_len = c->field ? c->field_len : 0;
     c->span_len = 0;
     c->field = NULL;
 
-    if (strcasecmp(h->name, "content-length") == 0) {
-        c->cl_count++;
-    } else if (strcasecmp(h->name, "transfer-encoding") == 0) {
-        c->te_count++;
-        c->te_value = h->value;
-    } else if (strcasecmp(h->name, "host") == 0) {
-        c->host_count++;
-    } else if (strcasecmp(h->name, "expect") == 0) {
-        c->expect = h->value;
+    /* By length first: most headers are none of these. */
+    switch (name_len) {
+    case 14:
+        if (strcasecmp(h->name, "content-length") == 0)
+            c->cl_count++;
+        break;
+    case 17:
+        if (strcasecmp(h->name, "transfer-encoding") == 0) {
+            c->te_count++;
+            c->te_value = h->value;
+        }
+        break;
+    case 4:
+        if (strcasecmp(h->name, "host") == 0)
+            c->host_count++;
+        break;
+    case 6:
+        if (strcasecmp(h->name, "expect") == 0)
+            c->expect = h->value;
+        break;
+    default:
+        break;
     }
     return 0;
 }
