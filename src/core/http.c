@@ -306,8 +306,11 @@ void http_respond(struct request *req, int status, const char *content_type, con
     const char *reason = http_status_text(status);
     const char *rid = req->request_id;
 
-    size_t cap = 64 + strlen(reason) + 40 /* Date */ + 32 /* Content-Length */ +
-                 (content_type ? 16 + strlen(content_type) : 0) + (rid ? 16 + strlen(rid) : 0) +
+    size_t reason_len = strlen(reason);
+    size_t ct_len = content_type ? strlen(content_type) : 0;
+    size_t rid_len = rid ? strlen(rid) : 0;
+    size_t cap = 64 + reason_len + 40 /* Date */ + 32 /* Content-Length */ +
+                 (content_type ? 16 + ct_len : 0) + (rid ? 16 + rid_len : 0) +
                  32 /* Connection */ + 2;
     for (const struct http_out_header *h = req->out_headers; h; h = h->next)
         cap += strlen(h->name) + strlen(h->value) + 4;
@@ -319,19 +322,22 @@ void http_respond(struct request *req, int status, const char *content_type, con
     put(&o, "HTTP/1.1 ", 9);
     put_uint(&o, (size_t)status);
     put(&o, " ", 1);
-    puts_(&o, reason);
+    put(&o, reason, reason_len);
     put(&o, "\r\nDate: ", 8);
     puts_(&o, date_now());
-    put(&o, "\r\n", 2);
-    if (content_type && !no_content)
-        put_header(&o, "Content-Type", content_type);
-    if (!no_content) {
-        put(&o, "Content-Length: ", 16);
-        put_uint(&o, len);
-        put(&o, "\r\n", 2);
+    if (content_type && !no_content) {
+        put(&o, "\r\nContent-Type: ", 16);
+        put(&o, content_type, ct_len);
     }
-    if (rid)
-        put_header(&o, "X-Request-Id", rid);
+    if (!no_content) {
+        put(&o, "\r\nContent-Length: ", 18);
+        put_uint(&o, len);
+    }
+    if (rid) {
+        put(&o, "\r\nX-Request-Id: ", 16);
+        put(&o, rid, rid_len);
+    }
+    put(&o, "\r\n", 2);
     if (close)
         put_header(&o, "Connection", "close");
     else if (ka10)
