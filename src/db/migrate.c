@@ -265,8 +265,8 @@ static int builtin_get(enum migration_track t, const struct migration **m, size_
 
 int migrate_latest(enum migration_track track)
 {
-    const struct migration *m;
-    size_t n;
+    const struct migration *m = NULL;
+    size_t n = 0;
     /* A broken embedded list cannot happen in a tested build (unit test). */
     if (builtin_get(track, &m, &n, NULL, 0) != 0 || n == 0)
         return 0;
@@ -1171,8 +1171,8 @@ int migrate_check(const char *conninfo, char *err, size_t errlen)
 
 int migrate_tenant_schema(PGconn *conn, const char *schema, char *err, size_t errlen)
 {
-    const struct migration *m;
-    size_t nm;
+    const struct migration *m = NULL;
+    size_t nm = 0;
     if (builtin_get(TRACK_TENANT, &m, &nm, err, errlen))
         return -1;
     /* Outside a transaction each statement would commit alone and a failure
