@@ -132,29 +132,6 @@ int auth_sign_access(const char *user_id, const char *org_id, const char *role, 
     return jwt_sign(g_key, &c, (int64_t)time(NULL), auth_access_ttl(), out, outlen);
 }
 
-static void json_release(void *p)
-{
-    json_decref(p);
-}
-
-json_t *auth_body_object(struct request *req)
-{
-    json_error_t err;
-    json_t *j = NULL;
-    if (req->body && req->body_len)
-        j = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &err);
-    if (!j) {
-        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
-        return NULL;
-    }
-    arena_cleanup(req->arena, json_release, j);
-    if (!json_is_object(j)) {
-        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
-        return NULL;
-    }
-    return j;
-}
-
 static int login_limit_start(void);
 static void login_limit_stop(void);
 

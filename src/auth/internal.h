@@ -37,9 +37,6 @@ void session_loop_stop(struct auth_loop *st);
 /* Session routes (session.c). */
 extern const struct route session_routes[];
 
-/* Parses req's body as a JSON object; on failure answers 400 and returns
- * NULL. The result is released when the request's arena is freed. */
-json_t *auth_body_object(struct request *req);
 
 /* "admin" / "member" -> role; -1 for anything else. */
 int auth_role_parse(const char *s);

@@ -27,6 +27,7 @@
 #include "auth/tokens.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "core/body.h"
 #include "core/problem.h"
 #include "db/db.h"
 
@@ -415,7 +416,7 @@ static void login_found(struct db_result *r, void *ud)
 
 static void login_post(struct request *req)
 {
-    json_t *body = auth_body_object(req);
+    json_t *body = body_object(req, false);
     if (!body)
         return;
     json_t *errors = NULL;
@@ -475,7 +476,7 @@ static void refresh_done(struct db_result *r, void *ud)
 /* The refresh_token field, checked for shape; NULL after answering. */
 static const char *refresh_field(struct request *req, size_t *len)
 {
-    json_t *body = auth_body_object(req);
+    json_t *body = body_object(req, false);
     if (!body)
         return NULL;
     json_t *errors = NULL;
@@ -656,7 +657,7 @@ static void pw_loaded(struct db_result *r, void *ud)
 
 static void password_post(struct request *req)
 {
-    json_t *body = auth_body_object(req);
+    json_t *body = body_object(req, false);
     if (!body)
         return;
     json_t *errors = NULL;

@@ -31,6 +31,7 @@
 #include "core/arena.h"
 #include "core/http.h"
 #include "core/log.h"
+#include "core/body.h"
 #include "core/problem.h"
 #include "db/db.h"
 
@@ -172,18 +173,12 @@ static const struct db_stmt q_keys_delete = {
 /* ---- helpers ------------------------------------------------------------ */
 
 #define NAME_MAX_CHARS 100
-#define EMAIL_MAX 254
 #define AVATAR_URL_MAX 2048
 #define LIST_LIMIT_DEFAULT 20
 #define LIST_LIMIT_MAX 100
 #define CURSOR_TS_LEN 27 /* 2026-01-02T03:04:05.123456Z */
 #define CURSOR_RAW_LEN (CURSOR_TS_LEN + 1 + 36)
 #define CURSOR_B64_BUFSZ (TOKEN_B64URL_LEN(CURSOR_RAW_LEN) + 1)
-
-static void json_decref_cleanup(void *p)
-{
-    json_decref((json_t *)p);
-}
 
 /* The caller of an org route, or NULL after answering 403 (the operator, or
  * a dispatch that let an org-less credential through: a bug, not input). */
@@ -213,56 +208,7 @@ static const char *path_uuid(struct request *req, const char *what)
     return low;
 }
 
-/* The request body as a JSON object (freed with the arena), or NULL after
- * answering 400. Duplicate keys are refused: which one would win is
- * ambiguous, and proxies and servers may disagree. An escaped NUL is valid
- * JSON, so it parses; the field checks then refuse it with a 422. */
-static json_t *body_object(struct request *req)
-{
-    if (!req->body || req->body_len == 0) {
-        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
-        return NULL;
-    }
-    json_error_t err;
-    json_t *j = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
-    if (!j) {
-        problem_respond(req, PROBLEM_BAD_REQUEST,
-                        arena_printf(req->arena, "The body is not valid JSON (line %d, column %d).",
-                                     err.line, err.column));
-        return NULL;
-    }
-    arena_cleanup(req->arena, json_decref_cleanup, j);
-    if (!json_is_object(j)) {
-        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
-        return NULL;
-    }
-    return j;
-}
 
-/* Adds an "unknown field" error for every key of obj not in allowed
- * (NULL-ended). The answer echoes client text, so it stays small: at most a
- * few such errors, and long names are not repeated. */
-static void check_known_fields(json_t *obj, const char *const *allowed, json_t **errors)
-{
-    const char *key;
-    json_t *v;
-    int reported = 0;
-    json_object_foreach(obj, key, v)
-    {
-        bool ok = false;
-        for (const char *const *a = allowed; *a; a++)
-            if (strcmp(*a, key) == 0)
-                ok = true;
-        if (ok)
-            continue;
-        if (++reported > 8) {
-            problem_add_error(errors, "(more)", "more unknown fields were left out");
-            return;
-        }
-        problem_add_error(errors, strlen(key) <= 64 ? key : "(a name of over 64 bytes)",
-                          "is not a known field");
-    }
-}
 
 /* Code points in a valid UTF-8 string (jansson checked it) and whether it
  * holds a control character (C0, DEL or C1). */
@@ -293,53 +239,7 @@ static const char *name_problem(const char *s)
     return NULL;
 }
 
-static bool email_local_char(unsigned char c)
-{
-    return isalnum(c) || (c && strchr("!#$%&'*+-/=?^_`{|}~.", c));
-}
 
-/*
- * A plain ASCII addr-spec: local@domain, local 1..64 of RFC 5322 atext and
- * dots (not first, last or doubled), domain of dot-separated labels of
- * [A-Za-z0-9-] (not starting or ending with '-') with at least one dot, the
- * whole at most 254. Quoted local parts and address literals are refused:
- * no mail provider hands them out and they only serve to smuggle text.
- */
-static bool email_valid(const char *s)
-{
-    size_t len = strlen(s);
-    const char *at = strchr(s, '@');
-    if (len > EMAIL_MAX || !at || strchr(at + 1, '@'))
-        return false;
-    size_t local = (size_t)(at - s);
-    if (local < 1 || local > 64 || s[0] == '.' || at[-1] == '.')
-        return false;
-    for (const char *p = s; p < at; p++)
-        if (!email_local_char((unsigned char)*p) || (*p == '.' && p[1] == '.'))
-            return false;
-    const char *d = at + 1;
-    size_t label = 0, dots = 0;
-    if (*d == '\0')
-        return false;
-    for (const char *p = d;; p++) {
-        if (*p == '.' || *p == '\0') {
-            if (label == 0 || label > 63 || p[-1] == '-')
-                return false;
-            if (*p == '\0')
-                break;
-            dots++;
-            label = 0;
-            continue;
-        }
-        unsigned char c = (unsigned char)*p;
-        if (!isalnum(c) && c != '-')
-            return false;
-        if (label == 0 && c == '-')
-            return false;
-        label++;
-    }
-    return dots >= 1;
-}
 
 /* An email from JSON value v, lower-cased into the arena (emails are
  * stored lowercase), or NULL with an error added. */
@@ -350,7 +250,7 @@ static const char *take_email(struct request *req, json_t *v, const char *field,
         return NULL;
     }
     const char *s = json_string_value(v);
-    if (strlen(s) != json_string_length(v) || !email_valid(s)) {
+    if (strlen(s) != json_string_length(v) || !body_email_valid(s)) {
         problem_add_error(errors, field, "must be a valid email address of at most 254 characters");
         return NULL;
     }
@@ -656,12 +556,12 @@ static void users_create(struct request *req)
     const struct auth_ctx *a = org_caller(req);
     if (!a)
         return;
-    json_t *body = body_object(req);
+    json_t *body = body_object(req, true);
     if (!body)
         return;
     static const char *const fields[] = {"email", "password", "name", "role", NULL};
     json_t *errors = NULL;
-    check_known_fields(body, fields, &errors);
+    body_unknown_fields(req, body, fields, NULL, &errors);
 
     const char *email = NULL, *name = NULL, *role = "member";
     json_t *v = json_object_get(body, "email");
@@ -766,7 +666,7 @@ static void users_update(struct request *req)
     const char *id = path_uuid(req, "user");
     if (!id)
         return;
-    json_t *body = body_object(req);
+    json_t *body = body_object(req, true);
     if (!body)
         return;
     bool self = a->kind == AUTH_KIND_USER && strcasecmp(a->principal_id, id) == 0;
@@ -782,7 +682,7 @@ static void users_update(struct request *req)
     }
     static const char *const fields[] = {"name", "email", "role", "avatar_url", NULL};
     json_t *errors = NULL;
-    check_known_fields(body, fields, &errors);
+    body_unknown_fields(req, body, fields, NULL, &errors);
 
     const char **vals = arena_calloc(req->arena, 8 * sizeof *vals);
     vals[0] = a->org_id;
@@ -938,12 +838,12 @@ static void keys_create(struct request *req)
     const struct auth_ctx *a = org_caller(req);
     if (!a)
         return;
-    json_t *body = body_object(req);
+    json_t *body = body_object(req, true);
     if (!body)
         return;
     static const char *const fields[] = {"name", "role", NULL};
     json_t *errors = NULL;
-    check_known_fields(body, fields, &errors);
+    body_unknown_fields(req, body, fields, NULL, &errors);
     const char *name = NULL, *role = "member";
     json_t *v = json_object_get(body, "name");
     if (!v)

@@ -37,6 +37,7 @@
 #include "core/config.h"
 #include "core/http.h"
 #include "core/log.h"
+#include "core/body.h"
 #include "core/problem.h"
 #include "idem/idem.h"
 
@@ -124,11 +125,6 @@ static const struct db_stmt q_refund_job = {
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static void json_release(void *p)
-{
-    json_decref((json_t *)p);
-}
-
 static struct db_pool *pool_of(struct request *req)
 {
     return req->ctx ? (struct db_pool *)req->ctx->db : NULL;
@@ -187,44 +183,7 @@ static const struct auth_ctx *org_caller(struct request *req)
     return a;
 }
 
-/* The body as a JSON object (freed with the arena), or NULL after 400.
- * Duplicate keys are refused: which one wins would be ambiguous. */
-static json_t *body_object(struct request *req)
-{
-    if (!req->body || req->body_len == 0) {
-        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
-        return NULL;
-    }
-    json_error_t err;
-    json_t *j = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
-    if (!j) {
-        problem_respond(req, PROBLEM_BAD_REQUEST,
-                        arena_printf(req->arena, "The body is not valid JSON (line %d, column %d).",
-                                     err.line, err.column));
-        return NULL;
-    }
-    arena_cleanup(req->arena, json_release, j);
-    if (!json_is_object(j)) {
-        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
-        return NULL;
-    }
-    return j;
-}
 
-static void check_known_fields(json_t *obj, const char *const *allowed, json_t **errors)
-{
-    const char *key;
-    json_t *v;
-    json_object_foreach(obj, key, v)
-    {
-        bool ok = false;
-        for (const char *const *a = allowed; *a; a++)
-            if (strcmp(*a, key) == 0)
-                ok = true;
-        if (!ok)
-            problem_add_error(errors, key, "is not a known field");
-    }
-}
 
 /* Code points of a valid UTF-8 string (jansson checked it). */
 static size_t utf8_chars(const char *s)
@@ -481,12 +440,12 @@ static void credits_spend(struct request *req)
     const struct auth_ctx *a = org_caller(req);
     if (!a)
         return;
-    json_t *body = body_object(req);
+    json_t *body = body_object(req, true);
     if (!body)
         return;
     static const char *const fields[] = {"amount", "description", "reference", NULL};
     json_t *errors = NULL;
-    check_known_fields(body, fields, &errors);
+    body_unknown_fields(req, body, fields, NULL, &errors);
     int64_t amount = 0;
     take_amount(body, 1, AMOUNT_MAX, "must be an integer from 1 to 10^15", &amount, &errors);
     const char *description = take_text(body, "description", DESCRIPTION_MAX_CHARS, true,
@@ -552,12 +511,12 @@ static void admin_credits(struct request *req)
         problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
         return;
     }
-    json_t *body = body_object(req);
+    json_t *body = body_object(req, true);
     if (!body)
         return;
     static const char *const fields[] = {"amount", "description", NULL};
     json_t *errors = NULL;
-    check_known_fields(body, fields, &errors);
+    body_unknown_fields(req, body, fields, NULL, &errors);
     int64_t amount = 0;
     take_amount(body, -AMOUNT_MAX, AMOUNT_MAX, "must be a non-zero integer from -10^15 to 10^15",
                 &amount, &errors);

@@ -43,6 +43,7 @@
 #include "core/embedded.h"
 #include "core/http.h"
 #include "core/log.h"
+#include "core/body.h"
 #include "core/problem.h"
 #include "db/db.h"
 #include "db/migrate.h"
@@ -85,7 +86,6 @@ const struct module org_module = {
 #define NAME_MAX_CHARS 100 /* org and user display names, in code points */
 #define SLUG_MIN 2
 #define SLUG_MAX 50
-#define EMAIL_MAX 254
 #define LIST_LIMIT_DEFAULT 20
 #define LIST_LIMIT_MAX 100
 
@@ -268,29 +268,6 @@ static void org_shutdown(void)
 
 /* ---- validation ----------------------------------------------------------- */
 
-static void json_decref_cleanup(void *p)
-{
-    json_decref(p);
-}
-
-/* The request body as a JSON object owned by the arena, or NULL after
- * answering 400 (not JSON, duplicate keys, or not an object). */
-static json_t *body_object(struct request *req)
-{
-    json_error_t e;
-    json_t *j = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &e);
-    if (!j) {
-        problem_respond(req, PROBLEM_BAD_REQUEST, "The body is not valid JSON.");
-        return NULL;
-    }
-    arena_cleanup(req->arena, json_decref_cleanup, j);
-    if (!json_is_object(j)) {
-        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
-        return NULL;
-    }
-    return j;
-}
-
 /* Code points of a valid UTF-8 string (jansson only hands out valid UTF-8),
  * and whether it holds a control character (C0, DEL or C1). */
 static size_t utf8_chars(const char *s, bool *has_control)
@@ -328,24 +305,6 @@ static const char *name_problem(const char *s)
     return NULL;
 }
 
-/* Adds an "is not a known field" error for every key of obj not in allowed
- * (NULL-ended), prefixed for nested objects, so a typo is not silently
- * ignored (the users routes do the same). */
-static void check_known_fields(json_t *obj, const char *const *allowed, const char *prefix,
-                               struct arena *a, json_t **errors)
-{
-    const char *key;
-    json_t *v;
-    json_object_foreach(obj, key, v)
-    {
-        bool ok = false;
-        for (const char *const *k = allowed; *k && !ok; k++)
-            ok = strcmp(*k, key) == 0;
-        if (!ok)
-            problem_add_error(errors, prefix ? arena_printf(a, "%s.%s", prefix, key) : key,
-                              "is not a known field");
-    }
-}
 
 static bool slug_char(char c)
 {
@@ -403,51 +362,7 @@ static char *slug_derive(struct arena *a, const char *name)
     return out;
 }
 
-static bool email_local_char(unsigned char c)
-{
-    return isalnum(c) || (c && strchr("!#$%&'*+-/=?^_`{|}~.", c));
-}
 
-/*
- * The same addr-spec rule as the users routes (src/auth/users.c), so an
- * admin created at signup could also have been created there: local@domain,
- * local 1..64 of RFC 5322 atext and dots (not first, last or doubled),
- * domain of dot-separated labels of [A-Za-z0-9-] (1..63, not starting or
- * ending with '-') with at least one dot, the whole at most 254.
- */
-static bool email_valid(const char *s)
-{
-    size_t len = strlen(s);
-    const char *at = strchr(s, '@');
-    if (len > EMAIL_MAX || !at || strchr(at + 1, '@'))
-        return false;
-    size_t local = (size_t)(at - s);
-    if (local < 1 || local > 64 || s[0] == '.' || at[-1] == '.')
-        return false;
-    for (const char *p = s; p < at; p++)
-        if (!email_local_char((unsigned char)*p) || (*p == '.' && p[1] == '.'))
-            return false;
-    const char *d = at + 1;
-    size_t label = 0, dots = 0;
-    if (*d == '\0')
-        return false;
-    for (const char *p = d;; p++) {
-        if (*p == '.' || *p == '\0') {
-            if (label == 0 || label > 63 || p[-1] == '-')
-                return false;
-            if (*p == '\0')
-                break;
-            dots++;
-            label = 0;
-            continue;
-        }
-        unsigned char c = (unsigned char)*p;
-        if ((!isalnum(c) && c != '-') || (label == 0 && c == '-'))
-            return false;
-        label++;
-    }
-    return dots >= 1;
-}
 
 static char *ascii_lower(struct arena *a, const char *s)
 {
@@ -630,7 +545,7 @@ static void orgs_create(struct request *req)
                         "Signup is closed; only the operator can create organizations.");
         return;
     }
-    json_t *body = body_object(req);
+    json_t *body = body_object(req, false);
     if (!body)
         return;
     json_t *errors = NULL;
@@ -638,7 +553,7 @@ static void orgs_create(struct request *req)
     struct signup *s = arena_calloc(req->arena, sizeof *s);
     s->req = req;
     static const char *const fields[] = {"name", "slug", "admin", NULL};
-    check_known_fields(body, fields, NULL, req->arena, &errors);
+    body_unknown_fields(req, body, fields, NULL, &errors);
 
     s->name = string_member(body, "name", false, &errors, "name", &present);
     const char *name_why = s->name ? name_problem(s->name) : NULL;
@@ -670,7 +585,7 @@ static void orgs_create(struct request *req)
         const char *email = string_member(admin, "email", false, &errors, "admin.email", &present);
         if (!present)
             problem_add_error(&errors, "admin.email", "is required");
-        else if (email && !email_valid(email))
+        else if (email && !body_email_valid(email))
             problem_add_error(&errors, "admin.email", "must be a valid email address");
         else if (email)
             s->email = ascii_lower(req->arena, email);
@@ -686,7 +601,7 @@ static void orgs_create(struct request *req)
         if (why)
             problem_add_error(&errors, "admin.name", why);
         static const char *const admin_fields[] = {"email", "password", "name", NULL};
-        check_known_fields(admin, admin_fields, "admin", req->arena, &errors);
+        body_unknown_fields(req, admin, admin_fields, "admin", &errors);
     }
     if (errors) {
         problem_respond_errors(req, "The request has invalid fields.", errors);
@@ -766,13 +681,13 @@ static void org_patch(struct request *req)
     const char *id = caller_org(req);
     if (!id)
         return;
-    json_t *body = body_object(req);
+    json_t *body = body_object(req, false);
     if (!body)
         return;
     json_t *errors = NULL;
     bool has_name, has_slug;
     static const char *const fields[] = {"name", "slug", NULL};
-    check_known_fields(body, fields, NULL, req->arena, &errors);
+    body_unknown_fields(req, body, fields, NULL, &errors);
     const char *name = string_member(body, "name", false, &errors, "name", &has_name);
     if (name) {
         const char *why = name_problem(name);
