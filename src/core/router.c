@@ -36,6 +36,9 @@
 
 /* Longest pattern we compile, in segments; longer request paths cannot match. */
 #define ROUTER_MAX_SEGS 16
+/* Hash slots for literal-only patterns (a power of two, well above their
+ * number). */
+#define STATIC_SLOTS 256
 /* Methods fit in a 64-bit mask (llhttp numbers them 0..45). */
 #define ROUTER_MAX_METHOD 63
 
@@ -64,6 +67,13 @@ struct router {
      * by_nsegs[group[n] .. group[n + 1]). */
     uint32_t *by_nsegs;
     uint32_t group[ROUTER_MAX_SEGS + 2];
+    /* Routes without parameters, by their whole pattern text: a path equal
+     * to one is matched with a hash lookup (no literal-only route can be
+     * beaten by a route with a parameter). Slots hold a route index + 1 (0:
+     * empty), one per pattern; same_next chains the routes (methods) that
+     * share it, as index + 1. */
+    uint32_t static_slots[STATIC_SLOTS];
+    uint32_t *same_next;
 };
 
 /* A segment of the request path, not decoded. */
@@ -245,6 +255,85 @@ static bool same_shape(const struct router *r, const struct croute *a, const str
     return true;
 }
 
+static uint32_t hash_path(const char *s, size_t n)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 16777619u;
+    return h;
+}
+
+static int split_path(const char *path, struct span *out);
+
+/* Fills static_slots and same_next; false when there are too many. */
+static bool index_static_routes(struct router *r)
+{
+    r->same_next = calloc(r->nroutes ? r->nroutes : 1, sizeof *r->same_next);
+    if (!r->same_next)
+        abort();
+    size_t used = 0;
+    for (size_t i = 0; i < r->nroutes; i++) {
+        const struct croute *cr = &r->routes[i];
+        struct span segs[ROUTER_MAX_SEGS];
+        /* Only patterns that a request path can equal byte for byte. */
+        if (cr->nparams || split_path(cr->rt->pattern, segs) != (int)cr->nsegs)
+            continue;
+        const char *pat = cr->rt->pattern;
+        size_t len = strlen(pat);
+        uint32_t h = hash_path(pat, len) & (STATIC_SLOTS - 1);
+        for (;;) {
+            uint32_t v = r->static_slots[h];
+            if (!v) {
+                if (++used > STATIC_SLOTS / 2) {
+                    log_msg(LOG_ERROR, "too many routes without parameters (max %d)",
+                            STATIC_SLOTS / 2);
+                    return false;
+                }
+                r->static_slots[h] = (uint32_t)i + 1;
+                break;
+            }
+            if (strcmp(r->routes[v - 1].rt->pattern, pat) == 0) {
+                /* Appended, so the chain keeps table order. */
+                uint32_t *tail = &r->static_slots[h];
+                while (*tail)
+                    tail = &r->same_next[*tail - 1];
+                *tail = (uint32_t)i + 1;
+                break;
+            }
+            h = (h + 1) & (STATIC_SLOTS - 1);
+        }
+    }
+    return true;
+}
+
+/* The literal-only route for req's exact path and method, or NULL (then
+ * the full match decides: a route with a parameter may take the method, or
+ * the answer is 405). */
+static const struct croute *match_static(const struct router *r, const struct request *req)
+{
+    const char *path = req->path;
+    size_t len = strlen(path);
+    uint32_t h = hash_path(path, len) & (STATIC_SLOTS - 1);
+    for (;;) {
+        uint32_t v = r->static_slots[h];
+        if (!v)
+            return NULL;
+        const char *pat = r->routes[v - 1].rt->pattern;
+        if (strncmp(pat, path, len) == 0 && pat[len] == '\0')
+            break;
+        h = (h + 1) & (STATIC_SLOTS - 1);
+    }
+    const struct croute *as_get = NULL;
+    for (uint32_t v = r->static_slots[h]; v; v = r->same_next[v - 1]) {
+        const struct croute *cr = &r->routes[v - 1];
+        if (cr->rt->method == req->method)
+            return cr; /* an exact method beats HEAD-as-GET */
+        if (req->method == HTTP_HEAD && cr->rt->method == HTTP_GET)
+            as_get = cr;
+    }
+    return as_get;
+}
+
 struct router *router_new(const struct module *const *modules, size_t nmodules)
 {
     size_t n = 0, maxsegs = 0;
@@ -306,6 +395,8 @@ struct router *router_new(const struct module *const *modules, size_t nmodules)
                 r->by_nsegs[k++] = (uint32_t)i;
     }
     r->group[ROUTER_MAX_SEGS + 1] = k;
+    if (!index_static_routes(r))
+        goto fail;
     return r;
 fail:
     router_free(r);
@@ -321,6 +412,7 @@ void router_free(struct router *r)
     free(r->routes);
     free(r->segs);
     free(r->by_nsegs);
+    free(r->same_next);
     free(r);
 }
 
@@ -468,8 +560,15 @@ enum router_result router_match(const struct router *r, struct request *req, con
     req->nparams = 0;
     if (allow)
         *allow = NULL;
-    if (!r)
+    if (!r || !req->path)
         return ROUTER_NOT_FOUND;
+
+    const struct croute *st = match_static(r, req);
+    if (st) {
+        req->route = st->rt;
+        req->route_pattern = st->rt->pattern;
+        return ROUTER_FOUND;
+    }
 
     struct span segs[ROUTER_MAX_SEGS];
     int n = split_path(req->path, segs);

@@ -417,6 +417,40 @@ static void test_null_router(void **state)
     router_free(r);
 }
 
+/* The literal-only fast path (a hash on the whole path) gives way to a
+ * parameter route when only that one takes the method, and to the full
+ * match for 405. */
+static void test_literal_path_other_method(void **state)
+{
+    (void)state;
+    static const struct route things[] = {
+        {HTTP_GET, "/v1/things/mine", AUTH_MEMBER, h_org_mine, "getMine"},
+        {HTTP_PATCH, "/v1/things/{id}", AUTH_MEMBER, h_org_slug, "patchThing"},
+        {HTTP_GET, "/v1/things", AUTH_MEMBER, h_users_list, "listThings"},
+        {0},
+    };
+    static const struct module m = {.name = "things", .routes = things};
+    const struct module *mods[] = {&m};
+    struct fixture f = {.r = router_new(mods, 1), .a = arena_new()};
+    assert_non_null(f.r);
+    const char *allow = NULL;
+    assert_int_equal(match(&f, HTTP_PATCH, "/v1/things/mine", NULL), ROUTER_FOUND);
+    assert_ptr_equal(f.req.route->handler, h_org_slug);
+    assert_string_equal(f.req.params[0].value, "mine");
+    assert_int_equal(match(&f, HTTP_HEAD, "/v1/things/mine", NULL), ROUTER_FOUND);
+    assert_ptr_equal(f.req.route->handler, h_org_mine);
+    assert_int_equal(f.req.nparams, 0);
+    assert_string_equal(f.req.route_pattern, "/v1/things/mine");
+    assert_int_equal(match(&f, HTTP_POST, "/v1/things/mine", &allow), ROUTER_METHOD_NOT_ALLOWED);
+    assert_string_equal(allow, "GET, HEAD, PATCH");
+    assert_int_equal(match(&f, HTTP_POST, "/v1/things", &allow), ROUTER_METHOD_NOT_ALLOWED);
+    assert_string_equal(allow, "GET, HEAD");
+    assert_int_equal(match(&f, HTTP_GET, "/v1/things/", NULL), ROUTER_NOT_FOUND);
+    assert_int_equal(match(&f, HTTP_GET, "/v1/thing", NULL), ROUTER_NOT_FOUND);
+    router_free(f.r);
+    arena_free(f.a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -432,6 +466,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_each_in_table_order, setup, teardown),
         cmocka_unit_test(test_method_names),
         cmocka_unit_test(test_null_router),
+        cmocka_unit_test(test_literal_path_other_method),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
