@@ -623,10 +623,11 @@ class IsolationTest(RecordsTestCase):
         load(30)  # warm-up: the pool opens and binds connections
         before = switches()
         load(100)
-        # 300 requests over 3 orgs: a handful of switches at most (a
-        # connection may still be rebound while the pool settles), where a
-        # pool switching per request would show about 150.
-        self.assertLessEqual(switches() - before, 6)
+        # 300 requests over 3 orgs: a few switches at most (a connection may
+        # still be rebound while the pool settles; under ASan on a busy
+        # machine CI saw 11), where a pool switching per request would show
+        # about 150 (the PUTs): the bound separates the two by 6x.
+        self.assertLessEqual(switches() - before, 25)
 
 class IdempotencyTest(RecordsTestCase):
     def test_malformed_keys_are_400_and_create_nothing(self):
