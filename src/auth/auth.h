@@ -40,6 +40,10 @@ static inline const struct auth_ctx *auth_ctx(const struct request *req)
  */
 void auth_dispatch(struct request *req);
 
+/* The caller's org credential (user or API key), or NULL after answering
+ * 403 for an operator or org-less credential on an org route. */
+const struct auth_ctx *auth_org_caller(struct request *req);
+
 /* Routes /v1/auth/...; init starts the
  * password pool and the cache listener, shutdown stops them. */
 extern const struct module auth_module;

@@ -419,3 +419,15 @@ void auth_dispatch(struct request *req)
     else
         auth_jwt(a, tok, len);
 }
+
+const struct auth_ctx *auth_org_caller(struct request *req)
+{
+    const struct auth_ctx *a = auth_ctx(req);
+    if (!a || a->kind == AUTH_KIND_OPERATOR || a->org_id[0] == '\0' || !a->schema ||
+        !a->schema[0]) {
+        problem_respond(req, PROBLEM_FORBIDDEN,
+                        "This route needs a credential of an organization.");
+        return NULL;
+    }
+    return a;
+}

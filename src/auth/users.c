@@ -33,6 +33,7 @@
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
+#include "db/result.h"
 #include "db/db.h"
 
 static void users_list(struct request *req);
@@ -179,19 +180,6 @@ static const struct db_stmt q_keys_delete = {
 #define CURSOR_TS_LEN 27 /* 2026-01-02T03:04:05.123456Z */
 #define CURSOR_RAW_LEN (CURSOR_TS_LEN + 1 + 36)
 #define CURSOR_B64_BUFSZ (TOKEN_B64URL_LEN(CURSOR_RAW_LEN) + 1)
-
-/* The caller of an org route, or NULL after answering 403 (the operator, or
- * a dispatch that let an org-less credential through: a bug, not input). */
-static const struct auth_ctx *org_caller(struct request *req)
-{
-    const struct auth_ctx *a = auth_ctx(req);
-    if (!a || a->kind == AUTH_KIND_OPERATOR || a->org_id[0] == '\0') {
-        problem_respond(req, PROBLEM_FORBIDDEN,
-                        "This route needs a credential of an organization.");
-        return NULL;
-    }
-    return a;
-}
 
 /* The {id} path parameter when it is a UUID (lower-cased into the arena),
  * else NULL after answering 404. */
@@ -349,35 +337,6 @@ static bool page_params(struct request *req, int *limit, const char **ts, const 
     return true;
 }
 
-/* Answers a failed statement: 503 when the database is away, 500 (logged)
- * for anything this module did not expect. */
-static void respond_db_failure(struct request *req, const struct db_result *r, const char *what)
-{
-    if (r->status == DB_UNAVAILABLE) {
-        http_set_header(req, "Retry-After", "1");
-        problem_respond(req, PROBLEM_UNAVAILABLE,
-                        "The database is unavailable; try again shortly.");
-        return;
-    }
-    log_msg(LOG_ERROR, "%s failed: %s (%s)", what, r->message ? r->message : "?",
-            r->sqlstate ? r->sqlstate : "?");
-    problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
-}
-
-static bool is_sqlstate(const struct db_result *r, const char *code)
-{
-    return r->status == DB_ERROR && r->sqlstate && strcmp(r->sqlstate, code) == 0;
-}
-
-/* The single text value of a one-row result, or NULL. */
-static const char *result_text(const struct db_result *r, int row, int col)
-{
-    if (!r->res || PQntuples(r->res) <= row || PQnfields(r->res) <= col ||
-        PQgetisnull(r->res, row, col))
-        return NULL;
-    return PQgetvalue(r->res, row, col);
-}
-
 static struct db_pool *pool_of(struct request *req)
 {
     return req->ctx ? (struct db_pool *)req->ctx->db : NULL;
@@ -413,13 +372,13 @@ static void list_done(struct db_result *r, void *ud)
             problem_respond_errors(req, "The query parameters are not valid.", errors);
             return;
         }
-        respond_db_failure(req, r, "list");
+        db_respond_failure(req, r, "list");
         return;
     }
-    const char *data = result_text(r, 0, 0);
-    const char *pos = result_text(r, 0, 1);
+    const char *data = db_result_text(r, 0, 0);
+    const char *pos = db_result_text(r, 0, 1);
     if (!data) {
-        respond_db_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no page"},
+        db_respond_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no page"},
                            "list");
         return;
     }
@@ -429,7 +388,7 @@ static void list_done(struct db_result *r, void *ud)
         char enc[CURSOR_B64_BUFSZ];
         if (strlen(pos) != CURSOR_RAW_LEN ||
             token_b64url_encode(pos, CURSOR_RAW_LEN, enc, sizeof enc) < 0) {
-            respond_db_failure(
+            db_respond_failure(
                 req, &(struct db_result){.status = DB_ERROR, .message = "bad cursor"}, "list");
             return;
         }
@@ -441,7 +400,7 @@ static void list_done(struct db_result *r, void *ud)
 
 static void run_list(struct request *req, const struct db_stmt *stmt)
 {
-    const struct auth_ctx *a = org_caller(req);
+    const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
     int limit;
@@ -472,10 +431,10 @@ static void user_get_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "get user");
+        db_respond_failure(req, r, "get user");
         return;
     }
-    const char *json = result_text(r, 0, 0);
+    const char *json = db_result_text(r, 0, 0);
     if (!json) {
         problem_respond(req, PROBLEM_NOT_FOUND, "No such user.");
         return;
@@ -485,7 +444,7 @@ static void user_get_done(struct db_result *r, void *ud)
 
 static void users_get(struct request *req)
 {
-    const struct auth_ctx *a = org_caller(req);
+    const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
     const char *id = path_uuid(req, "user");
@@ -508,24 +467,24 @@ struct user_create {
 static void user_create_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
-    if (is_sqlstate(r, "23505")) {
+    if (db_result_is(r, "23505")) {
         problem_respond(req, PROBLEM_CONFLICT,
                         "A user with this email already exists in the organization.");
         return;
     }
-    if (is_sqlstate(r, "23503")) {
+    if (db_result_is(r, "23503")) {
         /* The org went away between authentication and the insert. */
         problem_respond(req, PROBLEM_UNAUTHORIZED,
                         "The credential's organization no longer exists.");
         return;
     }
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "create user");
+        db_respond_failure(req, r, "create user");
         return;
     }
-    const char *id = result_text(r, 0, 0), *json = result_text(r, 0, 1);
+    const char *id = db_result_text(r, 0, 0), *json = db_result_text(r, 0, 1);
     if (!id || !json) {
-        respond_db_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no row"},
+        db_respond_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no row"},
                            "create user");
         return;
     }
@@ -553,7 +512,7 @@ static void user_hashed(void *ud, int status, const char *phc)
 
 static void users_create(struct request *req)
 {
-    const struct auth_ctx *a = org_caller(req);
+    const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
     json_t *body = body_object(req, true);
@@ -634,16 +593,16 @@ static void user_update_done(struct db_result *r, void *ud)
 {
     struct user_update *u = ud;
     struct request *req = u->req;
-    if (is_sqlstate(r, "23505")) {
+    if (db_result_is(r, "23505")) {
         problem_respond(req, PROBLEM_CONFLICT, "Another user of the organization has this email.");
         return;
     }
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "update user");
+        db_respond_failure(req, r, "update user");
         return;
     }
-    const char *found = result_text(r, 0, 0), *old_role = result_text(r, 0, 1);
-    const char *json = result_text(r, 0, 2);
+    const char *found = db_result_text(r, 0, 0), *old_role = db_result_text(r, 0, 1);
+    const char *json = db_result_text(r, 0, 2);
     if (json) {
         /* Role and email live in this process's cache: drop it now; other
          * processes hear the database trigger's NOTIFY. */
@@ -660,7 +619,7 @@ static void user_update_done(struct db_result *r, void *ud)
 
 static void users_update(struct request *req)
 {
-    const struct auth_ctx *a = org_caller(req);
+    const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
     const char *id = path_uuid(req, "user");
@@ -731,11 +690,11 @@ static void user_delete_done(struct db_result *r, void *ud)
     struct user_delete *d = ud;
     struct request *req = d->req;
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "delete user");
+        db_respond_failure(req, r, "delete user");
         return;
     }
-    const char *found = result_text(r, 0, 0), *old_role = result_text(r, 0, 1);
-    const char *deleted = result_text(r, 0, 2);
+    const char *found = db_result_text(r, 0, 0), *old_role = db_result_text(r, 0, 1);
+    const char *deleted = db_result_text(r, 0, 2);
     if (deleted && strcmp(deleted, "1") == 0) {
         auth_cache_forget_user(d->id);
         http_respond_empty(req, 204);
@@ -750,7 +709,7 @@ static void user_delete_done(struct db_result *r, void *ud)
 
 static void users_delete(struct request *req)
 {
-    const struct auth_ctx *a = org_caller(req);
+    const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
     const char *id = path_uuid(req, "user");
@@ -791,24 +750,24 @@ static void key_create_done(struct db_result *r, void *ud)
     struct request *req = k->req;
     /* The only unique column a new key can collide on is its random prefix
      * (1 in 36^8): draw again, a few times at most. */
-    if (is_sqlstate(r, "23505") && ++k->attempts < 3) {
+    if (db_result_is(r, "23505") && ++k->attempts < 3) {
         key_insert(k);
         return;
     }
-    if (is_sqlstate(r, "23503")) {
+    if (db_result_is(r, "23503")) {
         problem_respond(req, PROBLEM_UNAUTHORIZED,
                         "The credential's organization no longer exists.");
         return;
     }
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "create API key");
+        db_respond_failure(req, r, "create API key");
         return;
     }
-    const char *id = result_text(r, 0, 0), *json = result_text(r, 0, 1);
+    const char *id = db_result_text(r, 0, 0), *json = db_result_text(r, 0, 1);
     json_t *obj = json ? json_loads(json, 0, NULL) : NULL;
     if (!id || !json_is_object(obj)) {
         json_decref(obj);
-        respond_db_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no row"},
+        db_respond_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no row"},
                            "create API key");
         return;
     }
@@ -835,7 +794,7 @@ static void key_insert(struct key_create *k)
 
 static void keys_create(struct request *req)
 {
-    const struct auth_ctx *a = org_caller(req);
+    const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
     json_t *body = body_object(req, true);
@@ -870,10 +829,10 @@ static void key_delete_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "delete API key");
+        db_respond_failure(req, r, "delete API key");
         return;
     }
-    const char *prefix = result_text(r, 0, 0);
+    const char *prefix = db_result_text(r, 0, 0);
     if (!prefix) {
         problem_respond(req, PROBLEM_NOT_FOUND, "No such API key.");
         return;
@@ -885,7 +844,7 @@ static void key_delete_done(struct db_result *r, void *ud)
 
 static void keys_delete(struct request *req)
 {
-    const struct auth_ctx *a = org_caller(req);
+    const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
     const char *id = path_uuid(req, "API key");

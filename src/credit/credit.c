@@ -39,6 +39,7 @@
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
+#include "db/result.h"
 #include "idem/idem.h"
 
 static void credits_get(struct request *req);
@@ -135,55 +136,6 @@ static void respond_unavailable(struct request *req)
     http_set_header(req, "Retry-After", "1");
     problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unavailable; try again shortly.");
 }
-
-/* 503 when the database is away, 500 (logged) for anything unexpected. */
-static void respond_db_failure(struct request *req, const struct db_result *r, const char *what)
-{
-    if (r->status == DB_UNAVAILABLE) {
-        respond_unavailable(req);
-        return;
-    }
-    /* Cancelled (statement timeout, e.g. behind a long row lock; server
-     * shutdown) or a serialization/deadlock failure: nothing was applied,
-     * and a retry may well succeed. */
-    if (r->sqlstate && (strncmp(r->sqlstate, "57", 2) == 0 || strncmp(r->sqlstate, "40", 2) == 0)) {
-        log_msg(LOG_WARN, "%s not applied: %s (%s)", what, r->message ? r->message : "?",
-                r->sqlstate);
-        respond_unavailable(req);
-        return;
-    }
-    log_msg(LOG_ERROR, "%s failed: %s (%s)", what, r->message ? r->message : "?",
-            r->sqlstate ? r->sqlstate : "?");
-    problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
-}
-
-static bool is_sqlstate(const struct db_result *r, const char *code)
-{
-    return r->status == DB_ERROR && r->sqlstate && strcmp(r->sqlstate, code) == 0;
-}
-
-static const char *result_text(const struct db_result *r, int row, int col)
-{
-    if (!r->res || PQntuples(r->res) <= row || PQnfields(r->res) <= col ||
-        PQgetisnull(r->res, row, col))
-        return NULL;
-    return PQgetvalue(r->res, row, col);
-}
-
-/* The caller's org, or NULL after answering 403 (an org-less credential on
- * an org route is a dispatch bug, not input). */
-static const struct auth_ctx *org_caller(struct request *req)
-{
-    const struct auth_ctx *a = auth_ctx(req);
-    if (!a || a->kind == AUTH_KIND_OPERATOR || a->org_id[0] == '\0') {
-        problem_respond(req, PROBLEM_FORBIDDEN,
-                        "This route needs a credential of an organization.");
-        return NULL;
-    }
-    return a;
-}
-
-
 
 /* Code points of a valid UTF-8 string (jansson checked it). */
 static size_t utf8_chars(const char *s)
@@ -312,10 +264,10 @@ static void balance_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "credit balance");
+        db_respond_failure(req, r, "credit balance");
         return;
     }
-    const char *body = result_text(r, 0, 0);
+    const char *body = db_result_text(r, 0, 0);
     if (!body) {
         problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
         return;
@@ -325,7 +277,7 @@ static void balance_done(struct db_result *r, void *ud)
 
 static void credits_get(struct request *req)
 {
-    const struct auth_ctx *a = org_caller(req);
+    const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
     struct db_pool *pool = pool_of(req);
@@ -344,13 +296,13 @@ static void list_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "credit list");
+        db_respond_failure(req, r, "credit list");
         return;
     }
-    const char *data = result_text(r, 0, 0);
-    const char *next = result_text(r, 0, 1);
+    const char *data = db_result_text(r, 0, 0);
+    const char *next = db_result_text(r, 0, 1);
     if (!data) {
-        respond_db_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no page"},
+        db_respond_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no page"},
                            "credit list");
         return;
     }
@@ -366,7 +318,7 @@ static void list_done(struct db_result *r, void *ud)
 
 static void credits_list(struct request *req)
 {
-    const struct auth_ctx *a = org_caller(req);
+    const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
     json_t *errors = NULL;
@@ -406,12 +358,12 @@ static void credits_list(struct request *req)
  * Idempotency-Key says (replay, 409, 422). */
 static void write_answer(struct request *req, const struct db_result *r, const char *what)
 {
-    const char *outcome = result_text(r, 0, 0);
-    if (idem_answer(req, outcome, result_text(r, 0, 1), result_text(r, 0, 2), result_text(r, 0, 3)))
+    const char *outcome = db_result_text(r, 0, 0);
+    if (idem_answer(req, outcome, db_result_text(r, 0, 1), db_result_text(r, 0, 2), db_result_text(r, 0, 3)))
         return;
-    const char *body = result_text(r, 0, 3);
+    const char *body = db_result_text(r, 0, 3);
     if (!outcome || strcmp(outcome, "executed") != 0 || !body) {
-        respond_db_failure(
+        db_respond_failure(
             req, &(struct db_result){.status = DB_ERROR, .message = "unexpected outcome"}, what);
         return;
     }
@@ -421,14 +373,14 @@ static void write_answer(struct request *req, const struct db_result *r, const c
 static void spend_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
-    if (is_sqlstate(r, CREDIT_SQLSTATE_INSUFFICIENT)) {
+    if (db_result_is(r, CREDIT_SQLSTATE_INSUFFICIENT)) {
         problem_respond(req, PROBLEM_PAYMENT_REQUIRED,
                         "The organization's credit balance is lower than the amount; nothing was "
                         "spent.");
         return;
     }
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "credit spend");
+        db_respond_failure(req, r, "credit spend");
         return;
     }
     write_answer(req, r, "credit spend");
@@ -437,7 +389,7 @@ static void spend_done(struct db_result *r, void *ud)
 /* POST /v1/credits/spend {amount, description?, reference?}. */
 static void credits_spend(struct request *req)
 {
-    const struct auth_ctx *a = org_caller(req);
+    const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
     json_t *body = body_object(req, true);
@@ -478,23 +430,23 @@ static void credits_spend(struct request *req)
 static void admin_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
-    if (is_sqlstate(r, CREDIT_SQLSTATE_INSUFFICIENT)) {
+    if (db_result_is(r, CREDIT_SQLSTATE_INSUFFICIENT)) {
         problem_respond(req, PROBLEM_CONFLICT,
                         "The adjustment would take the organization's balance below zero; "
                         "nothing changed.");
         return;
     }
-    if (is_sqlstate(r, "22003")) {
+    if (db_result_is(r, "22003")) {
         problem_respond(req, PROBLEM_CONFLICT,
                         "The grant would take the balance beyond the largest value it can hold; "
                         "nothing changed.");
         return;
     }
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "credit adjustment");
+        db_respond_failure(req, r, "credit adjustment");
         return;
     }
-    const char *outcome = result_text(r, 0, 0);
+    const char *outcome = db_result_text(r, 0, 0);
     if (outcome && strcmp(outcome, "not_found") == 0) {
         problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
         return;
@@ -553,11 +505,11 @@ enum credit_status credit_status_of(const struct db_result *r)
         return CREDIT_OK;
     if (r->status == DB_UNAVAILABLE)
         return CREDIT_UNAVAILABLE;
-    if (is_sqlstate(r, CREDIT_SQLSTATE_INSUFFICIENT))
+    if (db_result_is(r, CREDIT_SQLSTATE_INSUFFICIENT))
         return CREDIT_INSUFFICIENT;
-    if (is_sqlstate(r, CREDIT_SQLSTATE_DUPLICATE))
+    if (db_result_is(r, CREDIT_SQLSTATE_DUPLICATE))
         return CREDIT_DUPLICATE;
-    if (is_sqlstate(r, "22023"))
+    if (db_result_is(r, "22023"))
         return CREDIT_INVALID;
     return CREDIT_ERROR;
 }
@@ -585,7 +537,7 @@ static void credit_call_done(struct db_result *r, void *ud)
     if (st == CREDIT_ERROR)
         log_msg(LOG_ERROR, "credit call failed: %s (%s)", r->message ? r->message : "?",
                 r->sqlstate ? r->sqlstate : "?");
-    c->cb(st, st == CREDIT_OK ? result_text(r, 0, 0) : NULL, c->ud);
+    c->cb(st, st == CREDIT_OK ? db_result_text(r, 0, 0) : NULL, c->ud);
     credit_call_free(c);
 }
 

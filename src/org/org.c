@@ -45,6 +45,7 @@
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
+#include "db/result.h"
 #include "db/db.h"
 #include "db/migrate.h"
 
@@ -379,24 +380,6 @@ static struct db_pool *pool_of(struct request *req)
     return req->ctx ? req->ctx->db : NULL;
 }
 
-/* Answers a failed statement that has no specific meaning for the caller. */
-static void respond_db_failure(struct request *req, const struct db_result *r, const char *what)
-{
-    if (r->status == DB_UNAVAILABLE) {
-        http_set_header(req, "Retry-After", "1");
-        problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unavailable; retry shortly.");
-        return;
-    }
-    log_msg(LOG_ERROR, "org: %s failed: %s (%s)", what, r->message ? r->message : "?",
-            r->sqlstate ? r->sqlstate : "?");
-    problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
-}
-
-static bool is_unique_violation(const struct db_result *r)
-{
-    return r->status == DB_ERROR && r->sqlstate && strcmp(r->sqlstate, "23505") == 0;
-}
-
 /* Responds 200 with the single JSON column `col` of the first row, or 404. */
 static void respond_row_json(struct request *req, const struct db_result *r, int col)
 {
@@ -440,12 +423,12 @@ static void signup_done(struct db_result *r, void *ud)
 {
     struct signup *s = ud;
     struct request *req = s->req;
-    if (is_unique_violation(r)) {
+    if (db_result_is(r, "23505")) {
         problem_respond(req, PROBLEM_CONFLICT, "That slug is already taken.");
         return;
     }
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "creating an org");
+        db_respond_failure(req, r, "org: creating an org");
         return;
     }
     if (PQntuples(r->res) != 1 || PQnfields(r->res) != 5) {
@@ -628,7 +611,7 @@ static void org_json_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "reading an org");
+        db_respond_failure(req, r, "org: reading an org");
         return;
     }
     respond_row_json(req, r, 0);
@@ -660,12 +643,12 @@ static void org_get(struct request *req)
 static void patch_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
-    if (is_unique_violation(r)) {
+    if (db_result_is(r, "23505")) {
         problem_respond(req, PROBLEM_CONFLICT, "That slug is already taken.");
         return;
     }
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "updating an org");
+        db_respond_failure(req, r, "org: updating an org");
         return;
     }
     /* The slug is cached with the org; drop it here at once (other
@@ -719,7 +702,7 @@ static void delete_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "deleting an org");
+        db_respond_failure(req, r, "org: deleting an org");
         return;
     }
     if (PQntuples(r->res) != 1 || strcmp(PQgetvalue(r->res, 0, 0), "t") != 0) {
@@ -777,7 +760,7 @@ static void admin_status_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "changing an org's status");
+        db_respond_failure(req, r, "org: changing an org's status");
         return;
     }
     if (PQntuples(r->res) == 1)
@@ -810,7 +793,7 @@ static void admin_delete_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "deleting an org");
+        db_respond_failure(req, r, "org: deleting an org");
         return;
     }
     if (PQntuples(r->res) != 1 || strcmp(PQgetvalue(r->res, 0, 1), "t") != 0) {
@@ -910,7 +893,7 @@ static void admin_list_done(struct db_result *r, void *ud)
     struct list_state *st = ud;
     struct request *req = st->req;
     if (r->status != DB_OK) {
-        respond_db_failure(req, r, "listing orgs");
+        db_respond_failure(req, r, "org: listing orgs");
         return;
     }
     int rows = PQntuples(r->res);

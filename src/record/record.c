@@ -40,6 +40,7 @@
 #include "core/http.h"
 #include "core/log.h"
 #include "core/problem.h"
+#include "db/result.h"
 #include "db/db.h"
 #include "idem/idem.h"
 
@@ -374,18 +375,6 @@ static bool check_object(struct request *req, const char *text, size_t len, cons
     }
 }
 
-/* The caller's org, or NULL after answering 403 (an operator credential). */
-static const struct auth_ctx *org_caller(struct request *req)
-{
-    const struct auth_ctx *a = auth_ctx(req);
-    if (!a || a->kind == AUTH_KIND_OPERATOR || !a->schema || !a->schema[0]) {
-        problem_respond(req, PROBLEM_FORBIDDEN,
-                        "This route needs a credential of an organization.");
-        return NULL;
-    }
-    return a;
-}
-
 /* The {collection} parameter, or NULL after answering 404. */
 static const char *path_collection(struct request *req)
 {
@@ -570,14 +559,6 @@ static const struct db_stmt *list_params(struct request *req, const char **v)
 
 /* ---- database answers --------------------------------------------------- */
 
-static const char *result_text(const struct db_result *r, int row, int col)
-{
-    if (!r->res || PQntuples(r->res) <= row || PQnfields(r->res) <= col ||
-        PQgetisnull(r->res, row, col))
-        return NULL;
-    return PQgetvalue(r->res, row, col);
-}
-
 /* Answers a failed statement. Data exceptions (class 22: invalid JSON text,
  * bad UTF-8, an impossible cursor date) come only from the client's text, so
  * they are that text's fault: `what` says which ("The body", "The filter",
@@ -668,7 +649,7 @@ static void create_done(struct db_result *r, void *ud)
         respond_failure_claimed(req, op->claim, r, "The body", "create record");
         return;
     }
-    const char *id = result_text(r, 0, 0), *ver = result_text(r, 0, 1), *j = result_text(r, 0, 2);
+    const char *id = db_result_text(r, 0, 0), *ver = db_result_text(r, 0, 1), *j = db_result_text(r, 0, 2);
     if (!id || !ver || !j) {
         internal(req, op->claim, "create record");
         return;
@@ -699,7 +680,7 @@ static void create_proceed(struct request *req, struct idem_claim *claim, void *
  * record a second time; records carry no money, so that is acceptable. */
 static void records_create(struct request *req)
 {
-    const struct auth_ctx *a = org_caller(req);
+    const struct auth_ctx *a = auth_org_caller(req);
     const char *coll = a ? path_collection(req) : NULL;
     if (!coll)
         return;
@@ -730,7 +711,7 @@ static void list_done(struct db_result *r, void *ud)
         respond_failure(req, r, "The filter", "list records");
         return;
     }
-    const char *data = result_text(r, 0, 0), *pos = result_text(r, 0, 1);
+    const char *data = db_result_text(r, 0, 0), *pos = db_result_text(r, 0, 1);
     if (!data || (pos && strlen(pos) != CURSOR_LEN)) {
         internal(req, NULL, "list records");
         return;
@@ -742,7 +723,7 @@ static void list_done(struct db_result *r, void *ud)
 
 static void records_list(struct request *req)
 {
-    const struct auth_ctx *a = org_caller(req);
+    const struct auth_ctx *a = auth_org_caller(req);
     const char *coll = a ? path_collection(req) : NULL;
     if (!coll)
         return;
@@ -763,7 +744,7 @@ static void get_done(struct db_result *r, void *ud)
         respond_failure(req, r, NULL, "get record");
         return;
     }
-    const char *ver = result_text(r, 0, 0), *j = result_text(r, 0, 1);
+    const char *ver = db_result_text(r, 0, 0), *j = db_result_text(r, 0, 1);
     if (!ver || !j) {
         problem_respond(req, PROBLEM_NOT_FOUND, "No such record.");
         return;
@@ -791,7 +772,7 @@ static void get_done(struct db_result *r, void *ud)
 
 static void records_get(struct request *req)
 {
-    const struct auth_ctx *a = org_caller(req);
+    const struct auth_ctx *a = auth_org_caller(req);
     const char *coll = a ? path_collection(req) : NULL;
     const char *id = coll ? path_id(req) : NULL;
     if (!id)
@@ -816,8 +797,8 @@ static void write_done(struct db_result *r, void *ud)
                         req->method == HTTP_PUT ? "replace record" : "patch record");
         return;
     }
-    const char *ver = result_text(r, 0, 0), *j = result_text(r, 0, 1),
-               *exists = result_text(r, 0, 2);
+    const char *ver = db_result_text(r, 0, 0), *j = db_result_text(r, 0, 1),
+               *exists = db_result_text(r, 0, 2);
     if (ver && j) {
         set_etag(req, ver);
         http_respond(req, 200, "application/json", j, strlen(j));
@@ -831,7 +812,7 @@ static void write_done(struct db_result *r, void *ud)
 
 static void run_write(struct request *req, const struct db_stmt *stmt, const char *what)
 {
-    const struct auth_ctx *a = org_caller(req);
+    const struct auth_ctx *a = auth_org_caller(req);
     const char *coll = a ? path_collection(req) : NULL;
     const char *id = coll ? path_id(req) : NULL;
     if (!id)
@@ -871,7 +852,7 @@ static void delete_done(struct db_result *r, void *ud)
         respond_failure(req, r, NULL, "delete record");
         return;
     }
-    const char *deleted = result_text(r, 0, 0), *exists = result_text(r, 0, 1);
+    const char *deleted = db_result_text(r, 0, 0), *exists = db_result_text(r, 0, 1);
     if (deleted && deleted[0] == 't')
         http_respond_empty(req, 204);
     else if (exists && exists[0] == 't')
@@ -883,7 +864,7 @@ static void delete_done(struct db_result *r, void *ud)
 
 static void records_delete(struct request *req)
 {
-    const struct auth_ctx *a = org_caller(req);
+    const struct auth_ctx *a = auth_org_caller(req);
     const char *coll = a ? path_collection(req) : NULL;
     const char *id = coll ? path_id(req) : NULL;
     if (!id)

@@ -1,0 +1,27 @@
+#ifndef TENANTD_DB_RESULT_H
+#define TENANTD_DB_RESULT_H
+#include <stdbool.h>
+
+#include "core/http.h"
+#include "db/db.h"
+
+/* Reading a db_result, and the answer every module gives for a failure
+ * that means nothing specific to its caller. */
+
+/* The text of (row, col), or NULL when the result has no such cell or it is
+ * SQL NULL. Valid during the db callback only. */
+const char *db_result_text(const struct db_result *r, int row, int col);
+
+/* True when the statement failed with this SQLSTATE (e.g. "23505"). */
+bool db_result_is(const struct db_result *r, const char *sqlstate);
+
+/*
+ * Answers a failed statement: 503 with Retry-After when the database is
+ * away, or when the statement was cancelled (class 57: statement timeout,
+ * shutdown) or lost a serialization/deadlock race (class 40) — nothing was
+ * applied and a retry may succeed; otherwise 500, logged with `what`. Never
+ * puts SQL or the server's message in the answer.
+ */
+void db_respond_failure(struct request *req, const struct db_result *r, const char *what);
+
+#endif
