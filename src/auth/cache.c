@@ -20,6 +20,7 @@
 #include <libpq-fe.h>
 
 #include "core/log.h"
+#include "core/thread.h"
 
 #define NBUCKETS 8192      /* power of two */
 #define MAX_ENTRIES 200000 /* beyond this the table is flushed: memory stays bounded */
@@ -322,6 +323,7 @@ static PGconn *listen_connect(void)
 static void *listener_main(void *arg)
 {
     (void)arg;
+    thread_name("auth-listen");
     int backoff = BACKOFF_MIN_MS;
     for (;;) {
         PGconn *conn = listen_connect();

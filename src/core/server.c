@@ -38,6 +38,7 @@
 #include "core/metrics.h"
 #include "core/problem.h"
 #include "core/router.h"
+#include "core/thread.h"
 
 #define READ_BUF_SIZE 65536
 #define LINGER_MS 1000
@@ -1321,6 +1322,7 @@ static void on_stop_async(uv_async_t *a)
 static void loop_thread(void *arg)
 {
     struct loop_server *ls = arg;
+    thread_name("loop-%u", (unsigned)ls->ctx.index);
     ls->ctx.metrics = metrics_new(ls->ctx.index);
     if (ls->hooks->loop_start)
         ls->hooks->loop_start(&ls->ctx);

@@ -20,6 +20,7 @@
 
 #include "auth/auth.h"
 #include "core/log.h"
+#include "core/thread.h"
 #include "db/db.h"
 
 static const struct db_stmt q_claim = {
@@ -426,6 +427,7 @@ static void purge_once(void)
 static void purge_main(void *arg)
 {
     (void)arg;
+    thread_name("idem-purge");
     uv_mutex_lock(&purge.mu);
     while (!purge.stop) {
         uv_mutex_unlock(&purge.mu);

@@ -41,6 +41,7 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "core/thread.h"
 #include "db/migrate.h"
 #include "job/internal.h"
 
@@ -295,6 +296,7 @@ static void run_one(struct worker *wk, const struct claimed *c)
 static void *worker_main(void *arg)
 {
     struct worker *wk = arg;
+    thread_name("job-worker");
     uint64_t backoff = BACKOFF_MIN_MS;
     snprintf(wk->cursor, sizeof wk->cursor, "%s", NIL_UUID);
     while (!stopping()) {
@@ -349,6 +351,7 @@ static bool coord_stopped(void)
 static void *coord_main(void *arg)
 {
     (void)arg;
+    thread_name("job-coord");
     PGconn *c = NULL;
     uint64_t backoff = BACKOFF_MIN_MS, next_renew = 0, next_reap = 0;
     uint64_t renew_every = (uint64_t)g_config->job_lease_ms * 1000000u / 3;
