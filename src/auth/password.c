@@ -2,6 +2,7 @@
 #include "auth/password.h"
 
 #include <argon2.h>
+#include <errno.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <stdlib.h>
@@ -9,10 +10,12 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/resource.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/thread.h"
 
 #define SALT_LEN 16
 #define HASH_LEN 32
@@ -26,14 +29,20 @@
 enum job_kind { JOB_HASH, JOB_VERIFY };
 
 /* One loop's mailbox: workers append finished jobs to `done` and wake the
- * loop with `async`. Lives until its handle is closed and no job points to
- * it (`refs`, under g.mu). */
+ * loop through the eventfd `efd`, watched by `poll`. Not uv_async_send:
+ * its sender holds a "busy" flag across the write() that wakes the loop,
+ * the woken loop preempts the idle-priority hashing thread in that very
+ * write and then spins (libuv 1.44's uv__async_spin) until the hasher gets
+ * a CPU back: up to a scheduler tick. A plain eventfd write has no such
+ * window. Lives until its handle is closed and no job or writer points to
+ * it (`refs`, under g.mu); `efd` is closed with it. */
 struct ploop {
     struct ploop *next;
     uv_loop_t *loop;
-    uv_async_t async;
+    uv_poll_t poll;
+    int efd;
     struct job *done_head, *done_tail; /* under g.mu */
-    unsigned refs;                     /* under g.mu: the handle + each job */
+    unsigned refs;                     /* under g.mu: the handle + each job + each writer */
     bool detached;                     /* under g.mu */
     unsigned inflight;                 /* loop thread only: jobs not yet delivered */
 };
@@ -200,17 +209,20 @@ static void job_free(struct job *j)
 /* Drops a reference to pl; frees it on the last one. Under g.mu. */
 static void ploop_unref_locked(struct ploop *pl)
 {
-    if (--pl->refs == 0)
+    if (--pl->refs == 0) {
+        close(pl->efd);
         free(pl);
+    }
 }
 
 static void worker(void *arg)
 {
     (void)arg;
-    /* Hashing saturates the cores by design; SCHED_IDLE lets an event loop
-     * that wakes up preempt a hashing thread at once (a nice level only
-     * shrinks its share, and the wake-up still waits out a time slice), so
-     * /health and every other route stay responsive while logins queue.
+    thread_name("argon2");
+    /* Hashing saturates the cores by design; SCHED_IDLE gives it only the
+     * CPU time nothing else wants, so the loops (and the database) stay
+     * responsive while logins queue. Nothing may wait on these threads
+     * while they hold a lock or a half-done handshake: see struct ploop.
      * Best effort: failing costs latency, not correctness. */
     struct sched_param sp = {.sched_priority = 0};
     if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) != 0 &&
@@ -238,17 +250,31 @@ static void worker(void *arg)
         if (pl->detached) {
             job_free(j);
             ploop_unref_locked(pl);
-        } else {
-            j->next = NULL;
-            if (pl->done_tail)
-                pl->done_tail->next = j;
-            else
-                pl->done_head = j;
-            pl->done_tail = j;
-            /* Under the lock: detach sets `detached` under it before closing
-             * the handle, so the handle is still open here. */
-            uv_async_send(&pl->async);
+            uv_mutex_unlock(&g.mu);
+            continue;
         }
+        /* Only the job that makes the list non-empty wakes the loop: the
+         * loop reads the eventfd before it takes the list, so it sees
+         * every job appended after a wake-up it has consumed. */
+        bool wake = pl->done_head == NULL;
+        j->next = NULL;
+        if (pl->done_tail)
+            pl->done_tail->next = j;
+        else
+            pl->done_head = j;
+        pl->done_tail = j;
+        if (wake)
+            pl->refs++; /* keeps efd open until written, whatever the loop does */
+        uv_mutex_unlock(&g.mu);
+        if (!wake)
+            continue;
+        /* Outside the lock: the woken loop may preempt this thread right in
+         * the write and must not find g.mu held by it. */
+        uint64_t one = 1;
+        while (write(pl->efd, &one, sizeof one) < 0 && errno == EINTR)
+            ;
+        uv_mutex_lock(&g.mu);
+        ploop_unref_locked(pl);
         uv_mutex_unlock(&g.mu);
     }
 }
@@ -261,9 +287,14 @@ static void deliver(struct job *j)
         j->verify_cb(j->ud, j->status, j->ok, j->needs_rehash);
 }
 
-static void on_async(uv_async_t *h)
+static void on_ready(uv_poll_t *h, int status, int events)
 {
+    (void)status;
+    (void)events;
     struct ploop *pl = h->data;
+    uint64_t count;
+    while (read(pl->efd, &count, sizeof count) < 0 && errno == EINTR)
+        ; /* EAGAIN: a wake-up already consumed; the list is what counts */
     uv_mutex_lock(&g.mu);
     struct job *list = pl->done_head;
     pl->done_head = pl->done_tail = NULL;
@@ -283,7 +314,7 @@ static void on_async(uv_async_t *h)
     uv_mutex_unlock(&g.mu);
     pl->inflight -= n;
     if (pl->inflight == 0)
-        uv_unref((uv_handle_t *)&pl->async); /* an idle pool must not keep the loop alive */
+        uv_unref((uv_handle_t *)&pl->poll); /* an idle pool must not keep the loop alive */
 }
 
 static void on_close(uv_handle_t *h)
@@ -303,12 +334,24 @@ static struct ploop *ploop_get_locked(uv_loop_t *loop)
     struct ploop *pl = calloc(1, sizeof *pl);
     if (!pl)
         return NULL;
-    if (uv_async_init(loop, &pl->async, on_async) != 0) {
+    pl->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (pl->efd < 0) {
         free(pl);
         return NULL;
     }
-    uv_unref((uv_handle_t *)&pl->async);
-    pl->async.data = pl;
+    if (uv_poll_init(loop, &pl->poll, pl->efd) != 0) {
+        close(pl->efd);
+        free(pl);
+        return NULL;
+    }
+    pl->poll.data = pl;
+    if (uv_poll_start(&pl->poll, UV_READABLE, on_ready) != 0) {
+        /* the handle is initialised: only a close may end it */
+        pl->refs = 1;
+        uv_close((uv_handle_t *)&pl->poll, on_close);
+        return NULL;
+    }
+    uv_unref((uv_handle_t *)&pl->poll);
     pl->loop = loop;
     pl->refs = 1;
     pl->next = g.loops;
@@ -341,7 +384,7 @@ static int submit(uv_loop_t *loop, struct job *j)
     uv_cond_signal(&g.cv);
     uv_mutex_unlock(&g.mu);
     if (pl->inflight++ == 0)
-        uv_ref((uv_handle_t *)&pl->async);
+        uv_ref((uv_handle_t *)&pl->poll);
     return PASSWORD_OK;
 }
 
@@ -449,7 +492,7 @@ void password_loop_detach(uv_loop_t *loop)
     uv_mutex_lock(&g.mu);
     pl->refs -= n; /* the handle, still open, holds the last one */
     uv_mutex_unlock(&g.mu);
-    uv_close((uv_handle_t *)&pl->async, on_close);
+    uv_close((uv_handle_t *)&pl->poll, on_close);
 }
 
 int password_pool_start(unsigned threads, unsigned queue_max, struct password_params params)

@@ -411,6 +411,78 @@ static void test_two_loops(void **state)
     password_pool_stop();
 }
 
+/* Many loops, tiny hashes, results racing the loops' detach: every job a
+ * loop waits for arrives exactly once (a lost wake-up hangs uv_run, which
+ * the test's timeout turns into a failure). Detaching while workers are
+ * still writing to the mailbox is exercised too; a freed-too-early mailbox
+ * would be an ASan report, but that window is narrow, so this is a smoke
+ * test of it rather than a proof. */
+#define STRESS_LOOPS 4
+#define STRESS_ROUNDS 150
+#define STRESS_JOBS 6
+
+struct stress_arg {
+    int delivered, expected, bad;
+};
+
+static void on_stress(void *ud, int status, bool ok, bool needs_rehash)
+{
+    (void)ok;
+    (void)needs_rehash;
+    int *count = ud;
+    if (status == PASSWORD_OK)
+        (*count)++;
+    else if (status != PASSWORD_ECANCELED)
+        *count = -1000; /* shows up as a mismatch below */
+}
+
+static void stress_thread(void *p)
+{
+    struct stress_arg *a = p;
+    for (int round = 0; round < STRESS_ROUNDS; round++) {
+        uv_loop_t loop;
+        if (uv_loop_init(&loop) != 0) {
+            a->bad++;
+            return;
+        }
+        int count = 0, accepted = 0;
+        for (int i = 0; i < STRESS_JOBS; i++)
+            accepted +=
+                password_verify_async(&loop, "pw", 2, NULL, on_stress, &count) == PASSWORD_OK;
+        if (round % 3 == 2) {
+            /* Detach while results are on their way. */
+            password_loop_detach(&loop);
+            uv_run(&loop, UV_RUN_DEFAULT);
+        } else {
+            uv_run(&loop, UV_RUN_DEFAULT);
+            a->expected += accepted;
+            a->delivered += count;
+            password_loop_detach(&loop);
+            uv_run(&loop, UV_RUN_DEFAULT);
+        }
+        if (count < 0 || uv_loop_close(&loop) != 0)
+            a->bad++;
+    }
+}
+
+static void test_many_loops_race_detach(void **state)
+{
+    (void)state;
+    assert_int_equal(password_pool_start(4, 64, (struct password_params){8, 1, 1}), 0);
+    struct stress_arg args[STRESS_LOOPS] = {0};
+    uv_thread_t th[STRESS_LOOPS];
+    for (int i = 0; i < STRESS_LOOPS; i++)
+        assert_int_equal(uv_thread_create(&th[i], stress_thread, &args[i]), 0);
+    for (int i = 0; i < STRESS_LOOPS; i++)
+        uv_thread_join(&th[i]);
+    for (int i = 0; i < STRESS_LOOPS; i++) {
+        assert_int_equal(args[i].bad, 0);
+        assert_true(args[i].expected > 0);
+        assert_int_equal(args[i].delivered, args[i].expected);
+    }
+    password_pool_stop();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -418,7 +490,7 @@ int main(void)
         cmocka_unit_test(test_needs_rehash),   cmocka_unit_test(test_phc_parse),
         cmocka_unit_test(test_start_rejects),  cmocka_unit_test(test_queue_full),
         cmocka_unit_test(test_detach_cancels), cmocka_unit_test(test_loop_stays_responsive),
-        cmocka_unit_test(test_two_loops),
+        cmocka_unit_test(test_two_loops),      cmocka_unit_test(test_many_loops_race_detach),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
