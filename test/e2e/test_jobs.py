@@ -809,7 +809,8 @@ class TimeoutTest(LedgerAudit, harness.DbTestCase):
 class SchedulingTest(LedgerAudit, harness.DbTestCase):
     """Ordering and fairness, with the server's workers off: jobs are queued
     first, then `tenantd worker` processes run them."""
-    server_env = dict(FAST, TENANTD_JOB_WORKERS="0")
+    OPERATOR = "scheduling-test-operator-token-0123456789"
+    server_env = dict(FAST, TENANTD_JOB_WORKERS="0", TENANTD_OPERATOR_TOKEN=OPERATOR)
 
     def finished_order(self, org_id=None):
         where = f"WHERE org_id = '{org_id}'" if org_id else ""
@@ -862,6 +863,39 @@ class SchedulingTest(LedgerAudit, harness.DbTestCase):
         b_positions = [i for i, org in enumerate(order) if org == b["org"]["id"]]
         self.assertEqual(len(b_positions), 3)
         self.assertLess(max(b_positions), 10, order)
+
+    def statuses(self, org_id):
+        return self.pg.psql(f"SELECT status, attempts FROM public.jobs WHERE org_id = '{org_id}'",
+                            db=self.dbname)
+
+    def test_suspended_orgs_jobs_wait_until_unsuspended(self):
+        """Jobs of suspended orgs are skipped, not run (no spending, no
+        webhooks), however many such orgs lie before an active one in the
+        workers' scan; unsuspended, they run."""
+        op = bearer(self.OPERATOR)
+        paused = [signup(self.server) for _ in range(4)]
+        active = signup(self.server)
+        for o in paused + [active]:
+            for _ in range(3):
+                enqueue(self.server, o["access_token"], "sleep", {"ms": 1})
+        for o in paused:
+            status, body, _ = self.server.json(
+                "POST", f"/v1/admin/orgs/{o['org']['slug']}/suspend", headers=op)
+            self.assertEqual(status, 200, body)
+        w = start_worker(self.db_url, TENANTD_JOB_BATCH="2")
+        try:
+            self.wait_all(3)
+            time.sleep(0.5)  # ten polls of the worker
+            self.assertEqual(self.statuses(active["org"]["id"]), ["succeeded|1"] * 3)
+            for o in paused:
+                self.assertEqual(self.statuses(o["org"]["id"]), ["queued|0"] * 3)
+            for o in paused:
+                status, body, _ = self.server.json(
+                    "POST", f"/v1/admin/orgs/{o['org']['slug']}/unsuspend", headers=op)
+                self.assertEqual(status, 200, body)
+            self.wait_all(15)
+        finally:
+            self.assertEqual(w.stop(), 0)
 
     def test_two_worker_processes_never_run_an_attempt_twice(self):
         orgs = [signup(self.server) for _ in range(4)]
