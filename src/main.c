@@ -77,6 +77,15 @@ static void loop_stop(struct loop_ctx *ctx, void (*done)(struct loop_ctx *ctx))
     db_pool_close(ctx->db, pool_closed, s);
 }
 
+/* Background work (job workers) drains while the loops drain, so a
+ * shutdown takes one drain timeout, not one after the other. */
+static void modules_drain(void)
+{
+    for (size_t i = 0; i < NMODULES; i++)
+        if (modules[i]->drain)
+            modules[i]->drain();
+}
+
 static int cmd_serve(const struct config *cfg)
 {
     char err[512];
@@ -108,7 +117,7 @@ static int cmd_serve(const struct config *cfg)
     if (!router)
         return 1;
     struct server_hooks hooks = {.loop_start = loop_start, .loop_stop = loop_stop,
-                                 .dispatch = auth_dispatch};
+                                 .dispatch = auth_dispatch, .draining = modules_drain};
     int rc = server_run(router, &hooks);
     for (size_t i = 0; i < NMODULES; i++)
         if (modules[i]->shutdown)

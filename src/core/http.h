@@ -121,6 +121,9 @@ struct server_hooks {
     void (*loop_start)(struct loop_ctx *ctx);
     void (*loop_stop)(struct loop_ctx *ctx, void (*done)(struct loop_ctx *ctx));
     void (*dispatch)(struct request *req);
+    /* On the main thread, once, when a signal starts the drain: background
+     * work starts stopping too, so the two drains overlap. May be NULL. */
+    void (*draining)(void);
 };
 
 /*

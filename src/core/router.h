@@ -38,6 +38,7 @@ struct module {
     const struct route *routes;                 /* may be NULL */
     int (*init)(void);                          /* once, before loops start; 0 = ok */
     void (*loop_start)(struct loop_ctx *ctx);   /* per loop, on its thread */
+    void (*drain)(void);                        /* once, when draining starts */
     void (*shutdown)(void);                     /* once, after loops stop */
 };
 

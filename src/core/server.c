@@ -136,6 +136,7 @@ struct server {
     int nloops;
     bool stopping;
     struct loop_server *loops;
+    const struct server_hooks *hooks;
 };
 
 static llhttp_settings_t parser_settings;
@@ -1361,6 +1362,8 @@ static void on_signal(uv_signal_t *s, int signum)
             (long long)g_config->drain_timeout_ms);
     for (int i = 0; i < srv->nloops; i++)
         uv_async_send(&srv->loops[i].stop_async);
+    if (srv->hooks->draining)
+        srv->hooks->draining();
 }
 
 static void on_loop_exited(uv_async_t *a)
@@ -1482,7 +1485,7 @@ int server_run(const struct router *router, const struct server_hooks *hooks)
         }
     }
 
-    struct server srv = {.nloops = n};
+    struct server srv = {.nloops = n, .hooks = hooks};
     atomic_init(&srv.nexited, 0);
     srv.loops = calloc((size_t)n, sizeof *srv.loops);
     if (!srv.loops)

@@ -56,12 +56,14 @@ static const struct route job_routes[] = {
 };
 
 static int job_init(void);
+static void job_drain(void);
 static void job_shutdown(void);
 
 const struct module job_module = {
     .name = "jobs",
     .routes = job_routes,
     .init = job_init,
+    .drain = job_drain,
     .shutdown = job_shutdown,
 };
 
@@ -111,6 +113,12 @@ static int job_init(void)
         return -1;
     workers_started = true;
     return 0;
+}
+
+static void job_drain(void)
+{
+    if (workers_started)
+        job_workers_begin_stop((int)g_config->drain_timeout_ms);
 }
 
 static void job_shutdown(void)

@@ -30,6 +30,11 @@ int job_workers_start(const char *conninfo, int n);
  */
 void job_workers_stop(int drain_ms);
 
+/* The first half of job_workers_stop, without waiting: no new claims, and
+ * the drain deadline starts now. A later job_workers_stop keeps that
+ * deadline and joins the threads. Thread-safe; once only counts. */
+void job_workers_begin_stop(int drain_ms);
+
 /*
  * `tenantd worker`: checks that the database schema is current, runs
  * TENANTD_JOB_WORKERS workers (no HTTP) until SIGTERM or SIGINT, then stops

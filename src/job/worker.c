@@ -487,16 +487,25 @@ int job_workers_start(const char *conninfo, int n)
     return 0;
 }
 
-void job_workers_stop(int drain_ms)
+void job_workers_begin_stop(int drain_ms)
 {
     if (!W.running)
         return;
     pthread_mutex_lock(&W.mu);
-    W.stopping = true;
-    W.drain_deadline = job_now_ns() + (uint64_t)drain_ms * 1000000u;
-    W.wake_gen++;
-    pthread_cond_broadcast(&W.cond);
+    if (!W.stopping) {
+        W.stopping = true;
+        W.drain_deadline = job_now_ns() + (uint64_t)drain_ms * 1000000u;
+        W.wake_gen++;
+        pthread_cond_broadcast(&W.cond);
+    }
     pthread_mutex_unlock(&W.mu);
+}
+
+void job_workers_stop(int drain_ms)
+{
+    if (!W.running)
+        return;
+    job_workers_begin_stop(drain_ms);
     for (int i = 0; i < W.n; i++) {
         pthread_join(W.workers[i].thread, NULL);
         free(W.workers[i].batch);

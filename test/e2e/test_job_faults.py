@@ -5,6 +5,7 @@ a running job finishes within the drain time, or is released unharmed)."""
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 import unittest
@@ -161,6 +162,37 @@ class GracefulShutdownTest(LedgerAudit, harness.DbTestCase):
         self.assertEqual(self.server.json("POST", f"/v1/jobs/{job['id']}/cancel", None,
                                           {"Authorization": f"Bearer {self.token}"})[0], 200)
 
+
+    def test_serve_drains_http_and_jobs_together(self):
+        """A stuck request and a long job: SIGTERM ends serve after one drain
+        timeout (both drains run at once), not two one after the other."""
+        drain = 3.0
+        s = harness.Server(self.db_url, env=dict(
+            LEASE, TENANTD_JOB_WORKERS="1",
+            TENANTD_DRAIN_TIMEOUT_MS=str(int(drain * 1000)))).start()
+        stuck = None
+        try:
+            job = enqueue(s, self.token, "sleep", {"ms": 30000})
+            wait_job(s, self.token, job["id"], ("running",))
+            stuck = socket.create_connection(("127.0.0.1", s.port))
+            stuck.sendall(b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhel")
+            time.sleep(0.2)
+            t0 = time.time()
+            s.signal(signal.SIGTERM)
+            s.proc.wait(30)
+            took = time.time() - t0
+        finally:
+            if stuck:
+                stuck.close()
+            self.assertEqual(s.stop(), 0, s.log())
+        self.assertGreater(took, drain * 0.8, s.log())  # the stuck request was waited for
+        self.assertLess(took, drain * 1.6, s.log())     # ... and the job alongside it
+        self.assertIn("drain timeout", s.log())
+        status, body, _ = self.server.json("GET", f"/v1/jobs/{job['id']}", None,
+                                           {"Authorization": f"Bearer {self.token}"})
+        self.assertEqual((body["status"], body["attempts"]), ("queued", 0), body)
+        self.assertEqual(self.server.json("POST", f"/v1/jobs/{job['id']}/cancel", None,
+                                          {"Authorization": f"Bearer {self.token}"})[0], 200)
 
 @needs_jobs
 class DbRestartTest(unittest.TestCase):
