@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "core/hex.h"
 #include "core/http_internal.h"
 #include "core/log.h"
 
@@ -30,17 +31,6 @@ const char *http_param(const struct request *req, const char *name)
     return NULL;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Decodes s[0..n) form-style ('+' is a space) into out (room for n + 1).
  * A bad escape, or one that would give a NUL (which would silently cut the
  * C string), is kept literally. */
@@ -50,9 +40,9 @@ static size_t form_decode(const char *s, size_t n, char *out)
     for (size_t i = 0; i < n; i++) {
         if (s[i] == '+') {
             out[o++] = ' ';
-        } else if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0 &&
-                   (hexval(s[i + 1]) | hexval(s[i + 2])) != 0) {
-            out[o++] = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+        } else if (s[i] == '%' && i + 2 < n && hex_digit(s[i + 1]) >= 0 &&
+                   hex_digit(s[i + 2]) >= 0 && (hex_digit(s[i + 1]) | hex_digit(s[i + 2])) != 0) {
+            out[o++] = (char)(hex_digit(s[i + 1]) * 16 + hex_digit(s[i + 2]));
             i += 2;
         } else {
             out[o++] = s[i];

@@ -32,6 +32,7 @@
 #include <llhttp.h>
 
 #include "core/arena.h"
+#include "core/hex.h"
 #include "core/log.h"
 
 /* Longest pattern we compile, in segments; longer request paths cannot match. */
@@ -97,17 +98,6 @@ static bool is_sub_delim_or_pchar(unsigned char c)
 static bool is_pchar(unsigned char c)
 {
     return is_unreserved(c) || is_sub_delim_or_pchar(c);
-}
-
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
 }
 
 static bool is_dot_segment(const char *s, size_t len)
@@ -440,8 +430,8 @@ static int split_path(const char *path, struct span *out)
         while (s[len] && s[len] != '/') {
             unsigned char c = (unsigned char)s[len];
             if (c == '%') {
-                int hi = hexval((unsigned char)s[len + 1]);
-                int lo = hi < 0 ? -1 : hexval((unsigned char)s[len + 2]);
+                int hi = hex_digit((unsigned char)s[len + 1]);
+                int lo = hi < 0 ? -1 : hex_digit((unsigned char)s[len + 2]);
                 if (lo < 0)
                     return -1;
                 int v = hi * 16 + lo;
@@ -508,8 +498,8 @@ static const char *decode(struct arena *a, const struct span *sp)
     size_t o = 0;
     for (size_t i = 0; i < sp->len; i++) {
         if (sp->s[i] == '%') {
-            out[o++] = (char)(hexval((unsigned char)sp->s[i + 1]) * 16 +
-                              hexval((unsigned char)sp->s[i + 2]));
+            out[o++] = (char)(hex_digit((unsigned char)sp->s[i + 1]) * 16 +
+                              hex_digit((unsigned char)sp->s[i + 2]));
             i += 2;
         } else {
             out[o++] = sp->s[i];

@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/hex.h"
+
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -85,17 +87,6 @@ static void load_corpus(const char *dir)
     closedir(d);
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* libFuzzer's dictionary format: one "token" per line, \xNN \\ \" escapes. */
 static void load_dict(const char *path)
 {
@@ -114,8 +105,8 @@ static void load_dict(const char *path)
         for (const char *p = open + 1; p < close && n < sizeof tok; p++) {
             if (*p == '\\' && p + 1 < close) {
                 p++;
-                if (*p == 'x' && p + 2 < close && hexval(p[1]) >= 0 && hexval(p[2]) >= 0) {
-                    tok[n++] = (uint8_t)(hexval(p[1]) * 16 + hexval(p[2]));
+                if (*p == 'x' && p + 2 < close && hex_digit(p[1]) >= 0 && hex_digit(p[2]) >= 0) {
+                    tok[n++] = (uint8_t)(hex_digit(p[1]) * 16 + hex_digit(p[2]));
                     p += 2;
                     continue;
                 }
