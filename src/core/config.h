@@ -55,6 +55,8 @@
       "comma-separated hosts webhook.deliver may call")                                            \
     X(webhook_timeout_ms, TENANTD_WEBHOOK_TIMEOUT_MS, INT, 10000, 1, 600000,                       \
       "webhook.deliver: connect + answer time allowed per attempt")                                \
+    X(webhook_ca_file, TENANTD_WEBHOOK_CA_FILE, STR, NULL, 0, 0,                                   \
+      "webhook.deliver over https: PEM file of CAs trusted beside the system's")                   \
     X(job_lease_ms, TENANTD_JOB_LEASE_MS, INT, 30000, 100, 86400000,                               \
       "a running job's lease; renewed at a third of it, a dead worker's job runs again after it")  \
     X(job_poll_ms, TENANTD_JOB_POLL_MS, INT, 1000, 10, 3600000,                                    \

@@ -59,4 +59,9 @@ enum job_wait job_run_wait(struct job_run *run, uint64_t until_ns);
 /* Whether TENANTD_WEBHOOK_ALLOW lets webhook.deliver call host:port. */
 bool job_webhook_allowed(const char *host, int port);
 
+/* Loads the TLS client context of webhook.deliver (system CAs plus
+ * TENANTD_WEBHOOK_CA_FILE) now, so that a bad CA file stops the start
+ * rather than every https delivery. 0, or -1 with a logged message. */
+int job_webhook_tls_check(void);
+
 #endif

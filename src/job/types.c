@@ -8,7 +8,7 @@
  *   records.export   a collection of the org's records into the result, or
  *                    its count and checksum when larger than max_records
  *   credits.report   the org's ledger by day and type over a date range
- *   webhook.deliver  POST JSON to an allowed http:// URL, HMAC-SHA256 signed
+ *   webhook.deliver  POST JSON to an allowed http(s):// URL, HMAC-SHA256 signed
  *   sleep, fail      test types (TENANTD_TEST_JOBS=1)
  */
 #include "job/internal.h"
@@ -27,8 +27,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <pthread.h>
 
 #include "core/config.h"
 #include "core/log.h"
@@ -76,7 +80,7 @@ static const struct job_type job_types[] = {
      "YYYY-MM-DD, UTC, at most 366 days).",
      false, cost_report, report_validate, report_run},
     {"webhook.deliver",
-     "POSTs a JSON body to an http:// URL on a host the server allows, signed with "
+     "POSTs a JSON body to an http:// or https:// URL on a host the server allows, signed with "
      "HMAC-SHA256 (header X-Tenantd-Signature: t=<unix time>,v1=<hex of HMAC(secret, "
      "t + \".\" + body)>); 2xx succeeds, 408/429/5xx and network errors retry (payload: url, "
      "secret, body).",
@@ -234,22 +238,29 @@ static void report_validate(json_t *p, json_t **errors)
 /* ---- webhook URLs and the allow list -------------------------------------- */
 
 struct url {
+    bool tls;
     char host[256];
     int port;
     char path[2048];
 };
 
-/* http://host[:port][/path]: host a DNS name or IPv4 address; no user info,
- * no fragment, no spaces or control characters. 0, or -1 with *why. */
+/* http(s)://host[:port][/path]: host a DNS name or IPv4 address; no user
+ * info, no fragment, no spaces or control characters. 0, or -1 with *why. */
 static int url_parse(const char *s, struct url *u, const char **why)
 {
-    *why = "must be an http:// URL of at most 2048 characters";
-    if (strlen(s) > 2048 || strncasecmp(s, "http://", 7) != 0)
+    *why = "must be an http:// or https:// URL of at most 2048 characters";
+    if (strlen(s) > 2048)
+        return -1;
+    if (strncasecmp(s, "https://", 8) == 0)
+        u->tls = true;
+    else if (strncasecmp(s, "http://", 7) == 0)
+        u->tls = false;
+    else
         return -1;
     for (const unsigned char *c = (const unsigned char *)s; *c; c++)
         if (*c <= 0x20 || *c >= 0x7F || *c == '#')
             return -1;
-    const char *h = s + 7;
+    const char *h = s + (u->tls ? 8 : 7);
     size_t hl = strcspn(h, ":/?");
     if (hl == 0 || hl >= sizeof u->host) {
         *why = "must name a host";
@@ -263,7 +274,7 @@ static int url_parse(const char *s, struct url *u, const char **why)
     memcpy(u->host, h, hl);
     u->host[hl] = '\0';
     const char *r = h + hl;
-    u->port = 80;
+    u->port = u->tls ? 443 : 80;
     if (*r == ':') {
         char *end;
         long port = strtol(r + 1, &end, 10);
@@ -518,8 +529,139 @@ static int connect_to(const char *host, int port, uint64_t deadline, char *err, 
     return fd;
 }
 
-static int send_all(int fd, const char *p, size_t n, uint64_t deadline)
+/* ---- webhook.deliver over TLS ---------------------------------------------- */
+
+/* One client context for every worker thread (an SSL_CTX may be shared once
+ * set up): the system's CAs plus TENANTD_WEBHOOK_CA_FILE, TLS 1.2 at least,
+ * the peer's certificate and name always verified. */
+static struct {
+    pthread_once_t once;
+    SSL_CTX *ctx;
+    char err[300];
+} tls = {.once = PTHREAD_ONCE_INIT};
+
+static void tls_init(void)
 {
+    SSL_CTX *c = SSL_CTX_new(TLS_client_method());
+    if (!c) {
+        snprintf(tls.err, sizeof tls.err, "cannot make a TLS context");
+        return;
+    }
+    SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
+    SSL_CTX_set_verify(c, SSL_VERIFY_PEER, NULL);
+    /* A receiver that closes after its answer without close_notify is the
+     * norm for "Connection: close"; the answer is complete by then. */
+    SSL_CTX_set_options(c, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_CTX_set_default_verify_paths(c); /* no system store: the CA file alone */
+    const char *ca = g_config ? g_config->webhook_ca_file : NULL;
+    if (ca && SSL_CTX_load_verify_locations(c, ca, NULL) != 1) {
+        char e[160];
+        ERR_error_string_n(ERR_get_error(), e, sizeof e);
+        ERR_clear_error();
+        snprintf(tls.err, sizeof tls.err, "cannot load TENANTD_WEBHOOK_CA_FILE %s: %s", ca, e);
+        SSL_CTX_free(c);
+        return;
+    }
+    ERR_clear_error();
+    tls.ctx = c;
+}
+
+static SSL_CTX *tls_ctx(void)
+{
+    pthread_once(&tls.once, tls_init);
+    return tls.ctx;
+}
+
+int job_webhook_tls_check(void)
+{
+    if (tls_ctx())
+        return 0;
+    log_msg(LOG_ERROR, "webhook.deliver: %s", tls.err);
+    return -1;
+}
+
+/* A webhook's connection: plain TCP, or TLS over it. */
+struct wconn {
+    int fd;
+    SSL *ssl;
+};
+
+/* Waits, until deadline, for what the last TLS call wanted; 0, or -1. */
+static int tls_wait(int fd, int want, uint64_t deadline)
+{
+    struct pollfd pfd = {.fd = fd, .events = want == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN};
+    int ms = remaining_ms(deadline);
+    return ms > 0 && poll(&pfd, 1, ms) == 1 ? 0 : -1;
+}
+
+/* TLS handshake with u's host, its certificate checked against the name
+ * (or the IPv4 address) in the URL. 0, or -1 with the reason in err. */
+static int tls_handshake(struct wconn *c, const struct url *u, uint64_t deadline, char *err,
+                         size_t errlen)
+{
+    SSL_CTX *ctx = tls_ctx();
+    if (!ctx) {
+        snprintf(err, errlen, "%s", tls.err);
+        return -1;
+    }
+    c->ssl = SSL_new(ctx);
+    struct in_addr ip;
+    bool ok = c->ssl && SSL_set_fd(c->ssl, c->fd) == 1;
+    if (ok && inet_pton(AF_INET, u->host, &ip) == 1)
+        ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), u->host) == 1;
+    else if (ok) /* SNI is for names only */
+        ok = SSL_set_tlsext_host_name(c->ssl, u->host) == 1 && SSL_set1_host(c->ssl, u->host) == 1;
+    if (!ok) {
+        ERR_clear_error();
+        snprintf(err, errlen, "cannot set up TLS for %s", u->host);
+        return -1;
+    }
+    for (;;) {
+        ERR_clear_error();
+        int r = SSL_connect(c->ssl);
+        if (r == 1)
+            return 0;
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            if (tls_wait(c->fd, e, deadline) == 0)
+                continue;
+            snprintf(err, errlen, "TLS handshake with %s:%d timed out", u->host, u->port);
+            return -1;
+        }
+        long v = SSL_get_verify_result(c->ssl);
+        if (v != X509_V_OK) {
+            snprintf(err, errlen, "TLS: the certificate of %s:%d is not trusted: %s", u->host,
+                     u->port, X509_verify_cert_error_string(v));
+        } else {
+            char why[160] = "the connection was closed";
+            unsigned long le = ERR_get_error();
+            if (le)
+                ERR_error_string_n(le, why, sizeof why);
+            snprintf(err, errlen, "TLS handshake with %s:%d failed: %s", u->host, u->port, why);
+        }
+        ERR_clear_error();
+        return -1;
+    }
+}
+
+static int send_all(struct wconn *c, const char *p, size_t n, uint64_t deadline)
+{
+    while (n > 0 && c->ssl) {
+        ERR_clear_error();
+        int w = SSL_write(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+        if (w > 0) {
+            p += w;
+            n -= (size_t)w;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, w);
+        if ((e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) ||
+            tls_wait(c->fd, e, deadline) != 0) {
+            ERR_clear_error();
+            return -1;
+        }
+    }
+    int fd = c->fd;
     while (n > 0) {
         ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
         if (w > 0) {
@@ -536,21 +678,47 @@ static int send_all(int fd, const char *p, size_t n, uint64_t deadline)
     return 0;
 }
 
+/* Some bytes: > 0 read, 0 the peer closed (or failed), -1 the deadline
+ * passed. */
+static ssize_t recv_some(struct wconn *c, char *buf, size_t cap, uint64_t deadline)
+{
+    for (;;) {
+        if (c->ssl) {
+            ERR_clear_error();
+            int r = SSL_read(c->ssl, buf, cap > INT32_MAX ? INT32_MAX : (int)cap);
+            if (r > 0)
+                return r;
+            int e = SSL_get_error(c->ssl, r);
+            if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+                ERR_clear_error();
+                return 0;
+            }
+            if (tls_wait(c->fd, e, deadline) != 0)
+                return -1;
+            continue;
+        }
+        struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+        int ms = remaining_ms(deadline);
+        if (ms <= 0 || poll(&pfd, 1, ms) != 1)
+            return -1;
+        ssize_t r = recv(c->fd, buf, cap, 0);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        return r < 0 ? 0 : r;
+    }
+}
+
 /* Reads until the end of the response's status line and headers (or the
  * peer closes); returns the status code, or -1. */
-static int read_status(int fd, uint64_t deadline)
+static int read_status(struct wconn *c, uint64_t deadline)
 {
     char buf[8192];
     size_t len = 0;
     while (len < sizeof buf - 1) {
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int ms = remaining_ms(deadline);
-        if (ms <= 0 || poll(&pfd, 1, ms) != 1)
+        ssize_t r = recv_some(c, buf + len, sizeof buf - 1 - len, deadline);
+        if (r < 0)
             return -1;
-        ssize_t r = recv(fd, buf + len, sizeof buf - 1 - len, 0);
-        if (r < 0 && (errno == EAGAIN || errno == EINTR))
-            continue;
-        if (r <= 0)
+        if (r == 0)
             break;
         len += (size_t)r;
         buf[len] = '\0';
@@ -611,24 +779,28 @@ static enum job_outcome webhook_run(struct job_run *run)
     char *head = malloc(hcap);
     if (!head)
         abort();
+    char port[8] = ""; /* the scheme's own port goes unsaid, as browsers do */
+    if (url.port != (url.tls ? 443 : 80))
+        snprintf(port, sizeof port, ":%d", url.port);
     int hlen = snprintf(head, hcap,
-                        "POST %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: tenantd-webhook/1\r\n"
+                        "POST %s HTTP/1.1\r\nHost: %s%s\r\nUser-Agent: tenantd-webhook/1\r\n"
                         "Content-Type: application/json\r\nContent-Length: %zu\r\n"
                         "X-Tenantd-Signature: t=%s,v1=%s\r\nX-Tenantd-Job: %s\r\n"
                         "X-Tenantd-Attempt: %d\r\nConnection: close\r\n\r\n",
-                        url.path, url.host, url.port, blen, ts, hex, run->id, run->attempt);
+                        url.path, url.host, port, blen, ts, hex, run->id, run->attempt);
 
     uint64_t deadline = job_now_ns() + (uint64_t)g_config->webhook_timeout_ms * 1000000u;
     if (deadline > run->deadline_ns)
         deadline = run->deadline_ns;
     enum job_outcome out = JOB_RETRY;
-    int fd = connect_to(url.host, url.port, deadline, run->error, sizeof run->error);
-    if (fd >= 0) {
+    struct wconn c = {connect_to(url.host, url.port, deadline, run->error, sizeof run->error),
+                      NULL};
+    if (c.fd >= 0 &&
+        (!url.tls || tls_handshake(&c, &url, deadline, run->error, sizeof run->error) == 0)) {
         int status = -1;
-        if (send_all(fd, head, (size_t)hlen, deadline) == 0 &&
-            send_all(fd, body, blen, deadline) == 0)
-            status = read_status(fd, deadline);
-        close(fd);
+        if (send_all(&c, head, (size_t)hlen, deadline) == 0 &&
+            send_all(&c, body, blen, deadline) == 0)
+            status = read_status(&c, deadline);
         if (status < 0) {
             snprintf(run->error, sizeof run->error, "no HTTP answer from %s:%d in time", url.host,
                      url.port);
@@ -646,6 +818,13 @@ static enum job_outcome webhook_run(struct job_run *run)
             }
         }
     }
+    if (c.ssl) {
+        SSL_shutdown(c.ssl); /* close_notify if it fits; never waited for */
+        SSL_free(c.ssl);
+        ERR_clear_error();
+    }
+    if (c.fd >= 0)
+        close(c.fd);
     free(head);
     free(body);
     return out;

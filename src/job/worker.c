@@ -449,6 +449,8 @@ int job_workers_start(const char *conninfo, int n)
         log_msg(LOG_ERROR, "job workers: already running or n < 1");
         return -1;
     }
+    if (job_webhook_tls_check() != 0)
+        return -1;
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);

@@ -17,7 +17,9 @@ import json
 import os
 import re
 import socket
+import shutil
 import socketserver
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -581,9 +583,10 @@ class JobsApiTest(LedgerAudit, harness.DbTestCase):
 
 class Receiver:
     """A local HTTP server that records what it is sent and answers with the
-    statuses queued in `answers` (then 200)."""
+    statuses queued in `answers` (then 200); HTTPS with `tls` (an
+    ssl.SSLContext of the server side)."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
         self.requests = []
         self.answers = []
         self.connections = 0
@@ -610,6 +613,9 @@ class Receiver:
                 return True
 
         self.httpd = Server(("127.0.0.1", 0), Handler)
+        if tls:
+            # A failed handshake raises in accept(), which socketserver drops.
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -726,6 +732,126 @@ class WebhookTest(LedgerAudit, harness.DbTestCase):
                 self.assertEqual(body["errors"][0]["field"], "payload.url")
         self.assertEqual(self.rx.connections, conns)
         self.assertEqual(self.ledger.balance(self.org["org"]["id"]), before)
+
+
+def make_cert(folder, name, sans):
+    """A self-signed certificate (also its own CA) for `sans`, made by the
+    openssl command; returns (cert.pem, key.pem)."""
+    cert, key = os.path.join(folder, name + ".pem"), os.path.join(folder, name + ".key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", key, "-out", cert, "-subj", "/CN=tenantd test " + name,
+                    "-addext", "subjectAltName=" + sans],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def tls_receiver(cert, key):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return Receiver(tls=ctx)
+
+
+@needs_jobs
+class WebhookTlsTest(LedgerAudit, harness.DbTestCase):
+    """webhook.deliver over https: the receiver's certificate is verified
+    against the system's CAs plus TENANTD_WEBHOOK_CA_FILE, and against the
+    URL's host name or IPv4 address; an untrusted or misnamed certificate
+    fails the attempt before a byte of the body is sent."""
+    start_server = False
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = tempfile.mkdtemp(prefix="tenantd-tls-")
+        good = make_cert(cls.tmp, "good", "DNS:localhost,IP:127.0.0.1")
+        stranger = make_cert(cls.tmp, "stranger", "DNS:localhost,IP:127.0.0.1")  # not trusted
+        cls.misnamed_cert = make_cert(cls.tmp, "misnamed", "DNS:other.example")
+        cls.rx = tls_receiver(*good)
+        cls.untrusted = tls_receiver(*stranger)
+        cls.misnamed = tls_receiver(*cls.misnamed_cert)  # trusted below, but for another name
+        with open(os.path.join(cls.tmp, "ca.pem"), "w") as ca:
+            for cert in (good[0], cls.misnamed_cert[0]):
+                with open(cert) as f:
+                    ca.write(f.read())
+        cls.server = harness.Server(cls.db_url, env=dict(
+            FAST, TENANTD_JOB_WORKERS="1", TENANTD_WEBHOOK_TIMEOUT_MS="3000",
+            TENANTD_WEBHOOK_CA_FILE=os.path.join(cls.tmp, "ca.pem"),
+            TENANTD_WEBHOOK_ALLOW=",".join([
+                f"localhost:{cls.rx.port}", f"127.0.0.1:{cls.rx.port}",
+                f"localhost:{cls.untrusted.port}", f"localhost:{cls.misnamed.port}"]))).start()
+        cls.org = signup(cls.server)
+        cls.token = cls.org["access_token"]
+        cls.ledger = Ledger(cls.pg, cls.dbname)
+
+    @classmethod
+    def tearDownClass(cls):
+        for rx in (cls.rx, cls.untrusted, cls.misnamed):
+            rx.close()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+        super().tearDownClass()
+
+    def deliver(self, url, **fields):
+        secret = "whsec_" + uuid.uuid4().hex
+        job = enqueue(self.server, self.token, "webhook.deliver", {
+            "url": url, "secret": secret, "body": {"event": "tls.test"}}, **fields)
+        return wait_job(self.server, self.token, job["id"]), secret
+
+    def test_delivers_over_https_by_name_and_by_address(self):
+        for host in ("localhost", "127.0.0.1"):
+            with self.subTest(host=host):
+                n = len(self.rx.requests)
+                done, secret = self.deliver(f"https://{host}:{self.rx.port}/in")
+                self.assertEqual(done["status"], "succeeded", done)
+                self.assertEqual(done["result"], {"status": 200, "attempt": 1})
+                path, headers, body = self.rx.requests[n]
+                self.assertEqual(path, "/in")
+                self.assertEqual(headers["Host"], f"{host}:{self.rx.port}")
+                self.assertEqual(json.loads(body), {"event": "tls.test"})
+                self.assertTrue(verify_signature(headers, body, secret))
+
+    def test_untrusted_certificate_fails_without_sending(self):
+        done, _ = self.deliver(f"https://localhost:{self.untrusted.port}/", max_attempts=1)
+        self.assertEqual(done["status"], "failed", done)
+        self.assertIn("not trusted", done["error"])
+        self.assertEqual(self.untrusted.requests, [])
+        self.assertEqual(self.ledger.rows(done["id"]), [("deduction", -2), ("refund", 2)])
+
+    def test_certificate_for_another_name_fails(self):
+        done, _ = self.deliver(f"https://localhost:{self.misnamed.port}/", max_attempts=1)
+        self.assertEqual(done["status"], "failed", done)
+        self.assertIn("not trusted", done["error"])
+        self.assertEqual(self.misnamed.requests, [])
+
+    def test_plain_http_to_a_tls_port_gets_no_answer(self):
+        n = len(self.rx.requests)
+        done, _ = self.deliver(f"http://localhost:{self.rx.port}/", max_attempts=1)
+        self.assertEqual(done["status"], "failed", done)
+        self.assertIn("no HTTP answer", done["error"])
+        self.assertEqual(len(self.rx.requests), n)
+
+    def test_other_schemes_are_refused_at_enqueue(self):
+        for url in (f"ftp://localhost:{self.rx.port}/", f"httpx://localhost:{self.rx.port}/",
+                    f"https//localhost:{self.rx.port}/", f"https://:{self.rx.port}/"):
+            with self.subTest(url=url):
+                status, body, _ = self.server.json("POST", "/v1/jobs", {
+                    "type": "webhook.deliver", "payload": {"url": url, "secret": "s" * 16}},
+                    bearer(self.token))
+                self.assertEqual(status, 422, body)
+                self.assertEqual(body["errors"][0]["field"], "payload.url")
+
+    def test_a_ca_file_that_cannot_be_read_stops_the_start(self):
+        bad = os.path.join(self.tmp, "missing.pem")
+        for args in (("serve", "--migrate"), ("worker",)):
+            with self.subTest(command=args[0]):
+                srv = harness.Server(self.db_url, env=dict(FAST, TENANTD_JOB_WORKERS="1",
+                                                           TENANTD_WEBHOOK_CA_FILE=bad), args=args)
+                srv.start(wait=False)
+                try:
+                    srv.proc.wait(30)
+                finally:
+                    srv.stop()
+                self.assertNotEqual(srv.proc.returncode, 0)
+                self.assertIn("TENANTD_WEBHOOK_CA_FILE", srv.log())
 
 
 @needs_jobs
