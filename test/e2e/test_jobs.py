@@ -625,6 +625,14 @@ class Receiver:
         self.httpd.server_close()
 
 
+def assert_url_refused(test, server, token, url):
+    """A webhook.deliver job for `url` is refused at enqueue: 422 on payload.url."""
+    status, body, _ = server.json("POST", "/v1/jobs", {
+        "type": "webhook.deliver", "payload": {"url": url, "secret": "s" * 16}}, bearer(token))
+    test.assertEqual(status, 422, body)
+    test.assertEqual(body["errors"][0]["field"], "payload.url")
+
+
 def verify_signature(headers, body, secret):
     m = re.fullmatch(r"t=(\d+),v1=([0-9a-f]{64})", headers["X-Tenantd-Signature"])
     assert m, headers
@@ -725,11 +733,7 @@ class WebhookTest(LedgerAudit, harness.DbTestCase):
                     "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/",
                     f"http://127.0.0.1.nip.io:{self.rx.port}/"):
             with self.subTest(url=url):
-                status, body, _ = self.server.json("POST", "/v1/jobs", {
-                    "type": "webhook.deliver", "payload": {"url": url, "secret": "s" * 16}},
-                    bearer(self.token))
-                self.assertEqual(status, 422, body)
-                self.assertEqual(body["errors"][0]["field"], "payload.url")
+                assert_url_refused(self, self.server, self.token, url)
         self.assertEqual(self.rx.connections, conns)
         self.assertEqual(self.ledger.balance(self.org["org"]["id"]), before)
 
@@ -833,11 +837,7 @@ class WebhookTlsTest(LedgerAudit, harness.DbTestCase):
         for url in (f"ftp://localhost:{self.rx.port}/", f"httpx://localhost:{self.rx.port}/",
                     f"https//localhost:{self.rx.port}/", f"https://:{self.rx.port}/"):
             with self.subTest(url=url):
-                status, body, _ = self.server.json("POST", "/v1/jobs", {
-                    "type": "webhook.deliver", "payload": {"url": url, "secret": "s" * 16}},
-                    bearer(self.token))
-                self.assertEqual(status, 422, body)
-                self.assertEqual(body["errors"][0]["field"], "payload.url")
+                assert_url_refused(self, self.server, self.token, url)
 
     def test_a_ca_file_that_cannot_be_read_stops_the_start(self):
         bad = os.path.join(self.tmp, "missing.pem")
