@@ -9,6 +9,7 @@
 #include <string.h>
 #include <openssl/rand.h>
 
+#include "core/cors.h"
 #include "core/log.h"
 
 const struct config *g_config;
@@ -135,6 +136,11 @@ static int validate(struct config *cfg, char *err, size_t errlen)
                     cfg->log_level);
     if (strcmp(cfg->signup, "open") != 0 && strcmp(cfg->signup, "closed") != 0)
         return fail(err, errlen, "TENANTD_SIGNUP: '%s' is not open or closed", cfg->signup);
+    char bad[256];
+    if (cfg->cors_origins && !cors_origins_valid(cfg->cors_origins, bad, sizeof bad))
+        return fail(err, errlen,
+                    "TENANTD_CORS_ORIGINS: '%s' is not * or an origin like https://app.example.com",
+                    bad);
     if (!cfg->database_url || !*cfg->database_url)
         return fail(err, errlen, "DATABASE_URL is empty");
     if (cfg->jwt_secret && strlen(cfg->jwt_secret) < 32)

@@ -32,6 +32,7 @@
 #include <openssl/rand.h>
 
 #include "core/config.h"
+#include "core/cors.h"
 #include "core/http.h"
 #include "core/http_internal.h"
 #include "core/log.h"
@@ -708,6 +709,8 @@ static void dispatch(struct conn *c)
     struct request *req = c->req;
     struct loop_server *ls = c->ls;
     c->dispatched = true;
+    if (cors_handle(req))
+        return;
     const char *allow = NULL;
     enum router_result r =
         ls->ctx.router ? router_match(ls->ctx.router, req, &allow) : ROUTER_NOT_FOUND;
