@@ -11,6 +11,7 @@
 
 #include "core/cors.h"
 #include "core/log.h"
+#include "core/proxy.h"
 
 const struct config *g_config;
 
@@ -137,6 +138,9 @@ static int validate(struct config *cfg, char *err, size_t errlen)
     if (strcmp(cfg->signup, "open") != 0 && strcmp(cfg->signup, "closed") != 0)
         return fail(err, errlen, "TENANTD_SIGNUP: '%s' is not open or closed", cfg->signup);
     char bad[256];
+    if (cfg->trusted_proxies && !proxies_load(cfg->trusted_proxies, bad, sizeof bad))
+        return fail(err, errlen,
+                    "TENANTD_TRUSTED_PROXIES: '%s' is not an IP address or CIDR range", bad);
     if (cfg->cors_origins && !cors_origins_valid(cfg->cors_origins, bad, sizeof bad))
         return fail(err, errlen,
                     "TENANTD_CORS_ORIGINS: '%s' is not * or an origin like https://app.example.com",

@@ -44,6 +44,8 @@
       "on SIGTERM/SIGINT, how long in-flight requests may finish")                                 \
     X(jwt_secret, TENANTD_JWT_SECRET, STR, NULL, 0, 0, "HS256 key, >= 32 bytes")                   \
     X(dev, TENANTD_DEV, BOOL, 0, 0, 1, "development mode")                                         \
+    X(trusted_proxies, TENANTD_TRUSTED_PROXIES, STR, NULL, 0, 0,                                   \
+      "proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For names the client")            \
     X(cors_origins, TENANTD_CORS_ORIGINS, STR, NULL, 0, 0,                                         \
       "browser origins that may call the API (comma-separated, or *); unset: no CORS")             \
     X(operator_token, TENANTD_OPERATOR_TOKEN, STR, NULL, 0, 0,                                     \

@@ -38,6 +38,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/problem.h"
+#include "core/proxy.h"
 #include "core/router.h"
 #include "core/thread.h"
 
@@ -709,6 +710,7 @@ static void dispatch(struct conn *c)
     struct request *req = c->req;
     struct loop_server *ls = c->ls;
     c->dispatched = true;
+    proxies_resolve(req);
     if (cors_handle(req))
         return;
     const char *allow = NULL;

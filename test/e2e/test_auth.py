@@ -479,6 +479,42 @@ class LoginRateLimitAcrossLoopsTest(AuthCase):
         self.assertEqual(set(statuses[3:]), {429}, statuses)
 
 
+class LoginRateLimitBehindProxyTest(AuthCase):
+    """Behind a trusted proxy the limit is per client (X-Forwarded-For), not
+    one budget for everybody the proxy forwards; a client that is not a
+    trusted proxy cannot pick its address by sending the header."""
+    server_env = dict(FAST_ARGON2, TENANTD_LOGIN_LIMIT="2", TENANTD_TRUSTED_PROXIES="127.0.0.1")
+
+    def attempts(self, email, xff, n=3):
+        return [self.login(email, "bad password", headers={"X-Forwarded-For": xff})[0]
+                for _ in range(n)]
+
+    def test_per_forwarded_client(self):
+        self.seed("prx", [(f"u{i}@prx.io", PW, "admin") for i in range(6)])
+        self.assertEqual(self.attempts("u0@prx.io", "203.0.113.5"), [401, 401, 429])
+        # Another client behind the same proxy has its own budget ...
+        self.assertEqual(self.attempts("u1@prx.io", "203.0.113.6"), [401, 401, 429])
+        # ... and what a client writes left of the proxy's own entry is not
+        # believed: this is still 203.0.113.5, out of attempts.
+        self.assertEqual(self.attempts("u2@prx.io", "198.51.100.1, 203.0.113.5", n=1), [429])
+        # The right password from a fresh client works.
+        st, b, _ = self.login("u3@prx.io", headers={"X-Forwarded-For": "203.0.113.7"})
+        self.assertEqual(st, 200, b)
+
+
+class LoginRateLimitNoProxyTest(AuthCase):
+    """Without TENANTD_TRUSTED_PROXIES, X-Forwarded-For is ignored: sending a
+    new address with every attempt does not escape the limit."""
+    server_env = dict(FAST_ARGON2, TENANTD_LOGIN_LIMIT="2")
+
+    def test_header_ignored(self):
+        self.seed("noprx", [(f"v{i}@noprx.io", PW, "admin") for i in range(3)])
+        statuses = [self.login(f"v{i}@noprx.io", "bad password",
+                               headers={"X-Forwarded-For": f"203.0.113.{i + 10}"})[0]
+                    for i in range(3)]
+        self.assertEqual(statuses, [401, 401, 429])
+
+
 class DefaultParamsTest(AuthCase):
     """Default argon2id parameters (m=19456, t=2): login works, and a hash
     made with weaker parameters is upgraded after a successful login."""

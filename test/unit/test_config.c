@@ -10,7 +10,8 @@
 
 static const char *const vars[] = {"DATABASE_URL", "TENANTD_LISTEN", "TENANTD_THREADS",
                                    "TENANTD_DEV", "TENANTD_JWT_SECRET", "TENANTD_LOG_LEVEL",
-                                   "TENANTD_SIGNUP", "TENANTD_DB_POOL_SIZE"};
+                                   "TENANTD_SIGNUP", "TENANTD_DB_POOL_SIZE",
+                                   "TENANTD_TRUSTED_PROXIES", "TENANTD_CORS_ORIGINS"};
 
 static int clean_env(void **state)
 {
@@ -84,6 +85,10 @@ static void bad_values_name_the_setting(void **state)
         {"TENANTD_LOG_LEVEL", "loud", "TENANTD_LOG_LEVEL"},
         {"TENANTD_SIGNUP", "sometimes", "TENANTD_SIGNUP"},
         {"TENANTD_JWT_SECRET", "short", "32 bytes"},
+        {"TENANTD_TRUSTED_PROXIES", "10.0.0.0/8, proxy.internal", "'proxy.internal'"},
+        {"TENANTD_TRUSTED_PROXIES", "10.0.0.0/40", "TENANTD_TRUSTED_PROXIES"},
+        {"TENANTD_TRUSTED_PROXIES", ",", "TENANTD_TRUSTED_PROXIES"},
+        {"TENANTD_CORS_ORIGINS", "https://a.example/path", "'https://a.example/path'"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         clean_env(NULL);
