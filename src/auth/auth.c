@@ -22,6 +22,7 @@ static int auth_init(void);
 static struct {
     uv_mutex_t mu;
     struct ratelimit *ip, *key; /* NULL when TENANTD_LOGIN_LIMIT is 0 */
+    struct ratelimit *signup;   /* per IP; NULL when TENANTD_SIGNUP_LIMIT is 0 */
 } g_login;
 
 static int login_limit_start(void)
@@ -35,6 +36,9 @@ static int login_limit_start(void)
         if (!g_login.ip || !g_login.key)
             return -1;
     }
+    uint32_t s = g_config ? (uint32_t)g_config->signup_limit : 0;
+    if (s > 0 && !(g_login.signup = ratelimit_new_period(s, 3600000u, RATELIMIT_ENTRIES)))
+        return -1;
     return 0;
 }
 
@@ -42,7 +46,8 @@ static void login_limit_stop(void)
 {
     ratelimit_free(g_login.ip);
     ratelimit_free(g_login.key);
-    g_login.ip = g_login.key = NULL;
+    ratelimit_free(g_login.signup);
+    g_login.ip = g_login.key = g_login.signup = NULL;
     uv_mutex_destroy(&g_login.mu);
 }
 
@@ -71,6 +76,19 @@ bool login_limit_take(const char *ip, const char *key, size_t keylen,
         *out = a;
     *have = true;
     return ok;
+}
+
+bool signup_limit_take(const char *ip, struct ratelimit_result *out, bool *have)
+{
+    *have = false;
+    if (!g_login.signup)
+        return true;
+    uint64_t now = uv_hrtime() / 1000000;
+    uv_mutex_lock(&g_login.mu);
+    ratelimit_take(g_login.signup, ip, strlen(ip), now, out);
+    uv_mutex_unlock(&g_login.mu);
+    *have = true;
+    return out->allowed;
 }
 
 void login_limit_reset(const char *key, size_t keylen)

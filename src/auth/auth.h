@@ -40,6 +40,11 @@ static inline const struct auth_ctx *auth_ctx(const struct request *req)
  */
 void auth_dispatch(struct request *req);
 
+/* One signup for the request's client IP (TENANTD_SIGNUP_LIMIT an hour,
+ * process-wide): true with RateLimit headers set (none when the limit is
+ * off), or false after answering 429 with Retry-After. */
+bool auth_signup_limit(struct request *req);
+
 /* The caller's org credential (user or API key), or NULL after answering
  * 403 for an operator or org-less credential on an org route. */
 const struct auth_ctx *auth_org_caller(struct request *req);

@@ -27,6 +27,8 @@ struct auth_loop {
 bool login_limit_take(const char *ip, const char *key, size_t keylen,
                       struct ratelimit_result *out, bool *have);
 void login_limit_reset(const char *key, size_t keylen);
+/* The same for signups per client IP (TENANTD_SIGNUP_LIMIT an hour). */
+bool signup_limit_take(const char *ip, struct ratelimit_result *out, bool *have);
 
 /* This thread's loop state; NULL off a loop thread. */
 struct auth_loop *auth_loop_state(void);

@@ -7,9 +7,6 @@
 #include <string.h>
 
 #define WAYS 4
-/* Fixed point: one token is UNIT units and a bucket gains N units per ms, so
- * N tokens per minute need no division and no floating point. */
-#define UNIT 60000u
 
 struct entry {
     unsigned char fp[16]; /* keyed-hash fingerprint of the key */
@@ -19,9 +16,13 @@ struct entry {
     uint64_t last_used;
 };
 
+/* Fixed point: one token is `unit` units (the period in ms) and a bucket
+ * gains N units per ms, so N tokens per period need no division and no
+ * floating point. */
 struct ratelimit {
     uint32_t n;
-    uint64_t cap; /* n * UNIT */
+    uint64_t unit; /* the period, ms */
+    uint64_t cap;  /* n * unit */
     size_t nsets;
     struct entry *entries; /* nsets * WAYS */
     unsigned char seed[32];
@@ -31,13 +32,20 @@ struct ratelimit {
 
 struct ratelimit *ratelimit_new(uint32_t per_minute, size_t entries)
 {
-    if (per_minute == 0 || per_minute > 100000000u || entries > ((size_t)1 << 28))
+    return ratelimit_new_period(per_minute, 60000, entries);
+}
+
+struct ratelimit *ratelimit_new_period(uint32_t n, uint32_t period_ms, size_t entries)
+{
+    if (n == 0 || n > 100000000u || period_ms == 0 || period_ms > 86400000u ||
+        entries > ((size_t)1 << 28))
         return NULL;
     struct ratelimit *rl = calloc(1, sizeof *rl);
     if (!rl)
         return NULL;
-    rl->n = per_minute;
-    rl->cap = (uint64_t)per_minute * UNIT;
+    rl->n = n;
+    rl->unit = period_ms;
+    rl->cap = (uint64_t)n * period_ms;
     rl->nsets = entries / WAYS + (entries % WAYS != 0);
     if (rl->nsets == 0)
         rl->nsets = 1;
@@ -82,7 +90,7 @@ static size_t fingerprint(struct ratelimit *rl, const char *key, size_t len, uns
 static uint64_t level_at(const struct ratelimit *rl, const struct entry *e, uint64_t now)
 {
     uint64_t elapsed = now > e->updated ? now - e->updated : 0;
-    if (elapsed >= UNIT) /* a full minute refills any bucket */
+    if (elapsed >= rl->unit) /* a full period refills any bucket */
         return rl->cap;
     uint64_t l = e->level + elapsed * rl->n;
     return l < rl->cap ? l : rl->cap;
@@ -141,15 +149,15 @@ bool ratelimit_take(struct ratelimit *rl, const char *key, size_t len, uint64_t 
     e->last_used = now_ms;
 
     out->limit = rl->n;
-    out->allowed = e->level >= UNIT;
+    out->allowed = e->level >= rl->unit;
     if (out->allowed)
-        e->level -= UNIT;
-    out->remaining = (uint32_t)(e->level / UNIT);
+        e->level -= rl->unit;
+    out->remaining = (uint32_t)(e->level / rl->unit);
     out->reset_s = ceil_div_s((rl->cap - e->level + rl->n - 1) / rl->n);
     if (out->allowed) {
         out->retry_after_s = 0;
     } else {
-        uint32_t s = ceil_div_s((UNIT - e->level + rl->n - 1) / rl->n);
+        uint32_t s = ceil_div_s((rl->unit - e->level + rl->n - 1) / rl->n);
         out->retry_after_s = s ? s : 1;
     }
     return out->allowed;

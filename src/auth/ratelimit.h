@@ -5,9 +5,10 @@
 #include <stdint.h>
 
 /*
- * Token buckets keyed by a string (a client IP, an email), "N per minute":
- * a bucket holds at most N tokens and gains N per 60 s, so a burst of N is
- * allowed and then one attempt every 60/N s.
+ * Token buckets keyed by a string (a client IP, an email), "N per period"
+ * (a minute unless said otherwise): a bucket holds at most N tokens and
+ * gains N per period, so a burst of N is allowed and then one attempt every
+ * period/N.
  *
  * The table has a fixed number of entries (memory is bounded whatever the
  * traffic): keys hash (keyed SHA-256, random seed per table, so clients
@@ -15,10 +16,10 @@
  * bucket has refilled (it carries no information), else the least recently
  * used one of its set.
  *
- * One table per loop: no locks, call from one thread only. With several
- * loops each enforces its own N, so the process-wide limit is up to
- * N x loops (a client's connections spread over loops by SO_REUSEPORT).
- * Time comes from the caller (uv_now), so tests can drive it.
+ * No locks inside: callers share one table per process under their own
+ * mutex (a client's connections spread over loops by SO_REUSEPORT, and a
+ * table per loop would allow N x loops). Time comes from the caller, so
+ * tests can drive it.
  */
 
 struct ratelimit;
@@ -38,6 +39,9 @@ struct ratelimit_result {
  * arguments or out of memory. Free with ratelimit_free.
  */
 struct ratelimit *ratelimit_new(uint32_t per_minute, size_t entries);
+
+/* The same for n attempts per period_ms (1 ms .. 1 day). */
+struct ratelimit *ratelimit_new_period(uint32_t n, uint32_t period_ms, size_t entries);
 
 /* Frees the table; NULL is fine. */
 void ratelimit_free(struct ratelimit *rl);

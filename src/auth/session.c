@@ -174,6 +174,31 @@ static void set_rl_headers(struct request *req, const struct ratelimit_result *r
     http_set_header(req, "RateLimit-Reset", v);
 }
 
+/* Answers 429 for r: Retry-After, RateLimit-*, and a problem saying when. */
+static void refuse(struct request *req, const struct ratelimit_result *r, const char *what)
+{
+    char v[24];
+    snprintf(v, sizeof v, "%u", r->retry_after_s);
+    http_set_header(req, "Retry-After", v);
+    set_rl_headers(req, r);
+    problem_respond(req, PROBLEM_RATE_LIMITED,
+                    arena_printf(req->arena, "Too many %s; retry in %u seconds.", what,
+                                 r->retry_after_s));
+}
+
+bool auth_signup_limit(struct request *req)
+{
+    struct ratelimit_result r;
+    bool have;
+    if (!signup_limit_take(req->client_ip ? req->client_ip : "", &r, &have)) {
+        refuse(req, &r, "signups from this address");
+        return false;
+    }
+    if (have)
+        set_rl_headers(req, &r);
+    return true;
+}
+
 /*
  * Takes one attempt from the IP table and one from the key's table.
  * False after answering 429. *shown gets the tighter of the two for the
@@ -188,13 +213,7 @@ static bool rate_ok(struct request *req, const char *key, size_t keylen,
             *shown = r;
         return true;
     }
-    char v[24];
-    snprintf(v, sizeof v, "%u", r.retry_after_s);
-    http_set_header(req, "Retry-After", v);
-    set_rl_headers(req, &r);
-    problem_respond(req, PROBLEM_RATE_LIMITED,
-                    arena_printf(req->arena, "Too many attempts; retry in %u seconds.",
-                                 r.retry_after_s));
+    refuse(req, &r, "attempts");
     return false;
 }
 

@@ -405,11 +405,9 @@ struct signup {
     const char *values[12];
 };
 
-/* With TENANTD_SIGNUP=closed only the operator may create orgs. */
-static bool signup_allowed(const struct request *req)
+/* Whether the request carries the operator's credential. */
+static bool from_operator(const struct request *req)
 {
-    if (strcmp(g_config->signup, "closed") != 0)
-        return true;
     const char *op = g_config->operator_token;
     const char *h = http_header(req, "Authorization");
     if (!op || !*op || !h)
@@ -523,11 +521,17 @@ static const char *string_member(json_t *obj, const char *key, bool nullable, js
 
 static void orgs_create(struct request *req)
 {
-    if (!signup_allowed(req)) {
+    bool op = from_operator(req);
+    /* With TENANTD_SIGNUP=closed only the operator may create orgs. */
+    if (!op && strcmp(g_config->signup, "closed") == 0) {
         problem_respond(req, PROBLEM_FORBIDDEN,
                         "Signup is closed; only the operator can create organizations.");
         return;
     }
+    /* Each org is a schema and a password hash: one address may not create
+     * them by the thousand. */
+    if (!op && !auth_signup_limit(req))
+        return;
     json_t *body = body_object(req, false);
     if (!body)
         return;

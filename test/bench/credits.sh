@@ -72,7 +72,7 @@ sql() { "$PGBIN/psql" "$db_url" -qAt -v ON_ERROR_STOP=1 -c "$1"; }
 port=$(free_port)
 operator=bench-operator-$$-$RANDOM$RANDOM
 DATABASE_URL=$db_url TENANTD_LISTEN=127.0.0.1:$port TENANTD_DEV=1 TENANTD_JOB_WORKERS=0 \
-    TENANTD_LOG_LEVEL=warn TENANTD_OPERATOR_TOKEN=$operator TENANTD_LOGIN_LIMIT=0 \
+    TENANTD_LOG_LEVEL=warn TENANTD_OPERATOR_TOKEN=$operator TENANTD_LOGIN_LIMIT=0 TENANTD_SIGNUP_LIMIT=0 \
     TENANTD_ARGON2_M_KIB=1024 TENANTD_ARGON2_T=1 \
     "$BIN" serve --migrate 2>"$tmp/tenantd.log" &
 tenantd_pid=$!

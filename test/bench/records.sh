@@ -171,7 +171,7 @@ env_extra=()
 [ -n "${TENANTD_DB_PIPELINE_DEPTH:-}" ] && env_extra+=(TENANTD_DB_PIPELINE_DEPTH="$TENANTD_DB_PIPELINE_DEPTH")
 env DATABASE_URL="$db_url" TENANTD_LISTEN="127.0.0.1:$port" TENANTD_DEV=1 TENANTD_JOB_WORKERS=0 \
     TENANTD_LOG_LEVEL=warn TENANTD_THREADS="$threads" TENANTD_DB_POOL_SIZE="$pool" \
-    TENANTD_ARGON2_M_KIB=64 TENANTD_ARGON2_T=1 TENANTD_ACCESS_TTL_S=3600 "${env_extra[@]}" \
+    TENANTD_ARGON2_M_KIB=64 TENANTD_SIGNUP_LIMIT=0 TENANTD_ARGON2_T=1 TENANTD_ACCESS_TTL_S=3600 "${env_extra[@]}" \
     "$BIN" serve --migrate 2>"$tmp/tenantd.log" &
 tenantd_pid=$!
 for _ in $(seq 100); do

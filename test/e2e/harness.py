@@ -121,6 +121,8 @@ class Server:
             "TENANTD_THREADS": str(threads),
             "TENANTD_DEV": "1",
             "TENANTD_LOG_LEVEL": "info",
+            # Tests sign up many orgs from 127.0.0.1; test_orgs tests the limit.
+            "TENANTD_SIGNUP_LIMIT": "0",
         })
         self.env.update(env or {})
         self.args = list(args)

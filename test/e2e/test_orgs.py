@@ -569,6 +569,41 @@ class ClosedSignupTest(OrgTestCase):
         self.assertEqual((status, org), (200, doc["org"]))
 
 
+class SignupLimitTest(OrgTestCase):
+    """TENANTD_SIGNUP_LIMIT signups an hour per client address: then 429
+    with Retry-After, and nothing is created; the operator is not limited;
+    behind a trusted proxy each forwarded client has its own budget."""
+    OPERATOR = "op-" + uuid.uuid4().hex + uuid.uuid4().hex
+    server_env = dict(FAST_ARGON2, TENANTD_SIGNUP_LIMIT="2", TENANTD_OPERATOR_TOKEN=OPERATOR,
+                      TENANTD_TRUSTED_PROXIES="127.0.0.1")
+
+    def attempt(self, xff, headers=None):
+        h = dict(headers or {}, **{"X-Forwarded-For": xff})
+        return self.server.json("POST", "/v1/orgs", {
+            "name": unique("Lim"), "admin": {"email": f"{unique('l')}@example.com",
+                                             "password": PASSWORD}}, h)
+
+    def test_limit_per_address(self):
+        for i in range(2):
+            status, doc, r = self.attempt("203.0.113.20")
+            self.assertEqual(status, 201, doc)
+            self.assertEqual(r.getheader("RateLimit-Limit"), "2")
+            self.assertEqual(r.getheader("RateLimit-Remaining"), str(1 - i))
+        before = self.counts()
+        status, doc, r = self.attempt("203.0.113.20")
+        self.assert_problem(status, doc, 429, "rate_limited")
+        retry = int(r.getheader("Retry-After"))
+        self.assertTrue(1700 <= retry <= 1800, retry)  # one signup per half hour
+        self.assertEqual(self.counts(), before)
+        # Another client behind the same proxy still may.
+        self.assertEqual(self.attempt("203.0.113.21")[0], 201)
+        # The operator is never limited, and gets no RateLimit headers.
+        for _ in range(3):
+            status, doc, r = self.attempt("203.0.113.20", bearer(self.OPERATOR))
+            self.assertEqual(status, 201, doc)
+            self.assertIsNone(r.getheader("RateLimit-Limit"))
+
+
 class ClosedSignupWithoutOperatorTest(OrgTestCase):
     server_env = dict(FAST_ARGON2, TENANTD_SIGNUP="closed")
 

@@ -74,6 +74,30 @@ static void test_burst_then_deny(void **state)
     ratelimit_free(rl);
 }
 
+/* N per hour: the same bucket on another period. */
+static void test_period(void **state)
+{
+    (void)state;
+    assert_null(ratelimit_new_period(1, 0, 16));
+    assert_null(ratelimit_new_period(1, 86400001u, 16));
+    struct ratelimit *rl = ratelimit_new_period(2, 3600000u, 16);
+    assert_non_null(rl);
+    struct ratelimit_result r;
+    const uint64_t t0 = 5000000;
+    assert_true(take(rl, "ip", t0, &r));
+    assert_true(take(rl, "ip", t0, &r));
+    assert_int_equal(r.remaining, 0);
+    assert_int_equal(r.reset_s, 3600);
+    assert_false(take(rl, "ip", t0, &r));
+    assert_int_equal(r.retry_after_s, 1800); /* one token per half hour */
+    assert_false(take(rl, "ip", t0 + 1799000, &r));
+    assert_int_equal(r.retry_after_s, 1);
+    assert_true(take(rl, "ip", t0 + 1800000, &r));
+    assert_false(take(rl, "ip", t0 + 1800000, &r));
+    assert_true(take(rl, "other", t0, &r)); /* keys stay apart */
+    ratelimit_free(rl);
+}
+
 static void test_partial_refill(void **state)
 {
     (void)state;
@@ -188,7 +212,7 @@ int main(void)
         cmocka_unit_test(test_args),           cmocka_unit_test(test_burst_then_deny),
         cmocka_unit_test(test_partial_refill), cmocka_unit_test(test_clock_backwards),
         cmocka_unit_test(test_reset),          cmocka_unit_test(test_eviction),
-        cmocka_unit_test(test_many_keys),
+        cmocka_unit_test(test_many_keys),      cmocka_unit_test(test_period),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
