@@ -6,6 +6,7 @@
 #include <strings.h>
 
 #include "core/config.h"
+#include "core/list.h"
 #include "core/problem.h"
 
 #define ALLOW_METHODS "GET, HEAD, POST, PUT, PATCH, DELETE"
@@ -18,26 +19,6 @@
     "RateLimit-Reset, Idempotent-Replayed"
 #define MAX_AGE_S "600"
 #define MAX_REQUEST_HEADERS_LEN 1024
-
-/* Calls fn on each trimmed, non-empty entry of a comma-separated list until
- * it returns true; returns whether one did. */
-static bool each_entry(const char *list, bool (*fn)(const char *s, size_t n, void *ud), void *ud)
-{
-    for (const char *p = list; *p;) {
-        size_t n = strcspn(p, ",");
-        const char *a = p, *b = p + n;
-        while (a < b && (*a == ' ' || *a == '\t'))
-            a++;
-        while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
-            b--;
-        if (b > a && fn(a, (size_t)(b - a), ud))
-            return true;
-        p += n;
-        if (*p == ',')
-            p++;
-    }
-    return false;
-}
 
 /* scheme "://" host [":" port], nothing else (RFC 6454's serialisation). */
 static bool origin_ok(const char *s, size_t n)
@@ -96,7 +77,7 @@ static bool entry_bad(const char *s, size_t n, void *ud)
 bool cors_origins_valid(const char *list, char *bad, size_t badlen)
 {
     struct bad_ud b = {bad, badlen, 0};
-    if (each_entry(list, entry_bad, &b))
+    if (list_each(list, entry_bad, &b))
         return false;
     if (b.entries == 0) {
         snprintf(bad, badlen, "%s", list);
@@ -155,7 +136,7 @@ bool cors_handle(struct request *req)
     if (!origin)
         return false;
     struct match_ud m = {origin, false};
-    bool allowed = each_entry(list, entry_matches, &m);
+    bool allowed = list_each(list, entry_matches, &m);
     if (want) {
         if (!allowed) {
             problem_respond(req, PROBLEM_FORBIDDEN,

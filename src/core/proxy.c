@@ -8,6 +8,7 @@
 #include <strings.h>
 
 #include "core/arena.h"
+#include "core/list.h"
 
 #define MAX_PROXIES 64
 
@@ -110,36 +111,38 @@ static bool trusted(const struct ip *ip)
     return false;
 }
 
+struct load_ud {
+    int n;
+    char *bad;
+    size_t badlen;
+};
+
+/* Adds one entry; true (stop) when it is bad or one too many. */
+static bool load_one(const char *s, size_t n, void *ud)
+{
+    struct load_ud *l = ud;
+    if (l->n == MAX_PROXIES) {
+        snprintf(l->bad, l->badlen, "more than %d entries", MAX_PROXIES);
+        return true;
+    }
+    if (!net_parse(s, n, &nets[l->n])) {
+        snprintf(l->bad, l->badlen, "%.*s", (int)(n > 100 ? 100 : n), s);
+        return true;
+    }
+    l->n++;
+    return false;
+}
+
 bool proxies_load(const char *list, char *bad, size_t badlen)
 {
-    int n = 0;
-    for (const char *p = list; *p;) {
-        size_t len = strcspn(p, ",");
-        const char *a = p, *b = p + len;
-        while (a < b && (*a == ' ' || *a == '\t'))
-            a++;
-        while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
-            b--;
-        if (b > a) {
-            if (n == MAX_PROXIES) {
-                snprintf(bad, badlen, "more than %d entries", MAX_PROXIES);
-                return false;
-            }
-            if (!net_parse(a, (size_t)(b - a), &nets[n])) {
-                snprintf(bad, badlen, "%.*s", (int)(b - a > 100 ? 100 : b - a), a);
-                return false;
-            }
-            n++;
-        }
-        p += len;
-        if (*p == ',')
-            p++;
-    }
-    if (n == 0) {
+    struct load_ud l = {0, bad, badlen};
+    if (list_each(list, load_one, &l))
+        return false;
+    if (l.n == 0) {
         snprintf(bad, badlen, "(empty)");
         return false;
     }
-    nnets = n;
+    nnets = l.n;
     return true;
 }
 

@@ -35,6 +35,7 @@
 #include <pthread.h>
 
 #include "core/config.h"
+#include "core/list.h"
 #include "core/log.h"
 #include "core/problem.h"
 
@@ -289,37 +290,34 @@ static int url_parse(const char *s, struct url *u, const char **why)
     return 0;
 }
 
+struct allow_ud {
+    const char *host;
+    int port;
+};
+
+/* One TENANTD_WEBHOOK_ALLOW entry, "host" or "host:port": a match? */
+static bool allow_matches(const char *s, size_t n, void *ud)
+{
+    const struct allow_ud *a = ud;
+    char entry[300];
+    if (n >= sizeof entry)
+        return false;
+    memcpy(entry, s, n);
+    entry[n] = '\0';
+    char *colon = strrchr(entry, ':');
+    int eport = -1;
+    if (colon) {
+        *colon = '\0';
+        eport = atoi(colon + 1);
+    }
+    return !strcasecmp(entry, a->host) && (eport < 0 || eport == a->port);
+}
+
 bool job_webhook_allowed(const char *host, int port)
 {
     const char *list = g_config ? g_config->webhook_allow : NULL;
-    if (!list)
-        return false;
-    const char *p = list;
-    while (*p) {
-        size_t n = strcspn(p, ",");
-        char entry[300];
-        size_t a = 0, b = n;
-        while (a < b && isspace((unsigned char)p[a]))
-            a++;
-        while (b > a && isspace((unsigned char)p[b - 1]))
-            b--;
-        if (b - a > 0 && b - a < sizeof entry) {
-            memcpy(entry, p + a, b - a);
-            entry[b - a] = '\0';
-            char *colon = strrchr(entry, ':');
-            int eport = -1;
-            if (colon) {
-                *colon = '\0';
-                eport = atoi(colon + 1);
-            }
-            if (!strcasecmp(entry, host) && (eport < 0 || eport == port))
-                return true;
-        }
-        p += n;
-        if (*p == ',')
-            p++;
-    }
-    return false;
+    struct allow_ud a = {host, port};
+    return list && list_each(list, allow_matches, &a);
 }
 
 static void webhook_validate(json_t *p, json_t **errors)
