@@ -101,7 +101,7 @@ void log_msg(enum log_level level, const char *fmt, ...)
 }
 
 void log_request(const char *request_id, const char *method, const char *route, const char *path,
-                 int status, double duration_ms, const char *org_id)
+                 int status, double duration_ms, const char *client_ip, const char *org_id)
 {
     if (!log_enabled(LOG_INFO))
         return;
@@ -123,6 +123,11 @@ void log_request(const char *request_id, const char *method, const char *route, 
     put_escaped(buf, sizeof buf, &pos, p);
     snprintf(num, sizeof num, "\",\"status\":%d,\"duration_ms\":%.3f", status, duration_ms);
     put(buf, sizeof buf, &pos, num);
+    if (client_ip) {
+        put(buf, sizeof buf, &pos, ",\"client_ip\":\"");
+        put_escaped(buf, sizeof buf, &pos, client_ip);
+        put(buf, sizeof buf, &pos, "\"");
+    }
     if (org_id) {
         put(buf, sizeof buf, &pos, ",\"org\":\"");
         put_escaped(buf, sizeof buf, &pos, org_id);

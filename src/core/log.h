@@ -13,8 +13,9 @@ int log_enabled(enum log_level level);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The per-request access line: time, request_id, method, route, path, status,
- * duration_ms, org (when known, else omitted). */
+ * duration_ms, client_ip (the peer, or the client a trusted proxy names),
+ * org (when known, else omitted). */
 void log_request(const char *request_id, const char *method, const char *route, const char *path,
-                 int status, double duration_ms, const char *org_id);
+                 int status, double duration_ms, const char *client_ip, const char *org_id);
 
 #endif

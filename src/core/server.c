@@ -356,7 +356,7 @@ static void finish_request(struct loop_server *ls, struct request *req, int stat
     if (!req->request_id)
         req->request_id = new_request_id(req->arena);
     log_request(req->request_id, req->method_str, route, req->path, status, secs * 1000.0,
-                req->org_id);
+                req->client_ip, req->org_id);
     if (ls->ctx.metrics)
         metrics_request(ls->ctx.metrics, route, req->method_str, status, secs);
     arena_free(req->arena);

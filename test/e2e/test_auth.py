@@ -500,6 +500,18 @@ class LoginRateLimitBehindProxyTest(AuthCase):
         # The right password from a fresh client works.
         st, b, _ = self.login("u3@prx.io", headers={"X-Forwarded-For": "203.0.113.7"})
         self.assertEqual(st, 200, b)
+        # The access log names the client, not the proxy (a line is written
+        # once its answer is sent, so the last one may lag a little).
+        want = {"203.0.113.5", "203.0.113.6", "203.0.113.7"}
+        deadline = time.monotonic() + 5
+        while True:
+            ips = {l.get("client_ip") for l in self.server.log_lines()
+                   if l.get("msg") == "request" and l.get("route") == "/v1/auth/login"}
+            if want <= ips or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertTrue(want <= ips, ips)
+        self.assertNotIn("127.0.0.1", ips)
 
 
 class LoginRateLimitNoProxyTest(AuthCase):
