@@ -23,6 +23,7 @@ static struct {
     uv_mutex_t mu;
     struct ratelimit *ip, *key; /* NULL when TENANTD_LOGIN_LIMIT is 0 */
     struct ratelimit *signup;   /* per IP; NULL when TENANTD_SIGNUP_LIMIT is 0 */
+    struct ratelimit *org;      /* per org id; NULL when TENANTD_ORG_RATE_LIMIT is 0 */
 } g_login;
 
 static int login_limit_start(void)
@@ -39,6 +40,9 @@ static int login_limit_start(void)
     uint32_t s = g_config ? (uint32_t)g_config->signup_limit : 0;
     if (s > 0 && !(g_login.signup = ratelimit_new_period(s, 3600000u, RATELIMIT_ENTRIES)))
         return -1;
+    uint32_t o = g_config ? (uint32_t)g_config->org_rate_limit : 0;
+    if (o > 0 && !(g_login.org = ratelimit_new(o, RATELIMIT_ENTRIES)))
+        return -1;
     return 0;
 }
 
@@ -47,7 +51,8 @@ static void login_limit_stop(void)
     ratelimit_free(g_login.ip);
     ratelimit_free(g_login.key);
     ratelimit_free(g_login.signup);
-    g_login.ip = g_login.key = g_login.signup = NULL;
+    ratelimit_free(g_login.org);
+    g_login.ip = g_login.key = g_login.signup = g_login.org = NULL;
     uv_mutex_destroy(&g_login.mu);
 }
 
@@ -86,6 +91,19 @@ bool signup_limit_take(const char *ip, struct ratelimit_result *out, bool *have)
     uint64_t now = uv_hrtime() / 1000000;
     uv_mutex_lock(&g_login.mu);
     ratelimit_take(g_login.signup, ip, strlen(ip), now, out);
+    uv_mutex_unlock(&g_login.mu);
+    *have = true;
+    return out->allowed;
+}
+
+bool org_limit_take(const char *org_id, struct ratelimit_result *out, bool *have)
+{
+    *have = false;
+    if (!g_login.org)
+        return true;
+    uint64_t now = uv_hrtime() / 1000000;
+    uv_mutex_lock(&g_login.mu);
+    ratelimit_take(g_login.org, org_id, strlen(org_id), now, out);
     uv_mutex_unlock(&g_login.mu);
     *have = true;
     return out->allowed;

@@ -199,6 +199,15 @@ static void finish(struct authn *a)
                         "X-Org-Name names another organization than the credential's.");
         return;
     }
+    /* One org's traffic must not starve the others' share of the database. */
+    struct ratelimit_result rl;
+    bool have;
+    if (!org_limit_take(a->org_id, &rl, &have)) {
+        auth_ratelimit_refuse(req, &rl, "requests for this organization");
+        return;
+    }
+    if (have)
+        auth_ratelimit_headers(req, &rl);
     struct auth_ctx *ctx = arena_calloc(req->arena, sizeof *ctx);
     ctx->kind = a->kind;
     ctx->role = a->role;

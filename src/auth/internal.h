@@ -29,6 +29,15 @@ bool login_limit_take(const char *ip, const char *key, size_t keylen,
 void login_limit_reset(const char *key, size_t keylen);
 /* The same for signups per client IP (TENANTD_SIGNUP_LIMIT an hour). */
 bool signup_limit_take(const char *ip, struct ratelimit_result *out, bool *have);
+/* And for every authenticated request of an org (TENANTD_ORG_RATE_LIMIT a
+ * minute). */
+bool org_limit_take(const char *org_id, struct ratelimit_result *out, bool *have);
+
+/* RateLimit-Limit/-Remaining/-Reset for r. */
+void auth_ratelimit_headers(struct request *req, const struct ratelimit_result *r);
+/* 429 for r: Retry-After, RateLimit-*, and a problem saying "Too many <what>". */
+void auth_ratelimit_refuse(struct request *req, const struct ratelimit_result *r,
+                           const char *what);
 
 /* This thread's loop state; NULL off a loop thread. */
 struct auth_loop *auth_loop_state(void);

@@ -163,7 +163,7 @@ static void respond_busy(struct request *req)
     problem_respond(req, PROBLEM_UNAVAILABLE, "Too many password checks in progress; retry soon.");
 }
 
-static void set_rl_headers(struct request *req, const struct ratelimit_result *r)
+void auth_ratelimit_headers(struct request *req, const struct ratelimit_result *r)
 {
     char v[24];
     snprintf(v, sizeof v, "%u", r->limit);
@@ -174,13 +174,12 @@ static void set_rl_headers(struct request *req, const struct ratelimit_result *r
     http_set_header(req, "RateLimit-Reset", v);
 }
 
-/* Answers 429 for r: Retry-After, RateLimit-*, and a problem saying when. */
-static void refuse(struct request *req, const struct ratelimit_result *r, const char *what)
+void auth_ratelimit_refuse(struct request *req, const struct ratelimit_result *r, const char *what)
 {
     char v[24];
     snprintf(v, sizeof v, "%u", r->retry_after_s);
     http_set_header(req, "Retry-After", v);
-    set_rl_headers(req, r);
+    auth_ratelimit_headers(req, r);
     problem_respond(req, PROBLEM_RATE_LIMITED,
                     arena_printf(req->arena, "Too many %s; retry in %u seconds.", what,
                                  r->retry_after_s));
@@ -191,11 +190,11 @@ bool auth_signup_limit(struct request *req)
     struct ratelimit_result r;
     bool have;
     if (!signup_limit_take(req->client_ip ? req->client_ip : "", &r, &have)) {
-        refuse(req, &r, "signups from this address");
+        auth_ratelimit_refuse(req, &r, "signups from this address");
         return false;
     }
     if (have)
-        set_rl_headers(req, &r);
+        auth_ratelimit_headers(req, &r);
     return true;
 }
 
@@ -213,7 +212,7 @@ static bool rate_ok(struct request *req, const char *key, size_t keylen,
             *shown = r;
         return true;
     }
-    refuse(req, &r, "attempts");
+    auth_ratelimit_refuse(req, &r, "attempts");
     return false;
 }
 
@@ -385,7 +384,7 @@ static void login_verified(void *ud, int status, bool ok, bool needs_rehash)
     struct login *l = ud;
     struct request *req = l->req;
     if (l->have_rl)
-        set_rl_headers(req, &l->rl);
+        auth_ratelimit_headers(req, &l->rl);
     if (status == PASSWORD_ECANCELED || status == PASSWORD_EBUSY) {
         respond_busy(req);
         return;

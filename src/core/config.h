@@ -84,6 +84,8 @@
       "credits a fail job costs (test jobs)")                                                      \
     X(login_limit, TENANTD_LOGIN_LIMIT, INT, 10, 0, 1000000,                                       \
       "login attempts per minute per client IP and per email (0 = off)")                           \
+    X(org_rate_limit, TENANTD_ORG_RATE_LIMIT, INT, 0, 0, 100000000,                                \
+      "authenticated requests per minute per org, per process (0 = off)")                          \
     X(signup_limit, TENANTD_SIGNUP_LIMIT, INT, 20, 0, 1000000,                                     \
       "orgs one client IP may sign up per hour (0 = off; the operator is never limited)")          \
     X(log_level, TENANTD_LOG_LEVEL, STR, "info", 0, 0, "debug, info, warn or error")               \
