@@ -180,9 +180,9 @@ void auth_ratelimit_refuse(struct request *req, const struct ratelimit_result *r
     snprintf(v, sizeof v, "%u", r->retry_after_s);
     http_set_header(req, "Retry-After", v);
     auth_ratelimit_headers(req, r);
-    problem_respond(req, PROBLEM_RATE_LIMITED,
-                    arena_printf(req->arena, "Too many %s; retry in %u seconds.", what,
-                                 r->retry_after_s));
+    problem_respond(
+        req, PROBLEM_RATE_LIMITED,
+        arena_printf(req->arena, "Too many %s; retry in %u seconds.", what, r->retry_after_s));
 }
 
 bool auth_signup_limit(struct request *req)
