@@ -475,17 +475,21 @@ class CreditsTimeoutTest(CreditsCase):
 
     def test_timeout_applies_nothing(self):
         org = self.new_org(credits=20)
+        app = "credits-lock-holder-" + org["org"]["id"][:8]
         holder = subprocess.Popen(
             [harness.PSQL, self.db_url, "-qAt", "-v", "ON_ERROR_STOP=1", "-c",
              "BEGIN; SELECT 1 FROM public.credit_accounts "
              f"WHERE org_id = '{org['org']['id']}' FOR UPDATE; SELECT pg_sleep(2); COMMIT;"],
+            env=dict(os.environ, PGAPPNAME=app),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
+            # In pg_sleep means past the FOR UPDATE: the row is locked. (Other
+            # tests run at the same time: match this holder only.)
             deadline = time.time() + 10
-            while time.time() < deadline and self.sql(
-                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%FOR UPDATE%' "
-                    "AND state = 'active' AND pid <> pg_backend_pid()") != ["1"]:
-                time.sleep(0.05)
+            while self.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                           f"'{app}' AND wait_event = 'PgSleep'") != ["1"]:
+                self.assertLess(time.time(), deadline, "the lock holder never got its lock")
+                time.sleep(0.02)
             status, body, r = self.spend(org, 5, headers={"Idempotency-Key": "slow"})
             self.assertProblem(status, body, 503, "unavailable")
             self.assertEqual(r.getheader("Retry-After"), "1")

@@ -5,6 +5,7 @@ byte for byte, another request with the key -> 422, a request still running
 per operator, malformed keys -> 400, lapsed claims, the 24 h purge."""
 import concurrent.futures
 import json
+import os
 import subprocess
 import time
 import unittest
@@ -181,19 +182,24 @@ class IdempotencyTest(harness.DbTestCase):
         # An API key: the other server signs its own access tokens.
         org["token"] = create_key(self.server, org["token"])["key"]
         other = harness.Server(self.db_url, env=SERVER_ENV).start()
+        app = "idem-lock-holder-" + org["org"]["id"][:8]
         holder = subprocess.Popen(
             [harness.PSQL, self.db_url, "-qAt", "-v", "ON_ERROR_STOP=1", "-c",
              "BEGIN; SELECT 1 FROM public.credit_accounts "
              f"WHERE org_id = '{org['org']['id']}' FOR UPDATE; SELECT pg_sleep(3); COMMIT;"],
+            env=dict(os.environ, PGAPPNAME=app),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
+            # In pg_sleep means past the FOR UPDATE: the row is locked. Other
+            # tests run at the same time: match this holder and this database.
             self._wait_for(lambda: self.sql(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%FOR UPDATE%' "
-                "AND state = 'active' AND pid <> pg_backend_pid()") == ["1"])
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                f"'{app}' AND wait_event = 'PgSleep'") == ["1"])
             with concurrent.futures.ThreadPoolExecutor(1) as ex:
                 first = ex.submit(self.spend, org, {"amount": 4}, "held")
                 self._wait_for(lambda: self.sql(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database() "
                     "AND query LIKE '%tenantd_credit_spend%'") == ["1"])
                 second = self.spend(org, {"amount": 4}, key="held", server=other)
                 self.assertEqual(second.status, 409, second.body)
