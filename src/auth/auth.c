@@ -83,30 +83,29 @@ bool login_limit_take(const char *ip, const char *key, size_t keylen,
     return ok;
 }
 
-bool signup_limit_take(const char *ip, struct ratelimit_result *out, bool *have)
+/* One attempt for key in table t (NULL: that limit is off). */
+static bool take_one(struct ratelimit *t, const char *key, struct ratelimit_result *out,
+                     bool *have)
 {
     *have = false;
-    if (!g_login.signup)
+    if (!t)
         return true;
     uint64_t now = uv_hrtime() / 1000000;
     uv_mutex_lock(&g_login.mu);
-    ratelimit_take(g_login.signup, ip, strlen(ip), now, out);
+    ratelimit_take(t, key, strlen(key), now, out);
     uv_mutex_unlock(&g_login.mu);
     *have = true;
     return out->allowed;
 }
 
+bool signup_limit_take(const char *ip, struct ratelimit_result *out, bool *have)
+{
+    return take_one(g_login.signup, ip, out, have);
+}
+
 bool org_limit_take(const char *org_id, struct ratelimit_result *out, bool *have)
 {
-    *have = false;
-    if (!g_login.org)
-        return true;
-    uint64_t now = uv_hrtime() / 1000000;
-    uv_mutex_lock(&g_login.mu);
-    ratelimit_take(g_login.org, org_id, strlen(org_id), now, out);
-    uv_mutex_unlock(&g_login.mu);
-    *have = true;
-    return out->allowed;
+    return take_one(g_login.org, org_id, out, have);
 }
 
 void login_limit_reset(const char *key, size_t keylen)
