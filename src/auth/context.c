@@ -19,6 +19,7 @@
 #include "core/log.h"
 #include "core/problem.h"
 #include "db/db.h"
+#include "db/result.h"
 
 #define GENERIC_401 "The credential is missing, invalid or expired."
 
@@ -219,25 +220,10 @@ static void finish(struct authn *a)
     run(req, ctx);
 }
 
-static bool db_failed(struct request *req, struct db_result *r)
-{
-    if (r->status == DB_OK)
-        return false;
-    if (r->status == DB_UNAVAILABLE) {
-        http_set_header(req, "Retry-After", "1");
-        problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unreachable.");
-    } else {
-        log_msg(LOG_ERROR, "auth: lookup failed: %s (%s)", r->message ? r->message : "?",
-                r->sqlstate ? r->sqlstate : "?");
-        problem_respond(req, PROBLEM_INTERNAL, "The credential could not be checked.");
-    }
-    return true;
-}
-
 static void org_loaded(struct db_result *r, void *ud)
 {
     struct authn *a = ud;
-    if (db_failed(a->req, r))
+    if (db_failed(a->req, r, "auth: credential lookup"))
         return;
     if (PQntuples(r->res) != 1 || !org_cols(r->res, 0, &a->org)) {
         auth_respond_unauthorized(a->req, GENERIC_401);
@@ -274,7 +260,7 @@ static void check_user(struct authn *a, const struct cache_user *u)
 static void user_loaded(struct db_result *r, void *ud)
 {
     struct authn *a = ud;
-    if (db_failed(a->req, r))
+    if (db_failed(a->req, r, "auth: credential lookup"))
         return;
     struct cache_user u = {0};
     char role[16], ver[24];
@@ -316,7 +302,7 @@ static bool check_key(struct authn *a, const struct cache_key *k)
 static void key_loaded(struct db_result *r, void *ud)
 {
     struct authn *a = ud;
-    if (db_failed(a->req, r))
+    if (db_failed(a->req, r, "auth: credential lookup"))
         return;
     struct cache_key k = {0};
     char role[16], revoked[8];

@@ -30,6 +30,7 @@
 #include "core/body.h"
 #include "core/problem.h"
 #include "db/db.h"
+#include "db/result.h"
 
 #define LOGIN_401                                                                                  \
     "Invalid email or password. If this email belongs to several organizations, name one "         \
@@ -140,21 +141,6 @@ static const char *str_field(json_t *body, const char *name, bool required, json
     if (len)
         *len = json_string_length(v);
     return json_string_value(v);
-}
-
-static bool db_failed(struct request *req, struct db_result *r, const char *what)
-{
-    if (r->status == DB_OK)
-        return false;
-    if (r->status == DB_UNAVAILABLE) {
-        http_set_header(req, "Retry-After", "1");
-        problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unreachable.");
-    } else {
-        log_msg(LOG_ERROR, "%s failed: %s (%s)", what, r->message ? r->message : "?",
-                r->sqlstate ? r->sqlstate : "?");
-        problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
-    }
-    return true;
 }
 
 static void respond_busy(struct request *req)

@@ -337,21 +337,14 @@ static bool page_params(struct request *req, int *limit, const char **ts, const 
     return true;
 }
 
-static struct db_pool *pool_of(struct request *req)
-{
-    return req->ctx ? (struct db_pool *)req->ctx->db : NULL;
-}
-
 /* Runs stmt with the org's schema as the connection's binding (every
  * statement here is schema-qualified, so this only spares a switch). */
 static void org_query(struct request *req, const struct auth_ctx *a, const struct db_stmt *stmt,
                       int n, const char *const *values, db_cb cb, void *ud)
 {
-    struct db_pool *pool = pool_of(req);
+    struct db_pool *pool = db_pool_of(req);
     if (!pool) {
-        http_set_header(req, "Retry-After", "1");
-        problem_respond(req, PROBLEM_UNAVAILABLE,
-                        "The database is unavailable; try again shortly.");
+        db_respond_unavailable(req);
         return;
     }
     db_query(pool, a->schema, stmt, n, values, cb, ud);
@@ -434,12 +427,7 @@ static void user_get_done(struct db_result *r, void *ud)
         db_respond_failure(req, r, "get user");
         return;
     }
-    const char *json = db_result_text(r, 0, 0);
-    if (!json) {
-        problem_respond(req, PROBLEM_NOT_FOUND, "No such user.");
-        return;
-    }
-    http_respond(req, 200, "application/json", json, strlen(json));
+    db_respond_json(req, r, 0, "No such user.");
 }
 
 static void users_get(struct request *req)

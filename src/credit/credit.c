@@ -126,17 +126,6 @@ static const struct db_stmt q_refund_job = {
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static struct db_pool *pool_of(struct request *req)
-{
-    return req->ctx ? (struct db_pool *)req->ctx->db : NULL;
-}
-
-static void respond_unavailable(struct request *req)
-{
-    http_set_header(req, "Retry-After", "1");
-    problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unavailable; try again shortly.");
-}
-
 /* Code points of a valid UTF-8 string (jansson checked it). */
 static size_t utf8_chars(const char *s)
 {
@@ -267,12 +256,7 @@ static void balance_done(struct db_result *r, void *ud)
         db_respond_failure(req, r, "credit balance");
         return;
     }
-    const char *body = db_result_text(r, 0, 0);
-    if (!body) {
-        problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
-        return;
-    }
-    http_respond(req, 200, "application/json", body, strlen(body));
+    db_respond_json(req, r, 0, "No such organization.");
 }
 
 static void credits_get(struct request *req)
@@ -280,9 +264,9 @@ static void credits_get(struct request *req)
     const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
-    struct db_pool *pool = pool_of(req);
+    struct db_pool *pool = db_pool_of(req);
     if (!pool) {
-        respond_unavailable(req);
+        db_respond_unavailable(req);
         return;
     }
     const char **v = arena_alloc(req->arena, sizeof *v);
@@ -340,9 +324,9 @@ static void credits_list(struct request *req)
         problem_respond_errors(req, "The query parameters are not valid.", errors);
         return;
     }
-    struct db_pool *pool = pool_of(req);
+    struct db_pool *pool = db_pool_of(req);
     if (!pool) {
-        respond_unavailable(req);
+        db_respond_unavailable(req);
         return;
     }
     const char **v = arena_alloc(req->arena, 3 * sizeof *v);
@@ -359,7 +343,8 @@ static void credits_list(struct request *req)
 static void write_answer(struct request *req, const struct db_result *r, const char *what)
 {
     const char *outcome = db_result_text(r, 0, 0);
-    if (idem_answer(req, outcome, db_result_text(r, 0, 1), db_result_text(r, 0, 2), db_result_text(r, 0, 3)))
+    if (idem_answer(req, outcome, db_result_text(r, 0, 1), db_result_text(r, 0, 2),
+                    db_result_text(r, 0, 3)))
         return;
     const char *body = db_result_text(r, 0, 3);
     if (!outcome || strcmp(outcome, "executed") != 0 || !body) {
@@ -412,9 +397,9 @@ static void credits_spend(struct request *req)
     struct idem_key k;
     if (idem_read(req, a->org_id, &k) < 0)
         return;
-    struct db_pool *pool = pool_of(req);
+    struct db_pool *pool = db_pool_of(req);
     if (!pool) {
-        respond_unavailable(req);
+        db_respond_unavailable(req);
         return;
     }
     const char **v = arena_alloc(req->arena, 6 * sizeof *v);
@@ -483,9 +468,9 @@ static void admin_credits(struct request *req)
     struct idem_key k;
     if (idem_read(req, "", &k) < 0)
         return;
-    struct db_pool *pool = pool_of(req);
+    struct db_pool *pool = db_pool_of(req);
     if (!pool) {
-        respond_unavailable(req);
+        db_respond_unavailable(req);
         return;
     }
     const char **v = arena_alloc(req->arena, 5 * sizeof *v);

@@ -12,6 +12,16 @@
  * SQL NULL. Valid during the db callback only. */
 const char *db_result_text(const struct db_result *r, int row, int col);
 
+/* The request's loop pool, or NULL off a loop. */
+struct db_pool *db_pool_of(const struct request *req);
+
+/* 503 with Retry-After: the database is away; nothing was done. */
+void db_respond_unavailable(struct request *req);
+
+/* 200 with the JSON text of row 0's column col, or 404 with `missing` when
+ * the result has no such row or the cell is NULL. */
+void db_respond_json(struct request *req, const struct db_result *r, int col, const char *missing);
+
 /* True when the statement failed with this SQLSTATE (e.g. "23505"). */
 bool db_result_is(const struct db_result *r, const char *sqlstate);
 
@@ -23,5 +33,9 @@ bool db_result_is(const struct db_result *r, const char *sqlstate);
  * puts SQL or the server's message in the answer.
  */
 void db_respond_failure(struct request *req, const struct db_result *r, const char *what);
+
+/* For callbacks: false when r is DB_OK; else answers it with
+ * db_respond_failure and returns true. */
+bool db_failed(struct request *req, const struct db_result *r, const char *what);
 
 #endif

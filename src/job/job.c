@@ -37,6 +37,7 @@
 #include "core/problem.h"
 #include "credit/credit.h"
 #include "db/db.h"
+#include "db/result.h"
 #include "idem/idem.h"
 #include "job/internal.h"
 
@@ -150,26 +151,6 @@ static void decref_cleanup(void *p)
     json_decref(p);
 }
 
-static const char *col(const struct db_result *r, int c)
-{
-    return PQgetisnull(r->res, 0, c) ? NULL : PQgetvalue(r->res, 0, c);
-}
-
-static bool db_failed(struct request *req, const struct db_result *r, const char *what)
-{
-    if (r->status == DB_UNAVAILABLE) {
-        problem_respond(req, PROBLEM_UNAVAILABLE, "The database is not available; retry later.");
-        return true;
-    }
-    if (r->status == DB_ERROR) {
-        log_msg(LOG_ERROR, "%s: %s (%s)", what, r->message ? r->message : "?",
-                r->sqlstate ? r->sqlstate : "?");
-        problem_respond(req, PROBLEM_INTERNAL, "The request failed on our side.");
-        return true;
-    }
-    return false;
-}
-
 /* RFC 3339 date-time (with a UTC offset), e.g. 2026-01-02T03:04:05.5Z, of a
  * real calendar date in years 1970..9999. */
 static bool rfc3339_valid(const char *s)
@@ -253,8 +234,8 @@ static void created(struct db_result *r, void *ud)
     }
     if (db_failed(req, r, "job enqueue"))
         return;
-    const char *outcome = col(r, 0), *body = col(r, 3);
-    if (idem_answer(req, outcome, col(r, 1), col(r, 2), body))
+    const char *outcome = db_result_text(r, 0, 0), *body = db_result_text(r, 0, 3);
+    if (idem_answer(req, outcome, db_result_text(r, 0, 1), db_result_text(r, 0, 2), body))
         return;
     if (!outcome || strcmp(outcome, "executed") || !body) {
         log_msg(LOG_ERROR, "job enqueue: unexpected outcome %s", outcome ? outcome : "NULL");
@@ -262,7 +243,7 @@ static void created(struct db_result *r, void *ud)
         return;
     }
     /* The same headers as the stored answer a replay gets. */
-    json_t *hs = json_loads(col(r, 2), 0, NULL);
+    json_t *hs = json_loads(db_result_text(r, 0, 2), 0, NULL);
     size_t i;
     json_t *h;
     json_array_foreach(hs, i, h)
@@ -383,12 +364,7 @@ static void got(struct db_result *r, void *ud)
     struct request *req = ud;
     if (db_failed(req, r, "job get"))
         return;
-    if (PQntuples(r->res) != 1) {
-        problem_respond(req, PROBLEM_NOT_FOUND, "No such job.");
-        return;
-    }
-    const char *body = PQgetvalue(r->res, 0, 0);
-    http_respond(req, 200, "application/json", body, strlen(body));
+    db_respond_json(req, r, 0, "No such job.");
 }
 
 static void jobs_get(struct request *req)
@@ -514,7 +490,7 @@ static void cancelled(struct db_result *r, void *ud)
         idem_problem(req, cc->claim, PROBLEM_INTERNAL, "The request failed on our side.");
         return;
     }
-    const char *outcome = col(r, 0), *body = col(r, 1);
+    const char *outcome = db_result_text(r, 0, 0), *body = db_result_text(r, 0, 1);
     if (outcome && !strcmp(outcome, "cancelled") && body) {
         idem_respond(req, cc->claim, 200, "application/json", body, strlen(body));
     } else if (outcome && !strcmp(outcome, "conflict") && body) {

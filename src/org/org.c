@@ -373,24 +373,6 @@ static char *ascii_lower(struct arena *a, const char *s)
     return out;
 }
 
-/* ---- shared answers ----------------------------------------------------- */
-
-static struct db_pool *pool_of(struct request *req)
-{
-    return req->ctx ? req->ctx->db : NULL;
-}
-
-/* Responds 200 with the single JSON column `col` of the first row, or 404. */
-static void respond_row_json(struct request *req, const struct db_result *r, int col)
-{
-    if (PQntuples(r->res) < 1 || PQnfields(r->res) <= col || PQgetisnull(r->res, 0, col)) {
-        problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
-        return;
-    }
-    http_respond(req, 200, "application/json", PQgetvalue(r->res, 0, col),
-                 (size_t)PQgetlength(r->res, 0, col));
-}
-
 /* ---- POST /v1/orgs ------------------------------------------------------ */
 
 /* A signup between its steps: validated fields (pointing into the body's
@@ -494,7 +476,7 @@ static void signup_hashed(void *ud, int status, const char *phc)
         tenant_arrays.checksums,
     };
     memcpy(s->values, v, sizeof v);
-    struct db_pool *pool = pool_of(req);
+    struct db_pool *pool = db_pool_of(req);
     if (!pool || !tenant_arrays.sql) {
         problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unavailable.");
         return;
@@ -618,7 +600,7 @@ static void org_json_done(struct db_result *r, void *ud)
         db_respond_failure(req, r, "org: reading an org");
         return;
     }
-    respond_row_json(req, r, 0);
+    db_respond_json(req, r, 0, "No such organization.");
 }
 
 /* The caller's org id; NULL (after answering) when the credential has none,
@@ -641,7 +623,7 @@ static void org_get(struct request *req)
         return;
     const char **v = arena_alloc(req->arena, sizeof *v);
     v[0] = id;
-    db_query(pool_of(req), NULL, &get_by_id_stmt, 1, v, org_json_done, req);
+    db_query(db_pool_of(req), NULL, &get_by_id_stmt, 1, v, org_json_done, req);
 }
 
 static void patch_done(struct db_result *r, void *ud)
@@ -660,7 +642,7 @@ static void patch_done(struct db_result *r, void *ud)
     const struct auth_ctx *a = auth_ctx(req);
     if (a && a->org_id[0])
         auth_cache_forget_org(a->org_id);
-    respond_row_json(req, r, 0);
+    db_respond_json(req, r, 0, "No such organization.");
 }
 
 static void org_patch(struct request *req)
@@ -694,12 +676,12 @@ static void org_patch(struct request *req)
     const char **v = arena_alloc(req->arena, 3 * sizeof *v);
     v[0] = id;
     if (!has_name && !has_slug) {
-        db_query(pool_of(req), NULL, &get_by_id_stmt, 1, v, org_json_done, req);
+        db_query(db_pool_of(req), NULL, &get_by_id_stmt, 1, v, org_json_done, req);
         return;
     }
     v[1] = name;
     v[2] = slug;
-    db_query(pool_of(req), NULL, &patch_stmt, 3, v, patch_done, req);
+    db_query(db_pool_of(req), NULL, &patch_stmt, 3, v, patch_done, req);
 }
 
 static void delete_done(struct db_result *r, void *ud)
@@ -724,7 +706,7 @@ static void org_delete(struct request *req)
         return;
     const char **v = arena_alloc(req->arena, sizeof *v);
     v[0] = id;
-    db_query(pool_of(req), NULL, &delete_stmt, 1, v, delete_done, req);
+    db_query(db_pool_of(req), NULL, &delete_stmt, 1, v, delete_done, req);
 }
 
 /* The {slug} path parameter, lowercased, or NULL (after answering 404) when
@@ -755,7 +737,7 @@ static void org_get_by_slug(struct request *req)
     const char **v = arena_alloc(req->arena, 2 * sizeof *v);
     v[0] = slug;
     v[1] = a->kind == AUTH_KIND_OPERATOR ? NULL : a->org_id;
-    db_query(pool_of(req), NULL, &get_by_slug_stmt, 2, v, org_json_done, req);
+    db_query(db_pool_of(req), NULL, &get_by_slug_stmt, 2, v, org_json_done, req);
 }
 
 /* ---- operator ------------------------------------------------------------- */
@@ -769,7 +751,7 @@ static void admin_status_done(struct db_result *r, void *ud)
     }
     if (PQntuples(r->res) == 1)
         auth_cache_forget_org(PQgetvalue(r->res, 0, 0));
-    respond_row_json(req, r, 1);
+    db_respond_json(req, r, 1, "No such organization.");
 }
 
 static void admin_set_status(struct request *req, const char *status)
@@ -780,7 +762,7 @@ static void admin_set_status(struct request *req, const char *status)
     const char **v = arena_alloc(req->arena, 2 * sizeof *v);
     v[0] = slug;
     v[1] = status;
-    db_query(pool_of(req), NULL, &admin_status_stmt, 2, v, admin_status_done, req);
+    db_query(db_pool_of(req), NULL, &admin_status_stmt, 2, v, admin_status_done, req);
 }
 
 static void admin_org_suspend(struct request *req)
@@ -815,7 +797,7 @@ static void admin_org_delete(struct request *req)
         return;
     const char **v = arena_alloc(req->arena, sizeof *v);
     v[0] = slug;
-    db_query(pool_of(req), NULL, &admin_delete_stmt, 1, v, admin_delete_done, req);
+    db_query(db_pool_of(req), NULL, &admin_delete_stmt, 1, v, admin_delete_done, req);
 }
 
 /*
@@ -950,5 +932,5 @@ static void admin_orgs_list(struct request *req)
     st->values[1] = cid;
     st->values[2] = st->fetch;
     st->values[3] = status;
-    db_query(pool_of(req), NULL, &admin_list_stmt, 4, st->values, admin_list_done, st);
+    db_query(db_pool_of(req), NULL, &admin_list_stmt, 4, st->values, admin_list_done, st);
 }
