@@ -30,6 +30,7 @@
 #include <llhttp.h>
 
 #include "auth/auth.h"
+#include "auth/tokens.h"
 #include "core/arena.h"
 #include "core/config.h"
 #include "core/http.h"
@@ -130,21 +131,6 @@ static void job_shutdown(void)
 }
 
 /* ---- helpers ------------------------------------------------------------------ */
-
-static bool uuid_valid(const char *s)
-{
-    if (!s || strlen(s) != 36)
-        return false;
-    for (int i = 0; i < 36; i++) {
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (s[i] != '-')
-                return false;
-        } else if (!isxdigit((unsigned char)s[i])) {
-            return false;
-        }
-    }
-    return true;
-}
 
 static void decref_cleanup(void *p)
 {
@@ -371,7 +357,7 @@ static void jobs_get(struct request *req)
 {
     const struct auth_ctx *a = auth_ctx(req);
     const char *id = http_param(req, "id");
-    if (!uuid_valid(id)) {
+    if (!id || !token_uuid_valid(id, strlen(id))) {
         problem_respond(req, PROBLEM_NOT_FOUND, "No such job (job ids are UUIDs).");
         return;
     }
@@ -522,7 +508,8 @@ static void cancel_proceed(struct request *req, struct idem_claim *claim, void *
 static void jobs_cancel(struct request *req)
 {
     const struct auth_ctx *a = auth_ctx(req);
-    if (!uuid_valid(http_param(req, "id"))) {
+    const char *id = http_param(req, "id");
+    if (!id || !token_uuid_valid(id, strlen(id))) {
         problem_respond(req, PROBLEM_NOT_FOUND, "No such job (job ids are UUIDs).");
         return;
     }

@@ -36,6 +36,7 @@
 #include <llhttp.h>
 
 #include "auth/auth.h"
+#include "auth/tokens.h"
 #include "core/arena.h"
 #include "core/http.h"
 #include "core/log.h"
@@ -388,26 +389,11 @@ static const char *path_collection(struct request *req)
     return c;
 }
 
-static bool uuid_valid(const char *s)
-{
-    if (strlen(s) != 36)
-        return false;
-    for (int i = 0; i < 36; i++) {
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (s[i] != '-')
-                return false;
-        } else if (!isxdigit((unsigned char)s[i])) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* The {id} parameter lower-cased, or NULL after answering 404. */
 static const char *path_id(struct request *req)
 {
     const char *id = http_param(req, "id");
-    if (!id || !uuid_valid(id)) {
+    if (!id || !token_uuid_valid(id, strlen(id))) {
         problem_respond(req, PROBLEM_NOT_FOUND, "No such record.");
         return NULL;
     }
