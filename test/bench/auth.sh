@@ -34,6 +34,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$here"
+. test/bench/lib.sh
 secs=${BENCH_DURATION:-10}
 secs=${secs%s}
 build=${BENCH_BUILD_DIR:-$here/build/release}
@@ -69,35 +70,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # CPU seconds tenantd has used so far (user + system, all threads).
 tenantd_cpu() {
     awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.3f", ($12 + $13) / hz }' \
         "/proc/$tenantd_pid/stat"
-}
-
-# Converts wrk's latency ("812.00us", "1.23ms", "1.01s") to milliseconds.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0
-        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n *= 1; else if (v ~ /s$/) n *= 1000
-        printf "%.3f", n }'
-}
-
-# check_wrk NAME FILE: fails on non-2xx answers; prints socket errors.
-check_wrk() {
-    if grep -q 'Non-2xx' "$2"; then
-        echo "bench: $1 got non-2xx answers:" >&2
-        cat "$2" >&2
-        exit 1
-    fi
-    if grep -q 'Socket errors' "$2"; then
-        echo "bench: $1: $(grep 'Socket errors' "$2")" >&2
-    fi
-    grep -q '^Requests/sec:' "$2" || { echo "bench: cannot read wrk's output for $1" >&2; cat "$2" >&2; exit 1; }
 }
 
 # ---- the raw argon2id rate: one thread per core, same parameters -------------

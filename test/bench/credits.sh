@@ -30,6 +30,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$here"
+. test/bench/lib.sh
 duration=${BENCH_DURATION:-10}
 conns=${BENCH_CONNECTIONS:-64}
 wthreads=${BENCH_THREADS:-2}
@@ -58,10 +59,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # Started if needed, never stopped: other work shares this cluster.
 ./deps/pg.sh start >/dev/null

@@ -23,6 +23,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$here"
+. test/bench/lib.sh
 duration=${BENCH_DURATION:-10s}
 conns=${BENCH_CONNECTIONS:-64}
 wthreads=${BENCH_THREADS:-1}
@@ -59,10 +60,6 @@ if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
 else
     on_server_cpu=() on_client_cpu=()
 fi
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # Waits up to 10 s for GET /health on port $1 to answer 200 with the body.
 wait_health() {
@@ -121,14 +118,6 @@ CONF
 "${on_server_cpu[@]}" "$NGINX" -p "$tmp/nginx" -e "$tmp/nginx/error.log" -c "$tmp/nginx/nginx.conf" &
 nginx_pid=$!
 wait_health "$nport" || { cat "$tmp/nginx/error.log" >&2; exit 1; }
-
-# Converts wrk's latency ("812.00us", "1.23ms", "1.01s") to milliseconds.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0
-        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n *= 1; else if (v ~ /s$/) n *= 1000
-        printf "%.3f", n }'
-}
 
 # run NAME PORT: loads one server once; appends to rps_NAME and p99_NAME.
 run() {

@@ -22,6 +22,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$here"
+. test/bench/lib.sh
 jobs=${BENCH_JOBS:-20000}
 orgs=${BENCH_ORGS:-100}
 batch=${BENCH_BATCH:-8}
@@ -55,10 +56,6 @@ trap 'exit 130' INT TERM
 
 PSQL=${PSQL:-/usr/lib/postgresql/15/bin/psql}
 sql() { "$PSQL" "$base/$dbname" -qAt -v ON_ERROR_STOP=1 -c "$1"; }
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 export TENANTD_DEV=1 TENANTD_TEST_JOBS=1 TENANTD_LOG_LEVEL=warn TENANTD_JOB_BATCH=$batch
 export DATABASE_URL=$base/$dbname

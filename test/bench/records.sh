@@ -49,6 +49,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$here"
+. test/bench/lib.sh
 secs=${BENCH_DURATION:-5}
 secs=${secs%s}
 warm=${BENCH_WARMUP:-5}
@@ -74,6 +75,7 @@ cmake --build "$build" --target tenantd -j "$cores" >"$build/bench-build.log" 2>
 BIN=$build/tenantd
 
 tmp=$(mktemp -d /tmp/tenantd-bench-records.XXXXXX)
+BENCH_SERVER_LOG=$tmp/tenantd.log # check_wrk shows it on failure
 chmod 755 "$tmp"
 tenantd_pid=
 perf_pid=
@@ -89,33 +91,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# wrk's latency ("812.00us", "1.23ms", "1.01s") in milliseconds.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0
-        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n *= 1; else if (v ~ /s$/) n *= 1000
-        printf "%.3f", n }'
-}
-
-# check_wrk NAME FILE: fails on non-2xx answers; prints socket errors.
-check_wrk() {
-    if grep -q 'Non-2xx' "$2"; then
-        echo "bench: $1 got non-2xx answers:" >&2
-        cat "$2" >&2
-        echo "bench: tenantd's log (last lines):" >&2
-        tail -20 "$tmp/tenantd.log" >&2
-        exit 1
-    fi
-    if grep -q 'Socket errors' "$2"; then
-        echo "bench: $1: $(grep 'Socket errors' "$2")" >&2
-    fi
-    grep -q '^Requests/sec:' "$2" || { echo "bench: cannot read wrk's output for $1" >&2; cat "$2" >&2; exit 1; }
-}
 
 # The body POSTed by wrk and inserted by pgbench (as a parameter, like tenantd).
 post_body='{"title":"new item","n":42,"price":9.99,"active":true,"tags":["a","b3"],"owner":{"name":"user7","team":"x"}}'
