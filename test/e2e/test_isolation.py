@@ -37,6 +37,8 @@ BODIES = {
     "createApiKey": {"name": "intruder"},
     "updateOrg": {"name": "pwned by A"},
     "changePassword": {"current_password": PASSWORD, "new_password": "pwned-by-A-123"},
+    "spendCredits": {"amount": 1},
+    # createJob: the cheapest job type, filled in by IsolationTest.setUpClass.
 }
 DEFAULT_BODY = {"pwned": True}
 
@@ -138,13 +140,25 @@ class IsolationTest(harness.DbTestCase):
         # keeps equal to the route tables: an empty requirement ({}) means a
         # credential is optional (signup), so the route is open to anyone.
         cls.public = set()
+        # Routes that take an Idempotency-Key, from the same document.
+        cls.idempotent = set()
         for path, item in doc["paths"].items():
             for method, op in item.items():
                 if method in HTTP_METHODS:
                     sec = op.get("security", doc.get("security", []))
                     if sec == [] or {} in sec:
                         cls.public.add((method.upper(), path))
+                    if "Idempotency-Key" in json.dumps(op.get("parameters", [])) or \
+                            "IdempotencyKey" in json.dumps(op.get("parameters", [])):
+                        cls.idempotent.add((method.upper(), path))
         assert cls.routes
+        assert ("POST", "/v1/credits/spend") in cls.idempotent, cls.idempotent
+        assert ("POST", "/v1/jobs") in cls.idempotent, cls.idempotent
+        status, types, _ = cls.server.json("GET", "/v1/job-types", None,
+                                           bearer(signup(cls.server)["access_token"]))
+        assert status == 200, types
+        cheapest = min(types["data"], key=lambda t: t["cost"])
+        BODIES["createJob"] = {"type": cheapest["type"], "payload": {}}
 
     def sql(self, q):
         return self.pg.psql(q, db=self.dbname)
@@ -287,20 +301,40 @@ class IsolationTest(harness.DbTestCase):
     def test_idempotency_keys_are_per_org(self):
         """B uses an Idempotency-Key on every authenticated POST; A then
         sends the same key and body: A's answer is A's own, never a replay
-        of B's."""
+        of B's. On the routes that take a key (org routes; the operator's
+        admin routes are not an org's), B's request must succeed and B's
+        retry must be a replay, or the key was never stored and "per org"
+        would pass untested."""
         posts = [r for r in self.routes if r[0] == "POST" and (r[0], r[1]) not in self.public]
         self.assertTrue(posts)
+        checked = set()
         for method, pattern, opid in posts:
             idem = "isolation-" + uuid.uuid4().hex
+            keyed = (method, pattern) in self.idempotent and not pattern.startswith("/v1/admin/")
             with self.subTest(route=pattern):
-                self.request(method, self.b.fill(pattern), self.b.admin_key["key"],
-                             {"Idempotency-Key": idem}, opid)
+                b_status, b_body, _ = self.request(method, self.b.fill(pattern),
+                                                   self.b.admin_key["key"],
+                                                   {"Idempotency-Key": idem}, opid)
+                if keyed:
+                    self.assertIn(b_status, (200, 201, 202), b_body)
                 status, body, r = self.request(method, self.a.fill(pattern),
                                                self.a.admin_key["key"],
                                                {"Idempotency-Key": idem}, opid)
                 self.assertLess(status, 500, body)
                 self.assertIsNone(r.getheader("Idempotent-Replayed"), body)
                 self.assertNoSecrets(body, self.b, f"POST {pattern}")
+                if keyed:
+                    self.assertIn(status, (200, 201, 202), body)
+                    self.assertNotEqual(body, b_body)
+                    # B's key was stored: B's retry is B's answer, replayed.
+                    st2, body2, r2 = self.request(method, self.b.fill(pattern),
+                                                  self.b.admin_key["key"],
+                                                  {"Idempotency-Key": idem}, opid)
+                    self.assertEqual((st2, body2), (b_status, b_body))
+                    self.assertEqual(r2.getheader("Idempotent-Replayed"), "true")
+                    checked.add(pattern)
+        self.assertTrue({"/v1/credits/spend", "/v1/jobs",
+                         "/v1/collections/{collection}/records"} <= checked, checked)
 
     def assertNoSecrets(self, body, org, where):
         text = json.dumps(body) if body is not None else ""

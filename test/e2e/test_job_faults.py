@@ -11,7 +11,7 @@ import time
 import unittest
 
 import harness
-from test_jobs import FAST, Ledger, LedgerAudit, enqueue, needs_jobs, wait_job
+from test_jobs import FAST, Ledger, LedgerAudit, enqueue, wait_job
 from test_users import signup
 
 # One JWT secret for every process, so a token works on a second server.
@@ -25,7 +25,6 @@ def start_worker(db_url, **env):
     return harness.Server(db_url, env=e, args=("worker",)).start(wait=False)
 
 
-@needs_jobs
 class WorkerCrashTest(LedgerAudit, harness.DbTestCase):
     server_env = dict(LEASE, TENANTD_JOB_WORKERS="0")
 
@@ -112,7 +111,6 @@ class WorkerCrashTest(LedgerAudit, harness.DbTestCase):
         self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -1)])
 
 
-@needs_jobs
 class GracefulShutdownTest(LedgerAudit, harness.DbTestCase):
     server_env = dict(LEASE, TENANTD_JOB_WORKERS="0")
 
@@ -194,7 +192,6 @@ class GracefulShutdownTest(LedgerAudit, harness.DbTestCase):
         self.assertEqual(self.server.json("POST", f"/v1/jobs/{job['id']}/cancel", None,
                                           {"Authorization": f"Bearer {self.token}"})[0], 200)
 
-@needs_jobs
 class DbRestartTest(unittest.TestCase):
     """PostgreSQL restarts under a `tenantd worker`: it reconnects, LISTENs
     again and runs a job enqueued afterwards at once (the poll interval is an

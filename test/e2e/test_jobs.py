@@ -31,22 +31,6 @@ import harness
 from test_users import bearer, create_key, create_user, login, signup
 
 
-def _binary_has_jobs():
-    """Whether the tenantd under test serves /v1/jobs. Until the jobs
-    migration is numbered (it waits as a .draft behind the credits one) the
-    module is not registered: these tests then skip, saying so; as soon as
-    it is, they always run."""
-    try:
-        cp = subprocess.run([harness.BIN, "routes"], capture_output=True, text=True, timeout=60)
-    except OSError:
-        return True  # no binary: let the tests fail loudly
-    return " /v1/jobs " in cp.stdout
-
-
-needs_jobs = unittest.skipUnless(_binary_has_jobs(),
-                                 "this tenantd has no jobs module yet (migration still a .draft)")
-
-
 FAST = {
     "TENANTD_TEST_JOBS": "1",
     "TENANTD_SIGNUP_CREDITS": "1000",
@@ -149,7 +133,6 @@ class LedgerAudit:
         super().tearDown()
 
 
-@needs_jobs
 class JobsApiTest(LedgerAudit, harness.DbTestCase):
     server_env = dict(FAST, TENANTD_JOB_WORKERS="2")
 
@@ -640,7 +623,6 @@ def verify_signature(headers, body, secret):
     return hmac.compare_digest(mac, m.group(2)) and abs(time.time() - int(m.group(1))) < 60
 
 
-@needs_jobs
 class WebhookTest(LedgerAudit, harness.DbTestCase):
     start_server = False
 
@@ -755,7 +737,6 @@ def tls_receiver(cert, key):
     return Receiver(tls=ctx)
 
 
-@needs_jobs
 class WebhookTlsTest(LedgerAudit, harness.DbTestCase):
     """webhook.deliver over https: the receiver's certificate is verified
     against the system's CAs plus TENANTD_WEBHOOK_CA_FILE, and against the
@@ -854,7 +835,6 @@ class WebhookTlsTest(LedgerAudit, harness.DbTestCase):
                 self.assertIn("TENANTD_WEBHOOK_CA_FILE", srv.log())
 
 
-@needs_jobs
 class WebhookWorkerAllowListTest(LedgerAudit, harness.DbTestCase):
     """The worker's own allow list decides: a job accepted by a server that
     allows the host, run by a `tenantd worker` that does not, fails without
@@ -909,7 +889,6 @@ def job_starts(log):
     return out
 
 
-@needs_jobs
 class TimeoutTest(LedgerAudit, harness.DbTestCase):
     """TENANTD_JOB_TIMEOUT_MS bounds every attempt: a job that runs longer
     fails the attempt ("timed out"), retries, and is refunded at the end."""
@@ -931,7 +910,6 @@ class TimeoutTest(LedgerAudit, harness.DbTestCase):
         self.assertEqual(ok["status"], "succeeded")
 
 
-@needs_jobs
 class SchedulingTest(LedgerAudit, harness.DbTestCase):
     """Ordering and fairness, with the server's workers off: jobs are queued
     first, then `tenantd worker` processes run them."""
