@@ -222,16 +222,46 @@ class JobsApiTest(LedgerAudit, harness.DbTestCase):
         self.assertTrue(self.ledger.check_sum(org_id))
 
     def test_backoff_grows(self):
-        """Retries wait base * 2^(attempt-1) (with jitter of 0.5..1): the
-        gaps between attempts are visible in run_at."""
+        """Retries wait base * 2^(attempt-1) (with jitter of 0.5..1), capped
+        at the max: each retry's wait, as the database scheduled it (run_at
+        minus the moment of the failure, traced by a trigger), lies in its
+        own band and is longer than the one before; no attempt starts
+        before its run_at."""
+        sql = lambda q: self.pg.psql(q, db=self.dbname)
+        sql("CREATE TABLE public.t_job_trace (job uuid, status text, attempts int, "
+            "run_at timestamptz, at timestamptz);"
+            "CREATE FUNCTION public.t_job_trace() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN INSERT INTO public.t_job_trace VALUES (NEW.id, NEW.status, NEW.attempts, "
+            "NEW.run_at, clock_timestamp()); RETURN NEW; END $$;"
+            "CREATE TRIGGER t_job_trace AFTER UPDATE ON public.jobs "
+            "FOR EACH ROW EXECUTE FUNCTION public.t_job_trace()")
+        self.addCleanup(sql, "DROP TABLE public.t_job_trace; "
+                        "DROP TRIGGER t_job_trace ON public.jobs; "
+                        "DROP FUNCTION public.t_job_trace()")
         _, token, _ = self.fresh_org()
         job = enqueue(self.server, token, "fail", {}, max_attempts=4)
         done = wait_job(self.server, token, job["id"])
         self.assertEqual(done["status"], "failed")
         self.assertEqual(done["attempts"], 4)
-        # total backoff >= 0.5 * (20 + 40 + 80) ms
-        elapsed = parse_ts(done["finished_at"]) - parse_ts(done["started_at"])
-        self.assertGreaterEqual(elapsed.total_seconds(), 0.07)
+        rows = [r.split("|") for r in sql(
+            "SELECT status, attempts, round(extract(epoch FROM run_at - at) * 1000), "
+            "round(extract(epoch FROM at) * 1000) FROM public.t_job_trace "
+            f"WHERE job = '{job['id']}' ORDER BY at")]
+        base, cap = int(FAST["TENANTD_JOB_RETRY_BASE_MS"]), int(FAST["TENANTD_JOB_RETRY_MAX_MS"])
+        waits = [int(float(w)) for st, _, w, _ in rows if st == "queued"]
+        self.assertEqual(len(waits), 3, rows)
+        for k, w in enumerate(waits, start=1):
+            full = min(cap, base * 2 ** (k - 1))
+            self.assertGreaterEqual(w, full // 2 - 1, (k, waits))
+            self.assertLessEqual(w, full + 1, (k, waits))
+        self.assertLess(waits[0], waits[1], waits)
+        self.assertLess(waits[1], waits[2], waits)
+        # Each retry started no earlier than its run_at.
+        seq = [(st, int(float(w)), int(float(at))) for st, _, w, at in rows]
+        for i, (st, w, at) in enumerate(seq):
+            if st == "queued":
+                nxt = next(r for r in seq[i + 1:] if r[0] == "running")
+                self.assertGreaterEqual(nxt[2] - at, w - 1, seq)
 
     def test_cancel_refunds_once(self):
         _, token, org_id = self.fresh_org()
