@@ -230,13 +230,26 @@ class DbRestartTest(unittest.TestCase):
         first = enqueue(server, token, "sleep", {"ms": 1})
         self.assertEqual(wait_job(server, token, first["id"], timeout=10)["status"], "succeeded")
 
+        listening = lambda: sum(1 for line in worker.log_lines()
+                                if line.get("msg") == "job listener: listening")
+        self.assertEqual(listening(), 1, worker.log())
         self.pg.stop()
-        time.sleep(0.5)
         self.pg.start()
-        # Let the worker reconnect and fall asleep again (its reconnection
-        # back-off is at most a few hundred ms here): from then on only a
-        # NOTIFY on a re-issued LISTEN can wake it within the hour.
-        time.sleep(2)
+        # Wait for the listener to reconnect (its second "listening": the
+        # wake-all that follows it is spent) and for the worker thread to
+        # have claimed nothing on its new connection and gone idle: from
+        # then on only a NOTIFY on the re-issued LISTEN can wake it within
+        # the hour.
+        deadline = time.time() + 30
+        while True:
+            idle = self.pg.psql(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tenantd worker'"
+                " AND state = 'idle' AND query LIKE '%tenantd_job_claim%'")[0]
+            if listening() >= 2 and idle == "1":
+                break
+            self.assertLess(time.time(), deadline, worker.log()[-4000:])
+            time.sleep(0.05)
+        self.assertEqual(listening(), 2, worker.log())
         # the server's pool reconnects on its own; retry the enqueue until it does
         deadline = time.time() + 20
         while True:
