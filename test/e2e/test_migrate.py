@@ -5,6 +5,7 @@ gets its own database."""
 import glob
 import hashlib
 import os
+import re
 import subprocess
 import time
 import unittest
@@ -80,6 +81,17 @@ class MigrateTest(unittest.TestCase):
     def expected(self, files):
         return [(v, n, c) for v, (n, c) in sorted(files.items())]
 
+    def merge_patch_fns(self, schema):
+        return self.sql("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = "
+                        f"p.pronamespace WHERE n.nspname = {lit(schema)} "
+                        "AND p.proname = 'jsonb_merge_patch'")
+
+    def poll(self, cond, msg, timeout=30):
+        deadline = time.time() + timeout
+        while not cond():
+            self.assertLess(time.time(), deadline, msg)
+            time.sleep(0.05)
+
     # -- tests ----------------------------------------------------------
 
     def test_up_then_status(self):
@@ -119,11 +131,19 @@ class MigrateTest(unittest.TestCase):
         self.assertRegex(r.stdout, r"0001_records\s+2 applied, 0 pending")
 
         latest = max(self.tenant)
+        self.assertGreaterEqual(latest, 2)
+        for s in ("tenant_a", weird):
+            self.assertEqual(self.merge_patch_fns(s), ["1"], s)
         r = self.migrate("down", "1", "--tenant")
         for s in ("tenant_a", weird):
             self.assertEqual(self.applied(s), self.expected(self.tenant)[:-1])
-            if latest == 1:
-                self.assertFalse(self.has_table(s, "records"), s)
+            self.assertTrue(self.has_table(s, "records"), s)
+            self.assertEqual(self.merge_patch_fns(s), ["0"], s)  # 0002's object
+        # Every tenant step down: the objects of 0001 are gone too.
+        r = self.migrate("down", str(latest - 1), "--tenant")
+        for s in ("tenant_a", weird):
+            self.assertEqual(self.applied(s), [])
+            self.assertFalse(self.has_table(s, "records"), s)
         self.assertEqual(self.applied(), self.expected(self.control), "control untouched")
         r = self.migrate("status")
         self.assertIn("2 schema(s): 0 current, 2 behind", r.stdout)
@@ -242,14 +262,39 @@ class MigrateTest(unittest.TestCase):
         self.assertEqual(self.applied(), self.expected(self.control))
 
     def test_two_runs_at_once(self):
+        """Two runs started together truly overlap: a psql session holds
+        the migration lock until both runs are waiting on it (pg_locks),
+        then lets go; the lock must keep serialising them from there."""
+        with open(os.path.join(harness.SOURCE_DIR, "src", "db", "migrate.c")) as f:
+            key = re.search(r'#define LOCK_KEY "(\d+)"', f.read()).group(1)
+        waiting_sql = ("SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                       "WHERE l.locktype = 'advisory' AND NOT l.granted "
+                       "AND d.datname = current_database()")
+        held_sql = waiting_sql.replace("NOT l.granted", "l.granted")
+
         def race():
-            env = dict(os.environ, DATABASE_URL=self.url)
-            procs = [subprocess.Popen([harness.BIN, "migrate", "up"], env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                     for _ in range(2)]
+            holder = subprocess.Popen([harness.PSQL, self.url, "-qAt"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.DEVNULL, text=True)
+            try:
+                holder.stdin.write(f"SELECT pg_advisory_lock({key});\n")
+                holder.stdin.flush()
+                self.poll(lambda: self.sql(held_sql) == ["1"], "psql never took the lock")
+                env = dict(os.environ, DATABASE_URL=self.url)
+                procs = [subprocess.Popen([harness.BIN, "migrate", "up"], env=env, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         for _ in range(2)]
+                self.poll(lambda: self.sql(waiting_sql) == ["2"] or
+                          any(p.poll() is not None for p in procs),
+                          "the two runs never both waited on the lock")
+                self.assertEqual([p.poll() for p in procs], [None, None],
+                                 "a run ended while another session held the lock")
+            finally:
+                holder.stdin.close()  # psql ends its session: the lock is free
+                holder.wait(10)
             outs = [p.communicate(timeout=60) for p in procs]
             for p, (out, err) in zip(procs, outs):
                 self.assertEqual(p.returncode, 0, f"stdout={out!r} stderr={err!r}")
+                self.assertIn("holds the lock; waiting", out + err)
                 for mark in SANITIZER_MARKS:
                     self.assertNotIn(mark, err)
             return outs
