@@ -4,7 +4,13 @@
  * background thread; each input is sent raw on a new TCP connection to
  * 127.0.0.1, the client's write side is shut down, and the answer is read
  * until the server closes. Findings: a crash or sanitizer report, a hang
- * (no close within 5 s), or an answer that is not HTTP/1.1.
+ * (no close within 5 s), an answer that is not HTTP/1.1, and a desync: the
+ * input is also parsed by a reference llhttp (the server's settings: no
+ * lenient flags) that counts the requests the server must answer (complete
+ * ones, up to the first that ends the connection); the answers, parsed as
+ * responses, must number exactly that, or at most one more when the last
+ * is an error that closes (a rejected or unfinished request). More answers
+ * than requests means a request was read out of another's bytes.
  *
  * Build with clang, the core compiled with coverage:
  *   cmake -S . -B build/fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug \
@@ -22,6 +28,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -199,8 +206,113 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     abort();
 }
 
+/* ---- the desync check ---------------------------------------------------- */
+
+#define MAX_REQS 4096
+
+/* The requests the input holds, as the reference parser reads them. */
+struct reqs {
+    int complete;       /* answers owed: complete requests up to the first closing one */
+    bool ended;         /* a request that ends the connection was seen */
+    unsigned char head[MAX_REQS]; /* request i was HEAD: its answer has no body */
+};
+
+static int ref_headers_complete(llhttp_t *p)
+{
+    struct reqs *r = p->data;
+    if (!r->ended && r->complete < MAX_REQS)
+        r->head[r->complete] = p->method == HTTP_HEAD;
+    return 0;
+}
+
+static int ref_message_complete(llhttp_t *p)
+{
+    struct reqs *r = p->data;
+    if (r->ended)
+        return 0;
+    r->complete++;
+    if (!llhttp_should_keep_alive(p) || p->upgrade)
+        r->ended = true;
+    return 0;
+}
+
+/* The answers, as a response parser reads them. */
+struct answers {
+    const struct reqs *reqs;
+    int n;          /* final (non-1xx) answers */
+    bool last_close; /* the last final answer says the connection ends */
+    bool in_message;
+};
+
+static int ans_message_begin(llhttp_t *p)
+{
+    ((struct answers *)p->data)->in_message = true;
+    return 0;
+}
+
+static int ans_headers_complete(llhttp_t *p)
+{
+    struct answers *a = p->data;
+    /* An answer to HEAD has no body whatever its Content-Length says. */
+    if (p->status_code >= 200 && a->n < MAX_REQS && a->reqs->head[a->n])
+        return 1;
+    return 0;
+}
+
+static int ans_message_complete(llhttp_t *p)
+{
+    struct answers *a = p->data;
+    a->in_message = false;
+    if (p->status_code >= 200) {
+        a->n++;
+        a->last_close = !llhttp_should_keep_alive(p);
+    }
+    return 0;
+}
+
+static void count_requests(const uint8_t *data, size_t size, struct reqs *r)
+{
+    static llhttp_settings_t st;
+    static bool init;
+    if (!init) {
+        llhttp_settings_init(&st);
+        st.on_headers_complete = ref_headers_complete;
+        st.on_message_complete = ref_message_complete;
+        init = true;
+    }
+    llhttp_t p;
+    llhttp_init(&p, HTTP_REQUEST, &st);
+    p.data = r;
+    llhttp_execute(&p, (const char *)data, size); /* stops at the first error */
+}
+
+static void finding(const char *what, int n, int k)
+{
+    fprintf(stderr, "fuzz_http: %s (answers %d, requests %d)\n", what, n, k);
+    abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    static struct reqs reqs;
+    memset(&reqs, 0, sizeof reqs);
+    count_requests(data, size, &reqs);
+
+    static llhttp_settings_t ast;
+    static bool ainit;
+    if (!ainit) {
+        llhttp_settings_init(&ast);
+        ast.on_message_begin = ans_message_begin;
+        ast.on_headers_complete = ans_headers_complete;
+        ast.on_message_complete = ans_message_complete;
+        ainit = true;
+    }
+    struct answers ans = {.reqs = &reqs};
+    llhttp_t ap;
+    llhttp_init(&ap, HTTP_RESPONSE, &ast);
+    ap.data = &ans;
+    bool bad_answer = false, reset = false;
+
     int s = connect_server();
     if (s < 0)
         abort();
@@ -226,16 +338,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 fprintf(stderr, "fuzz_http: the server neither answered nor closed in 5 s\n");
                 abort();
             }
+            reset = true;
             break; /* reset: allowed after an error answer */
         }
         for (ssize_t i = 0; i < n && got + (size_t)i < 8; i++)
             first[got + (size_t)i] = buf[i];
         got += (size_t)n;
+        if (!bad_answer && llhttp_execute(&ap, buf, (size_t)n) != HPE_OK)
+            bad_answer = true;
     }
     close(s);
     if (got >= 8 && memcmp(first, "HTTP/1.1", 8) != 0) {
         fprintf(stderr, "fuzz_http: the answer does not start with HTTP/1.1\n");
         abort();
     }
+    if (bad_answer)
+        finding("the answers are not well-formed HTTP/1.1 responses", ans.n, reqs.complete);
+    if (!reset && ans.in_message)
+        finding("the last answer is cut short", ans.n, reqs.complete);
+    /* One answer per request; one more only for the error that closes. */
+    if (ans.n > reqs.complete + 1 || (ans.n == reqs.complete + 1 && !ans.last_close))
+        finding("more answers than requests: the server read a request the input does not hold",
+                ans.n, reqs.complete);
+    /* Fewer: only when the server closed early (an error answer, or a
+     * reset that may have eaten answers). */
+    if (ans.n < reqs.complete && !reset && !(ans.n > 0 && ans.last_close))
+        finding("requests left unanswered without an error", ans.n, reqs.complete);
     return 0;
 }

@@ -5,7 +5,9 @@
  * random mutations (bit flips, byte edits, cut and copied ranges, runs of
  * one byte, boundary numbers, tokens of the dictionary, splices of two
  * inputs). Not coverage-guided: it keeps the corpus passing and shakes the
- * parser a little on every run; real fuzzing stays with clang (see
+ * parser a little on every run (each input also checked for desync: as
+ * many answers as the input holds requests, see fuzz_http.c); real
+ * fuzzing stays with clang (see
  * fuzz_http.c).
  *
  *   fuzz_http_replay CORPUS_DIR DICT
