@@ -95,10 +95,67 @@ def cluster():
     return _default
 
 
+_reserved_ports = []
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port of 127.0.0.1 that stays this process's: a socket bound to it
+    (SO_REUSEADDR and SO_REUSEPORT, never listening) is kept open until the
+    process ends. No other bind to port 0 and no outgoing connection can
+    then be given the port in the gap before tenantd or PostgreSQL binds it
+    (both may bind beside a socket that does not listen: both set
+    SO_REUSEADDR, tenantd SO_REUSEPORT too), and a port used as "nothing
+    listens there" stays closed: connecting to it is refused."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    _reserved_ports.append(s)
+    return s.getsockname()[1]
+
+
+# ---- secrets must never reach a log ----
+#
+# Every password, token and key a test sends or receives through Server
+# (and every secret setting it starts tenantd with) is collected here; each
+# server's log is scanned for all of them when it stops.
+
+_secrets = set()
+SECRET_FIELDS = {"password", "new_password", "current_password", "access_token",
+                 "refresh_token", "key", "token", "secret"}
+SECRET_SETTINGS = ("TENANTD_JWT_SECRET", "TENANTD_OPERATOR_TOKEN", "TENANTD_WEBHOOK_SECRET")
+
+
+def secret(value):
+    """Registers a string that must never appear in a server log (a
+    password, token, key, or a canary in a body)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str) and len(value) >= 12 and len(set(value)) > 4:
+        _secrets.add(value)
+
+
+def _collect(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, str) and k.lower() in SECRET_FIELDS:
+                secret(v)
+            else:
+                _collect(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            _collect(v)
+
+
+def _collect_headers(headers):
+    for k, v in (headers or {}).items():
+        if isinstance(v, str) and k.lower() == "authorization":
+            secret(v.split(" ", 1)[-1])
+
+
+def leaked_secrets(log):
+    """The registered secrets that appear in log text."""
+    return sorted(x for x in _secrets if x in log)
 
 
 def run_tenantd(args, db_url, env=None, timeout=60):
@@ -125,6 +182,8 @@ class Server:
             "TENANTD_SIGNUP_LIMIT": "0",
         })
         self.env.update(env or {})
+        for name in SECRET_SETTINGS:
+            secret(self.env.get(name))
         self.args = list(args)
         self.proc = None
         self.stderr = tempfile.NamedTemporaryFile(prefix="tenantd-", suffix=".log", delete=False)
@@ -178,6 +237,9 @@ class Server:
         log = self.log()
         if "ERROR: AddressSanitizer" in log or "runtime error:" in log or "ERROR: LeakSanitizer" in log:
             raise AssertionError("sanitizer report:\n" + log)
+        leaked = leaked_secrets(log)
+        if leaked:
+            raise AssertionError(f"secrets in the server log {self.stderr.name}: {leaked}")
         return self.proc.returncode
 
     def conn(self, timeout=10):
@@ -188,13 +250,20 @@ class Server:
         c = self.conn(timeout)
         h = dict(headers or {})
         if isinstance(body, (dict, list)):
+            _collect(body)
             body = json.dumps(body)
             h.setdefault("Content-Type", "application/json")
+        _collect_headers(h)
         c.request(method, path, body=body, headers=h)
         r = c.getresponse()
         data = r.read()
         c.close()
         r.body = data
+        if "json" in (r.getheader("Content-Type") or "") and len(data) < (1 << 20):
+            try:
+                _collect(json.loads(data))
+            except ValueError:
+                pass
         return r
 
     def get(self, path, headers=None):

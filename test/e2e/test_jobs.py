@@ -596,21 +596,26 @@ class JobsApiTest(LedgerAudit, harness.DbTestCase):
 
 class Receiver:
     """A local HTTP server that records what it is sent and answers with the
-    statuses queued in `answers` (then 200); HTTPS with `tls` (an
-    ssl.SSLContext of the server side)."""
+    statuses queued for the request's path in `answers` (then 200); HTTPS
+    with `tls` (an ssl.SSLContext of the server side). Tests sharing one
+    receiver each use their own path (new_path), so a late retry of one
+    test's job never lands in another's count."""
 
     def __init__(self, tls=None):
         self.requests = []
-        self.answers = []
+        self.answers = {}  # path -> [status, ...]
         self.connections = 0
+        self.lock = threading.Lock()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 n = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(n)
-                outer.requests.append((self.path, dict(self.headers), body))
-                code = outer.answers.pop(0) if outer.answers else 200
+                with outer.lock:
+                    outer.requests.append((self.path, dict(self.headers), body))
+                    queued = outer.answers.get(self.path)
+                    code = queued.pop(0) if queued else 200
                 self.send_response(code)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -622,7 +627,8 @@ class Receiver:
             daemon_threads = True
 
             def verify_request(self, request, client_address):
-                outer.connections += 1
+                with outer.lock:
+                    outer.connections += 1
                 return True
 
         self.httpd = Server(("127.0.0.1", 0), Handler)
@@ -632,6 +638,15 @@ class Receiver:
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
+
+    @staticmethod
+    def new_path(suffix=""):
+        return "/t/" + uuid.uuid4().hex + suffix
+
+    def sent_to(self, path):
+        """[(headers, body)] of the requests to `path`, in arrival order."""
+        with self.lock:
+            return [(h, b) for p, h, b in self.requests if p == path]
 
     def close(self):
         self.httpd.shutdown()
@@ -693,40 +708,68 @@ class WebhookTest(LedgerAudit, harness.DbTestCase):
 
     def test_delivers_signed_body(self):
         secret = "whsec_" + uuid.uuid4().hex
-        payload = {"url": f"http://127.0.0.1:{self.rx.port}/hooks/in?x=1", "secret": secret,
+        path = self.rx.new_path("?x=1")
+        payload = {"url": f"http://127.0.0.1:{self.rx.port}{path}", "secret": secret,
                    "body": {"event": "thing.happened", "n": [1, 2, 3], "text": "caf\u00e9"}}
-        n = len(self.rx.requests)
         job = enqueue(self.server, self.token, "webhook.deliver", payload)
         self.assertNotIn("secret", job["payload"])  # never shown back
         done = wait_job(self.server, self.token, job["id"])
         self.assertEqual(done["status"], "succeeded", done)
         self.assertEqual(done["result"], {"status": 200, "attempt": 1})
         self.assertNotIn("secret", done["payload"])
-        path, headers, body = self.rx.requests[n]
-        self.assertEqual(path, "/hooks/in?x=1")
+        sent = self.rx.sent_to(path)
+        self.assertEqual(len(sent), 1, sent)
+        headers, body = sent[0]
         self.assertEqual(headers["Content-Type"], "application/json")
         self.assertEqual(headers["X-Tenantd-Job"], job["id"])
+        self.assertEqual(headers["X-Tenantd-Attempt"], "1")
         self.assertEqual(json.loads(body), payload["body"])
         self.assertTrue(verify_signature(headers, body, secret))
         self.assertFalse(verify_signature(headers, body, secret + "x"))
         self.assertFalse(verify_signature(headers, body + b" ", secret))
 
     def test_retries_5xx_then_succeeds(self):
-        self.rx.answers[:] = [503, 500]
+        path = self.rx.new_path()
+        self.rx.answers[path] = [503, 500]
         job = enqueue(self.server, self.token, "webhook.deliver", {
-            "url": f"http://127.0.0.1:{self.rx.port}/", "secret": "s" * 16}, max_attempts=5)
+            "url": f"http://127.0.0.1:{self.rx.port}{path}", "secret": "s" * 16}, max_attempts=5)
         done = wait_job(self.server, self.token, job["id"])
         self.assertEqual(done["status"], "succeeded", done)
         self.assertEqual(done["attempts"], 3)
+        self.assertEqual(done["result"], {"status": 200, "attempt": 3})
+        # Each delivery names its job and attempt (receivers de-duplicate on them).
+        sent = self.rx.sent_to(path)
+        self.assertEqual([h["X-Tenantd-Attempt"] for h, _ in sent], ["1", "2", "3"])
+        self.assertEqual({h["X-Tenantd-Job"] for h, _ in sent}, {job["id"]})
+        self.assertEqual(len({b for _, b in sent}), 1, "every attempt sends the same body")
+
+    def test_retry_cap(self):
+        """A receiver that always answers 500 gets exactly max_attempts
+        deliveries, numbered 1..max_attempts; then the job fails, refunded."""
+        path = self.rx.new_path()
+        self.rx.answers[path] = [500] * 10
+        job = enqueue(self.server, self.token, "webhook.deliver", {
+            "url": f"http://127.0.0.1:{self.rx.port}{path}", "secret": "s" * 16}, max_attempts=3)
+        done = wait_job(self.server, self.token, job["id"])
+        self.assertEqual(done["status"], "failed", done)
+        self.assertEqual(done["attempts"], 3)
+        self.assertIn("500", done["error"])
+        self.assertEqual([h["X-Tenantd-Attempt"] for h, _ in self.rx.sent_to(path)],
+                         ["1", "2", "3"])
+        self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -2), ("refund", 2)])
+        time.sleep(0.3)  # well past the 100 ms retry cap of FAST: nothing more comes
+        self.assertEqual(len(self.rx.sent_to(path)), 3)
 
     def test_4xx_fails_without_retry_and_refunds(self):
-        self.rx.answers[:] = [410]
+        path = self.rx.new_path()
+        self.rx.answers[path] = [410]
         job = enqueue(self.server, self.token, "webhook.deliver", {
-            "url": f"http://127.0.0.1:{self.rx.port}/", "secret": "s" * 16}, max_attempts=5)
+            "url": f"http://127.0.0.1:{self.rx.port}{path}", "secret": "s" * 16}, max_attempts=5)
         done = wait_job(self.server, self.token, job["id"])
         self.assertEqual(done["status"], "failed", done)
         self.assertEqual(done["attempts"], 1)
         self.assertIn("410", done["error"])
+        self.assertEqual(len(self.rx.sent_to(path)), 1)
         self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -2), ("refund", 2)])
 
     def test_unreachable_retries_then_fails(self):
@@ -814,12 +857,13 @@ class WebhookTlsTest(LedgerAudit, harness.DbTestCase):
     def test_delivers_over_https_by_name_and_by_address(self):
         for host in ("localhost", "127.0.0.1"):
             with self.subTest(host=host):
-                n = len(self.rx.requests)
-                done, secret = self.deliver(f"https://{host}:{self.rx.port}/in")
+                path = self.rx.new_path()
+                done, secret = self.deliver(f"https://{host}:{self.rx.port}{path}")
                 self.assertEqual(done["status"], "succeeded", done)
                 self.assertEqual(done["result"], {"status": 200, "attempt": 1})
-                path, headers, body = self.rx.requests[n]
-                self.assertEqual(path, "/in")
+                sent = self.rx.sent_to(path)
+                self.assertEqual(len(sent), 1, sent)
+                headers, body = sent[0]
                 self.assertEqual(headers["Host"], f"{host}:{self.rx.port}")
                 self.assertEqual(json.loads(body), {"event": "tls.test"})
                 self.assertTrue(verify_signature(headers, body, secret))
@@ -838,11 +882,11 @@ class WebhookTlsTest(LedgerAudit, harness.DbTestCase):
         self.assertEqual(self.misnamed.requests, [])
 
     def test_plain_http_to_a_tls_port_gets_no_answer(self):
-        n = len(self.rx.requests)
-        done, _ = self.deliver(f"http://localhost:{self.rx.port}/", max_attempts=1)
+        path = self.rx.new_path()
+        done, _ = self.deliver(f"http://localhost:{self.rx.port}{path}", max_attempts=1)
         self.assertEqual(done["status"], "failed", done)
         self.assertIn("no HTTP answer", done["error"])
-        self.assertEqual(len(self.rx.requests), n)
+        self.assertEqual(self.rx.sent_to(path), [])
 
     def test_other_schemes_are_refused_at_enqueue(self):
         for url in (f"ftp://localhost:{self.rx.port}/", f"httpx://localhost:{self.rx.port}/",
