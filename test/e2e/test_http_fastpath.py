@@ -75,7 +75,9 @@ class LazyTimers(harness.DbTestCase):
         self.assertTrue(closed_within(s, 3), "stalled head not cut off")
         elapsed = time.time() - t0
         self.assertGreaterEqual(elapsed, 0.15)
-        self.assertLess(elapsed, 1.0)
+        # The bug is the 2 s idle timeout applying; any margin below it is
+        # slack for a loaded machine or ASan.
+        self.assertLess(elapsed, 1.7)
 
 
 class WholeWrites(harness.DbTestCase):

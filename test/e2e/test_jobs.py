@@ -323,12 +323,27 @@ class JobsApiTest(LedgerAudit, harness.DbTestCase):
 
     def test_run_at_in_the_future(self):
         _, token, _ = self.fresh_org()
-        at = datetime.datetime.utcnow() + datetime.timedelta(seconds=1.2)
+        at = datetime.datetime.utcnow() + datetime.timedelta(seconds=1.5)
         job = enqueue(self.server, token, "sleep", {}, run_at=iso(at))
         self.assertEqual(parse_ts(job["run_at"]), at.replace(microsecond=at.microsecond))
-        time.sleep(0.6)
-        self.assertEqual(wait_job(self.server, token, job["id"], ("queued",))["status"], "queued")
-        done = wait_job(self.server, token, job["id"])
+        # Every look taken before run_at sees it queued (no fixed window
+        # that a slow machine could overrun), and at least one was.
+        early = 0
+        deadline = time.time() + 15
+        while True:
+            asked = datetime.datetime.utcnow()
+            status, body, _ = self.server.json("GET", f"/v1/jobs/{job['id']}", None,
+                                               bearer(token))
+            self.assertEqual(status, 200, body)
+            if asked < at:
+                self.assertEqual(body["status"], "queued", body)
+                early += 1
+            if body["status"] in TERMINAL:
+                break
+            self.assertLess(time.time(), deadline, body)
+            time.sleep(0.05)
+        self.assertGreater(early, 0)
+        done = body
         self.assertEqual(done["status"], "succeeded")
         self.assertGreaterEqual(parse_ts(done["started_at"]), at)
         # an offset other than Z means the same instant
@@ -1077,13 +1092,20 @@ class SchedulingTest(LedgerAudit, harness.DbTestCase):
 
     def test_two_worker_processes_never_run_an_attempt_twice(self):
         orgs = [signup(self.server) for _ in range(4)]
-        n = 0
-        for i in range(200):
-            enqueue(self.server, orgs[i % 4]["access_token"], "sleep", {"ms": i % 3})
-            n += 1
         env = dict(TENANTD_JOB_WORKERS="2", TENANTD_JOB_BATCH="4", TENANTD_LOG_LEVEL="debug")
         w1, w2 = start_worker(self.db_url, **env), start_worker(self.db_url, **env)
+        n = 0
         try:
+            # Both processes listen before the first job exists, so both are
+            # woken by every enqueue: one that starts late (ASan, a loaded
+            # machine) cannot find the queue already drained by the other.
+            deadline = time.time() + 30
+            while not all('"msg":"job listener: listening"' in w.log() for w in (w1, w2)):
+                self.assertLess(time.time(), deadline, w1.log() + w2.log())
+                time.sleep(0.05)
+            for i in range(200):
+                enqueue(self.server, orgs[i % 4]["access_token"], "sleep", {"ms": 2 + i % 3})
+                n += 1
             self.wait_all(n)
         finally:
             self.assertEqual(w1.stop(), 0)
