@@ -247,8 +247,15 @@ class RefreshTest(AuthCase):
         for _ in range(3):
             rt = self.tokens("rita@rot.io")["refresh_token"]
             with concurrent.futures.ThreadPoolExecutor(8) as ex:
-                results = list(ex.map(lambda _: self.refresh(rt)[0], range(8)))
-            self.assertEqual(sorted(results), [200] + [401] * 7, results)
+                results = list(ex.map(lambda _: self.refresh(rt), range(8)))
+            self.assertEqual(sorted(st for st, _, _ in results), [200] + [401] * 7,
+                             [st for st, _, _ in results])
+            # The losers presented a rotated token: reuse, so the family
+            # dies, the winner's new refresh token with it (README: "a
+            # parallel refresh counts as reuse").
+            winner = next(b for st, b, _ in results if st == 200)
+            st, b, _ = self.refresh(winner["refresh_token"])
+            self.assertEqual(st, 401, b)
 
     def test_refresh_bad_input(self):
         self.assertEqual(self.refresh("tdr_" + "A" * 43)[0], 401)  # well-formed, unknown
@@ -461,6 +468,33 @@ class LoginRateLimitTest(AuthCase):
         self.assertEqual(self.login("other@lim.io")[0], 429)
         # Other routes are not limited.
         self.assertEqual(self.server.get("/health").status, 200)
+
+
+class LoginRateLimitPerEmailTest(AuthCase):
+    """The per-email budget holds across client addresses (a password
+    guesser cannot spread one account's attempts over many IPs), and a
+    successful login gives the email its whole budget back. One org, so the
+    test holds whether the key is the email or (org, email)."""
+    server_env = dict(FAST_ARGON2, TENANTD_LOGIN_LIMIT="3", TENANTD_TRUSTED_PROXIES="127.0.0.1")
+
+    def attempt(self, email, ip, password="bad password"):
+        return self.login(email, password, headers={"X-Forwarded-For": ip})[0]
+
+    def test_email_limit_across_ips_and_reset(self):
+        self.seed("perm", [("pat@perm.io", PW, "admin"), ("quinn@perm.io", PW, "admin")])
+        ips = (f"203.0.113.{i}" for i in range(20, 60))  # one fresh address per attempt
+        self.assertEqual([self.attempt("pat@perm.io", next(ips)) for _ in range(4)],
+                         [401, 401, 401, 429])
+        # Even the right password, from yet another address.
+        self.assertEqual(self.attempt("pat@perm.io", next(ips), PW), 429)
+        # Another email of the same org is not limited by pat's attempts.
+        self.assertEqual(self.attempt("quinn@perm.io", next(ips)), 401)
+        # A successful login resets the email's budget: after it, three
+        # more failures pass before the fourth is refused.
+        self.assertEqual(self.attempt("quinn@perm.io", next(ips)), 401)
+        self.assertEqual(self.attempt("quinn@perm.io", next(ips), PW), 200)
+        self.assertEqual([self.attempt("quinn@perm.io", next(ips)) for _ in range(4)],
+                         [401, 401, 401, 429])
 
 
 class LoginRateLimitAcrossLoopsTest(AuthCase):
