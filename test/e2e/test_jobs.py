@@ -148,6 +148,28 @@ class JobsApiTest(LedgerAudit, harness.DbTestCase):
         o = signup(self.server)
         return o, o["access_token"], o["org"]["id"]
 
+    def test_delete_org_removes_its_jobs(self):
+        """DELETE /v1/org deletes the org's jobs, queued and finished alike;
+        another org's jobs stay."""
+        _, token, org_id = self.fresh_org()
+        _, other_token, other_id = self.fresh_org()
+        done = enqueue(self.server, token, "sleep", {})
+        self.assertEqual(wait_job(self.server, token, done["id"])["status"], "succeeded")
+        later = iso(datetime.datetime.utcnow() + datetime.timedelta(hours=1))
+        enqueue(self.server, token, "sleep", {}, run_at=later)
+        kept = enqueue(self.server, other_token, "sleep", {}, run_at=later)
+        count = lambda oid: self.pg.psql(
+            f"SELECT count(*) FROM public.jobs WHERE org_id = '{oid}'", db=self.dbname)[0]
+        self.assertEqual(count(org_id), "2")
+        r = self.server.request("DELETE", "/v1/org", headers=bearer(token))
+        self.assertEqual(r.status, 204, r.body)
+        self.assertEqual(count(org_id), "0")
+        self.assertEqual(count(other_id), "1")
+        status, body, _ = self.server.json("GET", f"/v1/jobs/{kept['id']}", None,
+                                           bearer(other_token))
+        self.assertEqual((status, body["status"]), (200, "queued"), body)
+        self.server.json("POST", f"/v1/jobs/{kept['id']}/cancel", None, bearer(other_token))
+
     def test_job_types(self):
         o, token, _ = self.fresh_org()
         member = create_user(self.server, token, f"m@{o['slug']}.example.com")
@@ -607,6 +629,32 @@ class JobsApiTest(LedgerAudit, harness.DbTestCase):
             self.server, token, "credits.report", {"from": "2001-01-01", "to": "2001-12-31"})["id"])
         self.assertEqual(empty["result"]["days"], [])
         self.assertEqual(empty["result"]["totals"], {})
+
+
+class TestJobsOffTest(LedgerAudit, harness.DbTestCase):
+    """Without TENANTD_TEST_JOBS=1 the sleep and fail types do not exist:
+    not listed, and refused at enqueue without a charge."""
+    server_env = dict(FAST, TENANTD_TEST_JOBS="0", TENANTD_JOB_WORKERS="0")
+
+    def test_sleep_and_fail_hidden(self):
+        ledger = Ledger(self.pg, self.dbname)
+        o = signup(self.server)
+        token, org_id = o["access_token"], o["org"]["id"]
+        status, body, _ = self.server.json("GET", "/v1/job-types", None, bearer(token))
+        self.assertEqual(status, 200, body)
+        names = {t["type"] for t in body["data"]}
+        self.assertIn("records.export", names)
+        self.assertFalse(names & {"sleep", "fail"}, names)
+        before = ledger.balance(org_id)
+        for type_ in ("sleep", "fail"):
+            with self.subTest(type=type_):
+                status, body, _ = self.server.json("POST", "/v1/jobs", {"type": type_},
+                                                   bearer(token))
+                self.assertEqual(status, 422, body)
+                self.assertEqual(body["errors"][0]["field"], "type", body)
+        self.assertEqual(ledger.balance(org_id), before)
+        self.assertEqual(self.pg.psql(f"SELECT count(*) FROM public.jobs WHERE org_id = '{org_id}'",
+                                      db=self.dbname), ["0"])
 
 
 class Receiver:
