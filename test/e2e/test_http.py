@@ -581,6 +581,40 @@ class HttpLimits(harness.DbTestCase):
             time.sleep(0.05)
 
 
+class HttpSmallLimits(harness.DbTestCase):
+    """Non-default TENANTD_MAX_BODY_BYTES and TENANTD_MAX_HEADER_BYTES are
+    the limits: a body or header block at the limit passes, one byte more
+    is 413 / 431."""
+    BODY, HEAD = 1000, 2048
+    server_env = {"TENANTD_MAX_BODY_BYTES": str(BODY), "TENANTD_MAX_HEADER_BYTES": str(HEAD)}
+
+    def status(self, data):
+        r = Raw(self.server.port)
+        self.addCleanup(r.close)
+        r.send(data)
+        return r.response().status
+
+    def test_body_limit(self):
+        for n, want_413 in ((self.BODY, False), (self.BODY + 1, True)):
+            with self.subTest(bytes=n):
+                st = self.status(req("POST", "/nope", body=b"x" * n))
+                self.assertEqual(st == 413, want_413, st)
+                # chunked, the same limit on the decoded size
+                body = b"%x\r\n" % n + b"x" * n + b"\r\n0\r\n\r\n"
+                st = self.status(req("POST", "/nope", [("Transfer-Encoding", "chunked")], body))
+                self.assertEqual(st == 413, want_413, st)
+
+    def test_header_limit(self):
+        def block(total):
+            head = req("GET", "/health", [("X-Pad", "")])
+            pad = total - len(head)
+            return req("GET", "/health", [("X-Pad", "p" * pad)])
+        small = block(self.HEAD - 64)
+        self.assertEqual(self.status(small), 200)
+        self.assertEqual(self.status(block(self.HEAD + 64)), 431)
+        self.assertEqual(self.status(block(4 * self.HEAD)), 431)
+
+
 class HttpTimeouts(harness.DbTestCase):
     server_env = {
         "TENANTD_HEADER_TIMEOUT_MS": "300",
