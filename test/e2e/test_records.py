@@ -696,6 +696,86 @@ class BoundStatementsTest(RecordsTestCase):
         self.assertEqual(self.call("DELETE", path, tok=tok)[0], 204)
 
 
+class PoolPressureTest(RecordsTestCase):
+    """More active orgs than pool connections (TENANTD_DB_POOL_SIZE=2, one
+    loop, six orgs at once): every route of every org still answers with
+    that org's own rows, never another's (a connection reused across orgs
+    must not keep the last org's schema). Bodies carry a canary that must
+    never reach the log."""
+    server_env = dict(FAST_ARGON2, TENANTD_DB_POOL_SIZE="2", TENANTD_THREADS="1")
+    ORGS, ROUNDS = 6, 6
+
+    def test_records_with_more_orgs_than_connections(self):
+        orgs = [self.signup() for _ in range(self.ORGS)]
+        errors = []
+        start = threading.Barrier(self.ORGS)
+
+        def one_org(org):
+            tok = bearer(org["access_token"])
+            tag = org["org"]["id"]
+            canary = "body-canary-" + uuid.uuid4().hex
+            harness.secret(canary)
+            try:
+                start.wait(30)
+                kept = []
+                for i in range(self.ROUNDS):
+                    st, rec, _ = self.call("POST", BASE.format("shared"),
+                                           {"org": tag, "i": i, "c": canary}, tok=tok)
+                    assert st == 201 and rec["data"]["org"] == tag, (st, rec)
+                    path = BASE.format("shared") + "/" + rec["id"]
+                    st, got, _ = self.call("GET", path, tok=tok)
+                    assert st == 200 and got["data"]["org"] == tag, (st, got)
+                    st, got, _ = self.call("PUT", path, {"org": tag, "i": i, "put": True},
+                                           tok=tok)
+                    assert st == 200 and got["data"] == {"org": tag, "i": i, "put": True}, (st, got)
+                    st, got, _ = self.call("PATCH", path, {"patched": i}, tok=tok)
+                    assert st == 200 and got["data"]["org"] == tag and \
+                        got["data"]["patched"] == i and got["version"] == 3, (st, got)
+                    st, page, _ = self.call("GET", BASE.format("shared") + "?limit=100", tok=tok)
+                    assert st == 200, (st, page)
+                    assert {x["data"]["org"] for x in page["data"]} == {tag}, page
+                    assert len(page["data"]) == len(kept) + 1, (len(page["data"]), len(kept))
+                    if i % 2:
+                        st, _, _ = self.call("DELETE", path, tok=tok)
+                        assert st == 204, st
+                        st, _, _ = self.call("GET", path, tok=tok)
+                        assert st == 404, st
+                    else:
+                        kept.append(rec["id"])
+                st, page, _ = self.call("GET", BASE.format("shared") + "?limit=100", tok=tok)
+                assert sorted(x["id"] for x in page["data"]) == sorted(kept), page
+            except Exception as e:  # reported below, with the org
+                errors.append(f"{tag}: {e!r}")
+
+        # The server's connections to this database while the orgs run:
+        # the pool's two, whatever else it keeps (its LISTEN connection).
+        seen = []
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                seen.append(int(self.sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = 'tenantd' AND backend_type = 'client backend'")[0]))
+                time.sleep(0.02)
+
+        threads = [threading.Thread(target=one_org, args=(o,)) for o in orgs]
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        done.set()
+        sampler.join()
+        self.assertEqual(errors, [])
+        self.assertTrue(seen)
+        self.assertLessEqual(max(seen), 2, "the pool outgrew TENANTD_DB_POOL_SIZE")
+        for o in orgs:
+            self.assertEqual(self.rows(o["schema"]), self.ROUNDS // 2 + self.ROUNDS % 2)
+            self.assertEqual(self.rows(o["schema"], f"data->>'org' <> '{o['org']['id']}'"), 0)
+
+
 if __name__ == "__main__":
     import unittest
     unittest.main()
