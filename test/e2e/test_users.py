@@ -455,32 +455,47 @@ class UsersRaceTest(UsersTestBase):
         second = create_user(self.server, key, f"s@{org['slug']}.example.com", role="admin")
         ids = [org["user"]["id"], second["id"]]
         self.call("GET", "/v1/users", token=key)  # the key is cached: auth needs no query
-        tag = uuid.uuid4().hex
+        # The holder keeps its transaction open until told (stdin), so no
+        # fixed duration has to outlast a slow machine.
         holder = subprocess.Popen(
-            [harness.PSQL, self.db_url, "-qAt", "-v", "ON_ERROR_STOP=1", "-c",
-             f"BEGIN; SELECT id FROM public.users WHERE org_id = '{org_id}' FOR UPDATE; "
-             f"SELECT pg_sleep(1.5) /* {tag} */; COMMIT;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            for _ in range(100):
-                if self.sql(f"SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
-                            f"'%pg_sleep(1.5) /* {tag}%' AND pid <> pg_backend_pid()") == ["1"]:
-                    break
+            [harness.PSQL, self.db_url, "-qAt", "-v", "ON_ERROR_STOP=1"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        app = "users-race-" + uuid.uuid4().hex[:12]
+        holder.stdin.write(f"SET application_name = '{app}';\nBEGIN;\n"
+                           f"SELECT id FROM public.users WHERE org_id = '{org_id}' FOR UPDATE;\n")
+        holder.stdin.flush()
+
+        def poll(cond, msg):
+            deadline = time.time() + 30
+            while not cond():
+                self.assertIsNone(holder.poll(), "the lock holder ended early")
+                self.assertLess(time.time(), deadline, msg)
                 time.sleep(0.02)
-            else:
-                self.fail("the lock holder never started")
+
+        try:
+            # Locked: the holder sits idle in its transaction after the SELECT.
+            poll(lambda: self.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                                  f"'{app}' AND state = 'idle in transaction' "
+                                  "AND query LIKE '%FOR UPDATE%'") == ["1"],
+                 "the lock holder never took its locks")
             with concurrent.futures.ThreadPoolExecutor(2) as ex:
                 futs = [ex.submit(self.server.json, m, p.format(*ids), b, bearer(key))
                         for m, p, b in ops]
                 # Both are waiting on the holder's locks before it lets go.
-                time.sleep(0.3)
-                waiting = self.sql("SELECT count(*) FROM pg_stat_activity "
-                                   f"WHERE wait_event_type = 'Lock' AND datname = current_database()")
+                poll(lambda: self.sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database() AND application_name = 'tenantd'") == ["2"],
+                    "the two requests did not both wait on the holder's locks")
+                holder.stdin.write("COMMIT;\n")
+                holder.stdin.close()
                 res = [f.result()[0] for f in futs]
         finally:
-            _, err = holder.communicate(timeout=30)
+            if not holder.stdin.closed:
+                holder.stdin.close()
+            holder.wait(30)
+            err = holder.stderr.read()
+            holder.stderr.close()
         self.assertEqual(holder.returncode, 0, err)
-        self.assertEqual(waiting, ["2"], "the two requests did not overlap in PostgreSQL")
         n = self.sql(f"SELECT count(*) FROM public.users WHERE org_id = '{org_id}' "
                      "AND role = 'admin'")
         return sorted(res), n
