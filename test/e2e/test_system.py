@@ -360,9 +360,15 @@ class ReadyDatabaseDownTest(unittest.TestCase):
         body = self._wait_ready(503)
         self.assertEqual(body["code"], "unavailable")
         self.assertIn("unreachable", body["detail"])
-        t = time.time()
-        self.assertEqual(self.server.get("/health").status, 200)
-        self.assertLess(time.time() - t, 1.0, "/health must not wait for the database")
+        # The fastest of three: one slow answer on a loaded machine is not
+        # the bug (waiting for the database, TENANTD_DB_WAIT_TIMEOUT_MS =
+        # 1 s here, would make every one slow).
+        took = []
+        for _ in range(3):
+            t = time.time()
+            self.assertEqual(self.server.get("/health").status, 200)
+            took.append(time.time() - t)
+        self.assertLess(min(took), 0.9, f"/health must not wait for the database: {took}")
         self.pg.start()
         self._wait_ready(200)
 
