@@ -136,16 +136,21 @@ static void *server_thread(void *arg)
     return NULL;
 }
 
+/* A port kept bound (never listening) for the life of the process, so no
+ * other program is given it before the server binds it beside this socket
+ * (the server sets SO_REUSEADDR and SO_REUSEPORT too). */
 static int free_port(void)
 {
     int s = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t len = sizeof a;
-    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) != 0 ||
+    if (s < 0 || setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        setsockopt(s, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+        bind(s, (struct sockaddr *)&a, sizeof a) != 0 ||
         getsockname(s, (struct sockaddr *)&a, &len) != 0)
         abort();
-    close(s);
-    return ntohs(a.sin_port);
+    return ntohs(a.sin_port); /* s stays open on purpose */
 }
 
 static int connect_server(void)
