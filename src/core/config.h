@@ -40,6 +40,14 @@
       "time allowed to receive a request's headers")                                               \
     X(idle_timeout_ms, TENANTD_IDLE_TIMEOUT_MS, INT, 60000, 1, 3600000,                            \
       "idle keep-alive connections are closed after this")                                         \
+    X(body_timeout_ms, TENANTD_BODY_TIMEOUT_MS, INT, 60000, 1, 3600000,                            \
+      "time allowed to receive a whole request body (not restarted by each read)")                \
+    X(max_unsent_bytes, TENANTD_MAX_UNSENT_BYTES, INT, 268435456, 0, INT64_C(1099511627776),       \
+      "answers held for slow readers, bytes in all; past it the slowest are closed (0 = off)")    \
+    X(max_connections_per_ip, TENANTD_MAX_CONNECTIONS_PER_IP, INT, 4096, 0, 1000000,               \
+      "open connections per peer address per loop; more get 503 (0 = off)")                       \
+    X(metrics_token, TENANTD_METRICS_TOKEN, STR, NULL, 0, 0,                                       \
+      "bearer token for /metrics; unset: /metrics answers loopback clients only")                 \
     X(drain_timeout_ms, TENANTD_DRAIN_TIMEOUT_MS, INT, 10000, 0, 3600000,                          \
       "on SIGTERM/SIGINT, how long in-flight requests may finish")                                 \
     X(jwt_secret, TENANTD_JWT_SECRET, STR, NULL, 0, 0, "HS256 key, >= 32 bytes")                   \

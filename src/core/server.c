@@ -15,6 +15,7 @@
  *             could destroy the answer in flight
  *   CLOSED    handles closing
  */
+#include <assert.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -70,6 +71,10 @@ struct conn {
      * server_send). */
     bool done_queued;
     struct conn *done_prev, *done_next;
+    /* An answer still being written: its size, and its place on ls->wr_*
+     * (oldest first), for the budget of unsent bytes. */
+    size_t unsent;
+    struct conn *wr_prev, *wr_next;
     int status;      /* of the response being written */
     /* Timeouts are lazy (see timer_set): the loop time at which the
      * connection is closed (0: none), and when c->timer fires (0: idle). */
@@ -118,6 +123,8 @@ struct loop_server {
     uv_timer_t drain_timer;
     uv_idle_t done_idle; /* runs write completions queued by server_send */
     struct conn *done_head, *done_tail;
+    struct conn *wr_head, *wr_tail; /* answers not yet written, oldest first */
+    size_t unsent;                  /* their bytes */
     uv_thread_t thread;
     const struct server_hooks *hooks;
     struct server *srv;
@@ -148,6 +155,7 @@ static void conn_respond_error(struct conn *c);
 static void check_drained(struct loop_server *ls);
 static void write_done(struct conn *c, int status);
 static void done_unlink(struct loop_server *ls, struct conn *c);
+static void writer_unlink(struct conn *c);
 
 /* ---- request ids ---- */
 
@@ -916,6 +924,8 @@ static void on_conn_handle_closed(uv_handle_t *h)
     if (--c->open_handles > 0)
         return;
     struct loop_server *ls = c->ls;
+    writer_unlink(c); /* normally done by the cancelled write's callback */
+    assert(!c->done_queued && !c->unsent);
     if (c->req) {
         if (c->dispatched && !c->req->responded) {
             /* The handler still runs; it answers into the void later. */
@@ -1037,6 +1047,7 @@ static void conn_next(struct conn *c)
 static void write_done(struct conn *c, int status)
 {
     struct loop_server *ls = c->ls;
+    writer_unlink(c);
     if (c->req) {
         finish_request(ls, c->req, c->status);
         c->req = NULL;
@@ -1094,7 +1105,79 @@ static void on_done_idle(uv_idle_t *h)
         uv_idle_stop(h);
 }
 
-void server_send(struct request *req, int status, char *buf, size_t len)
+/* ---- the budget of unsent answers ---- */
+
+/* Bytes of answers whose write has not completed, over all loops. Each
+ * answer holds its whole arena (head and body) until then. */
+static atomic_size_t unsent_total;
+
+static void writer_unlink(struct conn *c)
+{
+    if (!c->unsent)
+        return;
+    struct loop_server *ls = c->ls;
+    if (c->wr_prev)
+        c->wr_prev->wr_next = c->wr_next;
+    else
+        ls->wr_head = c->wr_next;
+    if (c->wr_next)
+        c->wr_next->wr_prev = c->wr_prev;
+    else
+        ls->wr_tail = c->wr_prev;
+    c->wr_prev = c->wr_next = NULL;
+    assert(ls->unsent >= c->unsent);
+    ls->unsent -= c->unsent;
+    atomic_fetch_sub(&unsent_total, c->unsent);
+    c->unsent = 0;
+}
+
+/* An answer that did not go out at once waits in ls->wr_*, oldest first:
+ * the head is the connection that has read least of what it asked for. */
+static void writer_link(struct conn *c, size_t bytes)
+{
+    struct loop_server *ls = c->ls;
+    assert(!c->unsent && bytes > 0);
+    c->unsent = bytes;
+    c->wr_prev = ls->wr_tail;
+    c->wr_next = NULL;
+    if (ls->wr_tail)
+        ls->wr_tail->wr_next = c;
+    else
+        ls->wr_head = c;
+    ls->wr_tail = c;
+    ls->unsent += bytes;
+    atomic_fetch_add(&unsent_total, bytes);
+}
+
+/*
+ * Over TENANTD_MAX_UNSENT_BYTES: a loop holding more than its share closes
+ * its slowest readers (oldest unfinished writes) until the process is back
+ * under budget or the loop under its share. Loops only touch their own
+ * connections; one that holds much trims itself the next time it answers.
+ * `keep` (the answer just queued) is never closed here: one answer larger
+ * than the budget still goes out.
+ */
+static void shed_slow_readers(struct loop_server *ls, struct conn *keep)
+{
+    size_t budget = (size_t)g_config->max_unsent_bytes;
+    if (!budget)
+        return;
+    size_t share = budget / (size_t)ls->srv->nloops;
+    size_t closed = 0;
+    while (atomic_load(&unsent_total) > budget && ls->unsent > share && ls->wr_head &&
+           ls->wr_head != keep) {
+        struct conn *v = ls->wr_head;
+        writer_unlink(v);
+        conn_close(v);
+        closed++;
+    }
+    if (closed)
+        log_msg(LOG_WARN, "loop %d: closed %zu slow readers (unsent answers over %zu bytes)",
+                ls->ctx.index, closed, budget);
+}
+
+void server_send(struct request *req, int status, char *head, size_t head_len, char *body,
+                 size_t body_len)
 {
     struct conn *c = req->conn;
     struct loop_server *ls = req->ctx->server;
@@ -1109,6 +1192,9 @@ void server_send(struct request *req, int status, char *buf, size_t len)
         c->req = NULL;
         return;
     }
+    /* One answer per request: none is being written (a parse error is
+     * answered from IDLE, HEAD or BODY, a handled request from HANDLING). */
+    assert(c->dispatched && !c->unsent && c->state != C_WRITING && c->state != C_LINGER);
     if (server_must_close(req))
         read_off(c); /* the rest is drained by conn_linger */
     free(c->body);   /* an error answered mid-body: the rest is never read */
@@ -1117,14 +1203,18 @@ void server_send(struct request *req, int status, char *buf, size_t len)
     c->status = status;
     c->state = C_WRITING;
     c->write_req.data = c;
-    uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+    uv_buf_t b[2] = {uv_buf_init(head, (unsigned)head_len),
+                     uv_buf_init(body, (unsigned)(body ? body_len : 0))};
+    unsigned nb = body && body_len ? 2 : 1;
+    size_t total = head_len + (nb == 2 ? body_len : 0);
+    uv_buf_t *first = b;
     /* Most answers fit the socket buffer: write them here. A whole write
      * then completes through ls->done_idle rather than uv_write, whose
      * completion costs an epoll_ctl per response. The rest, or all of it
      * on EAGAIN or an error, goes through uv_write as before. */
     if (!c->cont_in_flight) {
-        int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-        if (n >= 0 && (size_t)n == len) {
+        int n = uv_try_write((uv_stream_t *)&c->tcp, b, nb);
+        if (n >= 0 && (size_t)n == total) {
             timer_clear(c);
             c->done_prev = ls->done_tail;
             c->done_next = NULL;
@@ -1139,11 +1229,17 @@ void server_send(struct request *req, int status, char *buf, size_t len)
             return;
         }
         if (n > 0) {
-            b.base += n;
-            b.len -= (size_t)n;
+            size_t done = (size_t)n;
+            if (done >= b[0].len) {
+                done -= b[0].len;
+                first = &b[1];
+                nb = 1;
+            }
+            first->base += done;
+            first->len -= done;
         }
     }
-    int r = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    int r = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, first, nb, on_write);
     if (r != 0) {
         finish_request(ls, req, status);
         c->req = NULL;
@@ -1151,11 +1247,15 @@ void server_send(struct request *req, int status, char *buf, size_t len)
         return;
     }
     /* Usually written at once; otherwise a client that does not read gets
-     * the idle timeout. */
-    if (c->tcp.write_queue_size > 0)
+     * the idle timeout, and the answer counts against the unsent budget
+     * until written. */
+    if (c->tcp.write_queue_size > 0) {
         timer_set(c, (uint64_t)g_config->idle_timeout_ms);
-    else
+        writer_link(c, total);
+        shed_slow_readers(ls, c);
+    } else {
         timer_clear(c);
+    }
 }
 
 /* ---- accepting ---- */
