@@ -33,6 +33,7 @@
 #include <openssl/rand.h>
 
 #include "core/config.h"
+#include "core/connset.h"
 #include "core/cors.h"
 #include "core/http.h"
 #include "core/http_internal.h"
@@ -80,6 +81,9 @@ struct conn {
      * connection is closed (0: none), and when c->timer fires (0: idle). */
     uint64_t deadline, timer_due;
     char client_ip[INET6_ADDRSTRLEN];
+    uint8_t ip_key[16]; /* the peer address, counted in ls->ips when ip_counted */
+    bool ip_counted;
+    struct qnode idle_node; /* on ls->idle while in C_IDLE, oldest first */
 
     /* Bytes after a complete request, kept until its answer is written. */
     char *pending;
@@ -132,6 +136,9 @@ struct loop_server {
     char *readbuf; /* shared by the loop's connections: each read is parsed at once */
     struct conn *conns;
     size_t nconns;
+    size_t nclosing;    /* of nconns, closed but handles not yet released */
+    struct queue idle;  /* connections waiting for a request, oldest first */
+    struct ipcount ips; /* open connections per peer address */
     size_t orphans; /* requests whose client left before the handler answered */
     bool listening, stopping;
     uint64_t last_refusal_log;
@@ -235,6 +242,49 @@ static bool sane_request_id(const char *s)
             return false;
     }
     return n > 0;
+}
+
+/* ---- connection states ---- */
+
+/* Every state change goes through here, so that a transition the design
+ * does not have trips an assert (Debug and ASan builds). A parse error is
+ * answered (WRITING) from IDLE, HEAD or BODY. */
+static void conn_state(struct conn *c, enum conn_state next)
+{
+#ifndef NDEBUG
+    static const unsigned allowed[] = {
+        [C_IDLE] = 1u << C_HEAD | 1u << C_WRITING | 1u << C_CLOSED,
+        [C_HEAD] = 1u << C_BODY | 1u << C_WRITING | 1u << C_CLOSED,
+        [C_BODY] = 1u << C_HANDLING | 1u << C_WRITING | 1u << C_CLOSED,
+        [C_HANDLING] = 1u << C_WRITING | 1u << C_CLOSED,
+        [C_WRITING] = 1u << C_IDLE | 1u << C_LINGER | 1u << C_CLOSED,
+        [C_LINGER] = 1u << C_CLOSED,
+        [C_CLOSED] = 0,
+    };
+    assert(allowed[c->state] & (1u << next));
+#endif
+    c->state = next;
+    /* Only a connection waiting for a request may be taken for a new one. */
+    assert(!c->idle_node.queued || next == C_IDLE);
+}
+
+static struct conn *conn_of_idle(struct qnode *n)
+{
+    return (struct conn *)(void *)((char *)n - offsetof(struct conn, idle_node));
+}
+
+/* The connection waits for a request: newest on the idle queue. */
+static void idle_enter(struct conn *c)
+{
+    assert(c->state == C_IDLE);
+    if (!c->idle_node.queued)
+        queue_push(&c->ls->idle, &c->idle_node);
+}
+
+static void idle_leave(struct conn *c)
+{
+    if (c->idle_node.queued)
+        queue_remove(&c->ls->idle, &c->idle_node);
 }
 
 /* ---- small helpers ---- */
@@ -389,7 +439,8 @@ static int on_message_begin(llhttp_t *p)
     struct conn *c = p->data;
     drop_request(c); /* none should remain; keeps the invariant cheap */
     new_request(c);
-    c->state = C_HEAD;
+    idle_leave(c);
+    conn_state(c, C_HEAD);
     timer_set(c, (uint64_t)g_config->header_timeout_ms);
     return 0;
 }
@@ -638,10 +689,10 @@ static int on_headers_complete(llhttp_t *p)
         c->body = xrealloc(c->body, first);
         c->body_cap = first;
         c->body_len = 0;
-        c->state = C_BODY;
+        conn_state(c, C_BODY);
         timer_set(c, (uint64_t)g_config->idle_timeout_ms);
     } else {
-        c->state = C_BODY; /* on_message_complete follows at once */
+        conn_state(c, C_BODY); /* on_message_complete follows at once */
     }
     return 0;
 }
@@ -687,7 +738,7 @@ static int on_message_complete(llhttp_t *p)
     /* Upgrade / CONNECT leave the parser in another protocol: answer, then
      * close. */
     c->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
-    c->state = C_HANDLING;
+    conn_state(c, C_HANDLING);
     timer_clear(c);
     return HPE_PAUSED; /* one request at a time; the rest waits in c->pending */
 }
@@ -925,7 +976,11 @@ static void on_conn_handle_closed(uv_handle_t *h)
         return;
     struct loop_server *ls = c->ls;
     writer_unlink(c); /* normally done by the cancelled write's callback */
-    assert(!c->done_queued && !c->unsent);
+    assert(!c->done_queued && !c->unsent && !c->idle_node.queued);
+    assert(ls->nclosing > 0);
+    ls->nclosing--;
+    if (c->ip_counted)
+        ipcount_del(&ls->ips, c->ip_key);
     if (c->req) {
         if (c->dispatched && !c->req->responded) {
             /* The handler still runs; it answers into the void later. */
@@ -958,7 +1013,9 @@ static void conn_close(struct conn *c)
 {
     if (c->state == C_CLOSED)
         return;
-    c->state = C_CLOSED;
+    idle_leave(c);
+    conn_state(c, C_CLOSED);
+    c->ls->nclosing++;
     c->reading = false;
     if (c->done_queued) { /* written: finish it now, as uv_write's callback would */
         done_unlink(c->ls, c);
@@ -980,7 +1037,7 @@ static void on_shutdown(uv_shutdown_t *r, int status)
  * unread bytes with an RST that could destroy the response in flight. */
 static void conn_linger(struct conn *c)
 {
-    c->state = C_LINGER;
+    conn_state(c, C_LINGER);
     c->shutdown_req.data = c;
     if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
         conn_close(c);
@@ -1025,7 +1082,8 @@ bool server_http10_keep_alive(const struct request *req)
 /* The next pipelined request, or back to reading. */
 static void conn_next(struct conn *c)
 {
-    c->state = C_IDLE;
+    conn_state(c, C_IDLE);
+    idle_enter(c);
     c->dispatched = false;
     timer_set(c, (uint64_t)g_config->idle_timeout_ms);
     llhttp_resume(&c->parser);
@@ -1201,7 +1259,7 @@ void server_send(struct request *req, int status, char *head, size_t head_len, c
     c->body = NULL;
     c->body_len = c->body_cap = 0;
     c->status = status;
-    c->state = C_WRITING;
+    conn_state(c, C_WRITING);
     c->write_req.data = c;
     uv_buf_t b[2] = {uv_buf_init(head, (unsigned)head_len),
                      uv_buf_init(body, (unsigned)(body ? body_len : 0))};
@@ -1305,6 +1363,30 @@ static void refuse(struct loop_server *ls)
     }
 }
 
+/* Refuses a connection already accepted into c (not yet set up): 503 and
+ * close, like refuse(). */
+static void refuse_accepted(struct loop_server *ls, struct conn *c, const char *why)
+{
+    uv_buf_t b = uv_buf_init(refusal, (unsigned)refusal_len);
+    (void)uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    uv_close((uv_handle_t *)&c->tcp, free_handle); /* c is the handle's start */
+    uint64_t now = uv_now(&ls->loop);
+    if (now - ls->last_refusal_log >= 1000 || !ls->last_refusal_log) {
+        ls->last_refusal_log = now;
+        log_msg(LOG_WARN, "loop %d: connection from %s refused: %s", ls->ctx.index,
+                c->client_ip, why);
+    }
+}
+
+/*
+ * A new client. When the table (TENANTD_MAX_CONNECTIONS per loop) is full,
+ * the connection that has waited longest for a request is closed to make
+ * room; only when none waits is the new one refused (503). Before that, a
+ * peer address already holding TENANTD_MAX_CONNECTIONS_PER_IP connections
+ * of this loop is refused, so that one address cannot take the table. The
+ * peer is the TCP peer: behind a proxy that is the proxy (the client named
+ * by X-Forwarded-For is only known once a request arrives).
+ */
 static void on_connection(uv_stream_t *server, int status)
 {
     struct loop_server *ls = server->data;
@@ -1314,7 +1396,9 @@ static void on_connection(uv_stream_t *server, int status)
     }
     if (ls->ctx.draining)
         return;
-    if (ls->nconns >= (size_t)g_config->max_connections) {
+    size_t max = (size_t)g_config->max_connections;
+    assert(ls->nconns >= ls->nclosing);
+    if (ls->nconns - ls->nclosing >= max && !ls->idle.head) {
         refuse(ls);
         return;
     }
@@ -1328,6 +1412,31 @@ static void on_connection(uv_stream_t *server, int status)
         uv_close((uv_handle_t *)&c->tcp, free_handle); /* c is the handle's start */
         return;
     }
+    struct sockaddr_storage sa;
+    int salen = sizeof sa;
+    strcpy(c->client_ip, "-");
+    bool have_peer = uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) == 0;
+    if (have_peer) {
+        if (sa.ss_family == AF_INET)
+            uv_ip4_name((struct sockaddr_in *)&sa, c->client_ip, sizeof c->client_ip);
+        else if (sa.ss_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)&sa, c->client_ip, sizeof c->client_ip);
+        if (ipcount_key((struct sockaddr *)&sa, c->ip_key)) {
+            size_t cap = (size_t)g_config->max_connections_per_ip;
+            if (!ipcount_add(&ls->ips, c->ip_key, cap)) {
+                refuse_accepted(ls, c, "too many connections from this address");
+                return;
+            }
+            c->ip_counted = true;
+        }
+    }
+    if (ls->nconns - ls->nclosing >= max) {
+        /* Full: the longest-waiting connection makes room. */
+        struct conn *oldest = conn_of_idle(ls->idle.head);
+        log_msg(LOG_DEBUG, "loop %d: table full, closing the idle connection from %s",
+                ls->ctx.index, oldest->client_ip);
+        conn_close(oldest);
+    }
     uv_timer_init(&ls->loop, &c->timer);
     c->timer.data = c;
     c->open_handles = 2;
@@ -1339,19 +1448,10 @@ static void on_connection(uv_stream_t *server, int status)
     if (ls->ctx.metrics)
         metrics_conn_open(ls->ctx.metrics, +1);
     uv_tcp_nodelay(&c->tcp, 1);
-
-    struct sockaddr_storage sa;
-    int salen = sizeof sa;
-    strcpy(c->client_ip, "-");
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) == 0) {
-        if (sa.ss_family == AF_INET)
-            uv_ip4_name((struct sockaddr_in *)&sa, c->client_ip, sizeof c->client_ip);
-        else if (sa.ss_family == AF_INET6)
-            uv_ip6_name((struct sockaddr_in6 *)&sa, c->client_ip, sizeof c->client_ip);
-    }
     llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
     c->parser.data = c;
     c->state = C_IDLE;
+    idle_enter(c);
     /* A new connection must start its request promptly. */
     timer_set(c, (uint64_t)g_config->header_timeout_ms);
     read_on(c);
@@ -1445,6 +1545,7 @@ static void loop_thread(void *arg)
         start_drain(ls);
     }
     uv_run(&ls->loop, UV_RUN_DEFAULT);
+    ipcount_free(&ls->ips);
     if (ls->orphans)
         log_msg(LOG_WARN, "loop %d: %zu requests never answered", ls->ctx.index, ls->orphans);
     if (uv_loop_close(&ls->loop) != 0)
