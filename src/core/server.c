@@ -265,7 +265,8 @@ static void conn_state(struct conn *c, enum conn_state next)
 #endif
     c->state = next;
     /* Only a connection waiting for a request may be taken for a new one. */
-    assert(!c->idle_node.queued || next == C_IDLE);
+    if (next != C_IDLE && c->idle_node.queued)
+        queue_remove(&c->ls->idle, &c->idle_node);
 }
 
 static struct conn *conn_of_idle(struct qnode *n)
