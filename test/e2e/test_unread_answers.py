@@ -127,7 +127,7 @@ class UnreadAnswersTest(harness.DbTestCase):
                 time.sleep(0.2)
             grown_mib = (peak - base) / 1024
             print(f"RSS grew {grown_mib:.1f} MiB", flush=True)
-            self.assertGreater(served, 5)
+            self.assertGreaterEqual(served, 3)
             # Unbounded, this holds CLIENTS answers of RECORDS * RECORD_BYTES
             # each, twice (about 960 MiB); with 4 MiB pages but no unsent
             # budget, about 100 MiB; with the 16 MiB budget, about 32.
