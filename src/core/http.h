@@ -59,7 +59,8 @@ struct request {
     char *body; /* NUL-terminated (the NUL is not counted) */
     size_t body_len;
     const char *request_id; /* the client's sane X-Request-Id, or a new one */
-    const char *client_ip;
+    const char *client_ip;  /* the client, per TENANTD_TRUSTED_PROXIES (core/proxy.h) */
+    const char *peer_ip;    /* the TCP peer, whatever X-Forwarded-For says */
 
     /* Filled by the router. */
     const struct route *route;

@@ -522,7 +522,7 @@ static void new_request(struct conn *c)
     req->method_str = "-";
     req->target = "";
     req->path = "";
-    req->client_ip = arena_strdup(a, peer_name(c));
+    req->client_ip = req->peer_ip = arena_strdup(a, peer_name(c));
     c->req = req;
     c->a->span_len = 0;
     c->a->url_started = false;
