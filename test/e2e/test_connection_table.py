@@ -111,6 +111,36 @@ class ConnectionTableTest(harness.DbTestCase):
                 x.close()
 
 
+class IdleSweepTest(harness.DbTestCase):
+    """A kept-alive connection gives its request state back while it waits
+    and takes it again for the next request; the loop's sweep closes it
+    after the idle timeout, counted from its last answer."""
+    server_env = {"TENANTD_IDLE_TIMEOUT_MS": "600"}
+
+    def connect(self):
+        return socket.create_connection(("127.0.0.1", self.server.port), timeout=5)
+
+    def test_idle_closed_busy_kept(self):
+        idle, busy = self.connect(), self.connect()
+        try:
+            for s in (idle, busy):
+                s.sendall(GET)
+                self.assertEqual(read_answer(s)[0], 200)
+            t0 = time.time()
+            closed_at = None
+            while time.time() - t0 < 2.0:
+                busy.sendall(GET)  # a request every 200 ms or so
+                self.assertEqual(read_answer(busy)[0], 200)
+                if closed_at is None and closed_by_server(idle, 0.2):
+                    closed_at = time.time() - t0
+            self.assertIsNotNone(closed_at, "the idle connection was never closed")
+            self.assertGreater(closed_at, 0.3)
+            self.assertLess(closed_at, 1.6)
+        finally:
+            idle.close()
+            busy.close()
+
+
 class PerAddressCapTest(harness.DbTestCase):
     server_env = {"TENANTD_MAX_CONNECTIONS_PER_IP": "3"}
 
