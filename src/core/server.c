@@ -113,15 +113,15 @@ struct conn {
     uv_tcp_t tcp;
     struct loop_server *ls;
     struct conn *prev, *next;
-    struct active *a; /* NULL only while idle between requests, or closed */
+    struct active *a;    /* NULL only while idle between requests, or closed */
     struct request *req; /* the request being parsed or handled */
     enum conn_state state;
     int open_handles;
     bool reading;
-    bool keep_alive; /* decided when a request completes */
-    bool must_close; /* an error, or the server drains */
-    bool dispatched; /* c->req is with its handler */
-    bool peer_eof;   /* the client half-closed while its request ran */
+    bool keep_alive;     /* decided when a request completes */
+    bool must_close;     /* an error, or the server drains */
+    bool dispatched;     /* c->req is with its handler */
+    bool peer_eof;       /* the client half-closed while its request ran */
     bool cont_in_flight; /* a 100 Continue write whose callback is still due */
     /* Queued on ls->done_* when the response went out whole at once (see
      * server_send). */
@@ -156,14 +156,14 @@ struct loop_server {
     char *readbuf; /* shared by the loop's connections: each read is parsed at once */
     struct conn *conns;
     size_t nconns;
-    size_t nclosing;    /* of nconns, closed but handles not yet released */
-    struct queue idle;  /* kept-alive connections waiting for a request, oldest first */
-    struct queue fresh; /* new connections that have not begun a request, oldest first */
-    uv_timer_t idle_timer;            /* closes ls->idle's connections past the idle timeout */
-    struct active *free_actives;      /* the pool of struct active */
+    size_t nclosing;             /* of nconns, closed but handles not yet released */
+    struct queue idle;           /* kept-alive connections waiting for a request, oldest first */
+    struct queue fresh;          /* new connections that have not begun a request, oldest first */
+    uv_timer_t idle_timer;       /* closes ls->idle's connections past the idle timeout */
+    struct active *free_actives; /* the pool of struct active */
     size_t nfree_actives;
     struct ipcount ips; /* open connections per peer address */
-    size_t orphans; /* requests whose client left before the handler answered */
+    size_t orphans;     /* requests whose client left before the handler answered */
     bool listening, stopping;
     uint64_t last_refusal_log;
 };
@@ -330,7 +330,7 @@ static const char *peer_name(const struct conn *c)
 /* ---- the pool of struct active ---- */
 
 #define ACTIVE_POOL_MAX 64 /* kept for reuse per loop; more are freed */
-#define SPAN_KEEP 1024      /* a pooled span buffer up to this size is kept */
+#define SPAN_KEEP 1024     /* a pooled span buffer up to this size is kept */
 
 static void free_active(uv_handle_t *h)
 {
@@ -778,7 +778,8 @@ static int on_headers_complete(llhttp_t *p)
         return -1;
     }
     if (c->a->te_count) {
-        if (c->a->te_count > 1 || strcasecmp(c->a->te_value, "chunked") != 0 || p->http_minor == 0) {
+        if (c->a->te_count > 1 || strcasecmp(c->a->te_value, "chunked") != 0 ||
+            p->http_minor == 0) {
             reject(c, PROBLEM_BAD_REQUEST,
                    "Transfer-Encoding must be exactly \"chunked\" (HTTP/1.1 only).");
             return -1;
@@ -839,7 +840,8 @@ static int on_chunk_extension(llhttp_t *p, const char *at, size_t len)
     struct conn *c = p->data;
     c->a->ext_bytes += len;
     if (c->a->ext_bytes > (size_t)g_config->max_header_bytes)
-        return reject(c, PROBLEM_HEADERS_TOO_LARGE, "The request's chunk extensions are too large.");
+        return reject(c, PROBLEM_HEADERS_TOO_LARGE,
+                      "The request's chunk extensions are too large.");
     return 0;
 }
 
@@ -1087,7 +1089,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     case C_WRITING:
         /* Pipelined bytes wait for their turn; past one buffer's worth the
          * socket stops being read (backpressure). */
-        buf_append(&c->a->pending, &c->a->pending_len, &c->a->pending_cap, buf->base, (size_t)nread);
+        buf_append(&c->a->pending, &c->a->pending_len, &c->a->pending_cap, buf->base,
+                   (size_t)nread);
         if (c->a->pending_len >= READ_BUF_SIZE)
             read_off(c);
         return;
@@ -1409,8 +1412,8 @@ void server_send(struct request *req, int status, char *head, size_t head_len, c
      * answered from IDLE, HEAD or BODY, a handled request from HANDLING). */
     assert(c->dispatched && !c->a->unsent && c->state != C_WRITING && c->state != C_LINGER);
     if (server_must_close(req))
-        read_off(c); /* the rest is drained by conn_linger */
-    free(c->a->body);   /* an error answered mid-body: the rest is never read */
+        read_off(c);  /* the rest is drained by conn_linger */
+    free(c->a->body); /* an error answered mid-body: the rest is never read */
     c->a->body = NULL;
     c->a->body_len = c->a->body_cap = 0;
     c->a->status = status;
@@ -1528,8 +1531,8 @@ static void refuse_accepted(struct loop_server *ls, struct conn *c, const char *
     uint64_t now = uv_now(&ls->loop);
     if (now - ls->last_refusal_log >= 1000 || !ls->last_refusal_log) {
         ls->last_refusal_log = now;
-        log_msg(LOG_WARN, "loop %d: connection from %s refused: %s", ls->ctx.index,
-                peer_name(c), why);
+        log_msg(LOG_WARN, "loop %d: connection from %s refused: %s", ls->ctx.index, peer_name(c),
+                why);
     }
 }
 

@@ -138,7 +138,8 @@ static void json_release(void *p)
  * They are neither stored nor replayed; a replay gets fresh ones. */
 static bool per_request_header(const char *name, const char *value)
 {
-    return strncasecmp(name, "Access-Control-", 15) == 0 || strncasecmp(name, "RateLimit-", 10) == 0 ||
+    return strncasecmp(name, "Access-Control-", 15) == 0 ||
+           strncasecmp(name, "RateLimit-", 10) == 0 ||
            (strcasecmp(name, "Vary") == 0 && strcasecmp(value, "Origin") == 0);
 }
 
