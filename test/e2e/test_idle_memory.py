@@ -49,7 +49,8 @@ class IdleMemoryTest(harness.DbTestCase):
             per_conn = (rss_kib(pid) - base) / CONNS
             # Before the change every connection kept its header buffer
             # (8 KiB here) and its timer and parser: about 10 KiB each.
-            self.assertLess(per_conn, 2.0, f"{per_conn:.2f} KiB per idle connection")
+            # (Under 1 KiB in a normal build; ASan adds its redzones.)
+            self.assertLess(per_conn, 4.0, f"{per_conn:.2f} KiB per idle connection")
             # And they all still serve.
             for s in socks[:50]:
                 s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
