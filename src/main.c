@@ -40,6 +40,7 @@ static void loop_start(struct loop_ctx *ctx)
         .wait_timeout_ms = (int)c->db_wait_timeout_ms,
         .statement_timeout_ms = (int)c->db_statement_timeout_ms,
         .reconnect_max_ms = (int)c->db_reconnect_max_ms,
+        .shed_wait_ms = (int)c->db_shed_wait_ms,
         .metrics = ctx->metrics,
     };
     ctx->db = db_pool_new(ctx->loop, &o);

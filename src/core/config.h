@@ -26,6 +26,8 @@
       "queries in flight on one connection (1 = no pipelining)")                                   \
     X(db_wait_timeout_ms, TENANTD_DB_WAIT_TIMEOUT_MS, INT, 5000, 1, 600000,                        \
       "how long a request waits for a database connection before 503")                            \
+    X(db_shed_wait_ms, TENANTD_DB_SHED_WAIT_MS, INT, 1000, 0, 600000,                              \
+      "all connections busy and the oldest waiting request waited this long: 503 at once (0 = off)") \
     X(db_statement_timeout_ms, TENANTD_DB_STATEMENT_TIMEOUT_MS, INT, 10000, 0, 3600000,            \
       "PostgreSQL statement_timeout (0 = none)")                                                   \
     X(db_reconnect_max_ms, TENANTD_DB_RECONNECT_MAX_MS, INT, 5000, 10, 600000,                     \
@@ -40,6 +42,14 @@
       "time allowed to receive a request's headers")                                               \
     X(idle_timeout_ms, TENANTD_IDLE_TIMEOUT_MS, INT, 60000, 1, 3600000,                            \
       "idle keep-alive connections are closed after this")                                         \
+    X(body_timeout_ms, TENANTD_BODY_TIMEOUT_MS, INT, 60000, 1, 3600000,                            \
+      "time allowed to receive a whole request body (not restarted by each read)")                \
+    X(max_unsent_bytes, TENANTD_MAX_UNSENT_BYTES, INT, 268435456, 0, INT64_C(1099511627776),       \
+      "answers held for slow readers, bytes in all; past it the slowest are closed (0 = off)")    \
+    X(max_connections_per_ip, TENANTD_MAX_CONNECTIONS_PER_IP, INT, 4096, 0, 1000000,               \
+      "open connections per peer address per loop; more get 503 (0 = off)")                       \
+    X(metrics_token, TENANTD_METRICS_TOKEN, STR, NULL, 0, 0,                                       \
+      "bearer token for /metrics; unset: /metrics answers loopback clients only")                 \
     X(drain_timeout_ms, TENANTD_DRAIN_TIMEOUT_MS, INT, 10000, 0, 3600000,                          \
       "on SIGTERM/SIGINT, how long in-flight requests may finish")                                 \
     X(jwt_secret, TENANTD_JWT_SECRET, STR, NULL, 0, 0, "HS256 key, >= 32 bytes")                   \

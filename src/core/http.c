@@ -274,8 +274,18 @@ static void put_header(struct out *o, const char *name, const char *value)
     put(o, "\r\n", 2);
 }
 
-void http_respond(struct request *req, int status, const char *content_type, const char *body,
-                  size_t len)
+/* Bodies up to this size are copied behind the head and go out in one
+ * buffer; larger ones are written from where they lie (see respond). */
+#define COPY_BODY_MAX 16384
+
+/*
+ * Serializes the head and hands head and body to the server. `owned`: the
+ * body stays valid until the request's arena is freed, so a large one is
+ * written in place; otherwise it is copied (into the head's buffer when
+ * small, alone when large, so never twice).
+ */
+static void respond(struct request *req, int status, const char *content_type, const char *body,
+                    size_t len, bool owned)
 {
     if (req->responded) {
         log_msg(LOG_ERROR, "http_respond called twice for request %s",
@@ -305,7 +315,8 @@ void http_respond(struct request *req, int status, const char *content_type, con
     for (const struct http_out_header *h = req->out_headers; h; h = h->next)
         cap += strlen(h->name) + strlen(h->value) + 4;
     bool send_body = !req->head && len > 0;
-    if (send_body)
+    bool inline_body = send_body && len <= COPY_BODY_MAX;
+    if (inline_body)
         cap += len;
 
     struct out o = {arena_alloc(req->arena, cap), 0};
@@ -335,9 +346,33 @@ void http_respond(struct request *req, int status, const char *content_type, con
     for (const struct http_out_header *h = req->out_headers; h; h = h->next)
         put_header(&o, h->name, h->value);
     put(&o, "\r\n", 2);
-    if (send_body)
+    if (inline_body) {
         put(&o, body, len);
-    server_send(req, status, o.p, o.n);
+        server_send(req, status, o.p, o.n, NULL, 0);
+        return;
+    }
+    if (!send_body) {
+        server_send(req, status, o.p, o.n, NULL, 0);
+        return;
+    }
+    char *b = (char *)body;
+    if (!owned) {
+        b = arena_alloc(req->arena, len);
+        memcpy(b, body, len);
+    }
+    server_send(req, status, o.p, o.n, b, len);
+}
+
+void http_respond(struct request *req, int status, const char *content_type, const char *body,
+                  size_t len)
+{
+    respond(req, status, content_type, body, len, false);
+}
+
+void http_respond_arena(struct request *req, int status, const char *content_type, char *body,
+                        size_t len)
+{
+    respond(req, status, content_type, body, len, true);
 }
 
 void http_respond_json(struct request *req, int status, json_t *json)
@@ -353,8 +388,10 @@ void http_respond_json(struct request *req, int status, json_t *json)
         http_respond(req, 500, "application/problem+json", fallback, sizeof fallback - 1);
         return;
     }
-    http_respond(req, status, "application/json", text, strlen(text));
-    free(text);
+    /* jansson's buffer is handed over, not copied: it is freed with the
+     * arena once written. */
+    arena_cleanup(req->arena, free, text);
+    http_respond_arena(req, status, "application/json", text, strlen(text));
 }
 
 void http_respond_empty(struct request *req, int status)

@@ -59,7 +59,8 @@ struct request {
     char *body; /* NUL-terminated (the NUL is not counted) */
     size_t body_len;
     const char *request_id; /* the client's sane X-Request-Id, or a new one */
-    const char *client_ip;
+    const char *client_ip;  /* the client, per TENANTD_TRUSTED_PROXIES (core/proxy.h) */
+    const char *peer_ip;    /* the TCP peer, whatever X-Forwarded-For says */
 
     /* Filled by the router. */
     const struct route *route;
@@ -94,13 +95,21 @@ const char *http_query(const struct request *req, const char *name);
 void http_set_header(struct request *req, const char *name, const char *value);
 
 /*
- * Sends the response. Copies body; adds Content-Length, Content-Type (when
+ * Sends the response. Copies body (once); adds Content-Length, Content-Type (when
  * non-NULL), Date, X-Request-Id and Connection as needed, logs the access
  * line and counts metrics. For HEAD the body is left out but its length kept.
  * Calling it twice is a bug (aborts).
  */
 void http_respond(struct request *req, int status, const char *content_type, const char *body,
                   size_t len);
+/*
+ * http_respond without the copy: body must stay valid until req->arena is
+ * freed (it lies in the arena, or an arena_cleanup frees it), and a large
+ * one is written from there. For large answers (lists), so that they are
+ * never held twice.
+ */
+void http_respond_arena(struct request *req, int status, const char *content_type, char *body,
+                        size_t len);
 /* Serializes json (compact) as application/json and responds; steals the
  * reference to json. */
 void http_respond_json(struct request *req, int status, json_t *json);

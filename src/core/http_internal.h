@@ -19,11 +19,13 @@ bool server_must_close(const struct request *req);
 bool server_http10_keep_alive(const struct request *req);
 
 /*
- * Hands a serialized response (buf, len, allocated in req->arena) to the
- * connection. The server writes it, then logs the access line, counts
- * metrics with `status`, and frees req->arena. If the client is gone it
- * does the same without writing.
+ * Hands a serialized response to the connection: the head (head, head_len)
+ * and, when body is not NULL, the body after it, both valid until
+ * req->arena is freed (neither is copied). The server writes them, then
+ * logs the access line, counts metrics with `status`, and frees req->arena.
+ * If the client is gone it does the same without writing.
  */
-void server_send(struct request *req, int status, char *buf, size_t len);
+void server_send(struct request *req, int status, char *head, size_t head_len, char *body,
+                 size_t body_len);
 
 #endif

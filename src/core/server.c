@@ -15,7 +15,9 @@
  *             could destroy the answer in flight
  *   CLOSED    handles closing
  */
+#include <assert.h>
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -32,6 +34,7 @@
 #include <openssl/rand.h>
 
 #include "core/config.h"
+#include "core/connset.h"
 #include "core/cors.h"
 #include "core/http.h"
 #include "core/http_internal.h"
@@ -50,31 +53,29 @@ enum conn_state { C_IDLE, C_HEAD, C_BODY, C_HANDLING, C_WRITING, C_LINGER, C_CLO
 
 struct loop_server;
 
-struct conn {
-    uv_tcp_t tcp;
-    uv_timer_t timer;
+/*
+ * What a connection needs only while a request is under way: its timer,
+ * the parser and its accumulators, the write and shutdown requests and the
+ * pipelined bytes. A keep-alive connection waiting for its next request
+ * gives it back to the loop's pool (and holds only struct conn, ~0.4 KiB);
+ * the next request's first bytes take one again.
+ */
+struct active {
+    uv_timer_t timer; /* data: the connection using it */
+    struct active *next_free;
     uv_shutdown_t shutdown_req;
     uv_write_t write_req; /* the response; one at a time */
-    struct loop_server *ls;
-    struct conn *prev, *next;
     llhttp_t parser;
-    enum conn_state state;
-    int open_handles;
-    bool reading;
-    bool keep_alive; /* decided when a request completes */
-    bool must_close; /* an error, or the server drains */
-    bool dispatched; /* c->req is with its handler */
-    bool peer_eof;   /* the client half-closed while its request ran */
-    bool cont_in_flight; /* a 100 Continue write whose callback is still due */
-    /* Queued on ls->done_* when the response went out whole at once (see
-     * server_send). */
-    bool done_queued;
+    int status; /* of the response being written */
+    /* On ls->done_* while done_queued (see server_send). */
     struct conn *done_prev, *done_next;
-    int status;      /* of the response being written */
+    /* An answer still being written: its size, and its place on ls->wr_*
+     * (oldest first), for the budget of unsent bytes. */
+    size_t unsent;
+    struct conn *wr_prev, *wr_next;
     /* Timeouts are lazy (see timer_set): the loop time at which the
-     * connection is closed (0: none), and when c->timer fires (0: idle). */
+     * connection is closed (0: none), and when the timer fires (0: idle). */
     uint64_t deadline, timer_due;
-    char client_ip[INET6_ADDRSTRLEN];
 
     /* Bytes after a complete request, kept until its answer is written. */
     char *pending;
@@ -88,15 +89,15 @@ struct conn {
     enum { SCAN_BEFORE, SCAN_HEAD, SCAN_DONE } scan; /* raw obs-fold scan of the head */
     uint32_t scan_tail;                              /* its last four bytes */
 
-    /* The request being parsed and its accumulators. */
-    struct request *req;
+    /* The request's accumulators. */
     char *span; /* a URL, header name or value arriving in pieces */
     size_t span_len, span_cap;
     bool url_started;
     const char *field; /* current header name, in the arena */
     size_t field_len;
     size_t headers_cap;
-    size_t trailer_bytes;
+    size_t trailer_bytes, ext_bytes;
+    uint64_t body_deadline; /* loop time by which the whole body must be in */
     int cl_count, te_count, host_count;
     const char *te_value, *expect;
     char *body;
@@ -106,6 +107,34 @@ struct conn {
     bool failed;
     enum problem problem;
     const char *detail;
+};
+
+struct conn {
+    uv_tcp_t tcp;
+    struct loop_server *ls;
+    struct conn *prev, *next;
+    struct active *a;    /* NULL only while idle between requests, or closed */
+    struct request *req; /* the request being parsed or handled */
+    enum conn_state state;
+    int open_handles;
+    bool reading;
+    bool keep_alive;     /* decided when a request completes */
+    bool must_close;     /* an error, or the server drains */
+    bool dispatched;     /* c->req is with its handler */
+    bool peer_eof;       /* the client half-closed while its request ran */
+    bool cont_in_flight; /* a 100 Continue write whose callback is still due */
+    /* Queued on ls->done_* when the response went out whole at once (see
+     * server_send). */
+    bool done_queued;
+    bool ip_counted; /* ip_key counted in ls->ips */
+    bool have_ip;
+    uint8_t ip_key[16]; /* the peer address (IPv4 as IPv4-mapped IPv6) */
+    /* While in C_IDLE: on ls->fresh (no request yet; header timer) or
+     * ls->idle (kept alive; closed by the loop's sweep at idle_since +
+     * TENANTD_IDLE_TIMEOUT_MS), oldest first. */
+    struct qnode idle_node;
+    struct queue *idleq;
+    uint64_t idle_since;
 };
 
 struct server;
@@ -118,6 +147,8 @@ struct loop_server {
     uv_timer_t drain_timer;
     uv_idle_t done_idle; /* runs write completions queued by server_send */
     struct conn *done_head, *done_tail;
+    struct conn *wr_head, *wr_tail; /* answers not yet written, oldest first */
+    size_t unsent;                  /* their bytes */
     uv_thread_t thread;
     const struct server_hooks *hooks;
     struct server *srv;
@@ -125,7 +156,14 @@ struct loop_server {
     char *readbuf; /* shared by the loop's connections: each read is parsed at once */
     struct conn *conns;
     size_t nconns;
-    size_t orphans; /* requests whose client left before the handler answered */
+    size_t nclosing;             /* of nconns, closed but handles not yet released */
+    struct queue idle;           /* kept-alive connections waiting for a request, oldest first */
+    struct queue fresh;          /* new connections that have not begun a request, oldest first */
+    uv_timer_t idle_timer;       /* closes ls->idle's connections past the idle timeout */
+    struct active *free_actives; /* the pool of struct active */
+    size_t nfree_actives;
+    struct ipcount ips; /* open connections per peer address */
+    size_t orphans;     /* requests whose client left before the handler answered */
     bool listening, stopping;
     uint64_t last_refusal_log;
 };
@@ -148,6 +186,7 @@ static void conn_respond_error(struct conn *c);
 static void check_drained(struct loop_server *ls);
 static void write_done(struct conn *c, int status);
 static void done_unlink(struct loop_server *ls, struct conn *c);
+static void writer_unlink(struct conn *c);
 
 /* ---- request ids ---- */
 
@@ -229,6 +268,148 @@ static bool sane_request_id(const char *s)
     return n > 0;
 }
 
+/* ---- connection states ---- */
+
+/* Every state change goes through here, so that a transition the design
+ * does not have trips an assert (Debug and ASan builds). A parse error is
+ * answered (WRITING) from IDLE, HEAD or BODY. */
+static void conn_state(struct conn *c, enum conn_state next)
+{
+#ifndef NDEBUG
+    static const unsigned allowed[] = {
+        [C_IDLE] = 1u << C_HEAD | 1u << C_WRITING | 1u << C_CLOSED,
+        [C_HEAD] = 1u << C_BODY | 1u << C_WRITING | 1u << C_CLOSED,
+        [C_BODY] = 1u << C_HANDLING | 1u << C_WRITING | 1u << C_CLOSED,
+        [C_HANDLING] = 1u << C_WRITING | 1u << C_CLOSED,
+        [C_WRITING] = 1u << C_IDLE | 1u << C_LINGER | 1u << C_CLOSED,
+        [C_LINGER] = 1u << C_CLOSED,
+        [C_CLOSED] = 0,
+    };
+    assert(allowed[c->state] & (1u << next));
+#endif
+    c->state = next;
+    /* Only a connection waiting for a request may be taken for a new one. */
+    if (next != C_IDLE && c->idleq) {
+        queue_remove(c->idleq, &c->idle_node);
+        c->idleq = NULL;
+    }
+}
+
+static struct conn *conn_of_idle(struct qnode *n)
+{
+    return (struct conn *)(void *)((char *)n - offsetof(struct conn, idle_node));
+}
+
+static void on_idle_timer(uv_timer_t *t);
+
+/* The connection waits for a request: newest on q (ls->fresh or ls->idle). */
+static void idle_enter(struct conn *c, struct queue *q)
+{
+    assert(c->state == C_IDLE && !c->idleq);
+    queue_push(q, &c->idle_node);
+    c->idleq = q;
+    struct loop_server *ls = c->ls;
+    if (q == &ls->idle && !uv_is_active((uv_handle_t *)&ls->idle_timer))
+        uv_timer_start(&ls->idle_timer, on_idle_timer, (uint64_t)g_config->idle_timeout_ms, 0);
+}
+
+/* The peer address for logs (a thread's buffer, valid until the next call). */
+static const char *peer_name(const struct conn *c)
+{
+    static _Thread_local char buf[INET6_ADDRSTRLEN];
+    static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (!c->have_ip)
+        return "-";
+    if (memcmp(c->ip_key, v4mapped, sizeof v4mapped) == 0)
+        inet_ntop(AF_INET, c->ip_key + 12, buf, sizeof buf);
+    else
+        inet_ntop(AF_INET6, c->ip_key, buf, sizeof buf);
+    return buf;
+}
+
+/* ---- the pool of struct active ---- */
+
+#define ACTIVE_POOL_MAX 64 /* kept for reuse per loop; more are freed */
+#define SPAN_KEEP 1024     /* a pooled span buffer up to this size is kept */
+
+static void free_active(uv_handle_t *h)
+{
+    struct active *a = (struct active *)(void *)h; /* the timer is its start */
+    free(a->span);
+    free(a);
+}
+
+/* Gives c a struct active (pooled, or new), its parser fresh. */
+static void active_take(struct conn *c)
+{
+    assert(!c->a && c->state != C_CLOSED);
+    struct loop_server *ls = c->ls;
+    struct active *a = ls->free_actives;
+    if (a) {
+        ls->free_actives = a->next_free;
+        ls->nfree_actives--;
+    } else {
+        a = calloc(1, sizeof *a);
+        if (!a)
+            abort();
+        uv_timer_init(&ls->loop, &a->timer);
+    }
+    a->next_free = NULL;
+    a->timer.data = c;
+    llhttp_init(&a->parser, HTTP_REQUEST, &parser_settings);
+    a->parser.data = c;
+    c->a = a;
+}
+
+/* Takes c's struct active back (no request under way, no write or
+ * shutdown in flight): buffers released, into the pool or freed. */
+static void active_give(struct conn *c)
+{
+    struct active *a = c->a;
+    if (!a)
+        return;
+    struct loop_server *ls = c->ls;
+    c->a = NULL;
+    uv_timer_stop(&a->timer);
+    a->timer.data = NULL;
+    free(a->pending);
+    free(a->body);
+    char *span = a->span;
+    size_t span_cap = a->span_cap;
+    if (span_cap > SPAN_KEEP || ls->stopping || ls->nfree_actives >= ACTIVE_POOL_MAX) {
+        free(span);
+        span = NULL;
+        span_cap = 0;
+    }
+    /* Everything after the timer back to zero, as calloc gave it. */
+    memset((char *)a + sizeof a->timer, 0, sizeof *a - sizeof a->timer);
+    a->span = span;
+    a->span_cap = span_cap;
+    if (ls->stopping || ls->nfree_actives >= ACTIVE_POOL_MAX) {
+        uv_close((uv_handle_t *)&a->timer, free_active);
+        return;
+    }
+    a->next_free = ls->free_actives;
+    ls->free_actives = a;
+    ls->nfree_actives++;
+}
+
+/* Closes the kept-alive connections idle for TENANTD_IDLE_TIMEOUT_MS: all
+ * wait the same time, so ls->idle's head is always the first due. */
+static void on_idle_timer(uv_timer_t *t)
+{
+    struct loop_server *ls = t->data;
+    uint64_t now = uv_now(&ls->loop), timeout = (uint64_t)g_config->idle_timeout_ms;
+    while (ls->idle.head) {
+        struct conn *c = conn_of_idle(ls->idle.head);
+        if (c->idle_since + timeout > now) {
+            uv_timer_start(t, on_idle_timer, c->idle_since + timeout - now, 0);
+            return;
+        }
+        conn_close(c);
+    }
+}
+
 /* ---- small helpers ---- */
 
 static void read_on(struct conn *c);
@@ -236,22 +417,32 @@ static void read_on(struct conn *c);
 static void on_timer(uv_timer_t *t);
 
 /* Sets the connection's one timeout to ms from now. Every request moves it
- * a few times, so c->timer is only restarted when it would fire too late;
+ * a few times, so c->a->timer is only restarted when it would fire too late;
  * firing early, it re-arms itself for the rest (on_timer). */
 static void timer_set(struct conn *c, uint64_t ms)
 {
     uint64_t due = uv_now(&c->ls->loop) + ms;
-    c->deadline = due;
-    if (c->timer_due && c->timer_due <= due)
+    c->a->deadline = due;
+    if (c->a->timer_due && c->a->timer_due <= due)
         return;
-    uv_timer_start(&c->timer, on_timer, ms, 0);
-    c->timer_due = due;
+    uv_timer_start(&c->a->timer, on_timer, ms, 0);
+    c->a->timer_due = due;
+}
+
+/* While a body arrives: a read must come within the idle timeout, and the
+ * whole body within TENANTD_BODY_TIMEOUT_MS of the headers (reads do not
+ * move that), so that a trickle cannot hold the connection forever. */
+static void body_timer(struct conn *c)
+{
+    uint64_t now = uv_now(&c->ls->loop), ms = (uint64_t)g_config->idle_timeout_ms;
+    uint64_t left = c->a->body_deadline > now ? c->a->body_deadline - now : 0;
+    timer_set(c, left < ms ? left : ms);
 }
 
 /* No timeout (a handler runs, or an answer went out whole). */
 static void timer_clear(struct conn *c)
 {
-    c->deadline = 0;
+    c->a->deadline = 0;
 }
 
 static void read_off(struct conn *c)
@@ -290,21 +481,21 @@ static void buf_append(char **buf, size_t *len, size_t *cap, const char *data, s
  * longer at hand. */
 static int byte_before(const struct conn *c, const char *at, size_t k)
 {
-    if ((size_t)(at - c->chunk) >= k)
+    if ((size_t)(at - c->a->chunk) >= k)
         return (unsigned char)at[-(ptrdiff_t)k];
-    if (k == 1 && at == c->chunk)
-        return (unsigned char)c->prev_byte;
+    if (k == 1 && at == c->a->chunk)
+        return (unsigned char)c->a->prev_byte;
     return -1;
 }
 
 static int reject(struct conn *c, enum problem p, const char *detail)
 {
-    if (!c->failed) {
-        c->failed = true;
-        c->problem = p;
-        c->detail = detail;
+    if (!c->a->failed) {
+        c->a->failed = true;
+        c->a->problem = p;
+        c->a->detail = detail;
     }
-    llhttp_set_error_reason(&c->parser, detail);
+    llhttp_set_error_reason(&c->a->parser, detail);
     return HPE_USER;
 }
 
@@ -313,7 +504,7 @@ static int check_head_size(struct conn *c, const char *end)
 {
     if (c->state != C_HEAD)
         return 0;
-    size_t n = c->head_before + (size_t)(end - c->chunk);
+    size_t n = c->a->head_before + (size_t)(end - c->a->chunk);
     if (n > (size_t)g_config->max_header_bytes)
         return reject(c, PROBLEM_HEADERS_TOO_LARGE, "The request's header block is too large.");
     return 0;
@@ -331,16 +522,17 @@ static void new_request(struct conn *c)
     req->method_str = "-";
     req->target = "";
     req->path = "";
-    req->client_ip = arena_strdup(a, c->client_ip);
+    req->client_ip = req->peer_ip = arena_strdup(a, peer_name(c));
     c->req = req;
-    c->span_len = 0;
-    c->url_started = false;
-    c->field = NULL;
-    c->headers_cap = 0;
-    c->trailer_bytes = 0;
-    c->cl_count = c->te_count = c->host_count = 0;
-    c->te_value = c->expect = NULL;
-    c->body_len = 0;
+    c->a->span_len = 0;
+    c->a->url_started = false;
+    c->a->field = NULL;
+    c->a->headers_cap = 0;
+    c->a->trailer_bytes = 0;
+    c->a->ext_bytes = 0;
+    c->a->cl_count = c->a->te_count = c->a->host_count = 0;
+    c->a->te_value = c->a->expect = NULL;
+    c->a->body_len = 0;
     c->dispatched = false;
 }
 
@@ -369,9 +561,9 @@ static void drop_request(struct conn *c)
         arena_free(c->req->arena);
         c->req = NULL;
     }
-    free(c->body);
-    c->body = NULL;
-    c->body_len = c->body_cap = 0;
+    free(c->a->body);
+    c->a->body = NULL;
+    c->a->body_len = c->a->body_cap = 0;
 }
 
 /* ---- llhttp callbacks: collect, validate, never dispatch ---- */
@@ -381,7 +573,7 @@ static int on_message_begin(llhttp_t *p)
     struct conn *c = p->data;
     drop_request(c); /* none should remain; keeps the invariant cheap */
     new_request(c);
-    c->state = C_HEAD;
+    conn_state(c, C_HEAD);
     timer_set(c, (uint64_t)g_config->header_timeout_ms);
     return 0;
 }
@@ -389,23 +581,23 @@ static int on_message_begin(llhttp_t *p)
 static int on_url(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
-    if (!c->url_started) {
-        c->url_started = true;
+    if (!c->a->url_started) {
+        c->a->url_started = true;
         /* llhttp 8.1 accepts several spaces after the method. */
         if (byte_before(c, at, 2) == ' ')
             return reject(c, PROBLEM_BAD_REQUEST, "The request line is malformed.");
     }
     if (check_head_size(c, at + len))
         return HPE_USER;
-    buf_append(&c->span, &c->span_len, &c->span_cap, at, len);
+    buf_append(&c->a->span, &c->a->span_len, &c->a->span_cap, at, len);
     return 0;
 }
 
 static int on_url_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
-    c->req->target = arena_strndup(c->req->arena, c->span ? c->span : "", c->span_len);
-    c->span_len = 0;
+    c->req->target = arena_strndup(c->req->arena, c->a->span ? c->a->span : "", c->a->span_len);
+    c->a->span_len = 0;
     return 0;
 }
 
@@ -418,14 +610,14 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
         if (at[i] == ' ' || at[i] == '\t')
             return reject(c, PROBLEM_BAD_REQUEST, "A header name contains whitespace.");
     if (c->state == C_BODY) { /* trailer: checked and counted, not kept */
-        c->trailer_bytes += len;
-        if (c->trailer_bytes > (size_t)g_config->max_header_bytes)
+        c->a->trailer_bytes += len;
+        if (c->a->trailer_bytes > (size_t)g_config->max_header_bytes)
             return reject(c, PROBLEM_HEADERS_TOO_LARGE, "The request's trailers are too large.");
         return 0;
     }
     if (check_head_size(c, at + len))
         return HPE_USER;
-    buf_append(&c->span, &c->span_len, &c->span_cap, at, len);
+    buf_append(&c->a->span, &c->a->span_len, &c->a->span_cap, at, len);
     return 0;
 }
 
@@ -434,11 +626,11 @@ static int on_header_field_complete(llhttp_t *p)
     struct conn *c = p->data;
     if (c->state == C_BODY)
         return 0;
-    if (c->span_len == 0)
+    if (c->a->span_len == 0)
         return reject(c, PROBLEM_BAD_REQUEST, "A header name is empty.");
-    c->field = arena_strndup(c->req->arena, c->span, c->span_len);
-    c->field_len = c->span_len;
-    c->span_len = 0;
+    c->a->field = arena_strndup(c->req->arena, c->a->span, c->a->span_len);
+    c->a->field_len = c->a->span_len;
+    c->a->span_len = 0;
     return 0;
 }
 
@@ -453,14 +645,14 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
         if (at[i] == '\r' || at[i] == '\n' || at[i] == '\0')
             return reject(c, PROBLEM_BAD_REQUEST, "A header value contains CR, LF or NUL.");
     if (c->state == C_BODY) {
-        c->trailer_bytes += len;
-        if (c->trailer_bytes > (size_t)g_config->max_header_bytes)
+        c->a->trailer_bytes += len;
+        if (c->a->trailer_bytes > (size_t)g_config->max_header_bytes)
             return reject(c, PROBLEM_HEADERS_TOO_LARGE, "The request's trailers are too large.");
         return 0;
     }
     if (check_head_size(c, at + len))
         return HPE_USER;
-    buf_append(&c->span, &c->span_len, &c->span_cap, at, len);
+    buf_append(&c->a->span, &c->a->span_len, &c->a->span_cap, at, len);
     return 0;
 }
 
@@ -470,46 +662,46 @@ static int on_header_value_complete(llhttp_t *p)
     if (c->state == C_BODY)
         return 0;
     struct request *req = c->req;
-    const char *v = c->span ? c->span : "";
-    size_t n = c->span_len;
+    const char *v = c->a->span ? c->a->span : "";
+    size_t n = c->a->span_len;
     while (n && (*v == ' ' || *v == '\t'))
         v++, n--;
     while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
         n--;
-    if (req->nheaders == c->headers_cap) {
-        size_t ncap = c->headers_cap ? c->headers_cap * 2 : 16;
+    if (req->nheaders == c->a->headers_cap) {
+        size_t ncap = c->a->headers_cap ? c->a->headers_cap * 2 : 16;
         struct http_header *h = arena_alloc(req->arena, ncap * sizeof *h);
         if (req->nheaders)
             memcpy(h, req->headers, req->nheaders * sizeof *h);
         req->headers = h;
-        c->headers_cap = ncap;
+        c->a->headers_cap = ncap;
     }
     struct http_header *h = &req->headers[req->nheaders++];
-    h->name = c->field ? c->field : "";
+    h->name = c->a->field ? c->a->field : "";
     h->value = arena_strndup(req->arena, v, n);
-    size_t name_len = c->field ? c->field_len : 0;
-    c->span_len = 0;
-    c->field = NULL;
+    size_t name_len = c->a->field ? c->a->field_len : 0;
+    c->a->span_len = 0;
+    c->a->field = NULL;
 
     /* By length first: most headers are none of these. */
     switch (name_len) {
     case 14:
         if (strcasecmp(h->name, "content-length") == 0)
-            c->cl_count++;
+            c->a->cl_count++;
         break;
     case 17:
         if (strcasecmp(h->name, "transfer-encoding") == 0) {
-            c->te_count++;
-            c->te_value = h->value;
+            c->a->te_count++;
+            c->a->te_value = h->value;
         }
         break;
     case 4:
         if (strcasecmp(h->name, "host") == 0)
-            c->host_count++;
+            c->a->host_count++;
         break;
     case 6:
         if (strcasecmp(h->name, "expect") == 0)
-            c->expect = h->value;
+            c->a->expect = h->value;
         break;
     default:
         break;
@@ -581,22 +773,23 @@ static int on_headers_complete(llhttp_t *p)
     }
     /* Smuggling guards on top of llhttp's own (it already refuses CL with TE,
      * differing duplicate CLs and "chunked" not last). */
-    if (c->cl_count > 1) {
+    if (c->a->cl_count > 1) {
         reject(c, PROBLEM_BAD_REQUEST, "Content-Length appears more than once.");
         return -1;
     }
-    if (c->te_count) {
-        if (c->te_count > 1 || strcasecmp(c->te_value, "chunked") != 0 || p->http_minor == 0) {
+    if (c->a->te_count) {
+        if (c->a->te_count > 1 || strcasecmp(c->a->te_value, "chunked") != 0 ||
+            p->http_minor == 0) {
             reject(c, PROBLEM_BAD_REQUEST,
                    "Transfer-Encoding must be exactly \"chunked\" (HTTP/1.1 only).");
             return -1;
         }
-        if (c->cl_count) {
+        if (c->a->cl_count) {
             reject(c, PROBLEM_BAD_REQUEST, "Content-Length and Transfer-Encoding both present.");
             return -1;
         }
     }
-    if (c->host_count > 1) {
+    if (c->a->host_count > 1) {
         reject(c, PROBLEM_BAD_REQUEST, "Host appears more than once.");
         return -1;
     }
@@ -611,7 +804,7 @@ static int on_headers_complete(llhttp_t *p)
         return -1;
     }
     if (chunked || (has_cl && p->content_length > 0)) {
-        if (c->expect && p->http_minor == 1 && strcasecmp(c->expect, "100-continue") == 0) {
+        if (c->a->expect && p->http_minor == 1 && strcasecmp(c->a->expect, "100-continue") == 0) {
             static char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
             uv_buf_t b = uv_buf_init(cont, sizeof cont - 1);
             uv_write_t *w = arena_alloc(req->arena, sizeof *w);
@@ -627,14 +820,28 @@ static int on_headers_complete(llhttp_t *p)
         size_t first = has_cl ? (size_t)p->content_length + 1 : 16384;
         if (first > 65536)
             first = 65536; /* grow as bytes arrive, not as the client promises */
-        c->body = xrealloc(c->body, first);
-        c->body_cap = first;
-        c->body_len = 0;
-        c->state = C_BODY;
-        timer_set(c, (uint64_t)g_config->idle_timeout_ms);
+        c->a->body = xrealloc(c->a->body, first);
+        c->a->body_cap = first;
+        c->a->body_len = 0;
+        conn_state(c, C_BODY);
+        c->a->body_deadline = uv_now(&c->ls->loop) + (uint64_t)g_config->body_timeout_ms;
+        body_timer(c);
     } else {
-        c->state = C_BODY; /* on_message_complete follows at once */
+        conn_state(c, C_BODY); /* on_message_complete follows at once */
     }
+    return 0;
+}
+
+/* Chunk extensions are parsed and dropped; llhttp 8.1 puts no bound on
+ * them, so their bytes count against the header limit, like trailers. */
+static int on_chunk_extension(llhttp_t *p, const char *at, size_t len)
+{
+    (void)at;
+    struct conn *c = p->data;
+    c->a->ext_bytes += len;
+    if (c->a->ext_bytes > (size_t)g_config->max_header_bytes)
+        return reject(c, PROBLEM_HEADERS_TOO_LARGE,
+                      "The request's chunk extensions are too large.");
     return 0;
 }
 
@@ -642,7 +849,7 @@ static int on_chunk_header(llhttp_t *p)
 {
     struct conn *c = p->data;
     /* p->content_length is the announced chunk size: refuse early. */
-    if (p->content_length > (uint64_t)g_config->max_body_bytes - c->body_len)
+    if (p->content_length > (uint64_t)g_config->max_body_bytes - c->a->body_len)
         return reject(c, PROBLEM_PAYLOAD_TOO_LARGE, "The request body is too large.");
     return 0;
 }
@@ -650,9 +857,9 @@ static int on_chunk_header(llhttp_t *p)
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
-    if (c->body_len + len > (size_t)g_config->max_body_bytes)
+    if (c->a->body_len + len > (size_t)g_config->max_body_bytes)
         return reject(c, PROBLEM_PAYLOAD_TOO_LARGE, "The request body is too large.");
-    buf_append(&c->body, &c->body_len, &c->body_cap, at, len);
+    buf_append(&c->a->body, &c->a->body_len, &c->a->body_cap, at, len);
     return 0;
 }
 
@@ -665,13 +872,13 @@ static int on_message_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
     struct request *req = c->req;
-    if (c->body) {
-        c->body[c->body_len] = '\0'; /* buf_append keeps room for it */
-        arena_cleanup(req->arena, free_body, c->body);
-        req->body = c->body;
-        req->body_len = c->body_len;
-        c->body = NULL;
-        c->body_len = c->body_cap = 0;
+    if (c->a->body) {
+        c->a->body[c->a->body_len] = '\0'; /* buf_append keeps room for it */
+        arena_cleanup(req->arena, free_body, c->a->body);
+        req->body = c->a->body;
+        req->body_len = c->a->body_len;
+        c->a->body = NULL;
+        c->a->body_len = c->a->body_cap = 0;
     } else {
         req->body = arena_calloc(req->arena, 1);
         req->body_len = 0;
@@ -679,9 +886,9 @@ static int on_message_complete(llhttp_t *p)
     /* Upgrade / CONNECT leave the parser in another protocol: answer, then
      * close. */
     c->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
-    c->state = C_HANDLING;
+    conn_state(c, C_HANDLING);
     timer_clear(c);
-    return HPE_PAUSED; /* one request at a time; the rest waits in c->pending */
+    return HPE_PAUSED; /* one request at a time; the rest waits in c->a->pending */
 }
 
 /* ---- reading and dispatch ---- */
@@ -689,20 +896,20 @@ static int on_message_complete(llhttp_t *p)
 static void keep_pending(struct conn *c, const char *from, size_t n)
 {
     if (n == 0) {
-        c->pending_len = 0;
+        c->a->pending_len = 0;
         return;
     }
-    if (c->pending && from >= c->pending && from < c->pending + c->pending_cap) {
-        memmove(c->pending, from, n);
-        c->pending_len = n;
+    if (c->a->pending && from >= c->a->pending && from < c->a->pending + c->a->pending_cap) {
+        memmove(c->a->pending, from, n);
+        c->a->pending_len = n;
         return;
     }
-    if (n > c->pending_cap) {
-        c->pending = xrealloc(c->pending, n);
-        c->pending_cap = n;
+    if (n > c->a->pending_cap) {
+        c->a->pending = xrealloc(c->a->pending, n);
+        c->a->pending_cap = n;
     }
-    memcpy(c->pending, from, n);
-    c->pending_len = n;
+    memcpy(c->a->pending, from, n);
+    c->a->pending_len = n;
 }
 
 static void dispatch(struct conn *c)
@@ -746,26 +953,26 @@ static void dispatch(struct conn *c)
 static bool scan_head(struct conn *c, const unsigned char *p, size_t n)
 {
     if (c->state == C_IDLE)
-        c->scan = SCAN_BEFORE;
+        c->a->scan = SCAN_BEFORE;
     else if (c->state != C_HEAD)
         return true;
-    if (c->scan == SCAN_DONE || n == 0)
+    if (c->a->scan == SCAN_DONE || n == 0)
         return true;
     size_t i = 0;
-    if (c->scan == SCAN_BEFORE) {
+    if (c->a->scan == SCAN_BEFORE) {
         while (i < n && (p[i] == '\r' || p[i] == '\n'))
             i++; /* empty lines before a request are allowed */
         if (i == n)
             return true;
-        c->scan = SCAN_HEAD;
-        c->scan_tail = 0;
-    } else if ((c->scan_tail & 0xFF) == '\n' && (p[0] == ' ' || p[0] == '\t')) {
+        c->a->scan = SCAN_HEAD;
+        c->a->scan_tail = 0;
+    } else if ((c->a->scan_tail & 0xFF) == '\n' && (p[0] == ' ' || p[0] == '\t')) {
         return false; /* the previous buffer ended with the LF */
     }
     /* Only LFs matter: jump from one to the next. The head's bytes in this
-     * buffer start at `start`; c->scan_tail holds the ones before. */
+     * buffer start at `start`; c->a->scan_tail holds the ones before. */
     const size_t start = i;
-    const uint32_t before = c->scan_tail;
+    const uint32_t before = c->a->scan_tail;
     while (i < n) {
         const unsigned char *lf = memchr(p + i, '\n', n - i);
         if (!lf)
@@ -775,7 +982,7 @@ static bool scan_head(struct conn *c, const unsigned char *p, size_t n)
         for (size_t k = j >= start + 3 ? j - 3 : start; k <= j; k++)
             t = (t << 8) | p[k];
         if (t == 0x0D0A0D0Au) {
-            c->scan = SCAN_DONE;
+            c->a->scan = SCAN_DONE;
             return true;
         }
         if (j + 1 < n && (p[j + 1] == ' ' || p[j + 1] == '\t'))
@@ -785,32 +992,32 @@ static bool scan_head(struct conn *c, const unsigned char *p, size_t n)
     uint32_t t = before;
     for (size_t k = n >= start + 4 ? n - 4 : start; k < n; k++)
         t = (t << 8) | p[k];
-    c->scan_tail = t;
+    c->a->scan_tail = t;
     return true;
 }
 
 /* Parses data. Returns with the connection reading for more, handling a
- * request (rest kept in c->pending), or answering an error. */
+ * request (rest kept in c->a->pending), or answering an error. */
 static void conn_feed(struct conn *c, const char *data, size_t len)
 {
-    c->chunk = data;
+    c->a->chunk = data;
     if (c->state == C_IDLE)
-        c->head_before = 0;
+        c->a->head_before = 0;
     if (!scan_head(c, (const unsigned char *)data, len)) {
         reject(c, PROBLEM_BAD_REQUEST, "Folded header lines (obs-fold) are not accepted.");
         conn_respond_error(c);
         return;
     }
-    llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
-    const char *end = err == HPE_OK ? data + len : llhttp_get_error_pos(&c->parser);
+    llhttp_errno_t err = llhttp_execute(&c->a->parser, data, len);
+    const char *end = err == HPE_OK ? data + len : llhttp_get_error_pos(&c->a->parser);
     if (!end || end < data || end > data + len)
         end = data + len;
     if (end > data)
-        c->prev_byte = end[-1];
+        c->a->prev_byte = end[-1];
     if (err == HPE_OK) {
         if (c->state == C_HEAD) {
-            c->head_before += len;
-            if (c->head_before > (size_t)g_config->max_header_bytes) {
+            c->a->head_before += len;
+            if (c->a->head_before > (size_t)g_config->max_header_bytes) {
                 reject(c, PROBLEM_HEADERS_TOO_LARGE, "The request's header block is too large.");
                 conn_respond_error(c);
             }
@@ -822,17 +1029,17 @@ static void conn_feed(struct conn *c, const char *data, size_t len)
         dispatch(c);
         return;
     }
-    if (!c->failed)
-        log_msg(LOG_DEBUG, "bad request from %s: %s (%s)", c->client_ip, llhttp_errno_name(err),
-                c->parser.reason ? c->parser.reason : "");
+    if (!c->a->failed)
+        log_msg(LOG_DEBUG, "bad request from %s: %s (%s)", peer_name(c), llhttp_errno_name(err),
+                c->a->parser.reason ? c->a->parser.reason : "");
     conn_respond_error(c);
 }
 
 /* Answers a request the parser rejected, then closes. */
 static void conn_respond_error(struct conn *c)
 {
-    enum problem p = c->failed ? c->problem : PROBLEM_BAD_REQUEST;
-    const char *detail = c->failed ? c->detail : "The request is not valid HTTP/1.1.";
+    enum problem p = c->a->failed ? c->a->problem : PROBLEM_BAD_REQUEST;
+    const char *detail = c->a->failed ? c->a->detail : "The request is not valid HTTP/1.1.";
     read_off(c);
     c->must_close = true;
     c->keep_alive = false;
@@ -844,7 +1051,7 @@ static void conn_respond_error(struct conn *c)
         req->request_id = rid && sane_request_id(rid) ? rid : new_request_id(req->arena);
     }
     if (p == PROBLEM_BAD_REQUEST)
-        log_msg(LOG_DEBUG, "rejected a request from %s: %s", c->client_ip, detail);
+        log_msg(LOG_DEBUG, "rejected a request from %s: %s", peer_name(c), detail);
     c->dispatched = true; /* the answer below is the request's one answer */
     problem_respond(req, p, detail);
 }
@@ -882,14 +1089,18 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     case C_WRITING:
         /* Pipelined bytes wait for their turn; past one buffer's worth the
          * socket stops being read (backpressure). */
-        buf_append(&c->pending, &c->pending_len, &c->pending_cap, buf->base, (size_t)nread);
-        if (c->pending_len >= READ_BUF_SIZE)
+        buf_append(&c->a->pending, &c->a->pending_len, &c->a->pending_cap, buf->base,
+                   (size_t)nread);
+        if (c->a->pending_len >= READ_BUF_SIZE)
             read_off(c);
         return;
     case C_BODY:
-        timer_set(c, (uint64_t)g_config->idle_timeout_ms);
+        body_timer(c);
         break;
     case C_IDLE:
+        if (!c->a)
+            active_take(c); /* a kept-alive connection's next request */
+        break;
     case C_HEAD:
         break;
     default:
@@ -916,10 +1127,16 @@ static void on_conn_handle_closed(uv_handle_t *h)
     if (--c->open_handles > 0)
         return;
     struct loop_server *ls = c->ls;
+    writer_unlink(c); /* normally done by the cancelled write's callback */
+    assert(!c->done_queued && !(c->a && c->a->unsent) && !c->idleq);
+    assert(ls->nclosing > 0);
+    ls->nclosing--;
+    if (c->ip_counted)
+        ipcount_del(&ls->ips, c->ip_key);
     if (c->req) {
         if (c->dispatched && !c->req->responded) {
             /* The handler still runs; it answers into the void later. */
-            log_msg(LOG_DEBUG, "client %s left before request %s was answered", c->client_ip,
+            log_msg(LOG_DEBUG, "client %s left before request %s was answered", peer_name(c),
                     c->req->request_id ? c->req->request_id : "-");
             c->req->conn = NULL;
             ls->orphans++;
@@ -928,9 +1145,7 @@ static void on_conn_handle_closed(uv_handle_t *h)
             drop_request(c);
         }
     }
-    free(c->body);
-    free(c->pending);
-    free(c->span);
+    active_give(c); /* its write and shutdown callbacks have run */
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -948,14 +1163,16 @@ static void conn_close(struct conn *c)
 {
     if (c->state == C_CLOSED)
         return;
-    c->state = C_CLOSED;
+    conn_state(c, C_CLOSED);
+    c->ls->nclosing++;
     c->reading = false;
     if (c->done_queued) { /* written: finish it now, as uv_write's callback would */
         done_unlink(c->ls, c);
         write_done(c, 0);
     }
+    if (c->a)
+        uv_timer_stop(&c->a->timer);
     uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
-    uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
 }
 
 static void on_shutdown(uv_shutdown_t *r, int status)
@@ -970,9 +1187,9 @@ static void on_shutdown(uv_shutdown_t *r, int status)
  * unread bytes with an RST that could destroy the response in flight. */
 static void conn_linger(struct conn *c)
 {
-    c->state = C_LINGER;
-    c->shutdown_req.data = c;
-    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+    conn_state(c, C_LINGER);
+    c->a->shutdown_req.data = c;
+    if (uv_shutdown(&c->a->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
         conn_close(c);
         return;
     }
@@ -983,18 +1200,20 @@ static void conn_linger(struct conn *c)
 static void on_timer(uv_timer_t *t)
 {
     struct conn *c = t->data;
-    c->timer_due = 0;
-    if (!c->deadline)
+    if (!c || !c->a)
+        return;
+    c->a->timer_due = 0;
+    if (!c->a->deadline)
         return;
     uint64_t now = uv_now(&c->ls->loop);
-    if (now < c->deadline) { /* moved since armed */
-        uv_timer_start(&c->timer, on_timer, c->deadline - now, 0);
-        c->timer_due = c->deadline;
+    if (now < c->a->deadline) { /* moved since armed */
+        uv_timer_start(&c->a->timer, on_timer, c->a->deadline - now, 0);
+        c->a->timer_due = c->a->deadline;
         return;
     }
     if (c->state == C_HEAD)
         log_msg(LOG_DEBUG, "closing a connection from %s: headers not complete in time",
-                c->client_ip);
+                peer_name(c));
     conn_close(c);
 }
 
@@ -1009,20 +1228,27 @@ bool server_must_close(const struct request *req)
 bool server_http10_keep_alive(const struct request *req)
 {
     const struct conn *c = req->conn;
-    return c && c->parser.http_major == 1 && c->parser.http_minor == 0 && c->keep_alive;
+    return c && c->a->parser.http_major == 1 && c->a->parser.http_minor == 0 && c->keep_alive;
 }
 
 /* The next pipelined request, or back to reading. */
 static void conn_next(struct conn *c)
 {
-    c->state = C_IDLE;
+    conn_state(c, C_IDLE);
     c->dispatched = false;
-    timer_set(c, (uint64_t)g_config->idle_timeout_ms);
-    llhttp_resume(&c->parser);
-    if (c->pending_len) {
-        size_t n = c->pending_len;
-        c->pending_len = 0;
-        conn_feed(c, c->pending, n);
+    llhttp_resume(&c->a->parser);
+    if (c->a->pending_len) {
+        size_t n = c->a->pending_len;
+        c->a->pending_len = 0;
+        conn_feed(c, c->a->pending, n);
+    }
+    if (c->state == C_IDLE && !c->peer_eof) {
+        /* Waiting for the next request: hold as little as possible. */
+        active_give(c);
+        c->idle_since = uv_now(&c->ls->loop);
+        idle_enter(c, &c->ls->idle);
+        read_on(c);
+        return;
     }
     if (c->state == C_IDLE || c->state == C_HEAD || c->state == C_BODY) {
         if (c->peer_eof)
@@ -1037,8 +1263,9 @@ static void conn_next(struct conn *c)
 static void write_done(struct conn *c, int status)
 {
     struct loop_server *ls = c->ls;
+    writer_unlink(c);
     if (c->req) {
-        finish_request(ls, c->req, c->status);
+        finish_request(ls, c->req, c->a->status);
         c->req = NULL;
     }
     c->dispatched = false;
@@ -1062,15 +1289,15 @@ static void on_write(uv_write_t *w, int status)
 
 static void done_unlink(struct loop_server *ls, struct conn *c)
 {
-    if (c->done_prev)
-        c->done_prev->done_next = c->done_next;
+    if (c->a->done_prev)
+        c->a->done_prev->a->done_next = c->a->done_next;
     else
-        ls->done_head = c->done_next;
-    if (c->done_next)
-        c->done_next->done_prev = c->done_prev;
+        ls->done_head = c->a->done_next;
+    if (c->a->done_next)
+        c->a->done_next->a->done_prev = c->a->done_prev;
     else
-        ls->done_tail = c->done_prev;
-    c->done_prev = c->done_next = NULL;
+        ls->done_tail = c->a->done_prev;
+    c->a->done_prev = c->a->done_next = NULL;
     c->done_queued = false;
 }
 
@@ -1094,7 +1321,79 @@ static void on_done_idle(uv_idle_t *h)
         uv_idle_stop(h);
 }
 
-void server_send(struct request *req, int status, char *buf, size_t len)
+/* ---- the budget of unsent answers ---- */
+
+/* Bytes of answers whose write has not completed, over all loops. Each
+ * answer holds its whole arena (head and body) until then. */
+static atomic_size_t unsent_total;
+
+static void writer_unlink(struct conn *c)
+{
+    if (!c->a || !c->a->unsent)
+        return;
+    struct loop_server *ls = c->ls;
+    if (c->a->wr_prev)
+        c->a->wr_prev->a->wr_next = c->a->wr_next;
+    else
+        ls->wr_head = c->a->wr_next;
+    if (c->a->wr_next)
+        c->a->wr_next->a->wr_prev = c->a->wr_prev;
+    else
+        ls->wr_tail = c->a->wr_prev;
+    c->a->wr_prev = c->a->wr_next = NULL;
+    assert(ls->unsent >= c->a->unsent);
+    ls->unsent -= c->a->unsent;
+    atomic_fetch_sub(&unsent_total, c->a->unsent);
+    c->a->unsent = 0;
+}
+
+/* An answer that did not go out at once waits in ls->wr_*, oldest first:
+ * the head is the connection that has read least of what it asked for. */
+static void writer_link(struct conn *c, size_t bytes)
+{
+    struct loop_server *ls = c->ls;
+    assert(!c->a->unsent && bytes > 0);
+    c->a->unsent = bytes;
+    c->a->wr_prev = ls->wr_tail;
+    c->a->wr_next = NULL;
+    if (ls->wr_tail)
+        ls->wr_tail->a->wr_next = c;
+    else
+        ls->wr_head = c;
+    ls->wr_tail = c;
+    ls->unsent += bytes;
+    atomic_fetch_add(&unsent_total, bytes);
+}
+
+/*
+ * Over TENANTD_MAX_UNSENT_BYTES: a loop holding more than its share closes
+ * its slowest readers (oldest unfinished writes) until the process is back
+ * under budget or the loop under its share. Loops only touch their own
+ * connections; one that holds much trims itself the next time it answers.
+ * `keep` (the answer just queued) is never closed here: one answer larger
+ * than the budget still goes out.
+ */
+static void shed_slow_readers(struct loop_server *ls, struct conn *keep)
+{
+    size_t budget = (size_t)g_config->max_unsent_bytes;
+    if (!budget)
+        return;
+    size_t share = budget / (size_t)ls->srv->nloops;
+    size_t closed = 0;
+    while (atomic_load(&unsent_total) > budget && ls->unsent > share && ls->wr_head &&
+           ls->wr_head != keep) {
+        struct conn *v = ls->wr_head;
+        writer_unlink(v);
+        conn_close(v);
+        closed++;
+    }
+    if (closed)
+        log_msg(LOG_WARN, "loop %d: closed %zu slow readers (unsent answers over %zu bytes)",
+                ls->ctx.index, closed, budget);
+}
+
+void server_send(struct request *req, int status, char *head, size_t head_len, char *body,
+                 size_t body_len)
 {
     struct conn *c = req->conn;
     struct loop_server *ls = req->ctx->server;
@@ -1109,27 +1408,34 @@ void server_send(struct request *req, int status, char *buf, size_t len)
         c->req = NULL;
         return;
     }
+    /* One answer per request: none is being written (a parse error is
+     * answered from IDLE, HEAD or BODY, a handled request from HANDLING). */
+    assert(c->dispatched && !c->a->unsent && c->state != C_WRITING && c->state != C_LINGER);
     if (server_must_close(req))
-        read_off(c); /* the rest is drained by conn_linger */
-    free(c->body);   /* an error answered mid-body: the rest is never read */
-    c->body = NULL;
-    c->body_len = c->body_cap = 0;
-    c->status = status;
-    c->state = C_WRITING;
-    c->write_req.data = c;
-    uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+        read_off(c);  /* the rest is drained by conn_linger */
+    free(c->a->body); /* an error answered mid-body: the rest is never read */
+    c->a->body = NULL;
+    c->a->body_len = c->a->body_cap = 0;
+    c->a->status = status;
+    conn_state(c, C_WRITING);
+    c->a->write_req.data = c;
+    uv_buf_t b[2] = {uv_buf_init(head, (unsigned)head_len),
+                     uv_buf_init(body, (unsigned)(body ? body_len : 0))};
+    unsigned nb = body && body_len ? 2 : 1;
+    size_t total = head_len + (nb == 2 ? body_len : 0);
+    uv_buf_t *first = b;
     /* Most answers fit the socket buffer: write them here. A whole write
      * then completes through ls->done_idle rather than uv_write, whose
      * completion costs an epoll_ctl per response. The rest, or all of it
      * on EAGAIN or an error, goes through uv_write as before. */
     if (!c->cont_in_flight) {
-        int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-        if (n >= 0 && (size_t)n == len) {
+        int n = uv_try_write((uv_stream_t *)&c->tcp, b, nb);
+        if (n >= 0 && (size_t)n == total) {
             timer_clear(c);
-            c->done_prev = ls->done_tail;
-            c->done_next = NULL;
+            c->a->done_prev = ls->done_tail;
+            c->a->done_next = NULL;
             if (ls->done_tail)
-                ls->done_tail->done_next = c;
+                ls->done_tail->a->done_next = c;
             else
                 ls->done_head = c;
             ls->done_tail = c;
@@ -1139,11 +1445,17 @@ void server_send(struct request *req, int status, char *buf, size_t len)
             return;
         }
         if (n > 0) {
-            b.base += n;
-            b.len -= (size_t)n;
+            size_t done = (size_t)n;
+            if (done >= b[0].len) {
+                done -= b[0].len;
+                first = &b[1];
+                nb = 1;
+            }
+            first->base += done;
+            first->len -= done;
         }
     }
-    int r = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    int r = uv_write(&c->a->write_req, (uv_stream_t *)&c->tcp, first, nb, on_write);
     if (r != 0) {
         finish_request(ls, req, status);
         c->req = NULL;
@@ -1151,11 +1463,15 @@ void server_send(struct request *req, int status, char *buf, size_t len)
         return;
     }
     /* Usually written at once; otherwise a client that does not read gets
-     * the idle timeout. */
-    if (c->tcp.write_queue_size > 0)
+     * the idle timeout, and the answer counts against the unsent budget
+     * until written. */
+    if (c->tcp.write_queue_size > 0) {
         timer_set(c, (uint64_t)g_config->idle_timeout_ms);
-    else
+        writer_link(c, total);
+        shed_slow_readers(ls, c);
+    } else {
         timer_clear(c);
+    }
 }
 
 /* ---- accepting ---- */
@@ -1205,6 +1521,30 @@ static void refuse(struct loop_server *ls)
     }
 }
 
+/* Refuses a connection already accepted into c (not yet set up): 503 and
+ * close, like refuse(). */
+static void refuse_accepted(struct loop_server *ls, struct conn *c, const char *why)
+{
+    uv_buf_t b = uv_buf_init(refusal, (unsigned)refusal_len);
+    (void)uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    uv_close((uv_handle_t *)&c->tcp, free_handle); /* c is the handle's start */
+    uint64_t now = uv_now(&ls->loop);
+    if (now - ls->last_refusal_log >= 1000 || !ls->last_refusal_log) {
+        ls->last_refusal_log = now;
+        log_msg(LOG_WARN, "loop %d: connection from %s refused: %s", ls->ctx.index, peer_name(c),
+                why);
+    }
+}
+
+/*
+ * A new client. When the table (TENANTD_MAX_CONNECTIONS per loop) is full,
+ * the connection that has waited longest for a request is closed to make
+ * room; only when none waits is the new one refused (503). Before that, a
+ * peer address already holding TENANTD_MAX_CONNECTIONS_PER_IP connections
+ * of this loop is refused, so that one address cannot take the table. The
+ * peer is the TCP peer: behind a proxy that is the proxy (the client named
+ * by X-Forwarded-For is only known once a request arrives).
+ */
 static void on_connection(uv_stream_t *server, int status)
 {
     struct loop_server *ls = server->data;
@@ -1214,7 +1554,9 @@ static void on_connection(uv_stream_t *server, int status)
     }
     if (ls->ctx.draining)
         return;
-    if (ls->nconns >= (size_t)g_config->max_connections) {
+    size_t max = (size_t)g_config->max_connections;
+    assert(ls->nconns >= ls->nclosing);
+    if (ls->nconns - ls->nclosing >= max && !ls->idle.head && !ls->fresh.head) {
         refuse(ls);
         return;
     }
@@ -1228,9 +1570,28 @@ static void on_connection(uv_stream_t *server, int status)
         uv_close((uv_handle_t *)&c->tcp, free_handle); /* c is the handle's start */
         return;
     }
-    uv_timer_init(&ls->loop, &c->timer);
-    c->timer.data = c;
-    c->open_handles = 2;
+    struct sockaddr_storage sa;
+    int salen = sizeof sa;
+    bool have_peer = uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) == 0;
+    if (have_peer) {
+        if (ipcount_key((struct sockaddr *)&sa, c->ip_key)) {
+            c->have_ip = true;
+            size_t cap = (size_t)g_config->max_connections_per_ip;
+            if (!ipcount_add(&ls->ips, c->ip_key, cap)) {
+                refuse_accepted(ls, c, "too many connections from this address");
+                return;
+            }
+            c->ip_counted = true;
+        }
+    }
+    if (ls->nconns - ls->nclosing >= max) {
+        /* Full: the longest-waiting connection makes room. */
+        struct conn *oldest = conn_of_idle(ls->idle.head ? ls->idle.head : ls->fresh.head);
+        log_msg(LOG_DEBUG, "loop %d: table full, closing the idle connection from %s",
+                ls->ctx.index, peer_name(oldest));
+        conn_close(oldest);
+    }
+    c->open_handles = 1;
     c->next = ls->conns;
     if (ls->conns)
         ls->conns->prev = c;
@@ -1239,19 +1600,9 @@ static void on_connection(uv_stream_t *server, int status)
     if (ls->ctx.metrics)
         metrics_conn_open(ls->ctx.metrics, +1);
     uv_tcp_nodelay(&c->tcp, 1);
-
-    struct sockaddr_storage sa;
-    int salen = sizeof sa;
-    strcpy(c->client_ip, "-");
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) == 0) {
-        if (sa.ss_family == AF_INET)
-            uv_ip4_name((struct sockaddr_in *)&sa, c->client_ip, sizeof c->client_ip);
-        else if (sa.ss_family == AF_INET6)
-            uv_ip6_name((struct sockaddr_in6 *)&sa, c->client_ip, sizeof c->client_ip);
-    }
-    llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
-    c->parser.data = c;
     c->state = C_IDLE;
+    active_take(c);
+    idle_enter(c, &ls->fresh);
     /* A new connection must start its request promptly. */
     timer_set(c, (uint64_t)g_config->header_timeout_ms);
     read_on(c);
@@ -1270,6 +1621,13 @@ static void loop_done(struct loop_ctx *ctx)
     uv_close((uv_handle_t *)&ls->stop_async, on_loop_handle_closed);
     uv_close((uv_handle_t *)&ls->drain_timer, on_loop_handle_closed);
     uv_close((uv_handle_t *)&ls->done_idle, on_loop_handle_closed);
+    uv_close((uv_handle_t *)&ls->idle_timer, on_loop_handle_closed);
+    while (ls->free_actives) {
+        struct active *a = ls->free_actives;
+        ls->free_actives = a->next_free;
+        ls->nfree_actives--;
+        uv_close((uv_handle_t *)&a->timer, free_active);
+    }
 }
 
 static void begin_stop(struct loop_server *ls)
@@ -1345,6 +1703,7 @@ static void loop_thread(void *arg)
         start_drain(ls);
     }
     uv_run(&ls->loop, UV_RUN_DEFAULT);
+    ipcount_free(&ls->ips);
     if (ls->orphans)
         log_msg(LOG_WARN, "loop %d: %zu requests never answered", ls->ctx.index, ls->orphans);
     if (uv_loop_close(&ls->loop) != 0)
@@ -1451,6 +1810,8 @@ static void init_parser_settings(void)
     parser_settings.on_header_value_complete = on_header_value_complete;
     parser_settings.on_headers_complete = on_headers_complete;
     parser_settings.on_chunk_header = on_chunk_header;
+    parser_settings.on_chunk_extension_name = on_chunk_extension;
+    parser_settings.on_chunk_extension_value = on_chunk_extension;
     parser_settings.on_body = on_body;
     parser_settings.on_message_complete = on_message_complete;
 }
@@ -1523,6 +1884,8 @@ int server_run(const struct router *router, const struct server_hooks *hooks)
         ls->drain_timer.data = ls;
         uv_idle_init(&ls->loop, &ls->done_idle);
         ls->done_idle.data = ls;
+        uv_timer_init(&ls->loop, &ls->idle_timer);
+        ls->idle_timer.data = ls;
     }
     for (int i = 0; i < n; i++)
         if (uv_thread_create(&srv.loops[i].thread, loop_thread, &srv.loops[i]) != 0) {

@@ -24,6 +24,10 @@ struct db_pool_options {
     int wait_timeout_ms;     /* a query waiting longer for a connection fails DB_UNAVAILABLE */
     int statement_timeout_ms;/* PostgreSQL statement_timeout; 0 = none */
     int reconnect_max_ms;    /* back-off ceiling between reconnect attempts */
+    /* Every connection up and full, and the oldest waiting query waited
+     * this long: a new query fails DB_UNAVAILABLE at once rather than
+     * queue (overload sheds early); 0 = never. */
+    int shed_wait_ms;
     struct metrics *metrics; /* may be NULL */
 };
 

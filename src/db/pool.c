@@ -123,7 +123,7 @@ struct db_pool {
     char *conninfo;
     char *options;      /* libpq "options" with statement_timeout, or NULL */
     char *resolve_host; /* a host name we resolve off the loop, or NULL */
-    int size, depth, wait_ms, stmt_ms, reconnect_max_ms;
+    int size, depth, wait_ms, stmt_ms, reconnect_max_ms, shed_ms;
     struct metrics *metrics;
     struct conn *conns;
     struct dbq *wait_head, *wait_tail;
@@ -1074,6 +1074,24 @@ static void dispatch(struct db_pool *p)
     open_for_waiters(p);
 }
 
+/* Shedding (shed_wait_ms): the queue is not draining in time although every
+ * connection is up and full (depth queries in flight), so a new query would only wait longer and
+ * make the served ones slower; it fails at once (the caller answers 503
+ * with Retry-After). Not while connections are down or still opening: then
+ * queries wait for them as before. */
+static bool overloaded(const struct db_pool *p)
+{
+    if (!p->shed_ms || !p->wait_head)
+        return false;
+    uint64_t queued_at = p->wait_head->deadline - (uint64_t)p->wait_ms;
+    if (now_ms(p) - queued_at < (uint64_t)p->shed_ms)
+        return false;
+    for (int i = 0; i < p->size; i++)
+        if (p->conns[i].state != CONN_READY || p->conns[i].inflight < p->depth)
+            return false; /* down, opening, or with room (waits for a schema switch) */
+    return true;
+}
+
 /* ---- timers ---- */
 
 static void on_wait_timer(uv_timer_t *t)
@@ -1338,6 +1356,7 @@ struct db_pool *db_pool_new(uv_loop_t *loop, const struct db_pool_options *o)
     p->size = o->size;
     p->depth = o->pipeline_depth;
     p->wait_ms = o->wait_timeout_ms;
+    p->shed_ms = o->shed_wait_ms > 0 ? o->shed_wait_ms : 0;
     p->stmt_ms = o->statement_timeout_ms;
     p->reconnect_max_ms =
         o->reconnect_max_ms < BACKOFF_START_MS ? BACKOFF_START_MS : o->reconnect_max_ms;
@@ -1389,6 +1408,11 @@ void db_query(struct db_pool *p, const char *schema, const struct db_stmt *stmt,
     /* Waiting queries had first pick of any room already (dispatch runs after
      * every change), so taking room now does not jump the queue. */
     if (!try_assign(p, q)) {
+        if (overloaded(p)) {
+            fail_q(p, q, DB_UNAVAILABLE, NULL, "the database is overloaded");
+            update_gauges(p);
+            return;
+        }
         q->deadline = now_ms(p) + (uint64_t)p->wait_ms;
         q->next = NULL;
         if (p->wait_tail)

@@ -133,8 +133,19 @@ static void json_release(void *p)
     json_decref((json_t *)p);
 }
 
+/* Headers that describe this request rather than the answer: CORS (set
+ * per request by core/cors) and RateLimit-* (the caller's budget now).
+ * They are neither stored nor replayed; a replay gets fresh ones. */
+static bool per_request_header(const char *name, const char *value)
+{
+    return strncasecmp(name, "Access-Control-", 15) == 0 ||
+           strncasecmp(name, "RateLimit-", 10) == 0 ||
+           (strcasecmp(name, "Vary") == 0 && strcasecmp(value, "Origin") == 0);
+}
+
 /* Replays a stored answer: its status, Content-Type, other stored headers
- * and body exactly as first sent. */
+ * and body as first sent (headers of the first request itself, see
+ * per_request_header, are this request's own). */
 static void replay(struct request *req, const char *status, const char *headers, const char *body)
 {
     long st = status ? strtol(status, NULL, 10) : 0;
@@ -157,7 +168,7 @@ static void replay(struct request *req, const char *status, const char *headers,
                 continue;
             if (strcasecmp(n, "Content-Type") == 0)
                 ctype = val;
-            else
+            else if (!per_request_header(n, val))
                 http_set_header(req, n, val);
         }
     }
@@ -294,7 +305,7 @@ static const char *headers_json(struct request *req, const char *content_type)
         json_array_append_new(arr, json_pack("[ss]", "Content-Type", content_type));
     /* http_set_header appends, so the list is in the order set. */
     for (const struct http_out_header *h = req->out_headers; h; h = h->next)
-        if (strcasecmp(h->name, "X-Request-Id") != 0)
+        if (strcasecmp(h->name, "X-Request-Id") != 0 && !per_request_header(h->name, h->value))
             json_array_append_new(arr, json_pack("[ss]", h->name, h->value));
     char *s = json_dumps(arr, JSON_COMPACT);
     json_decref(arr);

@@ -92,7 +92,11 @@ static const struct db_stmt get_stmt = {
  * shift a page); one row more than the page says whether another follows. */
 static const struct db_stmt list_stmt = {
     "job_list",
-    "SELECT public.tenantd_job_json(j)::text, j.seq FROM public.jobs j"
+    /* A result over 16 KiB is null in a list item (GET
+     * /v1/jobs/{id} has it whole), so that a page stays small. */
+    "SELECT public.tenantd_job_json(CASE WHEN octet_length(j.result::text) > 16384"
+    " THEN jsonb_populate_record(j, '{\"result\":null}') ELSE j END)::text, j.seq"
+    " FROM public.jobs j"
     " WHERE j.org_id = $1::uuid AND ($2::text IS NULL OR j.status = $2)"
     " AND ($3::text IS NULL OR j.type = $3) AND ($4::bigint IS NULL OR j.seq < $4::bigint)"
     " ORDER BY j.seq DESC LIMIT $5::int + 1",
@@ -369,6 +373,8 @@ static void jobs_get(struct request *req)
 
 /* ---- GET /v1/jobs -------------------------------------------------------------------- */
 
+#define LIST_PAGE_BYTES (4u << 20)
+
 struct list_ctx {
     struct request *req;
     int limit;
@@ -382,9 +388,17 @@ static void listed(struct db_result *r, void *ud)
         return;
     int n = PQntuples(r->res);
     int shown = n > lc->limit ? lc->limit : n;
+    /* A page also ends past LIST_PAGE_BYTES (payloads may be large); the
+     * first item always counts. */
     size_t len = 64;
-    for (int i = 0; i < shown; i++)
-        len += (size_t)PQgetlength(r->res, i, 0) + 1;
+    for (int i = 0; i < shown; i++) {
+        size_t l = (size_t)PQgetlength(r->res, i, 0) + 1;
+        if (i > 0 && len + l > LIST_PAGE_BYTES) {
+            shown = i;
+            break;
+        }
+        len += l;
+    }
     char *out = arena_alloc(req->arena, len), *w = out;
     w += sprintf(w, "{\"data\":[");
     for (int i = 0; i < shown; i++) {
@@ -394,11 +408,11 @@ static void listed(struct db_result *r, void *ud)
         memcpy(w, PQgetvalue(r->res, i, 0), l);
         w += l;
     }
-    if (n > lc->limit)
+    if (n > shown)
         w += sprintf(w, "],\"next_cursor\":\"%.20s\"}", PQgetvalue(r->res, shown - 1, 1));
     else
         w += sprintf(w, "],\"next_cursor\":null}");
-    http_respond(req, 200, "application/json", out, (size_t)(w - out));
+    http_respond_arena(req, 200, "application/json", out, (size_t)(w - out));
 }
 
 static void jobs_list(struct request *req)

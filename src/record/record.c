@@ -115,16 +115,20 @@ static const struct db_stmt q_get = {"records_get", SQL_GET_HEAD "records" SQL_G
  * and, when more rows follow, the last row's position as 20 digits of its
  * UTC time (to the microsecond) and the 32 hex digits of its id.
  */
+/* A page also ends once its records pass LIST_PAGE_BYTES (the first record
+ * always counts), so that no answer is unbounded: `kept` is the page. */
+#define LIST_PAGE_BYTES "4194304"
 #define SQL_LIST(filter)                                                                           \
     "WITH page AS (SELECT r.id, r.created_at, " SQL_RECORD_JSON("r") " AS j FROM records r "       \
     "WHERE r.collection = $1 AND (r.created_at, r.id) < ($2::timestamptz, $3::uuid) " filter       \
     " ORDER BY r.created_at DESC, r.id DESC LIMIT $4::int + 1), "                                  \
-    "numbered AS (SELECT p.*, row_number() OVER (ORDER BY p.created_at DESC, p.id DESC) AS n "     \
-    "FROM page p) "                                                                                \
-    "SELECT coalesce((SELECT json_agg(j ORDER BY n) FROM numbered WHERE n <= $4::int), "           \
+    "numbered AS (SELECT p.*, row_number() OVER w AS n, sum(octet_length(p.j::text)) OVER w AS b " \
+    "FROM page p WINDOW w AS (ORDER BY p.created_at DESC, p.id DESC)), "                           \
+    "kept AS (SELECT * FROM numbered WHERE n <= $4::int AND (n = 1 OR b <= " LIST_PAGE_BYTES ")) " \
+    "SELECT coalesce((SELECT json_agg(j ORDER BY n) FROM kept), "                                  \
     "'[]'::json)::text, (SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISSUS') || "  \
-    "replace(id::text, '-', '') FROM numbered WHERE n = $4::int AND EXISTS "                       \
-    "(SELECT 1 FROM numbered WHERE n > $4::int))"
+    "replace(id::text, '-', '') FROM kept WHERE n = (SELECT max(n) FROM kept) AND EXISTS "         \
+    "(SELECT 1 FROM numbered WHERE n > (SELECT max(n) FROM kept)))"
 
 static const struct db_stmt q_list = {"records_list", SQL_LIST("")};
 /* A separate statement, so that the planner can weigh the GIN index for the
@@ -704,7 +708,7 @@ static void list_done(struct db_result *r, void *ud)
     }
     char *body = pos ? arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":\"%s\"}", data, pos)
                      : arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":null}", data);
-    http_respond(req, 200, "application/json", body, strlen(body));
+    http_respond_arena(req, 200, "application/json", body, strlen(body)); /* not copied again */
 }
 
 static void records_list(struct request *req)

@@ -1,7 +1,10 @@
 /*
  * The system module: liveness, readiness, metrics and the API's own
- * description. Every route is open (AUTH_NONE) and cheap; only /ready
- * touches the database.
+ * description. Every route is cheap; only /ready touches the database.
+ * All are open (AUTH_NONE) except /metrics, which tells an outsider too
+ * much (routes, traffic, pool state): it answers a bearer token
+ * (TENANTD_METRICS_TOKEN) or, without one configured, only clients on
+ * loopback that did not come through a proxy.
  */
 #include "system/system.h"
 
@@ -10,10 +13,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include <arpa/inet.h>
 #include <jansson.h>
 #include <llhttp.h>
+#include <openssl/crypto.h>
 
+#include "core/config.h"
 #include "core/embedded.h"
 #include "core/http.h"
 #include "core/log.h"
@@ -124,8 +131,47 @@ static void ready_get(struct request *req)
     db_query(pool, NULL, &ready_stmt, 0, NULL, ready_done, req);
 }
 
+/* The TCP peer is on loopback (127.0.0.0/8 or ::1). */
+static bool peer_loopback(const struct request *req)
+{
+    unsigned char a[16];
+    const char *ip = req->peer_ip ? req->peer_ip : "";
+    if (inet_pton(AF_INET, ip, a) == 1)
+        return a[0] == 127;
+    static const unsigned char one[16] = {[15] = 1};
+    return inet_pton(AF_INET6, ip, a) == 1 && memcmp(a, one, 16) == 0;
+}
+
+/* Whether the request may read /metrics; answers 401/403 when not. */
+static bool metrics_allowed(struct request *req)
+{
+    const char *token = g_config->metrics_token;
+    if (token && *token) {
+        const char *h = http_header(req, "Authorization");
+        size_t tl = strlen(token);
+        if (h && strncasecmp(h, "Bearer ", 7) == 0 && strlen(h + 7) == tl &&
+            CRYPTO_memcmp(h + 7, token, tl) == 0)
+            return true;
+        http_set_header(req, "WWW-Authenticate", "Bearer realm=\"metrics\"");
+        problem_respond(req, PROBLEM_UNAUTHORIZED,
+                        "/metrics needs the metrics bearer token (TENANTD_METRICS_TOKEN).");
+        return false;
+    }
+    /* A proxy on the same host makes every client a loopback peer: a
+     * forwarded request is never taken for a local one. */
+    if (peer_loopback(req) && !http_header(req, "X-Forwarded-For") &&
+        !http_header(req, "Forwarded") && !http_header(req, "X-Real-IP"))
+        return true;
+    problem_respond(req, PROBLEM_FORBIDDEN,
+                    "/metrics answers local clients only; set TENANTD_METRICS_TOKEN to read it "
+                    "from elsewhere with a bearer token.");
+    return false;
+}
+
 static void metrics_get(struct request *req)
 {
+    if (!metrics_allowed(req))
+        return;
     size_t len = 0;
     char *text = metrics_render(&len);
     if (!text) {

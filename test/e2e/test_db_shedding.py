@@ -1,0 +1,77 @@
+"""Overload sheds early (issue 11, item 4): when every database connection
+is busy and the oldest waiting request has waited TENANTD_DB_SHED_WAIT_MS,
+a new request gets 503 with Retry-After at once instead of queueing for
+TENANTD_DB_WAIT_TIMEOUT_MS; the requests already waiting are still served."""
+import json
+import subprocess
+import threading
+import time
+import uuid
+
+import harness
+
+FAST_ARGON2 = {"TENANTD_ARGON2_M_KIB": "1024", "TENANTD_ARGON2_T": "1"}
+
+
+class DbSheddingTest(harness.DbTestCase):
+    server_env = dict(FAST_ARGON2, TENANTD_DB_POOL_SIZE="1", TENANTD_DB_PIPELINE_DEPTH="1",
+                      TENANTD_DB_WAIT_TIMEOUT_MS="6000", TENANTD_DB_SHED_WAIT_MS="300",
+                      TENANTD_THREADS="1", TENANTD_JOB_WORKERS="0")
+
+    def test_new_requests_shed_while_the_queue_is_stuck(self):
+        tag = uuid.uuid4().hex[:10]
+        status, doc, _ = self.server.json("POST", "/v1/orgs", {
+            "name": f"Org {tag}", "admin": {"email": f"a-{tag}@example.com",
+                                            "password": "correct horse battery"}})
+        self.assertEqual(status, 201, doc)
+        auth = {"Authorization": f"Bearer {doc['access_token']}"}
+        schema = self.pg.psql(f"SELECT schema_name FROM public.orgs WHERE id = '{doc['org']['id']}'",
+                              self.dbname)[0]
+        r = self.server.request("POST", "/v1/collections/c/records", json.dumps({"a": 1}).encode(),
+                                dict(auth, **{"Content-Type": "application/json"}))
+        self.assertEqual(r.status, 201, r.body)
+        path = "/v1/collections/c/records/" + json.loads(r.body)["id"]
+        self.assertEqual(self.server.request("GET", path, headers=auth).status, 200)
+
+        # Hold the org's table for 2.5 s: the pool's one connection blocks
+        # on it, later requests queue behind.
+        lock = subprocess.Popen(
+            [harness.PSQL, self.pg.url(self.dbname), "-qAt", "-c",
+             f'BEGIN; LOCK TABLE "{schema}".records IN ACCESS EXCLUSIVE MODE; '
+             "SELECT pg_sleep(2.5); COMMIT;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.3)
+            results = {}
+
+            def fetch(name):
+                t0 = time.time()
+                rr = self.server.request("GET", path, headers=auth, timeout=15)
+                results[name] = (rr.status, time.time() - t0)
+
+            first = threading.Thread(target=fetch, args=("first",))
+            first.start()
+            time.sleep(0.2)
+            second = threading.Thread(target=fetch, args=("second",))
+            second.start()
+            time.sleep(0.6)  # the second has waited past the shed bound
+            t0 = time.time()
+            shed = self.server.request("GET", path, headers=auth, timeout=15)
+            took = time.time() - t0
+            self.assertEqual(shed.status, 503, shed.body)
+            self.assertEqual(shed.getheader("Retry-After"), "1")
+            self.assertEqual(json.loads(shed.body)["code"], "unavailable")
+            self.assertLess(took, 1.0)
+            first.join(15)
+            second.join(15)
+            # Those already waiting were served once the table was free.
+            self.assertEqual(results["first"][0], 200)
+            self.assertEqual(results["second"][0], 200)
+        finally:
+            lock.wait(10)
+        # And the pool serves normally again.
+        self.assertEqual(self.server.request("GET", path, headers=auth).status, 200)
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main()
