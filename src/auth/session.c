@@ -72,12 +72,12 @@ static const struct db_stmt rotate_refresh = {
     .sql = "SELECT public.tenantd_refresh($1, $2, $3::bigint)",
 };
 
-/* Logout ends the whole session: every token of the family. */
+/* Logout ends the whole session: every token of the family, under the
+ * user's row lock so that a rotation in flight cannot slip a token past it
+ * (migration 0008). */
 static const struct db_stmt revoke_family = {
-    .name = "auth_revoke_family",
-    .sql = "UPDATE public.refresh_tokens SET revoked_at = now()"
-           " WHERE family_id = (SELECT family_id FROM public.refresh_tokens WHERE token_hash = $1)"
-           " AND revoked_at IS NULL",
+    .name = "auth_logout",
+    .sql = "SELECT public.tenantd_logout($1)",
 };
 
 static const struct db_stmt me_user = {
