@@ -230,6 +230,7 @@ static int auth_init(void)
                           "this process (set TENANTD_JWT_SECRET)");
     struct password_params pp = {(uint32_t)c->argon2_m_kib, (uint32_t)c->argon2_t,
                                  (uint32_t)c->argon2_p};
+    password_pool_set_boost_ms((unsigned)c->hash_boost_ms);
     if (password_pool_start((unsigned)c->hash_threads, (unsigned)c->hash_queue, pp) != 0) {
         log_msg(LOG_ERROR, "auth: cannot start the password hashing pool (check "
                            "TENANTD_ARGON2_*)");
