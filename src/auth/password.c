@@ -461,13 +461,14 @@ static void booster(void *arg)
                 /* Once boosting (a boost thread finished a job since the
                  * idle hashers last did), new jobs go at once. */
                 bool boosting = g.last_boost_done_ns > g.last_idle_done_ns;
+                /* Stuck runs first: they were taken before anything queued. */
+                if ((j = stuck_locked(now)) != NULL) {
+                    j->rerun = true;
+                    break;
+                }
                 if (g.head && (boosting || now >= g.head->enq_ns + g.boost_ns)) {
                     j = claim_locked();
                     j->rerun = true; /* a boost thread has it already */
-                    break;
-                }
-                if ((j = stuck_locked(now)) != NULL) {
-                    j->rerun = true;
                     break;
                 }
                 if (g.head)

@@ -2,6 +2,9 @@
 DROP TRIGGER users_revoke_refresh ON public.users;
 DROP FUNCTION public.tenantd_revoke_user_refresh();
 DROP FUNCTION public.tenantd_logout(text);
+DROP FUNCTION public.tenantd_job_finish(uuid, text, integer, boolean, jsonb, text, boolean,
+                                        bigint, bigint, boolean);
+ALTER TABLE public.jobs DROP COLUMN cost_kept;
 -- Rotates a refresh token in one statement. The UPDATE ... WHERE used_at IS
 -- NULL is the arbiter: of concurrent calls with one token exactly one
 -- updates the row; the others wait on its row lock, then see it used and

@@ -1,4 +1,7 @@
--- Revocation always beats a concurrent refresh (SECURITY.md, 10.3).
+-- Security fixes (SECURITY.md): revocation beats a concurrent refresh (10.3),
+-- and failed jobs are refunded only for failures on tenantd's side (10.7).
+--
+-- 10.3 -- revocation always beats a concurrent refresh.
 --
 -- A refresh inserts the family's next token. A revoking statement that
 -- started before that insert committed does not see the new row (its
@@ -89,4 +92,52 @@ BEGIN
     RETURN json_build_object('status', 'ok', 'user', public.tenantd_user_json(u),
                              'org', public.tenantd_org_json(o), 'role', u.role,
                              'token_version', u.token_version);
+END $$;
+
+-- Jobs (SECURITY.md, 10.7): as 0005's tenantd_job_finish, plus p_refund: a
+-- job that ends failed is refunded only when the failure was on tenantd's
+-- side. A webhook whose receiver answered 4xx, or could not be reached,
+-- was a delivery attempt and keeps its cost (else failing receivers get
+-- deliveries for free). The 9-argument form stays for workers of the
+-- previous version (it always refunds). jobs.cost_kept records the rule's
+-- verdict, so audits can tell a kept cost from a missing refund.
+ALTER TABLE public.jobs ADD COLUMN cost_kept boolean NOT NULL DEFAULT false;
+
+CREATE FUNCTION public.tenantd_job_finish(
+    p_id uuid, p_worker text, p_attempt integer, p_ok boolean, p_result jsonb, p_error text,
+    p_retry boolean, p_base_ms bigint, p_max_ms bigint, p_refund boolean)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    j public.jobs;
+BEGIN
+    SELECT * INTO j FROM public.jobs x
+     WHERE x.id = p_id AND x.locked_by = p_worker AND x.attempts = p_attempt
+       AND x.status = 'running'
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF p_ok THEN
+        UPDATE public.jobs x SET status = 'succeeded', result = p_result, error = NULL,
+               finished_at = clock_timestamp(), locked_by = NULL, locked_until = NULL
+         WHERE x.id = p_id;
+        RETURN 'succeeded';
+    ELSIF p_retry AND j.attempts < j.max_attempts THEN
+        UPDATE public.jobs x SET status = 'queued', error = p_error, locked_by = NULL,
+               locked_until = NULL,
+               run_at = clock_timestamp() + make_interval(secs =>
+                   least(p_max_ms, p_base_ms * power(2, j.attempts - 1))
+                   * (0.5 + random() * 0.5) / 1000.0)
+         WHERE x.id = p_id;
+        RETURN 'queued';
+    END IF;
+    UPDATE public.jobs x SET status = 'failed', error = p_error, result = p_result,
+           finished_at = clock_timestamp(), locked_by = NULL, locked_until = NULL,
+           cost_kept = NOT p_refund AND x.cost > 0
+     WHERE x.id = p_id;
+    IF p_refund THEN
+        PERFORM public.tenantd_credit_refund_job(j.org_id, j.id, 'refund: job failed');
+    END IF;
+    RETURN 'failed';
 END $$;
