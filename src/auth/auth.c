@@ -25,11 +25,11 @@
 static int auth_init(void);
 static struct {
     uv_mutex_t mu;
-    struct ratelimit *ip, *key; /* NULL when TENANTD_LOGIN_LIMIT is 0 */
-    struct ratelimit *known;    /* set of (account, client) that logged in */
+    struct ratelimit *ip, *key;  /* NULL when TENANTD_LOGIN_LIMIT is 0 */
+    struct ratelimit *known;     /* set of (account, client) that logged in */
     struct ratelimit *known_key; /* budget of a known (account, client) */
-    struct ratelimit *signup;   /* per IP; NULL when TENANTD_SIGNUP_LIMIT is 0 */
-    struct ratelimit *org;      /* per org id; NULL when TENANTD_ORG_RATE_LIMIT is 0 */
+    struct ratelimit *signup;    /* per IP; NULL when TENANTD_SIGNUP_LIMIT is 0 */
+    struct ratelimit *org;       /* per org id; NULL when TENANTD_ORG_RATE_LIMIT is 0 */
     unsigned v6_prefix;
 } g_login;
 
@@ -96,8 +96,8 @@ bool login_ip_take(const char *ip, struct ratelimit_result *out, bool *have)
     return out->allowed;
 }
 
-bool login_key_take(const char *key, size_t keylen, const char *ip,
-                    struct ratelimit_result *out, bool *have)
+bool login_key_take(const char *key, size_t keylen, const char *ip, struct ratelimit_result *out,
+                    bool *have)
 {
     *have = false;
     if (!g_login.key)
@@ -133,8 +133,7 @@ void login_succeeded(const char *key, size_t keylen, const char *ip)
 }
 
 /* One attempt for key in table t (NULL: that limit is off). */
-static bool take_one(struct ratelimit *t, const char *key, struct ratelimit_result *out,
-                     bool *have)
+static bool take_one(struct ratelimit *t, const char *key, struct ratelimit_result *out, bool *have)
 {
     *have = false;
     if (!t)

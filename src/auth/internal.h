@@ -33,8 +33,8 @@ struct auth_loop {
  * account's budget (never another org's) and marks the client known.
  */
 bool login_ip_take(const char *ip, struct ratelimit_result *out, bool *have);
-bool login_key_take(const char *key, size_t keylen, const char *ip,
-                    struct ratelimit_result *out, bool *have);
+bool login_key_take(const char *key, size_t keylen, const char *ip, struct ratelimit_result *out,
+                    bool *have);
 void login_succeeded(const char *key, size_t keylen, const char *ip);
 /* The same for signups per client IP (TENANTD_SIGNUP_LIMIT an hour). */
 bool signup_limit_take(const char *ip, struct ratelimit_result *out, bool *have);
@@ -45,8 +45,7 @@ bool org_limit_take(const char *org_id, struct ratelimit_result *out, bool *have
 /* RateLimit-Limit/-Remaining/-Reset for r. */
 void auth_ratelimit_headers(struct request *req, const struct ratelimit_result *r);
 /* 429 for r: Retry-After, RateLimit-*, and a problem saying "Too many <what>". */
-void auth_ratelimit_refuse(struct request *req, const struct ratelimit_result *r,
-                           const char *what);
+void auth_ratelimit_refuse(struct request *req, const struct ratelimit_result *r, const char *what);
 
 /* This thread's loop state; NULL off a loop thread. */
 struct auth_loop *auth_loop_state(void);
@@ -56,7 +55,6 @@ void session_loop_stop(struct auth_loop *st);
 
 /* Session routes (session.c). */
 extern const struct route session_routes[];
-
 
 /* "admin" / "member" -> role; -1 for anything else. */
 int auth_role_parse(const char *s);

@@ -135,15 +135,15 @@ static struct {
     struct password_params params;
     char *dummy_phc;
     struct ploop *loops; /* attached loops, under mu */
-    uv_cond_t boost_cv;      /* boost threads wait here */
+    uv_cond_t boost_cv;  /* boost threads wait here */
     uv_thread_t *boosters;
     unsigned nboost;
-    uint64_t boost_ns;          /* 0: no boost threads */
-    uint64_t last_idle_done_ns; /* under mu: an idle hasher last finished a job */
+    uint64_t boost_ns;           /* 0: no boost threads */
+    uint64_t last_idle_done_ns;  /* under mu: an idle hasher last finished a job */
     uint64_t last_boost_done_ns; /* under mu: a boost thread last finished a job */
-    uint64_t boosted;           /* under mu: jobs run by boost threads */
-    struct job *running;        /* under mu: taken, not finished yet */
-    uint64_t next_seq;          /* under mu */
+    uint64_t boosted;            /* under mu: jobs run by boost threads */
+    struct job *running;         /* under mu: taken, not finished yet */
+    uint64_t next_seq;           /* under mu */
 } g;
 
 static uint64_t g_boost_ms = 100; /* set before the pool starts */

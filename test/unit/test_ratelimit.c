@@ -241,7 +241,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_args),           cmocka_unit_test(test_burst_then_deny),
         cmocka_unit_test(test_partial_refill), cmocka_unit_test(test_clock_backwards),
-        cmocka_unit_test(test_reset), cmocka_unit_test(test_mark), cmocka_unit_test(test_client_key),          cmocka_unit_test(test_eviction),
+        cmocka_unit_test(test_reset),          cmocka_unit_test(test_mark),
+        cmocka_unit_test(test_client_key),     cmocka_unit_test(test_eviction),
         cmocka_unit_test(test_many_keys),      cmocka_unit_test(test_period),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
