@@ -6,6 +6,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -368,7 +369,7 @@ static void test_loop_stays_responsive(void **state)
 
 /* Busy normal-priority threads, one per core: idle-priority hashers get no
  * CPU while they spin. */
-static volatile int spinning;
+static atomic_int spinning;
 
 static void spinner(void *p)
 {
