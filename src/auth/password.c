@@ -817,6 +817,7 @@ void password_pool_stop(void)
         uv_thread_join(&g.threads[i]);
     for (unsigned i = 0; i < g.nboost; i++)
         uv_thread_join(&g.boosters[i]);
+    assert(!g.running); /* every run finished before its thread returned */
 
     /* Waiting jobs are dropped. A loop still attached here broke the
      * contract; its mailbox is left alone since its handle may still be
