@@ -94,9 +94,10 @@ class AllowListPortTest(LedgerAudit, harness.DbTestCase):
         self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -2)])
 
     def test_receiver_4xx_is_not_refunded(self):
-        self.rx.answers[:] = [404]
+        path = self.rx.new_path()
+        self.rx.answers[path] = [404]
         job = enqueue(self.server, self.org["access_token"], "webhook.deliver", {
-            "url": f"http://localhost:{self.rx.port}/", "secret": "s" * 16}, max_attempts=3)
+            "url": f"http://localhost:{self.rx.port}{path}", "secret": "s" * 16}, max_attempts=3)
         done = wait_job(self.server, self.org["access_token"], job["id"])
         self.assertEqual(done["status"], "failed", done)
         self.assertEqual(done["attempts"], 1)
