@@ -92,5 +92,5 @@ class LoginFloodTest(harness.DbTestCase):
         self.assertEqual(errors, [])
         # Raw argon2id (default cost) is ~20-40 ms per hash and core. Seen
         # on a loaded 2-core machine: 16-21 logins with starving hashers,
-        # 48-64 with the boost threads.
-        self.assertGreaterEqual(len(in_flood), 32, done)
+        # 48-83 with the boost threads (37 under ASan).
+        self.assertGreaterEqual(len(in_flood), 28, done)
