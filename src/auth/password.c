@@ -18,9 +18,9 @@
  * (roughly a fair share of a core per boost thread against the loops),
  * and takes new jobs at once while the starvation lasts; as soon as idle
  * hashers finish work again (the loops left CPU over), the boost threads
- * go back to sleep. So a busy server keeps serving logins,
- * and a server that is not saturated keeps its latency, since its idle
- * hashers make progress and nothing runs at normal priority.
+ * go back to sleep. So a busy server keeps serving logins, and a server
+ * that is not saturated keeps its latency, since its idle hashers make
+ * progress and nothing runs at normal priority.
  *
  * Why not promote the hashers themselves (SCHED_IDLE -> SCHED_OTHER when
  * starved, back after)? Leaving SCHED_IDLE needs CAP_SYS_NICE (or an

@@ -326,6 +326,17 @@ bool job_webhook_allowed(const char *host, int port)
     return list && list_each(list, allow_matches, &a);
 }
 
+/* An IPv4 literal that the worker would refuse anyway is refused at
+ * enqueue (names are checked when they are resolved, at run time). */
+static bool literal_ok(const char *host)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    if ((g_config && g_config->webhook_allow_private) ||
+        inet_pton(AF_INET, host, &sa.sin_addr) != 1)
+        return true;
+    return job_addr_public((const struct sockaddr *)&sa);
+}
+
 static void webhook_validate(json_t *p, json_t **errors)
 {
     static const char *const known[] = {"url", "secret", "body", NULL};
@@ -339,6 +350,9 @@ static void webhook_validate(json_t *p, json_t **errors)
         add_error(errors, "url", json_is_string(u) ? why : "must be a string");
     else if (!job_webhook_allowed(url.host, url.port))
         add_error(errors, "url", "names a host this server may not call (TENANTD_WEBHOOK_ALLOW)");
+    else if (!literal_ok(url.host))
+        add_error(errors, "url",
+                  "names a non-public address (TENANTD_WEBHOOK_ALLOW_PRIVATE is off)");
     json_t *s = json_object_get(p, "secret");
     if (!s)
         add_error(errors, "secret", "is required");

@@ -989,7 +989,7 @@ class WebhookWorkerAllowListTest(LedgerAudit, harness.DbTestCase):
         super().setUpClass()
         cls.rx = Receiver()
         cls.server = harness.Server(cls.db_url, env=dict(
-            FAST, TENANTD_JOB_WORKERS="0",
+            FAST, TENANTD_JOB_WORKERS="0", TENANTD_WEBHOOK_ALLOW_PRIVATE="1",
             TENANTD_WEBHOOK_ALLOW=f"127.0.0.1:{cls.rx.port}")).start()
 
     @classmethod

@@ -12,7 +12,7 @@ import time
 import harness
 
 PW = "correct horse battery"
-FLOOD_S = 4.0
+FLOOD_S = 5.0
 FLOODERS = 3  # processes, each pipelining /health on one keep-alive connection
 
 FLOOD_CODE = r"""
@@ -75,7 +75,7 @@ class LoginFloodTest(harness.DbTestCase):
                 done.append(time.monotonic() - t0)
 
         time.sleep(0.3)  # the flood is on
-        users = [threading.Thread(target=logins) for _ in range(2)]
+        users = [threading.Thread(target=logins) for _ in range(4)]
         for u in users:
             u.start()
         for u in users:
@@ -90,6 +90,7 @@ class LoginFloodTest(harness.DbTestCase):
         print(f"\n/health answered during the flood: {sum(counts)}; logins completed "
               f"in the flood: {len(in_flood)}", file=sys.stderr)
         self.assertEqual(errors, [])
-        # Raw argon2id (default cost) is ~20-40 ms per hash and core; with
-        # starving hashers this is 0-11 logins (seen), with the boost 25-56.
-        self.assertGreaterEqual(len(in_flood), 15, done)
+        # Raw argon2id (default cost) is ~20-40 ms per hash and core. Seen
+        # on a loaded 2-core machine: 16-21 logins with starving hashers,
+        # 48-83 with the boost threads (37 under ASan).
+        self.assertGreaterEqual(len(in_flood), 28, done)
