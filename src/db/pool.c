@@ -1241,10 +1241,12 @@ static struct conn *choose(struct db_pool *p, const struct dbq *q)
     }
     if (q->org && q->org->inflight >= p->org_cap)
         return NULL; /* the org has its share in flight: wait for one of them */
-    struct conn *first = NULL, *best = NULL;
+    struct conn *first = NULL, *best = NULL, *opening = NULL;
     uint64_t first_w = 0, best_w = 0;
     for (int i = 0; i < q->nrank; i++) {
         struct conn *c = &p->conns[q->rank[i]];
+        if ((c->state == CONN_CLOSED || c->state == CONN_CONNECTING) && !opening)
+            opening = c;
         if (!conn_usable(p, c))
             continue;
         uint64_t w = conn_wait_us(c, now);
@@ -1258,10 +1260,21 @@ static struct conn *choose(struct db_pool *p, const struct dbq *q)
             best_w = w;
         }
     }
-    /* Spill only for a clear gain: under even load every connection looks
-     * alike and the org stays on its own. */
-    if (best && first_w > 2 * best_w + BUSY_US)
+    /* Spill only for a clear gain (under even load every connection looks
+     * alike and the org stays on its own), and only for an org well below
+     * its cap: a flooding org stays on its first slot rather than putting
+     * its statements in front of the orgs of its other slots. */
+    bool light = !q->org || q->org->inflight * 2 < p->org_cap;
+    if (best && first_w > 2 * best_w + BUSY_US && light)
         return best;
+    if (first && first_w > BUSY_US && light && opening) {
+        /* Slots open lazily: a busy first slot is when the org's next one
+         * is worth opening; a long wait is worth a connect's time. */
+        if (opening->state == CONN_CLOSED)
+            conn_connect(opening);
+        if (first_w > 10 * BUSY_US && opening->state == CONN_CONNECTING)
+            return NULL;
+    }
     return first;
 }
 
@@ -1273,6 +1286,7 @@ static bool try_assign(struct db_pool *p, struct dbq *q)
         return false;
     if (q->affine && c != &p->conns[q->rank[0]])
         p->spills++;
+
     conn_send(c, q);
     return true;
 }
