@@ -30,7 +30,7 @@
       "PostgreSQL statement_timeout (0 = none)")                                                   \
     X(db_reconnect_max_ms, TENANTD_DB_RECONNECT_MAX_MS, INT, 5000, 10, 600000,                     \
       "longest back-off between reconnect attempts")                                               \
-    X(db_statement_cache, TENANTD_DB_STATEMENT_CACHE, INT, 1000, 1, 1000000,                      \
+    X(db_statement_cache, TENANTD_DB_STATEMENT_CACHE, INT, 4000, 1, 1000000,                      \
       "org statements kept prepared per database connection (LRU)")                               \
     X(db_org_inflight, TENANTD_DB_ORG_INFLIGHT, INT, 0, 0, 1024,                                   \
       "statements one org may have in flight per loop (0 = the pipeline depth)")                  \

@@ -73,9 +73,9 @@
 #define CONNECT_TIMEOUT_MS 10000   /* PQconnectPoll has no timeout of its own */
 #define WATCHDOG_GRACE_MS 5000     /* beyond statement_timeout: the server is not answering */
 #define RECYCLE_SCHEMAS 5000      /* default distinct schemas before a backend is replaced */
-#define STATEMENT_CACHE 1000      /* default tenant statements per connection */
+#define STATEMENT_CACHE 4000      /* default tenant statements per connection (~18 KiB each) */
 #define SPILL 2                   /* slots past the affine one an org may use */
-#define BUSY_US 2000              /* an expected wait this short never spills */
+#define SLOW_US 5000              /* a pace this much beyond 8x the pool's is slow */
 #define ORG_BUCKETS 256
 /* db_pool_close waits at most this for queries in flight when there is no
  * statement_timeout (with one: statement_timeout + WATCHDOG_GRACE_MS). */
@@ -1208,16 +1208,36 @@ static bool conn_usable(const struct db_pool *p, const struct conn *c)
     return c->state == CONN_READY && !c->recycle && c->inflight < p->depth;
 }
 
-/* How long (us) a segment queued on c now would wait for the ones ahead:
- * their number times the recent service time, or at least the age of the
- * oldest (a slow statement shows before it ends). */
-static uint64_t conn_wait_us(const struct conn *c, uint64_t now_ns)
+/* How long (us) c takes per segment lately: its recent service time, or the
+ * age of its oldest segment when that is longer (a slow statement shows
+ * before it ends). */
+static uint64_t conn_pace_us(const struct conn *c, uint64_t now_ns)
 {
     if (c->inflight == 0)
         return 0;
-    uint64_t w = (uint64_t)c->inflight * c->svc_us;
-    uint64_t age = (now_ns - c->head->sent_ns) / 1000;
-    return age > w ? age : w;
+    /* The head's service began when it was sent or when the one before it
+     * ended, whichever came later: time queued behind others is not its. */
+    uint64_t from = c->head->sent_ns > c->last_done_ns ? c->head->sent_ns : c->last_done_ns;
+    uint64_t age = now_ns > from ? (now_ns - from) / 1000 : 0;
+    return age > c->svc_us ? age : c->svc_us;
+}
+
+/* Whether c is abnormally slow: many times the usual pace of the
+ * pool's other connections. A longer queue alone is not (pipelining is the
+ * point), nor is a pace the whole pool shares (commits waiting for the
+ * disk). */
+static bool conn_slow(const struct db_pool *p, const struct conn *c, uint64_t now_ns)
+{
+    uint64_t sum = 0;
+    int n = 0;
+    for (int i = 0; i < p->size; i++)
+        if (p->conns[i].state == CONN_READY && &p->conns[i] != c) {
+            sum += p->conns[i].svc_us;
+            n++;
+        }
+    if (n == 0)
+        return false; /* nothing to compare with, nowhere to go */
+    return conn_pace_us(c, now_ns) > 8 * (sum / (uint64_t)n) + SLOW_US;
 }
 
 /* The connection q should go to now, or NULL (it waits). */
@@ -1225,57 +1245,56 @@ static struct conn *choose(struct db_pool *p, const struct dbq *q)
 {
     uint64_t now = uv_hrtime();
     if (!q->affine) {
+        /* No org: the shortest queue, a slow connection last. */
         struct conn *best = NULL;
-        uint64_t best_w = 0;
+        bool best_slow = false;
         for (int i = 0; i < p->size; i++) {
             struct conn *c = &p->conns[i];
             if (!conn_usable(p, c))
                 continue;
-            uint64_t w = conn_wait_us(c, now);
-            if (!best || w < best_w || (w == best_w && c->inflight < best->inflight)) {
+            bool slow = conn_slow(p, c, now);
+            if (!best || (best_slow && !slow) ||
+                (slow == best_slow && c->inflight < best->inflight)) {
                 best = c;
-                best_w = w;
+                best_slow = slow;
             }
         }
         return best;
     }
     if (q->org && q->org->inflight >= p->org_cap)
         return NULL; /* the org has its share in flight: wait for one of them */
-    struct conn *first = NULL, *best = NULL, *opening = NULL;
-    uint64_t first_w = 0, best_w = 0;
+    /* The first slot in rank order that is READY (a lost, reconnecting or
+     * retiring one is passed over). An org well below its cap also passes
+     * over one made slow by another org; an org near its cap stays, rather than putting its
+     * statements in front of the orgs of its other slots. A full pipeline
+     * that is moving is waited for, not passed over: spilling for a moment's
+     * queue would show every backend every org over time. */
+    bool light = !q->org || q->org->inflight * 2 < p->org_cap;
+    struct conn *slow = NULL, *opening = NULL;
     for (int i = 0; i < q->nrank; i++) {
         struct conn *c = &p->conns[q->rank[i]];
         if ((c->state == CONN_CLOSED || c->state == CONN_CONNECTING) && !opening)
             opening = c;
-        if (!conn_usable(p, c))
+        if (c->state != CONN_READY || c->recycle)
             continue;
-        uint64_t w = conn_wait_us(c, now);
-        if (!first) {
-            first = c;
-            first_w = w;
-            if (w <= BUSY_US)
-                return c;
-        } else if (!best || w < best_w) {
-            best = c;
-            best_w = w;
+        /* Slow because of this org's own statement: moving on would only
+         * spread its slowness to more orgs. */
+        if (light && c->inflight && c->head->org != q->org && conn_slow(p, c, now)) {
+            if (!slow)
+                slow = c;
+            continue;
         }
+        return c->inflight < p->depth ? c : NULL;
     }
-    /* Spill only for a clear gain (under even load every connection looks
-     * alike and the org stays on its own), and only for an org well below
-     * its cap: a flooding org stays on its first slot rather than putting
-     * its statements in front of the orgs of its other slots. */
-    bool light = !q->org || q->org->inflight * 2 < p->org_cap;
-    if (best && first_w > 2 * best_w + BUSY_US && light)
-        return best;
-    if (first && first_w > BUSY_US && light && opening) {
-        /* Slots open lazily: a busy first slot is when the org's next one
-         * is worth opening; a long wait is worth a connect's time. */
+    if (slow && opening) {
+        /* Slots open lazily: a slow first slot is when the org's next one
+         * is worth opening, and worth a connect's wait. */
         if (opening->state == CONN_CLOSED)
             conn_connect(opening);
-        if (first_w > 10 * BUSY_US && opening->state == CONN_CONNECTING)
+        if (opening->state == CONN_CONNECTING)
             return NULL;
     }
-    return first;
+    return slow && slow->inflight < p->depth ? slow : NULL;
 }
 
 /* Puts q on a connection if one can take it now. */

@@ -276,7 +276,8 @@ static void test_many_schemas(void)
     CHECK(s.connections >= 1 && s.connections <= 4, "pool of 4 has %d connections", s.connections);
     CHECK(s.waiting == 0 && s.in_use == 0, "after all: waiting=%d in_use=%d", s.waiting, s.in_use);
     CHECK(s.schema_switches == 0, "the pool never switches search_path: %lu", s.schema_switches);
-    CHECK(s.stmt_misses >= 10 && s.stmt_hits > 0, "tenant statements: %lu misses, %lu hits",
+    /* st_info (named) runs for t1, t3, t5, t7, t9: prepared at least once each. */
+    CHECK(s.stmt_misses >= 5 && s.stmt_hits > 0, "tenant statements: %lu misses, %lu hits",
           s.stmt_misses, s.stmt_hits);
     PGresult *r =
         admin_exec(admin, "SELECT count(*) FROM pg_stat_activity WHERE "
