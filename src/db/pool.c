@@ -75,7 +75,7 @@
 #define RECYCLE_SCHEMAS 5000      /* default distinct schemas before a backend is replaced */
 #define STATEMENT_CACHE 4000      /* default tenant statements per connection (~18 KiB each) */
 #define SPILL 2                   /* slots past the affine one an org may use */
-#define SLOW_US 5000              /* a pace this much beyond 8x the pool's is slow */
+#define SLOW_US 5000              /* a service time this much beyond 8x the pool's is slow */
 #define ORG_BUCKETS 256
 /* db_pool_close waits at most this for queries in flight when there is no
  * statement_timeout (with one: statement_timeout + WATCHDOG_GRACE_MS). */
@@ -1208,26 +1208,30 @@ static bool conn_usable(const struct db_pool *p, const struct conn *c)
     return c->state == CONN_READY && !c->recycle && c->inflight < p->depth;
 }
 
-/* How long (us) c takes per segment lately: its recent service time, or the
- * age of its oldest segment when that is longer (a slow statement shows
- * before it ends). */
-static uint64_t conn_pace_us(const struct conn *c, uint64_t now_ns)
+/* Whether org o is flooding: at least half its cap in flight. */
+static bool org_heavy(const struct db_pool *p, const struct orgc *o)
 {
-    if (c->inflight == 0)
-        return 0;
-    /* The head's service began when it was sent or when the one before it
-     * ended, whichever came later: time queued behind others is not its. */
-    uint64_t from = c->head->sent_ns > c->last_done_ns ? c->head->sent_ns : c->last_done_ns;
-    uint64_t age = now_ns > from ? (now_ns - from) / 1000 : 0;
-    return age > c->svc_us ? age : c->svc_us;
+    return o && o->inflight * 2 >= p->org_cap;
 }
 
-/* Whether c is abnormally slow: many times the usual pace of the
- * pool's other connections. A longer queue alone is not (pipelining is the
- * point), nor is a pace the whole pool shares (commits waiting for the
- * disk). */
-static bool conn_slow(const struct db_pool *p, const struct conn *c, uint64_t now_ns)
+/* Whether a query of org `self` should pass over c: another org floods it
+ * (its statements would run first, however slow), or c is abnormally slow,
+ * many times the recent service time of the pool's other connections (not
+ * a longer queue: pipelining is the point; nor a pace the whole pool
+ * shares, like commits waiting for the disk). Slowness of the org's own
+ * making is no reason to spread it to more orgs. */
+static bool conn_avoid(const struct db_pool *p, const struct conn *c, const struct orgc *self)
 {
+    bool others = false;
+    for (const struct dbq *q = c->head; q; q = q->next) {
+        if (q->org == self)
+            continue;
+        if (org_heavy(p, q->org))
+            return true;
+        others = true;
+    }
+    if (!others)
+        return false;
     uint64_t sum = 0;
     int n = 0;
     for (int i = 0; i < p->size; i++)
@@ -1235,24 +1239,21 @@ static bool conn_slow(const struct db_pool *p, const struct conn *c, uint64_t no
             sum += p->conns[i].svc_us;
             n++;
         }
-    if (n == 0)
-        return false; /* nothing to compare with, nowhere to go */
-    return conn_pace_us(c, now_ns) > 8 * (sum / (uint64_t)n) + SLOW_US;
+    return n > 0 && c->svc_us > 8 * (sum / (uint64_t)n) + SLOW_US;
 }
 
 /* The connection q should go to now, or NULL (it waits). */
 static struct conn *choose(struct db_pool *p, const struct dbq *q)
 {
-    uint64_t now = uv_hrtime();
     if (!q->affine) {
-        /* No org: the shortest queue, a slow connection last. */
+        /* No org: the shortest queue, an avoidable connection last. */
         struct conn *best = NULL;
         bool best_slow = false;
         for (int i = 0; i < p->size; i++) {
             struct conn *c = &p->conns[i];
             if (!conn_usable(p, c))
                 continue;
-            bool slow = conn_slow(p, c, now);
+            bool slow = conn_avoid(p, c, NULL);
             if (!best || (best_slow && !slow) ||
                 (slow == best_slow && c->inflight < best->inflight)) {
                 best = c;
@@ -1265,7 +1266,8 @@ static struct conn *choose(struct db_pool *p, const struct dbq *q)
         return NULL; /* the org has its share in flight: wait for one of them */
     /* The first slot in rank order that is READY (a lost, reconnecting or
      * retiring one is passed over). An org well below its cap also passes
-     * over one made slow by another org; an org near its cap stays, rather than putting its
+     * over one another org floods or slows (conn_avoid); an org near its
+     * cap stays, rather than putting its
      * statements in front of the orgs of its other slots. A full pipeline
      * that is moving is waited for, not passed over: spilling for a moment's
      * queue would show every backend every org over time. */
@@ -1277,9 +1279,7 @@ static struct conn *choose(struct db_pool *p, const struct dbq *q)
             opening = c;
         if (c->state != CONN_READY || c->recycle)
             continue;
-        /* Slow because of this org's own statement: moving on would only
-         * spread its slowness to more orgs. */
-        if (light && c->inflight && c->head->org != q->org && conn_slow(p, c, now)) {
+        if (light && conn_avoid(p, c, q->org)) {
             if (!slow)
                 slow = c;
             continue;
