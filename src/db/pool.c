@@ -10,22 +10,24 @@
  *
  * Placement (tenant affinity). A query with a schema ranks the slots by
  * rendezvous hash of (schema, slot) and may use the first 1 + SPILL of
- * them, the same ones in every loop and process. It takes the first usable
- * one in rank order (READY, not being recycled, room in its pipeline),
- * unless that one's expected wait (segments ahead x recent service time, or
- * the age of its oldest segment) is long and another allowed slot's is
- * much shorter: then it spills there. So:
- *  - busy (pipeline full or slow): the query spills to the next ranked slot;
- *    if every allowed slot is full it waits (FIFO, bounded by the wait
- *    timeout), it never goes to a slot outside its 1 + SPILL.
- *  - lost (BACKOFF) or reconnecting (CONNECTING, or being recycled): the
- *    slot is skipped like a full one; the next ranked slot serves the org
- *    until it is back, and the queries in flight on a lost one fail
- *    DB_UNAVAILABLE (they may or may not have run: callers answer 503).
- *  - a closed slot is opened when a query would rank it first.
+ * them, the same ones in every loop and process. It takes the first of them
+ * that is READY, and waits (FIFO, bounded by the wait timeout) when that
+ * one's pipeline is full: a moment's queue is no reason to show another
+ * backend the org's schema. So:
+ *  - lost (BACKOFF), reconnecting (CONNECTING) or retiring (recycle): the
+ *    slot is passed over and the next ranked slot serves the org until it is
+ *    back; the queries in flight on a lost one fail DB_UNAVAILABLE (they may
+ *    or may not have run: callers answer 503), nothing else is touched.
+ *  - busy because of another org: an org below half its cap passes over a
+ *    slot holding statements of an org at half its cap or more (a flood), or
+ *    one whose recent service time is many times the other connections'
+ *    (conn_avoid), to the next ranked slot that is not; if all its slots are
+ *    so, it takes the first. An org at half its cap or more never passes
+ *    over for that reason: it would carry its flood to more orgs.
+ *  - a closed slot is opened when a query needs it (lazily).
  * An org may have at most org_inflight statements in flight per pool; more
- * wait, so one org's flood cannot fill every pipeline. Queries without a
- * schema take the allowed slot with the shortest expected wait.
+ * wait. Queries without a schema take the usable connection with the
+ * shortest queue, avoided ones last.
  *
  * No placement can run a statement in the wrong schema: the pool never
  * sets search_path; a tenant statement's text names its schema, prepared
