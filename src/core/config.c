@@ -125,7 +125,7 @@ static const struct setting *find_flag(const char *name, size_t len)
  * it). NULL with err when unreadable or empty; the message names the
  * variable and path, never the content.
  */
-static const char *read_secret_file(const char *path, const char *var, char *err, size_t errlen)
+static char *read_secret_file(const char *path, const char *var, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -264,8 +264,17 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
         const char *path = settings[i].type == T_STR ? getenv(fname) : NULL;
         if (path && v)
             return fail(err, errlen, "both %s and %s are set; use one", settings[i].env, fname);
-        if (path && !(v = read_secret_file(path, fname, err, errlen)))
-            return -1;
+        if (path) {
+            /* One buffer per setting, replaced by a later load (tests load
+             * several times), kept for the process's life otherwise. */
+            static char *from_file[NSETTINGS];
+            char *content = read_secret_file(path, fname, err, errlen);
+            if (!content)
+                return -1;
+            free(from_file[i]);
+            from_file[i] = content;
+            v = content;
+        }
         if (v && apply(cfg, &settings[i], v, path ? fname : settings[i].env, err, errlen) != 0)
             return -1;
     }
