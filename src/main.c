@@ -317,8 +317,7 @@ static int cmd_healthcheck(const struct config *cfg)
     }
     struct addrinfo *ai = NULL;
     if (listen_addr(cfg->listen, &ai) != 0 || !ai) {
-        fprintf(stderr, "tenantd healthcheck: TENANTD_LISTEN '%s' is not host:port\n",
-                cfg->listen);
+        fprintf(stderr, "tenantd healthcheck: TENANTD_LISTEN '%s' is not host:port\n", cfg->listen);
         return 1;
     }
     struct sockaddr_storage sa;

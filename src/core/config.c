@@ -205,9 +205,9 @@ static int validate(struct config *cfg, char *err, size_t errlen)
                     "TENANTD_CORS_ORIGINS: '%s' is not * or an origin like https://app.example.com",
                     bad);
     /* Only these talk to the database; routes, healthcheck and --help do not. */
-    bool needs_db = cfg->command && (!strcmp(cfg->command, "serve") ||
-                                     !strcmp(cfg->command, "worker") ||
-                                     !strcmp(cfg->command, "migrate"));
+    bool needs_db =
+        cfg->command && (!strcmp(cfg->command, "serve") || !strcmp(cfg->command, "worker") ||
+                         !strcmp(cfg->command, "migrate"));
     if (!cfg->database_url && needs_db) {
         /* Silently using the development database in production would run
          * against the wrong (or no) data: only development mode may. */
@@ -337,7 +337,7 @@ int config_load(struct config *cfg, int argc, char **argv, char *err, size_t err
 /* TENANTD_* names that are no setting of the binary but are read by the
  * project's scripts and container image; not worth a warning. */
 static const char *const tooling_vars[] = {
-    "TENANTD_PG_PORT", "TENANTD_PG_DIR",      "TENANTD_BIN", "TENANTD_SOURCE_DIR",
+    "TENANTD_PG_PORT",      "TENANTD_PG_DIR",           "TENANTD_BIN",    "TENANTD_SOURCE_DIR",
     "TENANTD_TEST_PRESETS", "TENANTD_MIGRATE_ON_START", "TENANTD_COMMIT", NULL,
 };
 
@@ -367,6 +367,7 @@ void config_warn_unknown(void)
 
 void config_usage(FILE *f)
 {
+    /* clang-format off: one line of the usage a line of source */
     fprintf(f,
             "tenantd %s (commit %s): multi-tenant SaaS backend\n\n"
             "Usage:\n"
@@ -384,6 +385,7 @@ void config_usage(FILE *f)
             "may instead be read from a file named by NAME_FILE (e.g. TENANTD_JWT_SECRET_FILE);\n"
             "unknown TENANTD_* variables are warned about:\n",
             TENANTD_VERSION, TENANTD_COMMIT);
+    /* clang-format on */
     char flag[64];
     for (size_t i = 0; i < NSETTINGS; i++) {
         const struct setting *s = &settings[i];

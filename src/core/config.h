@@ -19,14 +19,14 @@
     X(database_url, DATABASE_URL, STR, NULL, 0, 0,                                                 \
       "libpq connection string or URI (required outside development mode)")                        \
     X(db_startup_timeout_ms, TENANTD_DB_STARTUP_TIMEOUT_MS, INT, 30000, 0, 3600000,                \
-      "at start, how long to retry the first database connection (0 = try once)")                 \
+      "at start, how long to retry the first database connection (0 = try once)")                  \
     X(listen, TENANTD_LISTEN, STR, "127.0.0.1:8080", 0, 0, "host:port to serve on")                \
     X(threads, TENANTD_THREADS, INT, 0, 0, 256, "event loops (0 = one per core)")                  \
     X(db_pool_size, TENANTD_DB_POOL_SIZE, INT, 4, 1, 1024, "database connections per loop")        \
     X(db_pipeline_depth, TENANTD_DB_PIPELINE_DEPTH, INT, 16, 1, 1024,                              \
       "queries in flight on one connection (1 = no pipelining)")                                   \
     X(db_wait_timeout_ms, TENANTD_DB_WAIT_TIMEOUT_MS, INT, 5000, 1, 600000,                        \
-      "how long a request waits for a database connection before 503")                            \
+      "how long a request waits for a database connection before 503")                             \
     X(db_statement_timeout_ms, TENANTD_DB_STATEMENT_TIMEOUT_MS, INT, 10000, 0, 3600000,            \
       "PostgreSQL statement_timeout (0 = none)")                                                   \
     X(db_reconnect_max_ms, TENANTD_DB_RECONNECT_MAX_MS, INT, 5000, 10, 600000,                     \
@@ -73,7 +73,7 @@
     X(job_poll_ms, TENANTD_JOB_POLL_MS, INT, 1000, 10, 3600000,                                    \
       "workers look for due jobs at least this often (besides LISTEN)")                            \
     X(job_timeout_ms, TENANTD_JOB_TIMEOUT_MS, INT, 60000, 10, 86400000,                            \
-      "one attempt of a job may take this long, then it fails (and may retry)")                   \
+      "one attempt of a job may take this long, then it fails (and may retry)")                    \
     X(job_batch, TENANTD_JOB_BATCH, INT, 8, 1, 1000, "jobs a worker claims at once")               \
     X(job_retry_base_ms, TENANTD_JOB_RETRY_BASE_MS, INT, 1000, 1, 86400000,                        \
       "retry backoff: base * 2^(attempt-1), with jitter")                                          \
@@ -83,8 +83,8 @@
       "credits a records.export job costs")                                                        \
     X(job_cost_credits_report, TENANTD_JOB_COST_CREDITS_REPORT, INT, 2, 0, INT64_C(1000000000),    \
       "credits a credits.report job costs")                                                        \
-    X(job_cost_webhook_deliver, TENANTD_JOB_COST_WEBHOOK_DELIVER, INT, 2, 0,                       \
-      INT64_C(1000000000), "credits a webhook.deliver job costs")                                  \
+    X(job_cost_webhook_deliver, TENANTD_JOB_COST_WEBHOOK_DELIVER, INT, 2, 0, INT64_C(1000000000),  \
+      "credits a webhook.deliver job costs")                                                       \
     X(job_cost_sleep, TENANTD_JOB_COST_SLEEP, INT, 1, 0, INT64_C(1000000000),                      \
       "credits a sleep job costs (test jobs)")                                                     \
     X(job_cost_fail, TENANTD_JOB_COST_FAIL, INT, 1, 0, INT64_C(1000000000),                        \
@@ -98,7 +98,7 @@
     X(log_level, TENANTD_LOG_LEVEL, STR, "info", 0, 0, "debug, info, warn or error")               \
     X(migrate_concurrency, TENANTD_MIGRATE_CONCURRENCY, INT, 4, 1, 64,                             \
       "tenant schemas migrated at once")                                                           \
-    X(access_ttl_s, TENANTD_ACCESS_TTL_S, INT, 900, 1, 86400, "access token lifetime, seconds")   \
+    X(access_ttl_s, TENANTD_ACCESS_TTL_S, INT, 900, 1, 86400, "access token lifetime, seconds")    \
     X(refresh_ttl_s, TENANTD_REFRESH_TTL_S, INT, 2592000, 60, INT64_C(31536000),                   \
       "refresh token lifetime, seconds")                                                           \
     X(argon2_m_kib, TENANTD_ARGON2_M_KIB, INT, 19456, 8, 4194304, "argon2id memory cost, KiB")     \

@@ -224,7 +224,8 @@ int migrations_load(const struct embedded_file *files, enum migration_track trac
             m[j].down = NULL;
             migration_checksum(x->f->data, x->f->len, m[j].checksum);
             size_t ml = strlen(MIGRATION_COMPATIBLE_MARK);
-            m[j].compatible = x->f->len >= ml && !memcmp(x->f->data, MIGRATION_COMPATIBLE_MARK, ml) &&
+            m[j].compatible = x->f->len >= ml &&
+                              !memcmp(x->f->data, MIGRATION_COMPATIBLE_MARK, ml) &&
                               (x->f->len == ml || isspace((unsigned char)x->f->data[ml]));
             np += len;
             j++;
@@ -882,8 +883,8 @@ struct runner {
     int concurrency;
     bool cli;      /* plain lines on stdout and a progress line; else JSON logs */
     bool tolerate; /* status: count edited or unknown migrations, do not fail */
-    bool accept_ahead; /* the start-up check: compatible newer migrations are fine */
-    bool skip_tenants; /* do not read every org schema (check, status: one query) */
+    bool accept_ahead;   /* the start-up check: compatible newer migrations are fine */
+    bool skip_tenants;   /* do not read every org schema (check, status: one query) */
     bool versions_table; /* public.tenant_schema_versions exists (control 0009) */
     PGconn *c;
     const struct migration *cm, *tm;
@@ -961,13 +962,12 @@ static int runner_open(struct runner *r, bool lock)
     }
     /* `compatible` through to_jsonb: the column exists only from control
      * 0009 on, and this must read databases before and after it. */
-    PGresult *res = query(
-        r->c,
-        "SELECT version, checksum,"
-        " coalesce((pg_catalog.to_jsonb(m) ->> 'compatible')::boolean, false),"
-        " pg_catalog.to_regclass('public.tenant_schema_versions') IS NOT NULL"
-        " FROM public.schema_migrations m ORDER BY version",
-        0, NULL, "reading public.schema_migrations", r->err, r->errlen);
+    PGresult *res = query(r->c,
+                          "SELECT version, checksum,"
+                          " coalesce((pg_catalog.to_jsonb(m) ->> 'compatible')::boolean, false),"
+                          " pg_catalog.to_regclass('public.tenant_schema_versions') IS NOT NULL"
+                          " FROM public.schema_migrations m ORDER BY version",
+                          0, NULL, "reading public.schema_migrations", r->err, r->errlen);
     if (!res)
         return -1;
     int rc = check_applied(res, TRACK_CONTROL, "the database", r->cm, r->ncm, r->tolerate,
@@ -998,9 +998,9 @@ static void runner_close(struct runner *r)
  * versions table now exists, for the tenant phase. */
 static int record_marks(struct runner *r)
 {
-    PGresult *res = query(r->c,
-                          "SELECT pg_catalog.to_regclass('public.tenant_schema_versions') IS NOT NULL",
-                          0, NULL, "looking for public.tenant_schema_versions", r->err, r->errlen);
+    PGresult *res =
+        query(r->c, "SELECT pg_catalog.to_regclass('public.tenant_schema_versions') IS NOT NULL", 0,
+              NULL, "looking for public.tenant_schema_versions", r->err, r->errlen);
     if (!res)
         return -1;
     r->versions_table = PQgetvalue(res, 0, 0)[0] == 't';
@@ -1011,7 +1011,8 @@ static int record_marks(struct runner *r)
     size_t a = 1;
     for (size_t i = 0; i < r->ncm && a < sizeof cv - 16; i++)
         if (r->cm[i].compatible)
-            a += (size_t)snprintf(cv + a, sizeof cv - a, "%s%d", a > 1 ? "," : "", r->cm[i].version);
+            a +=
+                (size_t)snprintf(cv + a, sizeof cv - a, "%s%d", a > 1 ? "," : "", r->cm[i].version);
     snprintf(cv + a, sizeof cv - a, "}");
     size_t b = 1, c = 1, d = 1;
     for (size_t i = 0; i < r->ntm && b < sizeof tv - 16 && c < sizeof tn - 140; i++) {
@@ -1027,10 +1028,11 @@ static int record_marks(struct runner *r)
     char latest[16];
     snprintf(latest, sizeof latest, "%d", r->ncm ? r->cm[r->ncm - 1].version : 0);
     const char *v1[] = {cv, latest};
-    res = query(r->c,
-                "UPDATE public.schema_migrations SET compatible = (version = ANY ($1::int[]))"
-                " WHERE version <= $2::int AND compatible IS DISTINCT FROM (version = ANY ($1::int[]))",
-                2, v1, "recording compatible migrations", r->err, r->errlen);
+    res = query(
+        r->c,
+        "UPDATE public.schema_migrations SET compatible = (version = ANY ($1::int[]))"
+        " WHERE version <= $2::int AND compatible IS DISTINCT FROM (version = ANY ($1::int[]))",
+        2, v1, "recording compatible migrations", r->err, r->errlen);
     if (!res)
         return -1;
     PQclear(res);
@@ -1104,15 +1106,16 @@ static int tenants_up(struct runner *r)
     if (r->versions_table) {
         /* Current schemas that no one recorded yet (made before control
          * 0009 or by hand): one statement, nothing to do when none. */
-        PGresult *res = query(r->c,
-                              "INSERT INTO public.tenant_schema_versions (schema_name, version)"
-                              " SELECT o.schema_name, public.tenantd_tenant_version_of(o.schema_name)"
-                              " FROM public.orgs o WHERE o.status <> 'deleted'"
-                              " AND NOT EXISTS (SELECT 1 FROM public.tenant_schema_versions v"
-                              " WHERE v.schema_name = o.schema_name)"
-                              " AND public.tenantd_tenant_version_of(o.schema_name) IS NOT NULL"
-                              " ON CONFLICT (schema_name) DO NOTHING",
-                              0, NULL, "recording tenant schema versions", r->err, r->errlen);
+        PGresult *res =
+            query(r->c,
+                  "INSERT INTO public.tenant_schema_versions (schema_name, version)"
+                  " SELECT o.schema_name, public.tenantd_tenant_version_of(o.schema_name)"
+                  " FROM public.orgs o WHERE o.status <> 'deleted'"
+                  " AND NOT EXISTS (SELECT 1 FROM public.tenant_schema_versions v"
+                  " WHERE v.schema_name = o.schema_name)"
+                  " AND public.tenantd_tenant_version_of(o.schema_name) IS NOT NULL"
+                  " ON CONFLICT (schema_name) DO NOTHING",
+                  0, NULL, "recording tenant schema versions", r->err, r->errlen);
         if (!res)
             return -1;
         PQclear(res);
@@ -1225,7 +1228,7 @@ static int tenants_down(struct runner *r, int steps)
 /* What `migrate status` reports about the tenant track, from either source. */
 struct tenant_stats {
     size_t total, current, behind, ahead, changed, unknown;
-    size_t *have; /* per tenant migration of the binary: schemas that applied it */
+    size_t *have;  /* per tenant migration of the binary: schemas that applied it */
     bool recorded; /* from public.tenant_schema_versions (one query) */
 };
 
@@ -1296,9 +1299,9 @@ static void status_json(const struct runner *r, const PGresult *res, const struc
         for (int j = 0; res && j < PQntuples(res); j++)
             if (atoi(PQgetvalue(res, j, 0)) == m->version)
                 row = j;
-        json_t *o = json_pack("{s:i, s:s, s:s, s:b}", "version", m->version, "name", m->name,
-                              "state", row < 0 ? "pending" : "applied", "compatible",
-                              m->compatible);
+        json_t *o =
+            json_pack("{s:i, s:s, s:s, s:b}", "version", m->version, "name", m->name, "state",
+                      row < 0 ? "pending" : "applied", "compatible", m->compatible);
         if (row >= 0) {
             json_object_set_new(o, "applied_at", json_string(PQgetvalue(res, row, 3)));
             json_object_set_new(o, "changed",
@@ -1310,27 +1313,26 @@ static void status_json(const struct runner *r, const PGresult *res, const struc
     for (int j = 0; res && j < PQntuples(res); j++) {
         int v = atoi(PQgetvalue(res, j, 0));
         if (v < 1 || (size_t)v > r->ncm)
-            json_array_append_new(
-                cm, json_pack("{s:i, s:s, s:s, s:s, s:b}", "version", v, "name",
-                              PQgetvalue(res, j, 1), "state", "unknown", "applied_at",
-                              PQgetvalue(res, j, 3), "compatible", PQgetvalue(res, j, 4)[0] == 't'));
+            json_array_append_new(cm, json_pack("{s:i, s:s, s:s, s:s, s:b}", "version", v, "name",
+                                                PQgetvalue(res, j, 1), "state", "unknown",
+                                                "applied_at", PQgetvalue(res, j, 3), "compatible",
+                                                PQgetvalue(res, j, 4)[0] == 't'));
     }
     json_t *tm = json_array();
     for (size_t i = 0; i < r->ntm; i++)
-        json_array_append_new(tm, json_pack("{s:i, s:s, s:I, s:I, s:b}", "version",
-                                            r->tm[i].version, "name", r->tm[i].name, "applied",
-                                            (json_int_t)st->have[i], "pending",
-                                            (json_int_t)(st->total - st->have[i]), "compatible",
-                                            r->tm[i].compatible));
+        json_array_append_new(tm,
+                              json_pack("{s:i, s:s, s:I, s:I, s:b}", "version", r->tm[i].version,
+                                        "name", r->tm[i].name, "applied", (json_int_t)st->have[i],
+                                        "pending", (json_int_t)(st->total - st->have[i]),
+                                        "compatible", r->tm[i].compatible));
     json_t *doc = json_pack(
-        "{s:s, s:s, s:b, s:{s:i, s:o}, s:{s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:o}}",
-        "version", TENANTD_VERSION, "commit", config_build_commit(), "up_to_date",
-        !pending && st->behind == 0, "control", "binary_version",
-        r->ncm ? r->cm[r->ncm - 1].version : 0, "migrations", cm, "tenant", "binary_version",
-        r->ntm ? r->tm[r->ntm - 1].version : 0, "schemas", (json_int_t)st->total, "current",
-        (json_int_t)st->current, "behind", (json_int_t)st->behind, "ahead", (json_int_t)st->ahead,
-        "changed", (json_int_t)st->changed, "unknown", (json_int_t)st->unknown, "recorded",
-        st->recorded, "migrations", tm);
+        "{s:s, s:s, s:b, s:{s:i, s:o}, s:{s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:o}}", "version",
+        TENANTD_VERSION, "commit", config_build_commit(), "up_to_date", !pending && st->behind == 0,
+        "control", "binary_version", r->ncm ? r->cm[r->ncm - 1].version : 0, "migrations", cm,
+        "tenant", "binary_version", r->ntm ? r->tm[r->ntm - 1].version : 0, "schemas",
+        (json_int_t)st->total, "current", (json_int_t)st->current, "behind", (json_int_t)st->behind,
+        "ahead", (json_int_t)st->ahead, "changed", (json_int_t)st->changed, "unknown",
+        (json_int_t)st->unknown, "recorded", st->recorded, "migrations", tm);
     char *text = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
     if (text)
         printf("%s\n", text);

@@ -94,10 +94,10 @@ static void ready_done(struct db_result *r, void *ud)
     }
     /* A database ahead by compatible migrations is fine, and worth seeing
      * during a rollout: then the body says so. */
-    const char *body = strcmp(found, "current") == 0
-                           ? "{\"status\":\"ready\"}"
-                           : arena_printf(req->arena, "{\"status\":\"ready\",\"schema\":\"%s\"}",
-                                          found);
+    const char *body =
+        strcmp(found, "current") == 0
+            ? "{\"status\":\"ready\"}"
+            : arena_printf(req->arena, "{\"status\":\"ready\",\"schema\":\"%s\"}", found);
     http_respond(req, 200, "application/json", body, strlen(body));
 }
 

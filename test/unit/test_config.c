@@ -9,11 +9,11 @@
 
 #include "core/config.h"
 
-static const char *const vars[] = {"DATABASE_URL", "TENANTD_LISTEN", "TENANTD_THREADS",
-                                   "TENANTD_DEV", "TENANTD_JWT_SECRET", "TENANTD_LOG_LEVEL",
-                                   "TENANTD_SIGNUP", "TENANTD_DB_POOL_SIZE",
-                                   "TENANTD_TRUSTED_PROXIES", "TENANTD_CORS_ORIGINS",
-                                   "TENANTD_JWT_SECRET_FILE", "DATABASE_URL_FILE"};
+static const char *const vars[] = {
+    "DATABASE_URL",         "TENANTD_LISTEN",          "TENANTD_THREADS",
+    "TENANTD_DEV",          "TENANTD_JWT_SECRET",      "TENANTD_LOG_LEVEL",
+    "TENANTD_SIGNUP",       "TENANTD_DB_POOL_SIZE",    "TENANTD_TRUSTED_PROXIES",
+    "TENANTD_CORS_ORIGINS", "TENANTD_JWT_SECRET_FILE", "DATABASE_URL_FILE"};
 
 static int clean_env(void **state)
 {
