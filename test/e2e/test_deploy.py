@@ -88,6 +88,13 @@ class ExpandContractTest(unittest.TestCase):
         status, me, _ = restarted.json("GET", "/v1/auth/me",
                                        headers={"Authorization": "Bearer " + token})
         self.assertEqual(status, 200, me)
+        # Nor does a restart with --migrate (TENANTD_MIGRATE_ON_START=1 in
+        # the image): nothing to apply, it serves.
+        s = harness.Server(self.url, args=("serve", "--migrate"), env={"TENANTD_JOB_WORKERS": "0"})
+        self.servers.append(s)
+        s.start()
+        self.assertIn("nothing to migrate", s.log())
+        self.assertEqual(s.get("/ready").status, 200)
         # But it never migrates a database newer than itself.
         r = harness.run_tenantd(["migrate", "up"], self.url)
         self.assertEqual(r.returncode, 1)
