@@ -15,10 +15,11 @@ WORKDIR /src
 COPY deps/install.sh deps/install.sh
 RUN ./deps/install.sh --build && rm -rf /var/lib/apt/lists/*
 COPY . .
-# .git stays out of the build context: the commit comes in as an argument
-# (cmake/commit.cmake reads TENANTD_COMMIT; "unknown" when not given).
+# .git stays out of the build context: the commit comes in as an argument,
+# which RUN sees as the environment variable cmake/commit.cmake reads
+# ("unknown" when not given).
 ARG TENANTD_COMMIT=unknown
-RUN TENANTD_COMMIT=$TENANTD_COMMIT cmake --preset release -DBUILD_TESTING=OFF \
+RUN cmake --preset release -DBUILD_TESTING=OFF \
  && cmake --build --preset release --target tenantd -j "$(nproc)" \
  && ./build/release/tenantd --version
 

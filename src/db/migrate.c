@@ -1007,7 +1007,10 @@ static int record_marks(struct runner *r)
     PQclear(res);
     if (!r->versions_table)
         return 0;
+    /* Room for hundreds of migrations a track; refused beyond, never cut. */
     char cv[4096] = "{", tv[4096] = "{", tn[8192] = "{", tc[4096] = "{";
+    if (r->ncm > 500 || r->ntm > 500)
+        return fail(r->err, r->errlen, "more than 500 migrations in a track: raise the buffers");
     size_t a = 1;
     for (size_t i = 0; i < r->ncm && a < sizeof cv - 16; i++)
         if (r->cm[i].compatible)
@@ -1104,6 +1107,15 @@ static int tenants_up(struct runner *r)
     if (rc)
         return -1;
     if (r->versions_table) {
+        /* Deleted orgs' schemas are gone: forget their versions. */
+        PGresult *gone = query(r->c,
+                               "DELETE FROM public.tenant_schema_versions v WHERE NOT EXISTS"
+                               " (SELECT 1 FROM pg_catalog.pg_namespace n"
+                               " WHERE n.nspname = v.schema_name)",
+                               0, NULL, "forgetting dropped schemas", r->err, r->errlen);
+        if (!gone)
+            return -1;
+        PQclear(gone);
         /* Current schemas that no one recorded yet (made before control
          * 0009 or by hand): one statement, nothing to do when none. */
         PGresult *res =
