@@ -1,6 +1,7 @@
 """Several tenantd behind HAProxy (Debian's haproxy, loopback only), as
 compose.yaml runs them: a token from one instance works on the others, a
-password change is seen at once everywhere, and a rolling restart of each
+password change is seen at once everywhere, each job is claimed and run
+once by the instances' workers together, and a rolling restart of each
 instance in turn under a steady load loses no request (SIGTERM: /ready 503
 for TENANTD_SHUTDOWN_DELAY_MS while serving, HAProxy takes the instance
 out, then the drain)."""
@@ -92,7 +93,9 @@ class MultiInstanceTest(unittest.TestCase):
     def start_instance(cls, port=None):
         s = harness.Server(cls.db_url, args=("serve",), env={
             "TENANTD_JWT_SECRET": SECRET,
-            "TENANTD_JOB_WORKERS": "0",
+            "TENANTD_JOB_WORKERS": "2",
+            "TENANTD_TEST_JOBS": "1",
+            "TENANTD_SIGNUP_CREDITS": "1000",
             "TENANTD_SHUTDOWN_DELAY_MS": "1200",
             "TENANTD_TRUSTED_PROXIES": "127.0.0.1",
             "TENANTD_LOGIN_LIMIT": "0",
@@ -145,6 +148,30 @@ class MultiInstanceTest(unittest.TestCase):
                     pending.discard(p)
             time.sleep(0.05)
         self.assertEqual(pending, set(), "old token still accepted there")
+
+    def test_each_job_runs_once_across_instances(self):
+        org = self.signup("Jobs")
+        auth = {"Authorization": "Bearer " + org["access_token"]}
+        n = 60
+        for _ in range(n):
+            status, body = self.request("POST", "/v1/jobs", {"type": "sleep", "payload": {"ms": 20}},
+                                        headers=auth)
+            self.assertEqual(status, 202, body)
+        org_id = org["org"]["id"]
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            done = self.pg.psql("SELECT count(*) FROM public.jobs WHERE org_id = "
+                                f"'{org_id}' AND status = 'succeeded'", db=self.dbname)
+            if done == [str(n)]:
+                break
+            time.sleep(0.2)
+        rows = self.pg.psql("SELECT status, attempts, count(*) FROM public.jobs WHERE org_id = "
+                            f"'{org_id}' GROUP BY 1, 2", db=self.dbname)
+        # A job claimed twice would show attempts = 2 (each claim counts).
+        self.assertEqual(rows, [f"succeeded|1|{n}"])
+        balance = self.pg.psql("SELECT balance FROM public.credit_accounts WHERE org_id = "
+                               f"'{org_id}'", db=self.dbname)
+        self.assertEqual(balance, [str(1000 - n)], "each job charged once (sleep costs 1)")
 
     def test_rolling_restart_under_load_loses_no_request(self):
         org = self.signup("Rolling")
