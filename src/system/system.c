@@ -101,9 +101,10 @@ static void ready_done(struct db_result *r, void *ud)
     http_respond(req, 200, "application/json", body, strlen(body));
 }
 
-/* Readiness: the database answers and the control schema is exactly this
- * binary's, so a load balancer only sends traffic to servers that can
- * handle it. */
+/* Readiness: the database answers and the control schema is this
+ * binary's, or ahead by compatible migrations (migrate_ready_verdict), and
+ * no SIGTERM is pending, so a load balancer only sends traffic to servers
+ * that can handle it. */
 static void ready_get(struct request *req)
 {
     struct db_pool *pool = req->ctx ? req->ctx->db : NULL;
