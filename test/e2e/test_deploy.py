@@ -233,6 +233,24 @@ class ShutdownDelayTest(harness.DbTestCase):
         self.assertIn("serving 1500 ms more, then draining", s.log())
 
 
+class ShutdownDelayCutShortTest(harness.DbTestCase):
+    server_env = {"TENANTD_SHUTDOWN_DELAY_MS": "60000", "TENANTD_JOB_WORKERS": "0"}
+
+    def test_second_signal_cuts_the_delay_short(self):
+        s = self.server
+        s.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        self.assertEqual(s.get("/ready").status, 503)
+        self.assertEqual(subprocess.run([harness.BIN, "healthcheck", "--ready"], env=s.env,
+                                        capture_output=True).returncode, 1)
+        t0 = time.time()
+        s.signal(signal.SIGTERM)
+        s.proc.wait(15)
+        self.assertLess(time.time() - t0, 10)
+        self.assertEqual(s.proc.returncode, 0, s.log())
+        self.assertIn("delay cut short", s.log())
+
+
 class VersionTest(harness.DbTestCase):
     server_env = {"TENANTD_JOB_WORKERS": "0"}
 
