@@ -16,9 +16,10 @@
  * Defaults marked "auto" are filled in by config_load (THREADS: cores).
  */
 #define CONFIG_MAP(X)                                                                              \
-    X(database_url, DATABASE_URL, STR,                                                             \
-      "postgresql://tenantd@127.0.0.1:55432/tenantd", 0, 0,                                        \
-      "libpq connection string or URI")                                                            \
+    X(database_url, DATABASE_URL, STR, NULL, 0, 0,                                                 \
+      "libpq connection string or URI (required outside development mode)")                        \
+    X(db_startup_timeout_ms, TENANTD_DB_STARTUP_TIMEOUT_MS, INT, 30000, 0, 3600000,                \
+      "at start, how long to retry the first database connection (0 = try once)")                  \
     X(listen, TENANTD_LISTEN, STR, "127.0.0.1:8080", 0, 0, "host:port to serve on")                \
     X(threads, TENANTD_THREADS, INT, 0, 0, 256, "event loops (0 = one per core)")                  \
     X(db_pool_size, TENANTD_DB_POOL_SIZE, INT, 4, 1, 1024, "database connections per loop")        \
@@ -56,6 +57,12 @@
       "bearer token for /metrics; unset: /metrics answers loopback clients only")                 \
     X(drain_timeout_ms, TENANTD_DRAIN_TIMEOUT_MS, INT, 10000, 0, 3600000,                          \
       "on SIGTERM/SIGINT, how long in-flight requests may finish")                                 \
+    X(shutdown_delay_ms, TENANTD_SHUTDOWN_DELAY_MS, INT, 0, 0, 600000,                             \
+      "on SIGTERM, /ready answers 503 and serving goes on this long before the drain")             \
+    X(reuseport, TENANTD_REUSEPORT, BOOL, 0, 0, 1,                                                 \
+      "share TENANTD_LISTEN with another process already bound to it (else an error)")             \
+    X(compatible_ahead, TENANTD_COMPATIBLE_AHEAD, INT, 3, 0, 1000,                                 \
+      "accept a database up to this many migrations newer, if all are marked compatible")          \
     X(jwt_secret, TENANTD_JWT_SECRET, STR, NULL, 0, 0, "HS256 key, >= 32 bytes")                   \
     X(dev, TENANTD_DEV, BOOL, 0, 0, 1, "development mode")                                         \
     X(trusted_proxies, TENANTD_TRUSTED_PROXIES, STR, NULL, 0, 0,                                   \
@@ -82,7 +89,7 @@
     X(job_poll_ms, TENANTD_JOB_POLL_MS, INT, 1000, 10, 3600000,                                    \
       "workers look for due jobs at least this often (besides LISTEN)")                            \
     X(job_timeout_ms, TENANTD_JOB_TIMEOUT_MS, INT, 60000, 10, 86400000,                            \
-      "one attempt of a job may take this long, then it fails (and may retry)")                   \
+      "one attempt of a job may take this long, then it fails (and may retry)")                    \
     X(job_batch, TENANTD_JOB_BATCH, INT, 8, 1, 1000, "jobs a worker claims at once")               \
     X(job_retry_base_ms, TENANTD_JOB_RETRY_BASE_MS, INT, 1000, 1, 86400000,                        \
       "retry backoff: base * 2^(attempt-1), with jitter")                                          \
@@ -92,8 +99,8 @@
       "credits a records.export job costs")                                                        \
     X(job_cost_credits_report, TENANTD_JOB_COST_CREDITS_REPORT, INT, 2, 0, INT64_C(1000000000),    \
       "credits a credits.report job costs")                                                        \
-    X(job_cost_webhook_deliver, TENANTD_JOB_COST_WEBHOOK_DELIVER, INT, 2, 0,                       \
-      INT64_C(1000000000), "credits a webhook.deliver job costs")                                  \
+    X(job_cost_webhook_deliver, TENANTD_JOB_COST_WEBHOOK_DELIVER, INT, 2, 0, INT64_C(1000000000),  \
+      "credits a webhook.deliver job costs")                                                       \
     X(job_cost_sleep, TENANTD_JOB_COST_SLEEP, INT, 1, 0, INT64_C(1000000000),                      \
       "credits a sleep job costs (test jobs)")                                                     \
     X(job_cost_fail, TENANTD_JOB_COST_FAIL, INT, 1, 0, INT64_C(1000000000),                        \
@@ -109,7 +116,7 @@
     X(log_level, TENANTD_LOG_LEVEL, STR, "info", 0, 0, "debug, info, warn or error")               \
     X(migrate_concurrency, TENANTD_MIGRATE_CONCURRENCY, INT, 4, 1, 64,                             \
       "tenant schemas migrated at once")                                                           \
-    X(access_ttl_s, TENANTD_ACCESS_TTL_S, INT, 900, 1, 86400, "access token lifetime, seconds")   \
+    X(access_ttl_s, TENANTD_ACCESS_TTL_S, INT, 900, 1, 86400, "access token lifetime, seconds")    \
     X(refresh_ttl_s, TENANTD_REFRESH_TTL_S, INT, 2592000, 60, INT64_C(31536000),                   \
       "refresh token lifetime, seconds")                                                           \
     X(argon2_m_kib, TENANTD_ARGON2_M_KIB, INT, 19456, 8, 4194304, "argon2id memory cost, KiB")     \
@@ -151,6 +158,21 @@ struct config {
  * 0 on success. Strings point into argv, environ or static storage.
  */
 int config_load(struct config *cfg, int argc, char **argv, char *err, size_t errlen);
+
+/* Logs a warning for each TENANTD_* environment variable that is no
+ * setting (a typo would otherwise be silently ignored). */
+void config_warn_unknown(void);
+
+/* The development database DATABASE_URL falls back to in development mode. */
+#define CONFIG_DEV_DATABASE_URL "postgresql://tenantd@127.0.0.1:55432/tenantd"
+
+/* The git commit this binary was built from ("unknown" outside a checkout). */
+const char *config_build_commit(void);
+
+/* Set (never cleared) when SIGTERM arrives with TENANTD_SHUTDOWN_DELAY_MS:
+ * /ready answers 503 so load balancers stop sending traffic, while the
+ * server keeps serving until the delay ends and the drain starts. */
+extern _Atomic bool g_shutting_down;
 
 /* Prints usage, every setting with its env name, flag and default, to f. */
 void config_usage(FILE *f);

@@ -171,6 +171,7 @@ struct loop_server {
 struct server {
     uv_loop_t loop;
     uv_signal_t sigterm, sigint;
+    uv_timer_t delay_timer; /* TENANTD_SHUTDOWN_DELAY_MS */
     uv_async_t exited;
     atomic_int nexited;
     int nloops;
@@ -1714,14 +1715,45 @@ static void loop_thread(void *arg)
 
 /* ---- the main thread ---- */
 
+static void drain_all(struct server *srv)
+{
+    log_msg(LOG_INFO, "draining (up to %lld ms)", (long long)g_config->drain_timeout_ms);
+    for (int i = 0; i < srv->nloops; i++)
+        uv_async_send(&srv->loops[i].stop_async);
+    if (srv->hooks->draining)
+        srv->hooks->draining();
+}
+
+static void on_delay_over(uv_timer_t *t)
+{
+    drain_all(t->data);
+}
+
+/* With TENANTD_SHUTDOWN_DELAY_MS, the first signal only makes /ready fail
+ * (g_shutting_down) while serving goes on, so a load balancer has time to
+ * notice and stop sending before the listener closes; a second signal cuts
+ * the delay short. */
 static void on_signal(uv_signal_t *s, int signum)
 {
     struct server *srv = s->data;
     if (srv->stopping) {
+        if (uv_is_active((uv_handle_t *)&srv->delay_timer)) {
+            log_msg(LOG_INFO, "signal %d: delay cut short", signum);
+            uv_timer_stop(&srv->delay_timer);
+            drain_all(srv);
+            return;
+        }
         log_msg(LOG_INFO, "signal %d: already shutting down", signum);
         return;
     }
     srv->stopping = true;
+    g_shutting_down = true;
+    if (g_config->shutdown_delay_ms > 0) {
+        log_msg(LOG_INFO, "signal %d: /ready answers 503; serving %lld ms more, then draining",
+                signum, (long long)g_config->shutdown_delay_ms);
+        uv_timer_start(&srv->delay_timer, on_delay_over, (uint64_t)g_config->shutdown_delay_ms, 0);
+        return;
+    }
     log_msg(LOG_INFO, "signal %d: draining (up to %lld ms)", signum,
             (long long)g_config->drain_timeout_ms);
     for (int i = 0; i < srv->nloops; i++)
@@ -1737,6 +1769,7 @@ static void on_loop_exited(uv_async_t *a)
         return;
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->delay_timer, NULL);
     uv_close((uv_handle_t *)&srv->exited, NULL);
 }
 
@@ -1862,6 +1895,8 @@ int server_run(const struct router *router, const struct server_hooks *hooks)
     srv.sigterm.data = srv.sigint.data = &srv;
     uv_signal_start(&srv.sigterm, on_signal, SIGTERM);
     uv_signal_start(&srv.sigint, on_signal, SIGINT);
+    uv_timer_init(&srv.loop, &srv.delay_timer);
+    srv.delay_timer.data = &srv;
     uv_async_init(&srv.loop, &srv.exited, on_loop_exited);
     srv.exited.data = &srv;
 

@@ -25,8 +25,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <openssl/evp.h>
+#include <stddef.h>
 
+#include "core/config.h"
 #include "core/embedded.h"
 #include "core/log.h"
 
@@ -220,6 +223,10 @@ int migrations_load(const struct embedded_file *files, enum migration_track trac
             m[j].up = x->f->data;
             m[j].down = NULL;
             migration_checksum(x->f->data, x->f->len, m[j].checksum);
+            size_t ml = strlen(MIGRATION_COMPATIBLE_MARK);
+            m[j].compatible = x->f->len >= ml &&
+                              !memcmp(x->f->data, MIGRATION_COMPATIBLE_MARK, ml) &&
+                              (x->f->len == ml || isspace((unsigned char)x->f->data[ml]));
             np += len;
             j++;
         } else {
@@ -462,32 +469,56 @@ struct applied {
     size_t n;
     size_t unknown; /* status only: applied versions this binary lacks */
     size_t changed; /* status only: applied files edited since */
+    size_t ahead;   /* check only: newer versions, all marked compatible */
+    int newest;     /* the newest applied version */
 };
 
-/* Fills a from rows (version, checksum) and checks each against m: an
- * unknown version or a changed file is an error naming it, unless
- * `tolerate` (status), which counts them instead. */
+/* How many compatible migrations ahead a binary accepts. */
+static int ahead_max(void)
+{
+    return g_config ? (int)g_config->compatible_ahead : 3;
+}
+
+/* Fills a from rows (version, checksum[, compatible]) and checks each
+ * against m: an unknown version or a changed file is an error naming it,
+ * unless `tolerate` (status), which counts them instead. With
+ * `accept_ahead` (the start-up check), newer versions marked compatible are
+ * counted in a->ahead, and more than ahead_max() of them is the error. */
 static int check_applied(const PGresult *rows, enum migration_track t, const char *where,
-                         const struct migration *m, size_t nm, bool tolerate, struct applied *a,
-                         char *err, size_t errlen)
+                         const struct migration *m, size_t nm, bool tolerate, bool accept_ahead,
+                         struct applied *a, char *err, size_t errlen)
 {
     int nr = PQntuples(rows);
     a->versions = nr ? malloc((size_t)nr * sizeof *a->versions) : NULL;
-    a->n = a->unknown = a->changed = 0;
+    a->n = a->unknown = a->changed = a->ahead = 0;
+    a->newest = 0;
     if (nr && !a->versions)
         return fail(err, errlen, "out of memory");
     for (int i = 0; i < nr; i++) {
         int v = atoi(PQgetvalue(rows, i, 0));
         const char *sum = PQgetvalue(rows, i, 1);
+        if (v > a->newest)
+            a->newest = v;
         if ((v < 1 || (size_t)v > nm) && tolerate) {
             a->unknown++;
+            continue;
+        }
+        if (v > (int)nm && accept_ahead && PQnfields(rows) > 2 &&
+            PQgetvalue(rows, i, 2)[0] == 't') {
+            if ((int)++a->ahead > ahead_max())
+                return fail(err, errlen,
+                            "%s is %zu or more compatible migrations ahead of this binary (it "
+                            "knows up to %04d; TENANTD_COMPATIBLE_AHEAD is %d): deploy the newer "
+                            "tenantd",
+                            where, a->ahead, nm ? m[nm - 1].version : 0, ahead_max());
             continue;
         }
         if (v < 1 || (size_t)v > nm)
             return fail(err, errlen,
                         "%s has %s migration %04d applied, which this binary does not have "
-                        "(it knows up to %04d): run a newer tenantd",
-                        where, track_dir[t], v, nm ? m[nm - 1].version : 0);
+                        "(it knows up to %04d)%s: run a newer tenantd",
+                        where, track_dir[t], v, nm ? m[nm - 1].version : 0,
+                        accept_ahead ? " and which is not marked compatible" : "");
         const struct migration *x = &m[v - 1];
         if (strcmp(sum, x->checksum) && tolerate)
             a->changed++;
@@ -626,7 +657,7 @@ static int tenant_read_one(PGconn *c, const struct migration *m, size_t nm, bool
     free(sql);
     if (!r)
         return schema_gone(c, t->name) ? 1 : -1;
-    int rc = check_applied(r, TRACK_TENANT, where, m, nm, tolerate, &t->a, err, errlen);
+    int rc = check_applied(r, TRACK_TENANT, where, m, nm, tolerate, false, &t->a, err, errlen);
     PQclear(r);
     return rc;
 }
@@ -699,7 +730,10 @@ struct tenant_run {
     int steps;
     struct tenant **todo;
     size_t ntodo;
-    bool tty;
+    bool tty;             /* a \r progress line on the terminal */
+    bool cli;             /* else: progress as JSON log lines */
+    bool record_versions; /* public.tenant_schema_versions exists */
+    double t0, last_report;
 
     pthread_mutex_t mu;
     size_t next, done, gone;
@@ -727,11 +761,53 @@ static int tenant_one(PGconn *c, const struct tenant_run *r, const struct tenant
         return -1;
     int rc = r->down ? tenant_revert(c, t->name, r->m, &t->a, r->steps, err, errlen)
                      : tenant_apply(c, t->name, r->m, r->nm, &t->a, err, errlen);
+    if (rc == 0 && r->record_versions) {
+        /* In the schema's own transaction: the record never disagrees with it. */
+        const char *v[] = {t->name};
+        PGresult *res = query(c,
+                              "INSERT INTO public.tenant_schema_versions (schema_name, version)"
+                              " VALUES ($1, public.tenantd_tenant_version_of($1))"
+                              " ON CONFLICT (schema_name) DO UPDATE"
+                              " SET version = EXCLUDED.version, updated_at = now()",
+                              1, v, "recording the schema's version", err, errlen);
+        rc = res ? 0 : -1;
+        PQclear(res);
+    }
     if (rc == 0)
         rc = exec_sql(c, "COMMIT", "COMMIT", err, errlen);
     if (rc)
         rollback(c);
     return rc;
+}
+
+static double now_ms(void);
+
+/* Progress of a long run where nobody sees a \r line (CI logs, kubectl logs,
+ * a Job): done/total, rate and ETA every PROGRESS_EVERY_MS. Called with
+ * r->mu held. */
+#define PROGRESS_EVERY_MS 5000.0
+static void tenant_progress(struct tenant_run *r)
+{
+    if (r->tty) {
+        fprintf(stderr, "\rtenant schemas: %zu/%zu", r->done, r->ntodo);
+        fflush(stderr);
+        return;
+    }
+    double now = now_ms();
+    if (now - r->last_report < PROGRESS_EVERY_MS || r->done == r->ntodo)
+        return;
+    r->last_report = now;
+    double rate = (double)r->done * 1000.0 / (now - r->t0 > 1 ? now - r->t0 : 1);
+    double eta = rate > 0 ? (double)(r->ntodo - r->done) / rate : 0;
+    char line[200];
+    snprintf(line, sizeof line, "tenant schemas: %zu/%zu (%.0f%%), %.1f/s, ETA %.0f s", r->done,
+             r->ntodo, 100.0 * (double)r->done / (double)r->ntodo, rate, eta);
+    if (r->cli) {
+        fprintf(stderr, "%s\n", line);
+        fflush(stderr);
+    } else {
+        log_msg(LOG_INFO, "%s", line);
+    }
 }
 
 static void *tenant_worker(void *arg)
@@ -762,10 +838,7 @@ static void *tenant_worker(void *arg)
         pthread_mutex_lock(&r->mu);
         r->done++;
         r->gone += gone;
-        if (r->tty) {
-            fprintf(stderr, "\rtenant schemas: %zu/%zu", r->done, r->ntodo);
-            fflush(stderr);
-        }
+        tenant_progress(r);
         pthread_mutex_unlock(&r->mu);
     }
     PQfinish(c);
@@ -783,6 +856,7 @@ static int tenant_run(struct tenant_run *r, int concurrency, char *err, size_t e
     if (!th)
         return fail(err, errlen, "out of memory");
     pthread_mutex_init(&r->mu, NULL);
+    r->t0 = r->last_report = now_ms();
     size_t started = 0;
     while (started < nthreads && pthread_create(&th[started], NULL, tenant_worker, r) == 0)
         started++;
@@ -809,6 +883,9 @@ struct runner {
     int concurrency;
     bool cli;      /* plain lines on stdout and a progress line; else JSON logs */
     bool tolerate; /* status: count edited or unknown migrations, do not fail */
+    bool accept_ahead;   /* the start-up check: compatible newer migrations are fine */
+    bool skip_tenants;   /* do not read every org schema (check, status: one query) */
+    bool versions_table; /* public.tenant_schema_versions exists (control 0009) */
     PGconn *c;
     const struct migration *cm, *tm;
     size_t ncm, ntm;
@@ -878,19 +955,30 @@ static int runner_open(struct runner *r, bool lock)
             return -1;
         bool missing = PQgetvalue(res, 0, 0)[0] == 't';
         PQclear(res);
-        if (missing)
-            return 0; /* nothing applied anywhere: no orgs table either */
+        if (missing) {
+            r->skip_tenants = false; /* nothing recorded to read either */
+            return 0;                /* nothing applied anywhere: no orgs table either */
+        }
     }
-    PGresult *res =
-        query(r->c, "SELECT version, checksum FROM public.schema_migrations ORDER BY version", 0,
-              NULL, "reading public.schema_migrations", r->err, r->errlen);
+    /* `compatible` through to_jsonb: the column exists only from control
+     * 0009 on, and this must read databases before and after it. */
+    PGresult *res = query(r->c,
+                          "SELECT version, checksum,"
+                          " coalesce((pg_catalog.to_jsonb(m) ->> 'compatible')::boolean, false),"
+                          " pg_catalog.to_regclass('public.tenant_schema_versions') IS NOT NULL"
+                          " FROM public.schema_migrations m ORDER BY version",
+                          0, NULL, "reading public.schema_migrations", r->err, r->errlen);
     if (!res)
         return -1;
-    int rc = check_applied(res, TRACK_CONTROL, "public", r->cm, r->ncm, r->tolerate, &r->control,
-                           r->err, r->errlen);
+    int rc = check_applied(res, TRACK_CONTROL, "the database", r->cm, r->ncm, r->tolerate,
+                           r->accept_ahead, &r->control, r->err, r->errlen);
+    r->versions_table = PQntuples(res) > 0 && PQgetvalue(res, 0, 3)[0] == 't';
     PQclear(res);
     if (rc)
         return -1;
+    if (r->skip_tenants && r->versions_table)
+        return 0;
+    r->skip_tenants = false;
     return tenants_read(r->c, r->tm, r->ntm, r->tolerate, &r->tenants, r->err, r->errlen);
 }
 
@@ -902,6 +990,66 @@ static void runner_close(struct runner *r)
     free(r->control.versions);
     r->control.versions = NULL;
     tenants_free(&r->tenants);
+}
+
+/* Once control 0009 exists: which applied control migrations are marked
+ * compatible, and the tenant track's list with its marks, for older
+ * binaries to judge a database ahead of them. Also notes that the tenant
+ * versions table now exists, for the tenant phase. */
+static int record_marks(struct runner *r)
+{
+    PGresult *res =
+        query(r->c, "SELECT pg_catalog.to_regclass('public.tenant_schema_versions') IS NOT NULL", 0,
+              NULL, "looking for public.tenant_schema_versions", r->err, r->errlen);
+    if (!res)
+        return -1;
+    r->versions_table = PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    if (!r->versions_table)
+        return 0;
+    /* Room for hundreds of migrations a track; refused beyond, never cut. */
+    char cv[4096] = "{", tv[4096] = "{", tn[8192] = "{", tc[4096] = "{";
+    if (r->ncm > 500 || r->ntm > 500)
+        return fail(r->err, r->errlen, "more than 500 migrations in a track: raise the buffers");
+    size_t a = 1;
+    for (size_t i = 0; i < r->ncm && a < sizeof cv - 16; i++)
+        if (r->cm[i].compatible)
+            a +=
+                (size_t)snprintf(cv + a, sizeof cv - a, "%s%d", a > 1 ? "," : "", r->cm[i].version);
+    snprintf(cv + a, sizeof cv - a, "}");
+    size_t b = 1, c = 1, d = 1;
+    for (size_t i = 0; i < r->ntm && b < sizeof tv - 16 && c < sizeof tn - 140; i++) {
+        /* Names are [a-z0-9_]+ (migration_parse_name): no quoting needed. */
+        b += (size_t)snprintf(tv + b, sizeof tv - b, "%s%d", i ? "," : "", r->tm[i].version);
+        c += (size_t)snprintf(tn + c, sizeof tn - c, "%s%s", i ? "," : "", r->tm[i].name);
+        d += (size_t)snprintf(tc + d, sizeof tc - d, "%s%s", i ? "," : "",
+                              r->tm[i].compatible ? "t" : "f");
+    }
+    snprintf(tv + b, sizeof tv - b, "}");
+    snprintf(tn + c, sizeof tn - c, "}");
+    snprintf(tc + d, sizeof tc - d, "}");
+    char latest[16];
+    snprintf(latest, sizeof latest, "%d", r->ncm ? r->cm[r->ncm - 1].version : 0);
+    const char *v1[] = {cv, latest};
+    res = query(
+        r->c,
+        "UPDATE public.schema_migrations SET compatible = (version = ANY ($1::int[]))"
+        " WHERE version <= $2::int AND compatible IS DISTINCT FROM (version = ANY ($1::int[]))",
+        2, v1, "recording compatible migrations", r->err, r->errlen);
+    if (!res)
+        return -1;
+    PQclear(res);
+    const char *v2[] = {tv, tn, tc};
+    res = query(r->c,
+                "INSERT INTO public.tenant_migrations (version, name, compatible)"
+                " SELECT * FROM unnest($1::int[], $2::text[], $3::boolean[])"
+                " ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name,"
+                " compatible = EXCLUDED.compatible",
+                3, v2, "recording the tenant migrations", r->err, r->errlen);
+    if (!res)
+        return -1;
+    PQclear(res);
+    return 0;
 }
 
 static int control_up(struct runner *r)
@@ -938,7 +1086,7 @@ static int control_up(struct runner *r)
     }
     if (applied == 0)
         say(r, "control: up to date (version %04d)", r->ncm ? r->cm[r->ncm - 1].version : 0);
-    return 0;
+    return record_marks(r);
 }
 
 static int tenants_up(struct runner *r)
@@ -951,11 +1099,39 @@ static int tenants_up(struct runner *r)
         if (!tenant_current(&r->tenants.t[i], r->ntm))
             t.todo[t.ntodo++] = &r->tenants.t[i];
     t.tty = r->cli && t.ntodo > 0 && isatty(STDERR_FILENO);
+    t.cli = r->cli;
+    t.record_versions = r->versions_table;
     double t0 = now_ms();
     int rc = tenant_run(&t, r->concurrency, r->err, r->errlen);
     free(t.todo);
     if (rc)
         return -1;
+    if (r->versions_table) {
+        /* Deleted orgs' schemas are gone: forget their versions. */
+        PGresult *gone = query(r->c,
+                               "DELETE FROM public.tenant_schema_versions v WHERE NOT EXISTS"
+                               " (SELECT 1 FROM pg_catalog.pg_namespace n"
+                               " WHERE n.nspname = v.schema_name)",
+                               0, NULL, "forgetting dropped schemas", r->err, r->errlen);
+        if (!gone)
+            return -1;
+        PQclear(gone);
+        /* Current schemas that no one recorded yet (made before control
+         * 0009 or by hand): one statement, nothing to do when none. */
+        PGresult *res =
+            query(r->c,
+                  "INSERT INTO public.tenant_schema_versions (schema_name, version)"
+                  " SELECT o.schema_name, public.tenantd_tenant_version_of(o.schema_name)"
+                  " FROM public.orgs o WHERE o.status <> 'deleted'"
+                  " AND NOT EXISTS (SELECT 1 FROM public.tenant_schema_versions v"
+                  " WHERE v.schema_name = o.schema_name)"
+                  " AND public.tenantd_tenant_version_of(o.schema_name) IS NOT NULL"
+                  " ON CONFLICT (schema_name) DO NOTHING",
+                  0, NULL, "recording tenant schema versions", r->err, r->errlen);
+        if (!res)
+            return -1;
+        PQclear(res);
+    }
     say(r, "tenant schemas: %zu migrated, %zu already current%s (version %04d, %.0f ms)",
         t.ntodo - t.gone, r->tenants.n - t.ntodo, t.gone ? ", some dropped meanwhile" : "",
         r->ntm ? r->tm[r->ntm - 1].version : 0, now_ms() - t0);
@@ -1048,6 +1224,8 @@ static int tenants_down(struct runner *r, int steps)
         t.todo[t.ntodo++] = x;
     }
     t.tty = r->cli && t.ntodo > 0 && isatty(STDERR_FILENO);
+    t.cli = r->cli;
+    t.record_versions = r->versions_table;
     int rc = tenant_run(&t, r->concurrency, r->err, r->errlen);
     free(t.todo);
     if (rc)
@@ -1059,25 +1237,167 @@ static int tenants_down(struct runner *r, int steps)
 
 /* ---- status and check ------------------------------------------------- */
 
-/* `migrate status`: every control migration with its state, then how many
- * tenant schemas have each tenant migration. Edited or unknown applied
- * migrations are shown, not fatal: status is how one finds them. */
-static int run_status(const char *conninfo, char *err, size_t errlen)
+/* What `migrate status` reports about the tenant track, from either source. */
+struct tenant_stats {
+    size_t total, current, behind, ahead, changed, unknown;
+    size_t *have;  /* per tenant migration of the binary: schemas that applied it */
+    bool recorded; /* from public.tenant_schema_versions (one query) */
+};
+
+/* One query over the recorded versions; 1 when some live schema is not
+ * recorded (the caller then reads the schemas), 0, or -1. */
+static int tenant_stats_recorded(struct runner *r, struct tenant_stats *st)
 {
-    struct runner r = {
-        .conninfo = conninfo, .cli = true, .tolerate = true, .err = err, .errlen = errlen};
+    PGresult *res = query(
+        r->c,
+        "SELECT v.version, count(*) FROM public.orgs o"
+        " LEFT JOIN public.tenant_schema_versions v USING (schema_name)"
+        " WHERE o.status <> 'deleted'"
+        " AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspname = o.schema_name)"
+        " GROUP BY 1",
+        0, NULL, "reading the tenant schema versions", r->err, r->errlen);
+    if (!res)
+        return -1;
+    int tl = r->ntm ? r->tm[r->ntm - 1].version : 0;
+    int rc = 0;
+    for (int i = 0; i < PQntuples(res) && rc == 0; i++) {
+        if (PQgetisnull(res, i, 0)) {
+            rc = 1;
+            break;
+        }
+        int v = atoi(PQgetvalue(res, i, 0));
+        size_t n = (size_t)atol(PQgetvalue(res, i, 1));
+        st->total += n;
+        if (v == tl)
+            st->current += n;
+        else if (v < tl)
+            st->behind += n;
+        else
+            st->ahead += n;
+        for (size_t k = 0; k < r->ntm; k++)
+            if (r->tm[k].version <= v)
+                st->have[k] += n;
+    }
+    PQclear(res);
+    st->recorded = rc == 0;
+    return rc;
+}
+
+static void tenant_stats_read(const struct runner *r, struct tenant_stats *st)
+{
+    for (size_t i = 0; i < r->tenants.n; i++) {
+        const struct tenant *t = &r->tenants.t[i];
+        st->total++;
+        if (t->a.unknown)
+            st->ahead++;
+        else if (tenant_current(t, r->ntm))
+            st->current++;
+        else
+            st->behind++;
+        st->changed += t->a.changed > 0;
+        st->unknown += t->a.unknown > 0;
+        for (size_t k = 0; k < r->ntm; k++)
+            st->have[k] += is_applied(&t->a, r->tm[k].version);
+    }
+}
+
+static void status_json(const struct runner *r, const PGresult *res, const struct tenant_stats *st)
+{
+    json_t *cm = json_array();
+    bool pending = false;
+    for (size_t i = 0; i < r->ncm; i++) {
+        const struct migration *m = &r->cm[i];
+        int row = -1;
+        for (int j = 0; res && j < PQntuples(res); j++)
+            if (atoi(PQgetvalue(res, j, 0)) == m->version)
+                row = j;
+        json_t *o =
+            json_pack("{s:i, s:s, s:s, s:b}", "version", m->version, "name", m->name, "state",
+                      row < 0 ? "pending" : "applied", "compatible", m->compatible);
+        if (row >= 0) {
+            json_object_set_new(o, "applied_at", json_string(PQgetvalue(res, row, 3)));
+            json_object_set_new(o, "changed",
+                                json_boolean(strcmp(PQgetvalue(res, row, 2), m->checksum) != 0));
+        }
+        pending |= row < 0;
+        json_array_append_new(cm, o);
+    }
+    for (int j = 0; res && j < PQntuples(res); j++) {
+        int v = atoi(PQgetvalue(res, j, 0));
+        if (v < 1 || (size_t)v > r->ncm)
+            json_array_append_new(cm, json_pack("{s:i, s:s, s:s, s:s, s:b}", "version", v, "name",
+                                                PQgetvalue(res, j, 1), "state", "unknown",
+                                                "applied_at", PQgetvalue(res, j, 3), "compatible",
+                                                PQgetvalue(res, j, 4)[0] == 't'));
+    }
+    json_t *tm = json_array();
+    for (size_t i = 0; i < r->ntm; i++)
+        json_array_append_new(tm,
+                              json_pack("{s:i, s:s, s:I, s:I, s:b}", "version", r->tm[i].version,
+                                        "name", r->tm[i].name, "applied", (json_int_t)st->have[i],
+                                        "pending", (json_int_t)(st->total - st->have[i]),
+                                        "compatible", r->tm[i].compatible));
+    json_t *doc = json_pack(
+        "{s:s, s:s, s:b, s:{s:i, s:o}, s:{s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:o}}", "version",
+        TENANTD_VERSION, "commit", config_build_commit(), "up_to_date", !pending && st->behind == 0,
+        "control", "binary_version", r->ncm ? r->cm[r->ncm - 1].version : 0, "migrations", cm,
+        "tenant", "binary_version", r->ntm ? r->tm[r->ntm - 1].version : 0, "schemas",
+        (json_int_t)st->total, "current", (json_int_t)st->current, "behind", (json_int_t)st->behind,
+        "ahead", (json_int_t)st->ahead, "changed", (json_int_t)st->changed, "unknown",
+        (json_int_t)st->unknown, "recorded", st->recorded, "migrations", tm);
+    char *text = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    if (text)
+        printf("%s\n", text);
+    free(text);
+    json_decref(doc);
+    fflush(stdout);
+}
+
+/* `migrate status [--json]`: every control migration with its state, then
+ * how many tenant schemas have each tenant migration, from the versions
+ * recorded in the control schema (one query; the schemas themselves only
+ * when some are not recorded). Edited or unknown applied control
+ * migrations are shown, not fatal: status is how one finds them. */
+static int run_status(const char *conninfo, bool as_json, char *err, size_t errlen)
+{
+    struct runner r = {.conninfo = conninfo,
+                       .cli = true,
+                       .tolerate = true,
+                       .skip_tenants = true,
+                       .err = err,
+                       .errlen = errlen};
     int rc = runner_open(&r, false);
     PGresult *res = NULL;
+    struct tenant_stats st = {0};
+    st.have = calloc(r.ntm ? r.ntm : 1, sizeof *st.have);
+    if (!st.have)
+        rc = fail(err, errlen, "out of memory");
+    if (rc == 0 && r.skip_tenants) {
+        int k = tenant_stats_recorded(&r, &st);
+        if (k < 0) {
+            rc = -1;
+        } else if (k > 0) {
+            memset(&st, 0, offsetof(struct tenant_stats, have));
+            memset(st.have, 0, (r.ntm ? r.ntm : 1) * sizeof *st.have);
+            r.skip_tenants = false;
+            rc = tenants_read(r.c, r.tm, r.ntm, true, &r.tenants, err, errlen);
+        }
+    }
+    if (rc == 0 && !st.recorded)
+        tenant_stats_read(&r, &st);
     if (rc == 0 && (r.control.n || r.control.unknown || r.control.changed)) {
         res = query(r.c,
                     "SELECT version, name, checksum, to_char(applied_at AT TIME ZONE 'UTC',"
-                    " 'YYYY-MM-DD HH24:MI:SS') || ' UTC' FROM public.schema_migrations"
-                    " ORDER BY version",
+                    " 'YYYY-MM-DD HH24:MI:SS') || ' UTC',"
+                    " coalesce((pg_catalog.to_jsonb(m) ->> 'compatible')::boolean, false)"
+                    " FROM public.schema_migrations m ORDER BY version",
                     0, NULL, "reading public.schema_migrations", err, errlen);
         if (!res)
             rc = -1;
     }
-    if (rc == 0) {
+    if (rc == 0 && as_json) {
+        status_json(&r, res, &st);
+    } else if (rc == 0) {
         printf("control migrations (public):\n");
         for (size_t i = 0; i < r.ncm; i++) {
             const struct migration *m = &r.cm[i];
@@ -1096,43 +1416,82 @@ static int run_status(const char *conninfo, char *err, size_t errlen)
         for (int j = 0; res && j < PQntuples(res); j++) {
             int v = atoi(PQgetvalue(res, j, 0));
             if (v < 1 || (size_t)v > r.ncm)
-                printf("  %04d_%-30s applied %s  UNKNOWN: not in this binary\n", v,
-                       PQgetvalue(res, j, 1), PQgetvalue(res, j, 3));
+                printf("  %04d_%-30s applied %s  UNKNOWN: not in this binary%s\n", v,
+                       PQgetvalue(res, j, 1), PQgetvalue(res, j, 3),
+                       PQgetvalue(res, j, 4)[0] == 't' ? " (marked compatible)" : "");
         }
-
-        size_t current = 0, changed = 0, unknown = 0;
-        for (size_t i = 0; i < r.tenants.n; i++) {
-            const struct tenant *t = &r.tenants.t[i];
-            current += tenant_current(t, r.ntm);
-            changed += t->a.changed > 0;
-            unknown += t->a.unknown > 0;
-        }
-        printf("tenant migrations (%zu schema(s): %zu current, %zu behind):\n", r.tenants.n,
-               current, r.tenants.n - current);
-        for (size_t i = 0; i < r.ntm; i++) {
-            size_t have = 0;
-            for (size_t j = 0; j < r.tenants.n; j++)
-                have += is_applied(&r.tenants.t[j].a, r.tm[i].version);
-            printf("  %04d_%-30s %zu applied, %zu pending\n", r.tm[i].version, r.tm[i].name, have,
-                   r.tenants.n - have);
-        }
-        if (changed)
+        printf("tenant migrations (%zu schema(s): %zu current, %zu behind%s):\n", st.total,
+               st.current, st.behind, st.ahead ? ", some ahead" : "");
+        for (size_t i = 0; i < r.ntm; i++)
+            printf("  %04d_%-30s %zu applied, %zu pending\n", r.tm[i].version, r.tm[i].name,
+                   st.have[i], st.total - st.have[i]);
+        if (st.changed)
             printf("  CHANGED: %zu schema(s) applied a tenant migration whose file differs now\n",
-                   changed);
-        if (unknown)
+                   st.changed);
+        if (st.unknown)
             printf("  UNKNOWN: %zu schema(s) applied tenant migrations not in this binary\n",
-                   unknown);
+                   st.unknown);
+        if (st.recorded)
+            printf("  (from public.tenant_schema_versions; `migrate up` verifies every schema's "
+                   "checksums)\n");
         fflush(stdout);
     }
+    free(st.have);
     PQclear(res);
     runner_close(&r);
     return rc;
 }
 
+/* Every live org schema's recorded tenant version, summed up in one row:
+ * total, unrecorded (no row yet: read those schemas themselves), behind
+ * $1, the first of those, the newest version, and how many tenant
+ * migrations newer than $1 up to that newest are marked compatible. */
+static const char tenant_summary_sql[] =
+    "SELECT count(*), count(*) FILTER (WHERE v.version IS NULL),"
+    " count(*) FILTER (WHERE v.version < $1::int),"
+    " min(o.schema_name) FILTER (WHERE v.version < $1::int),"
+    " coalesce(max(v.version), 0),"
+    " (SELECT count(*) FROM public.tenant_migrations tm WHERE tm.compatible"
+    "   AND tm.version > $1::int AND tm.version <= max(v.version))"
+    " FROM public.orgs o LEFT JOIN public.tenant_schema_versions v USING (schema_name)"
+    " WHERE o.status <> 'deleted'"
+    " AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspname = o.schema_name)";
+
+struct tenant_summary {
+    long total, unrecorded, behind, compatible_ahead;
+    int newest;
+    char first_behind[128];
+};
+
+static int tenant_summary(struct runner *r, struct tenant_summary *ts)
+{
+    char latest[16];
+    snprintf(latest, sizeof latest, "%d", r->ntm ? r->tm[r->ntm - 1].version : 0);
+    const char *v[] = {latest};
+    PGresult *res = query(r->c, tenant_summary_sql, 1, v, "reading the tenant schema versions",
+                          r->err, r->errlen);
+    if (!res)
+        return -1;
+    ts->total = atol(PQgetvalue(res, 0, 0));
+    ts->unrecorded = atol(PQgetvalue(res, 0, 1));
+    ts->behind = atol(PQgetvalue(res, 0, 2));
+    snprintf(ts->first_behind, sizeof ts->first_behind, "%s", PQgetvalue(res, 0, 3));
+    ts->newest = atoi(PQgetvalue(res, 0, 4));
+    ts->compatible_ahead = atol(PQgetvalue(res, 0, 5));
+    PQclear(res);
+    return 0;
+}
+
 int migrate_check(const char *conninfo, char *err, size_t errlen)
 {
-    struct runner r = {.conninfo = conninfo, .err = err, .errlen = errlen};
+    struct runner r = {.conninfo = conninfo,
+                       .accept_ahead = true,
+                       .skip_tenants = true,
+                       .err = err,
+                       .errlen = errlen};
     int rc = runner_open(&r, false);
+    int cl = r.ncm ? r.cm[r.ncm - 1].version : 0, tl = r.ntm ? r.tm[r.ntm - 1].version : 0;
+    char control_found[160] = "", tenant_found[200] = "";
     if (rc == 0) {
         char list[256] = "";
         size_t pending = 0, len = 0;
@@ -1144,6 +1503,45 @@ int migrate_check(const char *conninfo, char *err, size_t errlen)
                                         pending ? ", " : "", r.cm[i].version, r.cm[i].name);
             pending++;
         }
+        if (pending) {
+            fail(err, errlen, "control migrations pending: %s", list);
+            rc = 1;
+        } else if (r.control.ahead) {
+            snprintf(control_found, sizeof control_found,
+                     "control %04d, %zu compatible migration(s) ahead of this binary's %04d",
+                     r.control.newest, r.control.ahead, cl);
+        } else {
+            snprintf(control_found, sizeof control_found, "control %04d", cl);
+        }
+    }
+    struct tenant_summary ts = {0};
+    if (rc == 0 && r.skip_tenants && tenant_summary(&r, &ts) != 0)
+        rc = -1;
+    if (rc == 0 && r.skip_tenants && ts.unrecorded > 0) {
+        /* Schemas made some other way than signup or the runner: read them. */
+        r.skip_tenants = false;
+        if (tenants_read(r.c, r.tm, r.ntm, false, &r.tenants, err, errlen) != 0)
+            rc = -1;
+    }
+    if (rc == 0 && r.skip_tenants) {
+        long ahead = ts.newest > tl ? ts.newest - tl : 0;
+        if (ts.behind) {
+            fail(err, errlen, "%ld of %ld tenant schema(s) behind, e.g. %s", ts.behind, ts.total,
+                 ts.first_behind);
+            rc = 1;
+        } else if (ahead && (ts.compatible_ahead < ahead || ahead > ahead_max())) {
+            fail(err, errlen,
+                 "org schemas are at tenant version %04d, %ld ahead of this binary's %04d, and "
+                 "%s: deploy the newer tenantd",
+                 ts.newest, ahead, tl,
+                 ts.compatible_ahead < ahead ? "not all of those migrations are marked compatible"
+                                             : "that is more than TENANTD_COMPATIBLE_AHEAD");
+            rc = -1;
+        } else {
+            snprintf(tenant_found, sizeof tenant_found, "tenant %04d%s in %ld org schema(s)",
+                     ahead ? ts.newest : tl, ahead ? " (compatible, ahead)" : "", ts.total);
+        }
+    } else if (rc == 0) {
         size_t behind = 0;
         const char *first = NULL;
         for (size_t i = 0; i < r.tenants.n; i++)
@@ -1152,19 +1550,56 @@ int migrate_check(const char *conninfo, char *err, size_t errlen)
                     first = r.tenants.t[i].name;
                 behind++;
             }
-        if (pending) {
-            fail(err, errlen, "control migrations pending: %s", list);
-            rc = 1;
-        } else if (behind) {
+        if (behind) {
             fail(err, errlen, "%zu of %zu tenant schema(s) behind, e.g. %s", behind, r.tenants.n,
                  first);
             rc = 1;
-        } else if (errlen) {
-            err[0] = '\0';
+        } else {
+            snprintf(tenant_found, sizeof tenant_found, "tenant %04d in %zu org schema(s)", tl,
+                     r.tenants.n);
         }
     }
+    if (rc == 0 && errlen)
+        snprintf(err, errlen, "%s (%s; %s)",
+                 r.control.ahead || strstr(tenant_found, "ahead") ? "accepted" : "current",
+                 control_found, tenant_found);
     runner_close(&r);
     return rc;
+}
+
+/* /ready's verdict on one row of MIGRATE_READY_SQL. */
+int migrate_ready_verdict(const PGresult *res, char *msg, size_t msglen)
+{
+    int want = migrate_latest(TRACK_CONTROL);
+    if (!res || PQntuples(res) != 1 || PQnfields(res) != 3 || PQgetisnull(res, 0, 0)) {
+        snprintf(msg, msglen, "The database could not report its migration version.");
+        return 1;
+    }
+    int have = atoi(PQgetvalue(res, 0, 0));
+    int ahead = atoi(PQgetvalue(res, 0, 1));
+    bool compatible = PQgetvalue(res, 0, 2)[0] == 't';
+    if (have < want) {
+        snprintf(msg, msglen,
+                 "Migrations are behind: the database is at version %d, this server needs %d; "
+                 "run `tenantd migrate up`.",
+                 have, want);
+        return 1;
+    }
+    if (ahead == 0) {
+        snprintf(msg, msglen, "current");
+        return 0;
+    }
+    if (compatible && ahead <= ahead_max()) {
+        snprintf(msg, msglen, "%d compatible migration(s) ahead", ahead);
+        return 0;
+    }
+    snprintf(msg, msglen,
+             "The database schema (version %d) is newer than this server's (%d)%s; deploy the "
+             "newer server.",
+             have, want,
+             compatible ? " by more than TENANTD_COMPATIBLE_AHEAD compatible migrations"
+                        : " by migrations not marked compatible");
+    return 1;
 }
 
 /* ---- org creation ----------------------------------------------------- */
@@ -1209,7 +1644,7 @@ int migrate_tenant_schema(PGconn *conn, const char *schema, char *err, size_t er
 
 /* ---- command line ----------------------------------------------------- */
 
-static const char usage[] = "usage: tenantd migrate up | down [N] [--tenant] | status";
+static const char usage[] = "usage: tenantd migrate up | down [N] [--tenant] | status [--json]";
 
 __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...)
 {
@@ -1245,11 +1680,15 @@ int migrate_cli(const char *conninfo, int argc, char **argv, int concurrency)
         return usage_error("missing subcommand");
     char err[ERRBUF];
     int rc;
-    if (!strcmp(argv[0], "up") || !strcmp(argv[0], "status")) {
+    if (!strcmp(argv[0], "status")) {
+        bool as_json = argc > 1 && !strcmp(argv[1], "--json");
+        if (argc > (as_json ? 2 : 1))
+            return usage_error("unexpected argument '%s'", argv[as_json ? 2 : 1]);
+        rc = run_status(conninfo, as_json, err, sizeof err);
+    } else if (!strcmp(argv[0], "up")) {
         if (argc > 1)
             return usage_error("unexpected argument '%s'", argv[1]);
-        rc = argv[0][0] == 'u' ? run_up(conninfo, concurrency, true, err, sizeof err)
-                               : run_status(conninfo, err, sizeof err);
+        rc = run_up(conninfo, concurrency, true, err, sizeof err);
     } else if (!strcmp(argv[0], "down")) {
         int steps = 0;
         bool tenant = false;

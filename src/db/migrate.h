@@ -22,7 +22,17 @@ struct migration {
     const char *up;     /* SQL text */
     const char *down;   /* SQL text, or NULL when there is no .down.sql */
     char checksum[65];  /* hex SHA-256 of `up` */
+    bool compatible;    /* `up` starts with the line MIGRATION_COMPATIBLE_MARK */
 };
+
+/*
+ * Expand/contract deploys: a migration whose .up.sql begins with this line
+ * only adds what older binaries ignore (a table, a nullable column, a
+ * function). The binary applying it records that in the database, and an
+ * older binary accepts a database up to TENANTD_COMPATIBLE_AHEAD such
+ * migrations ahead of it (any other newer migration: refused).
+ */
+#define MIGRATION_COMPATIBLE_MARK "-- tenantd: compatible"
 
 /* A file name of the form NNNN_name.(up|down).sql: fills version, name (up
  * to namelen) and *is_up; returns 0, or -1 when the name does not fit. */
@@ -44,16 +54,35 @@ int migrations_load(const struct embedded_file *files, enum migration_track trac
 /* The newest version of a track in this binary (0 when none). */
 int migrate_latest(enum migration_track track);
 
-/* `tenantd migrate up | down [N] [--tenant] | status`. Returns the exit code. */
+/* `tenantd migrate up | down [N] [--tenant] | status [--json]`. Returns the exit code. */
 int migrate_cli(const char *conninfo, int argc, char **argv, int concurrency);
 
 /* Applies every pending migration (control, then each tenant schema).
  * Returns 0, or -1 with err filled. */
 int migrate_up(const char *conninfo, int concurrency, char *err, size_t errlen);
 
-/* 0 when the control schema is current, 1 when it is behind, -1 on error
- * (cannot connect, or an applied migration was edited), with err filled. */
+/* 0 when the schema is current, or ahead by at most TENANTD_COMPATIBLE_AHEAD
+ * compatible migrations (err then says what was found, e.g. "current
+ * (control 0009, tenant 0002, 3 org schemas)"); 1 when it is behind; -1 on
+ * error (cannot connect, an applied migration was edited, or the database is
+ * ahead by migrations this binary may not run on), with err filled. Reads
+ * the tenant versions recorded in the control schema (one query), each org
+ * schema only when some are not recorded there. */
 int migrate_check(const char *conninfo, char *err, size_t errlen);
+
+/*
+ * /ready: MIGRATE_READY_SQL takes $1 = this binary's newest control
+ * version and returns one row (newest applied version, how many applied
+ * are newer than $1, whether all of those are marked compatible); it works
+ * before and after the `compatible` column exists. migrate_ready_verdict
+ * judges that row: 0 ready (msg says what was found), 1 not (msg is the
+ * problem's detail).
+ */
+#define MIGRATE_READY_SQL                                                                          \
+    "SELECT coalesce(max(version), 0), count(*) FILTER (WHERE version > $1),"                      \
+    " coalesce(bool_and(coalesce((pg_catalog.to_jsonb(m) ->> 'compatible')::boolean, false))"      \
+    " FILTER (WHERE version > $1), true) FROM public.schema_migrations m"
+int migrate_ready_verdict(const PGresult *res, char *msg, size_t msglen);
 
 /* Applies every tenant migration to a fresh schema on conn, inside the
  * caller's open transaction (org creation). 0, or -1 with err filled. */

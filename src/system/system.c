@@ -58,7 +58,7 @@ const struct module system_module = {
  */
 static const struct db_stmt ready_stmt = {
     .name = NULL,
-    .sql = "SELECT coalesce(max(version), 0) FROM public.schema_migrations",
+    .sql = MIGRATE_READY_SQL,
 };
 
 /* The /docs page, rendered once at init from the embedded OpenAPI document;
@@ -93,42 +93,39 @@ static void ready_done(struct db_result *r, void *ud)
                         "The database could not report its migration version.");
         return;
     }
-    int want = migrate_latest(TRACK_CONTROL);
-    if (!r->res || PQntuples(r->res) != 1 || PQnfields(r->res) != 1 || PQgetisnull(r->res, 0, 0)) {
-        problem_respond(req, PROBLEM_UNAVAILABLE,
-                        "The database could not report its migration version.");
+    char found[256];
+    if (migrate_ready_verdict(r->res, found, sizeof found) != 0) {
+        problem_respond(req, PROBLEM_UNAVAILABLE, arena_strdup(req->arena, found));
         return;
     }
-    int have = atoi(PQgetvalue(r->res, 0, 0));
-    if (have == want) {
-        static const char body[] = "{\"status\":\"ready\"}";
-        http_respond(req, 200, "application/json", body, sizeof body - 1);
-        return;
-    }
-    const char *detail = have < want ? arena_printf(req->arena,
-                                                    "Migrations are behind: the database "
-                                                    "is at version %d, this server "
-                                                    "needs %d; run `tenantd migrate up`.",
-                                                    have, want)
-                                     : arena_printf(req->arena,
-                                                    "The database schema (version %d) is "
-                                                    "newer than this server's (%d); "
-                                                    "deploy the newer server.",
-                                                    have, want);
-    problem_respond(req, PROBLEM_UNAVAILABLE, detail);
+    /* A database ahead by compatible migrations is fine, and worth seeing
+     * during a rollout: then the body says so. */
+    const char *body =
+        strcmp(found, "current") == 0
+            ? "{\"status\":\"ready\"}"
+            : arena_printf(req->arena, "{\"status\":\"ready\",\"schema\":\"%s\"}", found);
+    http_respond(req, 200, "application/json", body, strlen(body));
 }
 
-/* Readiness: the database answers and the control schema is exactly this
- * binary's, so a load balancer only sends traffic to servers that can
- * handle it. */
+/* Readiness: the database answers and the control schema is this
+ * binary's, or ahead by compatible migrations (migrate_ready_verdict), and
+ * no SIGTERM is pending, so a load balancer only sends traffic to servers
+ * that can handle it. */
 static void ready_get(struct request *req)
 {
     struct db_pool *pool = req->ctx ? req->ctx->db : NULL;
+    if (g_shutting_down) {
+        problem_respond(req, PROBLEM_UNAVAILABLE, "The server is shutting down.");
+        return;
+    }
     if (!pool) {
         problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unreachable.");
         return;
     }
-    db_query(pool, NULL, &ready_stmt, 0, NULL, ready_done, req);
+    /* Parameters live until the callback: in the request's arena. */
+    const char **params = arena_alloc(req->arena, sizeof *params);
+    params[0] = arena_printf(req->arena, "%d", migrate_latest(TRACK_CONTROL));
+    db_query(pool, NULL, &ready_stmt, 1, params, ready_done, req);
 }
 
 /* The TCP peer is on loopback (127.0.0.0/8 or ::1). */
@@ -178,8 +175,22 @@ static void metrics_get(struct request *req)
         problem_respond(req, PROBLEM_INTERNAL, "The metrics could not be rendered.");
         return;
     }
-    http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
-    free(text);
+    /* Which build answers: lets a dashboard show a rollout's progress. */
+    const char *info = arena_printf(req->arena,
+                                    "# HELP tenantd_build_info The version and git commit of "
+                                    "this binary.\n# TYPE tenantd_build_info gauge\n"
+                                    "tenantd_build_info{version=\"%s\",commit=\"%s\"} 1\n",
+                                    TENANTD_VERSION, config_build_commit());
+    size_t ilen = info ? strlen(info) : 0;
+    char *all = info ? realloc(text, len + ilen) : NULL;
+    if (!all) {
+        free(text);
+        problem_respond(req, PROBLEM_INTERNAL, "The metrics could not be rendered.");
+        return;
+    }
+    memcpy(all + len, info, ilen);
+    http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", all, len + ilen);
+    free(all);
 }
 
 static void openapi_get(struct request *req)

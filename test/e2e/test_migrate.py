@@ -323,7 +323,8 @@ class MigrateTest(unittest.TestCase):
     def test_cannot_connect(self):
         url = f"postgresql://tenantd@127.0.0.1:{harness.free_port()}/nowhere"
         for args in (["up"], ["status"], ["down"]):
-            r = harness.run_tenantd(["migrate", *args], url)
+            r = harness.run_tenantd(["migrate", *args], url,
+                                    env={"TENANTD_DB_STARTUP_TIMEOUT_MS": "0"})
             self.assertEqual(r.returncode, 1, r.stderr)
             self.assertIn("cannot connect to the database", r.stderr)
 

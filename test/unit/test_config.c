@@ -5,13 +5,15 @@
 #include <cmocka.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/config.h"
 
-static const char *const vars[] = {"DATABASE_URL", "TENANTD_LISTEN", "TENANTD_THREADS",
-                                   "TENANTD_DEV", "TENANTD_JWT_SECRET", "TENANTD_LOG_LEVEL",
-                                   "TENANTD_SIGNUP", "TENANTD_DB_POOL_SIZE",
-                                   "TENANTD_TRUSTED_PROXIES", "TENANTD_CORS_ORIGINS"};
+static const char *const vars[] = {
+    "DATABASE_URL",         "TENANTD_LISTEN",          "TENANTD_THREADS",
+    "TENANTD_DEV",          "TENANTD_JWT_SECRET",      "TENANTD_LOG_LEVEL",
+    "TENANTD_SIGNUP",       "TENANTD_DB_POOL_SIZE",    "TENANTD_TRUSTED_PROXIES",
+    "TENANTD_CORS_ORIGINS", "TENANTD_JWT_SECRET_FILE", "DATABASE_URL_FILE"};
 
 static int clean_env(void **state)
 {
@@ -120,6 +122,7 @@ static void command_arguments_pass_through(void **state)
     struct config c;
     char err[256];
     char *argv[] = {"tenantd", "migrate", "down", "2", "--tenant", NULL};
+    setenv("DATABASE_URL", "postgresql://db/x", 1);
     assert_int_equal(load(&c, err, sizeof err, 5, argv), 0);
     assert_string_equal(c.command, "migrate");
     assert_int_equal(c.argc, 3);
@@ -133,6 +136,7 @@ static void serve_needs_secret_unless_dev(void **state)
     struct config c;
     char err[256];
     char *argv[] = {"tenantd", "serve", "--migrate", NULL};
+    setenv("DATABASE_URL", "postgresql://db/x", 1);
     assert_int_equal(load(&c, err, sizeof err, 3, argv), -1);
     assert_non_null(strstr(err, "TENANTD_JWT_SECRET"));
     setenv("TENANTD_DEV", "1", 1);
@@ -140,6 +144,54 @@ static void serve_needs_secret_unless_dev(void **state)
     assert_true(c.migrate_on_start);
     assert_true(c.jwt_secret_generated);
     assert_true(strlen(c.jwt_secret) >= 32);
+}
+
+/* Outside development mode there is no default database: a forgotten
+ * DATABASE_URL must not quietly point at the development one. */
+static void database_url_required_outside_dev(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[256];
+    setenv("TENANTD_JWT_SECRET", "0123456789abcdef0123456789abcdef", 1);
+    char *serve[] = {"tenantd", "serve", NULL};
+    char *worker[] = {"tenantd", "worker", NULL};
+    char *migrate[] = {"tenantd", "migrate", "status", NULL};
+    char *routes[] = {"tenantd", "routes", NULL};
+    assert_int_equal(load(&c, err, sizeof err, 2, serve), -1);
+    assert_non_null(strstr(err, "DATABASE_URL is not set"));
+    assert_int_equal(load(&c, err, sizeof err, 2, worker), -1);
+    assert_int_equal(load(&c, err, sizeof err, 3, migrate), -1);
+    assert_int_equal(load(&c, err, sizeof err, 2, routes), 0);
+    setenv("TENANTD_DEV", "1", 1);
+    assert_int_equal(load(&c, err, sizeof err, 2, serve), 0);
+    assert_string_equal(c.database_url, CONFIG_DEV_DATABASE_URL);
+}
+
+/* NAME_FILE: the file's content without its trailing newline; never both. */
+static void settings_from_files(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[256];
+    char path[] = "/tmp/tenantd-config-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char secret[] = "fedcba9876543210fedcba9876543210\n";
+    assert_int_equal(write(fd, secret, sizeof secret - 1), (int)(sizeof secret - 1));
+    close(fd);
+    setenv("DATABASE_URL", "postgresql://db/x", 1);
+    setenv("TENANTD_JWT_SECRET_FILE", path, 1);
+    char *serve[] = {"tenantd", "serve", NULL};
+    assert_int_equal(load(&c, err, sizeof err, 2, serve), 0);
+    assert_string_equal(c.jwt_secret, "fedcba9876543210fedcba9876543210");
+    setenv("TENANTD_JWT_SECRET", "0123456789abcdef0123456789abcdef", 1);
+    assert_int_equal(load(&c, err, sizeof err, 2, serve), -1);
+    assert_non_null(strstr(err, "both TENANTD_JWT_SECRET and TENANTD_JWT_SECRET_FILE"));
+    unsetenv("TENANTD_JWT_SECRET");
+    unlink(path);
+    assert_int_equal(load(&c, err, sizeof err, 2, serve), -1);
+    assert_non_null(strstr(err, "TENANTD_JWT_SECRET_FILE: cannot read"));
 }
 
 static void help_and_version(void **state)
@@ -164,6 +216,8 @@ int main(void)
         cmocka_unit_test_setup(unknown_flag_and_missing_value, clean_env),
         cmocka_unit_test_setup(command_arguments_pass_through, clean_env),
         cmocka_unit_test_setup(serve_needs_secret_unless_dev, clean_env),
+        cmocka_unit_test_setup(database_url_required_outside_dev, clean_env),
+        cmocka_unit_test_setup(settings_from_files, clean_env),
         cmocka_unit_test_setup(help_and_version, clean_env),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

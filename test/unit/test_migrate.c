@@ -134,6 +134,31 @@ static void load_sorts_and_pairs(void **state)
     free(m);
 }
 
+/* The compatible mark counts only as the whole first line. */
+static void load_reads_compatible_mark(void **state)
+{
+    (void)state;
+    const struct embedded_file files[] = {
+        F("tenant", "0001_a.up.sql", "-- tenantd: compatible\nCREATE TABLE a (x int);"),
+        F("tenant", "0002_b.up.sql", "-- tenantd: compatible"),
+        F("tenant", "0003_c.up.sql", "-- tenantd: compatibleish\n"),
+        F("tenant", "0004_d.up.sql", "CREATE TABLE d (x int);\n-- tenantd: compatible\n"),
+        F("tenant", "0005_e.up.sql", "-- tenantd: compatible  \r\n"),
+        END,
+    };
+    struct migration *m = NULL;
+    size_t n = 0;
+    char err[256] = "";
+    assert_int_equal(migrations_load(files, TRACK_TENANT, &m, &n, err, sizeof err), 0);
+    assert_int_equal(n, 5);
+    assert_true(m[0].compatible);
+    assert_true(m[1].compatible);
+    assert_false(m[2].compatible);
+    assert_false(m[3].compatible);
+    assert_true(m[4].compatible);
+    free(m);
+}
+
 static void load_empty_track(void **state)
 {
     (void)state;
@@ -221,7 +246,7 @@ int main(void)
         cmocka_unit_test(parse_good_names),    cmocka_unit_test(parse_bad_names),
         cmocka_unit_test(checksum_known),      cmocka_unit_test(load_sorts_and_pairs),
         cmocka_unit_test(load_empty_track),    cmocka_unit_test(load_rejects),
-        cmocka_unit_test(embedded_list_loads),
+        cmocka_unit_test(embedded_list_loads), cmocka_unit_test(load_reads_compatible_mark),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
