@@ -50,6 +50,8 @@
       "browser origins that may call the API (comma-separated, or *); unset: no CORS")             \
     X(operator_token, TENANTD_OPERATOR_TOKEN, STR, NULL, 0, 0,                                     \
       "operator credential; unset disables operator routes")                                       \
+    X(worker_token, TENANTD_WORKER_TOKEN, STR, NULL, 0, 0,                                         \
+      "external workers' credential for every org's jobs (/v1/worker/...); unset: keys only")      \
     X(signup, TENANTD_SIGNUP, STR, "open", 0, 0, "open or closed")                                 \
     X(signup_credits, TENANTD_SIGNUP_CREDITS, INT, 0, 0, INT64_C(1000000000000),                   \
       "credits granted to a new org")                                                              \
