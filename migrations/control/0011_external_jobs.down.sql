@@ -2,6 +2,13 @@
 -- 0005 and 0006 left them. External jobs still queued or running are
 -- deleted (no worker of the older version could run them); declared types
 -- and worker API keys go too.
+DROP FUNCTION public.tenantd_schedule_update(uuid, uuid, boolean, text, text, integer[], integer[], integer[], integer[], integer[], boolean, boolean, timestamptz);
+DROP FUNCTION public.tenantd_schedule_create(uuid, text, jsonb, text, text, integer[], integer[], integer[], integer[], integer[], boolean, boolean, boolean, timestamptz);
+DROP FUNCTION public.tenantd_schedule_tick(timestamptz, jsonb, integer);
+DROP FUNCTION public.tenantd_schedule_json(public.schedules);
+DROP FUNCTION public.tenantd_cron_next(public.schedules, timestamptz);
+DROP TABLE public.schedule_ticks;
+DROP TABLE public.schedules;
 DROP FUNCTION public.tenantd_job_retry(uuid, uuid);
 DROP FUNCTION public.tenantd_job_ext_finish(uuid, uuid, uuid, boolean, jsonb, text, boolean, bigint, bigint);
 DROP FUNCTION public.tenantd_job_ext_heartbeat(uuid, uuid, uuid, integer, integer);

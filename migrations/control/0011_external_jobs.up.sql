@@ -347,9 +347,10 @@ BEGIN
     RETURN v_requeued;
 END $$;
 
--- As in 0005, and a running job gets cancel_requested (o_outcome
+-- As in 0005, and a running external job gets cancel_requested (o_outcome
 -- 'cancel_requested', o_body the Job): its worker learns it at its next
 -- heartbeat; the job ends cancelled (refunded) unless it succeeds first.
+-- In-process handlers cannot be told, so their running jobs stay 409.
 CREATE OR REPLACE FUNCTION public.tenantd_job_cancel(p_org_id uuid, p_id uuid,
                                                      OUT o_outcome text, OUT o_body text)
 LANGUAGE plpgsql AS $$
@@ -366,7 +367,7 @@ BEGIN
         RETURN;
     END IF;
     UPDATE public.jobs x SET cancel_requested = true
-     WHERE x.id = p_id AND x.org_id = p_org_id AND x.status = 'running'
+     WHERE x.id = p_id AND x.org_id = p_org_id AND x.status = 'running' AND x.external
     RETURNING * INTO j;
     IF FOUND THEN
         o_outcome := 'cancel_requested';
@@ -415,4 +416,209 @@ BEGIN
     ELSE
         o_outcome := 'not_found';
     END IF;
+END $$;
+
+-- ---- Schedules -------------------------------------------------------------
+--
+-- A schedule enqueues (and charges) a job at each tick of a five-field cron
+-- in a time zone. Every serve process ticks (tenantd_schedule_tick): due
+-- schedules are locked FOR UPDATE SKIP LOCKED, and the tick's job, its
+-- record and the schedule's next_run_at commit together, so each tick
+-- happens exactly once whichever process gets it (the primary key of
+-- schedule_ticks is the backstop). The cron sets are expanded by the C
+-- parser (src/job/cron.c); cron keeps the text as given.
+CREATE TABLE public.schedules (
+    id           uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    org_id       uuid NOT NULL REFERENCES public.orgs (id) ON DELETE CASCADE,
+    type         text NOT NULL,
+    payload      jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(payload) = 'object'),
+    cron         text NOT NULL,
+    timezone     text NOT NULL,
+    c_minute     integer[] NOT NULL,
+    c_hour       integer[] NOT NULL,
+    c_dom        integer[] NOT NULL,
+    c_month      integer[] NOT NULL,
+    c_dow        integer[] NOT NULL,
+    c_dom_any    boolean NOT NULL,
+    c_dow_any    boolean NOT NULL,
+    paused       boolean NOT NULL DEFAULT false,
+    next_run_at  timestamptz,          -- NULL: the cron never matches again
+    last_tick_at timestamptz,
+    last_outcome text,                 -- 'enqueued', 'skipped: ...'
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX schedules_due_idx ON public.schedules (next_run_at) WHERE NOT paused;
+CREATE INDEX schedules_org_idx ON public.schedules (org_id, created_at);
+
+CREATE TABLE public.schedule_ticks (
+    schedule_id uuid NOT NULL REFERENCES public.schedules (id) ON DELETE CASCADE,
+    tick_at     timestamptz NOT NULL,  -- the cron time this tick is for
+    fired_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    outcome     text NOT NULL,         -- 'enqueued', 'skipped: insufficient credits', ...
+    job_id      uuid,
+    PRIMARY KEY (schedule_id, tick_at)
+);
+
+-- The first cron time after p_after, in time zone p_tz. Local times a DST
+-- gap skips do not exist, so they do not run; a local time that a DST fold
+-- repeats is one candidate, so it runs once. NULL when nothing matches in
+-- four years (e.g. 30 February).
+CREATE FUNCTION public.tenantd_cron_next(s public.schedules, p_after timestamptz)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    la timestamp := date_trunc('minute', p_after AT TIME ZONE s.timezone);
+    d  date := la::date;
+    c  timestamp;
+    u  timestamptz;
+    h  integer;
+    m  integer;
+BEGIN
+    FOR i IN 0 .. 1461 LOOP
+        IF extract(month FROM d)::int = ANY (s.c_month) AND
+           (CASE WHEN s.c_dom_any AND s.c_dow_any THEN true
+                 WHEN s.c_dom_any THEN extract(dow FROM d)::int = ANY (s.c_dow)
+                 WHEN s.c_dow_any THEN extract(day FROM d)::int = ANY (s.c_dom)
+                 ELSE extract(day FROM d)::int = ANY (s.c_dom)
+                      OR extract(dow FROM d)::int = ANY (s.c_dow) END) THEN
+            FOREACH h IN ARRAY s.c_hour LOOP
+                FOREACH m IN ARRAY s.c_minute LOOP
+                    c := d + make_interval(hours => h, mins => m);
+                    IF c > la THEN
+                        u := c AT TIME ZONE s.timezone;
+                        IF (u AT TIME ZONE s.timezone) = c AND u > p_after THEN
+                            RETURN u;
+                        END IF;
+                    END IF;
+                END LOOP;
+            END LOOP;
+        END IF;
+        d := d + 1;
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION public.tenantd_schedule_json(s public.schedules) RETURNS json
+LANGUAGE sql STABLE AS $$
+    SELECT json_build_object(
+        'id', s.id, 'type', s.type, 'payload', s.payload, 'cron', s.cron,
+        'timezone', s.timezone, 'paused', s.paused,
+        'next_run_at', public.tenantd_ts(s.next_run_at),
+        'last_tick_at', public.tenantd_ts(s.last_tick_at), 'last_outcome', s.last_outcome,
+        'created_at', public.tenantd_ts(s.created_at),
+        'updated_at', public.tenantd_ts(s.updated_at))
+$$;
+
+-- Fires the due ticks (at most p_max schedules) as of p_now (the caller's
+-- clock: now(), or a test's fake clock). Each due schedule enqueues one job
+-- for the tick next_run_at, charged like POST /v1/jobs: p_costs maps the
+-- built-in types to their configured cost, declared types cost what
+-- job_types says. A tick short of credits (or of an unknown type) is
+-- skipped and recorded. The next run is the first cron time after
+-- max(tick, p_now): ticks missed while nothing ran are not replayed, the
+-- late one fires once. Returns the ticks fired.
+CREATE FUNCTION public.tenantd_schedule_tick(p_now timestamptz, p_costs jsonb,
+                                             p_max integer DEFAULT 100)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    s public.schedules;
+    v_cost bigint;
+    v_body text;
+    v_outcome text;
+    v_job uuid;
+    v_n integer := 0;
+BEGIN
+    FOR s IN SELECT * FROM public.schedules x
+              WHERE NOT x.paused AND x.next_run_at <= p_now
+              ORDER BY x.next_run_at LIMIT p_max
+                FOR UPDATE SKIP LOCKED
+    LOOP
+        v_job := NULL;
+        v_cost := coalesce((p_costs ->> s.type)::bigint,
+                           (SELECT t.cost FROM public.job_types t WHERE t.type = s.type));
+        IF v_cost IS NULL THEN
+            v_outcome := 'skipped: unknown job type';
+        ELSE
+            BEGIN
+                SELECT e.o_body INTO v_body
+                  FROM public.tenantd_job_enqueue(
+                           s.org_id, s.type, s.payload, 0, NULL,
+                           coalesce((SELECT t.max_attempts FROM public.job_types t
+                                      WHERE t.type = s.type), 3),
+                           v_cost) e;
+                v_job := (v_body::json ->> 'id')::uuid;
+                v_outcome := 'enqueued';
+            EXCEPTION WHEN SQLSTATE 'TD402' THEN
+                v_outcome := 'skipped: insufficient credits';
+            END;
+        END IF;
+        INSERT INTO public.schedule_ticks (schedule_id, tick_at, outcome, job_id)
+        VALUES (s.id, s.next_run_at, v_outcome, v_job);
+        UPDATE public.schedules x
+           SET last_tick_at = s.next_run_at, last_outcome = v_outcome,
+               next_run_at = public.tenantd_cron_next(s, greatest(s.next_run_at, p_now))
+         WHERE x.id = s.id;
+        v_n := v_n + 1;
+    END LOOP;
+    RETURN v_n;
+END $$;
+
+-- POST /v1/schedules: the schedule with its first run after p_now. An
+-- unknown time zone raises 22023 (the caller answers 422).
+CREATE FUNCTION public.tenantd_schedule_create(
+    p_org uuid, p_type text, p_payload jsonb, p_cron text, p_tz text, p_min integer[],
+    p_hour integer[], p_dom integer[], p_month integer[], p_dow integer[], p_dom_any boolean,
+    p_dow_any boolean, p_paused boolean, p_now timestamptz)
+RETURNS json
+LANGUAGE plpgsql AS $$
+DECLARE
+    s public.schedules;
+BEGIN
+    PERFORM now() AT TIME ZONE p_tz;
+    INSERT INTO public.schedules (org_id, type, payload, cron, timezone, c_minute, c_hour, c_dom,
+                                  c_month, c_dow, c_dom_any, c_dow_any, paused)
+    VALUES (p_org, p_type, coalesce(p_payload, '{}'), p_cron, p_tz, p_min, p_hour, p_dom,
+            p_month, p_dow, p_dom_any, p_dow_any, coalesce(p_paused, false))
+    RETURNING * INTO s;
+    UPDATE public.schedules x SET next_run_at = public.tenantd_cron_next(s, p_now)
+     WHERE x.id = s.id RETURNING * INTO s;
+    RETURN public.tenantd_schedule_json(s);
+END $$;
+
+-- PATCH /v1/schedules/{id}: NULL arguments keep their value; a new cron or
+-- time zone, or a resume, plans the next run from p_now (a paused
+-- schedule's missed ticks are not replayed). NULL when no such schedule.
+CREATE FUNCTION public.tenantd_schedule_update(
+    p_org uuid, p_id uuid, p_paused boolean, p_cron text, p_tz text, p_min integer[],
+    p_hour integer[], p_dom integer[], p_month integer[], p_dow integer[], p_dom_any boolean,
+    p_dow_any boolean, p_now timestamptz)
+RETURNS json
+LANGUAGE plpgsql AS $$
+DECLARE
+    s public.schedules;
+    v_replan boolean;
+BEGIN
+    IF p_tz IS NOT NULL THEN
+        PERFORM now() AT TIME ZONE p_tz;
+    END IF;
+    SELECT * INTO s FROM public.schedules x WHERE x.id = p_id AND x.org_id = p_org FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    v_replan := p_cron IS NOT NULL OR p_tz IS NOT NULL OR (s.paused AND p_paused = false);
+    UPDATE public.schedules x
+       SET paused = coalesce(p_paused, x.paused), cron = coalesce(p_cron, x.cron),
+           timezone = coalesce(p_tz, x.timezone), c_minute = coalesce(p_min, x.c_minute),
+           c_hour = coalesce(p_hour, x.c_hour), c_dom = coalesce(p_dom, x.c_dom),
+           c_month = coalesce(p_month, x.c_month), c_dow = coalesce(p_dow, x.c_dow),
+           c_dom_any = coalesce(p_dom_any, x.c_dom_any),
+           c_dow_any = coalesce(p_dow_any, x.c_dow_any), updated_at = now()
+     WHERE x.id = p_id RETURNING * INTO s;
+    IF v_replan THEN
+        UPDATE public.schedules x SET next_run_at = public.tenantd_cron_next(s, p_now)
+         WHERE x.id = p_id RETURNING * INTO s;
+    END IF;
+    RETURN public.tenantd_schedule_json(s);
 END $$;

@@ -217,13 +217,12 @@ static const struct db_stmt type_get_stmt = {
     "SELECT cost, max_attempts, payload_schema::text FROM public.job_types WHERE type = $1",
 };
 
-struct ext_enqueue {
+struct ext_check {
     struct request *req;
     const char *type;
     json_t *payload; /* borrowed from the request's body */
-    int priority, max_attempts;
-    const char *run_at;
-    const struct idem_key *ik;
+    job_ext_checked done;
+    void *ud;
 };
 
 static void decref_cleanup(void *p)
@@ -233,7 +232,7 @@ static void decref_cleanup(void *p)
 
 static void type_got(struct db_result *r, void *ud)
 {
-    struct ext_enqueue *e = ud;
+    struct ext_check *e = ud;
     struct request *req = e->req;
     if (db_failed(req, r, "job type lookup"))
         return;
@@ -244,7 +243,7 @@ static void type_got(struct db_result *r, void *ud)
         return;
     }
     int64_t cost = strtoll(db_result_text(r, 0, 0), NULL, 10);
-    int max_attempts = e->max_attempts ? e->max_attempts : atoi(db_result_text(r, 0, 1));
+    int max_attempts = atoi(db_result_text(r, 0, 1));
     const char *st = db_result_text(r, 0, 2);
     if (st) {
         json_t *schema = json_loads(st, 0, NULL);
@@ -258,21 +257,47 @@ static void type_got(struct db_result *r, void *ud)
             return;
         }
     }
-    job_enqueue_send(req, e->type, e->payload, e->priority, e->run_at, max_attempts, cost, e->ik);
+    e->done(req, e->ud, cost, max_attempts);
+}
+
+void job_ext_check(struct request *req, const char *type, json_t *payload, job_ext_checked done,
+                   void *ud)
+{
+    struct ext_check *e = arena_calloc(req->arena, sizeof *e);
+    e->req = req;
+    e->type = arena_strdup(req->arena, type);
+    e->payload = payload;
+    e->done = done;
+    e->ud = ud;
+    db_query(req->ctx->db, auth_ctx(req)->schema, &type_get_stmt, 1, &e->type, type_got, e);
+}
+
+struct ext_enqueue {
+    const char *type;
+    json_t *payload;
+    int priority, max_attempts;
+    const char *run_at;
+    const struct idem_key *ik;
+};
+
+static void enqueue_checked(struct request *req, void *ud, int64_t cost, int max_attempts)
+{
+    struct ext_enqueue *e = ud;
+    job_enqueue_send(req, e->type, e->payload, e->priority, e->run_at,
+                     e->max_attempts ? e->max_attempts : max_attempts, cost, e->ik);
 }
 
 void job_ext_enqueue(struct request *req, const char *type, json_t *payload, int priority,
                      const char *run_at, int max_attempts, const struct idem_key *ik)
 {
     struct ext_enqueue *e = arena_calloc(req->arena, sizeof *e);
-    e->req = req;
     e->type = arena_strdup(req->arena, type);
     e->payload = payload;
     e->priority = priority;
     e->run_at = run_at;
     e->max_attempts = max_attempts;
     e->ik = ik;
-    db_query(req->ctx->db, auth_ctx(req)->schema, &type_get_stmt, 1, &e->type, type_got, e);
+    job_ext_check(req, type, payload, enqueue_checked, e);
 }
 
 /* ---- GET /v1/job-types (the declared part) ------------------------------------------ */

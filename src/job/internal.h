@@ -90,6 +90,23 @@ bool job_ext_name_valid(const char *s);
  * an unknown type is 422 like any). max_attempts 0: the type's. */
 void job_ext_enqueue(struct request *req, const char *type, json_t *payload, int priority,
                      const char *run_at, int max_attempts, const struct idem_key *ik);
+/* Looks a declared type up and checks payload (NULL: {}) against its schema:
+ * answers 422 itself, or calls done with the type's cost and max_attempts. */
+typedef void (*job_ext_checked)(struct request *req, void *ud, int64_t cost, int max_attempts);
+void job_ext_check(struct request *req, const char *type, json_t *payload, job_ext_checked done,
+                   void *ud);
+
+/* Schedules (schedule.c). The fake clock of tests: false for the real one
+ * (SQL now()); else the sped-up time as unix seconds text in buf. */
+bool job_clock_fake(char *buf, size_t len);
+/* Fires due schedule ticks on a blocking connection (the listener thread). */
+void job_schedule_tick(PGconn *c);
+void job_schedule_create(struct request *req);
+void job_schedule_list(struct request *req);
+void job_schedule_get(struct request *req);
+void job_schedule_patch(struct request *req);
+void job_schedule_delete(struct request *req);
+
 /* GET /v1/job-types: answers data (built-in types, stolen) plus the
  * declared external types. */
 void job_ext_types_list(struct request *req, json_t *data);

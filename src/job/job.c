@@ -59,6 +59,11 @@ static const struct route job_routes[] = {
     {HTTP_PUT, "/v1/admin/job-types/{type}", AUTH_OPERATOR, job_ext_type_put, "adminPutJobType"},
     {HTTP_DELETE, "/v1/admin/job-types/{type}", AUTH_OPERATOR, job_ext_type_delete,
      "adminDeleteJobType"},
+    {HTTP_POST, "/v1/schedules", AUTH_ADMIN, job_schedule_create, "createSchedule"},
+    {HTTP_GET, "/v1/schedules", AUTH_MEMBER, job_schedule_list, "listSchedules"},
+    {HTTP_GET, "/v1/schedules/{id}", AUTH_MEMBER, job_schedule_get, "getSchedule"},
+    {HTTP_PATCH, "/v1/schedules/{id}", AUTH_ADMIN, job_schedule_patch, "updateSchedule"},
+    {HTTP_DELETE, "/v1/schedules/{id}", AUTH_ADMIN, job_schedule_delete, "deleteSchedule"},
     {HTTP_POST, "/v1/worker/claim", AUTH_WORKER, job_worker_claim, "workerClaim"},
     {HTTP_POST, "/v1/worker/jobs/{id}/heartbeat", AUTH_WORKER, job_worker_heartbeat,
      "workerHeartbeat"},
@@ -519,7 +524,9 @@ static void cancelled(struct db_result *r, void *ud)
         json_t *j = json_loads(body, 0, NULL);
         const char *st = json_string_value(json_object_get(j, "status"));
         char detail[128];
-        snprintf(detail, sizeof detail, "Only a queued or running job can be cancelled; this one is %s.",
+        snprintf(detail, sizeof detail,
+                 "Only a queued job, or a running one of an external type, can be cancelled;"
+                 " this one is %s.",
                  st ? st : "not queued");
         json_decref(j);
         idem_problem(req, cc->claim, PROBLEM_CONFLICT, detail);

@@ -56,6 +56,7 @@
 #define ERROR_MAX 2000
 
 /* ---- the LISTEN thread ----------------------------------------------------------- */
+/* Also fires due schedule ticks (schedule.c) every TENANTD_SCHEDULE_TICK_MS. */
 
 static atomic_uint_fast64_t wake_gen;
 static struct {
@@ -72,7 +73,10 @@ static void *listener_main(void *arg)
     thread_name("job-ext-listen");
     PGconn *c = NULL;
     int backoff = 100;
-    uint64_t next_reap = 0;
+    uint64_t next_reap = 0, next_tick = 0;
+    int wait_ms = (int)(g_config->job_poll_ms < g_config->schedule_tick_ms
+                            ? g_config->job_poll_ms
+                            : g_config->schedule_tick_ms);
     while (!atomic_load(&L.stop)) {
         if (!c) {
             c = PQconnectdb(L.conninfo);
@@ -92,7 +96,7 @@ static void *listener_main(void *arg)
         }
         struct pollfd p[2] = {{.fd = PQsocket(c), .events = POLLIN},
                               {.fd = L.fd, .events = POLLIN}};
-        if (poll(p, 2, (int)g_config->job_poll_ms) < 0 && errno != EINTR)
+        if (poll(p, 2, wait_ms) < 0 && errno != EINTR)
             log_msg(LOG_WARN, "job worker API listener: poll: %s", strerror(errno));
         if (p[0].revents) {
             if (!PQconsumeInput(c)) {
@@ -114,6 +118,10 @@ static void *listener_main(void *arg)
             PGresult *r = PQexec(c, "SELECT public.tenantd_job_reap()");
             PQclear(r);
             next_reap = now + (uint64_t)g_config->job_poll_ms * 1000000u;
+        }
+        if (now >= next_tick) {
+            job_schedule_tick(c);
+            next_tick = now + (uint64_t)g_config->schedule_tick_ms * 1000000u;
         }
         if (PQstatus(c) != CONNECTION_OK) {
             PQfinish(c);
