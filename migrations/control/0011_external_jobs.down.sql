@@ -2,6 +2,22 @@
 -- 0005 and 0006 left them. External jobs still queued or running are
 -- deleted (no worker of the older version could run them); declared types
 -- and worker API keys go too.
+DO $$
+BEGIN
+    IF to_regclass('public.invitations') IS NOT NULL THEN
+        DROP TRIGGER IF EXISTS invitations_event ON public.invitations;
+    END IF;
+END $$;
+DROP FUNCTION public.tenantd_event_invitation();
+DROP TRIGGER users_event ON public.users;
+DROP FUNCTION public.tenantd_event_user();
+DROP TRIGGER credit_transactions_event ON public.credit_transactions;
+DROP FUNCTION public.tenantd_event_credits();
+DROP TRIGGER jobs_event ON public.jobs;
+DROP FUNCTION public.tenantd_event_job();
+DROP FUNCTION public.tenantd_event_emit(uuid, text, json, bigint[]);
+DROP FUNCTION public.tenantd_webhook_json(public.webhook_subscriptions);
+DROP TABLE public.webhook_subscriptions;
 DROP FUNCTION public.tenantd_schedule_update(uuid, uuid, boolean, text, text, integer[], integer[], integer[], integer[], integer[], boolean, boolean, timestamptz);
 DROP FUNCTION public.tenantd_schedule_create(uuid, text, jsonb, text, text, integer[], integer[], integer[], integer[], integer[], boolean, boolean, boolean, timestamptz);
 DROP FUNCTION public.tenantd_schedule_tick(timestamptz, jsonb, integer);

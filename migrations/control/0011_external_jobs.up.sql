@@ -622,3 +622,133 @@ BEGIN
     END IF;
     RETURN public.tenantd_schedule_json(s);
 END $$;
+
+-- ---- Event webhooks ---------------------------------------------------------
+--
+-- An org subscribes a URL to events. Each event is delivered once per
+-- subscription as a webhook.deliver job (the signed, retried machinery:
+-- X-Tenantd-Signature, backoff, allow list), free of charge, with the
+-- event's id in the payload (the worker sends it as X-Tenantd-Event, so a
+-- receiver drops a retried delivery it already has). Events are raised by
+-- triggers, in the transaction of the change itself: an event is delivered
+-- if and only if its change committed.
+CREATE TABLE public.webhook_subscriptions (
+    id                uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    org_id            uuid NOT NULL REFERENCES public.orgs (id) ON DELETE CASCADE,
+    url               text NOT NULL,
+    events            text[] NOT NULL CHECK (cardinality(events) >= 1 AND events <@ ARRAY[
+                          'job.succeeded', 'job.failed', 'credits.low', 'user.created',
+                          'user.removed', 'invitation.accepted']::text[]),
+    secret            text NOT NULL,
+    -- credits.low fires when the balance falls below this.
+    credits_low_below bigint NOT NULL DEFAULT 100 CHECK (credits_low_below >= 0),
+    created_at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX webhook_subscriptions_org_idx ON public.webhook_subscriptions (org_id, created_at);
+
+CREATE FUNCTION public.tenantd_webhook_json(w public.webhook_subscriptions) RETURNS json
+LANGUAGE sql STABLE AS $$
+    SELECT json_build_object('id', w.id, 'url', w.url, 'events', w.events,
+                             'credits_low_below', w.credits_low_below,
+                             'created_at', public.tenantd_ts(w.created_at))
+$$;
+
+-- Queues one delivery of event p_type (p_data its object) to every
+-- subscription of the org to it (p_low: only those whose credits_low_below
+-- the balance crossed, for credits.low). Returns the deliveries queued.
+CREATE FUNCTION public.tenantd_event_emit(p_org uuid, p_type text, p_data json,
+                                          p_low bigint[] DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    w public.webhook_subscriptions;
+    v_event uuid := gen_random_uuid();
+    v_n integer := 0;
+BEGIN
+    FOR w IN SELECT * FROM public.webhook_subscriptions x
+              WHERE x.org_id = p_org AND p_type = ANY (x.events)
+                AND EXISTS (SELECT 1 FROM public.orgs o WHERE o.id = p_org
+                               AND o.status <> 'deleted')
+                AND (p_low IS NULL OR (x.credits_low_below <= p_low[1]
+                                       AND x.credits_low_below > p_low[2]))
+    LOOP
+        INSERT INTO public.jobs (id, org_id, type, payload, max_attempts, cost)
+        VALUES (gen_random_uuid(), p_org, 'webhook.deliver',
+                jsonb_build_object('url', w.url, 'secret', w.secret, 'event_id', v_event,
+                                   'body', jsonb_build_object(
+                                       'id', v_event, 'type', p_type,
+                                       'created_at', public.tenantd_ts(clock_timestamp()),
+                                       'data', p_data)),
+                5, 0);
+        v_n := v_n + 1;
+    END LOOP;
+    IF v_n > 0 THEN
+        PERFORM pg_notify('tenantd_jobs', '');
+    END IF;
+    RETURN v_n;
+END $$;
+
+-- job.succeeded / job.failed: when a job ends so. Deliveries of events are
+-- jobs too; their own outcome raises nothing (no loops).
+CREATE FUNCTION public.tenantd_event_job() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT (NEW.type = 'webhook.deliver' AND NEW.payload ? 'event_id') THEN
+        PERFORM public.tenantd_event_emit(NEW.org_id, 'job.' || NEW.status,
+                                          public.tenantd_job_json(NEW));
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_event AFTER UPDATE OF status ON public.jobs
+    FOR EACH ROW WHEN (NEW.status IN ('succeeded', 'failed') AND OLD.status <> NEW.status)
+    EXECUTE FUNCTION public.tenantd_event_job();
+
+-- credits.low: a ledger row that takes the balance from at or above a
+-- subscription's threshold to below it.
+CREATE FUNCTION public.tenantd_event_credits() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.amount < 0 THEN
+        PERFORM public.tenantd_event_emit(
+            NEW.org_id, 'credits.low',
+            json_build_object('balance', NEW.balance_after, 'transaction_id', NEW.id),
+            ARRAY[NEW.balance_after - NEW.amount, NEW.balance_after]);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER credit_transactions_event AFTER INSERT ON public.credit_transactions
+    FOR EACH ROW EXECUTE FUNCTION public.tenantd_event_credits();
+
+CREATE FUNCTION public.tenantd_event_user() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM public.tenantd_event_emit(NEW.org_id, 'user.created',
+                                          public.tenantd_user_json(NEW));
+    ELSE
+        PERFORM public.tenantd_event_emit(OLD.org_id, 'user.removed',
+                                          public.tenantd_user_json(OLD));
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER users_event AFTER INSERT OR DELETE ON public.users
+    FOR EACH ROW EXECUTE FUNCTION public.tenantd_event_user();
+
+-- invitation.accepted: on public.invitations (control migration 0010), when
+-- accepted_at is set.
+CREATE FUNCTION public.tenantd_event_invitation() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM public.tenantd_event_emit(
+        NEW.org_id, 'invitation.accepted',
+        (to_jsonb(NEW) - 'token_hash')::json);
+    RETURN NULL;
+END $$;
+DO $$
+BEGIN
+    IF to_regclass('public.invitations') IS NOT NULL THEN
+        CREATE TRIGGER invitations_event AFTER UPDATE OF accepted_at ON public.invitations
+            FOR EACH ROW WHEN (OLD.accepted_at IS NULL AND NEW.accepted_at IS NOT NULL)
+            EXECUTE FUNCTION public.tenantd_event_invitation();
+    END IF;
+END $$;

@@ -107,6 +107,12 @@ void job_schedule_get(struct request *req);
 void job_schedule_patch(struct request *req);
 void job_schedule_delete(struct request *req);
 
+/* Event webhooks (events.c). */
+void job_webhook_create(struct request *req);
+void job_webhook_list(struct request *req);
+void job_webhook_get(struct request *req);
+void job_webhook_delete(struct request *req);
+
 /* GET /v1/job-types: answers data (built-in types, stolen) plus the
  * declared external types. */
 void job_ext_types_list(struct request *req, json_t *data);
