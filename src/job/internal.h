@@ -113,6 +113,13 @@ void job_webhook_list(struct request *req);
 void job_webhook_get(struct request *req);
 void job_webhook_delete(struct request *req);
 
+/* Metrics (metrics.c): samples the database part (listener thread), counts
+ * this process's worker API calls (ok: answered 200). */
+enum job_api_op { JOB_API_CLAIM, JOB_API_HEARTBEAT, JOB_API_COMPLETE, JOB_API_FAIL, JOB_API__COUNT };
+void job_metrics_sample(PGconn *c);
+void job_metrics_api(enum job_api_op op, bool ok);
+void job_metrics_free(void);
+
 /* GET /v1/job-types: answers data (built-in types, stolen) plus the
  * declared external types. */
 void job_ext_types_list(struct request *req, json_t *data);

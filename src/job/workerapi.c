@@ -54,6 +54,7 @@
 #define WAKE_CHECK_MS 10
 #define TYPES_MAX 50
 #define ERROR_MAX 2000
+#define METRICS_SAMPLE_MS 5000
 
 /* ---- the LISTEN thread ----------------------------------------------------------- */
 /* Also fires due schedule ticks (schedule.c) every TENANTD_SCHEDULE_TICK_MS. */
@@ -73,7 +74,7 @@ static void *listener_main(void *arg)
     thread_name("job-ext-listen");
     PGconn *c = NULL;
     int backoff = 100;
-    uint64_t next_reap = 0, next_tick = 0;
+    uint64_t next_reap = 0, next_tick = 0, next_sample = 0;
     int wait_ms = (int)(g_config->job_poll_ms < g_config->schedule_tick_ms
                             ? g_config->job_poll_ms
                             : g_config->schedule_tick_ms);
@@ -119,6 +120,10 @@ static void *listener_main(void *arg)
             PQclear(r);
             next_reap = now + (uint64_t)g_config->job_poll_ms * 1000000u;
         }
+        if (now >= next_sample) {
+            job_metrics_sample(c);
+            next_sample = now + (uint64_t)METRICS_SAMPLE_MS * 1000000u;
+        }
         if (now >= next_tick) {
             job_schedule_tick(c);
             next_tick = now + (uint64_t)g_config->schedule_tick_ms * 1000000u;
@@ -129,6 +134,7 @@ static void *listener_main(void *arg)
         }
     }
     PQfinish(c);
+    job_metrics_free();
     return NULL;
 }
 
@@ -214,6 +220,7 @@ static void claim_answer(struct claim *c, struct db_result *r)
         c->timer = NULL;
     }
     int n = r ? PQntuples(r->res) : 0;
+    job_metrics_api(JOB_API_CLAIM, true);
     size_t len = 32;
     for (int i = 0; i < n; i++)
         len += (size_t)PQgetlength(r->res, i, 2) + 1;
@@ -410,8 +417,9 @@ static json_t *lease_body(struct request *req, const char *const *fields, const 
     return body;
 }
 
-static bool outcome_answered(struct request *req, const char *outcome)
+static bool outcome_answered(struct request *req, enum job_api_op op, const char *outcome)
 {
+    job_metrics_api(op, outcome && !strcmp(outcome, "ok"));
     if (outcome && !strcmp(outcome, "stale")) {
         problem_respond(req, PROBLEM_CONFLICT,
                         "This lease is no longer the job's: it lapsed (the job went back to the "
@@ -430,7 +438,7 @@ static void heartbeat_done(struct db_result *r, void *ud)
     struct request *req = ud;
     if (db_failed(req, r, "worker heartbeat"))
         return;
-    if (outcome_answered(req, db_result_text(r, 0, 0)))
+    if (outcome_answered(req, JOB_API_HEARTBEAT, db_result_text(r, 0, 0)))
         return;
     const char *cr = db_result_text(r, 0, 2);
     http_respond_json(req, 200,
@@ -467,12 +475,18 @@ void job_worker_heartbeat(struct request *req)
     db_query(req->ctx->db, auth_ctx(req)->schema, &heartbeat_stmt, 5, v, heartbeat_done, req);
 }
 
+struct finish {
+    struct request *req;
+    enum job_api_op op;
+};
+
 static void finish_done(struct db_result *r, void *ud)
 {
-    struct request *req = ud;
+    struct finish *f = ud;
+    struct request *req = f->req;
     if (db_failed(req, r, "worker finish"))
         return;
-    if (outcome_answered(req, db_result_text(r, 0, 0)))
+    if (outcome_answered(req, f->op, db_result_text(r, 0, 0)))
         return;
     db_respond_json(req, r, 1, "No such job.");
 }
@@ -480,6 +494,9 @@ static void finish_done(struct db_result *r, void *ud)
 static void finish_send(struct request *req, const char *id, const char *lease, bool ok,
                         const char *result, const char *error, bool retry)
 {
+    struct finish *f = arena_calloc(req->arena, sizeof *f);
+    f->req = req;
+    f->op = ok ? JOB_API_COMPLETE : JOB_API_FAIL;
     const char **v = arena_calloc(req->arena, 9 * sizeof *v);
     v[0] = id;
     v[1] = arena_strdup(req->arena, lease);
@@ -490,7 +507,7 @@ static void finish_send(struct request *req, const char *id, const char *lease, 
     v[6] = retry ? "true" : "false";
     v[7] = arena_printf(req->arena, "%lld", (long long)g_config->job_retry_base_ms);
     v[8] = arena_printf(req->arena, "%lld", (long long)g_config->job_retry_max_ms);
-    db_query(req->ctx->db, auth_ctx(req)->schema, &finish_stmt, 9, v, finish_done, req);
+    db_query(req->ctx->db, auth_ctx(req)->schema, &finish_stmt, 9, v, finish_done, f);
 }
 
 void job_worker_complete(struct request *req)

@@ -21,6 +21,7 @@
 #include "core/problem.h"
 #include "db/db.h"
 #include "db/migrate.h"
+#include "job/job.h"
 
 static void health_get(struct request *req);
 static void ready_get(struct request *req);
@@ -132,6 +133,16 @@ static void metrics_get(struct request *req)
         problem_respond(req, PROBLEM_INTERNAL, "The metrics could not be rendered.");
         return;
     }
+    /* The jobs' section is sampled from the database by src/job. */
+    char *jobs = job_metrics_text();
+    size_t jlen = jobs ? strlen(jobs) : 0;
+    char *all = jlen ? realloc(text, len + jlen) : NULL;
+    if (all) {
+        memcpy(all + len, jobs, jlen);
+        text = all;
+        len += jlen;
+    }
+    free(jobs);
     http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
     free(text);
 }

@@ -324,6 +324,21 @@ class WorkerApiTest(harness.DbTestCase):
         # Every org is served within the first batch of six, not after the flood.
         self.assertEqual(set(first), wanted, first)
 
+    def test_metrics(self):
+        self.enqueue()
+        self.claim(max=10)
+        deadline = time.time() + 12  # the database part is sampled every 5 s
+        while True:
+            text = self.server.get("/metrics").body.decode()
+            if f'tenantd_jobs{{type="{self.type}",status="running"}}' in text or \
+                    time.time() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertIn(f'tenantd_jobs{{type="{self.type}",status="running"}}', text)
+        self.assertIn(f'tenantd_job_attempts{{type="{self.type}",status="running"}}', text)
+        self.assertRegex(text, r'tenantd_worker_api_calls_total\{op="claim",result="ok"\} [1-9]')
+        self.assertIn("# TYPE tenantd_schedule_ticks gauge", text)
+
     # ---- the example worker
 
     def test_python_example_worker_runs_a_job(self):
