@@ -7,6 +7,7 @@ end. The in-process workers run too (one), and never take an external job."""
 import concurrent.futures
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -353,6 +354,22 @@ class WorkerApiTest(harness.DbTestCase):
         self.assertEqual(done["status"], "succeeded", done)
         self.assertEqual(done["result"]["words"], 8)
         self.assertEqual(done["result"]["top"][0], {"word": "the", "count": 3})
+
+    def test_javascript_example_worker_runs_a_job(self):
+        node = shutil.which("node")
+        if not node:
+            self.skipTest("node is not installed")
+        job = self.enqueue("b a b")
+        env = dict(os.environ, TENANTD_URL=f"http://127.0.0.1:{self.server.port}",
+                   TENANTD_WORKER_CREDENTIAL=self.key)
+        p = subprocess.run([node, os.path.join(harness.SOURCE_DIR, "examples", "worker.mjs"),
+                            "--max-jobs", "1"], env=env, capture_output=True, text=True,
+                           timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        done = self.job(job["id"])
+        self.assertEqual(done["status"], "succeeded", done)
+        self.assertEqual(done["result"], {"words": 3, "top": [{"word": "b", "count": 2},
+                                                              {"word": "a", "count": 1}]})
 
 
 if __name__ == "__main__":
