@@ -18,9 +18,9 @@
  * Long polling: a claim that finds nothing parks (a timer on the request's
  * loop) until wait_s pass. It claims again only when the LISTEN thread
  * below has heard a NOTIFY on tenantd_jobs (an atomic generation it bumps;
- * parked claims look at it every WAKE_CHECK_MS), or every
- * TENANTD_JOB_POLL_MS for jobs that became due by time (run_at, retry
- * backoff), as the in-process workers do.
+ * parked claims look at it every WAKE_CHECK_MS). Jobs that become due by
+ * time (run_at, retry backoff) send no NOTIFY: the same thread looks for
+ * them once per TENANTD_JOB_POLL_MS and bumps the generation when one did.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -74,7 +74,8 @@ static void *listener_main(void *arg)
     thread_name("job-ext-listen");
     PGconn *c = NULL;
     int backoff = 100;
-    uint64_t next_reap = 0, next_tick = 0, next_sample = 0;
+    uint64_t next_reap = 0, next_tick = 0, next_sample = 0, next_due = 0;
+    char due_since[64] = ""; /* the database's now() at the last look */
     int wait_ms = (int)(g_config->job_poll_ms < g_config->schedule_tick_ms
                             ? g_config->job_poll_ms
                             : g_config->schedule_tick_ms);
@@ -115,6 +116,24 @@ static void *listener_main(void *arg)
                 atomic_fetch_add(&wake_gen, 1);
         }
         uint64_t now = job_now_ns();
+        if (now >= next_due) {
+            /* Jobs that became due by time (run_at, retry backoff) send no
+             * NOTIFY: one look per process and interval, and a wake only
+             * when one did, instead of every parked claim polling. */
+            const char *v[] = {due_since[0] ? due_since : NULL};
+            PGresult *r = PQexecParams(
+                c,
+                "SELECT now()::text, EXISTS (SELECT 1 FROM public.jobs j WHERE j.status ="
+                " 'queued' AND j.external AND j.run_at > $1::timestamptz AND j.run_at <= now())",
+                1, NULL, v, NULL, NULL, 0);
+            if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+                snprintf(due_since, sizeof due_since, "%s", PQgetvalue(r, 0, 0));
+                if (PQgetvalue(r, 0, 1)[0] == 't')
+                    atomic_fetch_add(&wake_gen, 1);
+            }
+            PQclear(r);
+            next_due = now + (uint64_t)g_config->job_poll_ms * 1000000u;
+        }
         if (L.reap && now >= next_reap) {
             PGresult *r = PQexec(c, "SELECT public.tenantd_job_reap()");
             PQclear(r);
@@ -200,7 +219,7 @@ struct claim {
     int pass;
     /* Long poll. */
     uv_timer_t *timer; /* malloc'd; closed when the claim answers */
-    uint64_t deadline_ns, next_poll_ns, seen_gen;
+    uint64_t deadline_ns, seen_gen;
     bool querying;
 };
 
@@ -248,9 +267,8 @@ static void on_wake_check(uv_timer_t *t)
         return;
     }
     uint64_t g = atomic_load(&wake_gen);
-    if (g != c->seen_gen || now >= c->next_poll_ns) {
+    if (g != c->seen_gen) {
         c->seen_gen = g;
-        c->next_poll_ns = now + (uint64_t)g_config->job_poll_ms * 1000000u;
         c->pass = 0;
         claim_query(c);
     }
@@ -296,7 +314,6 @@ static void claimed(struct db_result *r, void *ud)
         }
         uv_timer_init(req->ctx->loop, c->timer);
         c->timer->data = c;
-        c->next_poll_ns = job_now_ns() + (uint64_t)g_config->job_poll_ms * 1000000u;
         uv_timer_start(c->timer, on_wake_check, WAKE_CHECK_MS, WAKE_CHECK_MS);
     }
 }
