@@ -527,6 +527,7 @@ DECLARE
     v_cost bigint;
     v_body text;
     v_outcome text;
+    v_status text;
     v_job uuid;
     v_n integer := 0;
 BEGIN
@@ -538,7 +539,14 @@ BEGIN
         v_job := NULL;
         v_cost := coalesce((p_costs ->> s.type)::bigint,
                            (SELECT t.cost FROM public.job_types t WHERE t.type = s.type));
-        IF v_cost IS NULL THEN
+        v_status := (SELECT o.status FROM public.orgs o WHERE o.id = s.org_id);
+        IF v_status = 'deleted' THEN
+            -- The org is gone (tenantd_delete_org predates schedules).
+            DELETE FROM public.schedules x WHERE x.id = s.id;
+            CONTINUE;
+        ELSIF v_status <> 'active' THEN
+            v_outcome := 'skipped: organization suspended'; -- suspension stops spending
+        ELSIF v_cost IS NULL THEN
             v_outcome := 'skipped: unknown job type';
         ELSE
             BEGIN

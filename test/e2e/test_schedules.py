@@ -212,6 +212,33 @@ class SchedulesTest(harness.DbTestCase):
         self.assertEqual(self.sql(f"SELECT count(*) FROM public.jobs"
                                   f" WHERE org_id = '{self.org_id}'"), ["0"])
 
+    def test_suspended_org_skips_deleted_org_loses_its_schedules(self):
+        status, s = self.call("POST", "/v1/schedules", {
+            "type": "report.tick", "cron": "*/10 * * * *"})
+        self.assertEqual(status, 201, s)
+        slug = self.sql(f"SELECT slug FROM public.orgs WHERE id = '{self.org_id}'")[0]
+        status, body, _ = self.server.json("POST", f"/v1/admin/orgs/{slug}/suspend", {},
+                                           bearer(OPERATOR))
+        self.assertEqual(status, 200, body)
+        deadline = time.time() + 5
+        while not self.ticks(s["id"]) and time.time() < deadline:
+            time.sleep(0.1)
+        ticks = self.ticks(s["id"])
+        self.assertTrue(ticks)
+        self.assertTrue(all(t.split("|")[1] == "skipped: organization suspended" for t in ticks),
+                        ticks)
+        status, body, _ = self.server.json("DELETE", f"/v1/admin/orgs/{slug}", None,
+                                           bearer(OPERATOR))
+        self.assertIn(status, (200, 204), body)
+        deadline = time.time() + 5
+        while self.sql(f"SELECT count(*) FROM public.schedules WHERE id = '{s['id']}'") != ["0"] \
+                and time.time() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(self.sql(f"SELECT count(*) FROM public.schedules"
+                                  f" WHERE id = '{s['id']}'"), ["0"])
+        self.assertEqual(self.sql(f"SELECT count(*) FROM public.jobs"
+                                  f" WHERE org_id = '{self.org_id}'"), ["0"])
+
     def test_missed_ticks_are_not_replayed(self):
         status, s = self.call("POST", "/v1/schedules", {
             "type": "report.tick", "cron": "*/10 * * * *"})
