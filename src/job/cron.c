@@ -9,8 +9,11 @@
 static const struct {
     const char *name;
     int lo, hi;
-} fields[5] = {{"minute", 0, 59}, {"hour", 0, 23}, {"day of month", 1, 31},
-               {"month", 1, 12},  {"day of week", 0, 7}};
+} fields[5] = {{"minute", 0, 59},
+               {"hour", 0, 23},
+               {"day of month", 1, 31},
+               {"month", 1, 12},
+               {"day of week", 0, 7}};
 
 static bool *field_set(struct cron *c, int i)
 {
@@ -113,7 +116,8 @@ int cron_parse(const char *expr, struct cron *out, char *err, size_t errlen)
         while (*p && *p != ' ' && *p != '\t')
             p++;
         if (p == s)
-            return fail(err, errlen, "cron", "must have five fields (minute hour day month weekday)");
+            return fail(err, errlen, "cron",
+                        "must have five fields (minute hour day month weekday)");
         if (parse_field(out, i, s, p, err, errlen) != 0)
             return -1;
     }

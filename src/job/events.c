@@ -29,9 +29,9 @@
 #include "db/result.h"
 #include "job/internal.h"
 
-static const char *const event_names[] = {"job.succeeded", "job.failed",   "credits.low",
-                                          "user.created",  "user.removed", "invitation.accepted",
-                                          NULL};
+static const char *const event_names[] = {
+    "job.succeeded", "job.failed",          "credits.low", "user.created",
+    "user.removed",  "invitation.accepted", NULL};
 
 static const struct db_stmt create_stmt = {
     "webhook_create",
@@ -119,8 +119,7 @@ void job_webhook_create(struct request *req)
         {
             const char *f = json_string_value(json_object_get(e, "field"));
             if (f && strstr(f, "url"))
-                problem_add_error(&errors, "url",
-                                  json_string_value(json_object_get(e, "message")));
+                problem_add_error(&errors, "url", json_string_value(json_object_get(e, "message")));
         }
         json_decref(perr);
         json_decref(probe);

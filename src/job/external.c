@@ -43,8 +43,7 @@ bool job_ext_name_valid(const char *s)
         return false;
     for (size_t i = 1; i < n; i++) {
         char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
-              c == '-'))
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-'))
             return false;
     }
     return true;
@@ -52,8 +51,8 @@ bool job_ext_name_valid(const char *s)
 
 /* ---- the schema subset --------------------------------------------------------- */
 
-static const char *const schema_types[] = {"object", "string",  "integer", "number",
-                                           "boolean", "array", "null",    NULL};
+static const char *const schema_types[] = {"object",  "string", "integer", "number",
+                                           "boolean", "array",  "null",    NULL};
 
 static int check_fail(json_t **errors, const char *path, const char *key, const char *msg)
 {
@@ -303,8 +302,8 @@ void job_ext_enqueue(struct request *req, const char *type, json_t *payload, int
 /* ---- GET /v1/job-types (the declared part) ------------------------------------------ */
 
 #define TYPE_JSON                                                                                  \
-    "json_build_object('type', t.type, 'cost', t.cost, 'description', t.description,"             \
-    " 'timeout_s', t.timeout_s, 'max_attempts', t.max_attempts,"                                  \
+    "json_build_object('type', t.type, 'cost', t.cost, 'description', t.description,"              \
+    " 'timeout_s', t.timeout_s, 'max_attempts', t.max_attempts,"                                   \
     " 'payload_schema', t.payload_schema, 'external', true)"
 
 static const struct db_stmt types_list_stmt = {
@@ -366,8 +365,8 @@ static bool builtin_name(const char *s)
            !strcmp(s, "webhook.deliver");
 }
 
-static bool int_field(json_t *body, const char *name, json_int_t lo, json_int_t hi,
-                      json_int_t *out, json_t **errors)
+static bool int_field(json_t *body, const char *name, json_int_t lo, json_int_t hi, json_int_t *out,
+                      json_t **errors)
 {
     json_t *v = json_object_get(body, name);
     if (!v || json_is_null(v))
@@ -397,9 +396,8 @@ void job_ext_type_put(struct request *req)
     if (!type || !job_ext_name_valid(type) || builtin_name(type)) {
         json_t *errors = NULL;
         problem_add_error(&errors, "type",
-                          builtin_name(type ? type : "")
-                              ? "is the name of a built-in type"
-                              : "must match ^[a-z][a-z0-9_.-]{0,63}$");
+                          builtin_name(type ? type : "") ? "is the name of a built-in type"
+                                                         : "must match ^[a-z][a-z0-9_.-]{0,63}$");
         problem_respond_errors(req, "The job type is not valid.", errors);
         return;
     }

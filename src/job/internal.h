@@ -115,7 +115,13 @@ void job_webhook_delete(struct request *req);
 
 /* Metrics (metrics.c): samples the database part (listener thread), counts
  * this process's worker API calls (ok: answered 200). */
-enum job_api_op { JOB_API_CLAIM, JOB_API_HEARTBEAT, JOB_API_COMPLETE, JOB_API_FAIL, JOB_API__COUNT };
+enum job_api_op {
+    JOB_API_CLAIM,
+    JOB_API_HEARTBEAT,
+    JOB_API_COMPLETE,
+    JOB_API_FAIL,
+    JOB_API__COUNT
+};
 void job_metrics_sample(PGconn *c);
 void job_metrics_api(enum job_api_op op, bool ok);
 void job_metrics_free(void);

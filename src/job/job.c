@@ -362,8 +362,7 @@ static void jobs_create(struct request *req)
 }
 
 void job_enqueue_send(struct request *req, const char *type, json_t *payload, int priority,
-                      const char *run_at, int max_attempts, int64_t cost,
-                      const struct idem_key *ik)
+                      const char *run_at, int max_attempts, int64_t cost, const struct idem_key *ik)
 {
     const struct auth_ctx *a = auth_ctx(req);
     char *ptext = payload ? json_dumps(payload, JSON_COMPACT) : NULL;

@@ -6,6 +6,7 @@
  * worker API calls of this process are counted here too.
  */
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,7 +36,6 @@ struct text {
 };
 
 static void add(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-#include <stdarg.h>
 static void add(struct text *t, const char *fmt, ...)
 {
     if (t->oom)
@@ -141,10 +141,9 @@ char *job_metrics_text(void)
             "operation and result.\n# TYPE tenantd_worker_api_calls_total counter\n");
     for (int op = 0; op < JOB_API__COUNT; op++)
         for (int ok = 0; ok < 2; ok++)
-            add(&t, "tenantd_worker_api_calls_total{op=\"%s\",result=\"%s\"} %llu\n",
-                api_names[op], ok ? "ok" : "refused",
-                (unsigned long long)atomic_load_explicit(&api_calls[op][ok],
-                                                         memory_order_relaxed));
+            add(&t, "tenantd_worker_api_calls_total{op=\"%s\",result=\"%s\"} %llu\n", api_names[op],
+                ok ? "ok" : "refused",
+                (unsigned long long)atomic_load_explicit(&api_calls[op][ok], memory_order_relaxed));
     if (t.oom) {
         free(t.p);
         return NULL;

@@ -160,8 +160,7 @@ static void saved(struct db_result *r, void *ud)
         problem_respond(req, PROBLEM_NOT_FOUND, "No such schedule.");
         return;
     }
-    http_respond(req, req->method == HTTP_POST ? 201 : 200, "application/json", body,
-                 strlen(body));
+    http_respond(req, req->method == HTTP_POST ? 201 : 200, "application/json", body, strlen(body));
 }
 
 struct create {

@@ -76,9 +76,9 @@ static void *listener_main(void *arg)
     int backoff = 100;
     uint64_t next_reap = 0, next_tick = 0, next_sample = 0, next_due = 0;
     char due_since[64] = ""; /* the database's now() at the last look */
-    int wait_ms = (int)(g_config->job_poll_ms < g_config->schedule_tick_ms
-                            ? g_config->job_poll_ms
-                            : g_config->schedule_tick_ms);
+    int wait_ms =
+        (int)(g_config->job_poll_ms < g_config->schedule_tick_ms ? g_config->job_poll_ms
+                                                                 : g_config->schedule_tick_ms);
     while (!atomic_load(&L.stop)) {
         if (!c) {
             c = PQconnectdb(L.conninfo);
@@ -348,8 +348,7 @@ void job_worker_claim(struct request *req)
     body_unknown_fields(req, body, fields, NULL, &errors);
     json_t *types = json_object_get(body, "types");
     char *lit = NULL;
-    if (!json_is_array(types) || json_array_size(types) < 1 ||
-        json_array_size(types) > TYPES_MAX) {
+    if (!json_is_array(types) || json_array_size(types) < 1 || json_array_size(types) > TYPES_MAX) {
         problem_add_error(&errors, "types", "must be an array of 1 to 50 job type names");
     } else {
         /* A text[] literal; names are [a-z0-9_.-] only, so quoting is enough. */

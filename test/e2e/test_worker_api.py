@@ -326,17 +326,21 @@ class WorkerApiTest(harness.DbTestCase):
         self.assertEqual(set(first), wanted, first)
 
     def test_metrics(self):
-        self.enqueue()
-        self.claim(max=10)
-        deadline = time.time() + 12  # the database part is sampled every 5 s
+        status, _ = self.call("PUT", "/v1/admin/job-types/metrics.probe", {"cost": 0}, OPERATOR)
+        self.assertEqual(status, 200)
+        for _ in range(2):
+            status, _ = self.call("POST", "/v1/jobs", {"type": "metrics.probe"})
+            self.assertEqual(status, 202)
+        self.claim(types=["no.such.jobs"])
+        want = 'tenantd_jobs{type="metrics.probe",status="queued"} 2'
+        deadline = time.time() + 15  # the database part is sampled every 5 s
         while True:
             text = self.server.get("/metrics").body.decode()
-            if f'tenantd_jobs{{type="{self.type}",status="running"}}' in text or \
-                    time.time() > deadline:
+            if want in text or time.time() > deadline:
                 break
             time.sleep(0.2)
-        self.assertIn(f'tenantd_jobs{{type="{self.type}",status="running"}}', text)
-        self.assertIn(f'tenantd_job_attempts{{type="{self.type}",status="running"}}', text)
+        self.assertIn(want, text)
+        self.assertIn('tenantd_job_attempts{type="metrics.probe",status="queued"} 0', text)
         self.assertRegex(text, r'tenantd_worker_api_calls_total\{op="claim",result="ok"\} [1-9]')
         self.assertIn("# TYPE tenantd_schedule_ticks gauge", text)
 
