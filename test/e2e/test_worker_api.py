@@ -107,6 +107,23 @@ class WorkerApiTest(harness.DbTestCase):
         status, _ = self.call("PUT", "/v1/admin/job-types/x.y", {"cost": 1}, WORKER)
         self.assertIn(status, (401, 403))
 
+    def test_deleted_type_keeps_its_queued_jobs_claimable(self):
+        status, _ = self.call("PUT", "/v1/admin/job-types/short.lived", {"cost": 1}, OPERATOR)
+        self.assertEqual(status, 200)
+        status, job = self.call("POST", "/v1/jobs", {"type": "short.lived"})
+        self.assertEqual(status, 202, job)
+        status, _ = self.call("DELETE", "/v1/admin/job-types/short.lived", None, OPERATOR)
+        self.assertEqual(status, 204)
+        status, _ = self.call("DELETE", "/v1/admin/job-types/short.lived", None, OPERATOR)
+        self.assertEqual(status, 404)
+        status, body = self.call("POST", "/v1/jobs", {"type": "short.lived"})
+        self.assertEqual(status, 422, body)
+        [c] = self.claim(types=["short.lived"])
+        self.assertEqual(c["id"], job["id"])
+        status, done = self.call("POST", f"/v1/worker/jobs/{c['id']}/complete",
+                                 {"lease_id": c["lease_id"]}, self.key)
+        self.assertEqual((status, done["status"]), (200, "succeeded"))
+
     def test_listed_and_payload_checked_at_enqueue(self):
         status, body = self.call("GET", "/v1/job-types")
         self.assertEqual(status, 200)
