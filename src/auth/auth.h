@@ -14,7 +14,8 @@
  */
 
 enum auth_kind { AUTH_KIND_USER, AUTH_KIND_KEY, AUTH_KIND_OPERATOR };
-enum auth_role { ROLE_MEMBER, ROLE_ADMIN };
+/* ROLE_WORKER: an API key (or TENANTD_WORKER_TOKEN) for the worker API only. */
+enum auth_role { ROLE_MEMBER, ROLE_ADMIN, ROLE_WORKER };
 
 struct auth_ctx {
     enum auth_kind kind;

@@ -100,12 +100,14 @@ int auth_role_parse(const char *s)
         return ROLE_ADMIN;
     if (s && strcmp(s, "member") == 0)
         return ROLE_MEMBER;
+    if (s && strcmp(s, "worker") == 0)
+        return ROLE_WORKER;
     return -1;
 }
 
 const char *auth_role_name(enum auth_role r)
 {
-    return r == ROLE_ADMIN ? "admin" : "member";
+    return r == ROLE_ADMIN ? "admin" : r == ROLE_WORKER ? "worker" : "member";
 }
 
 static int org_status_parse(const char *s)
@@ -146,10 +148,15 @@ static bool org_cols(PGresult *res, int c, struct cache_org *o)
 static int level_check(enum auth_level level, enum auth_kind kind, enum auth_role role)
 {
     bool op = kind == AUTH_KIND_OPERATOR;
+    /* A worker credential may call the worker API and nothing else. */
+    if (role == ROLE_WORKER || level == AUTH_WORKER)
+        return role == ROLE_WORKER && level == AUTH_WORKER ? 0 : PROBLEM_FORBIDDEN;
     switch (level) {
     case AUTH_NONE:
     case AUTH_MEMBER_OR_OPERATOR:
         return 0;
+    case AUTH_WORKER:
+        return PROBLEM_FORBIDDEN;
     case AUTH_OPERATOR:
         return op ? 0 : PROBLEM_FORBIDDEN;
     case AUTH_ANY:
@@ -314,7 +321,8 @@ static void key_loaded(struct db_result *r, void *ud)
         auth_respond_unauthorized(a->req, GENERIC_401);
         return;
     }
-    k.role = auth_role_parse(role) == ROLE_ADMIN ? ROLE_ADMIN : ROLE_MEMBER;
+    int kr = auth_role_parse(role);
+    k.role = kr == ROLE_ADMIN || kr == ROLE_WORKER ? (enum auth_role)kr : ROLE_MEMBER;
     k.revoked = revoked[0] == 't';
     cache_put_key(a->prefix, &k, a->epoch);
     cache_put_org(k.org_id, &a->org, a->epoch);
@@ -394,6 +402,15 @@ void auth_dispatch(struct request *req)
     if (!op && req->route->auth == AUTH_OPERATOR) {
         /* No operator token configured: the operator routes are off. */
         auth_respond_unauthorized(req, "Operator routes are disabled on this server.");
+        return;
+    }
+    /* The operator's worker token: the worker API of every org. */
+    const char *wt = g_config ? g_config->worker_token : NULL;
+    if (req->route->auth == AUTH_WORKER && wt && token_equal(tok, len, wt, strlen(wt))) {
+        struct auth_ctx *ctx = arena_calloc(req->arena, sizeof *ctx);
+        ctx->kind = AUTH_KIND_OPERATOR;
+        ctx->role = ROLE_WORKER;
+        run(req, ctx);
         return;
     }
     if (op && token_equal(tok, len, op, strlen(op))) {

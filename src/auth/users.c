@@ -797,8 +797,16 @@ static void keys_create(struct request *req)
         problem_add_error(&errors, "name", "is required");
     else
         name = take_name(v, "name", &errors);
-    if ((v = json_object_get(body, "role")))
-        role = take_role(v, "role", &errors);
+    if ((v = json_object_get(body, "role"))) {
+        /* An API key may also be a worker's: the worker API of its org only. */
+        if (json_is_string(v) && !strcmp(json_string_value(v), "worker"))
+            role = "worker";
+        else if (json_is_string(v) && strcmp(json_string_value(v), "admin") &&
+                 strcmp(json_string_value(v), "member"))
+            problem_add_error(&errors, "role", "must be \"admin\", \"member\" or \"worker\"");
+        else
+            role = take_role(v, "role", &errors);
+    }
     if (errors) {
         problem_respond_errors(req, "Some fields are not valid.", errors);
         return;

@@ -224,6 +224,8 @@ static int validate(struct config *cfg, char *err, size_t errlen)
         return fail(err, errlen, "TENANTD_JWT_SECRET must be at least 32 bytes");
     if (cfg->operator_token && strlen(cfg->operator_token) < 16)
         return fail(err, errlen, "TENANTD_OPERATOR_TOKEN must be at least 16 bytes");
+    if (cfg->worker_token && strlen(cfg->worker_token) < 16)
+        return fail(err, errlen, "TENANTD_WORKER_TOKEN must be at least 16 bytes");
     /* Only serve signs and checks tokens; a worker process never does. */
     bool serves = cfg->command && !strcmp(cfg->command, "serve");
     if (serves && !cfg->jwt_secret) {

@@ -71,6 +71,8 @@
       "browser origins that may call the API (comma-separated, or *); unset: no CORS")             \
     X(operator_token, TENANTD_OPERATOR_TOKEN, STR, NULL, 0, 0,                                     \
       "operator credential; unset disables operator routes")                                       \
+    X(worker_token, TENANTD_WORKER_TOKEN, STR, NULL, 0, 0,                                         \
+      "external workers' credential for every org's jobs (/v1/worker/...); unset: keys only")      \
     X(signup, TENANTD_SIGNUP, STR, "open", 0, 0, "open or closed")                                 \
     X(signup_credits, TENANTD_SIGNUP_CREDITS, INT, 0, 0, INT64_C(1000000000000),                   \
       "credits granted to a new org")                                                              \
@@ -84,6 +86,12 @@
       "webhook.deliver over https: PEM file of CAs trusted beside the system's")                   \
     X(webhook_allow_private, TENANTD_WEBHOOK_ALLOW_PRIVATE, BOOL, 0, 0, 1,                         \
       "webhook.deliver may reach loopback/private/link-local addresses (tests, labs)")             \
+    X(schedule_tick_ms, TENANTD_SCHEDULE_TICK_MS, INT, 1000, 10, 60000,                           \
+      "how often each serve process fires due schedule ticks")                                     \
+    X(test_clock_speed, TENANTD_TEST_CLOCK_SPEED, INT, 1, 1, 100000,                               \
+      "tests only: schedules see time run this many times faster, from TENANTD_TEST_CLOCK_BASE")   \
+    X(test_clock_base, TENANTD_TEST_CLOCK_BASE, INT, 0, 0, INT64_C(4000000000),                    \
+      "tests only: unix time at which the sped-up schedule clock equals the real one")             \
     X(job_lease_ms, TENANTD_JOB_LEASE_MS, INT, 30000, 100, 86400000,                               \
       "a running job's lease; renewed at a third of it, a dead worker's job runs again after it")  \
     X(job_poll_ms, TENANTD_JOB_POLL_MS, INT, 1000, 10, 3600000,                                    \

@@ -14,6 +14,7 @@ enum auth_level {
     AUTH_ADMIN_OR_KEY, /* admin user, or any API key */
     AUTH_OPERATOR,   /* TENANTD_OPERATOR_TOKEN */
     AUTH_MEMBER_OR_OPERATOR,
+    AUTH_WORKER,     /* TENANTD_WORKER_TOKEN (any org) or an API key with role worker */
 };
 
 typedef void (*route_handler)(struct request *req);

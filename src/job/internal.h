@@ -73,4 +73,81 @@ bool job_webhook_allowed(const char *host, int port);
  * rather than every https delivery. 0, or -1 with a logged message. */
 int job_webhook_tls_check(void);
 
+/* ---- jobs your own code runs (external.c, workerapi.c) ---- */
+#include "core/http.h"
+struct idem_key;
+
+/* Queues a job of `type` (checked) for the caller's org: charge, insert,
+ * NOTIFY, answer 202 (job.c). payload may be NULL ({}). */
+void job_enqueue_send(struct request *req, const char *type, json_t *payload, int priority,
+                      const char *run_at, int max_attempts, int64_t cost,
+                      const struct idem_key *ik);
+
+/* Whether s can name an external type: ^[a-z][a-z0-9_.-]{0,63}$. */
+bool job_ext_name_valid(const char *s);
+/* POST /v1/jobs of a type that is not built in: looks the declared type up,
+ * checks the payload against its schema, then job_enqueue_send (404-free:
+ * an unknown type is 422 like any). max_attempts 0: the type's. */
+void job_ext_enqueue(struct request *req, const char *type, json_t *payload, int priority,
+                     const char *run_at, int max_attempts, const struct idem_key *ik);
+/* Looks a declared type up and checks payload (NULL: {}) against its schema:
+ * answers 422 itself, or calls done with the type's cost and max_attempts. */
+typedef void (*job_ext_checked)(struct request *req, void *ud, int64_t cost, int max_attempts);
+void job_ext_check(struct request *req, const char *type, json_t *payload, job_ext_checked done,
+                   void *ud);
+
+/* Schedules (schedule.c). The fake clock of tests: false for the real one
+ * (SQL now()); else the sped-up time as unix seconds text in buf. */
+bool job_clock_fake(char *buf, size_t len);
+/* Fires due schedule ticks on a blocking connection (the listener thread). */
+void job_schedule_tick(PGconn *c);
+void job_schedule_create(struct request *req);
+void job_schedule_list(struct request *req);
+void job_schedule_get(struct request *req);
+void job_schedule_patch(struct request *req);
+void job_schedule_delete(struct request *req);
+
+/* Event webhooks (events.c). */
+void job_webhook_create(struct request *req);
+void job_webhook_list(struct request *req);
+void job_webhook_get(struct request *req);
+void job_webhook_delete(struct request *req);
+
+/* Metrics (metrics.c): samples the database part (listener thread), counts
+ * this process's worker API calls (ok: answered 200). */
+enum job_api_op {
+    JOB_API_CLAIM,
+    JOB_API_HEARTBEAT,
+    JOB_API_COMPLETE,
+    JOB_API_FAIL,
+    JOB_API__COUNT
+};
+void job_metrics_sample(PGconn *c);
+void job_metrics_api(enum job_api_op op, bool ok);
+void job_metrics_free(void);
+
+/* GET /v1/job-types: answers data (built-in types, stolen) plus the
+ * declared external types. */
+void job_ext_types_list(struct request *req, json_t *data);
+
+/* The payload_schema subset: 0, or -1 with errors added (field prefix
+ * "payload_schema"). */
+int job_schema_check(json_t *schema, const char *path, json_t **errors, int depth);
+/* Checks value against a checked schema; adds errors named from path. */
+void job_schema_validate(json_t *schema, json_t *value, const char *path, json_t **errors);
+
+void job_ext_type_put(struct request *req);
+void job_ext_type_delete(struct request *req);
+void job_ext_retry(struct request *req);
+
+void job_worker_claim(struct request *req);
+void job_worker_heartbeat(struct request *req);
+void job_worker_complete(struct request *req);
+void job_worker_fail(struct request *req);
+
+/* A thread LISTENing on tenantd_jobs that wakes parked claims (and reaps
+ * lapsed leases when reap is set: no in-process worker does it). */
+int job_ext_listener_start(const char *conninfo, bool reap);
+void job_ext_listener_stop(void);
+
 #endif

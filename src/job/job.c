@@ -54,6 +54,26 @@ static const struct route job_routes[] = {
     {HTTP_GET, "/v1/jobs", AUTH_MEMBER, jobs_list, "listJobs"},
     {HTTP_GET, "/v1/jobs/{id}", AUTH_MEMBER, jobs_get, "getJob"},
     {HTTP_POST, "/v1/jobs/{id}/cancel", AUTH_ADMIN_OR_KEY, jobs_cancel, "cancelJob"},
+    /* Jobs your own code runs (external.c, workerapi.c). */
+    {HTTP_POST, "/v1/jobs/{id}/retry", AUTH_ADMIN_OR_KEY, job_ext_retry, "retryJob"},
+    {HTTP_PUT, "/v1/admin/job-types/{type}", AUTH_OPERATOR, job_ext_type_put, "adminPutJobType"},
+    {HTTP_DELETE, "/v1/admin/job-types/{type}", AUTH_OPERATOR, job_ext_type_delete,
+     "adminDeleteJobType"},
+    {HTTP_POST, "/v1/schedules", AUTH_ADMIN, job_schedule_create, "createSchedule"},
+    {HTTP_GET, "/v1/schedules", AUTH_MEMBER, job_schedule_list, "listSchedules"},
+    {HTTP_GET, "/v1/schedules/{id}", AUTH_MEMBER, job_schedule_get, "getSchedule"},
+    {HTTP_PATCH, "/v1/schedules/{id}", AUTH_ADMIN, job_schedule_patch, "updateSchedule"},
+    {HTTP_DELETE, "/v1/schedules/{id}", AUTH_ADMIN, job_schedule_delete, "deleteSchedule"},
+    {HTTP_POST, "/v1/webhooks", AUTH_ADMIN, job_webhook_create, "createWebhook"},
+    {HTTP_GET, "/v1/webhooks", AUTH_ADMIN, job_webhook_list, "listWebhooks"},
+    {HTTP_GET, "/v1/webhooks/{id}", AUTH_ADMIN, job_webhook_get, "getWebhook"},
+    {HTTP_DELETE, "/v1/webhooks/{id}", AUTH_ADMIN, job_webhook_delete, "deleteWebhook"},
+    {HTTP_POST, "/v1/worker/claim", AUTH_WORKER, job_worker_claim, "workerClaim"},
+    {HTTP_POST, "/v1/worker/jobs/{id}/heartbeat", AUTH_WORKER, job_worker_heartbeat,
+     "workerHeartbeat"},
+    {HTTP_POST, "/v1/worker/jobs/{id}/complete", AUTH_WORKER, job_worker_complete,
+     "workerComplete"},
+    {HTTP_POST, "/v1/worker/jobs/{id}/fail", AUTH_WORKER, job_worker_fail, "workerFail"},
     {0},
 };
 
@@ -113,6 +133,10 @@ static bool workers_started;
 
 static int job_init(void)
 {
+    /* Wakes long-polling worker API claims (and reaps lapsed leases when no
+     * in-process worker does). */
+    if (job_ext_listener_start(g_config->database_url, g_config->job_workers <= 0) != 0)
+        return -1;
     if (g_config->job_workers <= 0)
         return 0;
     if (job_workers_start(g_config->database_url, (int)g_config->job_workers) != 0)
@@ -132,6 +156,7 @@ static void job_shutdown(void)
     if (workers_started)
         job_workers_stop((int)g_config->drain_timeout_ms);
     workers_started = false;
+    job_ext_listener_stop();
 }
 
 /* ---- helpers ------------------------------------------------------------------ */
@@ -190,7 +215,7 @@ static void job_types_list(struct request *req)
         json_array_append_new(data,
                               json_pack("{s:s, s:I, s:s}", "type", t->type, "cost",
                                         (json_int_t)t->cost(), "description", t->description));
-    http_respond_json(req, 200, json_pack("{s:o}", "data", data));
+    job_ext_types_list(req, data); /* adds the declared external types */
 }
 
 /* ---- POST /v1/jobs ----------------------------------------------------------------- */
@@ -278,9 +303,13 @@ static void jobs_create(struct request *req)
 
     const struct job_type *t = NULL;
     json_t *type = json_object_get(body, "type");
+    /* Not built in: perhaps an operator-declared external type (external.c
+     * looks it up and checks the payload against its schema). */
+    bool external = false;
     if (!type)
         problem_add_error(&errors, "type", "is required");
-    else if (!json_is_string(type) || !(t = job_type_find(json_string_value(type))))
+    else if (!json_is_string(type) || (!(t = job_type_find(json_string_value(type))) &&
+                                       !(external = job_ext_name_valid(json_string_value(type)))))
         problem_add_error(&errors, "type", "is not a job type of this server (GET /v1/job-types)");
 
     json_t *payload = json_object_get(body, "payload");
@@ -294,7 +323,7 @@ static void jobs_create(struct request *req)
         json_decref(empty);
     }
 
-    json_int_t priority = 0, max_attempts = MAX_ATTEMPTS_DEFAULT;
+    json_int_t priority = 0, max_attempts = external ? 0 : MAX_ATTEMPTS_DEFAULT;
     json_t *p = json_object_get(body, "priority");
     if (p && !json_is_null(p)) {
         if (!json_is_integer(p) || json_integer_value(p) < 0 || json_integer_value(p) > 9)
@@ -318,32 +347,44 @@ static void jobs_create(struct request *req)
         else
             run_at = json_string_value(ra);
     }
-    if (errors || !t) { /* no type means an error was added */
+    if (errors || (!t && !external)) { /* no type means an error was added */
         problem_respond_errors(req, "The job is not valid.", errors);
         return;
     }
 
-    struct idem_key ik;
-    int has_key = idem_read(req, a->org_id, &ik);
+    struct idem_key *ik = arena_calloc(req->arena, sizeof *ik);
+    int has_key = idem_read(req, a->org_id, ik);
     if (has_key < 0)
         return;
+    if (external) {
+        job_ext_enqueue(req, json_string_value(type), payload, (int)priority, run_at,
+                        (int)max_attempts, has_key ? ik : NULL);
+        return;
+    }
+    job_enqueue_send(req, t->type, payload, (int)priority, run_at, (int)max_attempts, t->cost(),
+                     has_key ? ik : NULL);
+}
 
+void job_enqueue_send(struct request *req, const char *type, json_t *payload, int priority,
+                      const char *run_at, int max_attempts, int64_t cost, const struct idem_key *ik)
+{
+    const struct auth_ctx *a = auth_ctx(req);
     char *ptext = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
     const char *payload_text = ptext ? arena_strdup(req->arena, ptext) : "{}";
     free(ptext);
     struct create_ctx *cc = arena_calloc(req->arena, sizeof *cc);
     cc->req = req;
-    cc->cost = t->cost();
+    cc->cost = cost;
     const char **vals = arena_calloc(req->arena, 9 * sizeof *vals);
     vals[0] = a->org_id;
-    vals[1] = t->type;
+    vals[1] = arena_strdup(req->arena, type);
     vals[2] = payload_text;
-    vals[3] = arena_printf(req->arena, "%d", (int)priority);
+    vals[3] = arena_printf(req->arena, "%d", priority);
     vals[4] = run_at;
-    vals[5] = arena_printf(req->arena, "%d", (int)max_attempts);
+    vals[5] = arena_printf(req->arena, "%d", max_attempts);
     vals[6] = arena_printf(req->arena, "%" PRId64, cc->cost);
-    vals[7] = has_key ? ik.key : NULL;
-    vals[8] = has_key ? ik.hash : NULL;
+    vals[7] = ik ? ik->key : NULL;
+    vals[8] = ik ? ik->hash : NULL;
     db_query(req->ctx->db, a->schema, &enqueue_stmt, 9, vals, created, cc);
 }
 
@@ -493,11 +534,16 @@ static void cancelled(struct db_result *r, void *ud)
     const char *outcome = db_result_text(r, 0, 0), *body = db_result_text(r, 0, 1);
     if (outcome && !strcmp(outcome, "cancelled") && body) {
         idem_respond(req, cc->claim, 200, "application/json", body, strlen(body));
+    } else if (outcome && !strcmp(outcome, "cancel_requested") && body) {
+        /* Running: its worker learns it at its next heartbeat. */
+        idem_respond(req, cc->claim, 202, "application/json", body, strlen(body));
     } else if (outcome && !strcmp(outcome, "conflict") && body) {
         json_t *j = json_loads(body, 0, NULL);
         const char *st = json_string_value(json_object_get(j, "status"));
         char detail[128];
-        snprintf(detail, sizeof detail, "Only a queued job can be cancelled; this one is %s.",
+        snprintf(detail, sizeof detail,
+                 "Only a queued job, or a running one of an external type, can be cancelled;"
+                 " this one is %s.",
                  st ? st : "not queued");
         json_decref(j);
         idem_problem(req, cc->claim, PROBLEM_CONFLICT, detail);

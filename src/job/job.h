@@ -43,4 +43,14 @@ void job_workers_begin_stop(int drain_ms);
  */
 int job_worker_main(int argc, char **argv);
 
+/*
+ * The jobs section of /metrics (Prometheus text): queue depth and running
+ * jobs by type, jobs ended by type and outcome, attempts claimed by type,
+ * schedule ticks by outcome and event/webhook deliveries by outcome, all
+ * database-wide (every process and worker), sampled every few seconds by
+ * the job listener thread; plus this process's worker API calls. A
+ * malloc'd string ("" before the first sample); the caller frees it.
+ */
+char *job_metrics_text(void);
+
 #endif

@@ -34,6 +34,7 @@
 #include <openssl/x509v3.h>
 #include <pthread.h>
 
+#include "auth/tokens.h"
 #include "core/config.h"
 #include "core/list.h"
 #include "core/log.h"
@@ -862,8 +863,15 @@ static enum job_outcome webhook_run(struct job_run *run)
     for (unsigned i = 0; i < maclen; i++)
         snprintf(hex + 2 * i, 3, "%02x", mac[i]);
 
+    /* Event deliveries (events.c) name their event: receivers drop a
+     * retried delivery of an event they already have. */
+    const char *event = json_string_value(json_object_get(run->payload, "event_id"));
+    char event_h[64] = "";
+    if (event && token_uuid_valid(event, strlen(event)))
+        snprintf(event_h, sizeof event_h, "X-Tenantd-Event: %s\r\n", event);
+
     size_t blen = strlen(body);
-    size_t hcap = strlen(url.path) + strlen(url.host) + 2 * maclen + 512;
+    size_t hcap = strlen(url.path) + strlen(url.host) + 2 * maclen + 576;
     char *head = malloc(hcap);
     if (!head)
         abort();
@@ -874,8 +882,8 @@ static enum job_outcome webhook_run(struct job_run *run)
                         "POST %s HTTP/1.1\r\nHost: %s%s\r\nUser-Agent: tenantd-webhook/1\r\n"
                         "Content-Type: application/json\r\nContent-Length: %zu\r\n"
                         "X-Tenantd-Signature: t=%s,v1=%s\r\nX-Tenantd-Job: %s\r\n"
-                        "X-Tenantd-Attempt: %d\r\nConnection: close\r\n\r\n",
-                        url.path, url.host, port, blen, ts, hex, run->id, run->attempt);
+                        "X-Tenantd-Attempt: %d\r\n%sConnection: close\r\n\r\n",
+                        url.path, url.host, port, blen, ts, hex, run->id, run->attempt, event_h);
 
     uint64_t deadline = job_now_ns() + (uint64_t)g_config->webhook_timeout_ms * 1000000u;
     if (deadline > run->deadline_ns)

@@ -28,6 +28,7 @@
 #include "core/problem.h"
 #include "db/db.h"
 #include "db/migrate.h"
+#include "job/job.h"
 
 static void health_get(struct request *req);
 static void ready_get(struct request *req);
@@ -175,21 +176,27 @@ static void metrics_get(struct request *req)
         problem_respond(req, PROBLEM_INTERNAL, "The metrics could not be rendered.");
         return;
     }
-    /* Which build answers: lets a dashboard show a rollout's progress. */
+    /* The jobs' section is sampled from the database by src/job; the build
+     * line lets a dashboard show a rollout's progress. */
+    char *jobs = job_metrics_text();
     const char *info = arena_printf(req->arena,
                                     "# HELP tenantd_build_info The version and git commit of "
                                     "this binary.\n# TYPE tenantd_build_info gauge\n"
                                     "tenantd_build_info{version=\"%s\",commit=\"%s\"} 1\n",
                                     TENANTD_VERSION, config_build_commit());
-    size_t ilen = info ? strlen(info) : 0;
-    char *all = info ? realloc(text, len + ilen) : NULL;
+    size_t jlen = jobs ? strlen(jobs) : 0, ilen = info ? strlen(info) : 0;
+    char *all = info ? realloc(text, len + jlen + ilen) : NULL;
     if (!all) {
+        free(jobs);
         free(text);
         problem_respond(req, PROBLEM_INTERNAL, "The metrics could not be rendered.");
         return;
     }
-    memcpy(all + len, info, ilen);
-    http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", all, len + ilen);
+    if (jlen)
+        memcpy(all + len, jobs, jlen);
+    memcpy(all + len + jlen, info, ilen);
+    free(jobs);
+    http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", all, len + jlen + ilen);
     free(all);
 }
 

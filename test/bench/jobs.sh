@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Job throughput: completed jobs per second, with 2 workers inside
-# `tenantd serve` and with 2 `tenantd worker` processes (one worker each).
+# `tenantd serve`, with 2 `tenantd worker` processes (one worker each), with
+# 4 external workers over the HTTP worker API (test/bench/http_worker.py:
+# claim batches of 10, complete each; the same jobs as an external type),
+# and pgbench running the external claim's UPDATE ... SKIP LOCKED (batches
+# of 10) and the completion as a script, with 4 clients (BENCH_PGBENCH=0
+# skips it).
 #
 #   test/bench/jobs.sh
 #   BENCH_JOBS=50000 BENCH_ORGS=100 test/bench/jobs.sh
@@ -69,7 +74,9 @@ prepare() {
          SELECT 'bench ' || i, 'bench-' || i, 'tenant_bench_' || i FROM generate_series(1, $orgs) i;
          SELECT count(public.tenantd_credit_apply(id, $jobs, 'grant')) FROM public.orgs;" >/dev/null
     # Interleaved by org, as many clients enqueueing at once would do.
-    sql "SELECT count(*) FROM (SELECT public.tenantd_job_enqueue(o.id, 'sleep', '{\"ms\":0}',
+    # ${1:-sleep}: bench.ext is an external type (declared here, cost 1).
+    sql "INSERT INTO public.job_types (type, cost) VALUES ('bench.ext', 1)" >/dev/null
+    sql "SELECT count(*) FROM (SELECT public.tenantd_job_enqueue(o.id, '${1:-sleep}', '{\"ms\":0}',
              0, NULL, 3, 1) FROM generate_series(1, $jobs / $orgs) n, public.orgs o
          ORDER BY n, o.id) s;" >/dev/null
     [ "$(sql "SELECT count(*) FROM public.jobs WHERE status = 'queued'")" = "$((jobs / orgs * orgs))" ]
@@ -115,4 +122,45 @@ for _ in 1 2; do
 done
 measure "2 tenantd worker processes"
 stop_all
+
+prepare bench.ext
+port=$(free_port)
+export TENANTD_WORKER_TOKEN=bench-worker-token-0123456789
+TENANTD_JOB_WORKERS=0 TENANTD_LISTEN=127.0.0.1:$port "$BIN" serve 2>>/tmp/bench-jobs-$$.log &
+pids+=($!)
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
+wpids=()
+for _ in 1 2 3 4; do
+    python3 test/bench/http_worker.py 127.0.0.1 "$port" bench.ext >/dev/null &
+    wpids+=($!)
+done
+measure "HTTP worker API, 4 Python workers"
+for p in "${wpids[@]}"; do wait "$p" || true; done
+stop_all
+
+if [ "${BENCH_PGBENCH:-1}" != 0 ] && command -v /usr/lib/postgresql/15/bin/pgbench >/dev/null; then
+    prepare bench.ext
+    # The worker API's claim (tenantd_job_ext_claim) reduced to its core:
+    # SKIP LOCKED over the queued external jobs, then the completion.
+    cat >/tmp/bench-jobs-$$.sql <<'SQL'
+WITH picked AS (SELECT id FROM public.jobs WHERE status = 'queued' AND external
+                 AND run_at <= now() AND type = 'bench.ext'
+                 ORDER BY org_id, priority DESC, run_at, seq LIMIT 10 FOR UPDATE SKIP LOCKED)
+UPDATE public.jobs j SET status = 'running', attempts = attempts + 1,
+       locked_by = 'lease:' || gen_random_uuid(), locked_until = now() + interval '30 s',
+       leased_at = now(), started_at = coalesce(started_at, clock_timestamp())
+  FROM picked p WHERE j.id = p.id;
+UPDATE public.jobs SET status = 'succeeded', result = '{"ok":1}', finished_at = clock_timestamp(),
+       locked_by = NULL, locked_until = NULL
+ WHERE status = 'running' AND locked_by LIKE 'lease:%' AND type = 'bench.ext';
+SQL
+    total=$((jobs / orgs * orgs))
+    /usr/lib/postgresql/15/bin/pgbench -n -c 4 -j 2 -t $((total / 40)) -f /tmp/bench-jobs-$$.sql \
+        "$base/$dbname" >/tmp/bench-jobs-$$.pgbench 2>&1 || cat /tmp/bench-jobs-$$.pgbench >&2
+    secs=$(sql "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM public.jobs
+                WHERE status = 'succeeded'")
+    done_n=$(sql "SELECT count(*) FROM public.jobs WHERE status = 'succeeded'")
+    python3 -c "print(f'%-34s %8d jobs %8.2f s %10.0f jobs/s' % ('pgbench claim+complete SQL, 4 cl', $done_n, $secs, $done_n / $secs))"
+    rm -f /tmp/bench-jobs-$$.sql /tmp/bench-jobs-$$.pgbench
+fi
 rm -f /tmp/bench-jobs-$$.log

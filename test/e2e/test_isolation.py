@@ -39,6 +39,11 @@ BODIES = {
     "changePassword": {"current_password": PASSWORD, "new_password": "pwned-by-A-123"},
     "spendCredits": {"amount": 1},
     # createJob: the cheapest job type, filled in by IsolationTest.setUpClass.
+    # The worker API: a well-formed lease, so only the job's org decides.
+    "updateSchedule": {"paused": True},
+    "workerHeartbeat": {"lease_id": str(uuid.uuid4())},
+    "workerComplete": {"lease_id": str(uuid.uuid4())},
+    "workerFail": {"lease_id": str(uuid.uuid4()), "error": "by A"},
 }
 DEFAULT_BODY = {"pwned": True}
 
@@ -59,20 +64,24 @@ class Org:
         self.member_token = login(server, self.member["email"], org=self.slug)["access_token"]
         self.admin_key = create_key(server, self.admin_token, name=f"admin key {tag}", role="admin")
         self.member_key = create_key(server, self.admin_token, name=f"member key {tag}")
+        self.worker_key = create_key(server, self.admin_token, name=f"worker key {tag}",
+                                     role="worker")
         self.collection = f"isol_{tag.lower()}"
-        self._record = self._job = None
+        self._record = self._job = self._schedule = self._webhook = None
         self.schema = test.sql(f"SELECT schema_name FROM public.orgs WHERE id = '{self.id}'")[0]
 
     def credentials(self):
         return {"admin token": self.admin_token, "member token": self.member_token,
-                "admin key": self.admin_key["key"], "member key": self.member_key["key"]}
+                "admin key": self.admin_key["key"], "member key": self.member_key["key"],
+                "worker key": self.worker_key["key"]}
 
     def secrets(self):
         """Strings that must never appear in another org's answers."""
         return [self.id, self.slug, self.signup["email"], self.signup["user"]["id"],
                 self.member["id"], self.member["email"], self.admin_key["id"],
-                self.member_key["id"], self.admin_key["prefix"], self.member_key["prefix"]] + \
-            ([self._record] if self._record else []) + ([self._job] if self._job else [])
+                self.member_key["id"], self.admin_key["prefix"], self.member_key["prefix"],
+                self.worker_key["id"], self.worker_key["prefix"]] + \
+            [x for x in (self._record, self._job, self._schedule, self._webhook) if x]
 
     def record_id(self):
         if not self._record:
@@ -96,11 +105,32 @@ class Org:
             self._job = body["id"]
         return self._job
 
+    def schedule_id(self):
+        if not self._schedule:
+            status, body, _ = self.test.server.json(
+                "POST", "/v1/schedules", {"type": "sleep", "payload": {"ms": 0},
+                                          "cron": "0 0 1 1 *"}, bearer(self.admin_token))
+            self.test.assertEqual(status, 201, f"cannot create a schedule in {self.slug}: {body}")
+            self._schedule = body["id"]
+        return self._schedule
+
+    def webhook_id(self):
+        if not self._webhook:
+            status, body, _ = self.test.server.json(
+                "POST", "/v1/webhooks", {"url": "https://hooks.example.com/x",
+                                         "events": ["job.failed"]}, bearer(self.admin_token))
+            self.test.assertEqual(status, 201, f"cannot create a webhook in {self.slug}: {body}")
+            harness.secret(body["secret"])
+            self._webhook = body["id"]
+        return self._webhook
+
     def param_value(self, pattern, name, start):
         """The value of path parameter `name` (at offset `start` of pattern)
         naming this org's resource."""
         if name == "slug":
             return self.slug
+        if name == "type" and pattern.startswith("/v1/admin/job-types/"):
+            return "isolation.type"  # operator-only: no org owns a job type
         if name == "collection":
             return self.collection
         if name == "id":
@@ -108,7 +138,9 @@ class Org:
             by_parent = {"users": lambda: self.member["id"],
                          "api-keys": lambda: self.member_key["id"],
                          "records": self.record_id,
-                         "jobs": self.job_id}
+                         "jobs": self.job_id,
+                         "schedules": self.schedule_id,
+                         "webhooks": self.webhook_id}
             if parent in by_parent:
                 return by_parent[parent]()
         self.test.fail(f"{pattern}: no known value for parameter {{{name}}}; "
@@ -121,7 +153,7 @@ class Org:
 class IsolationTest(harness.DbTestCase):
     server_env = dict(SERVER_ENV, TENANTD_OPERATOR_TOKEN=OPERATOR_TOKEN,
                       TENANTD_SIGNUP_CREDITS="1000", TENANTD_TEST_JOBS="1",
-                      TENANTD_JOB_WORKERS="0")
+                      TENANTD_JOB_WORKERS="0", TENANTD_WEBHOOK_ALLOW="hooks.example.com")
 
     @classmethod
     def setUpClass(cls):
@@ -224,6 +256,9 @@ class IsolationTest(harness.DbTestCase):
                         self.assertNoSecrets(body, self.b, f"{method} {path}")
                     elif pattern.startswith("/v1/admin/"):
                         self.assertEqual(status, 403, body)
+                    elif pattern.startswith("/v1/worker/"):
+                        # Only worker credentials may; A's worker key finds no B job.
+                        self.assertEqual(status, 404 if cred == "worker key" else 403, body)
                     elif cred.startswith("admin"):
                         self.assertEqual(status, 404, body)
                     else:
@@ -282,7 +317,8 @@ class IsolationTest(harness.DbTestCase):
         status, keys, _ = self.server.json("GET", "/v1/api-keys?limit=100", None,
                                            bearer(self.a.admin_token))
         self.assertEqual({k["id"] for k in keys["data"]},
-                         {self.a.admin_key["id"], self.a.member_key["id"]})
+                         {self.a.admin_key["id"], self.a.member_key["id"],
+                          self.a.worker_key["id"]})
 
     def test_operator_token_is_not_a_member(self):
         """The operator is not a member of any org: org routes refuse it

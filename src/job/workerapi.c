@@ -1,0 +1,571 @@
+/*
+ * The worker API: external workers (any language, over HTTP) run the jobs of
+ * operator-declared types (external.c).
+ *
+ *   POST /v1/worker/claim                  {types, max?, wait_s?} -> jobs + leases
+ *   POST /v1/worker/jobs/{id}/heartbeat    {lease_id, progress?}
+ *   POST /v1/worker/jobs/{id}/complete     {lease_id, result?}
+ *   POST /v1/worker/jobs/{id}/fail         {lease_id, error, retry?}
+ *
+ * Credentials (AUTH_WORKER): TENANTD_WORKER_TOKEN claims for every org, an
+ * API key with role worker for its own org only. Each claimed job has its
+ * own lease id; a heartbeat extends the lease (never past the type's
+ * timeout_s), a lapsed lease is reaped like an in-process worker's (the job
+ * runs again, or fails and is refunded), and a stale lease id is 409.
+ * Claims are fair between orgs exactly as in-process claims (the same skip
+ * scan, from a rotating cursor kept per loop).
+ *
+ * Long polling: a claim that finds nothing parks (a timer on the request's
+ * loop) until wait_s pass. It claims again only when the LISTEN thread
+ * below has heard a NOTIFY on tenantd_jobs (an atomic generation it bumps;
+ * parked claims look at it every WAKE_CHECK_MS). Jobs that become due by
+ * time (run_at, retry backoff) send no NOTIFY: the same thread looks for
+ * them once per TENANTD_JOB_POLL_MS and bumps the generation when one did.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <uv.h>
+
+#include "auth/auth.h"
+#include "auth/tokens.h"
+#include "core/arena.h"
+#include "core/body.h"
+#include "core/config.h"
+#include "core/log.h"
+#include "core/problem.h"
+#include "core/thread.h"
+#include "db/db.h"
+#include "db/result.h"
+#include "job/internal.h"
+
+#define NIL_UUID "00000000-0000-0000-0000-000000000000"
+#define WAKE_CHECK_MS 10
+#define TYPES_MAX 50
+#define ERROR_MAX 2000
+#define METRICS_SAMPLE_MS 5000
+
+/* ---- the LISTEN thread ----------------------------------------------------------- */
+/* Also fires due schedule ticks (schedule.c) every TENANTD_SCHEDULE_TICK_MS. */
+
+static atomic_uint_fast64_t wake_gen;
+static struct {
+    pthread_t thread;
+    bool started, reap;
+    atomic_bool stop;
+    int fd; /* eventfd: interrupts the poll at stop */
+    char *conninfo;
+} L = {.fd = -1};
+
+static void *listener_main(void *arg)
+{
+    (void)arg;
+    thread_name("job-ext-listen");
+    PGconn *c = NULL;
+    int backoff = 100;
+    uint64_t next_reap = 0, next_tick = 0, next_sample = 0, next_due = 0;
+    char due_since[64] = ""; /* the database's now() at the last look */
+    int wait_ms =
+        (int)(g_config->job_poll_ms < g_config->schedule_tick_ms ? g_config->job_poll_ms
+                                                                 : g_config->schedule_tick_ms);
+    while (!atomic_load(&L.stop)) {
+        if (!c) {
+            c = PQconnectdb(L.conninfo);
+            PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, "LISTEN tenantd_jobs") : NULL;
+            if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+                PQclear(r);
+                PQfinish(c);
+                c = NULL;
+                struct pollfd p = {.fd = L.fd, .events = POLLIN};
+                poll(&p, 1, backoff);
+                backoff = backoff * 2 > 5000 ? 5000 : backoff * 2;
+                continue;
+            }
+            PQclear(r);
+            backoff = 100;
+            atomic_fetch_add(&wake_gen, 1); /* notifications sent meanwhile are lost */
+        }
+        struct pollfd p[2] = {{.fd = PQsocket(c), .events = POLLIN},
+                              {.fd = L.fd, .events = POLLIN}};
+        if (poll(p, 2, wait_ms) < 0 && errno != EINTR)
+            log_msg(LOG_WARN, "job worker API listener: poll: %s", strerror(errno));
+        if (p[0].revents) {
+            if (!PQconsumeInput(c)) {
+                PQfinish(c);
+                c = NULL;
+                continue;
+            }
+            PGnotify *nt;
+            bool got = false;
+            while ((nt = PQnotifies(c))) {
+                got = true;
+                PQfreemem(nt);
+            }
+            if (got)
+                atomic_fetch_add(&wake_gen, 1);
+        }
+        uint64_t now = job_now_ns();
+        if (now >= next_due) {
+            /* Jobs that became due by time (run_at, retry backoff) send no
+             * NOTIFY: one look per process and interval, and a wake only
+             * when one did, instead of every parked claim polling. */
+            const char *v[] = {due_since[0] ? due_since : NULL};
+            PGresult *r = PQexecParams(
+                c,
+                "SELECT now()::text, EXISTS (SELECT 1 FROM public.jobs j WHERE j.status ="
+                " 'queued' AND j.external AND j.run_at > $1::timestamptz AND j.run_at <= now())",
+                1, NULL, v, NULL, NULL, 0);
+            if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+                snprintf(due_since, sizeof due_since, "%s", PQgetvalue(r, 0, 0));
+                if (PQgetvalue(r, 0, 1)[0] == 't')
+                    atomic_fetch_add(&wake_gen, 1);
+            }
+            PQclear(r);
+            next_due = now + (uint64_t)g_config->job_poll_ms * 1000000u;
+        }
+        if (L.reap && now >= next_reap) {
+            PGresult *r = PQexec(c, "SELECT public.tenantd_job_reap()");
+            PQclear(r);
+            next_reap = now + (uint64_t)g_config->job_poll_ms * 1000000u;
+        }
+        if (now >= next_sample) {
+            job_metrics_sample(c);
+            next_sample = now + (uint64_t)METRICS_SAMPLE_MS * 1000000u;
+        }
+        if (now >= next_tick) {
+            job_schedule_tick(c);
+            next_tick = now + (uint64_t)g_config->schedule_tick_ms * 1000000u;
+        }
+        if (PQstatus(c) != CONNECTION_OK) {
+            PQfinish(c);
+            c = NULL;
+        }
+    }
+    PQfinish(c);
+    job_metrics_free();
+    return NULL;
+}
+
+int job_ext_listener_start(const char *conninfo, bool reap)
+{
+    if (L.started)
+        return 0;
+    L.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    L.conninfo = strdup(conninfo);
+    if (L.fd < 0 || !L.conninfo) {
+        log_msg(LOG_ERROR, "job worker API: cannot start its listener");
+        return -1;
+    }
+    L.reap = reap;
+    atomic_store(&L.stop, false);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&L.thread, NULL, listener_main, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        log_msg(LOG_ERROR, "job worker API: cannot start its listener: %s", strerror(rc));
+        return -1;
+    }
+    L.started = true;
+    return 0;
+}
+
+void job_ext_listener_stop(void)
+{
+    if (!L.started)
+        return;
+    atomic_store(&L.stop, true);
+    uint64_t one = 1;
+    if (write(L.fd, &one, sizeof one) < 0)
+        log_msg(LOG_WARN, "job worker API listener: wake: %s", strerror(errno));
+    pthread_join(L.thread, NULL);
+    close(L.fd);
+    L.fd = -1;
+    free(L.conninfo);
+    L.conninfo = NULL;
+    L.started = false;
+}
+
+/* ---- POST /v1/worker/claim -------------------------------------------------------- */
+
+static const struct db_stmt claim_stmt = {
+    "job_ext_claim",
+    "SELECT org_id, type, job::text"
+    " FROM public.tenantd_job_ext_claim($1::uuid, $2::text[], $3::uuid, $4::int, $5::int)",
+};
+
+/* Rotating org cursor of this loop's claims (fairness between orgs). */
+static _Thread_local char loop_cursor[37] = NIL_UUID;
+
+struct claim {
+    struct request *req;
+    const char *org;   /* NULL: every org (worker token) */
+    const char *types; /* text[] literal */
+    int max;
+    const char *values[5];
+    char cursor[37];
+    int pass;
+    /* Long poll. */
+    uv_timer_t *timer; /* malloc'd; closed when the claim answers */
+    uint64_t deadline_ns, seen_gen;
+    bool querying;
+};
+
+static void claim_query(struct claim *c);
+
+static void timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void claim_answer(struct claim *c, struct db_result *r)
+{
+    struct request *req = c->req;
+    if (c->timer) {
+        uv_timer_stop(c->timer);
+        uv_close((uv_handle_t *)c->timer, timer_closed);
+        c->timer = NULL;
+    }
+    int n = r ? PQntuples(r->res) : 0;
+    job_metrics_api(JOB_API_CLAIM, true);
+    size_t len = 32;
+    for (int i = 0; i < n; i++)
+        len += (size_t)PQgetlength(r->res, i, 2) + 1;
+    char *out = arena_alloc(req->arena, len), *w = out;
+    w += sprintf(w, "{\"data\":[");
+    for (int i = 0; i < n; i++) {
+        if (i)
+            *w++ = ',';
+        size_t l = (size_t)PQgetlength(r->res, i, 2);
+        memcpy(w, PQgetvalue(r->res, i, 2), l);
+        w += l;
+    }
+    w += sprintf(w, "]}");
+    http_respond(req, 200, "application/json", out, (size_t)(w - out));
+}
+
+static void on_wake_check(uv_timer_t *t)
+{
+    struct claim *c = t->data;
+    if (c->querying)
+        return;
+    uint64_t now = job_now_ns();
+    if (c->req->ctx->draining || now >= c->deadline_ns) {
+        claim_answer(c, NULL);
+        return;
+    }
+    uint64_t g = atomic_load(&wake_gen);
+    if (g != c->seen_gen) {
+        c->seen_gen = g;
+        c->pass = 0;
+        claim_query(c);
+    }
+}
+
+static void claimed(struct db_result *r, void *ud)
+{
+    struct claim *c = ud;
+    struct request *req = c->req;
+    c->querying = false;
+    if (r->status != DB_OK) {
+        if (c->timer) {
+            uv_timer_stop(c->timer);
+            uv_close((uv_handle_t *)c->timer, timer_closed);
+            c->timer = NULL;
+        }
+        db_respond_failure(req, r, "worker claim");
+        return;
+    }
+    int n = PQntuples(r->res);
+    for (int i = 0; i < n; i++) {
+        const char *org = PQgetvalue(r->res, i, 0);
+        if (strcmp(org, loop_cursor) > 0)
+            snprintf(loop_cursor, sizeof loop_cursor, "%s", org);
+    }
+    bool from_start = !strcmp(c->cursor, NIL_UUID);
+    if (n < c->max)
+        snprintf(loop_cursor, sizeof loop_cursor, "%s", NIL_UUID); /* wrap around */
+    if (n == 0 && !from_start && c->pass == 0) {
+        c->pass = 1; /* nothing after the cursor: look again from the first org */
+        claim_query(c);
+        return;
+    }
+    if (n > 0 || c->deadline_ns <= job_now_ns() || req->ctx->draining) {
+        claim_answer(c, r);
+        return;
+    }
+    if (!c->timer) { /* park: wait for a NOTIFY */
+        c->timer = malloc(sizeof *c->timer);
+        if (!c->timer) {
+            claim_answer(c, r);
+            return;
+        }
+        uv_timer_init(req->ctx->loop, c->timer);
+        c->timer->data = c;
+        uv_timer_start(c->timer, on_wake_check, WAKE_CHECK_MS, WAKE_CHECK_MS);
+    }
+}
+
+static void claim_query(struct claim *c)
+{
+    snprintf(c->cursor, sizeof c->cursor, "%s", c->pass ? NIL_UUID : loop_cursor);
+    c->querying = true;
+    c->values[0] = c->org;
+    c->values[1] = c->types;
+    c->values[2] = c->cursor;
+    c->values[3] = arena_printf(c->req->arena, "%d", c->max);
+    c->values[4] = arena_printf(c->req->arena, "%d", (int)g_config->job_lease_ms);
+    const struct auth_ctx *a = auth_ctx(c->req);
+    db_query(c->req->ctx->db, a->schema, &claim_stmt, 5, c->values, claimed, c);
+}
+
+/* The org a worker credential is limited to, or NULL for the worker token. */
+static const char *worker_org(const struct request *req)
+{
+    const struct auth_ctx *a = auth_ctx(req);
+    return a->kind == AUTH_KIND_KEY ? a->org_id : NULL;
+}
+
+void job_worker_claim(struct request *req)
+{
+    json_t *body = body_object(req, false);
+    if (!body)
+        return;
+    static const char *const fields[] = {"types", "max", "wait_s", NULL};
+    json_t *errors = NULL;
+    body_unknown_fields(req, body, fields, NULL, &errors);
+    json_t *types = json_object_get(body, "types");
+    char *lit = NULL;
+    if (!json_is_array(types) || json_array_size(types) < 1 || json_array_size(types) > TYPES_MAX) {
+        problem_add_error(&errors, "types", "must be an array of 1 to 50 job type names");
+    } else {
+        /* A text[] literal; names are [a-z0-9_.-] only, so quoting is enough. */
+        size_t cap = json_array_size(types) * 68 + 3, used = 0;
+        lit = arena_alloc(req->arena, cap);
+        lit[used++] = '{';
+        size_t i;
+        json_t *t;
+        json_array_foreach(types, i, t)
+        {
+            const char *s = json_string_value(t);
+            if (!s || !job_ext_name_valid(s)) {
+                problem_add_error(&errors, "types", "must hold job type names");
+                break;
+            }
+            used += (size_t)snprintf(lit + used, cap - used, "%s\"%s\"", i ? "," : "", s);
+        }
+        snprintf(lit + used, cap - used, "}");
+    }
+    int max = 1, wait_s = 0;
+    json_t *m = json_object_get(body, "max");
+    if (m && !json_is_null(m)) {
+        if (!json_is_integer(m) || json_integer_value(m) < 1 || json_integer_value(m) > 100)
+            problem_add_error(&errors, "max", "must be an integer from 1 to 100");
+        else
+            max = (int)json_integer_value(m);
+    }
+    json_t *ws = json_object_get(body, "wait_s");
+    if (ws && !json_is_null(ws)) {
+        if (!json_is_integer(ws) || json_integer_value(ws) < 0 || json_integer_value(ws) > 30)
+            problem_add_error(&errors, "wait_s", "must be an integer from 0 to 30");
+        else
+            wait_s = (int)json_integer_value(ws);
+    }
+    if (errors) {
+        problem_respond_errors(req, "The claim is not valid.", errors);
+        return;
+    }
+    struct claim *c = arena_calloc(req->arena, sizeof *c);
+    c->req = req;
+    c->org = worker_org(req);
+    c->types = lit;
+    c->max = max;
+    c->deadline_ns = job_now_ns() + (uint64_t)wait_s * 1000000000u;
+    c->seen_gen = atomic_load(&wake_gen);
+    claim_query(c);
+}
+
+/* ---- heartbeat / complete / fail ----------------------------------------------------- */
+
+static const struct db_stmt heartbeat_stmt = {
+    "job_ext_heartbeat",
+    "SELECT o_outcome, o_lease_expires_at, o_cancel_requested"
+    " FROM public.tenantd_job_ext_heartbeat($1::uuid, $2::uuid, $3::uuid, $4::int, $5::int)",
+};
+
+static const struct db_stmt finish_stmt = {
+    "job_ext_finish",
+    "SELECT o_outcome, o_body FROM public.tenantd_job_ext_finish($1::uuid, $2::uuid, $3::uuid,"
+    " $4::boolean, $5::jsonb, $6, $7::boolean, $8::bigint, $9::bigint)",
+};
+
+/* The job id and the body's lease_id, or NULL after answering 404/400/422. */
+static json_t *lease_body(struct request *req, const char *const *fields, const char **id,
+                          const char **lease, json_t **errors)
+{
+    *id = http_param(req, "id");
+    if (!*id || !token_uuid_valid(*id, strlen(*id))) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such job (job ids are UUIDs).");
+        return NULL;
+    }
+    json_t *body = body_object(req, false);
+    if (!body)
+        return NULL;
+    body_unknown_fields(req, body, fields, NULL, errors);
+    json_t *l = json_object_get(body, "lease_id");
+    *lease = json_string_value(l);
+    if (!*lease || !token_uuid_valid(*lease, strlen(*lease))) {
+        problem_add_error(errors, "lease_id", "must be the lease_id the claim answered");
+        *lease = NULL;
+    }
+    return body;
+}
+
+static bool outcome_answered(struct request *req, enum job_api_op op, const char *outcome)
+{
+    job_metrics_api(op, outcome && !strcmp(outcome, "ok"));
+    if (outcome && !strcmp(outcome, "stale")) {
+        problem_respond(req, PROBLEM_CONFLICT,
+                        "This lease is no longer the job's: it lapsed (the job went back to the "
+                        "queue or ended) or the job was already finished.");
+        return true;
+    }
+    if (!outcome || strcmp(outcome, "ok")) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such job.");
+        return true;
+    }
+    return false;
+}
+
+static void heartbeat_done(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (db_failed(req, r, "worker heartbeat"))
+        return;
+    if (outcome_answered(req, JOB_API_HEARTBEAT, db_result_text(r, 0, 0)))
+        return;
+    const char *cr = db_result_text(r, 0, 2);
+    http_respond_json(req, 200,
+                      json_pack("{s:s, s:b}", "lease_expires_at", db_result_text(r, 0, 1),
+                                "cancel_requested", cr && cr[0] == 't'));
+}
+
+void job_worker_heartbeat(struct request *req)
+{
+    static const char *const fields[] = {"lease_id", "progress", NULL};
+    const char *id, *lease;
+    json_t *errors = NULL;
+    json_t *body = lease_body(req, fields, &id, &lease, &errors);
+    if (!body)
+        return;
+    const char *progress = NULL;
+    json_t *p = json_object_get(body, "progress");
+    if (p && !json_is_null(p)) {
+        if (!json_is_integer(p) || json_integer_value(p) < 0 || json_integer_value(p) > 100)
+            problem_add_error(&errors, "progress", "must be an integer from 0 to 100");
+        else
+            progress = arena_printf(req->arena, "%d", (int)json_integer_value(p));
+    }
+    if (errors) {
+        problem_respond_errors(req, "The heartbeat is not valid.", errors);
+        return;
+    }
+    const char **v = arena_calloc(req->arena, 5 * sizeof *v);
+    v[0] = id;
+    v[1] = arena_strdup(req->arena, lease);
+    v[2] = worker_org(req);
+    v[3] = progress;
+    v[4] = arena_printf(req->arena, "%d", (int)g_config->job_lease_ms);
+    db_query(req->ctx->db, auth_ctx(req)->schema, &heartbeat_stmt, 5, v, heartbeat_done, req);
+}
+
+struct finish {
+    struct request *req;
+    enum job_api_op op;
+};
+
+static void finish_done(struct db_result *r, void *ud)
+{
+    struct finish *f = ud;
+    struct request *req = f->req;
+    if (db_failed(req, r, "worker finish"))
+        return;
+    if (outcome_answered(req, f->op, db_result_text(r, 0, 0)))
+        return;
+    db_respond_json(req, r, 1, "No such job.");
+}
+
+static void finish_send(struct request *req, const char *id, const char *lease, bool ok,
+                        const char *result, const char *error, bool retry)
+{
+    struct finish *f = arena_calloc(req->arena, sizeof *f);
+    f->req = req;
+    f->op = ok ? JOB_API_COMPLETE : JOB_API_FAIL;
+    const char **v = arena_calloc(req->arena, 9 * sizeof *v);
+    v[0] = id;
+    v[1] = arena_strdup(req->arena, lease);
+    v[2] = worker_org(req);
+    v[3] = ok ? "true" : "false";
+    v[4] = result;
+    v[5] = error;
+    v[6] = retry ? "true" : "false";
+    v[7] = arena_printf(req->arena, "%lld", (long long)g_config->job_retry_base_ms);
+    v[8] = arena_printf(req->arena, "%lld", (long long)g_config->job_retry_max_ms);
+    db_query(req->ctx->db, auth_ctx(req)->schema, &finish_stmt, 9, v, finish_done, f);
+}
+
+void job_worker_complete(struct request *req)
+{
+    static const char *const fields[] = {"lease_id", "result", NULL};
+    const char *id, *lease;
+    json_t *errors = NULL;
+    json_t *body = lease_body(req, fields, &id, &lease, &errors);
+    if (!body)
+        return;
+    if (errors) {
+        problem_respond_errors(req, "The completion is not valid.", errors);
+        return;
+    }
+    const char *result = NULL;
+    json_t *res = json_object_get(body, "result");
+    if (res && !json_is_null(res)) {
+        char *t = json_dumps(res, JSON_COMPACT | JSON_ENCODE_ANY);
+        result = t ? arena_strdup(req->arena, t) : NULL;
+        free(t);
+    }
+    finish_send(req, id, lease, true, result, NULL, false);
+}
+
+void job_worker_fail(struct request *req)
+{
+    static const char *const fields[] = {"lease_id", "error", "retry", NULL};
+    const char *id, *lease;
+    json_t *errors = NULL;
+    json_t *body = lease_body(req, fields, &id, &lease, &errors);
+    if (!body)
+        return;
+    json_t *e = json_object_get(body, "error");
+    if (!json_is_string(e) || json_string_length(e) < 1 || json_string_length(e) > ERROR_MAX ||
+        strlen(json_string_value(e)) != json_string_length(e))
+        problem_add_error(&errors, "error", "must be a string of 1 to 2000 bytes");
+    json_t *rt = json_object_get(body, "retry");
+    if (rt && !json_is_boolean(rt) && !json_is_null(rt))
+        problem_add_error(&errors, "retry", "must be true or false");
+    if (errors) {
+        problem_respond_errors(req, "The failure report is not valid.", errors);
+        return;
+    }
+    finish_send(req, id, lease, false, NULL, json_string_value(e), json_is_true(rt));
+}

@@ -1,0 +1,263 @@
+"""Schedules: five-field cron in a time zone (DST: a skipped local time
+does not run, a repeated one runs once), each tick enqueued and charged
+exactly once with three serve processes ticking, missed ticks not replayed
+in bulk (one catch-up), a tick short of credits skipped and recorded, and
+the routes' validation.
+
+Time is sped up instead of waited for: TENANTD_TEST_CLOCK_SPEED=600 makes
+schedules see ten minutes pass every real second (the same fake clock in
+every process, from TENANTD_TEST_CLOCK_BASE)."""
+import datetime
+import time
+import unittest
+import uuid
+
+import harness
+from test_users import bearer, signup
+
+OPERATOR = "op-" + uuid.uuid4().hex + uuid.uuid4().hex
+JWT = "jwt-" + uuid.uuid4().hex + uuid.uuid4().hex  # one key: tokens work on every process
+harness.secret(OPERATOR)
+SPEED = 600
+
+
+def env(base):
+    return {
+        "TENANTD_OPERATOR_TOKEN": OPERATOR,
+        "TENANTD_JWT_SECRET": JWT,
+        "TENANTD_SIGNUP_CREDITS": "1000",
+        "TENANTD_LOGIN_LIMIT": "0",
+        "TENANTD_JOB_WORKERS": "0",
+        "TENANTD_SCHEDULE_TICK_MS": "50",
+        "TENANTD_TEST_CLOCK_SPEED": str(SPEED),
+        "TENANTD_TEST_CLOCK_BASE": str(base),
+    }
+
+
+def ts(s):
+    return datetime.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class CronNextTest(harness.DbTestCase):
+    """tenantd_cron_next, the SQL that plans runs, straight from SQL."""
+    server_env = env(0)
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.org_id = signup(cls.server)["org"]["id"]
+
+    def next_runs(self, cron_sets, tz, after, n=3):
+        """The n runs after `after` (ISO UTC) of a schedule with these
+        expanded sets (minute, hour, dom, month, dow, dom_any, dow_any)."""
+        m, h, dom, mon, dow, dom_any, dow_any = cron_sets
+        sid = self.pg.psql(
+            "INSERT INTO public.schedules (org_id, type, cron, timezone, c_minute, c_hour, c_dom,"
+            " c_month, c_dow, c_dom_any, c_dow_any, paused) VALUES"
+            f" ('{self.org_id}', 'x', 'test', '{tz}', '{m}', '{h}', '{dom}', '{mon}', '{dow}',"
+            f" {dom_any}, {dow_any}, true) RETURNING id", db=self.dbname)[0]
+        out, t = [], after
+        for _ in range(n):
+            t = self.pg.psql(
+                "SELECT to_char(public.tenantd_cron_next(s, '" + t + "') AT TIME ZONE 'UTC',"
+                " 'YYYY-MM-DD\"T\"HH24:MI\"Z\"') FROM public.schedules s"
+                f" WHERE id = '{sid}'", db=self.dbname)[0]
+            out.append(t)
+        return out
+
+    ALL_DAYS = ("{" + ",".join(map(str, range(1, 32))) + "}", "{" + ",".join(
+        map(str, range(1, 13))) + "}", "{0,1,2,3,4,5,6}")
+
+    def daily(self, minute, hour):
+        dom, mon, dow = self.ALL_DAYS
+        return (f"{{{minute}}}", f"{{{hour}}}", dom, mon, dow, "true", "true")
+
+    def hourly(self, minute):
+        dom, mon, dow = self.ALL_DAYS
+        hours = "{" + ",".join(map(str, range(24))) + "}"
+        return (f"{{{minute}}}", hours, dom, mon, dow, "true", "true")
+
+    def test_spring_forward_skips_the_missing_local_time(self):
+        # New York, 2026-03-08: 02:00 EST jumps to 03:00 EDT; 02:30 never exists.
+        runs = self.next_runs(self.daily(30, 2), "America/New_York", "2026-03-07T12:00Z")
+        self.assertEqual(runs, ["2026-03-09T06:30Z", "2026-03-10T06:30Z", "2026-03-11T06:30Z"])
+        runs = self.next_runs(self.hourly(0), "America/New_York", "2026-03-08T06:30Z", 2)
+        self.assertEqual(runs, ["2026-03-08T07:00Z", "2026-03-08T08:00Z"])  # 03:00, 04:00 EDT
+
+    def test_fall_back_runs_the_repeated_local_time_once(self):
+        # New York, 2026-11-01: 01:00-02:00 happens twice (EDT, then EST).
+        runs = self.next_runs(self.daily(30, 1), "America/New_York", "2026-10-31T12:00Z")
+        self.assertIn(runs[0], ("2026-11-01T05:30Z", "2026-11-01T06:30Z"))
+        self.assertEqual(runs[1:], ["2026-11-02T06:30Z", "2026-11-03T06:30Z"])
+        runs = self.next_runs(self.hourly(0), "America/New_York", "2026-11-01T04:30Z", 2)
+        self.assertIn(runs[0], ("2026-11-01T05:00Z", "2026-11-01T06:00Z"))
+        self.assertEqual(runs[1], "2026-11-01T07:00Z")  # 02:00 EST: 01:00 ran once
+
+    def test_day_fields_either_matches_and_impossible_dates(self):
+        dom, mon, _ = self.ALL_DAYS
+        # "0 0 13 * 5": the 13th or any Friday (2026-02-06 is a Friday).
+        runs = self.next_runs(("{0}", "{0}", "{13}", mon, "{5}", "false", "false"), "UTC",
+                              "2026-02-01T00:00Z", 3)
+        self.assertEqual(runs, ["2026-02-06T00:00Z", "2026-02-13T00:00Z", "2026-02-20T00:00Z"])
+        never = self.pg.psql(
+            "INSERT INTO public.schedules (org_id, type, cron, timezone, c_minute, c_hour, c_dom,"
+            f" c_month, c_dow, c_dom_any, c_dow_any) VALUES ('{self.org_id}', 'x', '0 0 30 2 *',"
+            " 'UTC', '{0}', '{0}', '{30}', '{2}', '{0,1,2,3,4,5,6}', false, true) RETURNING"
+            " public.tenantd_cron_next(schedules, now()) IS NULL", db=self.dbname)
+        self.assertEqual(never, ["t"])
+
+
+class SchedulesTest(harness.DbTestCase):
+    start_server = False
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.base = int(time.time())
+        cls.servers = [harness.Server(cls.db_url, env(cls.base)).start()]
+        for _ in range(2):
+            cls.servers.append(harness.Server(cls.db_url, env(cls.base), args=("serve",)).start())
+        cls.server = cls.servers[0]
+        for name, cost in (("report.tick", 1), ("report.dear", 5000)):
+            status, body, _ = cls.server.json("PUT", f"/v1/admin/job-types/{name}", {
+                "cost": cost, "payload_schema": {"type": "object",
+                                                 "properties": {"n": {"type": "integer"}}}},
+                bearer(OPERATOR))
+            assert status == 200, body
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            for s in cls.servers:
+                rc = s.stop()
+                if rc != 0:
+                    raise AssertionError(f"tenantd exited with {rc}:\n{s.log()}")
+        finally:
+            cls.server = None
+            super().tearDownClass()
+
+    def setUp(self):
+        o = signup(self.server)
+        self.token, self.org_id = o["access_token"], o["org"]["id"]
+
+    def call(self, method, path, body=None, server=None):
+        return (server or self.server).json(method, path, body, bearer(self.token))[:2]
+
+    def sql(self, q):
+        return self.pg.psql(q, db=self.dbname)
+
+    def ticks(self, sid):
+        return self.sql("SELECT to_char(tick_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') || '|'"
+                        " || outcome || '|' || coalesce(job_id::text, '')"
+                        f" FROM public.schedule_ticks WHERE schedule_id = '{sid}' ORDER BY tick_at")
+
+    def test_validation(self):
+        for body, field in (({"type": "report.tick", "cron": "* * *"}, "cron"),
+                            ({"type": "report.tick", "cron": "61 * * * *"}, "cron"),
+                            ({"type": "nope", "cron": "* * * * *"}, "type"),
+                            ({"type": "report.tick", "cron": "* * * * *",
+                              "timezone": "Mars/Olympus"}, "timezone"),
+                            ({"type": "report.tick", "cron": "* * * * *",
+                              "payload": {"n": "x"}}, "payload.n"),
+                            ({"type": "report.tick", "cron": "* * * * *", "x": 1}, "x")):
+            status, answer = self.call("POST", "/v1/schedules", body)
+            self.assertEqual(status, 422, (body, answer))
+            self.assertIn(field, [e["field"] for e in answer["errors"]], answer)
+        status, _ = self.call("GET", f"/v1/schedules/{uuid.uuid4()}")
+        self.assertEqual(status, 404)
+        status, _ = self.call("PATCH", f"/v1/schedules/{uuid.uuid4()}", {"paused": True})
+        self.assertEqual(status, 404)
+
+    def test_ticks_exactly_once_across_three_processes(self):
+        status, s = self.call("POST", "/v1/schedules", {
+            "type": "report.tick", "payload": {"n": 1}, "cron": "*/10 * * * *",
+            "timezone": "Europe/Paris"})
+        self.assertEqual(status, 201, s)
+        self.assertEqual((s["cron"], s["timezone"], s["paused"]),
+                         ("*/10 * * * *", "Europe/Paris", False))
+        time.sleep(6.5)  # about six ticks, every process trying each one
+        status, s = self.call("PATCH", f"/v1/schedules/{s['id']}", {"paused": True},
+                              self.servers[2])
+        self.assertEqual((status, s["paused"]), (200, True), s)
+        ticks = self.ticks(s["id"])
+        self.assertGreaterEqual(len(ticks), 4, ticks)
+        times = [ts(t.split("|")[0].replace(" ", "T") + ":00.0Z") for t in ticks]
+        gaps = {(b - a).total_seconds() for a, b in zip(times, times[1:])}
+        self.assertEqual(gaps, {600.0}, ticks)  # none lost, none twice
+        self.assertTrue(all(t.split("|")[1] == "enqueued" for t in ticks), ticks)
+        jobs = self.sql(f"SELECT count(*) FROM public.jobs WHERE org_id = '{self.org_id}'")
+        charged = self.sql("SELECT count(*) FROM public.credit_transactions"
+                           f" WHERE org_id = '{self.org_id}' AND type = 'deduction'")
+        self.assertEqual((int(jobs[0]), int(charged[0])), (len(ticks), len(ticks)))
+        status, listed = self.call("GET", "/v1/schedules")
+        self.assertEqual([x["id"] for x in listed["data"]], [s["id"]])
+        self.assertEqual(listed["data"][0]["last_outcome"], "enqueued")
+        status, _ = self.call("DELETE", f"/v1/schedules/{s['id']}")
+        self.assertEqual(status, 204)
+
+    def test_tick_short_of_credits_is_skipped_and_recorded(self):
+        status, s = self.call("POST", "/v1/schedules", {
+            "type": "report.dear", "cron": "*/10 * * * *"})
+        self.assertEqual(status, 201, s)
+        deadline = time.time() + 5
+        while not self.ticks(s["id"]) and time.time() < deadline:
+            time.sleep(0.1)
+        self.call("PATCH", f"/v1/schedules/{s['id']}", {"paused": True})
+        ticks = self.ticks(s["id"])
+        self.assertTrue(ticks)
+        self.assertTrue(all(t.split("|")[1:] == ["skipped: insufficient credits", ""]
+                            for t in ticks), ticks)
+        status, s = self.call("GET", f"/v1/schedules/{s['id']}")
+        self.assertEqual(s["last_outcome"], "skipped: insufficient credits")
+        self.assertEqual(self.sql(f"SELECT count(*) FROM public.jobs"
+                                  f" WHERE org_id = '{self.org_id}'"), ["0"])
+
+    def test_suspended_org_skips_deleted_org_loses_its_schedules(self):
+        status, s = self.call("POST", "/v1/schedules", {
+            "type": "report.tick", "cron": "*/10 * * * *"})
+        self.assertEqual(status, 201, s)
+        slug = self.sql(f"SELECT slug FROM public.orgs WHERE id = '{self.org_id}'")[0]
+        status, body, _ = self.server.json("POST", f"/v1/admin/orgs/{slug}/suspend", {},
+                                           bearer(OPERATOR))
+        self.assertEqual(status, 200, body)
+        deadline = time.time() + 5
+        while not self.ticks(s["id"]) and time.time() < deadline:
+            time.sleep(0.1)
+        ticks = self.ticks(s["id"])
+        self.assertTrue(ticks)
+        self.assertTrue(all(t.split("|")[1] == "skipped: organization suspended" for t in ticks),
+                        ticks)
+        status, body, _ = self.server.json("DELETE", f"/v1/admin/orgs/{slug}", None,
+                                           bearer(OPERATOR))
+        self.assertIn(status, (200, 204), body)
+        deadline = time.time() + 5
+        while self.sql(f"SELECT count(*) FROM public.schedules WHERE id = '{s['id']}'") != ["0"] \
+                and time.time() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(self.sql(f"SELECT count(*) FROM public.schedules"
+                                  f" WHERE id = '{s['id']}'"), ["0"])
+        self.assertEqual(self.sql(f"SELECT count(*) FROM public.jobs"
+                                  f" WHERE org_id = '{self.org_id}'"), ["0"])
+
+    def test_missed_ticks_are_not_replayed(self):
+        status, s = self.call("POST", "/v1/schedules", {
+            "type": "report.tick", "cron": "*/10 * * * *"})
+        self.assertEqual(status, 201, s)
+        # Ticking is stopped (as if every process were down) by moving the
+        # schedule's next run 20 ticks into the past: that is 20 missed ticks.
+        self.call("PATCH", f"/v1/schedules/{s['id']}", {"paused": True})
+        self.sql("UPDATE public.schedules SET paused = false,"
+                 " next_run_at = next_run_at - interval '200 minutes'"
+                 f" WHERE id = '{s['id']}'")
+        time.sleep(1.5)
+        self.call("PATCH", f"/v1/schedules/{s['id']}", {"paused": True})
+        ticks = self.ticks(s["id"])
+        times = [ts(t.split("|")[0].replace(" ", "T") + ":00.0Z") for t in ticks]
+        # One catch-up for the 20 missed, then on time again.
+        self.assertGreaterEqual(len(times), 2, ticks)
+        self.assertLessEqual(len(times), 4, ticks)
+        self.assertGreaterEqual((times[1] - times[0]).total_seconds(), 190 * 60, ticks)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,397 @@
+"""Jobs your own code runs: operator-declared job types (payload schema
+checked at enqueue), the HTTP worker API (claim with long polling, heartbeat
+with progress, complete, fail with and without retry, leases that lapse,
+stale leases 409), cancelling a running job, retrying a failed job, worker
+credentials and their isolation, and the Python example worker run end to
+end. The in-process workers run too (one), and never take an external job."""
+import concurrent.futures
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import unittest
+import uuid
+
+import harness
+from test_users import bearer, create_key, signup
+
+OPERATOR = "op-" + uuid.uuid4().hex + uuid.uuid4().hex
+WORKER = "wk-" + uuid.uuid4().hex + uuid.uuid4().hex
+harness.secret(OPERATOR)
+harness.secret(WORKER)
+
+SCHEMA = {"type": "object", "required": ["text"],
+          "properties": {"text": {"type": "string", "maxLength": 1000},
+                         "delay_s": {"type": "number", "minimum": 0, "maximum": 30},
+                         "lang": {"enum": ["en", "fr"]}}}
+ENV = {
+    "TENANTD_OPERATOR_TOKEN": OPERATOR,
+    "TENANTD_WORKER_TOKEN": WORKER,
+    "TENANTD_SIGNUP_CREDITS": "1000",
+    "TENANTD_LOGIN_LIMIT": "0",
+    "TENANTD_JOB_WORKERS": "1",
+    "TENANTD_JOB_POLL_MS": "50",
+    "TENANTD_JOB_LEASE_MS": "1500",
+    "TENANTD_JOB_RETRY_BASE_MS": "20",
+    "TENANTD_JOB_RETRY_MAX_MS": "50",
+}
+
+
+class WorkerApiTest(harness.DbTestCase):
+    server_env = ENV
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.type = "text.wordcount"
+        status, body, _ = cls.server.json("PUT", f"/v1/admin/job-types/{cls.type}", {
+            "cost": 3, "description": "count words", "timeout_s": 60, "max_attempts": 2,
+            "payload_schema": SCHEMA}, bearer(OPERATOR))
+        assert status == 200, (status, body)
+
+    def setUp(self):
+        o = signup(self.server)
+        self.token, self.org_id = o["access_token"], o["org"]["id"]
+        self.key = create_key(self.server, self.token, name="w", role="worker")["key"]
+        harness.secret(self.key)
+
+    # ---- helpers
+
+    def call(self, method, path, body=None, cred=None):
+        return self.server.json(method, path, body, bearer(cred or self.token))[:2]
+
+    def enqueue(self, text="a b a", token=None, **payload):
+        status, body = self.call("POST", "/v1/jobs", {
+            "type": self.type, "payload": dict(text=text, **payload)}, token or self.token)
+        self.assertEqual(status, 202, body)
+        return body
+
+    def claim(self, cred=None, max=1, wait_s=0, types=None):
+        status, body = self.call("POST", "/v1/worker/claim", {
+            "types": types or [self.type], "max": max, "wait_s": wait_s}, cred or self.key)
+        self.assertEqual(status, 200, body)
+        return body["data"]
+
+    def ledger(self, job_id):
+        return self.pg.psql("SELECT type || ':' || amount FROM public.credit_transactions"
+                            f" WHERE job_id = '{job_id}' ORDER BY seq", db=self.dbname)
+
+    def job(self, job_id):
+        status, body = self.call("GET", f"/v1/jobs/{job_id}")
+        self.assertEqual(status, 200, body)
+        return body
+
+    # ---- declared types
+
+    def test_declare_refuses_unknown_keywords_and_bad_names(self):
+        op = OPERATOR
+        status, body = self.call("PUT", "/v1/admin/job-types/x.y",
+                                 {"cost": 1, "payload_schema": {"type": "object",
+                                                                "patternProperties": {}}}, op)
+        self.assertEqual(status, 422, body)
+        self.assertIn("payload_schema.patternProperties", json.dumps(body))
+        status, body = self.call("PUT", "/v1/admin/job-types/x.y", {
+            "cost": 1, "payload_schema": {"properties": {"a": {"format": "email"}}}}, op)
+        self.assertEqual(status, 422, body)
+        self.assertIn("payload_schema.properties.a.format", json.dumps(body))
+        for name in ("records.export", "sleep", "Bad", "x" * 65):
+            status, body = self.call("PUT", f"/v1/admin/job-types/{name}", {"cost": 1}, op)
+            self.assertEqual(status, 422, (name, body))
+        status, body = self.call("PUT", "/v1/admin/job-types/x.y", {"cost": -1}, op)
+        self.assertEqual(status, 422, body)
+        # Only the operator declares.
+        status, _ = self.call("PUT", "/v1/admin/job-types/x.y", {"cost": 1})
+        self.assertEqual(status, 403)
+        status, _ = self.call("PUT", "/v1/admin/job-types/x.y", {"cost": 1}, WORKER)
+        self.assertIn(status, (401, 403))
+
+    def test_deleted_type_keeps_its_queued_jobs_claimable(self):
+        status, _ = self.call("PUT", "/v1/admin/job-types/short.lived", {"cost": 1}, OPERATOR)
+        self.assertEqual(status, 200)
+        status, job = self.call("POST", "/v1/jobs", {"type": "short.lived"})
+        self.assertEqual(status, 202, job)
+        status, _ = self.call("DELETE", "/v1/admin/job-types/short.lived", None, OPERATOR)
+        self.assertEqual(status, 204)
+        status, _ = self.call("DELETE", "/v1/admin/job-types/short.lived", None, OPERATOR)
+        self.assertEqual(status, 404)
+        status, body = self.call("POST", "/v1/jobs", {"type": "short.lived"})
+        self.assertEqual(status, 422, body)
+        [c] = self.claim(types=["short.lived"])
+        self.assertEqual(c["id"], job["id"])
+        status, done = self.call("POST", f"/v1/worker/jobs/{c['id']}/complete",
+                                 {"lease_id": c["lease_id"]}, self.key)
+        self.assertEqual((status, done["status"]), (200, "succeeded"))
+
+    def test_listed_and_payload_checked_at_enqueue(self):
+        status, body = self.call("GET", "/v1/job-types")
+        self.assertEqual(status, 200)
+        mine = [t for t in body["data"] if t["type"] == self.type]
+        self.assertEqual(mine[0]["cost"], 3)
+        self.assertTrue(mine[0]["external"])
+        self.assertIn("records.export", [t["type"] for t in body["data"]])
+        for payload, field in (({}, "payload.text"), ({"text": 5}, "payload.text"),
+                               ({"text": "x" * 1001}, "payload.text"),
+                               ({"text": "a", "delay_s": 31}, "payload.delay_s"),
+                               ({"text": "a", "lang": "de"}, "payload.lang")):
+            status, body = self.call("POST", "/v1/jobs", {"type": self.type, "payload": payload})
+            self.assertEqual(status, 422, (payload, body))
+            self.assertIn(field, [e["field"] for e in body["errors"]], body)
+        status, body = self.call("POST", "/v1/jobs", {"type": "no.such.type"})
+        self.assertEqual(status, 422, body)
+        job = self.enqueue(lang="fr")
+        self.assertEqual((job["cost"], job["max_attempts"], job["status"]), (3, 2, "queued"))
+        self.assertEqual(self.ledger(job["id"]), ["deduction:-3"])
+
+    def test_in_process_workers_leave_external_jobs_alone(self):
+        job = self.enqueue()
+        time.sleep(0.5)  # the in-process worker polls every 50 ms
+        self.assertEqual(self.job(job["id"])["status"], "queued")
+
+    # ---- the worker API
+
+    def test_claim_heartbeat_complete_and_double_complete(self):
+        job = self.enqueue("to be or not to be")
+        [c] = self.claim()
+        self.assertEqual((c["id"], c["status"], c["attempts"]), (job["id"], "running", 1))
+        self.assertTrue(c["lease_id"] and c["lease_expires_at"])
+        status, hb = self.call("POST", f"/v1/worker/jobs/{c['id']}/heartbeat",
+                               {"lease_id": c["lease_id"], "progress": 40}, self.key)
+        self.assertEqual(status, 200, hb)
+        self.assertFalse(hb["cancel_requested"])
+        self.assertGreaterEqual(hb["lease_expires_at"], c["lease_expires_at"])
+        self.assertEqual(self.job(c["id"])["progress"], 40)
+        status, done = self.call("POST", f"/v1/worker/jobs/{c['id']}/complete",
+                                 {"lease_id": c["lease_id"], "result": {"words": 6}}, self.key)
+        self.assertEqual(status, 200, done)
+        self.assertEqual((done["status"], done["result"]), ("succeeded", {"words": 6}))
+        status, again = self.call("POST", f"/v1/worker/jobs/{c['id']}/complete",
+                                  {"lease_id": c["lease_id"]}, self.key)
+        self.assertEqual(status, 409, again)
+        status, _ = self.call("POST", f"/v1/worker/jobs/{c['id']}/heartbeat",
+                              {"lease_id": c["lease_id"]}, self.key)
+        self.assertEqual(status, 409)
+        status, _ = self.call("POST", f"/v1/worker/jobs/{c['id']}/complete",
+                              {"lease_id": str(uuid.uuid4())}, self.key)
+        self.assertEqual(status, 409)
+        status, _ = self.call("POST", f"/v1/worker/jobs/{uuid.uuid4()}/complete",
+                              {"lease_id": c["lease_id"]}, self.key)
+        self.assertEqual(status, 404)
+        self.assertEqual(self.ledger(c["id"]), ["deduction:-3"])
+
+    def test_bad_worker_requests(self):
+        for body in ({}, {"types": []}, {"types": ["A B"]}, {"types": [self.type], "max": 0},
+                     {"types": [self.type], "max": 101}, {"types": [self.type], "wait_s": 31},
+                     {"types": [self.type], "extra": 1}):
+            status, answer = self.call("POST", "/v1/worker/claim", body, self.key)
+            self.assertEqual(status, 422, (body, answer))
+        jid = str(uuid.uuid4())
+        status, _ = self.call("POST", f"/v1/worker/jobs/{jid}/heartbeat", {}, self.key)
+        self.assertEqual(status, 422)
+        status, _ = self.call("POST", f"/v1/worker/jobs/{jid}/fail",
+                              {"lease_id": str(uuid.uuid4())}, self.key)
+        self.assertEqual(status, 422)
+        status, _ = self.call("POST", "/v1/worker/jobs/nope/complete", {"lease_id": jid}, self.key)
+        self.assertEqual(status, 404)
+
+    def test_long_poll_wakes_on_enqueue(self):
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            t0 = time.time()
+            fut = ex.submit(self.claim, None, 1, 10)
+            time.sleep(0.5)
+            self.assertFalse(fut.done())
+            job = self.enqueue()
+            got = fut.result(timeout=15)
+            took = time.time() - t0
+        self.assertEqual([j["id"] for j in got], [job["id"]])
+        self.assertLess(took, 3.0)
+        # Nothing to claim: answers empty after wait_s.
+        t0 = time.time()
+        self.assertEqual(self.claim(wait_s=1), [])
+        self.assertGreaterEqual(time.time() - t0, 0.9)
+
+    def test_vanished_worker_loses_lease_and_another_completes_once(self):
+        job = self.enqueue()
+        [first] = self.claim()
+        # The first worker vanishes: no heartbeat. After the lease (1.5 s) the
+        # reaper queues the job again and a second worker claims it.
+        deadline = time.time() + 10
+        second = []
+        while not second and time.time() < deadline:
+            second = self.claim(wait_s=2)
+        self.assertEqual([j["id"] for j in second], [job["id"]])
+        self.assertEqual(second[0]["attempts"], 2)
+        self.assertNotEqual(second[0]["lease_id"], first["lease_id"])
+        status, _ = self.call("POST", f"/v1/worker/jobs/{job['id']}/complete",
+                              {"lease_id": first["lease_id"], "result": 1}, self.key)
+        self.assertEqual(status, 409)
+        status, done = self.call("POST", f"/v1/worker/jobs/{job['id']}/complete",
+                                 {"lease_id": second[0]["lease_id"], "result": 2}, self.key)
+        self.assertEqual((status, done["status"], done["result"]), (200, "succeeded", 2))
+        self.assertEqual(self.ledger(job["id"]), ["deduction:-3"])
+
+    def test_cancel_running_job_refunds_once(self):
+        job = self.enqueue()
+        [c] = self.claim()
+        status, body = self.call("POST", f"/v1/jobs/{job['id']}/cancel")
+        self.assertEqual((status, body["status"], body["cancel_requested"]),
+                         (202, "running", True), body)
+        status, hb = self.call("POST", f"/v1/worker/jobs/{c['id']}/heartbeat",
+                               {"lease_id": c["lease_id"], "progress": 10}, self.key)
+        self.assertEqual((status, hb["cancel_requested"]), (200, True))
+        status, body = self.call("POST", f"/v1/worker/jobs/{c['id']}/fail",
+                                 {"lease_id": c["lease_id"], "error": "cancelled",
+                                  "retry": True}, self.key)
+        self.assertEqual((status, body["status"]), (200, "cancelled"), body)
+        status, _ = self.call("POST", f"/v1/jobs/{job['id']}/cancel")
+        self.assertEqual(status, 409)
+        self.assertEqual(self.ledger(job["id"]), ["deduction:-3", "refund:3"])
+
+    def test_cancelled_job_whose_worker_vanished_is_refunded_once(self):
+        job = self.enqueue()
+        self.claim()
+        status, _ = self.call("POST", f"/v1/jobs/{job['id']}/cancel")
+        self.assertEqual(status, 202)
+        deadline = time.time() + 10
+        while self.job(job["id"])["status"] != "cancelled" and time.time() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(self.job(job["id"])["status"], "cancelled")
+        self.assertEqual(self.ledger(job["id"]), ["deduction:-3", "refund:3"])
+
+    def test_fail_retry_then_fail_then_retry_route(self):
+        job = self.enqueue()
+        [c] = self.claim()
+        status, body = self.call("POST", f"/v1/worker/jobs/{c['id']}/fail",
+                                 {"lease_id": c["lease_id"], "error": "flaky", "retry": True},
+                                 self.key)
+        self.assertEqual((status, body["status"], body["error"]), (200, "queued", "flaky"))
+        again = []
+        deadline = time.time() + 5
+        while not again and time.time() < deadline:
+            again = self.claim(wait_s=1)
+        self.assertEqual(again[0]["attempts"], 2)
+        status, body = self.call("POST", f"/v1/worker/jobs/{c['id']}/fail",
+                                 {"lease_id": again[0]["lease_id"], "error": "broken"}, self.key)
+        self.assertEqual((status, body["status"]), (200, "failed"))
+        self.assertEqual(self.ledger(job["id"]), ["deduction:-3", "refund:3"])
+        # Retry: queued again, charged again; its failure is refunded again, once.
+        status, body = self.call("POST", f"/v1/jobs/{job['id']}/retry")
+        self.assertEqual((status, body["status"], body["attempts"]), (202, "queued", 0), body)
+        status, _ = self.call("POST", f"/v1/jobs/{job['id']}/retry")
+        self.assertEqual(status, 409)
+        [c3] = self.claim(wait_s=2)
+        status, body = self.call("POST", f"/v1/worker/jobs/{c3['id']}/complete",
+                                 {"lease_id": c3["lease_id"]}, self.key)
+        self.assertEqual((status, body["status"]), (200, "succeeded"))
+        self.assertEqual(self.ledger(job["id"]), ["deduction:-3", "refund:3", "deduction:-3"])
+        status, _ = self.call("POST", f"/v1/jobs/{uuid.uuid4()}/retry")
+        self.assertEqual(status, 404)
+
+    # ---- credentials and isolation
+
+    def test_worker_key_is_for_the_worker_api_and_its_org_only(self):
+        other = signup(self.server)
+        theirs = self.enqueue(token=other["access_token"])
+        status, _ = self.call("GET", "/v1/jobs", None, self.key)
+        self.assertEqual(status, 403)
+        status, _ = self.call("POST", "/v1/jobs", {"type": self.type,
+                                                   "payload": {"text": "x"}}, self.key)
+        self.assertEqual(status, 403)
+        # A member's token or an admin key cannot claim.
+        admin_key = create_key(self.server, self.token, name="a", role="admin")["key"]
+        harness.secret(admin_key)
+        status, _ = self.call("POST", "/v1/worker/claim", {"types": [self.type]}, admin_key)
+        self.assertEqual(status, 403)
+        status, _ = self.call("POST", "/v1/worker/claim", {"types": [self.type]}, OPERATOR)
+        self.assertIn(status, (401, 403))
+        self.assertEqual(self.claim(max=10), [])
+        status, _ = self.call("POST", f"/v1/jobs/{theirs['id']}/cancel")
+        self.assertEqual(status, 404)
+        # The operator's worker token takes it; our key cannot touch its lease.
+        mine = self.claim(WORKER, max=100)
+        lease = [j for j in mine if j["id"] == theirs["id"]][0]["lease_id"]
+        status, _ = self.call("POST", f"/v1/worker/jobs/{theirs['id']}/complete",
+                              {"lease_id": lease}, self.key)
+        self.assertEqual(status, 404)
+        for j in mine:
+            status, _ = self.call("POST", f"/v1/worker/jobs/{j['id']}/complete",
+                                  {"lease_id": j["lease_id"]}, WORKER)
+            self.assertEqual(status, 200)
+
+    def test_worker_token_claims_fairly_between_orgs(self):
+        orgs = [signup(self.server) for _ in range(3)]
+        for _ in range(20):
+            self.enqueue(token=orgs[0]["access_token"])
+        for o in orgs[1:]:
+            for _ in range(2):
+                self.enqueue(token=o["access_token"])
+        wanted = {o["org"]["id"] for o in orgs}
+        got = []
+        while True:
+            batch = [j for j in self.claim(WORKER, max=6)]
+            if not batch:
+                break
+            got.extend(batch)
+            for j in batch:
+                self.call("POST", f"/v1/worker/jobs/{j['id']}/complete",
+                          {"lease_id": j["lease_id"]}, WORKER)
+            if len(got) >= 6:
+                break
+        first = [j["org_id"] for j in got[:6] if j["org_id"] in wanted]
+        # Every org is served within the first batch of six, not after the flood.
+        self.assertEqual(set(first), wanted, first)
+
+    def test_metrics(self):
+        status, _ = self.call("PUT", "/v1/admin/job-types/metrics.probe", {"cost": 0}, OPERATOR)
+        self.assertEqual(status, 200)
+        for _ in range(2):
+            status, _ = self.call("POST", "/v1/jobs", {"type": "metrics.probe"})
+            self.assertEqual(status, 202)
+        self.claim(types=["no.such.jobs"])
+        want = 'tenantd_jobs{type="metrics.probe",status="queued"} 2'
+        deadline = time.time() + 15  # the database part is sampled every 5 s
+        while True:
+            text = self.server.get("/metrics").body.decode()
+            if want in text or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertIn(want, text)
+        self.assertIn('tenantd_job_attempts{type="metrics.probe",status="queued"} 0', text)
+        self.assertRegex(text, r'tenantd_worker_api_calls_total\{op="claim",result="ok"\} [1-9]')
+        self.assertIn("# TYPE tenantd_schedule_ticks gauge", text)
+
+    # ---- the example worker
+
+    def test_python_example_worker_runs_a_job(self):
+        job = self.enqueue("the cat and the hat and the bat")
+        env = dict(os.environ, TENANTD_URL=f"http://127.0.0.1:{self.server.port}",
+                   TENANTD_WORKER_CREDENTIAL=self.key)
+        p = subprocess.run([sys.executable, os.path.join(harness.SOURCE_DIR, "examples",
+                                                         "worker.py"), "--max-jobs", "1"],
+                           env=env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        done = self.job(job["id"])
+        self.assertEqual(done["status"], "succeeded", done)
+        self.assertEqual(done["result"]["words"], 8)
+        self.assertEqual(done["result"]["top"][0], {"word": "the", "count": 3})
+
+    def test_javascript_example_worker_runs_a_job(self):
+        node = shutil.which("node")
+        if not node:
+            self.skipTest("node is not installed")
+        job = self.enqueue("b a b")
+        env = dict(os.environ, TENANTD_URL=f"http://127.0.0.1:{self.server.port}",
+                   TENANTD_WORKER_CREDENTIAL=self.key)
+        p = subprocess.run([node, os.path.join(harness.SOURCE_DIR, "examples", "worker.mjs"),
+                            "--max-jobs", "1"], env=env, capture_output=True, text=True,
+                           timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        done = self.job(job["id"])
+        self.assertEqual(done["status"], "succeeded", done)
+        self.assertEqual(done["result"], {"words": 3, "top": [{"word": "b", "count": 2},
+                                                              {"word": "a", "count": 1}]})
+
+
+if __name__ == "__main__":
+    unittest.main()
