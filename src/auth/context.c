@@ -19,7 +19,7 @@
 #include "core/log.h"
 #include "core/problem.h"
 #include "db/db.h"
-#include "db/result.h"
+#include "app/dbhttp.h"
 
 #define GENERIC_401 "The credential is missing, invalid or expired."
 

@@ -33,7 +33,7 @@
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
-#include "db/result.h"
+#include "app/dbhttp.h"
 #include "db/db.h"
 
 static void users_list(struct request *req);

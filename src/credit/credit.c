@@ -39,7 +39,7 @@
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
-#include "db/result.h"
+#include "app/dbhttp.h"
 #include "idem/idem.h"
 
 static void credits_get(struct request *req);

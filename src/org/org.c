@@ -45,7 +45,7 @@
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
-#include "db/result.h"
+#include "app/dbhttp.h"
 #include "db/db.h"
 #include "db/migrate.h"
 
