@@ -358,18 +358,6 @@ void idem_respond(struct request *req, struct idem_claim *claim, int status,
     db_query(pool, schema, &q_store, 8, claim->values, store_done, claim);
 }
 
-void idem_respond_json(struct request *req, struct idem_claim *claim, int status, json_t *json)
-{
-    char *s = json ? json_dumps(json, JSON_COMPACT) : NULL;
-    json_decref(json);
-    if (!s) {
-        idem_problem(req, claim, PROBLEM_INTERNAL, "The request could not be completed.");
-        return;
-    }
-    idem_respond(req, claim, status, "application/json", s, strlen(s));
-    free(s);
-}
-
 void idem_problem(struct request *req, struct idem_claim *claim, enum problem p, const char *detail)
 {
     if (!claim) {
