@@ -17,6 +17,7 @@
  */
 #include "db/migrate.h"
 
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -295,6 +296,7 @@ int mig_check_applied(const PGresult *rows, enum migration_track t, const char *
                             "(checksum mismatch): an applied migration must not be edited; restore "
                             "it and add a new migration instead",
                             mig_track_dir[t], x->version, x->name, where);
+        assert(a->n < (size_t)nr); /* one slot per row */
         a->versions[a->n++] = v;
     }
     return 0;

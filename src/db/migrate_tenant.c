@@ -3,6 +3,7 @@
  * applied, and applies or reverts with `concurrency` threads, one
  * transaction per schema, with progress on the terminal or in the log.
  */
+#include <assert.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -274,6 +275,8 @@ static void *tenant_worker(void *arg)
         pthread_mutex_lock(&r->mu);
         r->done++;
         r->gone += gone;
+        /* Each schema is taken once and finished once, by one thread. */
+        assert(r->gone <= r->done && r->done <= r->next && r->next <= r->ntodo);
         tenant_progress(r);
         pthread_mutex_unlock(&r->mu);
     }
@@ -302,6 +305,8 @@ int mig_tenant_run(struct mig_tenant_run *r, int concurrency, char *err, size_t 
         pthread_join(th[i], NULL);
     pthread_mutex_destroy(&r->mu);
     free(th);
+    /* All threads joined: every schema was done unless one failed. */
+    assert(r->failed || (r->done == r->ntodo && r->next == r->ntodo));
     if (r->tty)
         fputc('\n', stderr);
     if (r->failed)
