@@ -404,7 +404,7 @@ static void signup_done(struct db_result *r, void *ud)
     struct signup *s = ud;
     struct request *req = s->req;
     if (db_result_is(r, "23505")) {
-        problem_respond(req, PROBLEM_CONFLICT, "That slug is already taken.");
+        problem_respond(req, PROBLEM_SLUG_TAKEN, "That slug is already taken.");
         return;
     }
     if (r->status != DB_OK) {
@@ -630,7 +630,7 @@ static void patch_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
     if (db_result_is(r, "23505")) {
-        problem_respond(req, PROBLEM_CONFLICT, "That slug is already taken.");
+        problem_respond(req, PROBLEM_SLUG_TAKEN, "That slug is already taken.");
         return;
     }
     if (r->status != DB_OK) {
