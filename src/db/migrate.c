@@ -211,27 +211,17 @@ int mig_set_search_path(PGconn *c, const char *schema, char *err, size_t errlen)
     return 0;
 }
 
-/* Inserts the row that says m is applied in schema's schema_migrations. */
-int mig_record_applied(PGconn *c, const char *insert_sql, const struct migration *m, char *err,
-                       size_t errlen)
+/* Records m in a schema_migrations (applied: sql takes $1 version, $2 name,
+ * $3 checksum) or forgets it (reverted: sql takes $1 version only). */
+int mig_record(PGconn *c, const char *sql, const struct migration *m, bool applied, char *err,
+               size_t errlen)
 {
     char ver[16];
     snprintf(ver, sizeof ver, "%d", m->version);
     const char *v[] = {ver, m->name, m->checksum};
-    PGresult *r = mig_query(c, insert_sql, 3, v, "recording the migration", err, errlen);
-    if (!r)
-        return -1;
-    PQclear(r);
-    return 0;
-}
-
-int mig_record_reverted(PGconn *c, const char *delete_sql, const struct migration *m, char *err,
-                        size_t errlen)
-{
-    char ver[16];
-    snprintf(ver, sizeof ver, "%d", m->version);
-    const char *v[] = {ver};
-    PGresult *r = mig_query(c, delete_sql, 1, v, "forgetting the migration", err, errlen);
+    PGresult *r =
+        mig_query(c, sql, applied ? 3 : 1, v,
+                  applied ? "recording the migration" : "forgetting the migration", err, errlen);
     if (!r)
         return -1;
     PQclear(r);
@@ -491,10 +481,10 @@ static int control_up(struct mig_runner *r)
         if (rc == 0)
             rc = mig_exec(r->c, m->up, what, r->err, r->errlen);
         if (rc == 0)
-            rc = mig_record_applied(r->c,
-                                    "INSERT INTO public.schema_migrations (version, name, checksum)"
-                                    " VALUES ($1, $2, $3)",
-                                    m, r->err, r->errlen);
+            rc = mig_record(r->c,
+                            "INSERT INTO public.schema_migrations (version, name, checksum)"
+                            " VALUES ($1, $2, $3)",
+                            m, true, r->err, r->errlen);
         if (rc == 0)
             rc = mig_exec(r->c, "COMMIT", "COMMIT", r->err, r->errlen);
         if (rc) {
@@ -606,9 +596,8 @@ int mig_control_down(struct mig_runner *r, int steps)
         if (rc == 0)
             rc = mig_exec(r->c, m->down, what, r->err, r->errlen);
         if (rc == 0)
-            rc =
-                mig_record_reverted(r->c, "DELETE FROM public.schema_migrations WHERE version = $1",
-                                    m, r->err, r->errlen);
+            rc = mig_record(r->c, "DELETE FROM public.schema_migrations WHERE version = $1", m,
+                            false, r->err, r->errlen);
         if (rc == 0)
             rc = mig_exec(r->c, "COMMIT", "COMMIT", r->err, r->errlen);
         if (rc) {

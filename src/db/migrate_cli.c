@@ -3,7 +3,6 @@
  * reports on a database's migration state: status for people and scripts,
  * the start-up check, and /ready's verdict.
  */
-#include <ctype.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -13,6 +12,7 @@
 #include <jansson.h>
 
 #include "core/config.h"
+#include "core/digits.h"
 #include "db/migrate_internal.h"
 
 /* ---- status and check ------------------------------------------------- */
@@ -402,14 +402,7 @@ __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ..
 /* N of `down N`: 1..10000, digits only. */
 static int parse_steps(const char *s)
 {
-    if (!*s || strlen(s) > 5)
-        return -1;
-    int v = 0;
-    for (const char *p = s; *p; p++) {
-        if (!isdigit((unsigned char)*p))
-            return -1;
-        v = v * 10 + (*p - '0');
-    }
+    int v = parse_digits(s, 5);
     return v >= 1 && v <= 10000 ? v : -1;
 }
 

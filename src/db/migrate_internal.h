@@ -105,10 +105,10 @@ void mig_rollback(PGconn *c);
 char *mig_with_schema(PGconn *c, const char *schema, const char *before, const char *after,
                       char *err, size_t errlen);
 int mig_set_search_path(PGconn *c, const char *schema, char *err, size_t errlen);
-int mig_record_applied(PGconn *c, const char *insert_sql, const struct migration *m, char *err,
-                       size_t errlen);
-int mig_record_reverted(PGconn *c, const char *delete_sql, const struct migration *m, char *err,
-                        size_t errlen);
+/* Records m in a schema_migrations (applied: sql takes $1 version, $2 name,
+ * $3 checksum) or forgets it (not applied: $1 version only). */
+int mig_record(PGconn *c, const char *sql, const struct migration *m, bool applied, char *err,
+               size_t errlen);
 double mig_now_ms(void);
 
 /* How many compatible migrations ahead a binary accepts. */

@@ -149,7 +149,7 @@ static int tenant_apply(PGconn *c, const char *schema, const struct migration *m
         char what[200];
         snprintf(what, sizeof what, "tenant/%04d_%s.up.sql", m[i].version, m[i].name);
         if (mig_exec(c, m[i].up, what, err, errlen) ||
-            mig_record_applied(c, insert, &m[i], err, errlen))
+            mig_record(c, insert, &m[i], true, err, errlen))
             goto out;
     }
     rc = 0;
@@ -174,7 +174,7 @@ static int tenant_revert(PGconn *c, const char *schema, const struct migration *
         snprintf(what, sizeof what, "tenant/%04d_%s.down.sql", x->version, x->name);
         rc = mig_exec(c, x->down, what, err, errlen);
         if (rc == 0)
-            rc = mig_record_reverted(c, del, x, err, errlen);
+            rc = mig_record(c, del, x, false, err, errlen);
     }
     free(del);
     return rc;

@@ -45,6 +45,8 @@
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
+#include "core/strbuf.h"
+#include "core/digits.h"
 #include "app/dbhttp.h"
 #include "db/db.h"
 #include "db/migrate.h"
@@ -167,34 +169,6 @@ static const struct db_stmt admin_list_stmt = {
 static struct {
     char *sql, *versions, *names, *checksums;
 } tenant_arrays;
-
-/* A growing malloc'd string; out of memory aborts (broken invariant). */
-struct strbuf {
-    char *s;
-    size_t len, cap;
-};
-
-static void sb_put(struct strbuf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p)
-            abort();
-        b->s = p;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = '\0';
-}
-
-static void sb_puts(struct strbuf *b, const char *s)
-{
-    sb_put(b, s, strlen(s));
-}
 
 /* Appends s as one double-quoted element of a PostgreSQL array literal:
  * inside quotes a backslash escapes the next character, so only '"' and
@@ -856,14 +830,7 @@ static int parse_limit(const char *s)
 {
     if (!s)
         return LIST_LIMIT_DEFAULT;
-    if (!*s || strlen(s) > 3)
-        return -1;
-    int v = 0;
-    for (const char *p = s; *p; p++) {
-        if (!isdigit((unsigned char)*p))
-            return -1;
-        v = v * 10 + (*p - '0');
-    }
+    int v = parse_digits(s, 3);
     return v >= 1 && v <= LIST_LIMIT_MAX ? v : -1;
 }
 
