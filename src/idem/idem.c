@@ -18,6 +18,7 @@
 #include <openssl/evp.h>
 #include <uv.h>
 
+#include "app/dbhttp.h"
 #include "auth/auth.h"
 #include "core/log.h"
 #include "core/thread.h"
@@ -259,7 +260,7 @@ void idem_claim(struct request *req, const char *org_id, idem_proceed_fn proceed
         proceed(req, NULL, ud);
         return;
     }
-    struct db_pool *pool = req->ctx ? (struct db_pool *)req->ctx->db : NULL;
+    struct db_pool *pool = db_pool_of(req);
     if (!pool) {
         unavailable(req);
         return;
@@ -323,7 +324,7 @@ void idem_respond(struct request *req, struct idem_claim *claim, int status,
         http_respond(req, status, content_type, body, len);
         return;
     }
-    struct db_pool *pool = req->ctx ? (struct db_pool *)req->ctx->db : NULL;
+    struct db_pool *pool = db_pool_of(req);
     claim->status = status;
     claim->content_type = content_type ? arena_strdup(req->arena, content_type) : NULL;
     claim->body = arena_strndup(req->arena, body ? body : "", body ? len : 0);

@@ -19,6 +19,7 @@
 #include <llhttp.h>
 #include <openssl/crypto.h>
 
+#include "app/dbhttp.h"
 #include "core/config.h"
 #include "core/embedded.h"
 #include "core/http.h"
@@ -113,7 +114,7 @@ static void ready_done(struct db_result *r, void *ud)
  * that can handle it. */
 static void ready_get(struct request *req)
 {
-    struct db_pool *pool = req->ctx ? req->ctx->db : NULL;
+    struct db_pool *pool = db_pool_of(req);
     if (g_shutting_down) {
         problem_respond(req, PROBLEM_UNAVAILABLE, "The server is shutting down.");
         return;
