@@ -461,6 +461,33 @@ static int record_marks(struct mig_runner *r)
     return 0;
 }
 
+/* Applies (up) or reverts one control migration in its own transaction,
+ * with its schema_migrations row; 0, or -1 with r->err (rolled back). */
+static int control_step(struct mig_runner *r, const struct migration *m, bool up)
+{
+    char what[200];
+    snprintf(what, sizeof what, "control/%04d_%s.%s.sql", m->version, m->name, up ? "up" : "down");
+    if (mig_exec(r->c, "BEGIN", "BEGIN", r->err, r->errlen))
+        return -1;
+    PGresult *res = mig_query(r->c, "SELECT pg_catalog.set_config('search_path', 'public', true)",
+                              0, NULL, "setting search_path", r->err, r->errlen);
+    int rc = res ? 0 : -1;
+    PQclear(res);
+    if (rc == 0)
+        rc = mig_exec(r->c, up ? m->up : m->down, what, r->err, r->errlen);
+    if (rc == 0)
+        rc = mig_record(r->c,
+                        up ? "INSERT INTO public.schema_migrations (version, name, checksum)"
+                             " VALUES ($1, $2, $3)"
+                           : "DELETE FROM public.schema_migrations WHERE version = $1",
+                        m, up, r->err, r->errlen);
+    if (rc == 0)
+        rc = mig_exec(r->c, "COMMIT", "COMMIT", r->err, r->errlen);
+    if (rc)
+        mig_rollback(r->c);
+    return rc;
+}
+
 static int control_up(struct mig_runner *r)
 {
     size_t applied = 0;
@@ -468,29 +495,9 @@ static int control_up(struct mig_runner *r)
         const struct migration *m = &r->cm[i];
         if (mig_is_applied(&r->control, m->version))
             continue;
-        char what[200];
-        snprintf(what, sizeof what, "control/%04d_%s.up.sql", m->version, m->name);
         double t0 = mig_now_ms();
-        if (mig_exec(r->c, "BEGIN", "BEGIN", r->err, r->errlen))
+        if (control_step(r, m, true))
             return -1;
-        PGresult *res =
-            mig_query(r->c, "SELECT pg_catalog.set_config('search_path', 'public', true)", 0, NULL,
-                      "setting search_path", r->err, r->errlen);
-        int rc = res ? 0 : -1;
-        PQclear(res);
-        if (rc == 0)
-            rc = mig_exec(r->c, m->up, what, r->err, r->errlen);
-        if (rc == 0)
-            rc = mig_record(r->c,
-                            "INSERT INTO public.schema_migrations (version, name, checksum)"
-                            " VALUES ($1, $2, $3)",
-                            m, true, r->err, r->errlen);
-        if (rc == 0)
-            rc = mig_exec(r->c, "COMMIT", "COMMIT", r->err, r->errlen);
-        if (rc) {
-            mig_rollback(r->c);
-            return -1;
-        }
         applied++;
         mig_say(r, "control: applied %04d_%s (%.0f ms)", m->version, m->name, mig_now_ms() - t0);
     }
@@ -584,26 +591,8 @@ int mig_control_down(struct mig_runner *r, int steps)
     }
     for (size_t i = a->n, k = 0; i > 0 && (int)k < steps; i--, k++) {
         const struct migration *m = &r->cm[a->versions[i - 1] - 1];
-        char what[200];
-        snprintf(what, sizeof what, "control/%04d_%s.down.sql", m->version, m->name);
-        if (mig_exec(r->c, "BEGIN", "BEGIN", r->err, r->errlen))
+        if (control_step(r, m, false))
             return -1;
-        PGresult *res =
-            mig_query(r->c, "SELECT pg_catalog.set_config('search_path', 'public', true)", 0, NULL,
-                      "setting search_path", r->err, r->errlen);
-        int rc = res ? 0 : -1;
-        PQclear(res);
-        if (rc == 0)
-            rc = mig_exec(r->c, m->down, what, r->err, r->errlen);
-        if (rc == 0)
-            rc = mig_record(r->c, "DELETE FROM public.schema_migrations WHERE version = $1", m,
-                            false, r->err, r->errlen);
-        if (rc == 0)
-            rc = mig_exec(r->c, "COMMIT", "COMMIT", r->err, r->errlen);
-        if (rc) {
-            mig_rollback(r->c);
-            return -1;
-        }
         mig_say(r, "control: reverted %04d_%s", m->version, m->name);
     }
     if ((size_t)steps > a->n)
