@@ -36,6 +36,7 @@
 #include "core/arena.h"
 #include "core/config.h"
 #include "core/http.h"
+#include "core/digits.h"
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
@@ -294,16 +295,9 @@ static void credits_list(struct request *req)
     if (!a)
         return;
     json_t *errors = NULL;
-    int limit = LIST_LIMIT_DEFAULT;
-    const char *l = http_query(req, "limit");
-    if (l) {
-        char *end = NULL;
-        long n = (*l >= '0' && *l <= '9' && strlen(l) <= 3) ? strtol(l, &end, 10) : -1;
-        if (n < 1 || n > LIST_LIMIT_MAX || !end || *end)
-            problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
-        else
-            limit = (int)n;
-    }
+    int limit = parse_limit_param(http_query(req, "limit"), LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX);
+    if (limit < 0)
+        problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
     const char *c = http_query(req, "cursor");
     char seq[24];
     if (c && !cursor_decode(c, seq, sizeof seq))

@@ -825,15 +825,6 @@ static char *cursor_encode(struct arena *a, const char *time, const char *id)
     return token_b64url_encode(text, (size_t)n, out, cap) < 0 ? NULL : out;
 }
 
-/* ?limit=: 1..100, default 20; -1 when malformed or out of range. */
-static int parse_limit(const char *s)
-{
-    if (!s)
-        return LIST_LIMIT_DEFAULT;
-    int v = parse_digits(s, 3);
-    return v >= 1 && v <= LIST_LIMIT_MAX ? v : -1;
-}
-
 struct list_state {
     struct request *req;
     int limit;
@@ -879,7 +870,7 @@ static void admin_orgs_list(struct request *req)
     struct list_state *st = arena_calloc(req->arena, sizeof *st);
     st->req = req;
     json_t *errors = NULL;
-    st->limit = parse_limit(http_query(req, "limit"));
+    st->limit = parse_limit_param(http_query(req, "limit"), LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX);
     if (st->limit < 0)
         problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
     const char *status = http_query(req, "status");
