@@ -62,7 +62,7 @@ extern const struct module auth_module;
  */
 void auth_loop_stop(struct loop_ctx *ctx);
 
-/* Routes /v1/users... and /v1/api-keys... (src/auth/users.c, apikeys.c). */
+/* Routes /v1/users... and /v1/api-keys... (both in src/auth/users.c). */
 extern const struct module users_module;
 
 /* Drops cached entries at once in this process (others learn through

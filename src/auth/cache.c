@@ -263,14 +263,6 @@ void cache_set_live_for_test(bool live)
     set_live(live);
 }
 
-bool cache_live(void)
-{
-    pthread_rwlock_rdlock(&C.lock);
-    bool live = C.live;
-    pthread_rwlock_unlock(&C.lock);
-    return live;
-}
-
 /* ---- the listener thread ---- */
 
 /* Waits for fd readable (fd < 0: just the timeout) or a stop request.

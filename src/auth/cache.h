@@ -67,9 +67,6 @@ void cache_put_key(const char *prefix, const struct cache_key *k, uint64_t epoch
 /* Drops one entry by its notification payload ("org:<id>", ...). */
 void cache_invalidate(const char *payload);
 
-/* True while the listener is connected and the cache serves hits (tests, /ready). */
-bool cache_live(void);
-
 /* Unit tests only: serve and fill without a listener. */
 void cache_set_live_for_test(bool live);
 

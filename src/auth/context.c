@@ -19,7 +19,7 @@
 #include "core/log.h"
 #include "core/problem.h"
 #include "db/db.h"
-#include "db/result.h"
+#include "app/dbhttp.h"
 
 #define GENERIC_401 "The credential is missing, invalid or expired."
 
@@ -249,7 +249,7 @@ static void with_org(struct authn *a)
     }
     a->epoch = cache_epoch();
     a->param = a->org_id;
-    db_query(a->req->ctx->db, NULL, &org_load, 1, &a->param, org_loaded, a);
+    db_query(db_pool_of(a->req), NULL, &org_load, 1, &a->param, org_loaded, a);
 }
 
 /* The user's cached or loaded state against the token's claims. */
@@ -327,7 +327,7 @@ static void key_loaded(struct db_result *r, void *ud)
     cache_put_key(a->prefix, &k, a->epoch);
     cache_put_org(k.org_id, &a->org, a->epoch);
     if (check_key(a, &k)) {
-        key_touch_start(a->req->ctx->db, k.id);
+        key_touch_start(db_pool_of(a->req), k.id);
         finish(a);
     }
 }
@@ -349,7 +349,7 @@ static void auth_key(struct authn *a, const char *tok, size_t len)
     }
     a->epoch = cache_epoch();
     a->param = a->prefix;
-    db_query(a->req->ctx->db, NULL, &key_load, 1, &a->param, key_loaded, a);
+    db_query(db_pool_of(a->req), NULL, &key_load, 1, &a->param, key_loaded, a);
 }
 
 static void auth_jwt(struct authn *a, const char *tok, size_t len)
@@ -377,7 +377,7 @@ static void auth_jwt(struct authn *a, const char *tok, size_t len)
     }
     a->epoch = cache_epoch();
     a->param = a->principal;
-    db_query(a->req->ctx->db, NULL, &user_load, 1, &a->param, user_loaded, a);
+    db_query(db_pool_of(a->req), NULL, &user_load, 1, &a->param, user_loaded, a);
 }
 
 void auth_dispatch(struct request *req)
@@ -422,7 +422,7 @@ void auth_dispatch(struct request *req)
     }
     struct authn *a = arena_calloc(req->arena, sizeof *a);
     a->req = req;
-    if (!req->ctx || !req->ctx->db) {
+    if (!db_pool_of(req)) {
         problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unreachable.");
         return;
     }

@@ -38,7 +38,7 @@
 #include "core/body.h"
 #include "core/problem.h"
 #include "db/db.h"
-#include "db/result.h"
+#include "app/dbhttp.h"
 
 #define LOGIN_401                                                                                  \
     "Invalid email or password. If this email belongs to several organizations, name one "         \

@@ -33,7 +33,7 @@
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
-#include "db/result.h"
+#include "app/dbhttp.h"
 #include "db/db.h"
 
 static void users_list(struct request *req);
@@ -456,7 +456,7 @@ static void user_create_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
     if (db_result_is(r, "23505")) {
-        problem_respond(req, PROBLEM_CONFLICT,
+        problem_respond(req, PROBLEM_EMAIL_TAKEN,
                         "A user with this email already exists in the organization.");
         return;
     }
@@ -582,7 +582,7 @@ static void user_update_done(struct db_result *r, void *ud)
     struct user_update *u = ud;
     struct request *req = u->req;
     if (db_result_is(r, "23505")) {
-        problem_respond(req, PROBLEM_CONFLICT, "Another user of the organization has this email.");
+        problem_respond(req, PROBLEM_EMAIL_TAKEN, "Another user of the organization has this email.");
         return;
     }
     if (r->status != DB_OK) {
@@ -598,7 +598,7 @@ static void user_update_done(struct db_result *r, void *ud)
         http_respond(req, 200, "application/json", json, strlen(json));
     } else if (found && strcmp(found, "1") == 0 && u->demote && old_role &&
                strcmp(old_role, "admin") == 0) {
-        problem_respond(req, PROBLEM_CONFLICT,
+        problem_respond(req, PROBLEM_LAST_ADMIN,
                         "This is the organization's last admin: make another user admin first.");
     } else {
         problem_respond(req, PROBLEM_NOT_FOUND, "No such user.");
@@ -687,7 +687,7 @@ static void user_delete_done(struct db_result *r, void *ud)
         auth_cache_forget_user(d->id);
         http_respond_empty(req, 204);
     } else if (found && strcmp(found, "1") == 0 && old_role && strcmp(old_role, "admin") == 0) {
-        problem_respond(req, PROBLEM_CONFLICT,
+        problem_respond(req, PROBLEM_LAST_ADMIN,
                         "This is the organization's last admin: make another user admin first, "
                         "or delete the organization.");
     } else {

@@ -1,5 +1,6 @@
 #include "core/arena.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -29,6 +30,18 @@ struct arena {
 };
 
 #define STD_CAP (ARENA_CHUNK - sizeof(struct chunk))
+
+/* The invariants every arena keeps between calls: a head chunk to allocate
+ * from, its fill within its capacity, 16-byte alignment of every block.
+ * Checked in Debug and ASan builds (assert), compiled out in release. */
+static void arena_check(const struct arena *a)
+{
+    assert(a && a->head);
+    assert(a->head->used <= a->head->cap);
+    assert(a->head->used % 16 == 0);
+    assert(a->next_free == NULL); /* a live arena is in no thread's cache */
+    (void)a;
+}
 
 /* Every request makes and frees an arena; each thread keeps a few freed
  * ones (with one standard chunk) to skip malloc/free. Not under ASan, so
@@ -94,8 +107,12 @@ struct arena *arena_new(void)
     if (cache) {
         struct arena *a = cache;
         cache = a->next_free;
+        assert(ncached > 0);
         ncached--;
         a->next_free = NULL;
+        /* A cached arena is as new: one empty standard chunk, no cleanups. */
+        assert(a->head && a->head->next == NULL && a->head->used == 0 && a->head->cap == STD_CAP &&
+               a->cleanups == NULL);
         return a;
     }
 #endif
@@ -110,6 +127,7 @@ void arena_free(struct arena *a)
 {
     if (!a)
         return;
+    arena_check(a);
     for (struct cleanup *c = a->cleanups; c; c = c->next)
         c->fn(c->ptr);
     struct chunk *keep = NULL;
@@ -142,6 +160,7 @@ void arena_free(struct arena *a)
         a->next_free = cache;
         cache = a;
         ncached++;
+        assert(ncached <= ARENA_CACHE);
         return;
     }
 #endif
@@ -150,6 +169,10 @@ void arena_free(struct arena *a)
 
 void *arena_alloc(struct arena *a, size_t size)
 {
+    arena_check(a);
+    /* Callers pass sizes they computed, never a client's number unchecked:
+     * a size this large is a bug, and rounding it up would wrap to 0. */
+    assert(size <= SIZE_MAX / 2);
     size = (size + 15) & ~(size_t)15;
     if (size == 0)
         size = 16;
@@ -162,6 +185,7 @@ void *arena_alloc(struct arena *a, size_t size)
             big->used = size;
             big->next = c->next;
             c->next = big;
+            assert(((uintptr_t)big->data & 15) == 0);
             return big->data;
         }
         c = chunk_new(ARENA_CHUNK - sizeof(struct chunk));
@@ -170,6 +194,7 @@ void *arena_alloc(struct arena *a, size_t size)
     }
     void *p = c->data + c->used;
     c->used += size;
+    assert(c->used <= c->cap && ((uintptr_t)p & 15) == 0);
     return p;
 }
 
@@ -210,6 +235,7 @@ char *arena_printf(struct arena *a, const char *fmt, ...)
 
 void arena_cleanup(struct arena *a, void (*fn)(void *), void *ptr)
 {
+    assert(fn);
     struct cleanup *c = arena_alloc(a, sizeof *c);
     c->fn = fn;
     c->ptr = ptr;

@@ -4,7 +4,9 @@
 
 #include "core/http.h"
 
-/* X(enum suffix, HTTP status, code, title): one table for every problem. */
+/* X(enum suffix, HTTP status, code, title): one table for every problem. A
+ * code finer than its status (org_required, slug_taken, ...) is for clients
+ * that must tell cases apart; its meaning is documented in the OpenAPI. */
 #define PROBLEM_MAP(X)                                                                             \
     X(BAD_REQUEST, 400, "bad_request", "Bad Request")                                              \
     X(UNAUTHORIZED, 401, "unauthorized", "Unauthorized")                                           \
@@ -14,6 +16,9 @@
     X(METHOD_NOT_ALLOWED, 405, "method_not_allowed", "Method Not Allowed")                         \
     X(CONFLICT, 409, "conflict", "Conflict")                                                       \
     X(ORG_REQUIRED, 409, "org_required", "Organization Required")                                  \
+    X(SLUG_TAKEN, 409, "slug_taken", "Slug Taken")                                                 \
+    X(EMAIL_TAKEN, 409, "email_taken", "Email Taken")                                              \
+    X(LAST_ADMIN, 409, "last_admin", "Last Admin")                                                 \
     X(PRECONDITION_FAILED, 412, "precondition_failed", "Precondition Failed")                      \
     X(PAYLOAD_TOO_LARGE, 413, "payload_too_large", "Payload Too Large")                            \
     X(VALIDATION_FAILED, 422, "validation_failed", "Validation Failed")                            \

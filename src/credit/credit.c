@@ -36,10 +36,11 @@
 #include "core/arena.h"
 #include "core/config.h"
 #include "core/http.h"
+#include "core/digits.h"
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
-#include "db/result.h"
+#include "app/dbhttp.h"
 #include "idem/idem.h"
 
 static void credits_get(struct request *req);
@@ -100,18 +101,6 @@ static const struct db_stmt q_admin = {
     "credit_admin",
     "SELECT s.o_outcome, s.o_status, s.o_headers::text, s.o_body "
     "FROM public.tenantd_credit_admin($1, $2::bigint, $3, $4, $5) s",
-};
-
-static const struct db_stmt q_apply = {
-    "credit_apply",
-    "SELECT public.tenantd_credit_tx_json(t)::text FROM public.tenantd_credit_apply("
-    "$1::uuid, $2::bigint, $3, $4::uuid, $5, $6) t",
-};
-
-static const struct db_stmt q_refund_job = {
-    "credit_refund_job",
-    "SELECT CASE WHEN t.id IS NULL THEN NULL ELSE public.tenantd_credit_tx_json(t)::text END "
-    "FROM public.tenantd_credit_refund_job($1::uuid, $2::uuid, $3) t",
 };
 
 /* ---- limits ------------------------------------------------------------- */
@@ -306,16 +295,9 @@ static void credits_list(struct request *req)
     if (!a)
         return;
     json_t *errors = NULL;
-    int limit = LIST_LIMIT_DEFAULT;
-    const char *l = http_query(req, "limit");
-    if (l) {
-        char *end = NULL;
-        long n = (*l >= '0' && *l <= '9' && strlen(l) <= 3) ? strtol(l, &end, 10) : -1;
-        if (n < 1 || n > LIST_LIMIT_MAX || !end || *end)
-            problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
-        else
-            limit = (int)n;
-    }
+    int limit = parse_limit_param(http_query(req, "limit"), LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX);
+    if (limit < 0)
+        problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
     const char *c = http_query(req, "cursor");
     char seq[24];
     if (c && !cursor_decode(c, seq, sizeof seq))
@@ -480,104 +462,6 @@ static void admin_credits(struct request *req)
     v[3] = k.key;
     v[4] = k.hash;
     db_query(pool, NULL, &q_admin, 5, v, admin_done, req);
-}
-
-/* ---- narrow calls for other modules ------------------------------------ */
-
-enum credit_status credit_status_of(const struct db_result *r)
-{
-    if (r->status == DB_OK)
-        return CREDIT_OK;
-    if (r->status == DB_UNAVAILABLE)
-        return CREDIT_UNAVAILABLE;
-    if (db_result_is(r, CREDIT_SQLSTATE_INSUFFICIENT))
-        return CREDIT_INSUFFICIENT;
-    if (db_result_is(r, CREDIT_SQLSTATE_DUPLICATE))
-        return CREDIT_DUPLICATE;
-    if (db_result_is(r, "22023"))
-        return CREDIT_INVALID;
-    return CREDIT_ERROR;
-}
-
-/* A call's copies of its parameters, freed after the callback. */
-struct credit_call {
-    credit_cb cb;
-    void *ud;
-    char amount[24];
-    char *strs[5];
-    const char *values[6];
-};
-
-static void credit_call_free(struct credit_call *c)
-{
-    for (size_t i = 0; i < sizeof c->strs / sizeof c->strs[0]; i++)
-        free(c->strs[i]);
-    free(c);
-}
-
-static void credit_call_done(struct db_result *r, void *ud)
-{
-    struct credit_call *c = ud;
-    enum credit_status st = credit_status_of(r);
-    if (st == CREDIT_ERROR)
-        log_msg(LOG_ERROR, "credit call failed: %s (%s)", r->message ? r->message : "?",
-                r->sqlstate ? r->sqlstate : "?");
-    c->cb(st, st == CREDIT_OK ? db_result_text(r, 0, 0) : NULL, c->ud);
-    credit_call_free(c);
-}
-
-/* strdup that keeps NULL; false when out of memory. */
-static bool dup_opt(const char *s, char **out)
-{
-    *out = s ? strdup(s) : NULL;
-    return !s || *out;
-}
-
-static struct credit_call *credit_call_new(credit_cb cb, void *ud, const char *const *strs,
-                                           size_t n)
-{
-    struct credit_call *c = calloc(1, sizeof *c);
-    if (!c)
-        return NULL;
-    c->cb = cb;
-    c->ud = ud;
-    for (size_t i = 0; i < n; i++)
-        if (!dup_opt(strs[i], &c->strs[i])) {
-            credit_call_free(c);
-            return NULL;
-        }
-    return c;
-}
-
-void credit_apply(struct db_pool *pool, const char *schema, const char *org_id, int64_t amount,
-                  const char *type, const char *job_id, const char *description,
-                  const char *reference, credit_cb cb, void *ud)
-{
-    const char *strs[] = {org_id, type, job_id, description, reference};
-    struct credit_call *c = credit_call_new(cb, ud, strs, 5);
-    if (!c)
-        abort(); /* out of memory: as h2o does */
-    snprintf(c->amount, sizeof c->amount, "%" PRId64, amount);
-    c->values[0] = c->strs[0];
-    c->values[1] = c->amount;
-    c->values[2] = c->strs[1];
-    c->values[3] = c->strs[2];
-    c->values[4] = c->strs[3];
-    c->values[5] = c->strs[4];
-    db_query(pool, schema, &q_apply, 6, c->values, credit_call_done, c);
-}
-
-void credit_refund_job(struct db_pool *pool, const char *schema, const char *org_id,
-                       const char *job_id, const char *description, credit_cb cb, void *ud)
-{
-    const char *strs[] = {org_id, job_id, description};
-    struct credit_call *c = credit_call_new(cb, ud, strs, 3);
-    if (!c)
-        abort();
-    c->values[0] = c->strs[0];
-    c->values[1] = c->strs[1];
-    c->values[2] = c->strs[2];
-    db_query(pool, schema, &q_refund_job, 3, c->values, credit_call_done, c);
 }
 
 /* ---- lifecycle ----------------------------------------------------------- */

@@ -40,37 +40,5 @@ extern const struct module credit_module;
  * ... SELECT ... FROM t RETURNING ...
  */
 #define CREDIT_SQLSTATE_INSUFFICIENT "TD402"
-#define CREDIT_SQLSTATE_DUPLICATE "23505"
-
-enum credit_status {
-    CREDIT_OK,           /* applied (or, for a refund, nothing to refund: tx_json NULL) */
-    CREDIT_INSUFFICIENT, /* the balance is short; nothing changed */
-    CREDIT_DUPLICATE,    /* a second deduction/refund for one job_id; nothing changed */
-    CREDIT_INVALID,      /* amount/type rejected (a caller bug); nothing changed */
-    CREDIT_ERROR,        /* any other statement error (logged by the caller) */
-    CREDIT_UNAVAILABLE,  /* no database; unknown whether it applied only if the
-                          * connection dropped after sending: check the ledger */
-};
-
-/* Classifies the result of any statement that called the functions above. */
-enum credit_status credit_status_of(const struct db_result *r);
-
-/* tx_json: the Transaction JSON text (valid during the callback only), or NULL. */
-typedef void (*credit_cb)(enum credit_status st, const char *tx_json, void *ud);
-
-/*
- * One round trip: public.tenantd_credit_apply on `pool` (connection bound to
- * `schema`, NULL = public; the SQL is schema-qualified). Strings are copied;
- * job_id/description/reference may be NULL. cb runs exactly once, from a
- * later loop iteration.
- */
-void credit_apply(struct db_pool *pool, const char *schema, const char *org_id, int64_t amount,
-                  const char *type, const char *job_id, const char *description,
-                  const char *reference, credit_cb cb, void *ud);
-
-/* One round trip: public.tenantd_credit_refund_job. CREDIT_OK with tx_json
- * NULL when there was nothing (more) to refund. */
-void credit_refund_job(struct db_pool *pool, const char *schema, const char *org_id,
-                       const char *job_id, const char *description, credit_cb cb, void *ud);
 
 #endif

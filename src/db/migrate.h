@@ -84,8 +84,4 @@ int migrate_check(const char *conninfo, char *err, size_t errlen);
     " FILTER (WHERE version > $1), true) FROM public.schema_migrations m"
 int migrate_ready_verdict(const PGresult *res, char *msg, size_t msglen);
 
-/* Applies every tenant migration to a fresh schema on conn, inside the
- * caller's open transaction (org creation). 0, or -1 with err filled. */
-int migrate_tenant_schema(PGconn *conn, const char *schema, char *err, size_t errlen);
-
 #endif

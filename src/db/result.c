@@ -2,9 +2,6 @@
 
 #include <string.h>
 
-#include "core/log.h"
-#include "core/problem.h"
-
 const char *db_result_text(const struct db_result *r, int row, int col)
 {
     if (!r->res || PQntuples(r->res) <= row || PQnfields(r->res) <= col ||
@@ -18,48 +15,8 @@ bool db_result_is(const struct db_result *r, const char *sqlstate)
     return r->status == DB_ERROR && r->sqlstate && strcmp(r->sqlstate, sqlstate) == 0;
 }
 
-struct db_pool *db_pool_of(const struct request *req)
+bool db_result_retryable(const struct db_result *r)
 {
-    return req->ctx ? (struct db_pool *)req->ctx->db : NULL;
-}
-
-void db_respond_unavailable(struct request *req)
-{
-    http_set_header(req, "Retry-After", "1");
-    problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unavailable; try again shortly.");
-}
-
-void db_respond_json(struct request *req, const struct db_result *r, int col, const char *missing)
-{
-    const char *json = db_result_text(r, 0, col);
-    if (!json) {
-        problem_respond(req, PROBLEM_NOT_FOUND, missing);
-        return;
-    }
-    http_respond(req, 200, "application/json", json, (size_t)PQgetlength(r->res, 0, col));
-}
-
-void db_respond_failure(struct request *req, const struct db_result *r, const char *what)
-{
-    if (r->status == DB_UNAVAILABLE) {
-        db_respond_unavailable(req);
-        return;
-    }
-    if (r->sqlstate && (strncmp(r->sqlstate, "57", 2) == 0 || strncmp(r->sqlstate, "40", 2) == 0)) {
-        log_msg(LOG_WARN, "%s not applied: %s (%s)", what, r->message ? r->message : "?",
-                r->sqlstate);
-        db_respond_unavailable(req);
-        return;
-    }
-    log_msg(LOG_ERROR, "%s failed: %s (%s)", what, r->message ? r->message : "?",
-            r->sqlstate ? r->sqlstate : "?");
-    problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
-}
-
-bool db_failed(struct request *req, const struct db_result *r, const char *what)
-{
-    if (r->status == DB_OK)
-        return false;
-    db_respond_failure(req, r, what);
-    return true;
+    return r->status == DB_UNAVAILABLE || (r->sqlstate && (strncmp(r->sqlstate, "57", 2) == 0 ||
+                                                           strncmp(r->sqlstate, "40", 2) == 0));
 }

@@ -2,40 +2,21 @@
 #define TENANTD_DB_RESULT_H
 #include <stdbool.h>
 
-#include "core/http.h"
 #include "db/db.h"
 
-/* Reading a db_result, and the answer every module gives for a failure
- * that means nothing specific to its caller. */
+/* Reading a db_result. The HTTP answers to results live in app/dbhttp.h:
+ * db/ also serves the migration runner and the workers, and speaks no HTTP. */
 
 /* The text of (row, col), or NULL when the result has no such cell or it is
  * SQL NULL. Valid during the db callback only. */
 const char *db_result_text(const struct db_result *r, int row, int col);
 
-/* The request's loop pool, or NULL off a loop. */
-struct db_pool *db_pool_of(const struct request *req);
-
-/* 503 with Retry-After: the database is away; nothing was done. */
-void db_respond_unavailable(struct request *req);
-
-/* 200 with the JSON text of row 0's column col, or 404 with `missing` when
- * the result has no such row or the cell is NULL. */
-void db_respond_json(struct request *req, const struct db_result *r, int col, const char *missing);
-
 /* True when the statement failed with this SQLSTATE (e.g. "23505"). */
 bool db_result_is(const struct db_result *r, const char *sqlstate);
 
-/*
- * Answers a failed statement: 503 with Retry-After when the database is
- * away, or when the statement was cancelled (class 57: statement timeout,
- * shutdown) or lost a serialization/deadlock race (class 40) — nothing was
- * applied and a retry may succeed; otherwise 500, logged with `what`. Never
- * puts SQL or the server's message in the answer.
- */
-void db_respond_failure(struct request *req, const struct db_result *r, const char *what);
-
-/* For callbacks: false when r is DB_OK; else answers it with
- * db_respond_failure and returns true. */
-bool db_failed(struct request *req, const struct db_result *r, const char *what);
+/* True when the statement was not applied and a retry may succeed: the
+ * database is away, the statement was cancelled (class 57: statement
+ * timeout, shutdown) or lost a serialization/deadlock race (class 40). */
+bool db_result_retryable(const struct db_result *r);
 
 #endif

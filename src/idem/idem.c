@@ -18,6 +18,7 @@
 #include <openssl/evp.h>
 #include <uv.h>
 
+#include "app/dbhttp.h"
 #include "auth/auth.h"
 #include "core/log.h"
 #include "core/thread.h"
@@ -259,7 +260,7 @@ void idem_claim(struct request *req, const char *org_id, idem_proceed_fn proceed
         proceed(req, NULL, ud);
         return;
     }
-    struct db_pool *pool = req->ctx ? (struct db_pool *)req->ctx->db : NULL;
+    struct db_pool *pool = db_pool_of(req);
     if (!pool) {
         unavailable(req);
         return;
@@ -323,7 +324,7 @@ void idem_respond(struct request *req, struct idem_claim *claim, int status,
         http_respond(req, status, content_type, body, len);
         return;
     }
-    struct db_pool *pool = req->ctx ? (struct db_pool *)req->ctx->db : NULL;
+    struct db_pool *pool = db_pool_of(req);
     claim->status = status;
     claim->content_type = content_type ? arena_strdup(req->arena, content_type) : NULL;
     claim->body = arena_strndup(req->arena, body ? body : "", body ? len : 0);
@@ -356,18 +357,6 @@ void idem_respond(struct request *req, struct idem_claim *claim, int status,
     claim->values[6] = claim->body;
     claim->values[7] = claim->claim_id;
     db_query(pool, schema, &q_store, 8, claim->values, store_done, claim);
-}
-
-void idem_respond_json(struct request *req, struct idem_claim *claim, int status, json_t *json)
-{
-    char *s = json ? json_dumps(json, JSON_COMPACT) : NULL;
-    json_decref(json);
-    if (!s) {
-        idem_problem(req, claim, PROBLEM_INTERNAL, "The request could not be completed.");
-        return;
-    }
-    idem_respond(req, claim, status, "application/json", s, strlen(s));
-    free(s);
 }
 
 void idem_problem(struct request *req, struct idem_claim *claim, enum problem p, const char *detail)

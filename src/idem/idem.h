@@ -9,7 +9,7 @@
 #include "core/problem.h"
 
 /*
- * Idempotency-Key (API.md Conventions; IETF httpapi idempotency draft,
+ * Idempotency-Key (README.md, "Credits and Idempotency-Key"; IETF httpapi idempotency draft,
  * Stripe). A key is 1..255 visible ASCII characters (else 400), scoped to
  * the org (the operator's keys to the target org, in a scope of their own),
  * stored in public.idempotency_keys with the SHA-256 of method, target and
@@ -32,7 +32,7 @@
  * 2. Two steps (any handler, no SQL change): after validating,
  *        idem_claim(req, org_id, proceed, ud);
  *    proceed(req, claim, ud) runs only when the request may go ahead; then
- *    answer with idem_respond / idem_respond_json / idem_problem(req, claim,
+ *    answer with idem_respond / idem_problem(req, claim,
  *    ...) instead of http_respond / problem_respond. The claim is committed
  *    with a lease (IDEM_LEASE_S) before the effect; the answer is stored
  *    before it is sent. A 5xx answer gives the key back (a retry runs
@@ -93,8 +93,6 @@ void idem_claim(struct request *req, const char *org_id, idem_proceed_fn proceed
  */
 void idem_respond(struct request *req, struct idem_claim *claim, int status,
                   const char *content_type, const char *body, size_t len);
-/* idem_respond with json serialized compactly; steals the reference. */
-void idem_respond_json(struct request *req, struct idem_claim *claim, int status, json_t *json);
 /* idem_respond with a problem+json body (problem_respond's). */
 void idem_problem(struct request *req, struct idem_claim *claim, enum problem p,
                   const char *detail);

@@ -26,7 +26,7 @@
 #include "core/log.h"
 #include "core/problem.h"
 #include "db/db.h"
-#include "db/result.h"
+#include "app/dbhttp.h"
 #include "job/internal.h"
 
 static const char *const event_names[] = {

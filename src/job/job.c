@@ -38,7 +38,7 @@
 #include "core/problem.h"
 #include "credit/credit.h"
 #include "db/db.h"
-#include "db/result.h"
+#include "app/dbhttp.h"
 #include "idem/idem.h"
 #include "job/internal.h"
 

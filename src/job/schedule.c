@@ -37,7 +37,7 @@
 #include "core/log.h"
 #include "core/problem.h"
 #include "db/db.h"
-#include "db/result.h"
+#include "app/dbhttp.h"
 #include "job/cron.h"
 #include "job/internal.h"
 

@@ -47,7 +47,7 @@
 #include "core/problem.h"
 #include "core/thread.h"
 #include "db/db.h"
-#include "db/result.h"
+#include "app/dbhttp.h"
 #include "job/internal.h"
 
 #define NIL_UUID "00000000-0000-0000-0000-000000000000"

@@ -45,7 +45,9 @@
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
-#include "db/result.h"
+#include "core/strbuf.h"
+#include "core/digits.h"
+#include "app/dbhttp.h"
 #include "db/db.h"
 #include "db/migrate.h"
 
@@ -167,34 +169,6 @@ static const struct db_stmt admin_list_stmt = {
 static struct {
     char *sql, *versions, *names, *checksums;
 } tenant_arrays;
-
-/* A growing malloc'd string; out of memory aborts (broken invariant). */
-struct strbuf {
-    char *s;
-    size_t len, cap;
-};
-
-static void sb_put(struct strbuf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p)
-            abort();
-        b->s = p;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = '\0';
-}
-
-static void sb_puts(struct strbuf *b, const char *s)
-{
-    sb_put(b, s, strlen(s));
-}
 
 /* Appends s as one double-quoted element of a PostgreSQL array literal:
  * inside quotes a backslash escapes the next character, so only '"' and
@@ -404,7 +378,7 @@ static void signup_done(struct db_result *r, void *ud)
     struct signup *s = ud;
     struct request *req = s->req;
     if (db_result_is(r, "23505")) {
-        problem_respond(req, PROBLEM_CONFLICT, "That slug is already taken.");
+        problem_respond(req, PROBLEM_SLUG_TAKEN, "That slug is already taken.");
         return;
     }
     if (r->status != DB_OK) {
@@ -630,7 +604,7 @@ static void patch_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
     if (db_result_is(r, "23505")) {
-        problem_respond(req, PROBLEM_CONFLICT, "That slug is already taken.");
+        problem_respond(req, PROBLEM_SLUG_TAKEN, "That slug is already taken.");
         return;
     }
     if (r->status != DB_OK) {
@@ -851,22 +825,6 @@ static char *cursor_encode(struct arena *a, const char *time, const char *id)
     return token_b64url_encode(text, (size_t)n, out, cap) < 0 ? NULL : out;
 }
 
-/* ?limit=: 1..100, default 20; -1 when malformed or out of range. */
-static int parse_limit(const char *s)
-{
-    if (!s)
-        return LIST_LIMIT_DEFAULT;
-    if (!*s || strlen(s) > 3)
-        return -1;
-    int v = 0;
-    for (const char *p = s; *p; p++) {
-        if (!isdigit((unsigned char)*p))
-            return -1;
-        v = v * 10 + (*p - '0');
-    }
-    return v >= 1 && v <= LIST_LIMIT_MAX ? v : -1;
-}
-
 struct list_state {
     struct request *req;
     int limit;
@@ -912,7 +870,7 @@ static void admin_orgs_list(struct request *req)
     struct list_state *st = arena_calloc(req->arena, sizeof *st);
     st->req = req;
     json_t *errors = NULL;
-    st->limit = parse_limit(http_query(req, "limit"));
+    st->limit = parse_limit_param(http_query(req, "limit"), LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX);
     if (st->limit < 0)
         problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
     const char *status = http_query(req, "status");

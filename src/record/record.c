@@ -41,7 +41,7 @@
 #include "core/http.h"
 #include "core/log.h"
 #include "core/problem.h"
-#include "db/result.h"
+#include "app/dbhttp.h"
 #include "db/db.h"
 #include "idem/idem.h"
 

@@ -2,7 +2,7 @@
 spend, 402 changing nothing, ledger pagination, concurrency (exactly the
 balance is spent, never more) and a PostgreSQL restart under spend load.
 
-After every test an auditor (STYLE.md 14) rebuilds each org's balance from
+After every test an auditor (as TigerBeetle's does) rebuilds each org's balance from
 its ledger: balance == sum(amount), balance_after chains along the ledger's
 order, nothing negative."""
 import concurrent.futures

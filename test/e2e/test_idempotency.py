@@ -1,4 +1,4 @@
-"""Idempotency-Key end to end (API.md Conventions), on the routes that take
+"""Idempotency-Key end to end (README.md, "Credits and Idempotency-Key"), on the routes that take
 it today (POST /v1/credits/spend, POST /v1/admin/orgs/{slug}/credits): replay
 byte for byte, another request with the key -> 422, a request still running
 -> 409, keys unused by requests refused before they ran, keys per org and

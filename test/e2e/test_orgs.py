@@ -184,7 +184,7 @@ class SignupTest(OrgTestCase):
                 status, doc, _ = self.server.json("POST", "/v1/orgs", {
                     "name": "Dup", "slug": other,
                     "admin": {"email": f"{unique('d')}@example.com", "password": PASSWORD}})
-                self.assert_problem(status, doc, 409, "conflict")
+                self.assert_problem(status, doc, 409, "slug_taken")
         self.assertEqual(self.counts(), before)
 
     def test_derived_slug(self):
@@ -207,7 +207,7 @@ class SignupTest(OrgTestCase):
         status, doc, _ = self.server.json("POST", "/v1/orgs", {
             "name": f"HELLO world {tag}", "admin": {"email": f"{unique('c')}@example.com",
                                                    "password": PASSWORD}})
-        self.assert_problem(status, doc, 409, "conflict")
+        self.assert_problem(status, doc, 409, "slug_taken")
         # Nothing usable to derive from: 422 on slug, asking for one.
         before = self.counts()
         for name in ("日本語", "!!", "x", "🚀🚀🚀"):
@@ -338,6 +338,7 @@ class SignupConcurrencyTest(OrgTestCase):
         for t in threads:
             t.join()
         self.assertEqual(sorted(s for s, _ in results), [201] + [409] * 7, results)
+        self.assertEqual({d["code"] for s, d in results if s == 409}, {"slug_taken"}, results)
         self.assertEqual(self.sql(f"SELECT count(*) FROM public.orgs WHERE slug = '{slug}'"), ["1"])
         self.assertEqual([int(a) - int(b) for a, b in zip(self.counts(), before)], [1] * 5)
 
@@ -434,7 +435,7 @@ class RenameDeleteTest(OrgTestCase):
         # Another live org's slug, in any case: 409, nothing changes.
         for slug in (b["org"]["slug"], b["org"]["slug"].upper()):
             status, doc, _ = self.server.json("PATCH", "/v1/org", {"slug": slug}, headers=tok)
-            self.assert_problem(status, doc, 409, "conflict")
+            self.assert_problem(status, doc, 409, "slug_taken")
         # Its own slug again: fine.
         status, doc, _ = self.server.json("PATCH", "/v1/org", {"slug": a["org"]["slug"]},
                                           headers=tok)

@@ -172,11 +172,11 @@ class UsersCrudTest(UsersTestBase):
         before = self.user_count()
         for e in (email, email.upper()):
             status, body, _ = self.call("POST", "/v1/users", {"email": e, "password": PASSWORD})
-            self.assertProblem(status, body, 409, "conflict")
+            self.assertProblem(status, body, 409, "email_taken")
         # The admin's own email too.
         status, body, _ = self.call("POST", "/v1/users",
                                     {"email": self.org["email"], "password": PASSWORD})
-        self.assertProblem(status, body, 409, "conflict")
+        self.assertProblem(status, body, 409, "email_taken")
         self.assertEqual(self.user_count(), before)
 
     def test_same_email_in_two_orgs_is_fine(self):
@@ -334,7 +334,7 @@ class UsersUpdateTest(UsersTestBase):
         a = create_user(self.server, self.admin_token, f"a@{self.org['slug']}.example.com")
         b = create_user(self.server, self.admin_token, f"b@{self.org['slug']}.example.com")
         status, body, _ = self.call("PATCH", f"/v1/users/{b['id']}", {"email": a["email"].upper()})
-        self.assertProblem(status, body, 409, "conflict")
+        self.assertProblem(status, body, 409, "email_taken")
         status, got, _ = self.call("GET", f"/v1/users/{b['id']}")
         self.assertEqual(got["email"], b["email"])
         # Setting one's own email again is not a conflict.
@@ -381,7 +381,7 @@ class UsersUpdateTest(UsersTestBase):
     def test_last_admin_cannot_be_demoted(self):
         me = self.org["user"]["id"]
         status, body, _ = self.call("PATCH", f"/v1/users/{me}", {"role": "member"})
-        self.assertProblem(status, body, 409, "conflict")
+        self.assertProblem(status, body, 409, "last_admin")
         # Keeping the role, or changing other fields, is fine.
         status, body, _ = self.call("PATCH", f"/v1/users/{me}", {"role": "admin", "name": "Still"})
         self.assertEqual(status, 200, body)
@@ -392,7 +392,7 @@ class UsersUpdateTest(UsersTestBase):
         self.assertEqual(status, 200, body)
         status, body, _ = self.call("PATCH", f"/v1/users/{second['id']}", {"role": "member"},
                                     token=stoken)
-        self.assertProblem(status, body, 409, "conflict")
+        self.assertProblem(status, body, 409, "last_admin")
         self.assertEqual(self._admins(), 1)
 
     def _admins(self):
@@ -424,11 +424,11 @@ class UsersDeleteTest(UsersTestBase):
     def test_last_admin_cannot_be_deleted(self):
         me = self.org["user"]["id"]
         status, body, _ = self.call("DELETE", f"/v1/users/{me}")
-        self.assertProblem(status, body, 409, "conflict")
+        self.assertProblem(status, body, 409, "last_admin")
         # An admin key cannot delete the last admin either.
         key = create_key(self.server, self.admin_token, role="admin")
         status, body, _ = self.call("DELETE", f"/v1/users/{me}", token=key["key"])
-        self.assertProblem(status, body, 409, "conflict")
+        self.assertProblem(status, body, 409, "last_admin")
         # Once another admin exists, the first may go (even by itself).
         create_user(self.server, self.admin_token, f"n@{self.org['slug']}.example.com",
                     role="admin")

@@ -1,4 +1,4 @@
-/* Problem bodies follow RFC 9457 and API.md's codes. */
+/* Problem bodies follow RFC 9457 and the codes of the problem table (core/problem.h). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
