@@ -18,6 +18,7 @@ set -euo pipefail
 BUILD_PACKAGES=(
     build-essential cmake pkg-config
     libuv1-dev node-llhttp libpq-dev libargon2-dev libjansson-dev libssl-dev
+    libcurl4-openssl-dev # email.send: SMTP (STARTTLS, SMTPS, auth)
 )
 TEST_PACKAGES=(
     libcmocka-dev python3

@@ -23,6 +23,7 @@ static const struct module *const modules[] = {
     &system_module,
     &auth_module,
     &users_module,
+    &accounts_module,
     &org_module,
     &record_module,
     &credit_module,

@@ -38,6 +38,7 @@
 #include "core/list.h"
 #include "core/log.h"
 #include "core/problem.h"
+#include "job/email.h"
 
 static void export_validate(json_t *p, json_t **errors);
 static enum job_outcome export_run(struct job_run *run);
@@ -86,6 +87,11 @@ static const struct job_type job_types[] = {
      "t + \".\" + body)>); 2xx succeeds, 408/429/5xx and network errors retry (payload: url, "
      "secret, body).",
      false, cost_webhook, webhook_validate, webhook_run},
+    {"email.send",
+     "System job: sends one mail the server queued (invitations, password resets, email "
+     "verification) over SMTP; never billed, retried like other jobs. Not accepted at "
+     "POST /v1/jobs.",
+     false, email_cost, email_validate, email_run},
     {"sleep", "Test job: waits payload.ms milliseconds (0..600000, default 0).", true, cost_sleep,
      sleep_validate, sleep_run},
     {"fail",
