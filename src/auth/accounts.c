@@ -70,8 +70,11 @@ static int accounts_init(void)
     if (dir)
         log_msg(LOG_INFO, "mail: TENANTD_SMTP_URL is not set; mails are written as files under %s",
                 dir);
-    else
+    else if (g_config->smtp_url && *g_config->smtp_url)
         log_msg(LOG_INFO, "mail: sending through the SMTP server of TENANTD_SMTP_URL");
+    else
+        log_msg(LOG_WARN, "mail: neither TENANTD_SMTP_URL nor TENANTD_MAIL_DIR is set; mails "
+                          "(invitations, password resets) wait until one is");
     return 0;
 }
 

@@ -117,7 +117,7 @@
     X(mail_from, TENANTD_MAIL_FROM, STR, "tenantd <no-reply@localhost>", 0, 0,                     \
       "From: of every mail (an address, or \"Name <address>\")")                                  \
     X(mail_dir, TENANTD_MAIL_DIR, STR, NULL, 0, 0,                                                 \
-      "without TENANTD_SMTP_URL: folder mails are written to (default <TMPDIR>/tenantd-mail)")     \
+      "without TENANTD_SMTP_URL: folder mails are written to (in dev mode <TMPDIR>/tenantd-mail)")     \
     X(public_url, TENANTD_PUBLIC_URL, STR, "http://localhost:3000", 0, 0,                          \
       "the frontend's base URL; links in mails point at its pages")                               \
     X(invitation_ttl_s, TENANTD_INVITATION_TTL_S, INT, 604800, 1, INT64_C(31536000),               \

@@ -51,6 +51,8 @@ const char *email_dir(void)
         return NULL;
     if (g_config->mail_dir && *g_config->mail_dir)
         return g_config->mail_dir;
+    if (!g_config->dev)
+        return NULL; /* production without a mail server: nothing is sent */
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, default_dir_init);
     return default_dir;
@@ -298,7 +300,16 @@ enum job_outcome email_run(struct job_run *run)
         return JOB_RETRY;
     }
     const char *dir = email_dir();
-    int rc = dir ? send_file(run, dir, &m) : send_smtp(run, to, &m);
+    bool smtp = g_config->smtp_url && *g_config->smtp_url;
+    int rc;
+    if (!dir && !smtp) {
+        /* Kept (retried) so that the mail goes once a server is configured. */
+        snprintf(run->error, sizeof run->error,
+                 "no mail server: set TENANTD_SMTP_URL (or TENANTD_MAIL_DIR)");
+        rc = -1;
+    } else {
+        rc = dir ? send_file(run, dir, &m) : send_smtp(run, to, &m);
+    }
     PQclear(r);
     free(m.p);
     if (rc != 0)

@@ -14,8 +14,10 @@ int64_t email_cost(void);
 /* Refuses every payload: only the server queues mails. */
 void email_validate(json_t *payload, json_t **errors);
 enum job_outcome email_run(struct job_run *run);
-/* The folder mails go to without SMTP (TENANTD_MAIL_DIR or the default),
- * NULL when TENANTD_SMTP_URL is set. */
+/* The folder mails go to without SMTP (TENANTD_MAIL_DIR, or in development
+ * mode <TMPDIR>/tenantd-mail); NULL when TENANTD_SMTP_URL is set, or
+ * outside development mode without TENANTD_MAIL_DIR (then mails wait,
+ * retried, for a server). */
 const char *email_dir(void);
 
 #endif
