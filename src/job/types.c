@@ -114,10 +114,16 @@ const struct job_type *job_type_find(const char *type)
     return NULL;
 }
 
+/* Queued by the server only (email.send): not listed in GET /v1/job-types. */
+static bool system_type(const struct job_type *t)
+{
+    return t->run == email_run;
+}
+
 const struct job_type *job_type_at(size_t i)
 {
     for (size_t k = 0; k < NTYPES; k++)
-        if (enabled(&job_types[k]) && i-- == 0)
+        if (enabled(&job_types[k]) && !system_type(&job_types[k]) && i-- == 0)
             return &job_types[k];
     return NULL;
 }

@@ -96,6 +96,15 @@ class Org:
             self._job = body["id"]
         return self._job
 
+    def invitation_id(self):
+        if not getattr(self, "_invitation", None):
+            status, body, _ = self.test.server.json(
+                "POST", "/v1/invitations", {"email": f"invitee@{self.slug}.example.com"},
+                bearer(self.admin_token))
+            self.test.assertEqual(status, 201, f"cannot invite in {self.slug}: {body}")
+            self._invitation = body["id"]
+        return self._invitation
+
     def param_value(self, pattern, name, start):
         """The value of path parameter `name` (at offset `start` of pattern)
         naming this org's resource."""
@@ -108,7 +117,8 @@ class Org:
             by_parent = {"users": lambda: self.member["id"],
                          "api-keys": lambda: self.member_key["id"],
                          "records": self.record_id,
-                         "jobs": self.job_id}
+                         "jobs": self.job_id,
+                         "invitations": self.invitation_id}
             if parent in by_parent:
                 return by_parent[parent]()
         self.test.fail(f"{pattern}: no known value for parameter {{{name}}}; "
