@@ -115,14 +115,24 @@ static const struct db_stmt get_by_slug_stmt = {
     " AND ($2::uuid IS NULL OR o.id = $2::uuid)",
 };
 
-/* updated_at moves only when something changed. */
+/* updated_at moves only when something changed; so does the audit event
+ * (migration 0010; $4/$5 the actor, $6 client IP, $7 request id), in the
+ * same statement. `old` sees the row as it was (one snapshot). */
 static const struct db_stmt patch_stmt = {
     "org_patch",
-    "UPDATE public.orgs o SET name = coalesce($2, o.name), slug = coalesce($3, o.slug),"
+    "WITH old AS (SELECT o.name, o.slug FROM public.orgs o WHERE o.id = $1::uuid),"
+    " upd AS (UPDATE public.orgs o SET name = coalesce($2, o.name), slug = coalesce($3, o.slug),"
     " updated_at = CASE WHEN (coalesce($2, o.name), coalesce($3, o.slug))"
     " IS DISTINCT FROM (o.name, o.slug) THEN now() ELSE o.updated_at END"
     " WHERE o.id = $1::uuid AND o.status <> 'deleted'"
-    " RETURNING public.tenantd_org_json(o)",
+    " RETURNING o.id, o.name, o.slug, public.tenantd_org_json(o) AS j),"
+    " aud AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action,"
+    " target_type, target_id, ip, request_id, details)"
+    " SELECT upd.id, $4, $5, 'org.updated', 'org', upd.id::text, $6, $7,"
+    " jsonb_build_object('from', jsonb_build_object('name', old.name, 'slug', old.slug),"
+    " 'to', jsonb_build_object('name', upd.name, 'slug', upd.slug)) FROM upd, old"
+    " WHERE (upd.name, upd.slug) IS DISTINCT FROM (old.name, old.slug))"
+    " SELECT j FROM upd",
 };
 
 static const struct db_stmt delete_stmt = {
@@ -138,10 +148,19 @@ static const struct db_stmt admin_delete_stmt = {
 
 static const struct db_stmt admin_status_stmt = {
     "org_admin_status",
-    "UPDATE public.orgs o SET status = $2,"
+    "WITH old AS (SELECT o.status FROM public.orgs o WHERE lower(o.slug) = $1"
+    " AND o.status <> 'deleted'),"
+    " upd AS (UPDATE public.orgs o SET status = $2,"
     " updated_at = CASE WHEN o.status = $2 THEN o.updated_at ELSE now() END"
     " WHERE lower(o.slug) = $1 AND o.status <> 'deleted'"
-    " RETURNING o.id, public.tenantd_org_json(o)",
+    " RETURNING o.id, public.tenantd_org_json(o) AS j),"
+    /* The audit event of a real change (migration 0010): $3 client IP, $4 request id. */
+    " aud AS (INSERT INTO public.audit_events (org_id, actor_type, action, target_type,"
+    " target_id, ip, request_id, details)"
+    " SELECT upd.id, 'operator', CASE $2 WHEN 'suspended' THEN 'org.suspended'"
+    " ELSE 'org.unsuspended' END, 'org', upd.id::text, $3, $4, '{}' FROM upd, old"
+    " WHERE old.status <> $2)"
+    " SELECT id, j FROM upd",
 };
 
 /* Keyset pagination on (created_at, id), oldest first, so pages are stable
@@ -679,9 +698,16 @@ static void org_patch(struct request *req)
         db_query(db_pool_of(req), NULL, &get_by_id_stmt, 1, v, org_json_done, req);
         return;
     }
+    v = arena_alloc(req->arena, 7 * sizeof *v);
+    v[0] = id;
     v[1] = name;
     v[2] = slug;
-    db_query(db_pool_of(req), NULL, &patch_stmt, 3, v, patch_done, req);
+    const struct auth_ctx *a = auth_ctx(req);
+    v[3] = a->kind == AUTH_KIND_USER ? "user" : "api_key";
+    v[4] = a->principal_id[0] ? a->principal_id : NULL;
+    v[5] = req->client_ip;
+    v[6] = req->request_id;
+    db_query(db_pool_of(req), NULL, &patch_stmt, 7, v, patch_done, req);
 }
 
 static void delete_done(struct db_result *r, void *ud)
@@ -759,10 +785,12 @@ static void admin_set_status(struct request *req, const char *status)
     const char *slug = slug_param(req);
     if (!slug)
         return;
-    const char **v = arena_alloc(req->arena, 2 * sizeof *v);
+    const char **v = arena_alloc(req->arena, 4 * sizeof *v);
     v[0] = slug;
     v[1] = status;
-    db_query(db_pool_of(req), NULL, &admin_status_stmt, 2, v, admin_status_done, req);
+    v[2] = req->client_ip;
+    v[3] = req->request_id;
+    db_query(db_pool_of(req), NULL, &admin_status_stmt, 4, v, admin_status_done, req);
 }
 
 static void admin_org_suspend(struct request *req)

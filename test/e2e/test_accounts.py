@@ -563,6 +563,20 @@ class OperatorAuditTest(AccountsCase):
 
     def test_operator_reads_one_org(self):
         other = signup(self.server)
+        # Org settings and the operator's status changes are audited.
+        st, b, _ = self.call("PATCH", "/v1/org", {"name": "Renamed"})
+        self.assertEqual(st, 200, b)
+        st, b, _ = self.call("PATCH", "/v1/org", {"name": "Renamed"})
+        self.assertEqual(st, 200, b)
+        upd = [e for e in self.events() if e["action"] == "org.updated"]
+        self.assertEqual(len(upd), 1, upd)
+        self.assertEqual(upd[0]["details"]["to"]["name"], "Renamed")
+        for path in ("suspend", "suspend", "unsuspend"):
+            st, b, _ = self.server.json("POST", f"/v1/admin/orgs/{other['slug']}/{path}", None, bearer(self.OP))
+            self.assertEqual(st, 200, b)
+        st, b, _ = self.server.json("GET", f"/v1/admin/orgs/{other['slug']}/audit-events?action=org.suspended",
+                                    None, bearer(self.OP))
+        self.assertEqual([(e["action"], e["actor"]["type"]) for e in b["data"]], [("org.suspended", "operator")])
         st, b, _ = self.server.json("GET", f"/v1/admin/orgs/{self.slug}/audit-events", None, bearer(self.OP))
         self.assertEqual(st, 200, b)
         ids = {e["id"] for e in self.events()}
