@@ -24,6 +24,7 @@ static const struct module *const modules[] = {
     &auth_module,
     &users_module,
     &accounts_module,
+    &oidc_module,
     &org_module,
     &record_module,
     &credit_module,

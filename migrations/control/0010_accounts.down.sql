@@ -1,3 +1,16 @@
+DROP FUNCTION public.tenantd_oidc_exchange(text, text, bigint, text, text);
+DROP FUNCTION public.tenantd_oidc_sign_in(text, text, text, text, boolean, text, text, text, text, text);
+DROP TABLE public.oidc_codes;
+DROP TABLE public.user_identities;
+DROP TABLE public.oidc_flows;
+CREATE OR REPLACE FUNCTION public.tenantd_org_json(o public.orgs) RETURNS json
+LANGUAGE sql STABLE AS $$
+    SELECT json_build_object('id', o.id, 'name', o.name, 'slug', o.slug,
+                             'status', o.status,
+                             'created_at', public.tenantd_ts(o.created_at),
+                             'updated_at', public.tenantd_ts(o.updated_at))
+$$;
+ALTER TABLE public.orgs DROP COLUMN join_policy, DROP COLUMN domains;
 DROP FUNCTION public.tenantd_refresh_grace(text, text, bigint, bigint);
 DROP FUNCTION public.tenantd_account_token_use(text, text, text, text, text);
 DROP FUNCTION public.tenantd_account_token_request(text, uuid, text, text, text, bigint, text, text, text, text, text);

@@ -378,3 +378,168 @@ BEGIN
                              'org', public.tenantd_org_json(o), 'role', u.role,
                              'token_version', u.token_version);
 END $$;
+
+-- ---- sign-in with OIDC ------------------------------------------------------
+
+-- Who may join an org by OIDC without an invitation: with 'domain', a
+-- verified email of one of `domains` joins as a member.
+ALTER TABLE public.orgs
+    ADD COLUMN join_policy text NOT NULL DEFAULT 'invite' CHECK (join_policy IN ('invite', 'domain')),
+    ADD COLUMN domains text[] NOT NULL DEFAULT '{}';
+
+-- One sign-in attempt between /start and /callback: `state` (hashed) names
+-- it, once; the PKCE verifier and the nonce wait here.
+CREATE TABLE public.oidc_flows (
+    state_hash      text PRIMARY KEY,
+    provider        text NOT NULL,
+    org_id          uuid NOT NULL REFERENCES public.orgs (id) ON DELETE CASCADE,
+    redirect_uri    text NOT NULL,
+    code_verifier   text NOT NULL,
+    nonce           text NOT NULL,
+    invitation_hash text,
+    expires_at      timestamptz NOT NULL,
+    used_at         timestamptz
+);
+
+CREATE TABLE public.user_identities (
+    id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    org_id     uuid NOT NULL REFERENCES public.orgs (id) ON DELETE CASCADE,
+    user_id    uuid NOT NULL REFERENCES public.users (id) ON DELETE CASCADE,
+    provider   text NOT NULL,
+    subject    text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (org_id, provider, subject)
+);
+CREATE INDEX user_identities_user_idx ON public.user_identities (user_id);
+
+-- The one-time code /callback hands the frontend, for POST /v1/auth/oidc/exchange.
+CREATE TABLE public.oidc_codes (
+    code_hash  text PRIMARY KEY,
+    org_id     uuid NOT NULL REFERENCES public.orgs (id) ON DELETE CASCADE,
+    user_id    uuid NOT NULL REFERENCES public.users (id) ON DELETE CASCADE,
+    expires_at timestamptz NOT NULL,
+    used_at    timestamptz
+);
+
+CREATE OR REPLACE FUNCTION public.tenantd_org_json(o public.orgs) RETURNS json
+LANGUAGE sql STABLE AS $$
+    SELECT json_build_object('id', o.id, 'name', o.name, 'slug', o.slug,
+                             'status', o.status, 'join_policy', o.join_policy,
+                             'domains', to_json(o.domains),
+                             'created_at', public.tenantd_ts(o.created_at),
+                             'updated_at', public.tenantd_ts(o.updated_at))
+$$;
+
+CREATE OR REPLACE FUNCTION public.tenantd_user_json(u public.users) RETURNS json
+LANGUAGE sql STABLE AS $$
+    SELECT json_build_object('id', u.id, 'email', u.email, 'name', u.name,
+                             'role', u.role, 'avatar_url', u.avatar_url,
+                             'email_verified_at', public.tenantd_ts(u.email_verified_at),
+                             'identities', coalesce((SELECT json_agg(json_build_object(
+                                 'provider', i.provider, 'subject', i.subject)
+                                 ORDER BY i.created_at, i.id)
+                                 FROM public.user_identities i WHERE i.user_id = u.id), '[]'),
+                             'created_at', public.tenantd_ts(u.created_at),
+                             'updated_at', public.tenantd_ts(u.updated_at))
+$$;
+
+-- /callback after the id_token was verified: the flow (used once) gives the
+-- org; the user is the one linked to (provider, subject) in that org, else
+-- the invited one (the invitation of the flow, for the verified email),
+-- else, with join_policy 'domain' and a verified email of a listed domain,
+-- a new member. Creates the one-time code. Returns {"status": "ok",
+-- "redirect_uri"} or {"status": "invalid" | "refused", "redirect_uri"?}.
+CREATE FUNCTION public.tenantd_oidc_sign_in(
+    p_state_hash text, p_provider text, p_subject text, p_email text, p_email_verified boolean,
+    p_name text, p_unusable_phc text, p_code_hash text, p_ip text, p_request_id text)
+RETURNS json LANGUAGE plpgsql AS $$
+DECLARE
+    f public.oidc_flows;
+    o public.orgs;
+    u public.users;
+    i public.invitations;
+    v_how text;
+BEGIN
+    SELECT * INTO f FROM public.oidc_flows WHERE state_hash = p_state_hash AND provider = p_provider;
+    IF NOT FOUND THEN
+        RETURN json_build_object('status', 'invalid');
+    END IF;
+    SELECT * INTO o FROM public.orgs WHERE id = f.org_id AND status = 'active';
+    IF NOT FOUND THEN
+        RETURN json_build_object('status', 'refused', 'redirect_uri', f.redirect_uri);
+    END IF;
+    SELECT x.* INTO u FROM public.users x JOIN public.user_identities ui ON ui.user_id = x.id
+     WHERE ui.org_id = o.id AND ui.provider = p_provider AND ui.subject = p_subject;
+    IF FOUND THEN
+        v_how := 'identity';
+    ELSIF p_email IS NULL OR NOT p_email_verified THEN
+        PERFORM public.tenantd_audit(o.id, 'anonymous', NULL, 'auth.login_failed', 'oidc',
+                                     p_provider || ':' || p_subject, p_ip, p_request_id,
+                                     jsonb_build_object('reason', 'email not verified'));
+        RETURN json_build_object('status', 'refused', 'redirect_uri', f.redirect_uri);
+    ELSE
+        IF f.invitation_hash IS NOT NULL THEN
+            UPDATE public.invitations SET accepted_at = now()
+             WHERE token_hash = f.invitation_hash AND org_id = o.id AND email = lower(p_email)
+               AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > now()
+            RETURNING * INTO i;
+        END IF;
+        IF i.id IS NOT NULL THEN
+            v_how := 'invitation';
+            INSERT INTO public.users (org_id, email, name, role, password_hash, email_verified_at)
+            VALUES (o.id, lower(p_email), p_name, i.role, p_unusable_phc, now())
+            ON CONFLICT (org_id, email) DO NOTHING RETURNING * INTO u;
+            UPDATE public.invitations SET user_id = u.id WHERE id = i.id;
+        ELSIF o.join_policy = 'domain'
+              AND split_part(lower(p_email), '@', 2) = ANY (o.domains) THEN
+            v_how := 'domain';
+            INSERT INTO public.users (org_id, email, name, role, password_hash, email_verified_at)
+            VALUES (o.id, lower(p_email), p_name, 'member', p_unusable_phc, now())
+            ON CONFLICT (org_id, email) DO NOTHING RETURNING * INTO u;
+        ELSE
+            PERFORM public.tenantd_audit(o.id, 'anonymous', NULL, 'auth.login_failed', 'oidc',
+                                         p_provider || ':' || p_subject, p_ip, p_request_id,
+                                         jsonb_build_object('reason', 'not invited'));
+            RETURN json_build_object('status', 'refused', 'redirect_uri', f.redirect_uri);
+        END IF;
+        IF u.id IS NULL THEN
+            -- A user with this email exists already: an OIDC identity is
+            -- linked to it only by that user (never by the email alone).
+            RAISE EXCEPTION 'member exists' USING ERRCODE = '23505';
+        END IF;
+        INSERT INTO public.user_identities (org_id, user_id, provider, subject)
+        VALUES (o.id, u.id, p_provider, p_subject);
+    END IF;
+    INSERT INTO public.oidc_codes (code_hash, org_id, user_id, expires_at)
+    VALUES (p_code_hash, o.id, u.id, now() + interval '2 minutes');
+    PERFORM public.tenantd_audit(o.id, 'user', u.id::text,
+                                 CASE v_how WHEN 'invitation' THEN 'invitation.accepted'
+                                            WHEN 'domain' THEN 'user.created' ELSE 'auth.oidc_callback' END,
+                                 'user', u.id::text, p_ip, p_request_id,
+                                 jsonb_build_object('provider', p_provider, 'via', v_how));
+    RETURN json_build_object('status', 'ok', 'redirect_uri', f.redirect_uri);
+END $$;
+
+-- POST /v1/auth/oidc/exchange: the one-time code (once) -> a refresh-token
+-- family, like tenantd_issue_refresh, with the sign-in's audit event.
+CREATE FUNCTION public.tenantd_oidc_exchange(p_code_hash text, p_refresh_hash text, p_ttl_s bigint,
+                                             p_ip text, p_request_id text)
+RETURNS json LANGUAGE plpgsql AS $$
+DECLARE
+    c public.oidc_codes;
+    r json;
+BEGIN
+    UPDATE public.oidc_codes SET used_at = now()
+     WHERE code_hash = p_code_hash AND used_at IS NULL AND expires_at > now()
+    RETURNING * INTO c;
+    IF NOT FOUND THEN
+        RETURN json_build_object('status', 'invalid');
+    END IF;
+    r := public.tenantd_issue_refresh(c.user_id, p_refresh_hash, p_ttl_s);
+    IF r->>'status' = 'ok' THEN
+        PERFORM public.tenantd_audit(c.org_id, 'user', c.user_id::text, 'auth.login', 'user',
+                                     c.user_id::text, p_ip, p_request_id,
+                                     jsonb_build_object('method', 'oidc'));
+    END IF;
+    RETURN r;
+END $$;

@@ -67,6 +67,8 @@ extern const struct module users_module;
 /* Invitations, password reset, email verification and the audit log
  * (src/auth/accounts.c, audit.c; README "Accounts"). */
 extern const struct module accounts_module;
+/* Sign-in with OIDC (src/auth/oidc.c). */
+extern const struct module oidc_module;
 
 /* Drops cached entries at once in this process (others learn through
  * NOTIFY, which the database triggers send). */

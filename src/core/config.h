@@ -125,7 +125,11 @@
     X(password_reset_ttl_s, TENANTD_PASSWORD_RESET_TTL_S, INT, 3600, 1, 604800,                    \
       "a password-reset link works this long, seconds")                                            \
     X(verify_email_ttl_s, TENANTD_VERIFY_EMAIL_TTL_S, INT, 86400, 1, 2592000,                      \
-      "an email-verification link works this long, seconds")
+      "an email-verification link works this long, seconds")                                    \
+    X(api_url, TENANTD_API_URL, STR, "http://localhost:8080", 0, 0,                                \
+      "this API's public base URL (OIDC callbacks: <url>/v1/auth/oidc/<provider>/callback)")       \
+    X(oidc_redirect_uris, TENANTD_OIDC_REDIRECT_URIS, STR, NULL, 0, 0,                             \
+      "comma-separated redirect_uri values OIDC sign-in may return to (exact match)")
 
 struct config {
 #define CONFIG_FIELD_STR(f) const char *f;

@@ -120,18 +120,25 @@ static const struct db_stmt get_by_slug_stmt = {
  * same statement. `old` sees the row as it was (one snapshot). */
 static const struct db_stmt patch_stmt = {
     "org_patch",
-    "WITH old AS (SELECT o.name, o.slug FROM public.orgs o WHERE o.id = $1::uuid),"
+    "WITH old AS (SELECT o.name, o.slug, o.join_policy, o.domains FROM public.orgs o"
+    " WHERE o.id = $1::uuid),"
     " upd AS (UPDATE public.orgs o SET name = coalesce($2, o.name), slug = coalesce($3, o.slug),"
-    " updated_at = CASE WHEN (coalesce($2, o.name), coalesce($3, o.slug))"
-    " IS DISTINCT FROM (o.name, o.slug) THEN now() ELSE o.updated_at END"
+    " join_policy = coalesce($8, o.join_policy), domains = coalesce($9::text[], o.domains),"
+    " updated_at = CASE WHEN (coalesce($2, o.name), coalesce($3, o.slug),"
+    " coalesce($8, o.join_policy), coalesce($9::text[], o.domains))"
+    " IS DISTINCT FROM (o.name, o.slug, o.join_policy, o.domains) THEN now() ELSE o.updated_at END"
     " WHERE o.id = $1::uuid AND o.status <> 'deleted'"
-    " RETURNING o.id, o.name, o.slug, public.tenantd_org_json(o) AS j),"
+    " RETURNING o.id, o.name, o.slug, o.join_policy, o.domains,"
+    " public.tenantd_org_json(o) AS j),"
     " aud AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action,"
     " target_type, target_id, ip, request_id, details)"
     " SELECT upd.id, $4, $5, 'org.updated', 'org', upd.id::text, $6, $7,"
-    " jsonb_build_object('from', jsonb_build_object('name', old.name, 'slug', old.slug),"
-    " 'to', jsonb_build_object('name', upd.name, 'slug', upd.slug)) FROM upd, old"
-    " WHERE (upd.name, upd.slug) IS DISTINCT FROM (old.name, old.slug))"
+    " jsonb_build_object('from', jsonb_build_object('name', old.name, 'slug', old.slug,"
+    " 'join_policy', old.join_policy, 'domains', old.domains),"
+    " 'to', jsonb_build_object('name', upd.name, 'slug', upd.slug,"
+    " 'join_policy', upd.join_policy, 'domains', upd.domains)) FROM upd, old"
+    " WHERE (upd.name, upd.slug, upd.join_policy, upd.domains)"
+    " IS DISTINCT FROM (old.name, old.slug, old.join_policy, old.domains))"
     " SELECT j FROM upd",
 };
 
@@ -664,6 +671,45 @@ static void patch_done(struct db_result *r, void *ud)
     db_respond_json(req, r, 0, "No such organization.");
 }
 
+/* PATCH's join_policy ("invite" | "domain") and domains (up to 50 lower-case
+ * DNS names; a PostgreSQL array literal of them into *domains). */
+static void org_join_fields(struct request *req, json_t *body, const char **policy,
+                            const char **domains, json_t **errors)
+{
+    json_t *p = json_object_get(body, "join_policy");
+    if (p) {
+        const char *s = json_string_value(p);
+        if (!s || (strcmp(s, "invite") != 0 && strcmp(s, "domain") != 0))
+            problem_add_error(errors, "join_policy", "must be \"invite\" or \"domain\"");
+        else
+            *policy = s;
+    }
+    json_t *d = json_object_get(body, "domains");
+    if (!d)
+        return;
+    if (!json_is_array(d) || json_array_size(d) > 50) {
+        problem_add_error(errors, "domains", "must be an array of at most 50 domain names");
+        return;
+    }
+    size_t i;
+    json_t *x;
+    char *lit = arena_strdup(req->arena, "{");
+    json_array_foreach(d, i, x)
+    {
+        const char *s = json_string_value(x);
+        bool ok = s && strlen(s) >= 3 && strlen(s) <= 253 && strchr(s, '.') && s[0] != '.' &&
+                  s[0] != '-';
+        for (const char *c = s; ok && *c; c++)
+            ok = (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '-' || *c == '.';
+        if (!ok) {
+            problem_add_error(errors, "domains", "must hold lower-case domain names like example.com");
+            return;
+        }
+        lit = arena_printf(req->arena, "%s%s%s", lit, i ? "," : "", s);
+    }
+    *domains = arena_printf(req->arena, "%s}", lit);
+}
+
 static void org_patch(struct request *req)
 {
     const char *id = caller_org(req);
@@ -674,8 +720,10 @@ static void org_patch(struct request *req)
         return;
     json_t *errors = NULL;
     bool has_name, has_slug;
-    static const char *const fields[] = {"name", "slug", NULL};
+    static const char *const fields[] = {"name", "slug", "join_policy", "domains", NULL};
     body_unknown_fields(req, body, fields, NULL, &errors);
+    const char *policy = NULL, *domains = NULL;
+    org_join_fields(req, body, &policy, &domains, &errors);
     const char *name = string_member(body, "name", false, &errors, "name", &has_name);
     if (name) {
         const char *why = name_problem(name);
@@ -694,11 +742,11 @@ static void org_patch(struct request *req)
     }
     const char **v = arena_alloc(req->arena, 3 * sizeof *v);
     v[0] = id;
-    if (!has_name && !has_slug) {
+    if (!has_name && !has_slug && !policy && !domains) {
         db_query(db_pool_of(req), NULL, &get_by_id_stmt, 1, v, org_json_done, req);
         return;
     }
-    v = arena_alloc(req->arena, 7 * sizeof *v);
+    v = arena_alloc(req->arena, 9 * sizeof *v);
     v[0] = id;
     v[1] = name;
     v[2] = slug;
@@ -707,7 +755,9 @@ static void org_patch(struct request *req)
     v[4] = a->principal_id[0] ? a->principal_id : NULL;
     v[5] = req->client_ip;
     v[6] = req->request_id;
-    db_query(db_pool_of(req), NULL, &patch_stmt, 7, v, patch_done, req);
+    v[7] = policy;
+    v[8] = domains;
+    db_query(db_pool_of(req), NULL, &patch_stmt, 9, v, patch_done, req);
 }
 
 static void delete_done(struct db_result *r, void *ud)
