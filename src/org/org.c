@@ -177,6 +177,7 @@ static const struct db_stmt admin_status_stmt = {
 static const struct db_stmt admin_list_stmt = {
     "org_admin_list",
     "SELECT json_build_object('id', o.id, 'name', o.name, 'slug', o.slug, 'status', o.status,"
+    " 'join_policy', o.join_policy, 'domains', to_json(o.domains),"
     " 'created_at', public.tenantd_ts(o.created_at),"
     " 'updated_at', public.tenantd_ts(o.updated_at), 'balance', coalesce(a.balance, 0)),"
     " public.tenantd_ts(o.created_at), o.id"

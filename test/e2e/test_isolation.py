@@ -112,6 +112,8 @@ class Org:
             return self.slug
         if name == "collection":
             return self.collection
+        if name == "provider":
+            return "google"  # sign-in provider names are not per org
         if name == "id":
             parent = pattern[:start].rstrip("/").rsplit("/", 1)[-1]
             by_parent = {"users": lambda: self.member["id"],
