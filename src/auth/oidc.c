@@ -808,7 +808,11 @@ static void exchanged(struct db_result *r, void *ud)
     if (db_failed(x->req, r, "oidc exchange"))
         return;
     const char *s = db_result_text(r, 0, 0);
-    if (s && strstr(s, "\"invalid\"")) {
+    json_t *j = s ? json_loads(s, 0, NULL) : NULL;
+    const char *status = json_string_value(json_object_get(j, "status"));
+    bool invalid = status && !strcmp(status, "invalid");
+    json_decref(j);
+    if (invalid) {
         problem_respond(x->req, PROBLEM_TOKEN_INVALID, "This code is unknown, used or expired.");
         return;
     }

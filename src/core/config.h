@@ -129,7 +129,8 @@
     X(api_url, TENANTD_API_URL, STR, "http://localhost:8080", 0, 0,                                \
       "this API's public base URL (OIDC callbacks: <url>/v1/auth/oidc/<provider>/callback)")       \
     X(oidc_redirect_uris, TENANTD_OIDC_REDIRECT_URIS, STR, NULL, 0, 0,                             \
-      "comma-separated redirect_uri values OIDC sign-in may return to (exact match)")
+      "comma-separated redirect_uri values OIDC sign-in may return to (exact match); providers: "  \
+      "TENANTD_OIDC_<NAME>_CLIENT_ID, _CLIENT_SECRET, _ISSUER (GOOGLE: issuer preset)")
 
 struct config {
 #define CONFIG_FIELD_STR(f) const char *f;

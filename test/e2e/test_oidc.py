@@ -228,6 +228,10 @@ class OidcTest(harness.DbTestCase):
         tok, _ = self.sign_in(claims={"email": "Ann@Corp.test"})
         self.assertEqual((tok["user"]["email"], tok["user"]["role"]), ("ann@corp.test", "member"))
         self.assertIsNotNone(tok["user"]["email_verified_at"])
+        # A user named like a status word still signs in (the exchange reads
+        # the status field, not any "invalid" in the answer).
+        tok, _ = self.sign_in(claims={"email": "n@corp.test", "name": "invalid"})
+        self.assertEqual(tok["user"]["name"], "invalid")
         self.refused(claims={"email": "b@corp.test", "email_verified": False})
         self.refused(claims={"email": "c@evil.test"})
         st, b, _ = self.server.json("PATCH", "/v1/org", {"domains": ["Not A Domain"]}, bearer(self.admin))
