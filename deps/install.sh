@@ -22,6 +22,7 @@ BUILD_PACKAGES=(
 )
 TEST_PACKAGES=(
     libcmocka-dev python3
+    python3-cryptography # test_oidc: the fake provider's RS256/ES256 keys
     postgresql-15 postgresql-client-15
     wrk curl ca-certificates openssl # openssl: the webhook TLS tests' certificates
     util-linux procps coreutils # runuser, flock (deps/pg.sh); ps, kill; sha256sum
