@@ -198,9 +198,15 @@ static int send_smtp(struct job_run *run, const char *to, struct buf *m)
     snprintf(from_env, sizeof from_env, "<%s>", from_addr ? from_addr : "");
     curl_easy_setopt(c, CURLOPT_URL, g_config->smtp_url);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
-    /* STARTTLS whenever the server offers it on smtp://; smtps:// is TLS
-     * from the first byte. Certificates are always verified. */
-    curl_easy_setopt(c, CURLOPT_USE_SSL, (long)CURLUSESSL_TRY);
+    /* STARTTLS whenever the server offers it on smtp://, and required when
+     * the URL carries credentials (outside development mode), so a password
+     * never crosses in clear; smtps:// is TLS from the first byte.
+     * Certificates are always verified. */
+    const char *u = g_config->smtp_url, *hs = strstr(u, "://");
+    const char *he = hs ? strchr(hs + 3, '/') : NULL, *at = hs ? strchr(hs + 3, '@') : NULL;
+    bool creds = at && (!he || at < he);
+    curl_easy_setopt(c, CURLOPT_USE_SSL,
+                     (long)(creds && !g_config->dev ? CURLUSESSL_ALL : CURLUSESSL_TRY));
     curl_easy_setopt(c, CURLOPT_MAIL_FROM, from_env);
     curl_easy_setopt(c, CURLOPT_MAIL_RCPT, rcpt);
     curl_easy_setopt(c, CURLOPT_READFUNCTION, read_cb);

@@ -649,6 +649,26 @@ class MailDownTest(AccountsCase):
         self.assertEqual(self.call("GET", "/v1/credits")[1]["balance"], bal)
 
 
+class MailNeedsTlsForCredentialsTest(AccountsCase):
+    """Outside development mode a URL with credentials is never used without
+    TLS: the sink offers no STARTTLS, so nothing is sent (and retried)."""
+    extra_env = {"TENANTD_DEV": "0", "TENANTD_JWT_SECRET": "j" * 16 + uuid.uuid4().hex}
+
+    def test_no_password_in_clear(self):
+        em = f"tls@{self.slug}.example.com"
+        self.invite(em)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            jobs = [j for j in self.call("GET", "/v1/jobs")[1]["data"] if j["type"] == "email.send"]
+            if jobs and jobs[0]["attempts"] >= 2:
+                break
+            time.sleep(0.05)
+        self.assertGreaterEqual(jobs[0]["attempts"], 2, jobs)
+        self.assertIn("SSL", jobs[0]["error"])
+        self.assertEqual(self.sink.wait_for(em, timeout=0), [])
+        self.assertFalse([m for m in self.sink.mails if m["auth"]])
+
+
 class MailFileTest(harness.DbTestCase):
     """Without SMTP (development) each mail is a file in the folder the log names."""
     maildir = tempfile.mkdtemp(prefix="tenantd-mail-")
