@@ -407,7 +407,10 @@ static json_t *verify_id_token(struct provider *p, const char *tok, const char *
         const char *n = json_string_value(json_object_get(claims, "nonce"));
         const char *sub = json_string_value(json_object_get(claims, "sub"));
         time_t now = time(NULL);
-        if (!iss || strcmp(iss, p->issuer) != 0)
+        /* Google also issues tokens with its issuer without the scheme. */
+        bool google_alias = iss && !strcmp(p->issuer, "https://accounts.google.com") &&
+                            !strcmp(iss, "accounts.google.com");
+        if (!iss || (strcmp(iss, p->issuer) != 0 && !google_alias))
             snprintf(err, errlen, "id_token issuer mismatch");
         else if (!aud_ok)
             snprintf(err, errlen, "id_token audience mismatch");
