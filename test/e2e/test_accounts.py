@@ -577,6 +577,19 @@ class OperatorAuditTest(AccountsCase):
         st, b, _ = self.server.json("GET", f"/v1/admin/orgs/{other['slug']}/audit-events?action=org.suspended",
                                     None, bearer(self.OP))
         self.assertEqual([(e["action"], e["actor"]["type"]) for e in b["data"]], [("org.suspended", "operator")])
+        # Credits granted and spent, once each even when the request is
+        # replayed with its Idempotency-Key.
+        for _ in range(2):
+            st, b, _ = self.server.json("POST", f"/v1/admin/orgs/{self.slug}/credits", {"amount": 50},
+                                        bearer(self.OP, **{"Idempotency-Key": "grant-1"}))
+            self.assertEqual(st, 201, b)
+            st, b, _ = self.server.json("POST", "/v1/credits/spend", {"amount": 5},
+                                        bearer(self.admin, **{"Idempotency-Key": "spend-1"}))
+            self.assertEqual(st, 201, b)
+        acts = [e["action"] for e in self.events()]
+        self.assertEqual((acts.count("credits.granted"), acts.count("credits.spent")), (1, 1), acts)
+        spent = self.events(query="?action=credits.spent")[0]
+        self.assertEqual((spent["actor"]["id"], spent["details"]), (self.org["user"]["id"], {"amount": 5}))
         st, b, _ = self.server.json("GET", f"/v1/admin/orgs/{self.slug}/audit-events", None, bearer(self.OP))
         self.assertEqual(st, 200, b)
         ids = {e["id"] for e in self.events()}
