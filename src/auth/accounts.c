@@ -213,8 +213,8 @@ static struct mail mail_render(struct arena *a, enum mail_kind kind, const char 
     struct mail m = {
         .subject = arena_printf(a, t->subject, org, link, r),
         .text = arena_printf(a, t->text, org, link, r),
-        .html = arena_printf(a, t->html, html_escape(a, org), html_escape(a, link),
-                             html_escape(a, r)),
+        .html =
+            arena_printf(a, t->html, html_escape(a, org), html_escape(a, link), html_escape(a, r)),
     };
 #pragma GCC diagnostic pop
     return m;
@@ -239,16 +239,17 @@ static bool link_token_new(struct request *req, char **token, char **hash)
 static bool link_token_shape(const char *s, size_t len)
 {
     unsigned char raw[LINK_TOKEN_BYTES + 1];
-    return len == LINK_TOKEN_LEN && token_b64url_decode(s, len, raw, sizeof raw) == LINK_TOKEN_BYTES;
+    return len == LINK_TOKEN_LEN &&
+           token_b64url_decode(s, len, raw, sizeof raw) == LINK_TOKEN_BYTES;
 }
 
 static void respond_token_invalid(struct request *req, const char *status)
 {
-    const char *detail =
-        !strcmp(status, "used")      ? "This link was already used; each link works once."
-        : !strcmp(status, "expired") ? "This link has expired; ask for a new one."
-        : !strcmp(status, "revoked") ? "This invitation was withdrawn."
-                                     : "This link is not valid.";
+    const char *detail = !strcmp(status, "used")
+                             ? "This link was already used; each link works once."
+                         : !strcmp(status, "expired") ? "This link has expired; ask for a new one."
+                         : !strcmp(status, "revoked") ? "This invitation was withdrawn."
+                                                      : "This link is not valid.";
     problem_respond(req, PROBLEM_TOKEN_INVALID, detail);
 }
 
@@ -378,7 +379,8 @@ static void invitations_create(struct request *req)
     body_unknown_fields(req, body, fields, NULL, &errors);
     const char *email = str_field(body, "email", true, &errors, NULL);
     if (email && !body_email_valid(email)) {
-        problem_add_error(&errors, "email", "must be a valid email address of at most 254 characters");
+        problem_add_error(&errors, "email",
+                          "must be a valid email address of at most 254 characters");
         email = NULL;
     }
     const char *role = "member";
@@ -580,7 +582,8 @@ static void invitations_accept(struct request *req)
     if (pw && !password_length_ok(plen))
         problem_add_error(&errors, "password", "must be 8 to 1024 bytes");
     if (name && !name_ok(name))
-        problem_add_error(&errors, "name", "must be 1 to 100 characters without control characters");
+        problem_add_error(&errors, "name",
+                          "must be 1 to 100 characters without control characters");
     if (errors) {
         problem_respond_errors(req, "The request has invalid fields.", errors);
         return;
@@ -623,7 +626,8 @@ static void reset_request(struct request *req)
     const char *email = str_field(body, "email", true, &errors, NULL);
     const char *org = str_field(body, "org", true, &errors, &olen);
     if (email && !body_email_valid(email))
-        problem_add_error(&errors, "email", "must be a valid email address of at most 254 characters");
+        problem_add_error(&errors, "email",
+                          "must be a valid email address of at most 254 characters");
     if (org && (olen == 0 || olen > 100))
         problem_add_error(&errors, "org", "must be an organization slug");
     if (errors) {

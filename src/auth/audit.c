@@ -64,14 +64,13 @@ static void listed(struct db_result *r, void *ud)
         }
         cursor = arena_printf(req->arena, "\"%s\"", enc);
     }
-    char *body = arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":%s}", data ? data : "[]",
-                              cursor);
+    char *body =
+        arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":%s}", data ? data : "[]", cursor);
     http_respond(req, 200, "application/json", body, strlen(body));
 }
 
 /* A query value of at most max bytes without control characters. */
-static const char *short_query(struct request *req, const char *name, size_t max,
-                               json_t **errors)
+static const char *short_query(struct request *req, const char *name, size_t max, json_t **errors)
 {
     const char *s = http_query(req, name);
     if (!s)

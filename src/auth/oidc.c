@@ -266,13 +266,15 @@ static EVP_PKEY *jwk_key(json_t *jwk, bool ec)
         }
         free(x);
         free(y);
-        if (!ok || !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0) ||
+        if (!ok ||
+            !OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0) ||
             !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pub, sizeof pub))
             goto done;
     } else {
         n = bn_of(jwk, "n");
         e = bn_of(jwk, "e");
-        if (!n || !e || BN_num_bits(n) < 2048 || !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) ||
+        if (!n || !e || BN_num_bits(n) < 2048 ||
+            !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) ||
             !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e))
             goto done;
     }
@@ -353,8 +355,9 @@ static bool verify_sig(EVP_PKEY *key, bool ec, const char *signed_part, size_t s
         siglen = derlen;
     }
     EVP_MD_CTX *md = EVP_MD_CTX_new();
-    bool ok = md && EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
-              EVP_DigestVerify(md, sig, (size_t)siglen, (const unsigned char *)signed_part, slen) == 1;
+    bool ok =
+        md && EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
+        EVP_DigestVerify(md, sig, (size_t)siglen, (const unsigned char *)signed_part, slen) == 1;
     EVP_MD_CTX_free(md);
     OPENSSL_free(der);
     return ok;
@@ -541,14 +544,14 @@ static void flow_inserted(struct db_result *r, void *ud)
     char challenge[44];
     token_b64url_encode(dig, sizeof dig, challenge, sizeof challenge);
     struct arena *a = req->arena;
-    redirect_to(req, arena_printf(a,
-                                  "%s%sresponse_type=code&client_id=%s&redirect_uri=%s"
-                                  "&scope=openid%%20email%%20profile&state=%s&nonce=%s"
-                                  "&code_challenge=%s&code_challenge_method=S256",
-                                  f->p->auth_ep, strchr(f->p->auth_ep, '?') ? "&" : "?",
-                                  url_escape(a, f->p->client_id),
-                                  url_escape(a, callback_url(req, f->p)), f->state, f->nonce,
-                                  challenge));
+    redirect_to(req,
+                arena_printf(a,
+                             "%s%sresponse_type=code&client_id=%s&redirect_uri=%s"
+                             "&scope=openid%%20email%%20profile&state=%s&nonce=%s"
+                             "&code_challenge=%s&code_challenge_method=S256",
+                             f->p->auth_ep, strchr(f->p->auth_ep, '?') ? "&" : "?",
+                             url_escape(a, f->p->client_id), url_escape(a, callback_url(req, f->p)),
+                             f->state, f->nonce, challenge));
 }
 
 static void start_discovered(uv_work_t *w, int status)
@@ -672,7 +675,8 @@ static void callback_work(uv_work_t *w)
     const char *email = json_string_value(json_object_get(claims, "email"));
     const char *name = json_string_value(json_object_get(claims, "name"));
     json_t *ev = json_object_get(claims, "email_verified");
-    f->email_verified = json_is_true(ev) || (json_is_string(ev) && !strcmp(json_string_value(ev), "true"));
+    f->email_verified =
+        json_is_true(ev) || (json_is_string(ev) && !strcmp(json_string_value(ev), "true"));
     f->sub = strdup(sub);
     f->email = email && body_email_valid(email) ? strdup(email) : NULL;
     f->name = name && strlen(name) <= 100 && !strpbrk(name, "\r\n\t") ? strdup(name) : NULL;
@@ -766,7 +770,8 @@ static void flow_claimed(struct db_result *r, void *ud)
     if (db_failed(req, r, "oidc callback"))
         return;
     if (PQntuples(r->res) != 1) {
-        problem_respond(req, PROBLEM_TOKEN_INVALID, "This sign-in attempt is unknown, used or expired.");
+        problem_respond(req, PROBLEM_TOKEN_INVALID,
+                        "This sign-in attempt is unknown, used or expired.");
         return;
     }
     snprintf(f->verifier, sizeof f->verifier, "%s", PQgetvalue(r->res, 0, 0));
