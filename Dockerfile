@@ -26,7 +26,7 @@ RUN cmake --preset release -DBUILD_TESTING=OFF \
 FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libuv1 libpq5 libargon2-1 libjansson4 libssl3 ca-certificates \
+        libuv1 libpq5 libargon2-1 libjansson4 libssl3 libcurl4 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tenantd
 COPY --from=build /src/build/release/tenantd /usr/local/bin/tenantd

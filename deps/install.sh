@@ -18,9 +18,11 @@ set -euo pipefail
 BUILD_PACKAGES=(
     build-essential cmake pkg-config
     libuv1-dev node-llhttp libpq-dev libargon2-dev libjansson-dev libssl-dev
+    libcurl4-openssl-dev # email.send: SMTP (STARTTLS, SMTPS, auth)
 )
 TEST_PACKAGES=(
     libcmocka-dev python3
+    python3-cryptography # test_oidc: the fake provider's RS256/ES256 keys
     postgresql-15 postgresql-client-15
     wrk curl ca-certificates openssl # openssl: the webhook TLS tests' certificates
     util-linux procps coreutils # runuser, flock (deps/pg.sh); ps, kill; sha256sum

@@ -33,6 +33,8 @@ static const struct module *const modules[] = {
     &system_module,
     &auth_module,
     &users_module,
+    &accounts_module,
+    &oidc_module,
     &org_module,
     &record_module,
     &credit_module,

@@ -65,6 +65,12 @@ void auth_loop_stop(struct loop_ctx *ctx);
 /* Routes /v1/users... and /v1/api-keys... (both in src/auth/users.c). */
 extern const struct module users_module;
 
+/* Invitations, password reset, email verification and the audit log
+ * (src/auth/accounts.c, audit.c; README "Accounts"). */
+extern const struct module accounts_module;
+/* Sign-in with OIDC (src/auth/oidc.c). */
+extern const struct module oidc_module;
+
 /* Drops cached entries at once in this process (others learn through
  * NOTIFY, which the database triggers send). */
 void auth_cache_forget_org(const char *org_id);

@@ -6,6 +6,7 @@
 #include "auth/auth.h"
 #include "auth/jwt.h"
 #include "auth/ratelimit.h"
+#include "auth/tokens.h"
 
 /* The process's signing key (set by auth_module's init; immutable after). */
 const struct jwt_key *auth_jwt_key(void);
@@ -59,6 +60,22 @@ extern const struct route session_routes[];
 /* "admin" / "member" -> role; -1 for anything else. */
 int auth_role_parse(const char *s);
 const char *auth_role_name(enum auth_role r);
+
+/* Answers a tenantd_issue_refresh-shaped result (migration 0002; also
+ * tenantd_invitation_accept) as tokens + user + org with http_status, or
+ * 401 fail_detail / 403 suspended for the other statuses. */
+struct pg_result;
+void auth_respond_tokens(struct request *req, struct pg_result *res, const char *refresh,
+                         const char *fail_detail, int http_status);
+
+/* The successor of refresh token tok (len bytes) into out: "tdr_" +
+ * base64url(HMAC-SHA256(TENANTD_JWT_SECRET, tok)), so the same token always
+ * names the same successor (the reuse grace) and nobody without the server's
+ * key can compute it. 0, or -1. */
+int auth_refresh_successor(const char *tok, size_t len, char out[TOKEN_REFRESH_BUFSZ]);
+
+/* Routes of src/auth/accounts.c and audit.c (one module, accounts_module). */
+extern const struct route accounts_routes[];
 
 /* Answers 401 with WWW-Authenticate: Bearer and a generic detail. */
 void auth_respond_unauthorized(struct request *req, const char *detail);

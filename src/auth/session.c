@@ -72,14 +72,31 @@ static const struct db_stmt login_find = {
            " ORDER BY u.created_at, u.id LIMIT 2",
 };
 
+/* The sign-in's audit event commits with its refresh token (migration
+ * 0010): $4 client IP, $5 request id. */
 static const struct db_stmt issue_refresh = {
     .name = "auth_issue_refresh",
-    .sql = "SELECT public.tenantd_issue_refresh($1::uuid, $2, $3::bigint)",
+    .sql = "WITH r AS (SELECT public.tenantd_issue_refresh($1::uuid, $2, $3::bigint) AS j),"
+           " a AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action,"
+           " target_type, target_id, ip, request_id)"
+           " SELECT (r.j->'org'->>'id')::uuid, 'user', $1, 'auth.login', 'user', $1, $4, $5"
+           " FROM r WHERE r.j->>'status' = 'ok')"
+           " SELECT j FROM r",
 };
 
+/* A failed sign-in of a known account (audit log). */
+static const struct db_stmt login_failed_audit = {
+    .name = "auth_login_failed_audit",
+    .sql = "SELECT public.tenantd_audit(u.org_id, 'anonymous', NULL, 'auth.login_failed',"
+           " 'user', u.id::text, $2, $3, '{}') FROM public.users u WHERE u.id = $1::uuid",
+};
+
+/* With TENANTD_REFRESH_REUSE_GRACE_S ($4; migration 0010): the successor
+ * ($2) is derived from the presented token, so a tab that presents it again
+ * within the grace names the same successor and gets it back. */
 static const struct db_stmt rotate_refresh = {
     .name = "auth_rotate_refresh",
-    .sql = "SELECT public.tenantd_refresh($1, $2, $3::bigint)",
+    .sql = "SELECT public.tenantd_refresh_grace($1, $2, $3::bigint, $4::bigint)",
 };
 
 /* Logout ends the whole session: every token of the family, under the
@@ -225,8 +242,8 @@ static bool rate_key_ok(struct request *req, const char *key, size_t keylen,
  * tenantd_refresh result ({"status":"ok","user","org","role",
  * "token_version"}) and the plain refresh token. Other statuses: 401/403.
  */
-static void respond_tokens(struct request *req, PGresult *res, const char *refresh,
-                           const char *fail_detail)
+void auth_respond_tokens(struct request *req, PGresult *res, const char *refresh,
+                         const char *fail_detail, int http_status)
 {
     json_error_t err;
     json_t *j = NULL;
@@ -272,7 +289,13 @@ static void respond_tokens(struct request *req, PGresult *res, const char *refre
         return;
     }
     http_set_header(req, "Cache-Control", "no-store");
-    http_respond_json(req, 200, out);
+    http_respond_json(req, http_status, out);
+}
+
+static void respond_tokens(struct request *req, PGresult *res, const char *refresh,
+                           const char *fail_detail)
+{
+    auth_respond_tokens(req, res, refresh, fail_detail, 200);
 }
 
 /* ---- background re-hash (parameters raised since the hash was made) ---- */
@@ -365,7 +388,7 @@ struct login {
     struct request *req;
     const char *email, *pw, *org;
     size_t pwlen;
-    const char *params[3];
+    const char *params[5];
     char user_id[CACHE_ID_LEN + 1];
     const char *phc; /* arena copy; NULL = no single match */
     char refresh[TOKEN_REFRESH_BUFSZ];
@@ -385,6 +408,14 @@ static void login_issued(struct db_result *r, void *ud)
     respond_tokens(l->req, r->res, l->refresh, LOGIN_401);
 }
 
+static void login_failed_logged(struct db_result *r, void *ud)
+{
+    struct login *l = ud;
+    if (db_failed(l->req, r, "login"))
+        return;
+    auth_respond_unauthorized(l->req, LOGIN_401);
+}
+
 static void login_verified(void *ud, int status, bool ok, bool needs_rehash)
 {
     struct login *l = ud;
@@ -401,6 +432,14 @@ static void login_verified(void *ud, int status, bool ok, bool needs_rehash)
         return;
     }
     if (!ok || !l->phc) {
+        if (l->phc) { /* a known account: the failure goes to its org's audit log */
+            l->params[0] = l->user_id;
+            l->params[1] = req->client_ip;
+            l->params[2] = req->request_id;
+            db_query(req->ctx->db, NULL, &login_failed_audit, 3, l->params, login_failed_logged,
+                     l);
+            return;
+        }
         auth_respond_unauthorized(req, LOGIN_401);
         return;
     }
@@ -422,7 +461,9 @@ static void login_verified(void *ud, int status, bool ok, bool needs_rehash)
     l->params[0] = l->user_id;
     l->params[1] = l->refresh_hash;
     l->params[2] = l->ttl;
-    db_query(req->ctx->db, NULL, &issue_refresh, 3, l->params, login_issued, l);
+    l->params[3] = req->client_ip;
+    l->params[4] = req->request_id;
+    db_query(req->ctx->db, NULL, &issue_refresh, 5, l->params, login_issued, l);
 }
 
 static void login_found(struct db_result *r, void *ud)
@@ -499,8 +540,8 @@ struct refresh {
     struct request *req;
     char next[TOKEN_REFRESH_BUFSZ];
     char old_hash[TOKEN_SHA256_HEX_BUFSZ], new_hash[TOKEN_SHA256_HEX_BUFSZ];
-    char ttl[24];
-    const char *params[3];
+    char ttl[24], grace[24];
+    const char *params[4];
 };
 
 static void refresh_done(struct db_result *r, void *ud)
@@ -538,7 +579,7 @@ static void refresh_post(struct request *req)
     }
     struct refresh *f = arena_calloc(req->arena, sizeof *f);
     f->req = req;
-    if (token_refresh_new(f->next) != 0) {
+    if (auth_refresh_successor(tok, len, f->next) != 0) {
         problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
         return;
     }
@@ -548,7 +589,9 @@ static void refresh_post(struct request *req)
     f->params[0] = f->old_hash;
     f->params[1] = f->new_hash;
     f->params[2] = f->ttl;
-    db_query(req->ctx->db, NULL, &rotate_refresh, 3, f->params, refresh_done, f);
+    snprintf(f->grace, sizeof f->grace, "%lld", (long long)g_config->refresh_reuse_grace_s);
+    f->params[3] = f->grace;
+    db_query(req->ctx->db, NULL, &rotate_refresh, 4, f->params, refresh_done, f);
 }
 
 /* ---- POST /v1/auth/logout ---- */

@@ -105,10 +105,25 @@ static const struct db_stmt q_users_get = {
     "WHERE u.id = $2::uuid AND u.org_id = $1::uuid",
 };
 
+/*
+ * The audit event of a change, written by the changing statement itself
+ * (migration 0010): a CTE inserting one row per row of `from` (none when
+ * the change did nothing). $a..$a+3 are audited_query's actor type, actor
+ * id, client IP and request id.
+ */
+#define SQL_AUDIT(from, a, b, c, d, action, target_type, details, where)                            \
+    "aud AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action, target_type, " \
+    "target_id, ip, request_id, details) SELECT $1::uuid, $" a ", $" b ", '" action "', "          \
+    "'" target_type "', " from ".id::text, $" c ", $" d ", " details " FROM " from " " where ")"
+
 static const struct db_stmt q_users_create = {
     "users_create",
-    "INSERT INTO public.users AS u (org_id, email, name, role, password_hash) "
-    "VALUES ($1::uuid, $2, $3, $4, $5) RETURNING u.id, " SQL_USER_JSON("u") "::text",
+    "WITH ins AS (INSERT INTO public.users AS u (org_id, email, name, role, password_hash) "
+    "VALUES ($1::uuid, $2, $3, $4, $5) RETURNING u.id, u.email, u.role, " SQL_USER_JSON("u")
+    "::text AS j), "
+    SQL_AUDIT("ins", "6", "7", "8", "9", "user.created", "user",
+              "jsonb_build_object('email', ins.email, 'role', ins.role)", "")
+    " SELECT id, j FROM ins",
 };
 
 /* The org's admins, locked in id order: the last-admin rule's guard. */
@@ -132,10 +147,14 @@ static const struct db_stmt q_users_update = {
     "avatar_url = CASE WHEN $7::bool THEN $8 ELSE u.avatar_url END, updated_at = now() "
     "WHERE u.id = $2::uuid AND u.org_id = $1::uuid AND (coalesce($6, u.role) = 'admin' "
     "OR u.role <> 'admin' OR (SELECT count(*) FROM admins) > 1) "
-    "RETURNING u.id, u.email, " SQL_USER_JSON("u") "::text AS j), "
+    "RETURNING u.id, u.email, u.role, " SQL_USER_JSON("u") "::text AS j), "
     "revoked AS (UPDATE public.refresh_tokens r SET revoked_at = now() FROM upd, target "
     "WHERE r.user_id = upd.id AND r.org_id = $1::uuid AND r.revoked_at IS NULL "
-    "AND upd.email <> target.email RETURNING r.id) "
+    "AND upd.email <> target.email RETURNING r.id), "
+    SQL_AUDIT("upd", "9", "10", "11", "12", "user.role_changed", "user",
+              "jsonb_build_object('from', (SELECT role FROM target), 'to', upd.role)",
+              "WHERE upd.role <> (SELECT role FROM target)")
+    " "
     "SELECT (SELECT count(*) FROM target)::int, (SELECT role FROM target), "
     "(SELECT j FROM upd)",
 };
@@ -146,15 +165,22 @@ static const struct db_stmt q_users_delete = {
     "WITH target AS (SELECT t.id, t.role FROM public.users t "
     "WHERE t.id = $2::uuid AND t.org_id = $1::uuid), " SQL_LOCK_ADMINS ", "
     "del AS (DELETE FROM public.users u WHERE u.id = $2::uuid AND u.org_id = $1::uuid "
-    "AND (u.role <> 'admin' OR (SELECT count(*) FROM admins) > 1) RETURNING u.id) "
+    "AND (u.role <> 'admin' OR (SELECT count(*) FROM admins) > 1) RETURNING u.id, u.email), "
+    SQL_AUDIT("del", "3", "4", "5", "6", "user.removed", "user",
+              "jsonb_build_object('email', del.email)", "")
+    " "
     "SELECT (SELECT count(*) FROM target)::int, (SELECT role FROM target), "
     "(SELECT count(*) FROM del)::int",
 };
 
 static const struct db_stmt q_keys_create = {
     "keys_create",
-    "INSERT INTO public.api_keys AS k (org_id, name, role, prefix, key_hash) "
-    "VALUES ($1::uuid, $2, $3, $4, $5) RETURNING k.id, " SQL_KEY_JSON("k") "::text",
+    "WITH ins AS (INSERT INTO public.api_keys AS k (org_id, name, role, prefix, key_hash) "
+    "VALUES ($1::uuid, $2, $3, $4, $5) RETURNING k.id, k.name, k.role, " SQL_KEY_JSON("k")
+    "::text AS j), "
+    SQL_AUDIT("ins", "6", "7", "8", "9", "api_key.created", "api_key",
+              "jsonb_build_object('name', ins.name, 'role', ins.role)", "")
+    " SELECT id, j FROM ins",
 };
 
 static const struct db_stmt q_keys_list = {
@@ -165,8 +191,12 @@ static const struct db_stmt q_keys_list = {
  * what; the auth lookup refuses a revoked key. */
 static const struct db_stmt q_keys_delete = {
     "keys_delete",
-    "UPDATE public.api_keys k SET revoked_at = now() "
-    "WHERE k.id = $2::uuid AND k.org_id = $1::uuid AND k.revoked_at IS NULL RETURNING k.prefix",
+    "WITH upd AS (UPDATE public.api_keys k SET revoked_at = now() "
+    "WHERE k.id = $2::uuid AND k.org_id = $1::uuid AND k.revoked_at IS NULL "
+    "RETURNING k.id, k.prefix, k.name), "
+    SQL_AUDIT("upd", "3", "4", "5", "6", "api_key.revoked", "api_key",
+              "jsonb_build_object('name', upd.name)", "")
+    " SELECT prefix FROM upd",
 };
 
 /* clang-format on */
@@ -350,6 +380,21 @@ static void org_query(struct request *req, const struct auth_ctx *a, const struc
     db_query(pool, a->schema, stmt, n, values, cb, ud);
 }
 
+/* org_query with the audit parameters appended after values: the actor
+ * (type, id), the client IP and the request id (SQL_AUDIT). */
+static void audited_query(struct request *req, const struct auth_ctx *a,
+                          const struct db_stmt *stmt, int n, const char *const *values, db_cb cb,
+                          void *ud)
+{
+    const char **v = arena_alloc(req->arena, (size_t)(n + 4) * sizeof *v);
+    memcpy(v, values, (size_t)n * sizeof *v);
+    v[n] = a->kind == AUTH_KIND_USER ? "user" : a->kind == AUTH_KIND_KEY ? "api_key" : "operator";
+    v[n + 1] = a->principal_id[0] ? a->principal_id : NULL;
+    v[n + 2] = req->client_ip;
+    v[n + 3] = req->request_id;
+    org_query(req, a, stmt, n + 4, v, cb, ud);
+}
+
 /* ---- lists -------------------------------------------------------------- */
 
 /* {"data": <page>, "next_cursor": "<b64url>" | null}: the page is JSON from
@@ -495,7 +540,7 @@ static void user_hashed(void *ud, int status, const char *phc)
         return;
     }
     c->values[4] = arena_strdup(req->arena, phc);
-    org_query(req, c->a, &q_users_create, 5, c->values, user_create_done, req);
+    audited_query(req, c->a, &q_users_create, 5, c->values, user_create_done, req);
 }
 
 static void users_create(struct request *req)
@@ -663,7 +708,7 @@ static void users_update(struct request *req)
     u->req = req;
     u->id = id;
     u->demote = vals[5] && strcmp(vals[5], "member") == 0;
-    org_query(req, a, &q_users_update, 8, vals, user_update_done, u);
+    audited_query(req, a, &q_users_update, 8, vals, user_update_done, u);
 }
 
 /* ---- DELETE /v1/users/{id} ---------------------------------------------- */
@@ -709,7 +754,7 @@ static void users_delete(struct request *req)
     const char **v = arena_alloc(req->arena, 2 * sizeof *v);
     v[0] = a->org_id;
     v[1] = id;
-    org_query(req, a, &q_users_delete, 2, v, user_delete_done, d);
+    audited_query(req, a, &q_users_delete, 2, v, user_delete_done, d);
 }
 
 /* ---- API keys ----------------------------------------------------------- */
@@ -777,7 +822,7 @@ static void key_insert(struct key_create *k)
     token_sha256_hex(k->key, strlen(k->key), k->hash);
     k->values[3] = k->prefix;
     k->values[4] = k->hash;
-    org_query(req, k->a, &q_keys_create, 5, k->values, key_create_done, k);
+    audited_query(req, k->a, &q_keys_create, 5, k->values, key_create_done, k);
 }
 
 static void keys_create(struct request *req)
@@ -849,5 +894,5 @@ static void keys_delete(struct request *req)
     const char **v = arena_alloc(req->arena, 2 * sizeof *v);
     v[0] = a->org_id;
     v[1] = id;
-    org_query(req, a, &q_keys_delete, 2, v, key_delete_done, req);
+    audited_query(req, a, &q_keys_delete, 2, v, key_delete_done, req);
 }

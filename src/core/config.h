@@ -137,7 +137,29 @@
     X(hash_boost_ms, TENANTD_HASH_BOOST_MS, INT, 100, 0, 60000,                                    \
       "hashes starved this long by busy loops run at normal priority (0 = never)")                 \
     X(jwt_issuer, TENANTD_JWT_ISSUER, STR, "tenantd", 0, 0, "access token iss claim")              \
-    X(jwt_audience, TENANTD_JWT_AUDIENCE, STR, "tenantd", 0, 0, "access token aud claim")
+    X(jwt_audience, TENANTD_JWT_AUDIENCE, STR, "tenantd", 0, 0, "access token aud claim")        \
+    X(refresh_reuse_grace_s, TENANTD_REFRESH_REUSE_GRACE_S, INT, 10, 0, 300,                       \
+      "a rotated refresh token presented again this soon gets the same successor (0 = off)")       \
+    X(smtp_url, TENANTD_SMTP_URL, STR, NULL, 0, 0,                                                 \
+      "mail server: smtp://[user:pass@]host:port (STARTTLS when offered) or smtps://; unset: "     \
+      "mails are written as files (TENANTD_MAIL_DIR)")                                             \
+    X(mail_from, TENANTD_MAIL_FROM, STR, "tenantd <no-reply@localhost>", 0, 0,                     \
+      "From: of every mail (an address, or \"Name <address>\")")                                  \
+    X(mail_dir, TENANTD_MAIL_DIR, STR, NULL, 0, 0,                                                 \
+      "without TENANTD_SMTP_URL: folder mails are written to (in dev mode <TMPDIR>/tenantd-mail)")     \
+    X(public_url, TENANTD_PUBLIC_URL, STR, "http://localhost:3000", 0, 0,                          \
+      "the frontend's base URL; links in mails point at its pages")                               \
+    X(invitation_ttl_s, TENANTD_INVITATION_TTL_S, INT, 604800, 1, INT64_C(31536000),               \
+      "an invitation link works this long, seconds")                                               \
+    X(password_reset_ttl_s, TENANTD_PASSWORD_RESET_TTL_S, INT, 3600, 1, 604800,                    \
+      "a password-reset link works this long, seconds")                                            \
+    X(verify_email_ttl_s, TENANTD_VERIFY_EMAIL_TTL_S, INT, 86400, 1, 2592000,                      \
+      "an email-verification link works this long, seconds")                                    \
+    X(api_url, TENANTD_API_URL, STR, "http://localhost:8080", 0, 0,                                \
+      "this API's public base URL (OIDC callbacks: <url>/v1/auth/oidc/<provider>/callback)")       \
+    X(oidc_redirect_uris, TENANTD_OIDC_REDIRECT_URIS, STR, NULL, 0, 0,                             \
+      "comma-separated redirect_uri values OIDC sign-in may return to (exact match); providers: "  \
+      "TENANTD_OIDC_<NAME>_CLIENT_ID, _CLIENT_SECRET, _ISSUER (GOOGLE: issuer preset)")
 
 struct config {
 #define CONFIG_FIELD_STR(f) const char *f;

@@ -19,6 +19,7 @@
     X(SLUG_TAKEN, 409, "slug_taken", "Slug Taken")                                                 \
     X(EMAIL_TAKEN, 409, "email_taken", "Email Taken")                                              \
     X(LAST_ADMIN, 409, "last_admin", "Last Admin")                                                 \
+    X(TOKEN_INVALID, 400, "token_invalid", "Invalid or Expired Link")                              \
     X(PRECONDITION_FAILED, 412, "precondition_failed", "Precondition Failed")                      \
     X(PAYLOAD_TOO_LARGE, 413, "payload_too_large", "Payload Too Large")                            \
     X(VALIDATION_FAILED, 422, "validation_failed", "Validation Failed")                            \

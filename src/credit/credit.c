@@ -93,14 +93,27 @@ static const struct db_stmt q_list = {
 
 static const struct db_stmt q_spend = {
     "credit_spend",
-    "SELECT s.o_outcome, s.o_status, s.o_headers::text, s.o_body "
-    "FROM public.tenantd_credit_spend($1::uuid, $2::bigint, $3, $4, $5, $6) s",
+    /* The audit event (migration 0010; $7/$8 actor, $9 IP, $10 request id)
+     * of a first execution only, not of a replay, in the same statement. */
+    "WITH s AS (SELECT * FROM public.tenantd_credit_spend($1::uuid, $2::bigint, $3, $4, $5, $6)), "
+    "aud AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action, target_type, "
+    "target_id, ip, request_id, details) SELECT $1::uuid, $7, $8, 'credits.spent', "
+    "'credit_transaction', s.o_body::json->>'id', $9, $10, jsonb_build_object('amount', $2::bigint) "
+    "FROM s WHERE s.o_outcome = 'executed') "
+    "SELECT s.o_outcome, s.o_status, s.o_headers::text, s.o_body FROM s",
 };
 
 static const struct db_stmt q_admin = {
     "credit_admin",
-    "SELECT s.o_outcome, s.o_status, s.o_headers::text, s.o_body "
-    "FROM public.tenantd_credit_admin($1, $2::bigint, $3, $4, $5) s",
+    /* As q_spend's: $6 IP, $7 request id; the actor is the operator. */
+    "WITH s AS (SELECT * FROM public.tenantd_credit_admin($1, $2::bigint, $3, $4, $5)), "
+    "aud AS (INSERT INTO public.audit_events (org_id, actor_type, action, target_type, "
+    "target_id, ip, request_id, details) SELECT o.id, 'operator', CASE WHEN $2::bigint >= 0 "
+    "THEN 'credits.granted' ELSE 'credits.adjusted' END, 'credit_transaction', "
+    "s.o_body::json->>'id', $6, $7, jsonb_build_object('amount', $2::bigint) "
+    "FROM s JOIN public.orgs o ON lower(o.slug) = lower($1) AND o.status <> 'deleted' "
+    "WHERE s.o_outcome = 'executed') "
+    "SELECT s.o_outcome, s.o_status, s.o_headers::text, s.o_body FROM s",
 };
 
 /* ---- limits ------------------------------------------------------------- */
@@ -384,14 +397,18 @@ static void credits_spend(struct request *req)
         db_respond_unavailable(req);
         return;
     }
-    const char **v = arena_alloc(req->arena, 6 * sizeof *v);
+    const char **v = arena_alloc(req->arena, 10 * sizeof *v);
     v[0] = a->org_id;
     v[1] = arena_printf(req->arena, "%" PRId64, amount);
     v[2] = description;
     v[3] = reference;
     v[4] = k.key;
     v[5] = k.hash;
-    db_query(pool, NULL, &q_spend, 6, v, spend_done, req);
+    v[6] = a->kind == AUTH_KIND_USER ? "user" : "api_key";
+    v[7] = a->principal_id[0] ? a->principal_id : NULL;
+    v[8] = req->client_ip;
+    v[9] = req->request_id;
+    db_query(pool, NULL, &q_spend, 10, v, spend_done, req);
 }
 
 static void admin_done(struct db_result *r, void *ud)
@@ -455,13 +472,15 @@ static void admin_credits(struct request *req)
         db_respond_unavailable(req);
         return;
     }
-    const char **v = arena_alloc(req->arena, 5 * sizeof *v);
+    const char **v = arena_alloc(req->arena, 7 * sizeof *v);
     v[0] = slug;
     v[1] = arena_printf(req->arena, "%" PRId64, amount);
     v[2] = description;
     v[3] = k.key;
     v[4] = k.hash;
-    db_query(pool, NULL, &q_admin, 5, v, admin_done, req);
+    v[5] = req->client_ip;
+    v[6] = req->request_id;
+    db_query(pool, NULL, &q_admin, 7, v, admin_done, req);
 }
 
 /* ---- lifecycle ----------------------------------------------------------- */

@@ -39,6 +39,7 @@
 #include "core/list.h"
 #include "core/log.h"
 #include "core/problem.h"
+#include "job/email.h"
 
 static void export_validate(json_t *p, json_t **errors);
 static enum job_outcome export_run(struct job_run *run);
@@ -87,6 +88,11 @@ static const struct job_type job_types[] = {
      "t + \".\" + body)>); 2xx succeeds, 408/429/5xx and network errors retry (payload: url, "
      "secret, body).",
      false, cost_webhook, webhook_validate, webhook_run},
+    {"email.send",
+     "System job: sends one mail the server queued (invitations, password resets, email "
+     "verification) over SMTP; never billed, retried like other jobs. Not accepted at "
+     "POST /v1/jobs.",
+     false, email_cost, email_validate, email_run},
     {"sleep", "Test job: waits payload.ms milliseconds (0..600000, default 0).", true, cost_sleep,
      sleep_validate, sleep_run},
     {"fail",
@@ -109,10 +115,16 @@ const struct job_type *job_type_find(const char *type)
     return NULL;
 }
 
+/* Queued by the server only (email.send): not listed in GET /v1/job-types. */
+static bool system_type(const struct job_type *t)
+{
+    return t->run == email_run;
+}
+
 const struct job_type *job_type_at(size_t i)
 {
     for (size_t k = 0; k < NTYPES; k++)
-        if (enabled(&job_types[k]) && i-- == 0)
+        if (enabled(&job_types[k]) && !system_type(&job_types[k]) && i-- == 0)
             return &job_types[k];
     return NULL;
 }

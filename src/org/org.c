@@ -117,14 +117,31 @@ static const struct db_stmt get_by_slug_stmt = {
     " AND ($2::uuid IS NULL OR o.id = $2::uuid)",
 };
 
-/* updated_at moves only when something changed. */
+/* updated_at moves only when something changed; so does the audit event
+ * (migration 0010; $4/$5 the actor, $6 client IP, $7 request id), in the
+ * same statement. `old` sees the row as it was (one snapshot). */
 static const struct db_stmt patch_stmt = {
     "org_patch",
-    "UPDATE public.orgs o SET name = coalesce($2, o.name), slug = coalesce($3, o.slug),"
-    " updated_at = CASE WHEN (coalesce($2, o.name), coalesce($3, o.slug))"
-    " IS DISTINCT FROM (o.name, o.slug) THEN now() ELSE o.updated_at END"
+    "WITH old AS (SELECT o.name, o.slug, o.join_policy, o.domains FROM public.orgs o"
+    " WHERE o.id = $1::uuid),"
+    " upd AS (UPDATE public.orgs o SET name = coalesce($2, o.name), slug = coalesce($3, o.slug),"
+    " join_policy = coalesce($8, o.join_policy), domains = coalesce($9::text[], o.domains),"
+    " updated_at = CASE WHEN (coalesce($2, o.name), coalesce($3, o.slug),"
+    " coalesce($8, o.join_policy), coalesce($9::text[], o.domains))"
+    " IS DISTINCT FROM (o.name, o.slug, o.join_policy, o.domains) THEN now() ELSE o.updated_at END"
     " WHERE o.id = $1::uuid AND o.status <> 'deleted'"
-    " RETURNING public.tenantd_org_json(o)",
+    " RETURNING o.id, o.name, o.slug, o.join_policy, o.domains,"
+    " public.tenantd_org_json(o) AS j),"
+    " aud AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action,"
+    " target_type, target_id, ip, request_id, details)"
+    " SELECT upd.id, $4, $5, 'org.updated', 'org', upd.id::text, $6, $7,"
+    " jsonb_build_object('from', jsonb_build_object('name', old.name, 'slug', old.slug,"
+    " 'join_policy', old.join_policy, 'domains', old.domains),"
+    " 'to', jsonb_build_object('name', upd.name, 'slug', upd.slug,"
+    " 'join_policy', upd.join_policy, 'domains', upd.domains)) FROM upd, old"
+    " WHERE (upd.name, upd.slug, upd.join_policy, upd.domains)"
+    " IS DISTINCT FROM (old.name, old.slug, old.join_policy, old.domains))"
+    " SELECT j FROM upd",
 };
 
 static const struct db_stmt delete_stmt = {
@@ -140,10 +157,19 @@ static const struct db_stmt admin_delete_stmt = {
 
 static const struct db_stmt admin_status_stmt = {
     "org_admin_status",
-    "UPDATE public.orgs o SET status = $2,"
+    "WITH old AS (SELECT o.status FROM public.orgs o WHERE lower(o.slug) = $1"
+    " AND o.status <> 'deleted'),"
+    " upd AS (UPDATE public.orgs o SET status = $2,"
     " updated_at = CASE WHEN o.status = $2 THEN o.updated_at ELSE now() END"
     " WHERE lower(o.slug) = $1 AND o.status <> 'deleted'"
-    " RETURNING o.id, public.tenantd_org_json(o)",
+    " RETURNING o.id, public.tenantd_org_json(o) AS j),"
+    /* The audit event of a real change (migration 0010): $3 client IP, $4 request id. */
+    " aud AS (INSERT INTO public.audit_events (org_id, actor_type, action, target_type,"
+    " target_id, ip, request_id, details)"
+    " SELECT upd.id, 'operator', CASE $2 WHEN 'suspended' THEN 'org.suspended'"
+    " ELSE 'org.unsuspended' END, 'org', upd.id::text, $3, $4, '{}' FROM upd, old"
+    " WHERE old.status <> $2)"
+    " SELECT id, j FROM upd",
 };
 
 /* Keyset pagination on (created_at, id), oldest first, so pages are stable
@@ -153,6 +179,7 @@ static const struct db_stmt admin_status_stmt = {
 static const struct db_stmt admin_list_stmt = {
     "org_admin_list",
     "SELECT json_build_object('id', o.id, 'name', o.name, 'slug', o.slug, 'status', o.status,"
+    " 'join_policy', o.join_policy, 'domains', to_json(o.domains),"
     " 'created_at', public.tenantd_ts(o.created_at),"
     " 'updated_at', public.tenantd_ts(o.updated_at), 'balance', coalesce(a.balance, 0)),"
     " public.tenantd_ts(o.created_at), o.id"
@@ -619,6 +646,45 @@ static void patch_done(struct db_result *r, void *ud)
     db_respond_json(req, r, 0, "No such organization.");
 }
 
+/* PATCH's join_policy ("invite" | "domain") and domains (up to 50 lower-case
+ * DNS names; a PostgreSQL array literal of them into *domains). */
+static void org_join_fields(struct request *req, json_t *body, const char **policy,
+                            const char **domains, json_t **errors)
+{
+    json_t *p = json_object_get(body, "join_policy");
+    if (p) {
+        const char *s = json_string_value(p);
+        if (!s || (strcmp(s, "invite") != 0 && strcmp(s, "domain") != 0))
+            problem_add_error(errors, "join_policy", "must be \"invite\" or \"domain\"");
+        else
+            *policy = s;
+    }
+    json_t *d = json_object_get(body, "domains");
+    if (!d)
+        return;
+    if (!json_is_array(d) || json_array_size(d) > 50) {
+        problem_add_error(errors, "domains", "must be an array of at most 50 domain names");
+        return;
+    }
+    size_t i;
+    json_t *x;
+    char *lit = arena_strdup(req->arena, "{");
+    json_array_foreach(d, i, x)
+    {
+        const char *s = json_string_value(x);
+        bool ok = s && strlen(s) >= 3 && strlen(s) <= 253 && strchr(s, '.') && s[0] != '.' &&
+                  s[0] != '-';
+        for (const char *c = s; ok && *c; c++)
+            ok = (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '-' || *c == '.';
+        if (!ok) {
+            problem_add_error(errors, "domains", "must hold lower-case domain names like example.com");
+            return;
+        }
+        lit = arena_printf(req->arena, "%s%s%s", lit, i ? "," : "", s);
+    }
+    *domains = arena_printf(req->arena, "%s}", lit);
+}
+
 static void org_patch(struct request *req)
 {
     const char *id = caller_org(req);
@@ -629,8 +695,10 @@ static void org_patch(struct request *req)
         return;
     json_t *errors = NULL;
     bool has_name, has_slug;
-    static const char *const fields[] = {"name", "slug", NULL};
+    static const char *const fields[] = {"name", "slug", "join_policy", "domains", NULL};
     body_unknown_fields(req, body, fields, NULL, &errors);
+    const char *policy = NULL, *domains = NULL;
+    org_join_fields(req, body, &policy, &domains, &errors);
     const char *name = string_member(body, "name", false, &errors, "name", &has_name);
     if (name) {
         const char *why = name_problem(name);
@@ -649,13 +717,22 @@ static void org_patch(struct request *req)
     }
     const char **v = arena_alloc(req->arena, 3 * sizeof *v);
     v[0] = id;
-    if (!has_name && !has_slug) {
+    if (!has_name && !has_slug && !policy && !domains) {
         db_query(db_pool_of(req), NULL, &get_by_id_stmt, 1, v, org_json_done, req);
         return;
     }
+    v = arena_alloc(req->arena, 9 * sizeof *v);
+    v[0] = id;
     v[1] = name;
     v[2] = slug;
-    db_query(db_pool_of(req), NULL, &patch_stmt, 3, v, patch_done, req);
+    const struct auth_ctx *a = auth_ctx(req);
+    v[3] = a->kind == AUTH_KIND_USER ? "user" : "api_key";
+    v[4] = a->principal_id[0] ? a->principal_id : NULL;
+    v[5] = req->client_ip;
+    v[6] = req->request_id;
+    v[7] = policy;
+    v[8] = domains;
+    db_query(db_pool_of(req), NULL, &patch_stmt, 9, v, patch_done, req);
 }
 
 static void delete_done(struct db_result *r, void *ud)
@@ -733,10 +810,12 @@ static void admin_set_status(struct request *req, const char *status)
     const char *slug = slug_param(req);
     if (!slug)
         return;
-    const char **v = arena_alloc(req->arena, 2 * sizeof *v);
+    const char **v = arena_alloc(req->arena, 4 * sizeof *v);
     v[0] = slug;
     v[1] = status;
-    db_query(db_pool_of(req), NULL, &admin_status_stmt, 2, v, admin_status_done, req);
+    v[2] = req->client_ip;
+    v[3] = req->request_id;
+    db_query(db_pool_of(req), NULL, &admin_status_stmt, 4, v, admin_status_done, req);
 }
 
 static void admin_org_suspend(struct request *req)

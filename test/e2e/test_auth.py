@@ -226,6 +226,8 @@ class LoginTest(AuthCase):
 
 
 class RefreshTest(AuthCase):
+    # Reuse detection without the reuse grace (test_accounts covers the grace).
+    server_env = dict(AuthCase.server_env, TENANTD_REFRESH_REUSE_GRACE_S="0")
 
     @classmethod
     def setUpClass(cls):

@@ -124,6 +124,15 @@ class Org:
             self._webhook = body["id"]
         return self._webhook
 
+    def invitation_id(self):
+        if not getattr(self, "_invitation", None):
+            status, body, _ = self.test.server.json(
+                "POST", "/v1/invitations", {"email": f"invitee@{self.slug}.example.com"},
+                bearer(self.admin_token))
+            self.test.assertEqual(status, 201, f"cannot invite in {self.slug}: {body}")
+            self._invitation = body["id"]
+        return self._invitation
+
     def param_value(self, pattern, name, start):
         """The value of path parameter `name` (at offset `start` of pattern)
         naming this org's resource."""
@@ -133,6 +142,8 @@ class Org:
             return "isolation.type"  # operator-only: no org owns a job type
         if name == "collection":
             return self.collection
+        if name == "provider":
+            return "google"  # sign-in provider names are not per org
         if name == "id":
             parent = pattern[:start].rstrip("/").rsplit("/", 1)[-1]
             by_parent = {"users": lambda: self.member["id"],
@@ -140,7 +151,8 @@ class Org:
                          "records": self.record_id,
                          "jobs": self.job_id,
                          "schedules": self.schedule_id,
-                         "webhooks": self.webhook_id}
+                         "webhooks": self.webhook_id,
+                         "invitations": self.invitation_id}
             if parent in by_parent:
                 return by_parent[parent]()
         self.test.fail(f"{pattern}: no known value for parameter {{{name}}}; "

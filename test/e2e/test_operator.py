@@ -48,8 +48,8 @@ class OperatorTest(OrgTestCase):
         total = int(self.sql("SELECT count(*) FROM public.orgs WHERE status <> 'deleted'")[0])
         self.assertEqual(len(doc["data"]), min(total, 20))  # default page size
         for item in doc["data"]:
-            self.assertEqual(set(item), {"id", "name", "slug", "status", "created_at",
-                                         "updated_at", "balance"})
+            self.assertEqual(set(item), {"id", "name", "slug", "status", "join_policy",
+                                         "domains", "created_at", "updated_at", "balance"})
 
         items, pages = self.list_all(2)
         self.assertEqual(len(items), total)

@@ -14,7 +14,7 @@ import harness
 # Small argon2 parameters: signups in these tests should take milliseconds.
 FAST_ARGON2 = {"TENANTD_ARGON2_M_KIB": "1024", "TENANTD_ARGON2_T": "1"}
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
-ORG_FIELDS = {"id", "name", "slug", "created_at", "updated_at", "status"}
+ORG_FIELDS = {"id", "name", "slug", "created_at", "updated_at", "status", "join_policy", "domains"}
 PASSWORD = "correct horse battery"
 
 

@@ -95,7 +95,8 @@ def list_all(server, path, token, limit=100):
     raise AssertionError("next_cursor never ended")
 
 
-USER_FIELDS = {"id", "email", "name", "role", "avatar_url", "created_at", "updated_at"}
+USER_FIELDS = {"id", "email", "name", "role", "avatar_url", "email_verified_at", "identities",
+               "created_at", "updated_at"}
 
 
 class UsersTestBase(harness.DbTestCase):
