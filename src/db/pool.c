@@ -370,6 +370,28 @@ static void q_off_conn(struct dbq *q)
     }
 }
 
+/* Invariants of a connection (Debug/ASan builds): the segment FIFO holds
+ * `inflight` queries, tail last, each counted in its org; the cache holds
+ * ncache entries, at most the pool's bound. */
+static void conn_check(const struct conn *c)
+{
+#ifndef NDEBUG
+    int n = 0;
+    const struct dbq *last = NULL;
+    for (const struct dbq *q = c->head; q; q = q->next) {
+        assert(q->on_conn == (q->org != NULL));
+        assert(!q->org || q->org->inflight > 0);
+        last = q;
+        n++;
+    }
+    assert(n == c->inflight && last == c->tail);
+    assert(c->ncache >= 0 && c->ncache <= c->pool->cache_size);
+    assert((c->lru_head == NULL) == (c->ncache == 0));
+#else
+    (void)c;
+#endif
+}
+
 /* ---- the tenant statement cache of a connection ---- */
 
 static uint32_t centry_hash(const struct db_stmt *s, uint32_t shash)
@@ -1028,6 +1050,7 @@ static void conn_send(struct conn *c, struct dbq *q)
         conn_fail(c, PQerrorMessage(pg));
         return;
     }
+    conn_check(c);
     conn_flush(c);
 }
 
@@ -1062,6 +1085,7 @@ static void segment_done(struct conn *c)
     c->inflight--;
     assert((c->inflight == 0) == (c->head == NULL));
     q_off_conn(q);
+    conn_check(c);
     c->last_used = c->last_progress = now_ms(p);
     /* Service time: from when the server could start on it (sent, or the
      * previous segment done) to its end; an average over the last ~8. */
@@ -1565,8 +1589,8 @@ void db_pool_close(struct db_pool *p, void (*done)(void *ud), void *ud)
 
 /* ---- creating, querying, stats ---- */
 
-/* The "options" to connect with: the conninfo's own plus statement_timeout;
- * NULL when there is nothing to add. Returns -1 when conninfo is invalid. */
+/* The "options" to connect with: the conninfo's own plus plan_cache_mode and
+ * statement_timeout. Returns -1 when conninfo is invalid. */
 static bool is_ip(const char *s)
 {
     unsigned char buf[sizeof(struct in6_addr)];
@@ -1608,12 +1632,18 @@ static int build_options(const char *conninfo, int stmt_ms, char **out, char **r
     for (PQconninfoOption *o = opts; o->keyword; o++)
         if (strcmp(o->keyword, "options") == 0 && o->val && *o->val)
             existing = o->val;
-    if (stmt_ms > 0) {
-        size_t n = (existing ? strlen(existing) : 0) + 64;
-        *out = xcalloc(1, n);
-        snprintf(*out, n, "%s%s-c statement_timeout=%d", existing ? existing : "",
-                 existing ? " " : "", stmt_ms);
-    }
+    /* Generic plans from the first execution: with thousands of orgs each
+     * (connection, org) statement runs only a few times, and PostgreSQL
+     * would plan each of its first five executions anew (custom plans)
+     * before settling on the generic one it plans once. Statements whose
+     * plan must see their values (record lists with a filter) are unnamed:
+     * planned on every run either way. */
+    size_t n = (existing ? strlen(existing) : 0) + 96;
+    *out = xcalloc(1, n);
+    int len = snprintf(*out, n, "%s%s-c plan_cache_mode=force_generic_plan",
+                       existing ? existing : "", existing ? " " : "");
+    if (stmt_ms > 0)
+        snprintf(*out + len, n - (size_t)len, " -c statement_timeout=%d", stmt_ms);
     *resolve = host_to_resolve(opts);
     PQconninfoFree(opts);
     return 0;
