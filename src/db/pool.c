@@ -1301,7 +1301,11 @@ static struct conn *choose(struct db_pool *p, const struct dbq *q)
     struct conn *slow = NULL, *opening = NULL;
     for (int i = 0; i < q->nrank; i++) {
         struct conn *c = &p->conns[q->rank[i]];
-        if ((c->state == CONN_CLOSED || c->state == CONN_CONNECTING) && !opening)
+        /* Slots open lazily: one passed over because it was never opened
+         * (or was closed) opens now, so the org is back on it soon. */
+        if (c->state == CONN_CLOSED)
+            conn_connect(c);
+        if (c->state == CONN_CONNECTING && !opening)
             opening = c;
         if (c->state != CONN_READY || c->recycle)
             continue;
@@ -1312,14 +1316,8 @@ static struct conn *choose(struct db_pool *p, const struct dbq *q)
         }
         return c->inflight < p->depth ? c : NULL;
     }
-    if (slow && opening) {
-        /* Slots open lazily: a slow first slot is when the org's next one
-         * is worth opening, and worth a connect's wait. */
-        if (opening->state == CONN_CLOSED)
-            conn_connect(opening);
-        if (opening->state == CONN_CONNECTING)
-            return NULL;
-    }
+    if (slow && opening)
+        return NULL; /* a slot of the org's is opening: worth a connect's wait */
     return slow && slow->inflight < p->depth ? slow : NULL;
 }
 
