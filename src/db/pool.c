@@ -1294,9 +1294,11 @@ static struct conn *choose(struct db_pool *p, const struct dbq *q)
      * retiring one is passed over). An org well below its cap also passes
      * over one another org floods or slows (conn_avoid); an org near its
      * cap stays, rather than putting its
-     * statements in front of the orgs of its other slots. A full pipeline
-     * that is moving is waited for, not passed over: spilling for a moment's
-     * queue would show every backend every org over time. */
+     * statements in front of the orgs of its other slots. A pipeline full
+     * of other orgs' work is waited for, not passed over: spilling for a
+     * moment's queue would show every backend every org over time; one
+     * holding the org's own statements too is passed over (a busy org may
+     * use its next slots). */
     bool light = !q->org || q->org->inflight * 2 < p->org_cap;
     struct conn *slow = NULL, *opening = NULL;
     for (int i = 0; i < q->nrank; i++) {
@@ -1314,7 +1316,15 @@ static struct conn *choose(struct db_pool *p, const struct dbq *q)
                 slow = c;
             continue;
         }
-        return c->inflight < p->depth ? c : NULL;
+        if (c->inflight < p->depth)
+            return c;
+        /* Full of the org's own work: it is busy, and may use its next
+         * slot. Full of other orgs' work: wait for room here. */
+        bool own = false;
+        for (const struct dbq *x = c->head; x && !own; x = x->next)
+            own = x->org == q->org;
+        if (!own)
+            return NULL;
     }
     if (slow && opening)
         return NULL; /* a slot of the org's is opening: worth a connect's wait */
@@ -1669,7 +1679,10 @@ struct db_pool *db_pool_new(uv_loop_t *loop, const struct db_pool_options *o)
     p->reconnect_max_ms =
         o->reconnect_max_ms < BACKOFF_START_MS ? BACKOFF_START_MS : o->reconnect_max_ms;
     p->cache_size = o->statement_cache ? o->statement_cache : STATEMENT_CACHE;
-    p->org_cap = o->org_inflight ? o->org_inflight : p->depth;
+    /* Default: a pipeline's worth, and with pipelining off still one
+     * statement on each slot the org may use. */
+    int nrank = p->size < 1 + SPILL ? p->size : 1 + SPILL;
+    p->org_cap = o->org_inflight ? o->org_inflight : (p->depth > nrank ? p->depth : nrank);
     p->recycle_schemas = o->recycle_schemas ? o->recycle_schemas : RECYCLE_SCHEMAS;
     unsigned buckets = 16;
     while (buckets < (unsigned)p->cache_size * 2 && buckets < (1u << 20))
