@@ -36,7 +36,7 @@
     X(db_statement_cache, TENANTD_DB_STATEMENT_CACHE, INT, 4000, 1, 1000000,                      \
       "org statements kept prepared per database connection (LRU)")                               \
     X(db_org_inflight, TENANTD_DB_ORG_INFLIGHT, INT, 0, 0, 1024,                                   \
-      "statements one org may have in flight per loop (0 = the pipeline depth)")                  \
+      "statements one org may have in flight per loop (0 = the pipeline depth, at least 3)")     \
     X(max_connections, TENANTD_MAX_CONNECTIONS, INT, 10000, 1, 1000000,                            \
       "open client connections per loop; more are refused")                                        \
     X(max_body_bytes, TENANTD_MAX_BODY_BYTES, INT, 1048576, 0, 1073741824,                         \

@@ -36,7 +36,7 @@ struct db_pool_options {
      * queue (overload sheds early); 0 = never. */
     int shed_wait_ms;
     int statement_cache;     /* tenant statements prepared per connection; 0 = 4000 */
-    int org_inflight;        /* statements in flight per schema; 0 = pipeline_depth */
+    int org_inflight;        /* statements in flight per schema; 0 = pipeline_depth (at least 3) */
     int recycle_schemas;     /* distinct schemas before a backend is replaced; 0 = 5000 */
     struct metrics *metrics; /* may be NULL */
 };

@@ -370,6 +370,28 @@ static void q_off_conn(struct dbq *q)
     }
 }
 
+/* Invariants of a connection (Debug/ASan builds): the segment FIFO holds
+ * `inflight` queries, tail last, each counted in its org; the cache holds
+ * ncache entries, at most the pool's bound. */
+static void conn_check(const struct conn *c)
+{
+#ifndef NDEBUG
+    int n = 0;
+    const struct dbq *last = NULL;
+    for (const struct dbq *q = c->head; q; q = q->next) {
+        assert(q->on_conn == (q->org != NULL));
+        assert(!q->org || q->org->inflight > 0);
+        last = q;
+        n++;
+    }
+    assert(n == c->inflight && last == c->tail);
+    assert(c->ncache >= 0 && c->ncache <= c->pool->cache_size);
+    assert((c->lru_head == NULL) == (c->ncache == 0));
+#else
+    (void)c;
+#endif
+}
+
 /* ---- the tenant statement cache of a connection ---- */
 
 static uint32_t centry_hash(const struct db_stmt *s, uint32_t shash)
@@ -1028,6 +1050,7 @@ static void conn_send(struct conn *c, struct dbq *q)
         conn_fail(c, PQerrorMessage(pg));
         return;
     }
+    conn_check(c);
     conn_flush(c);
 }
 
@@ -1062,6 +1085,7 @@ static void segment_done(struct conn *c)
     c->inflight--;
     assert((c->inflight == 0) == (c->head == NULL));
     q_off_conn(q);
+    conn_check(c);
     c->last_used = c->last_progress = now_ms(p);
     /* Service time: from when the server could start on it (sent, or the
      * previous segment done) to its end; an average over the last ~8. */
@@ -1270,14 +1294,20 @@ static struct conn *choose(struct db_pool *p, const struct dbq *q)
      * retiring one is passed over). An org well below its cap also passes
      * over one another org floods or slows (conn_avoid); an org near its
      * cap stays, rather than putting its
-     * statements in front of the orgs of its other slots. A full pipeline
-     * that is moving is waited for, not passed over: spilling for a moment's
-     * queue would show every backend every org over time. */
+     * statements in front of the orgs of its other slots. A pipeline full
+     * of other orgs' work is waited for, not passed over: spilling for a
+     * moment's queue would show every backend every org over time; one
+     * holding the org's own statements too is passed over (a busy org may
+     * use its next slots). */
     bool light = !q->org || q->org->inflight * 2 < p->org_cap;
     struct conn *slow = NULL, *opening = NULL;
     for (int i = 0; i < q->nrank; i++) {
         struct conn *c = &p->conns[q->rank[i]];
-        if ((c->state == CONN_CLOSED || c->state == CONN_CONNECTING) && !opening)
+        /* Slots open lazily: one passed over because it was never opened
+         * (or was closed) opens now, so the org is back on it soon. */
+        if (c->state == CONN_CLOSED)
+            conn_connect(c);
+        if (c->state == CONN_CONNECTING && !opening)
             opening = c;
         if (c->state != CONN_READY || c->recycle)
             continue;
@@ -1286,16 +1316,18 @@ static struct conn *choose(struct db_pool *p, const struct dbq *q)
                 slow = c;
             continue;
         }
-        return c->inflight < p->depth ? c : NULL;
-    }
-    if (slow && opening) {
-        /* Slots open lazily: a slow first slot is when the org's next one
-         * is worth opening, and worth a connect's wait. */
-        if (opening->state == CONN_CLOSED)
-            conn_connect(opening);
-        if (opening->state == CONN_CONNECTING)
+        if (c->inflight < p->depth)
+            return c;
+        /* Full of the org's own work: it is busy, and may use its next
+         * slot. Full of other orgs' work: wait for room here. */
+        bool own = false;
+        for (const struct dbq *x = c->head; x && !own; x = x->next)
+            own = x->org == q->org;
+        if (!own)
             return NULL;
     }
+    if (slow && opening)
+        return NULL; /* a slot of the org's is opening: worth a connect's wait */
     return slow && slow->inflight < p->depth ? slow : NULL;
 }
 
@@ -1583,8 +1615,8 @@ void db_pool_close(struct db_pool *p, void (*done)(void *ud), void *ud)
 
 /* ---- creating, querying, stats ---- */
 
-/* The "options" to connect with: the conninfo's own plus statement_timeout;
- * NULL when there is nothing to add. Returns -1 when conninfo is invalid. */
+/* The "options" to connect with: the conninfo's own plus plan_cache_mode and
+ * statement_timeout. Returns -1 when conninfo is invalid. */
 static bool is_ip(const char *s)
 {
     unsigned char buf[sizeof(struct in6_addr)];
@@ -1626,12 +1658,18 @@ static int build_options(const char *conninfo, int stmt_ms, char **out, char **r
     for (PQconninfoOption *o = opts; o->keyword; o++)
         if (strcmp(o->keyword, "options") == 0 && o->val && *o->val)
             existing = o->val;
-    if (stmt_ms > 0) {
-        size_t n = (existing ? strlen(existing) : 0) + 64;
-        *out = xcalloc(1, n);
-        snprintf(*out, n, "%s%s-c statement_timeout=%d", existing ? existing : "",
-                 existing ? " " : "", stmt_ms);
-    }
+    /* Generic plans from the first execution: with thousands of orgs each
+     * (connection, org) statement runs only a few times, and PostgreSQL
+     * would plan each of its first five executions anew (custom plans)
+     * before settling on the generic one it plans once. Statements whose
+     * plan must see their values (record lists with a filter) are unnamed:
+     * planned on every run either way. */
+    size_t n = (existing ? strlen(existing) : 0) + 96;
+    *out = xcalloc(1, n);
+    int len = snprintf(*out, n, "%s%s-c plan_cache_mode=force_generic_plan",
+                       existing ? existing : "", existing ? " " : "");
+    if (stmt_ms > 0)
+        snprintf(*out + len, n - (size_t)len, " -c statement_timeout=%d", stmt_ms);
     *resolve = host_to_resolve(opts);
     PQconninfoFree(opts);
     return 0;
@@ -1660,7 +1698,10 @@ struct db_pool *db_pool_new(uv_loop_t *loop, const struct db_pool_options *o)
     p->reconnect_max_ms =
         o->reconnect_max_ms < BACKOFF_START_MS ? BACKOFF_START_MS : o->reconnect_max_ms;
     p->cache_size = o->statement_cache ? o->statement_cache : STATEMENT_CACHE;
-    p->org_cap = o->org_inflight ? o->org_inflight : p->depth;
+    /* Default: a pipeline's worth, and with pipelining off still one
+     * statement on each slot the org may use. */
+    int nrank = p->size < 1 + SPILL ? p->size : 1 + SPILL;
+    p->org_cap = o->org_inflight ? o->org_inflight : (p->depth > nrank ? p->depth : nrank);
     p->recycle_schemas = o->recycle_schemas ? o->recycle_schemas : RECYCLE_SCHEMAS;
     unsigned buckets = 16;
     while (buckets < (unsigned)p->cache_size * 2 && buckets < (1u << 20))

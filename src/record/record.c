@@ -125,8 +125,10 @@ static const struct db_stmt q_get = {
 
 static const struct db_stmt q_list = {"records_list", SQL_LIST("")};
 /* A separate statement, so that the planner can weigh the GIN index for the
- * filtered form without a generic "$5 IS NULL OR" plan spoiling both. */
-static const struct db_stmt q_list_filter = {"records_list_filter",
+ * filtered form without a generic "$5 IS NULL OR" plan spoiling both; and
+ * unnamed, so that it is planned with the filter's value every time (the
+ * pool's connections use generic plans for prepared statements). */
+static const struct db_stmt q_list_filter = {NULL,
                                              SQL_LIST("AND r.data @> $5::jsonb")};
 
 /*

@@ -13,11 +13,11 @@
 # (a) GET /v1/collections/items/records/{id}: wrk -c64 with a Lua script
 #     picking a random org (its access token) and a random record of it for
 #     every request, against pgbench -M prepared -c64 running the very SELECT
-#     tenantd runs (src/record/record.c, SQL_GET_*) on a random record of a
+#     tenantd runs (src/record/record.c, q_get) on a random record of a
 #     random org: one script whose \if chain picks the org, with one prepared
 #     statement per org naming its table in full, so PostgreSQL does no
 #     search_path switching and keeps every plan: the best case (tenantd
-#     does the same for this statement; see qualified_stmt). pgbench's
+#     does the same: the pool prepares {schema}-qualified statements). pgbench's
 #     first BENCH_WARMUP seconds (each connection preparing and planning
 #     100 statements) are not counted, as tenantd's warm-up is not either.
 #     Ratio target >= 0.8.

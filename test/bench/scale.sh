@@ -246,7 +246,7 @@ t1=$(date +%s.%N)
 t2=$(date +%s.%N)
 
 echo
-echo "tenantd $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo '?'), $threads loops, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$("$BIN" --version 2>/dev/null || echo tenantd) ($BIN), $threads loops, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' orgs "GET req/s (x)" "GET p50/p99 ms (p99 x)" \
     "POST req/s (x)" "POST p50/p99 ms" "signup p50/p99 ms" "PG PSS MiB" "tenantd RSS MiB" \
     "stmt hits/misses" "max schemas/backend" "search_path switches"

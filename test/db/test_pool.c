@@ -1186,6 +1186,55 @@ static void test_noisy_neighbour(void)
     printf("ok - noisy_neighbour (worst quiet query %llu us)\n", (unsigned long long)worst);
 }
 
+/* ---- 19. backends are replaced one at a time ---- */
+
+struct rr_chain {
+    struct env *e;
+    int done, min_ready;
+    bool all_open;
+    char schema[16];
+};
+
+static void rr_next(struct rr_chain *c);
+static void rr_cb(struct db_result *r, void *ud)
+{
+    struct rr_chain *c = ud;
+    (void)value(r, 0, 0);
+    struct db_pool_stats s;
+    db_pool_stats(c->e->pool, &s);
+    int ready = s.in_use + s.idle;
+    c->all_open = c->all_open || ready == 3;
+    if (c->all_open && ready < c->min_ready)
+        c->min_ready = ready;
+    if (++c->done < 600)
+        rr_next(c);
+}
+
+static void rr_next(struct rr_chain *c)
+{
+    snprintf(c->schema, sizeof c->schema, "rr%d", c->done);
+    query(c->e, c->schema, &st_pid, 0, NULL, rr_cb, c);
+}
+
+static void test_recycle_one_at_a_time(void)
+{
+    struct env e;
+    struct db_pool_options o = opts(3, 4);
+    o.recycle_schemas = 40;
+    env_init(&e, o);
+    struct rr_chain c = {.e = &e, .min_ready = 3};
+    rr_next(&c);
+    run_until(&e, &c.done, 600, 30000, "600 queries over 600 schemas");
+    struct db_pool_stats s;
+    db_pool_stats(e.pool, &s);
+    /* 600 schemas spread over 3 slots, 40 per backend: many replacements. */
+    CHECK(s.recycles >= 6, "recycles=%lu", s.recycles);
+    CHECK(c.all_open && c.min_ready >= 2, "at some point only %d of 3 connections were ready",
+          c.min_ready);
+    env_close(&e);
+    printf("ok - recycle_one_at_a_time (%lu recycles)\n", s.recycles);
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -1208,7 +1257,8 @@ int main(void)
     test_affinity();
     test_affine_lost();
     test_noisy_neighbour();
+    test_recycle_one_at_a_time();
     drop_test_db();
-    printf("18 passed, 0 failed\n");
+    printf("19 passed, 0 failed\n");
     return 0;
 }

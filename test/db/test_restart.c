@@ -78,7 +78,8 @@ static struct db_pool *pool;
 static int answered, ok, unavailable, other;
 static char last_name[32];
 
-static const struct db_stmt st_name = {"restart_name", "SELECT name FROM info"};
+/* A tenant statement: the pool puts the schema in for {schema}. */
+static const struct db_stmt st_name = {"restart_name", "SELECT name FROM {schema}.info"};
 
 static void on_result(struct db_result *r, void *ud)
 {

@@ -22,7 +22,7 @@ SERVER_ENV = {
     "TENANTD_LOG_LEVEL": "warn",
     "TENANTD_JOB_WORKERS": "0",
 }
-NOISY_RECORDS = 50000
+NOISY_RECORDS = 100000
 # An empty array gives the GIN index (jsonb_path_ops) nothing to look up, so
 # the list reads every record of the org to find that none matches.
 SLOW_FILTER = '{"nope":[]}'
