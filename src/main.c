@@ -41,6 +41,8 @@ static void loop_start(struct loop_ctx *ctx)
         .statement_timeout_ms = (int)c->db_statement_timeout_ms,
         .reconnect_max_ms = (int)c->db_reconnect_max_ms,
         .shed_wait_ms = (int)c->db_shed_wait_ms,
+        .statement_cache = (int)c->db_statement_cache,
+        .org_inflight = (int)c->db_org_inflight,
         .metrics = ctx->metrics,
     };
     ctx->db = db_pool_new(ctx->loop, &o);

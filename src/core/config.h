@@ -32,6 +32,10 @@
       "PostgreSQL statement_timeout (0 = none)")                                                   \
     X(db_reconnect_max_ms, TENANTD_DB_RECONNECT_MAX_MS, INT, 5000, 10, 600000,                     \
       "longest back-off between reconnect attempts")                                               \
+    X(db_statement_cache, TENANTD_DB_STATEMENT_CACHE, INT, 4000, 1, 1000000,                      \
+      "org statements kept prepared per database connection (LRU)")                               \
+    X(db_org_inflight, TENANTD_DB_ORG_INFLIGHT, INT, 0, 0, 1024,                                   \
+      "statements one org may have in flight per loop (0 = the pipeline depth)")                  \
     X(max_connections, TENANTD_MAX_CONNECTIONS, INT, 10000, 1, 1000000,                            \
       "open client connections per loop; more are refused")                                        \
     X(max_body_bytes, TENANTD_MAX_BODY_BYTES, INT, 1048576, 0, 1073741824,                         \

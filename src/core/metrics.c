@@ -68,6 +68,8 @@ struct metrics {
     atomic_int_fast64_t conns_open;
     atomic_int_fast64_t pool_in_use, pool_idle, pool_waiting;
     atomic_uint_fast64_t schema_switches, reconnects;
+    atomic_uint_fast64_t stmt_hits, stmt_misses, stmt_evictions, recycles;
+    atomic_int_fast64_t schemas_max, schemas_sum, schemas_conns;
 };
 
 static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -202,6 +204,33 @@ void metrics_db_reconnect(struct metrics *m)
 {
     if (m)
         ADD(m->reconnects, 1);
+}
+
+void metrics_db_statements(struct metrics *m, unsigned hits, unsigned misses, unsigned evictions)
+{
+    if (!m)
+        return;
+    if (hits)
+        ADD(m->stmt_hits, hits);
+    if (misses)
+        ADD(m->stmt_misses, misses);
+    if (evictions)
+        ADD(m->stmt_evictions, evictions);
+}
+
+void metrics_db_recycle(struct metrics *m)
+{
+    if (m)
+        ADD(m->recycles, 1);
+}
+
+void metrics_pool_schemas(struct metrics *m, int max, int sum, int conns)
+{
+    if (!m)
+        return;
+    STORE(m->schemas_max, max);
+    STORE(m->schemas_sum, sum);
+    STORE(m->schemas_conns, conns);
 }
 
 /* ---- rendering (scrape time only) ---- */
@@ -427,8 +456,17 @@ char *metrics_render(size_t *len)
     struct metrics *head = registry;
     size_t nloops = 0;
     int64_t conns = 0, in_use = 0, idle = 0, waiting = 0;
-    uint64_t switches = 0, reconnects = 0;
+    uint64_t switches = 0, reconnects = 0, hits = 0, misses = 0, evictions = 0, recycles = 0;
+    int64_t smax = 0, ssum = 0, sconns = 0;
     for (struct metrics *m = head; m; m = m->next) {
+        hits += LOAD(m->stmt_hits);
+        misses += LOAD(m->stmt_misses);
+        evictions += LOAD(m->stmt_evictions);
+        recycles += LOAD(m->recycles);
+        if (LOAD(m->schemas_max) > smax)
+            smax = LOAD(m->schemas_max);
+        ssum += LOAD(m->schemas_sum);
+        sconns += LOAD(m->schemas_conns);
         nloops++;
         conns += LOAD(m->conns_open);
         in_use += LOAD(m->pool_in_use);
@@ -451,8 +489,27 @@ char *metrics_render(size_t *len)
                "Queries waiting for a database connection.");
     buf_printf(&b, "tenantd_db_pool_waiting %lld\n", (long long)waiting);
     buf_header(&b, "tenantd_db_schema_switches_total", "counter",
-               "Times a pooled connection changed its search_path to another schema.");
+               "Times a pooled connection changed its search_path (the pool qualifies "
+               "tenant statements instead, so this stays 0).");
     buf_printf(&b, "tenantd_db_schema_switches_total %llu\n", (unsigned long long)switches);
+    buf_header(&b, "tenantd_db_statement_cache_total", "counter",
+               "Tenant statements: prepared one reused (hit), prepared anew (miss), "
+               "deallocated to make room (eviction).");
+    buf_printf(&b, "tenantd_db_statement_cache_total{result=\"hit\"} %llu\n",
+               (unsigned long long)hits);
+    buf_printf(&b, "tenantd_db_statement_cache_total{result=\"miss\"} %llu\n",
+               (unsigned long long)misses);
+    buf_printf(&b, "tenantd_db_statement_cache_total{result=\"eviction\"} %llu\n",
+               (unsigned long long)evictions);
+    buf_header(&b, "tenantd_db_recycles_total", "counter",
+               "Database backends replaced after serving too many schemas.");
+    buf_printf(&b, "tenantd_db_recycles_total %llu\n", (unsigned long long)recycles);
+    buf_header(&b, "tenantd_db_connection_schemas", "gauge",
+               "Distinct org schemas seen by open database backends: the most by one, "
+               "and the mean.");
+    buf_printf(&b, "tenantd_db_connection_schemas{stat=\"max\"} %lld\n", (long long)smax);
+    buf_printf(&b, "tenantd_db_connection_schemas{stat=\"mean\"} %.1f\n",
+               sconns ? (double)ssum / (double)sconns : 0.0);
     buf_header(&b, "tenantd_db_reconnects_total", "counter",
                "Database reconnection attempts after a lost connection.");
     buf_printf(&b, "tenantd_db_reconnects_total %llu\n", (unsigned long long)reconnects);

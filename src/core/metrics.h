@@ -25,6 +25,11 @@ void metrics_conn_open(struct metrics *m, int delta); /* +1 on accept, -1 on clo
 void metrics_pool(struct metrics *m, int in_use, int idle, int waiting);
 void metrics_pool_schema_switch(struct metrics *m);   /* a connection changed search_path */
 void metrics_db_reconnect(struct metrics *m);
+/* Tenant statement cache: hits, misses (prepared), evictions (deallocated). */
+void metrics_db_statements(struct metrics *m, unsigned hits, unsigned misses, unsigned evictions);
+void metrics_db_recycle(struct metrics *m); /* a backend replaced for its schema count */
+/* Distinct schemas seen by the pool's open backends: the most by one, the sum, and how many. */
+void metrics_pool_schemas(struct metrics *m, int max, int sum, int conns);
 
 /* Renders the text exposition format (version 0.0.4) into a malloc'd string. */
 char *metrics_render(size_t *len);

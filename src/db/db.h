@@ -8,12 +8,19 @@ struct metrics;
 
 /*
  * Async PostgreSQL for one event loop: a pool of non-blocking libpq
- * connections watched by uv_poll, each bound to one schema at a time
- * (search_path "<schema>", public) and kept bound while idle so the next
- * request of the same org reuses it and its prepared statements. Queries of
- * several requests share a connection through pipeline mode (up to
- * db_pipeline_depth in flight, each followed by its own sync, so one
- * request's error never aborts another's). Never blocks the loop.
+ * connections watched by uv_poll. Queries of several requests share a
+ * connection through pipeline mode (up to pipeline_depth in flight, each
+ * followed by its own sync, so one request's error never aborts another's).
+ * Never blocks the loop.
+ *
+ * Tenant affinity: a query for an org's schema goes to the connection the
+ * schema maps to by rendezvous hashing over the pool's slots, so each
+ * backend sees about orgs/size schemas (PostgreSQL caches the catalogs of
+ * every schema a backend touched). Tenant statements are written once with
+ * a {schema} placeholder; the pool prepares the qualified text per
+ * (connection, schema) and keeps a bounded LRU of them per connection. The
+ * pool never changes search_path: a statement runs in an org's schema only
+ * because its text names it, so no placement can run it in the wrong one.
  */
 struct db_pool;
 
@@ -28,15 +35,22 @@ struct db_pool_options {
      * this long: a new query fails DB_UNAVAILABLE at once rather than
      * queue (overload sheds early); 0 = never. */
     int shed_wait_ms;
+    int statement_cache;     /* tenant statements prepared per connection; 0 = 4000 */
+    int org_inflight;        /* statements in flight per schema; 0 = pipeline_depth */
+    int recycle_schemas;     /* distinct schemas before a backend is replaced; 0 = 5000 */
     struct metrics *metrics; /* may be NULL */
 };
 
 /* A statement. With a name it is prepared once per connection (lazily) and
  * run with PQsendQueryPrepared; without one it runs with PQsendQueryParams.
+ * A tenant statement is one whose text names the org's schema as {schema}
+ * (e.g. "SELECT ... FROM {schema}.records"): the pool puts in the quoted
+ * schema of the query, so it needs a schema and no search_path. Functions
+ * it calls must be qualified too (public.jsonb_merge_patch).
  * Statements are static data: `static const struct db_stmt q = {...}`. */
 struct db_stmt {
     const char *name; /* unique across the program, or NULL */
-    const char *sql;  /* one statement, $1.. parameters */
+    const char *sql;  /* one statement, $1.. parameters; {schema}: a tenant statement */
 };
 
 enum db_status {
@@ -63,10 +77,13 @@ struct db_pool *db_pool_new(uv_loop_t *loop, const struct db_pool_options *opts)
 void db_pool_close(struct db_pool *pool, void (*done)(void *ud), void *ud);
 
 /*
- * Queues one statement on a connection bound to `schema` (NULL = "public";
- * a schema name, never user text; quoted by db). values (text format, NULL
- * for SQL NULL) must stay valid until cb runs. cb runs exactly once, always
- * from a later loop iteration, never from inside db_query.
+ * Queues one statement for `schema` (NULL = no org: any connection; a
+ * schema name, never user text; quoted by db). With a schema the query goes
+ * to the schema's affine connection (or a bounded fallback) and, for a
+ * tenant statement, runs the text qualified with it; a tenant statement
+ * without a schema fails DB_ERROR. values (text format, NULL for SQL NULL)
+ * must stay valid until cb runs. cb runs exactly once, always from a later
+ * loop iteration, never from inside db_query.
  */
 void db_query(struct db_pool *pool, const char *schema, const struct db_stmt *stmt, int nparams,
               const char *const *values, db_cb cb, void *ud);
@@ -76,8 +93,14 @@ struct db_pool_stats {
     int in_use;      /* with queries in flight */
     int idle;
     int waiting;     /* queries waiting for a connection */
-    unsigned long schema_switches;
+    unsigned long schema_switches; /* search_path changes: the pool makes none */
     unsigned long reconnects;
+    unsigned long stmt_hits, stmt_misses, stmt_evictions; /* tenant statement cache */
+    unsigned long recycles;  /* backends replaced for having seen too many schemas */
+    unsigned long spills;    /* schema queries placed off their affine connection */
+    int schemas_max;         /* most distinct schemas one open backend has seen */
+    int schemas_total;       /* summed over open backends */
+    int statements;          /* tenant statements prepared, summed over connections */
 };
 void db_pool_stats(const struct db_pool *pool, struct db_pool_stats *out);
 

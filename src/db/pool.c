@@ -3,16 +3,46 @@
  *
  * Each connection is a small state machine: CLOSED -> CONNECTING (driven by
  * PQconnectPoll on a uv_poll) -> READY (non-blocking, pipeline mode) ->
- * on loss BACKOFF (timer) -> CONNECTING again. A request becomes one
- * "segment" on a READY connection: [set_config search_path] [Parse] query
- * Sync. Results come back in send order, so each connection keeps a FIFO of
- * segments and a segment ends at its PGRES_PIPELINE_SYNC.
+ * on loss BACKOFF (timer) -> CONNECTING again. A query becomes one
+ * "segment" on a READY connection: [Parse] query Sync. Results come back in
+ * send order, so each connection keeps a FIFO of segments and a segment ends
+ * at its PGRES_PIPELINE_SYNC.
  *
- * Why the switch shares the query's segment and blocks pipelining until it
- * is confirmed: statements between two syncs form one implicit transaction,
- * so if the query fails, the set_config is rolled back too and the
- * connection is still on its previous schema. Nothing else may be queued
- * behind an unconfirmed switch, or it could run in the wrong tenant.
+ * Placement (tenant affinity). A query with a schema ranks the slots by
+ * rendezvous hash of (schema, slot) and may use the first 1 + SPILL of
+ * them, the same ones in every loop and process. It takes the first of them
+ * that is READY, and waits (FIFO, bounded by the wait timeout) when that
+ * one's pipeline is full: a moment's queue is no reason to show another
+ * backend the org's schema. So:
+ *  - lost (BACKOFF), reconnecting (CONNECTING) or retiring (recycle): the
+ *    slot is passed over and the next ranked slot serves the org until it is
+ *    back; the queries in flight on a lost one fail DB_UNAVAILABLE (they may
+ *    or may not have run: callers answer 503), nothing else is touched.
+ *  - busy because of another org: an org below half its cap passes over a
+ *    slot holding statements of an org at half its cap or more (a flood), or
+ *    one whose recent service time is many times the other connections'
+ *    (conn_avoid), to the next ranked slot that is not; if all its slots are
+ *    so, it takes the first. An org at half its cap or more never passes
+ *    over for that reason: it would carry its flood to more orgs.
+ *  - a closed slot is opened when a query needs it (lazily).
+ * An org may have at most org_inflight statements in flight per pool; more
+ * wait. Queries without a schema take the usable connection with the
+ * shortest queue, avoided ones last.
+ *
+ * No placement can run a statement in the wrong schema: the pool never
+ * sets search_path; a tenant statement's text names its schema, prepared
+ * per (connection, schema) under a per-connection name "t<n>" from an LRU of
+ * at most statement_cache entries. An eviction sends "DEALLOCATE t<n>" as a
+ * segment of its own ahead of the query that needed the room: after
+ * everything already queued that uses t<n> (results come in order), and in
+ * its own implicit transaction, so if it fails (its Parse failed earlier)
+ * nothing else is aborted. A Parse that fails (or is aborted) removes its
+ * entry when its segment ends.
+ *
+ * Every backend caches the catalogs of each schema it touched; a connection
+ * that has seen recycle_schemas distinct schemas stops taking queries, and
+ * once empty is closed and reopened at once. One connection at a time, so
+ * its orgs spill to their next slots for a connect's time.
  *
  * The uv_poll watches a dup() of libpq's socket: libpq closes its socket
  * itself when the server goes away (and may swap sockets while connecting),
@@ -21,19 +51,13 @@
  * changes are detected by inode, not by fd number (a new socket often gets
  * the old number).
  *
- * Placement: a query goes to a connection bound to its schema with room in
- * its pipeline, else an idle connection is switched, else it waits (FIFO,
- * one timer for all deadlines). So that busy schemas cannot keep every
- * pipeline full forever while another schema waits, one connection at a
- * time may be marked "draining": it takes no more work and, once empty, is
- * switched to the oldest waiting schema.
- *
  * Every callback runs from the done list, drained at the end of a poll
  * callback or from a uv_idle: never from inside db_query or db_pool_close.
  */
 #include "db/db.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <stdint.h>
@@ -50,15 +74,36 @@
 #define BACKOFF_START_MS 50
 #define CONNECT_TIMEOUT_MS 10000   /* PQconnectPoll has no timeout of its own */
 #define WATCHDOG_GRACE_MS 5000     /* beyond statement_timeout: the server is not answering */
-#define RECYCLE_AFTER_SCHEMAS 1000 /* distinct schemas before a backend is replaced */
+#define RECYCLE_SCHEMAS 5000      /* default distinct schemas before a backend is replaced */
+#define STATEMENT_CACHE 4000      /* default tenant statements per connection (~18 KiB each) */
+#define SPILL 2                   /* slots past the affine one an org may use */
+#define SLOW_US 5000              /* a service time this much beyond 8x the pool's is slow */
+#define ORG_BUCKETS 256
 /* db_pool_close waits at most this for queries in flight when there is no
  * statement_timeout (with one: statement_timeout + WATCHDOG_GRACE_MS). */
 #define CLOSE_GRACE_MS 30000
 
-static const char switch_sql[] = "SELECT pg_catalog.set_config('search_path', $1, false)";
 static const struct db_stmt rollback_stmt = {NULL, "ROLLBACK"};
 
 enum conn_state { CONN_CLOSED, CONN_CONNECTING, CONN_READY, CONN_BACKOFF };
+
+/* Statements in flight and queries alive per schema, for the per-org cap. */
+struct orgc {
+    struct orgc *next;
+    int refs;     /* queries alive (waiting or in flight) */
+    int inflight; /* of them on a connection */
+    char schema[SCHEMA_MAX + 1];
+};
+
+/* A tenant statement prepared on one backend for one schema as "t<id>". */
+struct centry {
+    struct centry *hnext;       /* hash chain */
+    struct centry *prev, *next; /* LRU list, most recent first */
+    const struct db_stmt *stmt;
+    uint32_t hash;
+    unsigned id;
+    char schema[SCHEMA_MAX + 1];
+};
 
 /* One query: waiting, in flight (a segment), or done. */
 struct dbq {
@@ -66,11 +111,20 @@ struct dbq {
     const struct db_stmt *stmt;
     int nparams;
     const char *const *values;
-    db_cb cb; /* NULL: an internal ROLLBACK */
+    db_cb cb; /* NULL: an internal ROLLBACK or DEALLOCATE */
     void *ud;
     uint64_t deadline; /* loop time (ms) after which waiting fails */
     char schema[SCHEMA_MAX + 1];
-    bool has_switch, has_prepare, prepare_ok;
+    bool affine;        /* has an org schema: placed by rank, counted in org */
+    bool tenant;        /* the statement's text holds {schema} */
+    int rank[1 + SPILL], nrank; /* the slots it may use, best first */
+    uint32_t shash;     /* hash of schema */
+    struct orgc *org;   /* when affine */
+    bool on_conn;       /* counted in org->inflight */
+    char dealloc[32];   /* internal: "DEALLOCATE t<n>" */
+    unsigned entry_id;  /* the cache entry its Parse creates */
+    uint64_t sent_ns;
+    bool has_prepare, prepare_ok;
     int step;         /* command of the segment whose results are coming */
     PGresult *result; /* the query's result */
     PGresult *error;  /* first error of the segment */
@@ -99,23 +153,25 @@ struct conn {
     uv_timer_t timer; /* connect timeout, back-off delay, or in-flight watchdog */
     uv_getaddrinfo_t gai;
     bool resolving;  /* CONNECTING, waiting for gai (no PGconn yet) */
-    bool has_schema; /* false: search_path unknown or default */
-    bool switch_pending;
-    bool draining; /* takes no more queries: it is to switch to a waiting schema */
     bool writing;  /* PQflush returned 1: watch writability */
-    char schema[SCHEMA_MAX + 1];
     struct dbq *head, *tail;
-    int inflight;
-    const struct db_stmt **prepared; /* statements prepared on this backend */
+    int inflight; /* segments in head..tail */
+    const struct db_stmt **prepared; /* plain statements prepared on this backend */
     int nprepared, capprepared;
+    /* Tenant statements prepared on this backend (see centry). */
+    struct centry **ctab;
+    struct centry *lru_head, *lru_tail;
+    int ncache;
+    unsigned next_id;
     uint64_t last_used, last_progress;
+    uint64_t last_done_ns, svc_us; /* when the last segment ended; recent service time */
     int attempts; /* failed connects in a row */
-    /* Hashes of the schemas this backend has been switched to: every schema
-     * touched stays in its catalog caches, so after RECYCLE_AFTER_SCHEMAS
-     * the connection is replaced once its pipeline is empty. */
+    /* Hashes of the schemas this backend has served: every schema touched
+     * stays in its catalog caches, so after recycle_schemas the connection
+     * is replaced once its pipeline is empty. */
     uint32_t *seen;
     int nseen, capseen;
-    bool recycle;
+    bool recycle; /* takes no more queries; replaced once empty */
 };
 
 struct db_pool {
@@ -124,6 +180,10 @@ struct db_pool {
     char *options;      /* libpq "options" with statement_timeout, or NULL */
     char *resolve_host; /* a host name we resolve off the loop, or NULL */
     int size, depth, wait_ms, stmt_ms, reconnect_max_ms, shed_ms;
+    int cache_size, org_cap, recycle_schemas;
+    unsigned ctab_mask;
+    struct orgc *orgs[ORG_BUCKETS];
+    struct conn *recycling; /* the one connection being replaced, or NULL */
     struct metrics *metrics;
     struct conn *conns;
     struct dbq *wait_head, *wait_tail;
@@ -137,7 +197,8 @@ struct db_pool {
     int final_handles;
     void (*close_done)(void *ud);
     void *close_ud;
-    unsigned long switches, reconnects;
+    unsigned long switches, reconnects; /* switches: kept at 0, the pool never switches */
+    unsigned long hits, misses, evictions, recycles, spills;
     int g_in_use, g_idle, g_waiting; /* last values sent to metrics */
     uint64_t rng;
 };
@@ -217,12 +278,177 @@ static void prepared_remove(struct conn *c, const struct db_stmt *s)
         }
 }
 
-static void note_schema(struct conn *c, const char *schema)
+static uint32_t str_hash(const char *str)
 {
-    uint32_t h = 2166136261u; /* FNV-1a; 0 marks an empty slot */
-    for (const unsigned char *s = (const unsigned char *)schema; *s; s++)
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const unsigned char *s = (const unsigned char *)str; *s; s++)
         h = (h ^ *s) * 16777619u;
-    h |= 1;
+    return h;
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+/* The 1 + SPILL slots of a schema by rendezvous (highest random weight)
+ * hashing: the same for every pool of the same size, and growing the pool
+ * moves only the schemas whose best slot is a new one. */
+static void rank_slots(const struct db_pool *p, struct dbq *q)
+{
+    int n = p->size < 1 + SPILL ? p->size : 1 + SPILL;
+    uint64_t w[1 + SPILL];
+    q->nrank = 0;
+    for (int i = 0; i < p->size; i++) {
+        uint64_t x = mix64(((uint64_t)q->shash << 32) ^ (uint64_t)(unsigned)i ^ 0x9e3779b97f4a7c15ULL);
+        int k;
+        if (q->nrank < n)
+            k = q->nrank++;
+        else if (x > w[n - 1])
+            k = n - 1;
+        else
+            continue;
+        while (k > 0 && w[k - 1] < x) {
+            w[k] = w[k - 1];
+            q->rank[k] = q->rank[k - 1];
+            k--;
+        }
+        w[k] = x;
+        q->rank[k] = i;
+    }
+    assert(q->nrank == n);
+}
+
+/* ---- per-org counts ---- */
+
+static struct orgc *org_ref(struct db_pool *p, const char *schema, uint32_t h)
+{
+    struct orgc **b = &p->orgs[h % ORG_BUCKETS];
+    for (struct orgc *o = *b; o; o = o->next)
+        if (strcmp(o->schema, schema) == 0) {
+            o->refs++;
+            return o;
+        }
+    struct orgc *o = xcalloc(1, sizeof *o);
+    snprintf(o->schema, sizeof o->schema, "%s", schema);
+    o->refs = 1;
+    o->next = *b;
+    *b = o;
+    return o;
+}
+
+static void org_unref(struct db_pool *p, struct dbq *q)
+{
+    struct orgc *o = q->org;
+    if (!o)
+        return;
+    q->org = NULL;
+    assert(o->refs > 0 && o->inflight <= o->refs);
+    if (--o->refs > 0)
+        return;
+    assert(o->inflight == 0);
+    for (struct orgc **b = &p->orgs[str_hash(o->schema) % ORG_BUCKETS]; *b; b = &(*b)->next)
+        if (*b == o) {
+            *b = o->next;
+            break;
+        }
+    free(o);
+}
+
+/* q leaves its connection's FIFO. */
+static void q_off_conn(struct dbq *q)
+{
+    if (q->on_conn) {
+        assert(q->org && q->org->inflight > 0);
+        q->org->inflight--;
+        q->on_conn = false;
+    }
+}
+
+/* ---- the tenant statement cache of a connection ---- */
+
+static uint32_t centry_hash(const struct db_stmt *s, uint32_t shash)
+{
+    return (uint32_t)mix64(((uint64_t)(uintptr_t)s << 16) ^ shash);
+}
+
+static struct centry *cache_find(struct conn *c, const struct db_stmt *s, const char *schema,
+                                 uint32_t h)
+{
+    for (struct centry *e = c->ctab[h & c->pool->ctab_mask]; e; e = e->hnext)
+        if (e->hash == h && e->stmt == s && strcmp(e->schema, schema) == 0)
+            return e;
+    return NULL;
+}
+
+static void lru_unlink(struct conn *c, struct centry *e)
+{
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        c->lru_head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        c->lru_tail = e->prev;
+    e->prev = e->next = NULL;
+}
+
+static void lru_push(struct conn *c, struct centry *e)
+{
+    e->prev = NULL;
+    e->next = c->lru_head;
+    if (c->lru_head)
+        c->lru_head->prev = e;
+    else
+        c->lru_tail = e;
+    c->lru_head = e;
+}
+
+static struct centry *cache_add(struct conn *c, const struct db_stmt *s, const char *schema,
+                                uint32_t h)
+{
+    struct centry *e = xcalloc(1, sizeof *e);
+    e->stmt = s;
+    e->hash = h;
+    e->id = ++c->next_id;
+    snprintf(e->schema, sizeof e->schema, "%s", schema);
+    struct centry **b = &c->ctab[h & c->pool->ctab_mask];
+    e->hnext = *b;
+    *b = e;
+    lru_push(c, e);
+    c->ncache++;
+    return e;
+}
+
+static void cache_remove(struct conn *c, struct centry *e)
+{
+    for (struct centry **b = &c->ctab[e->hash & c->pool->ctab_mask]; *b; b = &(*b)->hnext)
+        if (*b == e) {
+            *b = e->hnext;
+            break;
+        }
+    lru_unlink(c, e);
+    c->ncache--;
+    assert(c->ncache >= 0);
+    free(e);
+}
+
+static void cache_clear(struct conn *c)
+{
+    while (c->lru_head)
+        cache_remove(c, c->lru_head);
+    assert(c->ncache == 0 && !c->lru_tail);
+}
+
+static void note_schema(struct conn *c, const char *schema, uint32_t h)
+{
+    h |= 1; /* 0 marks an empty slot */
     if (c->nseen * 2 >= c->capseen) {
         int cap = c->capseen ? c->capseen * 2 : 64;
         uint32_t *n = xcalloc((size_t)cap, sizeof *n);
@@ -245,8 +471,7 @@ static void note_schema(struct conn *c, const char *schema)
         i = (i + 1) & (c->capseen - 1);
     }
     c->seen[i] = h;
-    if (++c->nseen >= RECYCLE_AFTER_SCHEMAS)
-        c->recycle = true;
+    c->nseen++;
 }
 
 /* ---- completion: every callback goes through here ---- */
@@ -255,6 +480,8 @@ static void on_idle(uv_idle_t *h);
 
 static void complete(struct db_pool *p, struct dbq *q)
 {
+    assert(!q->on_conn);
+    org_unref(p, q);
     if (!q->cb) { /* internal statement: nobody to tell */
         free_q(q);
         return;
@@ -316,7 +543,7 @@ static void update_gauges(struct db_pool *p)
 {
     if (!p->metrics)
         return;
-    int in_use = 0, idle = 0;
+    int in_use = 0, idle = 0, smax = 0, ssum = 0;
     for (int i = 0; i < p->size; i++) {
         const struct conn *c = &p->conns[i];
         if (c->state != CONN_READY)
@@ -325,7 +552,11 @@ static void update_gauges(struct db_pool *p)
             in_use++;
         else
             idle++;
+        ssum += c->nseen;
+        if (c->nseen > smax)
+            smax = c->nseen;
     }
+    metrics_pool_schemas(p->metrics, smax, ssum, in_use + idle);
     if (in_use == p->g_in_use && idle == p->g_idle && p->nwaiting == p->g_waiting)
         return;
     p->g_in_use = in_use;
@@ -413,11 +644,11 @@ static void conn_release(struct conn *c)
     c->pw = NULL;
     c->pg = NULL;
     c->poll_events = 0;
-    c->has_schema = false;
-    c->switch_pending = false;
-    c->draining = false;
     c->writing = false;
     c->nprepared = 0;
+    cache_clear(c);
+    c->next_id = 0;
+    c->svc_us = 0;
     if (c->nseen)
         memset(c->seen, 0, (size_t)c->capseen * sizeof *c->seen);
     c->nseen = 0;
@@ -558,6 +789,8 @@ static void conn_ready(struct conn *c)
         return;
     }
     uv_timer_stop(&c->timer);
+    if (c->pool->recycling == c)
+        c->pool->recycling = NULL;
     if (c->attempts > 0)
         log_msg(LOG_INFO, "database connection restored after %d failed attempt(s)", c->attempts);
     c->state = CONN_READY;
@@ -606,9 +839,12 @@ static void conn_fail(struct conn *c, const char *why)
     c->inflight = 0;
     while (q) {
         struct dbq *next = q->next;
+        q_off_conn(q);
         fail_q(p, q, DB_UNAVAILABLE, NULL, msg);
         q = next;
     }
+    if (p->recycling == c)
+        p->recycling = NULL;
     conn_release(c);
     if (p->closing) {
         c->state = CONN_CLOSED;
@@ -647,59 +883,145 @@ static void watchdog_arm(struct conn *c)
         uv_timer_start(&c->timer, on_conn_timer, (uint64_t)p->stmt_ms + WATCHDOG_GRACE_MS, 0);
 }
 
-/* Queues q as one segment on c (switching search_path first when asked).
- * Always takes q: on a send failure the connection fails and q with it. */
-static void conn_send(struct conn *c, struct dbq *q, bool do_switch)
+/* The text of tenant statement s with {schema} replaced by the quoted
+ * schema, malloc'd; NULL when quoting fails. */
+static char *qualify(PGconn *pg, const struct db_stmt *s, const char *schema)
+{
+    static const char token[] = "{schema}";
+    char *id = PQescapeIdentifier(pg, schema, strlen(schema));
+    if (!id)
+        return NULL;
+    size_t idlen = strlen(id), n = 0;
+    for (const char *t = s->sql; (t = strstr(t, token)); t += sizeof token - 1)
+        n++;
+    size_t len = strlen(s->sql) + n * idlen + 1;
+    char *out = xcalloc(1, len), *o = out;
+    const char *from = s->sql, *t;
+    while ((t = strstr(from, token))) {
+        memcpy(o, from, (size_t)(t - from));
+        o += t - from;
+        memcpy(o, id, idlen);
+        o += idlen;
+        from = t + sizeof token - 1;
+    }
+    strcpy(o, from);
+    PQfreemem(id);
+    return out;
+}
+
+static void conn_send(struct conn *c, struct dbq *q);
+
+/* Makes room in c's statement cache: DEALLOCATE of the least recently used
+ * entry as a segment of its own, queued ahead of the query that needs the
+ * room. False when sending failed (c has failed). */
+static bool cache_evict(struct conn *c)
+{
+    struct db_pool *p = c->pool;
+    struct centry *e = c->lru_tail;
+    assert(e);
+    struct dbq *d = xcalloc(1, sizeof *d);
+    d->stmt = &rollback_stmt; /* any non-tenant statement: the text is d->dealloc */
+    snprintf(d->dealloc, sizeof d->dealloc, "DEALLOCATE t%u", e->id);
+    cache_remove(c, e);
+    p->evictions++;
+    if (p->metrics)
+        metrics_db_statements(p->metrics, 0, 0, 1);
+    conn_send(c, d);
+    return c->state == CONN_READY;
+}
+
+/* Queues q as one segment on c. Always takes q: on a send failure the
+ * connection fails and q with it. */
+static void conn_send(struct conn *c, struct dbq *q)
 {
     struct db_pool *p = c->pool;
     PGconn *pg = c->pg;
     const struct db_stmt *s = q->stmt;
+    bool tenant = q->tenant;
+    char pname[16] = "";
+    struct centry *hit = NULL;
+    bool miss = false;
+    uint32_t eh = 0;
+
+    if (tenant && !q->dealloc[0]) {
+        eh = centry_hash(s, q->shash);
+        hit = s->name ? cache_find(c, s, q->schema, eh) : NULL;
+        miss = s->name && !hit;
+        if (miss && c->ncache >= p->cache_size && !cache_evict(c)) {
+            fail_q(p, q, DB_UNAVAILABLE, NULL, "the database connection failed");
+            return;
+        }
+    }
 
     q->next = NULL;
     q->step = 0;
-    q->has_switch = do_switch;
     q->has_prepare = false;
+    q->sent_ns = uv_hrtime();
     if (c->tail)
         c->tail->next = q;
     else
         c->head = q;
     c->tail = q;
+    if (q->org) {
+        q->org->inflight++;
+        q->on_conn = true;
+    }
     if (c->inflight++ == 0) {
         c->last_progress = now_ms(p);
+        c->last_done_ns = q->sent_ns;
         watchdog_arm(c);
+    }
+    if (q->affine) {
+        note_schema(c, q->schema, q->shash);
+        if (c->nseen >= p->recycle_schemas && !c->recycle && !p->recycling) {
+            c->recycle = true; /* replaced once empty (segment_done) */
+            p->recycling = c;
+        }
     }
 
     int ok = 1;
-    if (do_switch) {
-        char *id = PQescapeIdentifier(pg, q->schema, strlen(q->schema));
-        ok = id != NULL;
-        if (ok) {
-            char path[2 * SCHEMA_MAX + 16];
-            snprintf(path, sizeof path, "%s, public", id);
-            PQfreemem(id);
-            const char *v[1] = {path};
-            ok = PQsendQueryParams(pg, switch_sql, 1, NULL, v, NULL, NULL, 0);
+    if (q->dealloc[0]) {
+        ok = PQsendQueryParams(pg, q->dealloc, 0, NULL, NULL, NULL, NULL, 0);
+    } else if (tenant) {
+        if (hit) {
+            lru_unlink(c, hit);
+            lru_push(c, hit);
+            snprintf(pname, sizeof pname, "t%u", hit->id);
+            p->hits++;
+            if (p->metrics)
+                metrics_db_statements(p->metrics, 1, 0, 0);
+        } else {
+            char *sql = qualify(pg, s, q->schema);
+            ok = sql != NULL;
+            if (ok && miss) {
+                struct centry *e = cache_add(c, s, q->schema, eh);
+                q->entry_id = e->id;
+                snprintf(pname, sizeof pname, "t%u", e->id);
+                ok = PQsendPrepare(pg, pname, sql, 0, NULL);
+                q->has_prepare = true;
+                p->misses++;
+                if (p->metrics)
+                    metrics_db_statements(p->metrics, 0, 1, 0);
+            } else if (ok) {
+                ok = PQsendQueryParams(pg, sql, q->nparams, NULL, q->values, NULL, NULL, 0);
+            }
+            free(sql);
         }
-        /* Bound now so that nothing else is switched onto it; confirmed at the
-         * segment's sync, forgotten if the segment fails. */
-        memcpy(c->schema, q->schema, sizeof c->schema);
-        c->has_schema = true;
-        c->switch_pending = true;
-        note_schema(c, q->schema);
-        p->switches++;
-        if (p->metrics)
-            metrics_pool_schema_switch(p->metrics);
-    }
-    if (ok && s->name && !prepared_has(c, s)) {
-        ok = PQsendPrepare(pg, s->name, s->sql, 0, NULL);
-        if (ok) {
-            prepared_add(c, s);
-            q->has_prepare = true;
+        if (ok && s->name)
+            ok = PQsendQueryPrepared(pg, pname, q->nparams, q->values, NULL, NULL, 0);
+    } else {
+        if (s->name && !prepared_has(c, s)) {
+            ok = PQsendPrepare(pg, s->name, s->sql, 0, NULL);
+            if (ok) {
+                prepared_add(c, s);
+                q->has_prepare = true;
+            }
         }
+        if (ok)
+            ok = s->name ? PQsendQueryPrepared(pg, s->name, q->nparams, q->values, NULL, NULL, 0)
+                         : PQsendQueryParams(pg, s->sql, q->nparams, NULL, q->values, NULL, NULL,
+                                             0);
     }
-    if (ok)
-        ok = s->name ? PQsendQueryPrepared(pg, s->name, q->nparams, q->values, NULL, NULL, 0)
-                     : PQsendQueryParams(pg, s->sql, q->nparams, NULL, q->values, NULL, NULL, 0);
     if (ok)
         ok = PQpipelineSync(pg);
     if (!ok) {
@@ -713,22 +1035,16 @@ static void send_rollback(struct conn *c)
 {
     struct dbq *q = xcalloc(1, sizeof *q);
     q->stmt = &rollback_stmt;
-    /* The block may hold our own set_config (a BEGIN turns the segment's
-     * implicit transaction into the block), so the schema is unknown from
-     * now on and nothing may be pipelined behind the ROLLBACK. */
-    c->has_schema = false;
-    conn_send(c, q, false);
+    conn_send(c, q);
 }
 
 /* ---- receiving ---- */
 
-enum step_kind { STEP_SWITCH, STEP_PREPARE, STEP_QUERY, STEP_BEYOND };
+enum step_kind { STEP_PREPARE, STEP_QUERY, STEP_BEYOND };
 
 static enum step_kind step_kind(const struct dbq *q)
 {
     int k = q->step;
-    if (q->has_switch && k-- == 0)
-        return STEP_SWITCH;
     if (q->has_prepare && k-- == 0)
         return STEP_PREPARE;
     return k == 0 ? STEP_QUERY : STEP_BEYOND;
@@ -739,24 +1055,34 @@ static void segment_done(struct conn *c)
 {
     struct db_pool *p = c->pool;
     struct dbq *q = c->head;
+    assert(q && c->inflight > 0);
     c->head = q->next;
     if (!c->head)
         c->tail = NULL;
     c->inflight--;
+    assert((c->inflight == 0) == (c->head == NULL));
+    q_off_conn(q);
     c->last_used = c->last_progress = now_ms(p);
+    /* Service time: from when the server could start on it (sent, or the
+     * previous segment done) to its end; an average over the last ~8. */
+    uint64_t now_ns = uv_hrtime();
+    uint64_t from = q->sent_ns > c->last_done_ns ? q->sent_ns : c->last_done_ns;
+    c->svc_us = (c->svc_us * 7 + (now_ns - from) / 1000) / 8;
+    c->last_done_ns = now_ns;
 
     bool failed = q->error || q->message[0] || !q->result;
-    if (q->has_switch) {
-        c->switch_pending = false;
-        if (failed) /* the implicit transaction rolled the switch back */
-            c->has_schema = false;
-    }
     /* A Parse that failed or was skipped (an earlier error aborted the
      * segment) left nothing prepared on the backend. */
-    if (q->has_prepare && !q->prepare_ok)
-        prepared_remove(c, q->stmt);
-    if (q->stmt == &rollback_stmt)
-        c->has_schema = false; /* a rolled-back block may have held a switch */
+    if (q->has_prepare && !q->prepare_ok) {
+        if (q->tenant) {
+            struct centry *e =
+                cache_find(c, q->stmt, q->schema, centry_hash(q->stmt, q->shash));
+            if (e && e->id == q->entry_id)
+                cache_remove(c, e);
+        } else {
+            prepared_remove(c, q->stmt);
+        }
+    }
 
     if (failed) {
         q->status = DB_ERROR;
@@ -779,11 +1105,15 @@ static void segment_done(struct conn *c)
         return;
     }
     if (c->recycle) {
-        /* A fresh backend instead of one holding many schemas' catalogs; the
-         * slot reopens when a query needs it (not a failure: no back-off). */
+        /* A fresh backend instead of one holding many schemas' catalogs,
+         * reopened at once (not a failure: no back-off); p->recycling stays
+         * set until it is READY, so only one slot is away at a time. */
         log_msg(LOG_DEBUG, "replacing a database connection that served %d schemas", c->nseen);
         conn_release(c);
-        c->state = CONN_CLOSED;
+        p->recycles++;
+        if (p->metrics)
+            metrics_db_recycle(p->metrics);
+        conn_connect(c);
         return;
     }
     /* A statement that left a transaction block open (or failed inside one)
@@ -811,7 +1141,7 @@ static void conn_read_results(struct conn *c)
             /* The NULL after the last command leaves step at the segment's
              * command count; only the sync may follow. */
             q->step++;
-            if (q->step > q->has_switch + q->has_prepare + 1) {
+            if (q->step > q->has_prepare + 1) {
                 conn_fail(c, "pipeline out of step with the server");
                 return;
             }
@@ -875,119 +1205,151 @@ static void conn_read_results(struct conn *c)
 
 /* ---- placing queries ---- */
 
-/* The least loaded connection bound to `schema` that can take one more. */
-static struct conn *find_bound(struct db_pool *p, const char *schema)
+static bool conn_usable(const struct db_pool *p, const struct conn *c)
 {
-    struct conn *best = NULL;
-    for (int i = 0; i < p->size; i++) {
-        struct conn *c = &p->conns[i];
-        if (c->state == CONN_READY && c->has_schema && !c->switch_pending && !c->draining &&
-            c->inflight < p->depth && strcmp(c->schema, schema) == 0 &&
-            (!best || c->inflight < best->inflight))
-            best = c;
-    }
-    return best;
+    return c->state == CONN_READY && !c->recycle && c->inflight < p->depth;
 }
 
-/* A connection with an empty pipeline to switch: one drained for this very
- * purpose first (only when `drained_too`), then one never bound, then the
- * one idle the longest. */
-static struct conn *find_idle(struct db_pool *p, bool drained_too)
+/* Whether org o is flooding: at least half its cap in flight. */
+static bool org_heavy(const struct db_pool *p, const struct orgc *o)
 {
-    struct conn *best = NULL;
-    for (int i = 0; i < p->size; i++) {
-        struct conn *c = &p->conns[i];
-        if (c->state != CONN_READY || c->inflight > 0 || (c->draining && !drained_too))
+    return o && o->inflight * 2 >= p->org_cap;
+}
+
+/* Whether a query of org `self` should pass over c: another org floods it
+ * (its statements would run first, however slow), or c is abnormally slow,
+ * many times the recent service time of the pool's other connections (not
+ * a longer queue: pipelining is the point; nor a pace the whole pool
+ * shares, like commits waiting for the disk). Slowness of the org's own
+ * making is no reason to spread it to more orgs. */
+static bool conn_avoid(const struct db_pool *p, const struct conn *c, const struct orgc *self)
+{
+    bool others = false;
+    for (const struct dbq *q = c->head; q; q = q->next) {
+        if (q->org == self)
             continue;
-        if (!best || (c->draining && !best->draining) ||
-            (c->draining == best->draining &&
-             ((!c->has_schema && best->has_schema) ||
-              (c->has_schema == best->has_schema && c->last_used < best->last_used))))
-            best = c;
-    }
-    return best;
-}
-
-static bool schema_switching(const struct db_pool *p, const char *schema)
-{
-    for (int i = 0; i < p->size; i++) {
-        const struct conn *c = &p->conns[i];
-        if (c->state == CONN_READY && c->switch_pending && strcmp(c->schema, schema) == 0)
+        if (org_heavy(p, q->org))
             return true;
+        others = true;
     }
-    return false;
-}
-
-static bool place_bound(struct db_pool *p, struct dbq *q)
-{
-    struct conn *c = find_bound(p, q->schema);
-    if (!c)
+    if (!others)
         return false;
-    conn_send(c, q, false);
-    return true;
+    uint64_t sum = 0;
+    int n = 0;
+    for (int i = 0; i < p->size; i++)
+        if (p->conns[i].state == CONN_READY && &p->conns[i] != c) {
+            sum += p->conns[i].svc_us;
+            n++;
+        }
+    return n > 0 && c->svc_us > 8 * (sum / (uint64_t)n) + SLOW_US;
 }
 
-static bool schema_bound(const struct db_pool *p, const char *schema)
+/* The connection q should go to now, or NULL (it waits). */
+static struct conn *choose(struct db_pool *p, const struct dbq *q)
 {
-    for (int i = 0; i < p->size; i++) {
-        const struct conn *c = &p->conns[i];
-        if (c->state == CONN_READY && c->has_schema && strcmp(c->schema, schema) == 0)
-            return true;
+    if (!q->affine) {
+        /* No org: the shortest queue, an avoidable connection last. */
+        struct conn *best = NULL;
+        bool best_slow = false;
+        for (int i = 0; i < p->size; i++) {
+            struct conn *c = &p->conns[i];
+            if (!conn_usable(p, c))
+                continue;
+            bool slow = conn_avoid(p, c, NULL);
+            if (!best || (best_slow && !slow) ||
+                (slow == best_slow && c->inflight < best->inflight)) {
+                best = c;
+                best_slow = slow;
+            }
+        }
+        return best;
     }
-    return false;
+    if (q->org && q->org->inflight >= p->org_cap)
+        return NULL; /* the org has its share in flight: wait for one of them */
+    /* The first slot in rank order that is READY (a lost, reconnecting or
+     * retiring one is passed over). An org well below its cap also passes
+     * over one another org floods or slows (conn_avoid); an org near its
+     * cap stays, rather than putting its
+     * statements in front of the orgs of its other slots. A full pipeline
+     * that is moving is waited for, not passed over: spilling for a moment's
+     * queue would show every backend every org over time. */
+    bool light = !q->org || q->org->inflight * 2 < p->org_cap;
+    struct conn *slow = NULL, *opening = NULL;
+    for (int i = 0; i < q->nrank; i++) {
+        struct conn *c = &p->conns[q->rank[i]];
+        if ((c->state == CONN_CLOSED || c->state == CONN_CONNECTING) && !opening)
+            opening = c;
+        if (c->state != CONN_READY || c->recycle)
+            continue;
+        if (light && conn_avoid(p, c, q->org)) {
+            if (!slow)
+                slow = c;
+            continue;
+        }
+        return c->inflight < p->depth ? c : NULL;
+    }
+    if (slow && opening) {
+        /* Slots open lazily: a slow first slot is when the org's next one
+         * is worth opening, and worth a connect's wait. */
+        if (opening->state == CONN_CLOSED)
+            conn_connect(opening);
+        if (opening->state == CONN_CONNECTING)
+            return NULL;
+    }
+    return slow && slow->inflight < p->depth ? slow : NULL;
 }
 
-/* A query whose schema is being switched onto a connection right now waits
- * for that one round trip instead of switching a second connection. A
- * drained connection is kept for a schema no connection is bound to (that
- * is what it was drained for). */
-static bool place_switch(struct db_pool *p, struct dbq *q)
-{
-    if (schema_switching(p, q->schema))
-        return false;
-    struct conn *c = find_idle(p, !schema_bound(p, q->schema));
-    if (!c)
-        return false;
-    c->draining = false;
-    conn_send(c, q, !(c->has_schema && strcmp(c->schema, q->schema) == 0));
-    return true;
-}
-
-/* Puts q on a connection if one can take it now: one bound to its schema
- * with room (least loaded), else an idle one switched to it. */
+/* Puts q on a connection if one can take it now. */
 static bool try_assign(struct db_pool *p, struct dbq *q)
 {
-    return place_bound(p, q) || place_switch(p, q);
+    struct conn *c = choose(p, q);
+    if (!c)
+        return false;
+    if (q->affine && c != &p->conns[q->rank[0]])
+        p->spills++;
+
+    conn_send(c, q);
+    return true;
 }
 
-static bool room_bound(const struct db_pool *p)
+/* Opens a slot for a query that cannot be placed: its first ranked slot
+ * that is closed, unless one of its slots is connecting already. */
+static void open_for(struct db_pool *p, const struct dbq *q)
 {
-    for (int i = 0; i < p->size; i++) {
-        const struct conn *c = &p->conns[i];
-        if (c->state == CONN_READY && c->has_schema && !c->switch_pending && !c->draining &&
-            c->inflight < p->depth)
-            return true;
+    int n = q->affine ? q->nrank : p->size;
+    struct conn *closed = NULL;
+    for (int i = 0; i < n; i++) {
+        struct conn *c = &p->conns[q->affine ? q->rank[i] : i];
+        if (c->state == CONN_CONNECTING)
+            return;
+        if (c->state == CONN_CLOSED && !closed)
+            closed = c;
+        if (c->state == CONN_READY && !c->recycle && c->inflight < p->depth)
+            return; /* it will be placed there (the org is at its cap) */
     }
-    return false;
+    if (closed)
+        conn_connect(closed);
 }
 
-static bool room_idle(const struct db_pool *p)
+static bool room_any(const struct db_pool *p)
 {
     for (int i = 0; i < p->size; i++)
-        if (p->conns[i].state == CONN_READY && p->conns[i].inflight == 0)
+        if (conn_usable(p, &p->conns[i]))
             return true;
     return false;
 }
 
-/* Offers waiting queries, oldest first, to `place` while `room` says some
- * connection could still take one (a long queue is not walked in vain). */
-static void walk_waiting(struct db_pool *p, bool (*place)(struct db_pool *, struct dbq *),
-                         bool (*room)(const struct db_pool *))
+/* Serves the wait queue, oldest first, while some connection has room (a
+ * long queue is not walked in vain); opens slots the queries need. */
+static void dispatch(struct db_pool *p)
 {
+    if (p->closing)
+        return;
     struct dbq *prev = NULL, *q = p->wait_head;
-    while (q && room(p)) {
-        struct dbq *next = q->next; /* place() reuses q->next once it takes q */
-        if (place(p, q)) {
+    int looked = 0;
+    while (q) {
+        struct dbq *next = q->next; /* conn_send reuses q->next once it takes q */
+        if (room_any(p) && try_assign(p, q)) {
             if (prev)
                 prev->next = next;
             else
@@ -996,82 +1358,14 @@ static void walk_waiting(struct db_pool *p, bool (*place)(struct db_pool *, stru
                 p->wait_tail = prev;
             p->nwaiting--;
         } else {
+            if (looked++ < 64)
+                open_for(p, q);
+            else if (!room_any(p))
+                break;
             prev = q;
         }
         q = next;
     }
-}
-
-/* Opens never-used (or closed) slots while fewer are connecting than
- * queries wait. Slots in back-off keep their delay. */
-static void open_for_waiters(struct db_pool *p)
-{
-    int connecting = 0;
-    for (int i = 0; i < p->size; i++)
-        connecting += p->conns[i].state == CONN_CONNECTING;
-    for (int i = 0; i < p->size && connecting < p->nwaiting; i++)
-        if (p->conns[i].state == CONN_CLOSED) {
-            conn_connect(&p->conns[i]);
-            connecting++;
-        }
-}
-
-/* When old waiting queries need a schema no connection is bound to and no
- * connection will soon be free, stops feeding the least loaded one so it
- * drains and can switch: without this, busy schemas that keep their
- * pipelines full would starve the others until they time out. */
-static void pick_victim(struct db_pool *p)
-{
-    struct conn *victim = NULL;
-    for (int i = 0; i < p->size; i++) {
-        struct conn *c = &p->conns[i];
-        if (c->state == CONN_CONNECTING || c->state == CONN_CLOSED ||
-            (c->state == CONN_READY && (c->draining || c->inflight == 0)))
-            return; /* one will be free soon */
-        if (c->state == CONN_READY && c->has_schema && !c->switch_pending &&
-            (!victim || c->inflight < victim->inflight))
-            victim = c;
-    }
-    if (!victim)
-        return;
-    int looked = 0;
-    for (struct dbq *q = p->wait_head; q && looked < 32; q = q->next, looked++) {
-        bool bound = false;
-        for (int i = 0; i < p->size && !bound; i++) {
-            const struct conn *c = &p->conns[i];
-            bound = c->state == CONN_READY && c->has_schema && strcmp(c->schema, q->schema) == 0;
-        }
-        if (!bound) {
-            victim->draining = true;
-            return;
-        }
-    }
-}
-
-/* Serves the wait queue: first pipelining onto connections already bound to
- * a query's schema, then switching idle ones, oldest query first. */
-static void dispatch(struct db_pool *p)
-{
-    if (p->closing)
-        return;
-    if (p->wait_head) {
-        walk_waiting(p, place_bound, room_bound);
-        walk_waiting(p, place_switch, room_idle);
-        /* A drained connection nobody needed after all goes back to work. */
-        bool freed = false;
-        for (int i = 0; i < p->size; i++) {
-            struct conn *c = &p->conns[i];
-            if (c->draining && c->inflight == 0) {
-                c->draining = false;
-                freed = true;
-            }
-        }
-        if (freed && p->wait_head)
-            walk_waiting(p, place_bound, room_bound);
-        if (p->wait_head)
-            pick_victim(p);
-    }
-    open_for_waiters(p);
 }
 
 /* Shedding (shed_wait_ms): the queue is not draining in time although every
@@ -1199,9 +1493,13 @@ static void on_idle(uv_idle_t *h)
 static void pool_free(struct db_pool *p)
 {
     for (int i = 0; i < p->size; i++) {
+        cache_clear(&p->conns[i]);
+        free(p->conns[i].ctab);
         free(p->conns[i].prepared);
         free(p->conns[i].seen);
     }
+    for (int i = 0; i < ORG_BUCKETS; i++)
+        assert(!p->orgs[i]); /* every query was answered */
     free(p->conns);
     free(p->conninfo);
     free(p->options);
@@ -1342,7 +1640,8 @@ static int build_options(const char *conninfo, int stmt_ms, char **out, char **r
 struct db_pool *db_pool_new(uv_loop_t *loop, const struct db_pool_options *o)
 {
     if (!loop || !o || !o->conninfo || o->size < 1 || o->pipeline_depth < 1 ||
-        o->wait_timeout_ms < 1 || o->statement_timeout_ms < 0 || o->reconnect_max_ms < 1)
+        o->wait_timeout_ms < 1 || o->statement_timeout_ms < 0 || o->reconnect_max_ms < 1 ||
+        o->statement_cache < 0 || o->org_inflight < 0 || o->recycle_schemas < 0)
         return NULL;
     struct db_pool *p = xcalloc(1, sizeof *p);
     if (build_options(o->conninfo, o->statement_timeout_ms, &p->options, &p->resolve_host) != 0) {
@@ -1360,6 +1659,13 @@ struct db_pool *db_pool_new(uv_loop_t *loop, const struct db_pool_options *o)
     p->stmt_ms = o->statement_timeout_ms;
     p->reconnect_max_ms =
         o->reconnect_max_ms < BACKOFF_START_MS ? BACKOFF_START_MS : o->reconnect_max_ms;
+    p->cache_size = o->statement_cache ? o->statement_cache : STATEMENT_CACHE;
+    p->org_cap = o->org_inflight ? o->org_inflight : p->depth;
+    p->recycle_schemas = o->recycle_schemas ? o->recycle_schemas : RECYCLE_SCHEMAS;
+    unsigned buckets = 16;
+    while (buckets < (unsigned)p->cache_size * 2 && buckets < (1u << 20))
+        buckets *= 2;
+    p->ctab_mask = buckets - 1;
     p->metrics = o->metrics;
     p->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)p ^ 0x9e3779b97f4a7c15ULL;
     p->g_in_use = p->g_idle = p->g_waiting = -1;
@@ -1367,6 +1673,7 @@ struct db_pool *db_pool_new(uv_loop_t *loop, const struct db_pool_options *o)
     for (int i = 0; i < p->size; i++) {
         struct conn *c = &p->conns[i];
         c->pool = p;
+        c->ctab = xcalloc(buckets, sizeof *c->ctab);
         uv_timer_init(loop, &c->timer);
         c->timer.data = c;
     }
@@ -1397,13 +1704,20 @@ void db_query(struct db_pool *p, const char *schema, const struct db_stmt *stmt,
         return;
     }
     memcpy(q->schema, schema, len + 1);
-    if (!stmt || !stmt->sql || nparams < 0 || (nparams > 0 && !values)) {
+    if (!stmt || !stmt->sql || nparams < 0 || (nparams > 0 && !values) ||
+        ((q->tenant = strstr(stmt->sql, "{schema}") != NULL) && strcmp(schema, "public") == 0)) {
         fail_q(p, q, DB_ERROR, "XX000", "invalid statement");
         return;
     }
     if (p->closing) {
         fail_q(p, q, DB_UNAVAILABLE, NULL, "the database pool is closing");
         return;
+    }
+    q->shash = str_hash(q->schema);
+    if (strcmp(q->schema, "public") != 0) {
+        q->affine = true;
+        rank_slots(p, q);
+        q->org = org_ref(p, q->schema, q->shash);
     }
     /* Waiting queries had first pick of any room already (dispatch runs after
      * every change), so taking room now does not jump the queue. */
@@ -1423,7 +1737,7 @@ void db_query(struct db_pool *p, const char *schema, const struct db_stmt *stmt,
         p->nwaiting++;
         if (!uv_is_active((uv_handle_t *)&p->wait_timer))
             uv_timer_start(&p->wait_timer, on_wait_timer, (uint64_t)p->wait_ms, 0);
-        open_for_waiters(p);
+        open_for(p, q);
     }
     update_gauges(p);
 }
@@ -1444,5 +1758,19 @@ void db_pool_stats(const struct db_pool *p, struct db_pool_stats *out)
     }
     out->waiting = p->nwaiting;
     out->schema_switches = p->switches;
+    out->stmt_hits = p->hits;
+    out->stmt_misses = p->misses;
+    out->stmt_evictions = p->evictions;
+    out->recycles = p->recycles;
+    out->spills = p->spills;
+    for (int i = 0; i < p->size; i++) {
+        const struct conn *c = &p->conns[i];
+        if (c->state != CONN_READY)
+            continue;
+        out->schemas_total += c->nseen;
+        if (c->nseen > out->schemas_max)
+            out->schemas_max = c->nseen;
+        out->statements += c->ncache;
+    }
     out->reconnects = p->reconnects;
 }

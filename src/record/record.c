@@ -2,9 +2,10 @@
  * Per-org records: /v1/collections/{collection}/records[/{id}].
  *
  * The hottest path of the server, so every request is exactly one prepared
- * statement on a connection bound to the caller's org schema (the pool keeps
- * it bound, so the statements stay planned), and PostgreSQL renders the
- * response JSON; C only validates input and passes text through.
+ * statement, and PostgreSQL renders the response JSON; C only validates
+ * input and passes text through. Every statement is a tenant statement
+ * ({schema}.records): the pool prepares it per org on the org's affine
+ * connection and never relies on search_path (db/db.h).
  *
  * Bodies are not parsed in C: a small scanner checks that the text is one
  * JSON object nested at most RECORD_MAX_DEPTH deep, and PostgreSQL's jsonb
@@ -27,7 +28,6 @@
 #include "record/record.h"
 
 #include <ctype.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,47 +64,40 @@ static const struct route record_routes[] = {
 };
 #undef COLL
 
-static void record_shutdown(void);
-
 const struct module record_module = {
     .name = "records",
     .routes = record_routes,
-    .shutdown = record_shutdown,
 };
 
 /* ---- SQL ---------------------------------------------------------------- */
 
 /* clang-format off */
 
-/* Statements run with search_path "<org schema>, public", so `records` and
- * jsonb_merge_patch are the caller's own (tenant migrations 0001, 0002).
+/* {schema} is the caller's org schema, put in by the pool (tenant
+ * migration 0001 made its records table); jsonb_merge_patch is public's
+ * (control migration 0007), so nothing depends on search_path.
  *
  * RFC 3339 UTC times are rendered with to_char inline rather than with
  * public.tenantd_ts: that SQL function is inlined at plan time, which parses
- * its body again on every plan, and a statement is planned again whenever
- * its connection changes schema. Same text either way. */
+ * its body again on every plan, and a statement is planned once per
+ * (connection, org). Same text either way. */
 #define SQL_TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 #define SQL_RECORD_JSON(r)                                                                         \
     "json_build_object('id', " r ".id, 'collection', " r ".collection, 'data', " r ".data, "       \
     "'version', " r ".version, 'created_at', " SQL_TS(r ".created_at") ", "                        \
     "'updated_at', " SQL_TS(r ".updated_at") ")"
 
-/* The two hottest statements are also made per org with the table named in
- * full (see qualified_stmt), so each is written as the text before and
- * after the table's name. */
-
 /* $1 collection, $2 data. Answers (id, version, record). */
-#define SQL_CREATE_HEAD "INSERT INTO "
-#define SQL_CREATE_TAIL                                                                            \
-    " AS r (collection, data) VALUES ($1, $2::jsonb) "                                             \
-    "RETURNING r.id, r.version, " SQL_RECORD_JSON("r") "::text"
-static const struct db_stmt q_create = {"records_create",
-                                        SQL_CREATE_HEAD "records" SQL_CREATE_TAIL};
+static const struct db_stmt q_create = {
+    "records_create",
+    "INSERT INTO {schema}.records AS r (collection, data) VALUES ($1, $2::jsonb) "
+    "RETURNING r.id, r.version, " SQL_RECORD_JSON("r") "::text"};
 
 /* $1 id, $2 collection. Answers (version, record). */
-#define SQL_GET_HEAD "SELECT r.version, " SQL_RECORD_JSON("r") "::text FROM "
-#define SQL_GET_TAIL " r WHERE r.id = $1::uuid AND r.collection = $2"
-static const struct db_stmt q_get = {"records_get", SQL_GET_HEAD "records" SQL_GET_TAIL};
+static const struct db_stmt q_get = {
+    "records_get",
+    "SELECT r.version, " SQL_RECORD_JSON("r") "::text FROM {schema}.records r "
+    "WHERE r.id = $1::uuid AND r.collection = $2"};
 
 /*
  * One page, newest first: rows strictly after the cursor ($2 created_at, $3
@@ -119,7 +112,7 @@ static const struct db_stmt q_get = {"records_get", SQL_GET_HEAD "records" SQL_G
  * always counts), so that no answer is unbounded: `kept` is the page. */
 #define LIST_PAGE_BYTES "4194304"
 #define SQL_LIST(filter)                                                                           \
-    "WITH page AS (SELECT r.id, r.created_at, " SQL_RECORD_JSON("r") " AS j FROM records r "       \
+    "WITH page AS (SELECT r.id, r.created_at, " SQL_RECORD_JSON("r") " AS j FROM {schema}.records r "       \
     "WHERE r.collection = $1 AND (r.created_at, r.id) < ($2::timestamptz, $3::uuid) " filter       \
     " ORDER BY r.created_at DESC, r.id DESC LIMIT $4::int + 1), "                                  \
     "numbered AS (SELECT p.*, row_number() OVER w AS n, sum(octet_length(p.j::text)) OVER w AS b " \
@@ -143,151 +136,27 @@ static const struct db_stmt q_list_filter = {"records_list_filter",
  * and a missing record (404) are told apart in the same round trip.
  */
 #define SQL_WRITE(set)                                                                             \
-    "WITH w AS (UPDATE records r SET " set ", version = r.version + 1, updated_at = now() "        \
+    "WITH w AS (UPDATE {schema}.records r SET " set ", version = r.version + 1, updated_at = now() "        \
     "WHERE r.id = $1::uuid AND r.collection = $2 AND ($4::bigint[] IS NULL OR "                    \
     "r.version = ANY ($4::bigint[])) RETURNING r.version, " SQL_RECORD_JSON("r") "::text AS j) "   \
     "SELECT w.version, w.j, true FROM w UNION ALL "                                                \
-    "SELECT NULL, NULL, EXISTS (SELECT 1 FROM records x WHERE x.id = $1::uuid AND "                \
+    "SELECT NULL, NULL, EXISTS (SELECT 1 FROM {schema}.records x WHERE x.id = $1::uuid AND "                \
     "x.collection = $2) WHERE NOT EXISTS (SELECT 1 FROM w)"
 
 static const struct db_stmt q_replace = {"records_replace", SQL_WRITE("data = $3::jsonb")};
-static const struct db_stmt q_patch = {"records_patch",
-                                       SQL_WRITE("data = jsonb_merge_patch(r.data, $3::jsonb)")};
+static const struct db_stmt q_patch = {
+    "records_patch", SQL_WRITE("data = public.jsonb_merge_patch(r.data, $3::jsonb)")};
 
 /* $1 id, $2 collection, $3 If-Match versions or NULL. Answers (deleted, exists). */
 static const struct db_stmt q_delete = {
     "records_delete",
-    "WITH d AS (DELETE FROM records r WHERE r.id = $1::uuid AND r.collection = $2 AND "
+    "WITH d AS (DELETE FROM {schema}.records r WHERE r.id = $1::uuid AND r.collection = $2 AND "
     "($3::bigint[] IS NULL OR r.version = ANY ($3::bigint[])) RETURNING r.id) "
-    "SELECT EXISTS (SELECT 1 FROM d), EXISTS (SELECT 1 FROM records x WHERE x.id = $1::uuid "
-    "AND x.collection = $2)",
+    "SELECT EXISTS (SELECT 1 FROM d), EXISTS (SELECT 1 FROM {schema}.records x "
+    "WHERE x.id = $1::uuid AND x.collection = $2)",
 };
 
 /* clang-format on */
-
-/* ---- schema-qualified statements ---------------------------------------- */
-
-/*
- * GET and POST are the hottest requests, and with many active orgs most of
- * them would land on a pooled connection bound to another org's schema: the
- * switch costs a set_config and, worse, a new plan for the prepared
- * statement (PostgreSQL re-plans whenever search_path differs), together
- * more than the statement itself (test/bench/records.sh: about a third of
- * the throughput with 100 orgs). So these two run a copy of their statement
- * with the org's table named in full ("tenant_<hex>".records), prepared once
- * per connection and org like any other statement, on connections bound to
- * `public`: any connection serves any org, nothing is re-planned, and
- * queries of different orgs share pipelines.
- *
- * The copies are made on first use and kept for the life of the process:
- * the pool knows prepared statements by address, so one must never be freed
- * or reused for another org while connections run. Their number is bounded
- * by QUALIFIED_ORGS, which also bounds what each PostgreSQL backend holds for
- * them (about 24 KiB per prepared statement); requests of orgs beyond it use
- * the schema-bound statements, correct but slower.
- */
-#define QUALIFIED_ORGS 512
-#define QUALIFIED_SLOTS (2 * QUALIFIED_ORGS) /* open addressing, at most half full */
-#define SCHEMA_LEN (7 + 32)                  /* "tenant_" + 32 hex digits */
-
-enum qualified_kind { QUALIFIED_GET, QUALIFIED_CREATE, QUALIFIED__COUNT };
-
-static const struct {
-    const char *prefix, *head, *tail;
-} qualified_kinds[QUALIFIED__COUNT] = {
-    [QUALIFIED_GET] = {"records_get_", SQL_GET_HEAD, SQL_GET_TAIL},
-    [QUALIFIED_CREATE] = {"records_create_", SQL_CREATE_HEAD, SQL_CREATE_TAIL},
-};
-
-struct qualified {
-    char schema[SCHEMA_LEN + 1];
-    char names[QUALIFIED__COUNT][sizeof "records_create_" + SCHEMA_LEN];
-    struct db_stmt stmts[QUALIFIED__COUNT];
-};
-
-static pthread_mutex_t qualified_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct qualified *qualified_slots[QUALIFIED_SLOTS];
-static int qualified_count;
-
-/* Only names of the exact shape the org module gives schemas are quoted
- * into SQL text (they cannot contain a quote); anything else keeps using the
- * bound statements. */
-static bool schema_shape_ok(const char *s)
-{
-    if (strncmp(s, "tenant_", 7) != 0 || strlen(s) != SCHEMA_LEN)
-        return false;
-    for (const char *p = s + 7; *p; p++)
-        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
-            return false;
-    return true;
-}
-
-static struct qualified *qualified_new(const char *schema)
-{
-    struct qualified *q = calloc(1, sizeof *q);
-    if (!q)
-        abort();
-    memcpy(q->schema, schema, SCHEMA_LEN + 1);
-    for (int k = 0; k < QUALIFIED__COUNT; k++) {
-        size_t len = strlen(qualified_kinds[k].head) + strlen(qualified_kinds[k].tail) +
-                     SCHEMA_LEN + sizeof "\"\".records";
-        char *sql = malloc(len);
-        if (!sql)
-            abort();
-        /* The schema's shape was checked: quoting it needs no escaping. */
-        snprintf(sql, len, "%s\"%s\".records%s", qualified_kinds[k].head, schema,
-                 qualified_kinds[k].tail);
-        snprintf(q->names[k], sizeof q->names[k], "%s%s", qualified_kinds[k].prefix, schema);
-        q->stmts[k].name = q->names[k];
-        q->stmts[k].sql = sql;
-    }
-    return q;
-}
-
-/* The statement of `kind` naming the table of `schema` in full, or NULL
- * (then run the schema-bound one). */
-static const struct db_stmt *qualified_stmt(const char *schema, enum qualified_kind kind)
-{
-    if (!schema_shape_ok(schema))
-        return NULL;
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (const char *p = schema; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    const struct db_stmt *out = NULL;
-    pthread_mutex_lock(&qualified_mu);
-    for (uint32_t i = h % QUALIFIED_SLOTS;; i = (i + 1) % QUALIFIED_SLOTS) {
-        struct qualified *q = qualified_slots[i];
-        if (q && strcmp(q->schema, schema) == 0) {
-            out = &q->stmts[kind];
-            break;
-        }
-        if (q)
-            continue;
-        if (qualified_count < QUALIFIED_ORGS) {
-            qualified_slots[i] = qualified_new(schema);
-            qualified_count++;
-            out = &qualified_slots[i]->stmts[kind];
-        }
-        break;
-    }
-    pthread_mutex_unlock(&qualified_mu);
-    return out;
-}
-
-static void record_shutdown(void)
-{
-    pthread_mutex_lock(&qualified_mu);
-    for (int i = 0; i < QUALIFIED_SLOTS; i++) {
-        if (qualified_slots[i]) {
-            for (int k = 0; k < QUALIFIED__COUNT; k++)
-                free((char *)qualified_slots[i]->stmts[k].sql);
-            free(qualified_slots[i]);
-            qualified_slots[i] = NULL;
-        }
-    }
-    qualified_count = 0;
-    pthread_mutex_unlock(&qualified_mu);
-}
 
 /* ---- input checks ------------------------------------------------------- */
 
@@ -607,20 +476,6 @@ static void query(struct request *req, const struct auth_ctx *a, const struct db
     db_query(pool, a->schema, stmt, n, (const char *const *)values, cb, ud);
 }
 
-/* For statements that name the org's table in full (qualified_stmt). */
-static void query_public(struct request *req, const struct db_stmt *stmt, int n,
-                         const char **values, db_cb cb, void *ud)
-{
-    struct db_pool *pool = req->ctx ? (struct db_pool *)req->ctx->db : NULL;
-    if (!pool) {
-        http_set_header(req, "Retry-After", "1");
-        problem_respond(req, PROBLEM_UNAVAILABLE,
-                        "The database is unavailable; try again shortly.");
-        return;
-    }
-    db_query(pool, NULL, stmt, n, (const char *const *)values, cb, ud);
-}
-
 /* ---- POST .../records --------------------------------------------------- */
 
 /* A create in flight: the request and its Idempotency-Key claim (NULL when
@@ -656,12 +511,7 @@ static void create_proceed(struct request *req, struct idem_claim *claim, void *
 {
     struct create_op *op = ud;
     op->claim = claim;
-    const struct auth_ctx *a = auth_ctx(req);
-    const struct db_stmt *qualified = qualified_stmt(a->schema, QUALIFIED_CREATE);
-    if (qualified)
-        query_public(req, qualified, 2, op->values, create_done, op);
-    else
-        query(req, a, &q_create, 2, op->values, create_done, op);
+    query(req, auth_ctx(req), &q_create, 2, op->values, create_done, op);
 }
 
 /* POST accepts Idempotency-Key (API.md) in idem's two-step form: the key is
@@ -770,11 +620,7 @@ static void records_get(struct request *req)
     const char **v = arena_alloc(req->arena, 2 * sizeof *v);
     v[0] = id;
     v[1] = coll;
-    const struct db_stmt *qualified = qualified_stmt(a->schema, QUALIFIED_GET);
-    if (qualified)
-        query_public(req, qualified, 2, v, get_done, req);
-    else
-        query(req, a, &q_get, 2, v, get_done, req);
+    query(req, a, &q_get, 2, v, get_done, req);
 }
 
 /* ---- PUT / PATCH .../records/{id} --------------------------------------- */

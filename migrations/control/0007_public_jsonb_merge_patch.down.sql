@@ -1,0 +1,1 @@
+DROP FUNCTION IF EXISTS public.jsonb_merge_patch(jsonb, jsonb);
