@@ -7,6 +7,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <time.h>
 
 #include "auth/cache.h"
@@ -17,24 +18,33 @@
 #include "core/problem.h"
 
 #define RATELIMIT_ENTRIES 65536 /* keys tracked per table (bounded memory) */
+/* How long a successful login makes its client a known-good path of the
+ * account (see login_key_take). */
+#define KNOWN_PATH_MS (30u * 86400000u)
 
 static int auth_init(void);
 static struct {
     uv_mutex_t mu;
-    struct ratelimit *ip, *key; /* NULL when TENANTD_LOGIN_LIMIT is 0 */
-    struct ratelimit *signup;   /* per IP; NULL when TENANTD_SIGNUP_LIMIT is 0 */
-    struct ratelimit *org;      /* per org id; NULL when TENANTD_ORG_RATE_LIMIT is 0 */
+    struct ratelimit *ip, *key;  /* NULL when TENANTD_LOGIN_LIMIT is 0 */
+    struct ratelimit *known;     /* set of (account, client) that logged in */
+    struct ratelimit *known_key; /* budget of a known (account, client) */
+    struct ratelimit *signup;    /* per IP; NULL when TENANTD_SIGNUP_LIMIT is 0 */
+    struct ratelimit *org;       /* per org id; NULL when TENANTD_ORG_RATE_LIMIT is 0 */
+    unsigned v6_prefix;
 } g_login;
 
 static int login_limit_start(void)
 {
     if (uv_mutex_init(&g_login.mu) != 0)
         return -1;
+    g_login.v6_prefix = g_config ? (unsigned)g_config->login_ipv6_prefix : 64;
     uint32_t n = g_config ? (uint32_t)g_config->login_limit : 0;
     if (n > 0) {
         g_login.ip = ratelimit_new(n, RATELIMIT_ENTRIES);
         g_login.key = ratelimit_new(n, RATELIMIT_ENTRIES);
-        if (!g_login.ip || !g_login.key)
+        g_login.known = ratelimit_new_period(1, KNOWN_PATH_MS, RATELIMIT_ENTRIES);
+        g_login.known_key = ratelimit_new(n, RATELIMIT_ENTRIES);
+        if (!g_login.ip || !g_login.key || !g_login.known || !g_login.known_key)
             return -1;
     }
     uint32_t s = g_config ? (uint32_t)g_config->signup_limit : 0;
@@ -50,49 +60,86 @@ static void login_limit_stop(void)
 {
     ratelimit_free(g_login.ip);
     ratelimit_free(g_login.key);
+    ratelimit_free(g_login.known);
+    ratelimit_free(g_login.known_key);
     ratelimit_free(g_login.signup);
     ratelimit_free(g_login.org);
-    g_login.ip = g_login.key = g_login.signup = g_login.org = NULL;
+    g_login.ip = g_login.key = g_login.known = g_login.known_key = NULL;
+    g_login.signup = g_login.org = NULL;
     uv_mutex_destroy(&g_login.mu);
 }
 
-bool login_limit_take(const char *ip, const char *key, size_t keylen,
-                      struct ratelimit_result *out, bool *have)
+/* One clock for all loops: uv_now() is per loop. */
+static uint64_t now_ms(void)
+{
+    return uv_hrtime() / 1000000;
+}
+
+/* "<account key>|<client key>" in buf; its length. */
+static size_t path_key(char *buf, size_t n, const char *key, size_t keylen, const char *client)
+{
+    int w = snprintf(buf, n, "%.*s|%s", (int)keylen, key, client);
+    return w < 0 ? 0 : (size_t)w < n ? (size_t)w : n - 1;
+}
+
+bool login_ip_take(const char *ip, struct ratelimit_result *out, bool *have)
 {
     *have = false;
     if (!g_login.ip)
         return true;
-    /* One clock for all loops: uv_now() is per loop. */
-    uint64_t now = uv_hrtime() / 1000000;
-    struct ratelimit_result a, b;
+    char ck[RATELIMIT_CLIENT_KEY_MAX];
+    const char *client = ratelimit_client_key(ip, g_login.v6_prefix, ck);
     uv_mutex_lock(&g_login.mu);
-    ratelimit_take(g_login.ip, ip, strlen(ip), now, &a);
-    bool ok = a.allowed;
-    if (ok) {
-        ratelimit_take(g_login.key, key, keylen, now, &b);
-        ok = b.allowed;
-    }
+    ratelimit_take(g_login.ip, client, strlen(client), now_ms(), out);
     uv_mutex_unlock(&g_login.mu);
-    if (!a.allowed)
-        *out = a;
-    else if (!ok || b.remaining < a.remaining)
-        *out = b;
-    else
-        *out = a;
+    *have = true;
+    return out->allowed;
+}
+
+bool login_key_take(const char *key, size_t keylen, const char *ip, struct ratelimit_result *out,
+                    bool *have)
+{
+    *have = false;
+    if (!g_login.key)
+        return true;
+    char ck[RATELIMIT_CLIENT_KEY_MAX], pk[256 + RATELIMIT_CLIENT_KEY_MAX];
+    const char *client = ratelimit_client_key(ip, g_login.v6_prefix, ck);
+    size_t pklen = path_key(pk, sizeof pk, key, keylen, client);
+    uint64_t now = now_ms();
+    uv_mutex_lock(&g_login.mu);
+    bool ok = ratelimit_take(g_login.key, key, keylen, now, out);
+    /* The account's budget is spent (maybe by someone guessing from many
+     * addresses): a client that logged in to it before keeps a budget of
+     * its own, so failed guesses cannot lock the owner out. */
+    if (!ok && ratelimit_marked(g_login.known, pk, pklen, now))
+        ok = ratelimit_take(g_login.known_key, pk, pklen, now, out);
+    uv_mutex_unlock(&g_login.mu);
     *have = true;
     return ok;
 }
 
+void login_succeeded(const char *key, size_t keylen, const char *ip)
+{
+    if (!g_login.key)
+        return;
+    char ck[RATELIMIT_CLIENT_KEY_MAX], pk[256 + RATELIMIT_CLIENT_KEY_MAX];
+    const char *client = ratelimit_client_key(ip, g_login.v6_prefix, ck);
+    size_t pklen = path_key(pk, sizeof pk, key, keylen, client);
+    uint64_t now = now_ms();
+    uv_mutex_lock(&g_login.mu);
+    ratelimit_reset(g_login.key, key, keylen);
+    ratelimit_mark(g_login.known, pk, pklen, now);
+    uv_mutex_unlock(&g_login.mu);
+}
+
 /* One attempt for key in table t (NULL: that limit is off). */
-static bool take_one(struct ratelimit *t, const char *key, struct ratelimit_result *out,
-                     bool *have)
+static bool take_one(struct ratelimit *t, const char *key, struct ratelimit_result *out, bool *have)
 {
     *have = false;
     if (!t)
         return true;
-    uint64_t now = uv_hrtime() / 1000000;
     uv_mutex_lock(&g_login.mu);
-    ratelimit_take(t, key, strlen(key), now, out);
+    ratelimit_take(t, key, strlen(key), now_ms(), out);
     uv_mutex_unlock(&g_login.mu);
     *have = true;
     return out->allowed;
@@ -100,21 +147,13 @@ static bool take_one(struct ratelimit *t, const char *key, struct ratelimit_resu
 
 bool signup_limit_take(const char *ip, struct ratelimit_result *out, bool *have)
 {
-    return take_one(g_login.signup, ip, out, have);
+    char ck[RATELIMIT_CLIENT_KEY_MAX];
+    return take_one(g_login.signup, ratelimit_client_key(ip, g_login.v6_prefix, ck), out, have);
 }
 
 bool org_limit_take(const char *org_id, struct ratelimit_result *out, bool *have)
 {
     return take_one(g_login.org, org_id, out, have);
-}
-
-void login_limit_reset(const char *key, size_t keylen)
-{
-    if (!g_login.key)
-        return;
-    uv_mutex_lock(&g_login.mu);
-    ratelimit_reset(g_login.key, key, keylen);
-    uv_mutex_unlock(&g_login.mu);
 }
 
 static void auth_loop_start(struct loop_ctx *ctx);
@@ -190,6 +229,7 @@ static int auth_init(void)
                           "this process (set TENANTD_JWT_SECRET)");
     struct password_params pp = {(uint32_t)c->argon2_m_kib, (uint32_t)c->argon2_t,
                                  (uint32_t)c->argon2_p};
+    password_pool_set_boost_ms((unsigned)c->hash_boost_ms);
     if (password_pool_start((unsigned)c->hash_threads, (unsigned)c->hash_queue, pp) != 0) {
         log_msg(LOG_ERROR, "auth: cannot start the password hashing pool (check "
                            "TENANTD_ARGON2_*)");

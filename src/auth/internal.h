@@ -16,17 +16,26 @@ struct auth_loop {
 };
 
 /*
- * Login limiters, one pair per process shared by every loop (a per-loop
+ * Login limiters, one set per process shared by every loop (a per-loop
  * table would let a client get N x loops attempts by landing on several
  * loops), so each call takes a mutex; logins are rare next to argon2's
- * cost. login_limit_take answers false when either the client IP or the key
- * (lowercased email, or "pw:<user id>") is over TENANTD_LOGIN_LIMIT, with
- * the tighter result in *out; it is always true (and *have false) when the
- * limit is off.
+ * cost. TENANTD_LOGIN_LIMIT attempts a minute:
+ *  - login_ip_take: per client (an IPv6 client by its /64, see
+ *    TENANTD_LOGIN_IPV6_PREFIX), before anything else;
+ *  - login_key_take: per account key ("u:<user id>" once the user is
+ *    known, "e:<org>\n<email>" when not, "pw:<user id>" for password
+ *    changes). When the account's budget is spent, a client that logged
+ *    in to that account before (login_succeeded, within 30 days) draws
+ *    from a budget of its own for (account, client): guesses from
+ *    elsewhere cannot lock the owner out.
+ * Each answers false with the refusing result in *out; always true (and
+ * *have false) when the limit is off. login_succeeded resets only that
+ * account's budget (never another org's) and marks the client known.
  */
-bool login_limit_take(const char *ip, const char *key, size_t keylen,
-                      struct ratelimit_result *out, bool *have);
-void login_limit_reset(const char *key, size_t keylen);
+bool login_ip_take(const char *ip, struct ratelimit_result *out, bool *have);
+bool login_key_take(const char *key, size_t keylen, const char *ip, struct ratelimit_result *out,
+                    bool *have);
+void login_succeeded(const char *key, size_t keylen, const char *ip);
 /* The same for signups per client IP (TENANTD_SIGNUP_LIMIT an hour). */
 bool signup_limit_take(const char *ip, struct ratelimit_result *out, bool *have);
 /* And for every authenticated request of an org (TENANTD_ORG_RATE_LIMIT a
@@ -36,8 +45,7 @@ bool org_limit_take(const char *org_id, struct ratelimit_result *out, bool *have
 /* RateLimit-Limit/-Remaining/-Reset for r. */
 void auth_ratelimit_headers(struct request *req, const struct ratelimit_result *r);
 /* 429 for r: Retry-After, RateLimit-*, and a problem saying "Too many <what>". */
-void auth_ratelimit_refuse(struct request *req, const struct ratelimit_result *r,
-                           const char *what);
+void auth_ratelimit_refuse(struct request *req, const struct ratelimit_result *r, const char *what);
 
 /* This thread's loop state; NULL off a loop thread. */
 struct auth_loop *auth_loop_state(void);
@@ -47,7 +55,6 @@ void session_loop_stop(struct auth_loop *st);
 
 /* Session routes (session.c). */
 extern const struct route session_routes[];
-
 
 /* "admin" / "member" -> role; -1 for anything else. */
 int auth_role_parse(const char *s);

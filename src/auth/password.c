@@ -1,8 +1,44 @@
+/*
+ * The argon2id pool and its share of the CPU.
+ *
+ * Hashers run at SCHED_IDLE: they get only the CPU time nothing else
+ * wants, so a login flood never slows the API's other requests (the
+ * event loops and PostgreSQL stay responsive; logins queue). But when the
+ * loops are saturated by cheap requests, idle-priority threads get no CPU
+ * at all and logins starve (issue 11: 5-10 logins/s, 0.05x the raw rate,
+ * under a /health flood).
+ *
+ * Guaranteed share: beside the idle hashers the pool has as many "boost"
+ * threads at normal priority, asleep unless the pool is starved: the
+ * oldest queued hash has waited longer than TENANTD_HASH_BOOST_MS and no
+ * idle hasher finished a hash for as long (or a hash an idle hasher took
+ * has not finished within the bound). Then a boost thread takes the
+ * oldest job (or runs the stuck one again, first result wins) at normal
+ * priority, competing with the loops under the kernel's fair scheduler
+ * (roughly a fair share of a core per boost thread against the loops),
+ * and takes new jobs at once while the starvation lasts; as soon as idle
+ * hashers finish work again (the loops left CPU over), the boost threads
+ * go back to sleep. So a busy server keeps serving logins,
+ * and a server that is not saturated keeps its latency, since its idle
+ * hashers make progress and nothing runs at normal priority.
+ *
+ * Why not promote the hashers themselves (SCHED_IDLE -> SCHED_OTHER when
+ * starved, back after)? Leaving SCHED_IDLE needs CAP_SYS_NICE (or an
+ * RLIMIT_NICE that containers do not grant), so it would work only for
+ * root. Sleeping normal-priority threads need no privilege. Why not a
+ * fixed CPU share (nice values, cgroup weights)? Lowering a thread's nice
+ * value back needs the same privilege, and cgroups are the operator's.
+ * Inputs are shared by reference (struct input) and g.mu is held only for
+ * pointer work, because an idle thread can lose the CPU inside any
+ * critical section and everyone else would wait for it.
+ */
 #define _GNU_SOURCE /* SCHED_IDLE */
 #include "auth/password.h"
 
 #include <argon2.h>
+#include <assert.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <stdlib.h>
@@ -47,19 +83,44 @@ struct ploop {
     unsigned inflight;                 /* loop thread only: jobs not yet delivered */
 };
 
+/* A job's inputs, immutable once queued and shared by its runners (an
+ * idle hasher and maybe a boost thread): the job may be finished by one
+ * runner and freed by its loop while the other still reads them. */
+struct input {
+    atomic_uint refs; /* the job + each runner */
+    enum job_kind kind;
+    bool dummy; /* verify against the dummy PHC: never ok */
+    char *pw;   /* copy, wiped when the last reference goes */
+    size_t pwlen;
+    char *phc; /* verify: the stored PHC (copy) */
+};
+
 struct job {
     struct job *next;
     struct ploop *pl;
     enum job_kind kind;
-    char *pw; /* copy, wiped and freed as soon as argon2 is done */
-    size_t pwlen;
-    char *phc;  /* verify: the stored PHC (copy); hash: the result */
-    bool dummy; /* verify against the dummy PHC: never ok */
+    struct input *in;
+    char *phc; /* hash: the result */
     int status;
     bool ok, needs_rehash;
     password_hash_cb hash_cb;
     password_verify_cb verify_cb;
     void *ud;
+    uint64_t enq_ns;   /* uv_hrtime when queued */
+    uint64_t start_ns; /* under g.mu: when an idle hasher took it */
+    uint64_t seq;      /* under g.mu: identifies it in g.running */
+    bool rerun;        /* under g.mu: a boost thread runs it too */
+    struct job *rnext; /* under g.mu: in g.running */
+};
+
+/* One computation of a job (on the runner's stack). */
+struct run {
+    struct job *j; /* compare only, with seq, against g.running */
+    uint64_t seq;
+    struct input *in; /* a reference */
+    int status;
+    bool ok, needs_rehash;
+    char *out_phc; /* hash: the result */
 };
 
 static struct {
@@ -74,7 +135,18 @@ static struct {
     struct password_params params;
     char *dummy_phc;
     struct ploop *loops; /* attached loops, under mu */
+    uv_cond_t boost_cv;  /* boost threads wait here */
+    uv_thread_t *boosters;
+    unsigned nboost;
+    uint64_t boost_ns;           /* 0: no boost threads */
+    uint64_t last_idle_done_ns;  /* under mu: an idle hasher last finished a job */
+    uint64_t last_boost_done_ns; /* under mu: a boost thread last finished a job */
+    uint64_t boosted;            /* under mu: jobs run by boost threads */
+    struct job *running;         /* under mu: taken, not finished yet */
+    uint64_t next_seq;           /* under mu */
 } g;
+
+static uint64_t g_boost_ms = 100; /* set before the pool starts */
 
 /* Set while password_loop_detach runs callbacks, so a callback cannot queue
  * new work on a loop that is going away. */
@@ -170,38 +242,54 @@ static char *hash_phc(const char *pw, size_t len, struct password_params p)
     return enc;
 }
 
-static void run_job(struct job *j)
+static void input_unref(struct input *in)
 {
-    if (j->kind == JOB_HASH) {
-        j->phc = hash_phc(j->pw, j->pwlen, g.params);
-        j->status = j->phc ? PASSWORD_OK : PASSWORD_EHASH;
+    if (!in || atomic_fetch_sub(&in->refs, 1) != 1)
+        return;
+    if (in->pw) {
+        OPENSSL_cleanse(in->pw, in->pwlen);
+        free(in->pw);
+    }
+    free(in->phc);
+    free(in);
+}
+
+static void run_compute(struct run *r)
+{
+    const struct input *in = r->in;
+    if (in->kind == JOB_HASH) {
+        r->out_phc = hash_phc(in->pw, in->pwlen, g.params);
+        r->status = r->out_phc ? PASSWORD_OK : PASSWORD_EHASH;
     } else {
-        const char *phc = j->dummy ? g.dummy_phc : j->phc;
+        const char *phc = in->dummy ? g.dummy_phc : in->phc;
         struct password_params have;
         if (password_phc_params(phc, &have) != 0 || !params_ok(have)) {
-            j->status = PASSWORD_EHASH;
+            r->status = PASSWORD_EHASH;
         } else {
-            int rc = argon2id_verify(phc, j->pw, j->pwlen);
+            int rc = argon2id_verify(phc, in->pw, in->pwlen);
             if (rc == ARGON2_OK || rc == ARGON2_VERIFY_MISMATCH) {
-                j->status = PASSWORD_OK;
-                j->ok = rc == ARGON2_OK && !j->dummy;
-                j->needs_rehash = j->ok && password_needs_rehash(phc, g.params);
+                r->status = PASSWORD_OK;
+                r->ok = rc == ARGON2_OK && !in->dummy;
+                r->needs_rehash = r->ok && password_needs_rehash(phc, g.params);
             } else {
-                j->status = PASSWORD_EHASH;
+                r->status = PASSWORD_EHASH;
             }
         }
     }
-    OPENSSL_cleanse(j->pw, j->pwlen);
-    free(j->pw);
-    j->pw = NULL;
+}
+
+/* A run of j (in g.running). Under g.mu: only pointer work and an atomic
+ * increment, since an idle-priority thread may lose the CPU right here and
+ * everyone else would wait for it. */
+static void run_start_locked(struct run *r, struct job *j)
+{
+    *r = (struct run){.j = j, .seq = j->seq, .in = j->in};
+    atomic_fetch_add(&r->in->refs, 1);
 }
 
 static void job_free(struct job *j)
 {
-    if (j->pw) {
-        OPENSSL_cleanse(j->pw, j->pwlen);
-        free(j->pw);
-    }
+    input_unref(j->in);
     free(j->phc);
     free(j);
 }
@@ -213,6 +301,100 @@ static void ploop_unref_locked(struct ploop *pl)
         close(pl->efd);
         free(pl);
     }
+}
+
+/* The first runner to finish a job takes it out of g.running; a later
+ * one (the job was re-run by a boost thread) finds it gone. Under g.mu. */
+static struct job *unlink_running_locked(struct job *j, uint64_t seq)
+{
+    for (struct job **pp = &g.running; *pp; pp = &(*pp)->rnext)
+        if (*pp == j && j->seq == seq) {
+            *pp = j->rnext;
+            j->rnext = NULL;
+            return j;
+        }
+    return NULL;
+}
+
+/* Records r's results in its job and hands the job to its loop (or drops
+ * it when the loop is gone); nothing when another runner finished first.
+ * Called without g.mu. */
+static void complete(struct run *r, bool idle)
+{
+    uv_mutex_lock(&g.mu);
+    if (idle)
+        g.last_idle_done_ns = uv_hrtime();
+    else
+        g.last_boost_done_ns = uv_hrtime();
+    struct job *j = unlink_running_locked(r->j, r->seq);
+    if (!j) {
+        uv_mutex_unlock(&g.mu);
+        return;
+    }
+    j->status = r->status;
+    j->ok = r->ok;
+    j->needs_rehash = r->needs_rehash;
+    if (j->kind == JOB_HASH) {
+        j->phc = r->out_phc;
+        r->out_phc = NULL;
+    }
+    struct ploop *pl = j->pl;
+    if (pl->detached) {
+        job_free(j);
+        ploop_unref_locked(pl);
+        uv_mutex_unlock(&g.mu);
+        return;
+    }
+    /* Only the job that makes the list non-empty wakes the loop: the
+     * loop reads the eventfd before it takes the list, so it sees
+     * every job appended after a wake-up it has consumed. */
+    bool wake = pl->done_head == NULL;
+    j->next = NULL;
+    if (pl->done_tail)
+        pl->done_tail->next = j;
+    else
+        pl->done_head = j;
+    pl->done_tail = j;
+    if (wake)
+        pl->refs++; /* keeps efd open until written, whatever the loop does */
+    uv_mutex_unlock(&g.mu);
+    if (!wake)
+        return;
+    /* Outside the lock: the woken loop may preempt this thread right in
+     * the write and must not find g.mu held by it. */
+    uint64_t one = 1;
+    while (write(pl->efd, &one, sizeof one) < 0 && errno == EINTR)
+        ;
+    uv_mutex_lock(&g.mu);
+    ploop_unref_locked(pl);
+    uv_mutex_unlock(&g.mu);
+}
+
+/* Takes the oldest waiting job into g.running. Under g.mu, with g.head set. */
+static struct job *claim_locked(void)
+{
+    struct job *j = g.head;
+    assert(j && g.queued > 0);
+    g.head = j->next;
+    if (!g.head)
+        g.tail = NULL;
+    g.queued--;
+    j->next = NULL;
+    j->seq = ++g.next_seq;
+    j->start_ns = uv_hrtime();
+    j->rerun = false;
+    j->rnext = g.running;
+    g.running = j;
+    return j;
+}
+
+/* Computes r's job, completes it and drops r's references. Without g.mu. */
+static void run_and_complete(struct run *r, bool idle)
+{
+    run_compute(r);
+    complete(r, idle);
+    input_unref(r->in);
+    free(r->out_phc); /* NULL unless another runner finished first */
 }
 
 static void worker(void *arg)
@@ -236,47 +418,91 @@ static void worker(void *arg)
             uv_mutex_unlock(&g.mu);
             return;
         }
-        struct job *j = g.head;
-        g.head = j->next;
-        if (!g.head)
-            g.tail = NULL;
-        g.queued--;
+        struct run r;
+        run_start_locked(&r, claim_locked());
         uv_mutex_unlock(&g.mu);
-
-        run_job(j);
-
-        uv_mutex_lock(&g.mu);
-        struct ploop *pl = j->pl;
-        if (pl->detached) {
-            job_free(j);
-            ploop_unref_locked(pl);
-            uv_mutex_unlock(&g.mu);
-            continue;
-        }
-        /* Only the job that makes the list non-empty wakes the loop: the
-         * loop reads the eventfd before it takes the list, so it sees
-         * every job appended after a wake-up it has consumed. */
-        bool wake = pl->done_head == NULL;
-        j->next = NULL;
-        if (pl->done_tail)
-            pl->done_tail->next = j;
-        else
-            pl->done_head = j;
-        pl->done_tail = j;
-        if (wake)
-            pl->refs++; /* keeps efd open until written, whatever the loop does */
-        uv_mutex_unlock(&g.mu);
-        if (!wake)
-            continue;
-        /* Outside the lock: the woken loop may preempt this thread right in
-         * the write and must not find g.mu held by it. */
-        uint64_t one = 1;
-        while (write(pl->efd, &one, sizeof one) < 0 && errno == EINTR)
-            ;
-        uv_mutex_lock(&g.mu);
-        ploop_unref_locked(pl);
-        uv_mutex_unlock(&g.mu);
+        run_and_complete(&r, true);
     }
+}
+
+/* A boost thread (normal priority): runs the oldest job only while the
+ * pool is starved (see the top of this file). */
+/* A job an idle hasher has held for the bound without finishing (it
+ * gets no CPU), not re-run yet; NULL if none. Under g.mu. */
+static struct job *stuck_locked(uint64_t now)
+{
+    for (struct job *j = g.running; j; j = j->rnext)
+        if (!j->rerun && now >= j->start_ns + g.boost_ns)
+            return j;
+    return NULL;
+}
+
+static void booster(void *arg)
+{
+    (void)arg;
+    thread_name("argon2-boost");
+    for (;;) {
+        struct job *j = NULL;
+        uv_mutex_lock(&g.mu);
+        for (;;) {
+            if (g.stopping) {
+                uv_mutex_unlock(&g.mu);
+                return;
+            }
+            if (!g.head && !g.running) {
+                uv_cond_wait(&g.boost_cv, &g.mu);
+                continue;
+            }
+            /* Idle hashers that finished something within the bound are
+             * getting CPU: no boost. */
+            uint64_t now = uv_hrtime();
+            uint64_t wait = g.boost_ns;
+            if (now >= g.last_idle_done_ns + g.boost_ns) {
+                /* Once boosting (a boost thread finished a job since the
+                 * idle hashers last did), new jobs go at once. */
+                bool boosting = g.last_boost_done_ns > g.last_idle_done_ns;
+                /* Stuck runs first: they were taken before anything queued. */
+                if ((j = stuck_locked(now)) != NULL) {
+                    j->rerun = true;
+                    break;
+                }
+                if (g.head && (boosting || now >= g.head->enq_ns + g.boost_ns)) {
+                    j = claim_locked();
+                    j->rerun = true; /* a boost thread has it already */
+                    break;
+                }
+                if (g.head)
+                    wait = g.head->enq_ns + g.boost_ns - now;
+            } else {
+                wait = g.last_idle_done_ns + g.boost_ns - now;
+            }
+            /* Stuck runs become due at their own time; polling at the
+             * bound is precise enough for them. */
+            uv_cond_timedwait(&g.boost_cv, &g.mu, wait < g.boost_ns ? wait : g.boost_ns);
+        }
+        g.boosted++;
+        struct run r;
+        run_start_locked(&r, j);
+        if (g.head || g.running) /* another boost thread may help with the rest */
+            uv_cond_signal(&g.boost_cv);
+        uv_mutex_unlock(&g.mu);
+        run_and_complete(&r, false);
+    }
+}
+
+void password_pool_set_boost_ms(unsigned ms)
+{
+    g_boost_ms = ms;
+}
+
+uint64_t password_pool_boosted(void)
+{
+    if (!g.started)
+        return 0;
+    uv_mutex_lock(&g.mu);
+    uint64_t n = g.boosted;
+    uv_mutex_unlock(&g.mu);
+    return n;
 }
 
 static void deliver(struct job *j)
@@ -374,7 +600,10 @@ static int submit(uv_loop_t *loop, struct job *j)
         return PASSWORD_EINVAL;
     }
     j->pl = pl;
+    j->enq_ns = uv_hrtime();
     pl->refs++;
+    if (!g.head && g.nboost)
+        uv_cond_signal(&g.boost_cv); /* a boost thread starts watching the clock */
     if (g.tail)
         g.tail->next = j;
     else
@@ -388,21 +617,29 @@ static int submit(uv_loop_t *loop, struct job *j)
     return PASSWORD_OK;
 }
 
-static struct job *job_new(enum job_kind kind, const char *pw, size_t len, void *ud)
+static struct job *job_new(enum job_kind kind, const char *pw, size_t len, const char *phc,
+                           void *ud)
 {
     struct job *j = calloc(1, sizeof *j);
-    if (!j)
+    struct input *in = calloc(1, sizeof *in);
+    if (!j || !in) {
+        free(j);
+        free(in);
         return NULL;
+    }
+    atomic_init(&in->refs, 1);
+    in->kind = kind;
+    in->pwlen = len;
+    in->dummy = kind == JOB_VERIFY && !phc;
     j->kind = kind;
     j->ud = ud;
-    j->pwlen = len;
-    j->pw = malloc(len ? len : 1);
-    if (!j->pw) {
-        free(j);
+    j->in = in;
+    if (!(in->pw = malloc(len ? len : 1)) || (phc && !(in->phc = strdup(phc)))) {
+        job_free(j);
         return NULL;
     }
     if (len)
-        memcpy(j->pw, pw, len);
+        memcpy(in->pw, pw, len);
     return j;
 }
 
@@ -410,7 +647,7 @@ int password_hash_async(uv_loop_t *loop, const char *pw, size_t len, password_ha
 {
     if (!g.started || tl_detaching || !loop || !pw || !cb || !password_length_ok(len))
         return PASSWORD_EINVAL;
-    struct job *j = job_new(JOB_HASH, pw, len, ud);
+    struct job *j = job_new(JOB_HASH, pw, len, NULL, ud);
     if (!j)
         return PASSWORD_EINVAL;
     j->hash_cb = cb;
@@ -422,19 +659,10 @@ int password_verify_async(uv_loop_t *loop, const char *pw, size_t len, const cha
 {
     if (!g.started || tl_detaching || !loop || (!pw && len) || !cb || len > PASSWORD_MAX_LEN)
         return PASSWORD_EINVAL;
-    struct job *j = job_new(JOB_VERIFY, pw, len, ud);
+    struct job *j = job_new(JOB_VERIFY, pw, len, phc, ud);
     if (!j)
         return PASSWORD_EINVAL;
     j->verify_cb = cb;
-    if (phc) {
-        j->phc = strdup(phc);
-        if (!j->phc) {
-            job_free(j);
-            return PASSWORD_EINVAL;
-        }
-    } else {
-        j->dummy = true;
-    }
     return submit(loop, j);
 }
 
@@ -523,8 +751,20 @@ int password_pool_start(unsigned threads, unsigned queue_max, struct password_pa
         free(dummy);
         return -1;
     }
+    if (uv_cond_init(&g.boost_cv) != 0) {
+        uv_cond_destroy(&g.cv);
+        uv_mutex_destroy(&g.mu);
+        free(dummy);
+        return -1;
+    }
     g.threads = calloc(threads, sizeof *g.threads);
-    if (!g.threads) {
+    g.boosters = calloc(threads, sizeof *g.boosters);
+    if (!g.threads || !g.boosters) {
+        free(g.threads);
+        free(g.boosters);
+        g.threads = NULL;
+        g.boosters = NULL;
+        uv_cond_destroy(&g.boost_cv);
         uv_cond_destroy(&g.cv);
         uv_mutex_destroy(&g.mu);
         free(dummy);
@@ -538,6 +778,10 @@ int password_pool_start(unsigned threads, unsigned queue_max, struct password_pa
     g.loops = NULL;
     g.stopping = false;
     g.nthreads = 0;
+    g.nboost = 0;
+    g.boost_ns = (uint64_t)g_boost_ms * 1000000u;
+    g.last_idle_done_ns = g.last_boost_done_ns = 0;
+    g.boosted = 0;
     g.started = true;
     for (unsigned i = 0; i < threads; i++) {
         if (uv_thread_create(&g.threads[i], worker, NULL) != 0) {
@@ -546,6 +790,16 @@ int password_pool_start(unsigned threads, unsigned queue_max, struct password_pa
             return -1;
         }
         g.nthreads++;
+    }
+    /* Boost threads inherit this thread's (normal) priority. */
+    for (unsigned i = 0; g.boost_ns && i < threads; i++) {
+        if (uv_thread_create(&g.boosters[i], booster, NULL) != 0) {
+            log_msg(LOG_ERROR, "password pool: cannot create boost thread %u of %u", i + 1,
+                    threads);
+            password_pool_stop();
+            return -1;
+        }
+        g.nboost++;
     }
     return 0;
 }
@@ -557,9 +811,13 @@ void password_pool_stop(void)
     uv_mutex_lock(&g.mu);
     g.stopping = true;
     uv_cond_broadcast(&g.cv);
+    uv_cond_broadcast(&g.boost_cv);
     uv_mutex_unlock(&g.mu);
     for (unsigned i = 0; i < g.nthreads; i++)
         uv_thread_join(&g.threads[i]);
+    for (unsigned i = 0; i < g.nboost; i++)
+        uv_thread_join(&g.boosters[i]);
+    assert(!g.running); /* every run finished before its thread returned */
 
     /* Waiting jobs are dropped. A loop still attached here broke the
      * contract; its mailbox is left alone since its handle may still be
@@ -577,8 +835,12 @@ void password_pool_stop(void)
     free(g.threads);
     g.threads = NULL;
     g.nthreads = 0;
+    free(g.boosters);
+    g.boosters = NULL;
+    g.nboost = 0;
     free(g.dummy_phc);
     g.dummy_phc = NULL;
+    uv_cond_destroy(&g.boost_cv);
     uv_cond_destroy(&g.cv);
     uv_mutex_destroy(&g.mu);
     g.loops = NULL;

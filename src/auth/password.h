@@ -55,6 +55,17 @@ bool password_length_ok(size_t len);
 int password_pool_start(unsigned threads, unsigned queue_max, struct password_params params);
 
 /*
+ * The starvation bound of the boost threads (see password.c): a queued
+ * hash that waited `ms` while no idle-priority hasher finished anything is
+ * run at normal priority. 0 = no boost threads. Call before
+ * password_pool_start; 100 ms when never called.
+ */
+void password_pool_set_boost_ms(unsigned ms);
+
+/* Jobs run by boost threads since the pool started. */
+uint64_t password_pool_boosted(void);
+
+/*
  * Stops the pool: running jobs finish, waiting jobs are dropped (their
  * callbacks never run), the workers are joined and everything is freed.
  * Call after every loop has detached. Harmless when not started.

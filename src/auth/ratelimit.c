@@ -3,6 +3,8 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <arpa/inet.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,7 +39,7 @@ struct ratelimit *ratelimit_new(uint32_t per_minute, size_t entries)
 
 struct ratelimit *ratelimit_new_period(uint32_t n, uint32_t period_ms, size_t entries)
 {
-    if (n == 0 || n > 100000000u || period_ms == 0 || period_ms > 86400000u ||
+    if (n == 0 || n > 100000000u || period_ms == 0 || period_ms > RATELIMIT_PERIOD_MAX_MS ||
         entries > ((size_t)1 << 28))
         return NULL;
     struct ratelimit *rl = calloc(1, sizeof *rl);
@@ -168,4 +170,40 @@ void ratelimit_reset(struct ratelimit *rl, const char *key, size_t len)
     struct entry *e = find(rl, key, len, 0, false);
     if (e)
         memset(e, 0, sizeof *e);
+}
+
+void ratelimit_mark(struct ratelimit *rl, const char *key, size_t len, uint64_t now_ms)
+{
+    struct entry *e = find(rl, key, len, now_ms, true);
+    e->level = 0;
+    e->updated = now_ms;
+    e->last_used = now_ms;
+}
+
+bool ratelimit_marked(struct ratelimit *rl, const char *key, size_t len, uint64_t now_ms)
+{
+    struct entry *e = find(rl, key, len, now_ms, false);
+    return e && level_at(rl, e, now_ms) < rl->cap;
+}
+
+const char *ratelimit_client_key(const char *ip, unsigned v6_prefix,
+                                 char out[RATELIMIT_CLIENT_KEY_MAX])
+{
+    unsigned char a[16];
+    if (!ip || inet_pton(AF_INET6, ip, a) != 1)
+        return ip ? ip : ""; /* IPv4 (or not an address): as is */
+    static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(a, v4mapped, sizeof v4mapped) == 0) {
+        snprintf(out, RATELIMIT_CLIENT_KEY_MAX, "%u.%u.%u.%u", a[12], a[13], a[14], a[15]);
+        return out;
+    }
+    if (v6_prefix > 128)
+        v6_prefix = 128;
+    for (unsigned bit = v6_prefix; bit < 128; bit++)
+        a[bit / 8] &= (unsigned char)~(0x80u >> (bit % 8));
+    char txt[INET6_ADDRSTRLEN];
+    if (!inet_ntop(AF_INET6, a, txt, sizeof txt))
+        return ip;
+    snprintf(out, RATELIMIT_CLIENT_KEY_MAX, "%s/%u", txt, v6_prefix);
+    return out;
 }

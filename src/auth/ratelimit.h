@@ -40,7 +40,10 @@ struct ratelimit_result {
  */
 struct ratelimit *ratelimit_new(uint32_t per_minute, size_t entries);
 
-/* The same for n attempts per period_ms (1 ms .. 1 day). */
+/* The longest period: 31 days. */
+#define RATELIMIT_PERIOD_MAX_MS 2678400000u
+
+/* The same for n attempts per period_ms (1 ms .. 31 days). */
 struct ratelimit *ratelimit_new_period(uint32_t n, uint32_t period_ms, size_t entries);
 
 /* Frees the table; NULL is fine. */
@@ -56,5 +59,24 @@ bool ratelimit_take(struct ratelimit *rl, const char *key, size_t len, uint64_t 
 
 /* Forgets key (e.g. after a successful login for that email). */
 void ratelimit_reset(struct ratelimit *rl, const char *key, size_t len);
+
+/*
+ * A table used as a set with expiry (make it with n = 1 and the period as
+ * the lifetime): ratelimit_mark puts key in (its bucket emptied at now_ms),
+ * ratelimit_marked tells whether key was marked less than a period ago and
+ * not evicted since (eviction takes refilled, i.e. expired, entries first).
+ */
+void ratelimit_mark(struct ratelimit *rl, const char *key, size_t len, uint64_t now_ms);
+bool ratelimit_marked(struct ratelimit *rl, const char *key, size_t len, uint64_t now_ms);
+
+/*
+ * The rate-limit key of a client address: IPv4 as is; IPv6 cut to its first
+ * v6_prefix bits ("2001:db8::/64"), since one host usually holds a whole
+ * /64 and could take a new address per attempt; an IPv4-mapped IPv6 address
+ * as its IPv4. Returns ip itself or out.
+ */
+#define RATELIMIT_CLIENT_KEY_MAX 52
+const char *ratelimit_client_key(const char *ip, unsigned v6_prefix,
+                                 char out[RATELIMIT_CLIENT_KEY_MAX]);
 
 #endif

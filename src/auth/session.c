@@ -10,11 +10,19 @@
  * wait for it.
  *
  * Several orgs may have a user with one email. Without `org` (body) or
- * X-Org-Name such a login is refused with the same 401 as a wrong
- * password (after a dummy verification, so neither the body nor the time
- * tells that the email exists): the 401's detail always says that `org`
- * picks the organization.
+ * X-Org-Name the password is checked against the oldest such account only
+ * (one verification, like any login): when it matches, the answer is 409
+ * `org_required` (the client knows that account's password, so nothing
+ * leaks to strangers, and a newer look-alike account made by someone else
+ * cannot turn the owner's org-less login into a puzzling 401); otherwise
+ * the same 401 as a wrong password, whose detail says that `org` picks the
+ * organization.
+ *
+ * Limits (auth.c): the client's budget before the lookup, the account's
+ * after it (keyed by the user found, so another org's account with the
+ * same email neither shares nor resets it).
  */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,13 +61,15 @@ const struct route session_routes[] = {
     {0},
 };
 
-/* LIMIT 2: one row is a match, two mean "ambiguous without org". */
+/* LIMIT 2: one row is a match, two mean "ambiguous without org"; the
+ * oldest account first. */
 static const struct db_stmt login_find = {
     .name = "auth_login_find",
     .sql = "SELECT u.id, u.password_hash, o.status FROM public.users u"
            " JOIN public.orgs o ON o.id = u.org_id"
            " WHERE u.email = $1 AND o.status <> 'deleted'"
-           " AND ($2::text IS NULL OR o.slug = lower($2)) LIMIT 2",
+           " AND ($2::text IS NULL OR o.slug = lower($2))"
+           " ORDER BY u.created_at, u.id LIMIT 2",
 };
 
 static const struct db_stmt issue_refresh = {
@@ -72,12 +82,12 @@ static const struct db_stmt rotate_refresh = {
     .sql = "SELECT public.tenantd_refresh($1, $2, $3::bigint)",
 };
 
-/* Logout ends the whole session: every token of the family. */
+/* Logout ends the whole session: every token of the family, under the
+ * user's row lock so that a rotation in flight cannot slip a token past it
+ * (migration 0008). */
 static const struct db_stmt revoke_family = {
-    .name = "auth_revoke_family",
-    .sql = "UPDATE public.refresh_tokens SET revoked_at = now()"
-           " WHERE family_id = (SELECT family_id FROM public.refresh_tokens WHERE token_hash = $1)"
-           " AND revoked_at IS NULL",
+    .name = "auth_logout",
+    .sql = "SELECT public.tenantd_logout($1)",
 };
 
 static const struct db_stmt me_user = {
@@ -184,22 +194,30 @@ bool auth_signup_limit(struct request *req)
     return true;
 }
 
-/*
- * Takes one attempt from the IP table and one from the key's table.
- * False after answering 429. *shown gets the tighter of the two for the
- * RateLimit headers of the final answer (NULL limiters: no limit, no headers).
- */
-static bool rate_ok(struct request *req, const char *key, size_t keylen,
-                    struct ratelimit_result *shown, bool *have)
+/* The client's attempt (before anything else). False after answering 429. */
+static bool rate_ip_ok(struct request *req, struct ratelimit_result *shown, bool *have)
+{
+    if (login_ip_take(req->client_ip, shown, have))
+        return true;
+    auth_ratelimit_refuse(req, shown, "attempts");
+    return false;
+}
+
+/* The account's attempt; *shown becomes the tighter of it and the client's
+ * for the RateLimit headers of the final answer. False after answering 429. */
+static bool rate_key_ok(struct request *req, const char *key, size_t keylen,
+                        struct ratelimit_result *shown, bool *have)
 {
     struct ratelimit_result r;
-    if (login_limit_take(req->client_ip ? req->client_ip : "", key, keylen, &r, have)) {
-        if (*have)
-            *shown = r;
-        return true;
+    bool h;
+    if (!login_key_take(key, keylen, req->client_ip, &r, &h)) {
+        auth_ratelimit_refuse(req, &r, "attempts");
+        return false;
     }
-    auth_ratelimit_refuse(req, &r, "attempts");
-    return false;
+    if (h && (!*have || r.remaining < shown->remaining))
+        *shown = r;
+    *have = *have || h;
+    return true;
 }
 
 /*
@@ -355,6 +373,8 @@ struct login {
     char ttl[24];
     struct ratelimit_result rl;
     bool have_rl;
+    bool ambiguous; /* no org given, several accounts: phc is the oldest's */
+    char *key;      /* the account's rate-limit key */
 };
 
 static void login_issued(struct db_result *r, void *ud)
@@ -384,7 +404,13 @@ static void login_verified(void *ud, int status, bool ok, bool needs_rehash)
         auth_respond_unauthorized(req, LOGIN_401);
         return;
     }
-    login_limit_reset(l->email, strlen(l->email));
+    if (l->ambiguous) {
+        problem_respond(req, PROBLEM_ORG_REQUIRED,
+                        "This email belongs to several organizations: send `org` (the "
+                        "organization's slug) or X-Org-Name.");
+        return;
+    }
+    login_succeeded(l->key, strlen(l->key), req->client_ip);
     if (needs_rehash)
         rehash_start(req, l->user_id, l->phc, l->pw, l->pwlen);
     if (token_refresh_new(l->refresh) != 0) {
@@ -405,11 +431,19 @@ static void login_found(struct db_result *r, void *ud)
     struct request *req = l->req;
     if (db_failed(req, r, "login lookup"))
         return;
-    if (PQntuples(r->res) == 1) {
+    int n = PQntuples(r->res);
+    if (n >= 1) {
         snprintf(l->user_id, sizeof l->user_id, "%s", PQgetvalue(r->res, 0, 0));
         l->phc = arena_strdup(req->arena, PQgetvalue(r->res, 0, 1));
+        l->ambiguous = n > 1;
+        assert(!l->ambiguous || !l->org); /* a slug names one org */
+        l->key = arena_printf(req->arena, "u:%s", l->user_id);
+    } else {
+        l->key = arena_printf(req->arena, "e:%s\n%s", l->org ? l->org : "", l->email);
     }
-    /* No match or an ambiguous one: verify against the dummy, same cost. */
+    if (!rate_key_ok(req, l->key, strlen(l->key), &l->rl, &l->have_rl))
+        return;
+    /* No match: verify against the dummy, same cost. */
     int rc = password_verify_async(req->ctx->loop, l->pw, l->pwlen, l->phc, login_verified, l);
     if (rc == PASSWORD_EBUSY) {
         respond_busy(req);
@@ -452,7 +486,7 @@ static void login_post(struct request *req)
     if (strlen(lower) != elen) { /* an embedded NUL cannot be anyone's email */
         l->email = "";
     }
-    if (!rate_ok(req, lower, strlen(lower), &l->rl, &l->have_rl))
+    if (!rate_ip_ok(req, &l->rl, &l->have_rl))
         return;
     l->params[0] = l->email;
     l->params[1] = l->org;
@@ -684,7 +718,7 @@ static void password_post(struct request *req)
     snprintf(key, sizeof key, "pw:%s", a->principal_id);
     struct ratelimit_result rl;
     bool have;
-    if (!rate_ok(req, key, strlen(key), &rl, &have))
+    if (!rate_ip_ok(req, &rl, &have) || !rate_key_ok(req, key, strlen(key), &rl, &have))
         return;
     c->params[0] = a->principal_id;
     c->params[1] = a->org_id;

@@ -75,6 +75,8 @@
       "webhook.deliver: connect + answer time allowed per attempt")                                \
     X(webhook_ca_file, TENANTD_WEBHOOK_CA_FILE, STR, NULL, 0, 0,                                   \
       "webhook.deliver over https: PEM file of CAs trusted beside the system's")                   \
+    X(webhook_allow_private, TENANTD_WEBHOOK_ALLOW_PRIVATE, BOOL, 0, 0, 1,                         \
+      "webhook.deliver may reach loopback/private/link-local addresses (tests, labs)")             \
     X(job_lease_ms, TENANTD_JOB_LEASE_MS, INT, 30000, 100, 86400000,                               \
       "a running job's lease; renewed at a third of it, a dead worker's job runs again after it")  \
     X(job_poll_ms, TENANTD_JOB_POLL_MS, INT, 1000, 10, 3600000,                                    \
@@ -97,7 +99,9 @@
     X(job_cost_fail, TENANTD_JOB_COST_FAIL, INT, 1, 0, INT64_C(1000000000),                        \
       "credits a fail job costs (test jobs)")                                                      \
     X(login_limit, TENANTD_LOGIN_LIMIT, INT, 10, 0, 1000000,                                       \
-      "login attempts per minute per client IP and per email (0 = off)")                           \
+      "login attempts per minute per client IP and per account (0 = off)")                         \
+    X(login_ipv6_prefix, TENANTD_LOGIN_IPV6_PREFIX, INT, 64, 32, 128,                              \
+      "login/signup limits count an IPv6 client by this prefix length")                            \
     X(org_rate_limit, TENANTD_ORG_RATE_LIMIT, INT, 0, 0, 100000000,                                \
       "authenticated requests per minute per org, per process (0 = off)")                          \
     X(signup_limit, TENANTD_SIGNUP_LIMIT, INT, 20, 0, 1000000,                                     \
@@ -115,6 +119,8 @@
       "password hashing threads (0 = one per core)")                                               \
     X(hash_queue, TENANTD_HASH_QUEUE, INT, 256, 1, 1000000,                                        \
       "password hashes waiting at most; more get 503")                                             \
+    X(hash_boost_ms, TENANTD_HASH_BOOST_MS, INT, 100, 0, 60000,                                    \
+      "hashes starved this long by busy loops run at normal priority (0 = never)")                 \
     X(jwt_issuer, TENANTD_JWT_ISSUER, STR, "tenantd", 0, 0, "access token iss claim")              \
     X(jwt_audience, TENANTD_JWT_AUDIENCE, STR, "tenantd", 0, 0, "access token aud claim")
 

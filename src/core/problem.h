@@ -13,6 +13,7 @@
     X(NOT_FOUND, 404, "not_found", "Not Found")                                                    \
     X(METHOD_NOT_ALLOWED, 405, "method_not_allowed", "Method Not Allowed")                         \
     X(CONFLICT, 409, "conflict", "Conflict")                                                       \
+    X(ORG_REQUIRED, 409, "org_required", "Organization Required")                                  \
     X(PRECONDITION_FAILED, 412, "precondition_failed", "Precondition Failed")                      \
     X(PAYLOAD_TOO_LARGE, 413, "payload_too_large", "Payload Too Large")                            \
     X(VALIDATION_FAILED, 422, "validation_failed", "Validation Failed")                            \

@@ -28,6 +28,10 @@ struct job_run {
     uint64_t deadline_ns; /* monotonic (job_now_ns): the attempt's timeout */
     char *result;         /* out: malloc'd JSON object text (JOB_OK, optional otherwise) */
     char error[512];      /* out: why it failed */
+    /* out: a failure of this attempt is on the far side (a webhook's
+     * receiver), not tenantd's: if the job ends failed, its cost is not
+     * refunded. False: failures are refunded. */
+    bool keep_charge;
 };
 
 /* What a job type is: the table in types.c. */
@@ -55,6 +59,11 @@ enum job_wait { JOB_WAIT_DONE, JOB_WAIT_DEADLINE, JOB_WAIT_STOP };
  * at run->deadline_ns or JOB_WAIT_STOP when shutdown's drain time is over
  * (worker.c). */
 enum job_wait job_run_wait(struct job_run *run, uint64_t until_ns);
+
+/* Whether webhook.deliver may connect to this address without
+ * TENANTD_WEBHOOK_ALLOW_PRIVATE (a public unicast address). */
+struct sockaddr;
+bool job_addr_public(const struct sockaddr *sa);
 
 /* Whether TENANTD_WEBHOOK_ALLOW lets webhook.deliver call host:port. */
 bool job_webhook_allowed(const char *host, int port);

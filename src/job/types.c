@@ -295,7 +295,10 @@ struct allow_ud {
     int port;
 };
 
-/* One TENANTD_WEBHOOK_ALLOW entry, "host" or "host:port": a match? */
+/* One TENANTD_WEBHOOK_ALLOW entry, "host" or "host:port": a match? An
+ * entry without a port allows the web's ports only (443 and 80), never
+ * every port of the host (an allowed name must not reach its SSH, database
+ * or admin ports). */
 static bool allow_matches(const char *s, size_t n, void *ud)
 {
     const struct allow_ud *a = ud;
@@ -305,12 +308,15 @@ static bool allow_matches(const char *s, size_t n, void *ud)
     memcpy(entry, s, n);
     entry[n] = '\0';
     char *colon = strrchr(entry, ':');
-    int eport = -1;
     if (colon) {
         *colon = '\0';
-        eport = atoi(colon + 1);
+        char *end;
+        long eport = strtol(colon + 1, &end, 10);
+        if (end == colon + 1 || *end || eport < 1 || eport > 65535)
+            return false;
+        return !strcasecmp(entry, a->host) && eport == a->port;
     }
-    return !strcasecmp(entry, a->host) && (eport < 0 || eport == a->port);
+    return !strcasecmp(entry, a->host) && (a->port == 443 || a->port == 80);
 }
 
 bool job_webhook_allowed(const char *host, int port)
@@ -489,20 +495,83 @@ static int remaining_ms(uint64_t deadline)
     return now >= deadline ? 0 : (int)((deadline - now) / 1000000u) + 1;
 }
 
-/* Connects to one of host:port's addresses before deadline; fd or -1. */
-static int connect_to(const char *host, int port, uint64_t deadline, char *err, size_t errlen)
+/* Whether an address is on the public Internet: not loopback, private
+ * (RFC 1918, ULA), link-local (cloud metadata at 169.254.169.254),
+ * CGNAT, multicast, documentation, reserved, or an IPv6 form that embeds
+ * an IPv4 address (mapped, NAT64, 6to4, Teredo), which could lead back to
+ * any of those. */
+static bool ipv4_public(const unsigned char a[4])
+{
+    uint32_t v = (uint32_t)a[0] << 24 | (uint32_t)a[1] << 16 | (uint32_t)a[2] << 8 | a[3];
+    static const struct {
+        uint32_t net, mask;
+    } blocked[] = {
+        {0x00000000u, 0xff000000u}, /* 0.0.0.0/8 this network */
+        {0x0a000000u, 0xff000000u}, /* 10/8 */
+        {0x64400000u, 0xffc00000u}, /* 100.64/10 CGNAT */
+        {0x7f000000u, 0xff000000u}, /* 127/8 loopback */
+        {0xa9fe0000u, 0xffff0000u}, /* 169.254/16 link-local */
+        {0xac100000u, 0xfff00000u}, /* 172.16/12 */
+        {0xc0000000u, 0xffffff00u}, /* 192.0.0/24 IETF */
+        {0xc0000200u, 0xffffff00u}, /* 192.0.2/24 documentation */
+        {0xc0a80000u, 0xffff0000u}, /* 192.168/16 */
+        {0xc6120000u, 0xfffe0000u}, /* 198.18/15 benchmarking */
+        {0xc6336400u, 0xffffff00u}, /* 198.51.100/24 documentation */
+        {0xcb007100u, 0xffffff00u}, /* 203.0.113/24 documentation */
+        {0xe0000000u, 0xe0000000u}, /* 224/3: multicast, reserved, broadcast */
+    };
+    for (size_t i = 0; i < sizeof blocked / sizeof blocked[0]; i++)
+        if ((v & blocked[i].mask) == blocked[i].net)
+            return false;
+    return true;
+}
+
+bool job_addr_public(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        return ipv4_public((const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr);
+    if (sa->sa_family != AF_INET6)
+        return false;
+    const unsigned char *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+    if ((a[0] & 0xe0) != 0x20) /* only 2000::/3 is global unicast */
+        return false;
+    if (a[0] == 0x20 && a[1] == 0x01 && a[2] == 0x0d && a[3] == 0xb8) /* 2001:db8::/32 */
+        return false;
+    if (a[0] == 0x20 && a[1] == 0x01 && a[2] == 0 && a[3] == 0) /* 2001::/32 Teredo */
+        return false;
+    if (a[0] == 0x20 && a[1] == 0x02) /* 2002::/16 6to4 */
+        return false;
+    return true;
+}
+
+/*
+ * Connects to one of host:port's addresses before deadline; fd or -1 with
+ * the reason in err. The name is resolved once, every address is checked
+ * (non-public ones are skipped unless TENANTD_WEBHOOK_ALLOW_PRIVATE), and
+ * the socket connects to the very address checked: a name that resolves
+ * differently the next time (DNS rebinding) cannot slip an internal
+ * address past the check. Connection failures all read the same ("cannot
+ * connect"): refused, unreachable or timed out would tell a tenant which
+ * ports of an allowed host are open.
+ */
+static int connect_to(const char *host, int port, uint64_t deadline, bool *refused, char *err,
+                      size_t errlen)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res, *ai;
     char ps[8];
     snprintf(ps, sizeof ps, "%d", port);
+    *refused = false;
     int rc = getaddrinfo(host, ps, &hints, &res);
     if (rc != 0) {
-        snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(rc));
+        snprintf(err, errlen, "cannot resolve %s", host);
         return -1;
     }
-    int fd = -1;
-    snprintf(err, errlen, "cannot connect to %s:%d", host, port);
+    bool allow_private = g_config && g_config->webhook_allow_private;
+    int fd = -1, tried = 0;
     for (ai = res; ai && fd < 0; ai = ai->ai_next) {
+        if (!allow_private && !job_addr_public(ai->ai_addr))
+            continue;
+        tried++;
         fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
         if (fd < 0)
             continue;
@@ -515,16 +584,23 @@ static int connect_to(const char *host, int port, uint64_t deadline, char *err, 
             if (poll(&pfd, 1, remaining_ms(deadline)) == 1 &&
                 getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0)
                 break;
-            if (soerr)
-                snprintf(err, errlen, "cannot connect to %s:%d: %s", host, port, strerror(soerr));
-            else
-                snprintf(err, errlen, "connecting to %s:%d timed out", host, port);
         }
         close(fd);
         fd = -1;
     }
     freeaddrinfo(res);
-    return fd;
+    if (fd >= 0)
+        return fd;
+    if (tried == 0) {
+        *refused = true;
+        snprintf(err, errlen,
+                 "host %s resolves to no public address (loopback, private and link-local "
+                 "addresses are refused; TENANTD_WEBHOOK_ALLOW_PRIVATE)",
+                 host);
+    } else {
+        snprintf(err, errlen, "cannot connect to %s:%d", host, port);
+    }
+    return -1;
 }
 
 /* ---- webhook.deliver over TLS ---------------------------------------------- */
@@ -791,8 +867,18 @@ static enum job_outcome webhook_run(struct job_run *run)
     if (deadline > run->deadline_ns)
         deadline = run->deadline_ns;
     enum job_outcome out = JOB_RETRY;
-    struct wconn c = {connect_to(url.host, url.port, deadline, run->error, sizeof run->error),
-                      NULL};
+    bool refused = false;
+    struct wconn c = {
+        connect_to(url.host, url.port, deadline, &refused, run->error, sizeof run->error), NULL};
+    if (refused) { /* this worker's policy: no contact was made, refunded */
+        free(head);
+        free(body);
+        return JOB_FAIL;
+    }
+    /* From here on a failure is the receiver's (its name, its address, its
+     * certificate, its answer or its silence): the delivery was attempted,
+     * so the cost is not refunded (SECURITY.md, 10.7). */
+    run->keep_charge = true;
     if (c.fd >= 0 &&
         (!url.tls || tls_handshake(&c, &url, deadline, run->error, sizeof run->error) == 0)) {
         int status = -1;

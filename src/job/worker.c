@@ -282,11 +282,12 @@ static void run_one(struct worker *wk, const struct claimed *c)
                        out == JOB_OK ? NULL : run.error,
                        out == JOB_RETRY ? "true" : "false",
                        base,
-                       max};
+                       max,
+                       run.keep_charge ? "false" : "true"};
     if (exec_ok(wk->conn,
                 "SELECT public.tenantd_job_finish($1::uuid, $2, $3::int, $4::boolean, $5::jsonb,"
-                " $6, $7::boolean, $8::bigint, $9::bigint)",
-                9, v, status, sizeof status))
+                " $6, $7::boolean, $8::bigint, $9::bigint, $10::boolean)",
+                10, v, status, sizeof status))
         log_msg(LOG_DEBUG, "job %s attempt %d end status=%s%s%s", c->id, c->attempt,
                 status[0] ? status : "lost-lease",
                 out == JOB_OK ? "" : " error=", out == JOB_OK ? "" : run.error);

@@ -149,11 +149,18 @@ class LoginTest(AuthCase):
             self.assertEqual({e["field"] for e in b["errors"]}, fields, body)
 
     def test_email_in_several_orgs_needs_org(self):
-        st, amb, _ = self.login("dup@x.io", "password-one")
+        # The oldest account's password without org: told to send org
+        # (only a holder of that password learns the email is ambiguous).
+        st, b, _ = self.login("dup@x.io", "password-one")
+        self.assertEqual(st, 409, b)
+        self.assertEqual(b["code"], "org_required")
+        # Any other password: the plain 401, nothing tells that the email
+        # exists twice.
+        st, amb, _ = self.login("dup@x.io", "password-two")
         self.assertEqual(st, 401, amb)
         st, wrong, _ = self.login("ann@acme.io", "nope")
         amb.pop("request_id"), wrong.pop("request_id")
-        self.assertEqual(amb, wrong)  # nothing tells that the email exists twice
+        self.assertEqual(amb, wrong)
         b = self.tokens("dup@x.io", "password-one", org="one")
         self.assertEqual(b["org"]["id"], self.o1["id"])
         st, b, _ = self.login("dup@x.io", "password-two", headers={"X-Org-Name": "TWO"})

@@ -98,11 +98,13 @@ class Ledger:
 
 # The auditor (STYLE 14): over every job and org of the database, each job
 # was charged exactly once (when it cost anything), refunded exactly once
-# when it failed or was cancelled and never otherwise, and every balance
-# equals the sum of its org's ledger.
+# when it failed or was cancelled and never otherwise (a failure on the
+# receiver's side keeps the cost: jobs.cost_kept, SECURITY.md 10.7), and
+# every balance equals the sum of its org's ledger.
 AUDIT_SQL = """
 WITH j AS (
-  SELECT j.id, j.status, j.cost,
+  SELECT j.id, CASE WHEN j.cost_kept THEN 'failed, cost kept' ELSE j.status END AS status,
+    j.cost,
     (SELECT count(*) FROM public.credit_transactions t
       WHERE t.job_id = j.id AND t.type = 'deduction') AS d,
     (SELECT count(*) FROM public.credit_transactions t
@@ -746,6 +748,7 @@ class WebhookTest(LedgerAudit, harness.DbTestCase):
         silent_port = cls.silent.getsockname()[1]
         cls.server = harness.Server(cls.db_url, env=dict(
             FAST, TENANTD_JOB_WORKERS="1", TENANTD_WEBHOOK_TIMEOUT_MS="1000",
+            TENANTD_WEBHOOK_ALLOW_PRIVATE="1",  # the receivers are on loopback
             TENANTD_WEBHOOK_ALLOW=f"127.0.0.1:{cls.rx.port}, localhost:{cls.closed_port},"
                                   f"127.0.0.1:{silent_port}")).start()
         cls.silent_url = f"http://127.0.0.1:{silent_port}/"
@@ -767,7 +770,8 @@ class WebhookTest(LedgerAudit, harness.DbTestCase):
         self.assertEqual(done["status"], "failed", done)
         self.assertIn("in time", done["error"])
         self.assertGreaterEqual(time.time() - t0, 0.9)  # TENANTD_WEBHOOK_TIMEOUT_MS
-        self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -2), ("refund", 2)])
+        # The receiver's side: the cost stays (SECURITY.md 10.7).
+        self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -2)])
 
     def test_delivers_signed_body(self):
         secret = "whsec_" + uuid.uuid4().hex
@@ -823,7 +827,7 @@ class WebhookTest(LedgerAudit, harness.DbTestCase):
         time.sleep(0.3)  # well past the 100 ms retry cap of FAST: nothing more comes
         self.assertEqual(len(self.rx.sent_to(path)), 3)
 
-    def test_4xx_fails_without_retry_and_refunds(self):
+    def test_4xx_fails_without_retry_and_keeps_the_cost(self):
         path = self.rx.new_path()
         self.rx.answers[path] = [410]
         job = enqueue(self.server, self.token, "webhook.deliver", {
@@ -833,7 +837,7 @@ class WebhookTest(LedgerAudit, harness.DbTestCase):
         self.assertEqual(done["attempts"], 1)
         self.assertIn("410", done["error"])
         self.assertEqual(len(self.rx.sent_to(path)), 1)
-        self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -2), ("refund", 2)])
+        self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -2)])
 
     def test_unreachable_retries_then_fails(self):
         job = enqueue(self.server, self.token, "webhook.deliver", {
@@ -842,7 +846,7 @@ class WebhookTest(LedgerAudit, harness.DbTestCase):
         self.assertEqual(done["status"], "failed", done)
         self.assertEqual(done["attempts"], 2)
         self.assertIn("connect", done["error"])
-        self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -2), ("refund", 2)])
+        self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -2)])
 
     def test_disallowed_hosts_are_refused_at_enqueue(self):
         before = self.ledger.balance(self.org["org"]["id"])
@@ -896,6 +900,7 @@ class WebhookTlsTest(LedgerAudit, harness.DbTestCase):
                     ca.write(f.read())
         cls.server = harness.Server(cls.db_url, env=dict(
             FAST, TENANTD_JOB_WORKERS="1", TENANTD_WEBHOOK_TIMEOUT_MS="3000",
+            TENANTD_WEBHOOK_ALLOW_PRIVATE="1",  # the receivers are on loopback
             TENANTD_WEBHOOK_CA_FILE=os.path.join(cls.tmp, "ca.pem"),
             TENANTD_WEBHOOK_ALLOW=",".join([
                 f"localhost:{cls.rx.port}", f"127.0.0.1:{cls.rx.port}",
@@ -936,7 +941,8 @@ class WebhookTlsTest(LedgerAudit, harness.DbTestCase):
         self.assertEqual(done["status"], "failed", done)
         self.assertIn("not trusted", done["error"])
         self.assertEqual(self.untrusted.requests, [])
-        self.assertEqual(self.ledger.rows(done["id"]), [("deduction", -2), ("refund", 2)])
+        # The receiver's certificate: its side, the cost stays.
+        self.assertEqual(self.ledger.rows(done["id"]), [("deduction", -2)])
 
     def test_certificate_for_another_name_fails(self):
         done, _ = self.deliver(f"https://localhost:{self.misnamed.port}/", max_attempts=1)

@@ -6,6 +6,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -366,6 +367,62 @@ static void test_loop_stays_responsive(void **state)
     password_pool_stop();
 }
 
+/* Busy normal-priority threads, one per core: idle-priority hashers get no
+ * CPU while they spin. */
+static atomic_int spinning;
+
+static void spinner(void *p)
+{
+    (void)p;
+    while (spinning)
+        ;
+}
+
+/* Starved idle hashers: the boost threads (normal priority) finish the
+ * work anyway, including a job an idle hasher had taken and cannot finish
+ * (run again, first result wins, the late one dropped). */
+static void test_boost_when_starved(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    password_pool_set_boost_ms(20);
+    assert_int_equal(password_pool_start(1, 8, (struct password_params){8192, 1, 1}), 0);
+    struct result h;
+    hash_now(&loop, "boosted-password", &h); /* warm: the idle hasher is waiting */
+    unsigned n = uv_available_parallelism();
+    if (n > 16)
+        n = 16;
+    uv_thread_t spin[16];
+    spinning = 1;
+    for (unsigned i = 0; i < n; i++)
+        assert_int_equal(uv_thread_create(&spin[i], spinner, NULL), 0);
+    struct result v[4];
+    uint64_t t0 = uv_hrtime();
+    for (int i = 0; i < 4; i++) {
+        memset(&v[i], 0, sizeof v[i]);
+        assert_int_equal(password_verify_async(&loop, "boosted-password", 16, i % 2 ? h.phc : NULL,
+                                               on_verify, &v[i]),
+                         PASSWORD_OK);
+    }
+    run(&loop);
+    uint64_t ms = (uv_hrtime() - t0) / 1000000u;
+    uint64_t boosted = password_pool_boosted();
+    spinning = 0;
+    for (unsigned i = 0; i < n; i++)
+        uv_thread_join(&spin[i]);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(v[i].calls, 1);
+        assert_int_equal(v[i].status, PASSWORD_OK);
+        assert_int_equal(v[i].ok, i % 2 == 1);
+    }
+    assert_true(boosted >= 1);
+    assert_true(ms < 5000);
+    close_loop(&loop);
+    password_pool_stop();
+    password_pool_set_boost_ms(100);
+}
+
 /* Two loops on two threads share the pool; each gets its own results. */
 struct thread_arg {
     int done;
@@ -486,11 +543,12 @@ static void test_many_loops_race_detach(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),     cmocka_unit_test(test_lengths),
-        cmocka_unit_test(test_needs_rehash),   cmocka_unit_test(test_phc_parse),
-        cmocka_unit_test(test_start_rejects),  cmocka_unit_test(test_queue_full),
-        cmocka_unit_test(test_detach_cancels), cmocka_unit_test(test_loop_stays_responsive),
-        cmocka_unit_test(test_two_loops),      cmocka_unit_test(test_many_loops_race_detach),
+        cmocka_unit_test(test_round_trip),         cmocka_unit_test(test_lengths),
+        cmocka_unit_test(test_needs_rehash),       cmocka_unit_test(test_phc_parse),
+        cmocka_unit_test(test_start_rejects),      cmocka_unit_test(test_queue_full),
+        cmocka_unit_test(test_detach_cancels),     cmocka_unit_test(test_loop_stays_responsive),
+        cmocka_unit_test(test_two_loops),          cmocka_unit_test(test_many_loops_race_detach),
+        cmocka_unit_test(test_boost_when_starved),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -79,7 +79,7 @@ static void test_period(void **state)
 {
     (void)state;
     assert_null(ratelimit_new_period(1, 0, 16));
-    assert_null(ratelimit_new_period(1, 86400001u, 16));
+    assert_null(ratelimit_new_period(1, RATELIMIT_PERIOD_MAX_MS + 1, 16));
     struct ratelimit *rl = ratelimit_new_period(2, 3600000u, 16);
     assert_non_null(rl);
     struct ratelimit_result r;
@@ -151,6 +151,36 @@ static void test_reset(void **state)
     ratelimit_free(rl);
 }
 
+static void test_mark(void **state)
+{
+    (void)state;
+    struct ratelimit *rl = ratelimit_new_period(1, 1000, 64);
+    assert_false(ratelimit_marked(rl, "u|ip", 4, 0));
+    ratelimit_mark(rl, "u|ip", 4, 100);
+    assert_true(ratelimit_marked(rl, "u|ip", 4, 100));
+    assert_true(ratelimit_marked(rl, "u|ip", 4, 1099));
+    assert_false(ratelimit_marked(rl, "u|ip", 4, 1100)); /* a period later: expired */
+    assert_false(ratelimit_marked(rl, "u|i", 3, 100));
+    ratelimit_mark(rl, "u|ip", 4, 5000); /* marking again renews */
+    assert_true(ratelimit_marked(rl, "u|ip", 4, 5999));
+    ratelimit_free(rl);
+}
+
+static void test_client_key(void **state)
+{
+    (void)state;
+    char b[RATELIMIT_CLIENT_KEY_MAX];
+    assert_string_equal(ratelimit_client_key("203.0.113.9", 64, b), "203.0.113.9");
+    assert_string_equal(ratelimit_client_key("2001:db8:1:2:aaaa::1", 64, b), "2001:db8:1:2::/64");
+    assert_string_equal(ratelimit_client_key("2001:db8:1:2:ffff:1:2:3", 64, b),
+                        "2001:db8:1:2::/64");
+    assert_string_equal(ratelimit_client_key("2001:db8:1:2:ffff:1:2:3", 48, b), "2001:db8:1::/48");
+    assert_string_equal(ratelimit_client_key("2001:db8::7", 128, b), "2001:db8::7/128");
+    assert_string_equal(ratelimit_client_key("::ffff:192.0.2.1", 64, b), "192.0.2.1");
+    assert_string_equal(ratelimit_client_key("not an ip", 64, b), "not an ip");
+    assert_string_equal(ratelimit_client_key(NULL, 64, b), "");
+}
+
 static void test_eviction(void **state)
 {
     (void)state;
@@ -211,7 +241,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_args),           cmocka_unit_test(test_burst_then_deny),
         cmocka_unit_test(test_partial_refill), cmocka_unit_test(test_clock_backwards),
-        cmocka_unit_test(test_reset),          cmocka_unit_test(test_eviction),
+        cmocka_unit_test(test_reset),          cmocka_unit_test(test_mark),
+        cmocka_unit_test(test_client_key),     cmocka_unit_test(test_eviction),
         cmocka_unit_test(test_many_keys),      cmocka_unit_test(test_period),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
