@@ -4,10 +4,9 @@ failed delivery (SECURITY.md, findings 10.6 and 10.7). The receivers are on
 one shows what happens without it."""
 import harness
 from test_jobs import (FAST, Ledger, LedgerAudit, Receiver, assert_url_refused, enqueue,
-                       needs_jobs, signup, wait_job)
+                       signup, wait_job)
 
 
-@needs_jobs
 class PrivateAddressTest(LedgerAudit, harness.DbTestCase):
     """Without TENANTD_WEBHOOK_ALLOW_PRIVATE a host on the allow list that
     resolves to loopback (or any non-public address: a rebound DNS name, a
@@ -43,7 +42,6 @@ class PrivateAddressTest(LedgerAudit, harness.DbTestCase):
         self.assertEqual(self.rx.connections, 0)
 
 
-@needs_jobs
 class AllowListPortTest(LedgerAudit, harness.DbTestCase):
     """An allow-list entry without a port allows 443 and 80 only; other
     ports must be listed."""
