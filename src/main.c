@@ -14,6 +14,7 @@
 #include "auth/auth.h"
 #include "org/org.h"
 #include "record/record.h"
+#include "record/batch.h"
 #include "credit/credit.h"
 #include "job/job.h"
 #include "system/system.h"
@@ -25,6 +26,7 @@ static const struct module *const modules[] = {
     &users_module,
     &org_module,
     &record_module,
+    &record_batch_module,
     &credit_module,
     &job_module,
 };

@@ -102,6 +102,7 @@ struct active {
     const char *te_value, *expect;
     char *body;
     size_t body_len, body_cap;
+    size_t body_max; /* this request's body limit (body_limit) */
 
     /* Set by a parser callback that rejects the request. */
     bool failed;
@@ -755,6 +756,24 @@ static bool split_target(struct request *req)
     return true;
 }
 
+/* The body limit for req: TENANTD_MAX_BATCH_BODY_BYTES on the bulk routes
+ * (batch record create, user import, org import), whose bodies carry up to
+ * 1000 items or a whole org, else TENANTD_MAX_BODY_BYTES. Decided from the
+ * path before routing, since the body is refused while it arrives. */
+static size_t body_limit(const struct request *req)
+{
+    size_t normal = (size_t)g_config->max_body_bytes;
+    if (req->method != HTTP_POST)
+        return normal;
+    const char *p = req->path;
+    size_t n = strlen(p), sfx = sizeof "/records/batch" - 1;
+    bool bulk = strcmp(p, "/v1/users/import") == 0 || strcmp(p, "/v1/admin/orgs/import") == 0 ||
+                (strncmp(p, "/v1/collections/", 16) == 0 && n > 16 + sfx &&
+                 strcmp(p + n - sfx, "/records/batch") == 0);
+    size_t batch = (size_t)g_config->max_batch_body_bytes;
+    return bulk && batch > normal ? batch : normal;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
@@ -799,7 +818,8 @@ static int on_headers_complete(llhttp_t *p)
     }
     bool chunked = (p->flags & F_CHUNKED) != 0;
     bool has_cl = (p->flags & F_CONTENT_LENGTH) != 0;
-    if (has_cl && p->content_length > (uint64_t)g_config->max_body_bytes) {
+    c->a->body_max = body_limit(req);
+    if (has_cl && p->content_length > (uint64_t)c->a->body_max) {
         reject(c, PROBLEM_PAYLOAD_TOO_LARGE, "The request body is too large.");
         return -1;
     }
@@ -849,7 +869,7 @@ static int on_chunk_header(llhttp_t *p)
 {
     struct conn *c = p->data;
     /* p->content_length is the announced chunk size: refuse early. */
-    if (p->content_length > (uint64_t)g_config->max_body_bytes - c->a->body_len)
+    if (p->content_length > (uint64_t)(c->a->body_max - c->a->body_len))
         return reject(c, PROBLEM_PAYLOAD_TOO_LARGE, "The request body is too large.");
     return 0;
 }
@@ -857,7 +877,7 @@ static int on_chunk_header(llhttp_t *p)
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
-    if (c->a->body_len + len > (size_t)g_config->max_body_bytes)
+    if (c->a->body_len + len > c->a->body_max)
         return reject(c, PROBLEM_PAYLOAD_TOO_LARGE, "The request body is too large.");
     buf_append(&c->a->body, &c->a->body_len, &c->a->body_cap, at, len);
     return 0;
