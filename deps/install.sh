@@ -18,6 +18,7 @@ set -euo pipefail
 BUILD_PACKAGES=(
     build-essential cmake pkg-config
     libuv1-dev node-llhttp libpq-dev libargon2-dev libjansson-dev libssl-dev
+    libcrypt-dev # libxcrypt: verifying imported bcrypt hashes
 )
 TEST_PACKAGES=(
     libcmocka-dev python3

@@ -15,6 +15,7 @@
 #include "org/org.h"
 #include "record/record.h"
 #include "record/batch.h"
+#include "auth/userimport.h"
 #include "credit/credit.h"
 #include "job/job.h"
 #include "system/system.h"
@@ -27,6 +28,7 @@ static const struct module *const modules[] = {
     &org_module,
     &record_module,
     &record_batch_module,
+    &userimport_module,
     &credit_module,
     &job_module,
 };
