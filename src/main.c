@@ -16,6 +16,7 @@
 #include "record/record.h"
 #include "record/batch.h"
 #include "auth/userimport.h"
+#include "org/export.h"
 #include "credit/credit.h"
 #include "job/job.h"
 #include "system/system.h"
@@ -29,6 +30,7 @@ static const struct module *const modules[] = {
     &record_module,
     &record_batch_module,
     &userimport_module,
+    &org_export_module,
     &credit_module,
     &job_module,
 };

@@ -1494,6 +1494,119 @@ void server_send(struct request *req, int status, char *head, size_t head_len, c
     }
 }
 
+/* ---- streamed answers (core/http.h http_stream_*) ---- */
+
+/* One streamed answer, in the request's arena. One write at a time: the
+ * producer asks for the next chunk only when the previous one is written,
+ * so a stream holds one chunk however large the answer. */
+struct http_stream {
+    struct request *req;
+    uv_write_t w;
+    char *head; /* sent with the first chunk (or by http_stream_end) */
+    size_t head_len;
+    bool chunked; /* HTTP/1.1; an HTTP/1.0 answer is delimited by the close */
+    bool writing;
+    char size_line[24];
+    http_stream_cb cb;
+    void *ud;
+};
+
+bool server_stream_prepare(struct request *req)
+{
+    struct conn *c = req->conn;
+    bool chunked = !(c && c->a->parser.http_minor == 0);
+    if (c && !chunked)
+        c->must_close = true; /* HTTP/1.0 has no chunks: the close ends the body */
+    return chunked;
+}
+
+void server_stream_head(struct request *req, char *head, size_t len, bool chunked)
+{
+    struct http_stream *st = arena_calloc(req->arena, sizeof *st);
+    st->req = req;
+    st->head = head;
+    st->head_len = len;
+    st->chunked = chunked;
+    req->stream = st;
+}
+
+static void on_stream_write(uv_write_t *w, int status)
+{
+    struct http_stream *st = w->data;
+    st->writing = false;
+    struct conn *c = st->req->conn;
+    if (c && c->state != C_CLOSED)
+        timer_clear(c);
+    st->cb(st->req, status < 0 ? -1 : 0, st->ud);
+}
+
+void http_stream_write(struct request *req, const char *data, size_t len, http_stream_cb cb,
+                       void *ud)
+{
+    struct http_stream *st = req->stream;
+    assert(st && !st->writing && !req->responded && len > 0);
+    struct conn *c = req->conn;
+    st->cb = cb;
+    st->ud = ud;
+    st->w.data = st;
+    if (!c || c->state == C_CLOSED) {
+        cb(req, -1, ud); /* the client left: the producer stops */
+        return;
+    }
+    if (req->head) {
+        cb(req, 0, ud); /* HEAD: the head alone goes out at the end */
+        return;
+    }
+    uv_buf_t b[4];
+    unsigned n = 0;
+    if (st->head) {
+        b[n++] = uv_buf_init(st->head, (unsigned)st->head_len);
+        st->head = NULL;
+    }
+    if (st->chunked) {
+        int k = snprintf(st->size_line, sizeof st->size_line, "%zx\r\n", len);
+        b[n++] = uv_buf_init(st->size_line, (unsigned)k);
+    }
+    b[n++] = uv_buf_init((char *)data, (unsigned)len);
+    if (st->chunked)
+        b[n++] = uv_buf_init("\r\n", 2);
+    st->writing = true;
+    if (uv_write(&st->w, (uv_stream_t *)&c->tcp, b, n, on_stream_write) != 0) {
+        st->writing = false;
+        conn_close(c); /* orphans the request; the producer ends it */
+        cb(req, -1, ud);
+        return;
+    }
+    /* A client that stops reading is closed after the idle timeout. */
+    timer_set(c, (uint64_t)g_config->idle_timeout_ms);
+}
+
+void server_stream_end(struct request *req, int status, bool ok)
+{
+    struct http_stream *st = req->stream;
+    assert(st && !st->writing);
+    struct conn *c = req->conn;
+    static char last[] = "0\r\n\r\n";
+    if (!ok && c)
+        c->must_close = true; /* no last chunk: the client sees a cut answer */
+    if (st->head) { /* nothing written yet (HEAD, or an empty stream) */
+        size_t n = st->head_len;
+        char *h = st->head;
+        if (ok && st->chunked && !req->head) {
+            h = arena_alloc(req->arena, n + sizeof last - 1);
+            memcpy(h, st->head, n);
+            memcpy(h + n, last, sizeof last - 1);
+            n += sizeof last - 1;
+        }
+        server_send(req, status, h, n, NULL, 0);
+        return;
+    }
+    if (ok && st->chunked && !req->head)
+        server_send(req, status, last, sizeof last - 1, NULL, 0);
+    else
+        server_send(req, status, last, 0, NULL, 0);
+}
+
 /* ---- accepting ---- */
 
 #define REFUSAL_BODY                                                                               \
