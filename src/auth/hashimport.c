@@ -43,7 +43,7 @@ static bool is_bcrypt(const char *h)
     if (h[4] < '0' || h[4] > '3' || h[5] < '0' || h[5] > '9' || h[6] != '$')
         return false;
     int cost = (h[4] - '0') * 10 + (h[5] - '0');
-    if (cost < 4 || cost > 31)
+    if (cost < 4 || cost > HASH_BCRYPT_MAX_COST)
         return false;
     for (int i = 7; i < BCRYPT_LEN; i++)
         if (!bcrypt_b64(h[i]))

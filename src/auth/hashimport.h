@@ -7,7 +7,7 @@
  * Password hashes imported from other systems (POST /v1/users/import and
  * the operator's org import), verified as they are until the user's next
  * successful login replaces them with argon2id:
- *   bcrypt              $2a$ / $2b$ / $2y$, cost 04..31 (libxcrypt's crypt_r)
+ *   bcrypt              $2a$ / $2b$ / $2y$, cost 04..16 (libxcrypt's crypt_r)
  *   Django PBKDF2-SHA256 pbkdf2_sha256$<iterations>$<salt>$<base64 of 32 bytes>
  * argon2id PHC strings are tenantd's own and handled by auth/password.c.
  */
@@ -18,9 +18,10 @@ enum hash_kind {
     HASH_DJANGO_PBKDF2_SHA256,
 };
 
-/* Django's cost ceiling we accept: a hash that costs more would tie up a
- * password thread (an import is an admin's, not a user's, choice). */
+/* The costs we accept (a few seconds per check at most): a hash that costs
+ * more would tie up a password thread at every login attempt. */
 #define HASH_PBKDF2_MAX_ITERATIONS 10000000u
+#define HASH_BCRYPT_MAX_COST 16
 
 /* The kind of a stored or imported hash, after checking its whole form;
  * HASH_UNKNOWN for anything else (including argon2 variants other than

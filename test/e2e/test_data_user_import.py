@@ -110,7 +110,7 @@ class UserImportTestCase(harness.DbTestCase):
         good = {"email": "ok@example.com", "password_hash": django_hash("whatever-1")}
         for bad in ["md5$abc$def", "$1$saltsalt$abcdefghijklmnopqrstuv", "plaintext-password",
                     "$argon2i$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
-                    "$2x$04$" + "a" * 53, "$2b$03$" + "a" * 53, "pbkdf2_sha256$0$salt$" + "A" * 43 + "=",
+                    "$2x$04$" + "a" * 53, "$2b$03$" + "a" * 53, "$2b$17$" + "a" * 53, "pbkdf2_sha256$0$salt$" + "A" * 43 + "=",
                     "pbkdf2_sha1$1000$salt$" + "A" * 27 + "="]:
             status, doc, _ = self.do_import(org, [good, good | {"email": "x@example.com"},
                                                   {"email": "bad@example.com", "password_hash": bad}])
