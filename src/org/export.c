@@ -149,13 +149,13 @@ struct export_op {
     struct request *req;
     const char *schema;
     char org_id[37];
-    size_t section;   /* index into sections[]; NSECTIONS when done */
-    char *page;       /* the page being written (malloc'd), or NULL */
-    char *after;      /* the current section's position (malloc'd) */
+    size_t section; /* index into sections[]; NSECTIONS when done */
+    char *page;     /* the page being written (malloc'd), or NULL */
+    char *after;    /* the current section's position (malloc'd) */
     const char *values[3];
-    int limit;        /* rows asked for per page (adaptive) */
+    int limit; /* rows asked for per page (adaptive) */
     char limit_text[12];
-    bool started;     /* the head of the answer is out */
+    bool started; /* the head of the answer is out */
     unsigned long long bytes;
 };
 
