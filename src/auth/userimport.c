@@ -45,14 +45,15 @@ const struct module userimport_module = {
 };
 
 /* $1 org id, $2 the checked users as a JSON array of {email, name, role,
- * password_hash}. Answers the number inserted. */
+ * password_hash}. Answers the number inserted and their ids and emails. */
 static const struct db_stmt q_import = {
     "users_import",
     "WITH ins AS (INSERT INTO public.users (org_id, email, name, role, password_hash) "
     "SELECT $1::uuid, x.u ->> 'email', x.u ->> 'name', x.u ->> 'role', x.u ->> 'password_hash' "
     "FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS x(u, n) ORDER BY x.n "
-    "ON CONFLICT (org_id, email) DO NOTHING RETURNING id) "
-    "SELECT count(*) FROM ins"};
+    "ON CONFLICT (org_id, email) DO NOTHING RETURNING id, email) "
+    "SELECT count(*), coalesce(json_agg(json_build_object('id', id, 'email', email) "
+    "ORDER BY email), '[]')::text FROM ins"};
 
 struct import_op {
     struct request *req;
@@ -136,15 +137,15 @@ static void import_done(struct db_result *r, void *ud)
                                                  : "The request could not be completed.");
         return;
     }
-    const char *n = db_result_text(r, 0, 0);
+    const char *n = db_result_text(r, 0, 0), *users = db_result_text(r, 0, 1);
     long imported = n ? strtol(n, NULL, 10) : -1;
-    if (imported < 0 || (size_t)imported > op->total) {
+    if (imported < 0 || (size_t)imported > op->total || !users) {
         log_msg(LOG_ERROR, "users import: unexpected result shape");
         idem_problem(req, op->claim, PROBLEM_INTERNAL, "The request could not be completed.");
         return;
     }
-    char *body = arena_printf(req->arena, "{\"imported\":%ld,\"skipped\":%zu}", imported,
-                              op->total - (size_t)imported);
+    char *body = arena_printf(req->arena, "{\"imported\":%ld,\"skipped\":%zu,\"users\":%s}",
+                              imported, op->total - (size_t)imported, users);
     idem_respond(req, op->claim, 201, "application/json", body, strlen(body));
 }
 
