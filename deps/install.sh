@@ -19,6 +19,7 @@ BUILD_PACKAGES=(
     build-essential cmake pkg-config
     libuv1-dev node-llhttp libpq-dev libargon2-dev libjansson-dev libssl-dev
     libcurl4-openssl-dev # email.send: SMTP (STARTTLS, SMTPS, auth)
+    libcrypt-dev # libxcrypt: verifying imported bcrypt hashes
 )
 TEST_PACKAGES=(
     libcmocka-dev python3

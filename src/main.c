@@ -24,6 +24,9 @@
 #include "auth/auth.h"
 #include "org/org.h"
 #include "record/record.h"
+#include "record/batch.h"
+#include "auth/userimport.h"
+#include "org/export.h"
 #include "credit/credit.h"
 #include "job/job.h"
 #include "system/system.h"
@@ -37,6 +40,9 @@ static const struct module *const modules[] = {
     &oidc_module,
     &org_module,
     &record_module,
+    &record_batch_module,
+    &userimport_module,
+    &org_export_module,
     &credit_module,
     &job_module,
 };

@@ -50,6 +50,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "auth/hashimport.h"
 #include "core/log.h"
 #include "core/thread.h"
 
@@ -260,6 +261,17 @@ static void run_compute(struct run *r)
     if (in->kind == JOB_HASH) {
         r->out_phc = hash_phc(in->pw, in->pwlen, g.params);
         r->status = r->out_phc ? PASSWORD_OK : PASSWORD_EHASH;
+    } else if (!in->dummy && hash_is_legacy(in->phc)) {
+        /* An imported bcrypt/PBKDF2 hash (auth/hashimport.c). The dummy
+         * argon2id check after it keeps a wrong password for a migrated
+         * user from answering faster than one for anyone else. A match
+         * is re-hashed to argon2id by the caller (needs_rehash). */
+        bool ok = false;
+        int rc = hash_legacy_verify(in->phc, in->pw, in->pwlen, &ok);
+        (void)argon2id_verify(g.dummy_phc, in->pw, in->pwlen);
+        r->status = rc == 0 ? PASSWORD_OK : PASSWORD_EHASH;
+        r->ok = rc == 0 && ok;
+        r->needs_rehash = r->ok;
     } else {
         const char *phc = in->dummy ? g.dummy_phc : in->phc;
         struct password_params have;

@@ -41,6 +41,8 @@
       "open client connections per loop; more are refused")                                        \
     X(max_body_bytes, TENANTD_MAX_BODY_BYTES, INT, 1048576, 0, 1073741824,                         \
       "largest request body (413 above)")                                                          \
+    X(max_batch_body_bytes, TENANTD_MAX_BATCH_BODY_BYTES, INT, 16777216, 0, 1073741824,            \
+      "largest body of the bulk routes: batch records, user and org import (413 above)")          \
     X(max_header_bytes, TENANTD_MAX_HEADER_BYTES, INT, 16384, 1024, 1048576,                       \
       "largest request header block (431 above)")                                                  \
     X(header_timeout_ms, TENANTD_HEADER_TIMEOUT_MS, INT, 10000, 1, 3600000,                        \

@@ -284,15 +284,44 @@ static void put_header(struct out *o, const char *name, const char *value)
  * written in place; otherwise it is copied (into the head's buffer when
  * small, alone when large, so never twice).
  */
+static void respond_head(struct request *req, int status, const char *content_type,
+                         const char *body, size_t len, bool owned, int stream);
+
 static void respond(struct request *req, int status, const char *content_type, const char *body,
                     size_t len, bool owned)
 {
-    if (req->responded) {
-        log_msg(LOG_ERROR, "http_respond called twice for request %s",
+    respond_head(req, status, content_type, body, len, owned, 0);
+}
+
+void http_stream_begin(struct request *req, int status, const char *content_type)
+{
+    bool chunked = server_stream_prepare(req);
+    respond_head(req, status, content_type, NULL, 0, false, chunked ? 1 : 2);
+}
+
+void http_stream_end(struct request *req, bool ok)
+{
+    if (req->responded || !req->stream) {
+        log_msg(LOG_ERROR, "http_stream_end without a stream for request %s",
                 req->request_id ? req->request_id : "?");
         abort();
     }
     req->responded = true;
+    server_stream_end(req, req->stream_status, ok);
+}
+
+/* stream: 0 a whole answer; 1 the head of a chunked stream; 2 the head of a
+ * stream delimited by the close (HTTP/1.0). */
+static void respond_head(struct request *req, int status, const char *content_type,
+                         const char *body, size_t len, bool owned, int stream)
+{
+    if (req->responded || req->stream) {
+        log_msg(LOG_ERROR, "http_respond called twice for request %s",
+                req->request_id ? req->request_id : "?");
+        abort();
+    }
+    if (!stream)
+        req->responded = true; /* a stream is answered by http_stream_end */
     if (status < 200 || status > 999)
         status = 500; /* 1xx are sent by the server itself, never as a final answer */
     /* RFC 9110: no content for 204 and 304, and no Content-Length for 204. */
@@ -330,7 +359,9 @@ static void respond(struct request *req, int status, const char *content_type, c
         put(&o, "\r\nContent-Type: ", 16);
         put(&o, content_type, ct_len);
     }
-    if (!no_content) {
+    if (stream == 1) {
+        put(&o, "\r\nTransfer-Encoding: chunked", 28);
+    } else if (!no_content && !stream) {
         put(&o, "\r\nContent-Length: ", 18);
         put_uint(&o, len);
     }
@@ -346,6 +377,11 @@ static void respond(struct request *req, int status, const char *content_type, c
     for (const struct http_out_header *h = req->out_headers; h; h = h->next)
         put_header(&o, h->name, h->value);
     put(&o, "\r\n", 2);
+    if (stream) {
+        req->stream_status = status;
+        server_stream_head(req, o.p, o.n, stream == 1);
+        return;
+    }
     if (inline_body) {
         put(&o, body, len);
         server_send(req, status, o.p, o.n, NULL, 0);

@@ -81,6 +81,8 @@ struct request {
         struct http_out_header *next;
     } *out_headers;
     void *conn; /* private to core/server.c */
+    struct http_stream *stream; /* a streamed answer in progress (http_stream_begin) */
+    int stream_status;
     bool responded;
 };
 
@@ -115,6 +117,29 @@ void http_respond_arena(struct request *req, int status, const char *content_typ
 void http_respond_json(struct request *req, int status, json_t *json);
 /* Responds with no body (204, 304, ...). */
 void http_respond_empty(struct request *req, int status);
+
+/*
+ * Streamed answers, for bodies too large to hold (an org export): the head
+ * goes out with Transfer-Encoding: chunked (HTTP/1.0: no length, and the
+ * connection closes after the body), then one chunk at a time.
+ *
+ * http_stream_begin takes status, content type and the headers set so far.
+ * http_stream_write writes data[0..len) (len > 0; it must stay valid until
+ * cb runs) as one chunk; cb(req, status, ud) runs once, later, after it is
+ * written (status 0) or when the client is gone (status < 0: stop
+ * producing). One write at a time; the next only after cb. A client that
+ * reads nothing for TENANTD_IDLE_TIMEOUT_MS is closed.
+ * http_stream_end finishes the answer exactly once, after begin and with no
+ * write pending: ok true sends the last chunk, ok false cuts the answer
+ * (the connection closes without it, so the client can tell an incomplete
+ * body from a complete one). The request is logged and freed after it.
+ */
+struct http_stream;
+typedef void (*http_stream_cb)(struct request *req, int status, void *ud);
+void http_stream_begin(struct request *req, int status, const char *content_type);
+void http_stream_write(struct request *req, const char *data, size_t len, http_stream_cb cb,
+                       void *ud);
+void http_stream_end(struct request *req, bool ok);
 
 /* The standard reason phrase for a status ("OK", "Not Found", ...). */
 const char *http_status_text(int status);

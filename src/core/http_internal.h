@@ -28,4 +28,13 @@ bool server_http10_keep_alive(const struct request *req);
 void server_send(struct request *req, int status, char *head, size_t head_len, char *body,
                  size_t body_len);
 
+/* Streamed answers (http_stream_*): prepare decides the framing before the
+ * head is built (true: chunked; false: HTTP/1.0, the connection is closed
+ * after the body); head hands over the head, sent with the first chunk;
+ * end sends the last chunk (or, `ok` false, closes without it) and
+ * finishes the request like server_send. */
+bool server_stream_prepare(struct request *req);
+void server_stream_head(struct request *req, char *head, size_t len, bool chunked);
+void server_stream_end(struct request *req, int status, bool ok);
+
 #endif

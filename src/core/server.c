@@ -102,6 +102,7 @@ struct active {
     const char *te_value, *expect;
     char *body;
     size_t body_len, body_cap;
+    size_t body_max; /* this request's body limit (body_limit) */
 
     /* Set by a parser callback that rejects the request. */
     bool failed;
@@ -756,6 +757,24 @@ static bool split_target(struct request *req)
     return true;
 }
 
+/* The body limit for req: TENANTD_MAX_BATCH_BODY_BYTES on the bulk routes
+ * (batch record create, user import, org import), whose bodies carry up to
+ * 1000 items or a whole org, else TENANTD_MAX_BODY_BYTES. Decided from the
+ * path before routing, since the body is refused while it arrives. */
+static size_t body_limit(const struct request *req)
+{
+    size_t normal = (size_t)g_config->max_body_bytes;
+    if (req->method != HTTP_POST)
+        return normal;
+    const char *p = req->path;
+    size_t n = strlen(p), sfx = sizeof "/records/batch" - 1;
+    bool bulk = strcmp(p, "/v1/users/import") == 0 || strcmp(p, "/v1/admin/orgs/import") == 0 ||
+                (strncmp(p, "/v1/collections/", 16) == 0 && n > 16 + sfx &&
+                 strcmp(p + n - sfx, "/records/batch") == 0);
+    size_t batch = (size_t)g_config->max_batch_body_bytes;
+    return bulk && batch > normal ? batch : normal;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
@@ -800,7 +819,8 @@ static int on_headers_complete(llhttp_t *p)
     }
     bool chunked = (p->flags & F_CHUNKED) != 0;
     bool has_cl = (p->flags & F_CONTENT_LENGTH) != 0;
-    if (has_cl && p->content_length > (uint64_t)g_config->max_body_bytes) {
+    c->a->body_max = body_limit(req);
+    if (has_cl && p->content_length > (uint64_t)c->a->body_max) {
         reject(c, PROBLEM_PAYLOAD_TOO_LARGE, "The request body is too large.");
         return -1;
     }
@@ -850,7 +870,7 @@ static int on_chunk_header(llhttp_t *p)
 {
     struct conn *c = p->data;
     /* p->content_length is the announced chunk size: refuse early. */
-    if (p->content_length > (uint64_t)g_config->max_body_bytes - c->a->body_len)
+    if (p->content_length > (uint64_t)(c->a->body_max - c->a->body_len))
         return reject(c, PROBLEM_PAYLOAD_TOO_LARGE, "The request body is too large.");
     return 0;
 }
@@ -858,7 +878,7 @@ static int on_chunk_header(llhttp_t *p)
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
-    if (c->a->body_len + len > (size_t)g_config->max_body_bytes)
+    if (c->a->body_len + len > c->a->body_max)
         return reject(c, PROBLEM_PAYLOAD_TOO_LARGE, "The request body is too large.");
     buf_append(&c->a->body, &c->a->body_len, &c->a->body_cap, at, len);
     return 0;
@@ -1473,6 +1493,119 @@ void server_send(struct request *req, int status, char *head, size_t head_len, c
     } else {
         timer_clear(c);
     }
+}
+
+/* ---- streamed answers (core/http.h http_stream_*) ---- */
+
+/* One streamed answer, in the request's arena. One write at a time: the
+ * producer asks for the next chunk only when the previous one is written,
+ * so a stream holds one chunk however large the answer. */
+struct http_stream {
+    struct request *req;
+    uv_write_t w;
+    char *head; /* sent with the first chunk (or by http_stream_end) */
+    size_t head_len;
+    bool chunked; /* HTTP/1.1; an HTTP/1.0 answer is delimited by the close */
+    bool writing;
+    char size_line[24];
+    http_stream_cb cb;
+    void *ud;
+};
+
+bool server_stream_prepare(struct request *req)
+{
+    struct conn *c = req->conn;
+    bool chunked = !(c && c->a->parser.http_minor == 0);
+    if (c && !chunked)
+        c->must_close = true; /* HTTP/1.0 has no chunks: the close ends the body */
+    return chunked;
+}
+
+void server_stream_head(struct request *req, char *head, size_t len, bool chunked)
+{
+    struct http_stream *st = arena_calloc(req->arena, sizeof *st);
+    st->req = req;
+    st->head = head;
+    st->head_len = len;
+    st->chunked = chunked;
+    req->stream = st;
+}
+
+static void on_stream_write(uv_write_t *w, int status)
+{
+    struct http_stream *st = w->data;
+    st->writing = false;
+    struct conn *c = st->req->conn;
+    if (c && c->state != C_CLOSED)
+        timer_clear(c);
+    st->cb(st->req, status < 0 ? -1 : 0, st->ud);
+}
+
+void http_stream_write(struct request *req, const char *data, size_t len, http_stream_cb cb,
+                       void *ud)
+{
+    struct http_stream *st = req->stream;
+    assert(st && !st->writing && !req->responded && len > 0);
+    struct conn *c = req->conn;
+    st->cb = cb;
+    st->ud = ud;
+    st->w.data = st;
+    if (!c || c->state == C_CLOSED) {
+        cb(req, -1, ud); /* the client left: the producer stops */
+        return;
+    }
+    if (req->head) {
+        cb(req, 0, ud); /* HEAD: the head alone goes out at the end */
+        return;
+    }
+    uv_buf_t b[4];
+    unsigned n = 0;
+    if (st->head) {
+        b[n++] = uv_buf_init(st->head, (unsigned)st->head_len);
+        st->head = NULL;
+    }
+    if (st->chunked) {
+        int k = snprintf(st->size_line, sizeof st->size_line, "%zx\r\n", len);
+        b[n++] = uv_buf_init(st->size_line, (unsigned)k);
+    }
+    b[n++] = uv_buf_init((char *)data, (unsigned)len);
+    if (st->chunked)
+        b[n++] = uv_buf_init("\r\n", 2);
+    st->writing = true;
+    if (uv_write(&st->w, (uv_stream_t *)&c->tcp, b, n, on_stream_write) != 0) {
+        st->writing = false;
+        conn_close(c); /* orphans the request; the producer ends it */
+        cb(req, -1, ud);
+        return;
+    }
+    /* A client that stops reading is closed after the idle timeout. */
+    timer_set(c, (uint64_t)g_config->idle_timeout_ms);
+}
+
+void server_stream_end(struct request *req, int status, bool ok)
+{
+    struct http_stream *st = req->stream;
+    assert(st && !st->writing);
+    struct conn *c = req->conn;
+    static char last[] = "0\r\n\r\n";
+    if (!ok && c)
+        c->must_close = true; /* no last chunk: the client sees a cut answer */
+    if (st->head) { /* nothing written yet (HEAD, or an empty stream) */
+        size_t n = st->head_len;
+        char *h = st->head;
+        if (ok && st->chunked && !req->head) {
+            h = arena_alloc(req->arena, n + sizeof last - 1);
+            memcpy(h, st->head, n);
+            memcpy(h + n, last, sizeof last - 1);
+            n += sizeof last - 1;
+        }
+        server_send(req, status, h, n, NULL, 0);
+        return;
+    }
+    if (ok && st->chunked && !req->head)
+        server_send(req, status, last, sizeof last - 1, NULL, 0);
+    else
+        server_send(req, status, last, 0, NULL, 0);
 }
 
 /* ---- accepting ---- */

@@ -23,7 +23,10 @@
 #     Ratio target >= 0.8.
 # (b) POST /v1/collections/bench/records (a small JSON object) against
 #     pgbench running tenantd's INSERT ... RETURNING on random orgs.
-# Both print req/s (tps), p50 and p99; wrk's --latency and pgbench's sampled
+# (c) POST .../records/batch (1000 records a request) against psql's COPY of
+#     the same rows into the same table: records/s (BENCH_BATCHES requests
+#     per round, default 20). Target >= 0.5x.
+# (a) and (b) print req/s (tps), p50 and p99; wrk's --latency and pgbench's sampled
 # per-transaction log (-l --sampling-rate). Also the pool's schema switches
 # per request (tenantd_db_schema_switches_total) during (a).
 #
@@ -310,6 +313,38 @@ for r in $(seq "$rounds"); do
     pgbench_run post >>"$tmp/res-post-pgbench"
 done
 
+# ---- (c) batch create vs COPY ----------------------------------------------------------
+# The same rows (BENCH_BATCHES requests of 1000, the POST body above with a
+# counter) through POST .../records/batch on one connection, then through
+# psql's COPY into the same org's table; records/s each. Target >= 0.5x.
+batches=${BENCH_BATCHES:-20}
+for r in $(seq "$rounds"); do
+    timeout 300 python3 - "$port" "$token0" "$batches" "$post_body" >>"$tmp/res-batch-tenantd" <<'PY'
+import http.client, json, sys, time
+port, token, n, body = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+reqs = [json.dumps({"records": [dict(body, n=k * 1000 + i) for i in range(1000)]}) for k in range(n)]
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+h = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
+t = time.monotonic()
+for b in reqs:
+    c.request("POST", "/v1/collections/batch/records/batch", b, h)
+    r = c.getresponse(); r.read()
+    if r.status != 201:
+        sys.exit(f"bench: batch create answered {r.status}")
+print(f"{n * 1000 / (time.monotonic() - t):.0f}")
+PY
+    python3 -c 'import json, sys
+b = json.loads(sys.argv[2])
+for k in range(int(sys.argv[1]) * 1000):
+    print("batch\t" + json.dumps(dict(b, n=k)).replace("\\", "\\\\"))' "$batches" "$post_body" >"$tmp/copy.tsv"
+    t0=$(date +%s.%N)
+    "$(dirname "$PGBENCH")/psql" "$db_url" -qAt -v ON_ERROR_STOP=1 \
+        -c "\\copy \"$schema0\".records (collection, data) FROM '$tmp/copy.tsv'" >/dev/null
+    t1=$(date +%s.%N)
+    awk -v n=$((batches * 1000)) -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", n / (b - a) }' \
+        >>"$tmp/res-batch-copy"
+done
+
 kill -0 "$tenantd_pid" 2>/dev/null || { echo "bench: tenantd died" >&2; cat "$tmp/tenantd.log" >&2; exit 1; }
 
 row() { # LABEL FILE
@@ -334,6 +369,10 @@ row "(b) POST record, tenantd (wrk)" "$tmp/res-post-tenantd"
 row "    same INSERT, pgbench -M prepared" "$tmp/res-post-pgbench"
 awk -v a="$(median "$tmp/res-post-tenantd" 1)" -v b="$(median "$tmp/res-post-pgbench" 1)" -v r="$(ratios post)" \
     'BEGIN { printf "    ratio tenantd/pgbench %28.2f   (rounds: %s)\n", a / b, r }'
+awk -v a="$(median "$tmp/res-batch-tenantd" 1)" -v b="$(median "$tmp/res-batch-copy" 1)" 'BEGIN {
+    printf "%-44s %10.0f records/s\n", "(c) batch create (1000 per request)", a
+    printf "%-44s %10.0f rows/s\n", "    COPY of the same rows (psql)", b
+    printf "    ratio batch/COPY %33.2f   (target >= 0.5)\n", a / b }'
 if [ "${BENCH_PERF:-0}" = 1 ] && [ -s "$tmp/perf.data" ]; then
     echo
     echo "perf (whole machine during (a)): cycles by command"

@@ -38,6 +38,9 @@ BODIES = {
     "updateOrg": {"name": "pwned by A"},
     "changePassword": {"current_password": PASSWORD, "new_password": "pwned-by-A-123"},
     "spendCredits": {"amount": 1},
+    "createRecordsBatch": {"records": [{"pwned": True}]},
+    "importUsers": {"users": [{"email": "intruder-import@example.com",
+                               "password_hash": harness.argon2id_phc("pwned-by-A-123")}]},
     # createJob: the cheapest job type, filled in by IsolationTest.setUpClass.
     # The worker API: a well-formed lease, so only the job's org decides.
     "updateSchedule": {"paused": True},
@@ -244,7 +247,10 @@ class IsolationTest(harness.DbTestCase):
 
     def request(self, method, path, token, headers=None, opid=None):
         body = BODIES.get(opid, DEFAULT_BODY) if method in ("POST", "PUT", "PATCH") else None
-        return self.server.json(method, path, body, bearer(token, **(headers or {})))
+        r = self.server.request(method, path, body, bearer(token, **(headers or {})))
+        if "ndjson" in (r.getheader("Content-Type") or ""):  # the org export: a line per item
+            return r.status, [json.loads(line) for line in r.body.splitlines()], r
+        return r.status, (json.loads(r.body) if r.body else None), r
 
     def test_route_list_is_parsed(self):
         pats = {p for _, p, _ in self.routes}
