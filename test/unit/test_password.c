@@ -380,14 +380,18 @@ static void spinner(void *p)
 
 /* Starved idle hashers: the boost threads (normal priority) finish the
  * work anyway, including a job an idle hasher had taken and cannot finish
- * (run again, first result wins, the late one dropped). */
+ * (run again, first result wins, the late one dropped). Each hash costs
+ * several times the 20 ms bound even on a free core, so the queue waits past
+ * the bound without an idle hasher finishing whether or not the spinners
+ * starve it at once (with cheap hashes an idle hasher that got a moment of
+ * CPU before the spinners ran finished everything, and nothing was boosted). */
 static void test_boost_when_starved(void **state)
 {
     (void)state;
     uv_loop_t loop;
     assert_int_equal(uv_loop_init(&loop), 0);
     password_pool_set_boost_ms(20);
-    assert_int_equal(password_pool_start(1, 8, (struct password_params){8192, 1, 1}), 0);
+    assert_int_equal(password_pool_start(1, 8, (struct password_params){65536, 3, 1}), 0);
     struct result h;
     hash_now(&loop, "boosted-password", &h); /* warm: the idle hasher is waiting */
     unsigned n = uv_available_parallelism();
