@@ -1,5 +1,8 @@
 #include "app/dbhttp.h"
 
+#include <string.h>
+
+#include "core/arena.h"
 #include "core/log.h"
 #include "core/problem.h"
 
@@ -22,6 +25,21 @@ void db_respond_json(struct request *req, const struct db_result *r, int col, co
         return;
     }
     http_respond(req, 200, "application/json", json, (size_t)PQgetlength(r->res, 0, col));
+}
+
+void db_respond_list(struct request *req, const struct db_result *r)
+{
+    const char *data = db_result_text(r, 0, 0);
+    char *body = arena_printf(req->arena, "{\"data\":%s}", data ? data : "[]");
+    http_respond(req, 200, "application/json", body, strlen(body));
+}
+
+void db_respond_deleted(struct request *req, const struct db_result *r, const char *missing)
+{
+    if (PQntuples(r->res) != 1)
+        problem_respond(req, PROBLEM_NOT_FOUND, missing);
+    else
+        http_respond_empty(req, 204);
 }
 
 void db_respond_failure(struct request *req, const struct db_result *r, const char *what)

@@ -18,6 +18,14 @@ void db_respond_unavailable(struct request *req);
  * the result has no such row or the cell is NULL. */
 void db_respond_json(struct request *req, const struct db_result *r, int col, const char *missing);
 
+/* 200 {"data": <row 0, column 0>}: the cell is a JSON array built by
+ * PostgreSQL (json_agg), NULL for none. */
+void db_respond_list(struct request *req, const struct db_result *r);
+
+/* 204 when the statement touched (returned) one row, else 404 with
+ * `missing`: for DELETE ... RETURNING on an id the caller's org owns. */
+void db_respond_deleted(struct request *req, const struct db_result *r, const char *missing);
+
 /*
  * Answers a failed statement: 503 with Retry-After when the database is
  * away, or when the statement was cancelled (class 57: statement timeout,

@@ -424,11 +424,8 @@ static void invitations_create(struct request *req)
 static void inv_listed(struct db_result *r, void *ud)
 {
     struct request *req = ud;
-    if (db_failed(req, r, "list invitations"))
-        return;
-    const char *data = db_result_text(r, 0, 0);
-    char *body = arena_printf(req->arena, "{\"data\":%s}", data ? data : "[]");
-    http_respond(req, 200, "application/json", body, strlen(body));
+    if (!db_failed(req, r, "list invitations"))
+        db_respond_list(req, r);
 }
 
 static void invitations_list(struct request *req)

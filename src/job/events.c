@@ -174,11 +174,8 @@ void job_webhook_create(struct request *req)
 static void listed(struct db_result *r, void *ud)
 {
     struct request *req = ud;
-    if (db_failed(req, r, "webhook list"))
-        return;
-    const char *data = db_result_text(r, 0, 0);
-    char *out = arena_printf(req->arena, "{\"data\":%s}", data ? data : "[]");
-    http_respond(req, 200, "application/json", out, strlen(out));
+    if (!db_failed(req, r, "webhook list"))
+        db_respond_list(req, r);
 }
 
 void job_webhook_list(struct request *req)
@@ -200,34 +197,16 @@ static void got(struct db_result *r, void *ud)
 static void deleted(struct db_result *r, void *ud)
 {
     struct request *req = ud;
-    if (db_failed(req, r, "webhook delete"))
-        return;
-    if (PQntuples(r->res) != 1)
-        problem_respond(req, PROBLEM_NOT_FOUND, "No such webhook.");
-    else
-        http_respond_empty(req, 204);
-}
-
-static void by_id(struct request *req, const struct db_stmt *stmt, db_cb cb)
-{
-    const struct auth_ctx *a = auth_ctx(req);
-    const char *id = http_param(req, "id");
-    if (!id || !token_uuid_valid(id, strlen(id))) {
-        problem_respond(req, PROBLEM_NOT_FOUND, "No such webhook (ids are UUIDs).");
-        return;
-    }
-    const char **v = arena_calloc(req->arena, 2 * sizeof *v);
-    v[0] = id;
-    v[1] = a->org_id;
-    db_query(req->ctx->db, a->schema, stmt, 2, v, cb, req);
+    if (!db_failed(req, r, "webhook delete"))
+        db_respond_deleted(req, r, "No such webhook.");
 }
 
 void job_webhook_get(struct request *req)
 {
-    by_id(req, &get_stmt, got);
+    job_org_row_query(req, &get_stmt, got, "No such webhook (ids are UUIDs).");
 }
 
 void job_webhook_delete(struct request *req)
 {
-    by_id(req, &delete_stmt, deleted);
+    job_org_row_query(req, &delete_stmt, deleted, "No such webhook (ids are UUIDs).");
 }

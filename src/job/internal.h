@@ -150,4 +150,14 @@ void job_worker_fail(struct request *req);
 int job_ext_listener_start(const char *conninfo, bool reap);
 void job_ext_listener_stop(void);
 
+struct request;
+struct db_stmt;
+struct db_result;
+/* Runs stmt ($1 = the path's {id}, $2 = the caller's org id) in the
+ * caller's org and calls cb(result, req); a malformed id is answered 404
+ * with `missing` (ids are UUIDs) without a query. For the org-owned rows of
+ * schedules and webhooks. */
+void job_org_row_query(struct request *req, const struct db_stmt *stmt,
+                       void (*cb)(struct db_result *r, void *ud), const char *missing);
+
 #endif

@@ -575,3 +575,18 @@ static void jobs_cancel(struct request *req)
     }
     idem_claim(req, a->org_id, cancel_proceed, NULL);
 }
+
+void job_org_row_query(struct request *req, const struct db_stmt *stmt,
+                       void (*cb)(struct db_result *r, void *ud), const char *missing)
+{
+    const char *id = http_param(req, "id");
+    if (!id || !token_uuid_valid(id, strlen(id))) {
+        problem_respond(req, PROBLEM_NOT_FOUND, missing);
+        return;
+    }
+    const struct auth_ctx *a = auth_ctx(req);
+    const char **v = arena_calloc(req->arena, 2 * sizeof *v);
+    v[0] = id;
+    v[1] = a->org_id;
+    db_query(req->ctx->db, a->schema, stmt, 2, v, cb, req);
+}
