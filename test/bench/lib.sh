@@ -30,3 +30,10 @@ check_wrk() {
     fi
     grep -q '^Requests/sec:' "$2" || { echo "bench: cannot read wrk's output for $1" >&2; cat "$2" >&2; exit 1; }
 }
+
+# build_argon2rate DIR: compiles test/bench/argon2rate.c (the raw argon2id
+# rate of this machine: one thread per core, the server's parameters) to
+# DIR/argon2rate. From the checkout's top folder, as the scripts run.
+build_argon2rate() {
+    cc -O2 -o "$1/argon2rate" test/bench/argon2rate.c -largon2 -lpthread
+}
