@@ -303,6 +303,22 @@ static bool client_budget(struct request *req)
     return true;
 }
 
+/* The common gate of the routes that take a link's token: the fields'
+ * errors (422), then the token's shape (400 token_invalid, no query), then
+ * the client's budget (429). False when answered. */
+static bool link_request_ok(struct request *req, json_t *errors, const char *token, size_t tlen)
+{
+    if (errors) {
+        problem_respond_errors(req, "The request has invalid fields.", errors);
+        return false;
+    }
+    if (!link_token_shape(token, tlen)) {
+        respond_token_invalid(req, "invalid");
+        return false;
+    }
+    return client_budget(req);
+}
+
 static void respond_busy(struct request *req)
 {
     http_set_header(req, "Retry-After", "1");
@@ -581,15 +597,7 @@ static void invitations_accept(struct request *req)
     if (name && !name_ok(name))
         problem_add_error(&errors, "name",
                           "must be 1 to 100 characters without control characters");
-    if (errors) {
-        problem_respond_errors(req, "The request has invalid fields.", errors);
-        return;
-    }
-    if (!link_token_shape(token, tlen)) {
-        respond_token_invalid(req, "invalid");
-        return;
-    }
-    if (!client_budget(req))
+    if (!link_request_ok(req, errors, token, tlen))
         return;
     struct accept *c = arena_calloc(req->arena, sizeof *c);
     c->req = req;
@@ -737,15 +745,7 @@ static void confirm(struct request *req, bool reset)
     const char *pw = reset ? str_field(body, "new_password", true, &errors, &plen) : NULL;
     if (pw && !password_length_ok(plen))
         problem_add_error(&errors, "new_password", "must be 8 to 1024 bytes");
-    if (errors) {
-        problem_respond_errors(req, "The request has invalid fields.", errors);
-        return;
-    }
-    if (!link_token_shape(token, tlen)) {
-        respond_token_invalid(req, "invalid");
-        return;
-    }
-    if (!client_budget(req))
+    if (!link_request_ok(req, errors, token, tlen))
         return;
     struct use *u = arena_calloc(req->arena, sizeof *u);
     u->req = req;
