@@ -57,7 +57,7 @@ start() {
         cat <<CONF | as_pg tee -a "$DIR/postgresql.conf" >/dev/null
 listen_addresses = '127.0.0.1'
 port = $PORT
-unix_socket_directories = '$DIR'
+unix_socket_directories = ''
 max_connections = 300
 shared_buffers = 256MB
 fsync = off
@@ -69,7 +69,13 @@ CONF
     touch "$LOG" && { [ "$(id -u)" != 0 ] || chown postgres:postgres "$LOG"; }
     # 9>&-: the server must not inherit the lock, or it would hold it for its
     # whole life and every later `start` would wait on it forever.
-    as_pg "$PGBIN/pg_ctl" -D "$DIR" -l "$LOG" -w -t 60 start >/dev/null 9>&-
+    # -k '': TCP only. A Unix socket path longer than 107 bytes (a checkout in
+    # a deep folder) makes the server refuse to start, and nothing here uses one.
+    if ! as_pg "$PGBIN/pg_ctl" -D "$DIR" -l "$LOG" -o "-k ''" -w -t 60 start >/dev/null 9>&-; then
+        echo "deps/pg.sh: PostgreSQL did not start; the end of $LOG:" >&2
+        tail -n 20 "$LOG" >&2 || true
+        exit 1
+    fi
     # Role and database of the app; superuser so tests may create databases.
     as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 <<'SQL' >/dev/null
 SELECT 'CREATE ROLE tenantd LOGIN SUPERUSER' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenantd') \gexec
