@@ -61,6 +61,7 @@ static void loop_start(struct loop_ctx *ctx)
         .shed_wait_ms = (int)c->db_shed_wait_ms,
         .statement_cache = (int)c->db_statement_cache,
         .org_inflight = (int)c->db_org_inflight,
+        .recycle_schemas = (int)c->db_recycle_schemas,
         .metrics = ctx->metrics,
     };
     ctx->db = db_pool_new(ctx->loop, &o);

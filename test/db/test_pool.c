@@ -168,7 +168,7 @@ static void run_until(struct env *e, const int *counter, int target, int timeout
     uint64_t start = uv_hrtime();
     while (*counter < target) {
         uv_run(&e->loop, UV_RUN_ONCE);
-        CHECK((uv_hrtime() - start) / 1000000 < (uint64_t)timeout_ms,
+        CHECK(*counter >= target || (uv_hrtime() - start) / 1000000 < (uint64_t)timeout_ms,
               "%s: only %d of %d after %d ms", what, *counter, target, timeout_ms);
     }
 }
@@ -1132,7 +1132,7 @@ static void noisy_cb(struct db_result *r, void *ud)
     query(f->e, "a1", &st_noisy, 0, NULL, noisy_cb, f);
 }
 
-static int quiet_done;
+static int quiet_done, quiet_slow;
 static uint64_t quiet_sent, quiet_max_us;
 static void quiet_cb(struct db_result *r, void *ud)
 {
@@ -1141,14 +1141,18 @@ static void quiet_cb(struct db_result *r, void *ud)
     uint64_t us = (uv_hrtime() - quiet_sent) / 1000;
     if (us > quiet_max_us)
         quiet_max_us = us;
+    if (us >= 40000)
+        quiet_slow++; /* as long as one of the flood's sleeps: it waited behind one */
 
     quiet_done++;
 }
 
-/* The worst latency of 200 sequential quick queries over orgs a2..a41. */
+/* 200 sequential quick queries over orgs a2..a41: the worst latency, and
+ * in quiet_slow how many took as long as a flood statement. */
 static uint64_t quiet_run(struct env *e)
 {
     quiet_done = 0;
+    quiet_slow = 0;
     quiet_max_us = 0;
     char schema[16];
     for (int i = 0; i < 200; i++) {
@@ -1178,12 +1182,15 @@ static void test_noisy_neighbour(void)
     f.stop = true;
     while (f.outstanding > 0)
         uv_run(&e.loop, UV_RUN_ONCE);
-    /* With a1 on every pipeline, quiet queries would wait ~50 ms behind it. */
-    CHECK(worst < 40000, "a quiet org waited %llu us behind the flood",
-          (unsigned long long)worst);
+    /* With a1 on every pipeline, nearly every quiet query would wait ~50 ms
+     * behind it. A count, not the worst one: on a loaded machine one query
+     * may be descheduled for that long with nothing to do with the pool. */
+    CHECK(quiet_slow <= 10, "%d of 200 quiet queries waited >= 40 ms behind the flood (worst %llu us)",
+          quiet_slow, (unsigned long long)worst);
     CHECK(s.waiting >= 40, "the flood should be held back by the cap: %d waiting", s.waiting);
     env_close(&e);
-    printf("ok - noisy_neighbour (worst quiet query %llu us)\n", (unsigned long long)worst);
+    printf("ok - noisy_neighbour (worst quiet query %llu us, %d >= 40 ms)\n",
+           (unsigned long long)worst, quiet_slow);
 }
 
 /* ---- 19. backends are replaced one at a time ---- */
@@ -1240,30 +1247,46 @@ static void test_recycle_one_at_a_time(void)
     printf("ok - recycle_one_at_a_time (%lu recycles)\n", s.recycles);
 }
 
-int main(void)
+/* `db_test_pool NAME...` runs only the tests named (e.g. noisy_neighbour). */
+int main(int argc, char **argv)
 {
+    static const struct {
+        const char *name;
+        void (*fn)(void);
+    } tests[] = {
+        {"many_schemas", test_many_schemas},
+        {"error_isolation", test_error_isolation},
+        {"prepared_reuse", test_prepared_reuse},
+        {"wait_timeout", test_wait_timeout},
+        {"terminate", test_terminate},
+        {"statement_timeout", test_statement_timeout},
+        {"open_transaction", test_open_transaction},
+        {"close_inflight", test_close_inflight},
+        {"unreachable", test_unreachable},
+        {"socket_change", test_socket_change},
+        {"notice", test_notice},
+        {"recycle", test_recycle},
+        {"watchdog", test_watchdog},
+        {"no_starvation", test_no_starvation},
+        {"resolve", test_resolve},
+        {"affinity", test_affinity},
+        {"affine_lost", test_affine_lost},
+        {"noisy_neighbour", test_noisy_neighbour},
+        {"recycle_one_at_a_time", test_recycle_one_at_a_time},
+    };
     setvbuf(stdout, NULL, _IONBF, 0);
     setup_db();
-    test_many_schemas();
-    test_error_isolation();
-    test_prepared_reuse();
-    test_wait_timeout();
-    test_terminate();
-    test_statement_timeout();
-    test_open_transaction();
-    test_close_inflight();
-    test_unreachable();
-    test_socket_change();
-    test_notice();
-    test_recycle();
-    test_watchdog();
-    test_no_starvation();
-    test_resolve();
-    test_affinity();
-    test_affine_lost();
-    test_noisy_neighbour();
-    test_recycle_one_at_a_time();
+    int ran = 0;
+    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+        bool wanted = argc < 2;
+        for (int a = 1; a < argc && !wanted; a++)
+            wanted = strcmp(argv[a], tests[i].name) == 0;
+        if (wanted) {
+            tests[i].fn();
+            ran++;
+        }
+    }
     drop_test_db();
-    printf("19 passed, 0 failed\n");
-    return 0;
+    printf("%d passed, 0 failed\n", ran);
+    return ran > 0 ? 0 : 1;
 }

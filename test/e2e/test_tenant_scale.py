@@ -150,5 +150,33 @@ class TenantScaleTest(harness.DbTestCase):
         self.assertGreater(most, 0)
 
 
+class RecycleSettingTest(harness.DbTestCase):
+    """TENANTD_DB_RECYCLE_SCHEMAS reaches the pool: one connection that may
+    see 4 schemas is replaced while 12 orgs are served, and every answer is
+    still the asking org's."""
+    server_env = dict(SERVER_ENV, TENANTD_DB_POOL_SIZE="1", TENANTD_DB_RECYCLE_SCHEMAS="4")
+
+    def test_backend_replaced_after_its_schema_budget(self):
+        c = Client(self.server)
+        run = random.Random().getrandbits(32)
+        orgs = []
+        for i in range(12):
+            st, d = c.call("POST", "/v1/orgs", None, {
+                "name": f"Recycle {i}", "slug": f"recycle-{run:x}-{i}",
+                "admin": {"email": f"admin{i}@recycle.example.com",
+                          "password": "correct-horse-battery"}})
+            self.assertEqual(st, 201, d)
+            tok = d["access_token"]
+            st, d = c.call("POST", "/v1/collections/items/records", tok, {"org": i})
+            self.assertEqual(st, 201, d)
+            orgs.append((tok, d["id"]))
+        for _ in range(2):
+            for i, (tok, rid) in enumerate(orgs):
+                st, d = c.call("GET", f"/v1/collections/items/records/{rid}", tok)
+                self.assertEqual((st, d["data"]), (200, {"org": i}), f"org {i}: {d}")
+        self.assertGreaterEqual(metric(self.server, "tenantd_db_recycles_total"), 2)
+        self.assertLessEqual(metric(self.server, 'tenantd_db_connection_schemas{stat="max"}'), 5)
+
+
 if __name__ == "__main__":
     unittest.main()
