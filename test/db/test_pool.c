@@ -764,8 +764,8 @@ static void test_recycle(void)
             at = i;
         }
     CHECK(changes == 1 && at == RECYCLE_AT,
-          "want one new backend after %d schemas, got %d changes (last at %d)", RECYCLE_AT,
-          changes, at);
+          "want one new backend after %d schemas, got %d changes (last at %d)", RECYCLE_AT, changes,
+          at);
     struct db_pool_stats s;
     db_pool_stats(e.pool, &s);
     CHECK(s.recycles == 1, "recycles=%lu", s.recycles);
@@ -1185,8 +1185,9 @@ static void test_noisy_neighbour(void)
     /* With a1 on every pipeline, nearly every quiet query would wait ~50 ms
      * behind it. A count, not the worst one: on a loaded machine one query
      * may be descheduled for that long with nothing to do with the pool. */
-    CHECK(quiet_slow <= 10, "%d of 200 quiet queries waited >= 40 ms behind the flood (worst %llu us)",
-          quiet_slow, (unsigned long long)worst);
+    CHECK(quiet_slow <= 10,
+          "%d of 200 quiet queries waited >= 40 ms behind the flood (worst %llu us)", quiet_slow,
+          (unsigned long long)worst);
     CHECK(s.waiting >= 40, "the flood should be held back by the cap: %d waiting", s.waiting);
     env_close(&e);
     printf("ok - noisy_neighbour (worst quiet query %llu us, %d >= 40 ms)\n",
