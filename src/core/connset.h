@@ -1,7 +1,7 @@
 #ifndef TENANTD_CORE_CONNSET_H
 #define TENANTD_CORE_CONNSET_H
 /*
- * Bookkeeping of a loop's connections, kept apart from core/server.c so it
+ * Bookkeeping of a loop's connections, kept apart from the server so it
  * can be unit-tested: an intrusive FIFO queue (the idle connections, oldest
  * first) and a count of open connections per peer address.
  */

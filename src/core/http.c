@@ -1,6 +1,6 @@
 /*
  * Request helpers and response serialization. The connection side (write,
- * keep-alive, logging after the write) lives in core/server.c; the two meet
+ * keep-alive, logging after the write) lives in core/respond.c; the two meet
  * in core/http_internal.h.
  */
 #include "core/http.h"

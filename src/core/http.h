@@ -24,7 +24,7 @@ struct loop_ctx {
     struct metrics *metrics; /* this loop's counters */
     const struct router *router;
     bool draining;           /* shutdown started: no new work */
-    void *server;            /* private to core/server.c */
+    void *server;            /* private to the server (core/server_internal.h) */
 };
 
 struct http_header {
@@ -80,7 +80,7 @@ struct request {
         const char *name, *value;
         struct http_out_header *next;
     } *out_headers;
-    void *conn; /* private to core/server.c */
+    void *conn; /* private to the server (core/server_internal.h) */
     struct http_stream *stream; /* a streamed answer in progress (http_stream_begin) */
     int stream_status;
     bool responded;

@@ -1,8 +1,9 @@
 #ifndef TENANTD_CORE_HTTP_INTERNAL_H
 #define TENANTD_CORE_HTTP_INTERNAL_H
 /*
- * Private between core/http.c (which builds responses) and core/server.c
- * (which owns connections). Nothing outside core/ includes this.
+ * Private between core/http.c (which builds responses) and the server
+ * (core/respond.c writes them, core/http1.c owns connections). Nothing
+ * outside core/ includes this.
  */
 #include <stdbool.h>
 #include <stddef.h>

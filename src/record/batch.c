@@ -10,8 +10,8 @@
  * which inserts nothing unless every record passes, and names the first bad
  * record's index (0-based, as in the request) otherwise.
  *
- * The body limit for this route is TENANTD_MAX_BATCH_BODY_BYTES (server.c
- * reads it when it sees the path), since 1000 records do not fit in 1 MiB.
+ * The body limit for this route is TENANTD_MAX_BATCH_BODY_BYTES (the parser,
+ * core/http1_parse.c, reads it when it sees the path), since 1000 records do not fit in 1 MiB.
  */
 #include "record/batch.h"
 
