@@ -28,12 +28,16 @@
 #include "auth/userimport.h"
 #include "org/export.h"
 #include "credit/credit.h"
+#include "idem/idem.h"
 #include "job/job.h"
 #include "system/system.h"
 
-/* Every module of the program; the router is built from their tables. */
+/* Every module of the program, in init and loop_start order (loop_stop
+ * runs in reverse); the router is built from their tables. */
+/* clang-format off */
 static const struct module *const modules[] = {
     &system_module,
+    &idem_module, /* before the modules whose routes take Idempotency-Key */
     &auth_module,
     &users_module,
     &accounts_module,
@@ -46,6 +50,7 @@ static const struct module *const modules[] = {
     &credit_module,
     &job_module,
 };
+/* clang-format on */
 #define NMODULES (sizeof modules / sizeof modules[0])
 
 static void loop_start(struct loop_ctx *ctx)
@@ -93,9 +98,9 @@ static void loop_stop(struct loop_ctx *ctx, void (*done)(struct loop_ctx *ctx))
         abort();
     s->ctx = ctx;
     s->done = done;
-    /* Before the pool closes: pending password work may still answer
-     * requests or queue a query. */
-    auth_loop_stop(ctx);
+    for (size_t i = NMODULES; i-- > 0;)
+        if (modules[i]->loop_stop)
+            modules[i]->loop_stop(ctx);
     db_pool_close(ctx->db, pool_closed, s);
 }
 
@@ -289,8 +294,10 @@ static int cmd_serve(const struct config *cfg)
     struct router *router = router_new(modules, NMODULES);
     if (!router)
         return 1;
-    struct server_hooks hooks = {.loop_start = loop_start, .loop_stop = loop_stop,
-                                 .dispatch = auth_dispatch, .draining = modules_drain};
+    struct server_hooks hooks = {.loop_start = loop_start,
+                                 .loop_stop = loop_stop,
+                                 .dispatch = auth_dispatch,
+                                 .draining = modules_drain};
     int rc = server_run(router, &hooks);
     for (size_t i = 0; i < NMODULES; i++)
         if (modules[i]->shutdown)

@@ -8,7 +8,7 @@
 
 struct db_pool *db_pool_of(const struct request *req)
 {
-    return req->ctx ? (struct db_pool *)req->ctx->db : NULL;
+    return req->ctx ? req->ctx->db : NULL;
 }
 
 void db_respond_unavailable(struct request *req)

@@ -157,6 +157,7 @@ bool org_limit_take(const char *org_id, struct ratelimit_result *out, bool *have
 }
 
 static void auth_loop_start(struct loop_ctx *ctx);
+static void auth_loop_stop(struct loop_ctx *ctx);
 static void auth_shutdown(void);
 
 const struct module auth_module = {
@@ -164,6 +165,7 @@ const struct module auth_module = {
     .routes = session_routes,
     .init = auth_init,
     .loop_start = auth_loop_start,
+    .loop_stop = auth_loop_stop,
     .shutdown = auth_shutdown,
 };
 
@@ -258,7 +260,9 @@ static void auth_loop_start(struct loop_ctx *ctx)
     t_loop = st;
 }
 
-void auth_loop_stop(struct loop_ctx *ctx)
+/* Detaches the loop from the password pool (pending verifications answer
+ * 503) and frees the loop's rate limiters and background re-hash jobs. */
+static void auth_loop_stop(struct loop_ctx *ctx)
 {
     password_loop_detach(ctx->loop);
     struct auth_loop *st = t_loop;

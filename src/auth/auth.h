@@ -29,7 +29,7 @@ struct auth_ctx {
 /* The caller of an authenticated route; NULL on AUTH_NONE routes. */
 static inline const struct auth_ctx *auth_ctx(const struct request *req)
 {
-    return (const struct auth_ctx *)req->auth;
+    return req->auth;
 }
 
 /*
@@ -53,14 +53,6 @@ const struct auth_ctx *auth_org_caller(struct request *req);
 /* Routes /v1/auth/...; init starts the
  * password pool and the cache listener, shutdown stops them. */
 extern const struct module auth_module;
-
-/*
- * Per-loop teardown, called by main.c's loop_stop on the loop's thread
- * BEFORE the loop's database pool closes: detaches the loop from the
- * password pool (pending verifications answer 503) and frees the loop's
- * rate limiters and background re-hash jobs.
- */
-void auth_loop_stop(struct loop_ctx *ctx);
 
 /* Routes /v1/users... and /v1/api-keys... (both in src/auth/users.c). */
 extern const struct module users_module;

@@ -17,14 +17,17 @@ struct metrics;
  * its own thread, sharing nothing. `db` is owned by db/ (core never looks
  * inside); `metrics` by core/metrics.
  */
+struct db_pool;  /* opaque here: core uses neither the database */
+struct auth_ctx; /* nor the authentication of a request */
+
 struct loop_ctx {
     uv_loop_t *loop;
     int index;               /* 0 .. threads-1 */
-    void *db;                /* struct db_pool *, set by the loop_start hook */
+    struct db_pool *db;      /* set by the loop_start hook (db/db.h) */
     struct metrics *metrics; /* this loop's counters */
     const struct router *router;
-    bool draining;           /* shutdown started: no new work */
-    void *server;            /* private to the server (core/server_internal.h) */
+    bool draining; /* shutdown started: no new work */
+    void *server;  /* private to the server (core/server_internal.h) */
 };
 
 struct http_header {
@@ -68,8 +71,8 @@ struct request {
     struct path_param params[HTTP_MAX_PARAMS];
     int nparams;
 
-    /* Owned by the module that authenticated the request (auth/). */
-    void *auth;
+    /* Filled by the module that authenticated the request (auth/auth.h). */
+    struct auth_ctx *auth;
     const char *org_id; /* for the access log, when known */
 
     uint64_t start_ns; /* uv_hrtime() when the headers were complete */
@@ -79,8 +82,8 @@ struct request {
     struct http_out_header {
         const char *name, *value;
         struct http_out_header *next;
-    } *out_headers;
-    void *conn; /* private to the server (core/server_internal.h) */
+    } * out_headers;
+    void *conn;                 /* private to the server (core/server_internal.h) */
     struct http_stream *stream; /* a streamed answer in progress (http_stream_begin) */
     int stream_status;
     bool responded;

@@ -39,6 +39,10 @@ struct module {
     const struct route *routes;                 /* may be NULL */
     int (*init)(void);                          /* once, before loops start; 0 = ok */
     void (*loop_start)(struct loop_ctx *ctx);   /* per loop, on its thread */
+    /* Per loop, on its thread, when it stops (modules in reverse order),
+     * before its database pool closes: work still pending may answer a
+     * request or queue a query. */
+    void (*loop_stop)(struct loop_ctx *ctx);
     void (*drain)(void);                        /* once, when draining starts */
     void (*shutdown)(void);                     /* once, after loops stop */
 };

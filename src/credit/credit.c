@@ -57,14 +57,9 @@ static const struct route credit_routes[] = {
     {0},
 };
 
-static int credit_init(void);
-static void credit_shutdown(void);
-
 const struct module credit_module = {
     .name = "credit",
     .routes = credit_routes,
-    .init = credit_init,
-    .shutdown = credit_shutdown,
 };
 
 /* ---- SQL ---------------------------------------------------------------- */
@@ -98,7 +93,8 @@ static const struct db_stmt q_spend = {
     "WITH s AS (SELECT * FROM public.tenantd_credit_spend($1::uuid, $2::bigint, $3, $4, $5, $6)), "
     "aud AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action, target_type, "
     "target_id, ip, request_id, details) SELECT $1::uuid, $7, $8, 'credits.spent', "
-    "'credit_transaction', s.o_body::json->>'id', $9, $10, jsonb_build_object('amount', $2::bigint) "
+    "'credit_transaction', s.o_body::json->>'id', $9, $10, jsonb_build_object('amount', "
+    "$2::bigint) "
     "FROM s WHERE s.o_outcome = 'executed') "
     "SELECT s.o_outcome, s.o_status, s.o_headers::text, s.o_body FROM s",
 };
@@ -124,7 +120,6 @@ static const struct db_stmt q_admin = {
 #define SLUG_MAX 100
 #define LIST_LIMIT_DEFAULT 20
 #define LIST_LIMIT_MAX 100
-#define PURGE_INTERVAL_S 300
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -481,21 +476,4 @@ static void admin_credits(struct request *req)
     v[5] = req->client_ip;
     v[6] = req->request_id;
     db_query(pool, NULL, &q_admin, 7, v, admin_done, req);
-}
-
-/* ---- lifecycle ----------------------------------------------------------- */
-
-static int credit_init(void)
-{
-    const char *url = g_config ? g_config->database_url : NULL;
-    if (!url || idem_purge_start(url, PURGE_INTERVAL_S) != 0) {
-        log_msg(LOG_ERROR, "cannot start the idempotency-key purge");
-        return -1;
-    }
-    return 0;
-}
-
-static void credit_shutdown(void)
-{
-    idem_purge_stop();
 }

@@ -20,6 +20,7 @@
 
 #include "app/dbhttp.h"
 #include "auth/auth.h"
+#include "core/config.h"
 #include "core/log.h"
 #include "core/thread.h"
 #include "db/db.h"
@@ -485,3 +486,23 @@ void idem_purge_stop(void)
     purge.conninfo = NULL;
     purge.running = false;
 }
+
+/* ---- the module ---- */
+
+#define PURGE_INTERVAL_S 300
+
+static int idem_init(void)
+{
+    const char *url = g_config ? g_config->database_url : NULL;
+    if (!url || idem_purge_start(url, PURGE_INTERVAL_S) != 0) {
+        log_msg(LOG_ERROR, "cannot start the idempotency-key purge");
+        return -1;
+    }
+    return 0;
+}
+
+const struct module idem_module = {
+    .name = "idem",
+    .init = idem_init,
+    .shutdown = idem_purge_stop,
+};

@@ -7,6 +7,7 @@
 
 #include "core/http.h"
 #include "core/problem.h"
+#include "core/router.h"
 
 /*
  * Idempotency-Key (README.md, "Credits and Idempotency-Key"; IETF httpapi idempotency draft,
@@ -106,5 +107,9 @@ void idem_problem(struct request *req, struct idem_claim *claim, enum problem p,
  */
 int idem_purge_start(const char *conninfo, unsigned interval_s);
 void idem_purge_stop(void);
+
+/* The module: owns the purge thread (started at init, stopped at
+ * shutdown). No routes: the routes that take Idempotency-Key call idem_*. */
+extern const struct module idem_module;
 
 #endif

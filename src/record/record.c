@@ -468,7 +468,7 @@ static void set_etag(struct request *req, const char *version)
 static void query(struct request *req, const struct auth_ctx *a, const struct db_stmt *stmt, int n,
                   const char **values, db_cb cb, void *ud)
 {
-    struct db_pool *pool = req->ctx ? (struct db_pool *)req->ctx->db : NULL;
+    struct db_pool *pool = req->ctx ? req->ctx->db : NULL;
     if (!pool) {
         http_set_header(req, "Retry-After", "1");
         problem_respond(req, PROBLEM_UNAVAILABLE,
