@@ -421,7 +421,11 @@ static void test_boost_when_starved(void **state)
         assert_int_equal(v[i].ok, i % 2 == 1);
     }
     assert_true(boosted >= 1);
-    assert_true(ms < 5000);
+    /* Starved hashers never finish while the spinners run (they stop only
+     * after run returns), so without boosting this hangs; the bound only
+     * turns a hang into a failure. 4 hashes of 64 MiB take well under a
+     * second on a free machine; 5 s failed on a 2-core machine at load 10. */
+    assert_true(ms < 30000);
     close_loop(&loop);
     password_pool_stop();
     password_pool_set_boost_ms(100);
