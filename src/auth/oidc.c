@@ -717,6 +717,25 @@ static void signed_in(struct db_result *r, void *ud)
     }
 }
 
+/* A refused answer of the provider (forged or stale id_token, failed code
+ * exchange) is a failed sign-in of the flow's org: $1 state hash, $2
+ * reason, $3 IP, $4 request id. */
+static const struct db_stmt q_refused_audit = {
+    "oidc_refused_audit",
+    "INSERT INTO public.audit_events (org_id, actor_type, action, target_type, target_id, ip,"
+    " request_id, details) SELECT f.org_id, 'anonymous', 'auth.login_failed', 'oidc',"
+    " f.provider, $3, $4, jsonb_build_object('reason', $2::text) FROM public.oidc_flows f"
+    " WHERE f.state_hash = $1",
+};
+
+static void refused_logged(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status != DB_OK)
+        log_msg(LOG_WARN, "oidc: the failed sign-in could not be audited");
+    problem_respond(req, PROBLEM_UNAUTHORIZED, "The identity provider's answer was refused.");
+}
+
 static void callback_done(uv_work_t *w, int status)
 {
     struct flow *f = (struct flow *)w;
@@ -724,7 +743,11 @@ static void callback_done(uv_work_t *w, int status)
     arena_cleanup(req->arena, oidc_free_claims, f);
     if (status != 0 || f->failed) {
         log_msg(LOG_WARN, "oidc %s: sign-in refused: %s", f->p->name, f->err);
-        problem_respond(req, PROBLEM_UNAUTHORIZED, "The identity provider's answer was refused.");
+        f->v[0] = f->state_hash;
+        f->v[1] = arena_strdup(req->arena, f->err[0] ? f->err : "refused");
+        f->v[2] = req->client_ip;
+        f->v[3] = req->request_id;
+        db_query(req->ctx->db, NULL, &q_refused_audit, 4, f->v, refused_logged, req);
         return;
     }
     /* A one-time code for the frontend (kept in f->state, now spent). */
