@@ -61,13 +61,14 @@ static const struct db_stmt q_link_flow = {
  * Answers (verifier, nonce), or no row. */
 static const struct db_stmt q_link_claim = {
     "oidc_link_claim",
-    "WITH b AS (DELETE FROM public.oidc_codes c WHERE c.code_hash = '" OIDC_LINK_KEY_PREFIX
-    "' || $1 AND c.user_id = $3::uuid AND c.org_id = $4::uuid AND c.used_at IS NULL"
-    " RETURNING 1),"
-    " f AS (UPDATE public.oidc_flows x SET used_at = now() WHERE x.state_hash = $1"
+    "WITH f AS (UPDATE public.oidc_flows x SET used_at = now() WHERE x.state_hash = $1"
     " AND x.provider = $2 AND x.org_id = $4::uuid AND x.used_at IS NULL"
-    " AND x.expires_at > now() AND EXISTS (SELECT 1 FROM b)"
-    " RETURNING x.code_verifier, x.nonce) SELECT code_verifier, nonce FROM f",
+    " AND x.expires_at > now() AND EXISTS (SELECT 1 FROM public.oidc_codes c"
+    " WHERE c.code_hash = '" OIDC_LINK_KEY_PREFIX "' || $1 AND c.user_id = $3::uuid"
+    " AND c.org_id = $4::uuid) RETURNING x.code_verifier, x.nonce),"
+    " b AS (DELETE FROM public.oidc_codes c WHERE c.code_hash = '" OIDC_LINK_KEY_PREFIX "' || $1"
+    " AND EXISTS (SELECT 1 FROM f) RETURNING 1)"
+    " SELECT code_verifier, nonce FROM f",
 };
 
 /* $1 user id, $2 org id, $3 provider, $4 subject, $5 email (claim), $6 IP,
