@@ -88,6 +88,13 @@ class AuditCoverageTest(harness.DbTestCase):
                                                "priority": 99})
         self.assertEqual(st, 422, b)
         self.assertEqual(len(self.events(action="job.created")), 2)
+        # Short of credits (402): the statement rolls back, event and all.
+        st, b = self.server.json("PUT", "/v1/admin/job-types/audit.dear", {"cost": 10 ** 9},
+                                 bearer(OPERATOR))[:2]
+        self.assertEqual(st, 200, b)
+        st, b = self.call("POST", "/v1/jobs", {"type": "audit.dear", "payload": {}})
+        self.assertEqual(st, 402, b)
+        self.assertEqual(len(self.events(action="job.created")), 2)
 
         # Cancelled while queued: refunded; a second cancel (409) adds nothing.
         st, b = self.call("POST", f"/v1/jobs/{job['id']}/cancel")
