@@ -102,17 +102,21 @@ static const struct db_stmt q_link = {
     " WHERE x.id = $1::uuid)",
 };
 
-/* $1 user id, $2 org id, $3 provider, $4 IP, $5 request id. The user row is
- * locked so that the last-method rule sees the identities as they are.
- * Answers (unlinked, had one). */
+/* $1 user id, $2 org id, $3 provider, $4 IP, $5 request id. The user row
+ * and their other identities are locked so that the last-method rule sees
+ * the identities as they are. Answers (unlinked, had one). */
 static const struct db_stmt q_unlink = {
     "oidc_unlink",
     "WITH u AS (SELECT x.id, right(x.password_hash, 44) <> '" OIDC_NO_PASSWORD_SUFFIX "'"
     " AS has_password FROM public.users x WHERE x.id = $1::uuid AND x.org_id = $2::uuid"
     " FOR UPDATE),"
+    /* Locked, so that of two unlinks at once the later finds the row the
+     * earlier deleted gone, not as its snapshot had it. */
+    " other AS (SELECT o.id FROM public.user_identities o JOIN u ON o.user_id = u.id"
+    " WHERE o.provider <> $3 FOR UPDATE OF o),"
     " del AS (DELETE FROM public.user_identities i USING u WHERE i.user_id = u.id"
-    " AND i.provider = $3 AND (u.has_password OR EXISTS (SELECT 1 FROM public.user_identities o"
-    " WHERE o.user_id = u.id AND o.provider <> $3)) RETURNING i.subject),"
+    " AND i.provider = $3 AND (u.has_password OR EXISTS (SELECT 1 FROM other))"
+    " RETURNING i.subject),"
     " aud AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action, target_type,"
     " target_id, ip, request_id, details) SELECT $2::uuid, 'user', $1, 'user.identity_unlinked',"
     " 'user', $1, $4, $5, jsonb_build_object('provider', $3::text, 'subject', del.subject)"

@@ -4,6 +4,9 @@ id_token verified), completed only by the user who started it (a callback
 URL someone else obtained links nothing); an identity of one user only; the
 last sign-in method of a user without a password cannot be unlinked; audit
 events; isolation between orgs; bad input."""
+import os
+import re
+import subprocess
 import time
 import unittest
 import urllib.parse
@@ -246,6 +249,43 @@ class OidcLinkTest(harness.DbTestCase):
         fresh = login(self.server, email, "a new password 1", org=self.slug)["access_token"]
         st, b = self.unlink(fresh)
         self.assertEqual(st, 204, b)
+
+    def test_concurrent_unlinks_keep_one(self):
+        """Two unlinks of a passwordless user's two identities on two
+        backends at once: one goes, one stays. The server's statement is
+        run as the server runs it (taken from src/auth/oidclink.c), the
+        first held open in a transaction while the second starts."""
+        src = open(os.path.join(os.path.dirname(__file__), "../../src/auth/oidclink.c")).read()
+        body = src[src.index("q_unlink = {"):]
+        body = body[:body.index("};")]
+        # The C string literals after the statement's name, the one macro
+        # spelled out (no escapes in this statement).
+        parts = re.findall(r'"([^"]*)"|\b(OIDC_NO_PASSWORD_SUFFIX)\b', body)[1:]
+        sql = "".join(lit or "$" + "A" * 43 for lit, _ in parts)
+        uid = str(uuid.uuid4())
+        org = self.org["org"]["id"]
+        self.pg.psql("INSERT INTO public.users (id, org_id, email, role, password_hash) VALUES"
+                     f" ('{uid}', '{org}', 'race@{self.slug}.example.com', 'member',"
+                     f" '$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA${'A' * 43}');"
+                     "INSERT INTO public.user_identities (org_id, user_id, provider, subject) VALUES"
+                     f" ('{org}', '{uid}', 'p1', 's1'), ('{org}', '{uid}', 'p2', 's2')", db=self.dbname)
+
+        def stmt(provider):
+            return (f"PREPARE u AS {sql}; EXECUTE u('{uid}', '{org}', '{provider}', '127.0.0.1',"
+                    " 'r');")
+        url = self.pg.url(self.dbname)
+        first = subprocess.Popen([harness.PSQL, url, "-qAt", "-v", "ON_ERROR_STOP=1", "-c",
+                                  "BEGIN; " + stmt("p1") + " SELECT pg_sleep(1.5); COMMIT;"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        second = subprocess.run([harness.PSQL, url, "-qAt", "-v", "ON_ERROR_STOP=1", "-c",
+                                 stmt("p2")], capture_output=True, text=True, timeout=30)
+        out1, err1 = first.communicate(timeout=30)
+        self.assertEqual((first.returncode, second.returncode), (0, 0), (err1, second.stderr))
+        self.assertEqual((out1.split("\n")[0], second.stdout.strip()), ("1|t", "0|t"))
+        left = self.pg.psql(f"SELECT provider FROM public.user_identities WHERE user_id = '{uid}'",
+                            db=self.dbname)
+        self.assertEqual(left, ["p2"])
 
     def test_bad_input(self):
         def post(path, body, token=None, **hdr):
