@@ -19,8 +19,11 @@
  * the flow is claimed only with the access token of the user who started
  * it, so a foreign callback links nothing.
  *
- * An identity (provider, subject) belongs to at most one user of an org,
- * and a user has at most one identity of a provider. A user without a
+ * An identity (provider, subject) belongs to at most one user of an org
+ * (a unique key), and a user has at most one identity of a provider (checked
+ * by the linking statement; two links of one user completing at the same
+ * moment could both pass: a unique key on (user, provider) needs a
+ * migration). A user without a
  * password (OIDC_NO_PASSWORD_SUFFIX) cannot unlink their last identity:
  * they could not sign in any more (a password reset would still work).
  */
