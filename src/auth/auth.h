@@ -32,6 +32,17 @@ static inline const struct auth_ctx *auth_ctx(const struct request *req)
     return req->auth;
 }
 
+/* The caller as an audit event's actor (public.audit_events, migration
+ * 0010): its type, and its id (NULL for the operator). */
+static inline const char *auth_actor_type(const struct auth_ctx *a)
+{
+    return a->kind == AUTH_KIND_USER ? "user" : a->kind == AUTH_KIND_KEY ? "api_key" : "operator";
+}
+static inline const char *auth_actor_id(const struct auth_ctx *a)
+{
+    return a->principal_id[0] ? a->principal_id : NULL;
+}
+
 /*
  * main.c's dispatch hook: authenticates the request as the route's auth
  * level asks (401 without a valid credential, 403 for a wrong role, a

@@ -15,6 +15,8 @@
  *             -> tenantd_oidc_sign_in (linked identity | invitation | domain)
  *             -> 302 to redirect_uri?code=<one-time code>
  *   exchange: the one-time code (once) -> tokens
+ * A flow started by a signed-in user to link an identity (oidclink.c) comes
+ * back through the same callback, which hands it to the frontend instead.
  */
 #include <ctype.h>
 #include <pthread.h>
@@ -36,6 +38,7 @@
 #include <uv.h>
 
 #include "auth/internal.h"
+#include "auth/oidc_internal.h"
 #include "core/arena.h"
 #include "core/body.h"
 #include "core/config.h"
@@ -52,19 +55,10 @@
 #define FLOW_TTL_S 600
 #define CLOCK_SKEW_S 60
 
-struct provider {
-    char name[32]; /* lower case, as in the URL */
-    char *issuer, *client_id, *client_secret;
-    pthread_mutex_t mu; /* guards the caches below */
-    char *auth_ep, *token_ep, *jwks_uri;
-    json_t *jwks;
-    time_t jwks_at;
-};
-
 static struct provider providers[MAX_PROVIDERS];
 static int nproviders;
 
-static struct provider *provider_find(const char *name)
+struct provider *oidc_provider_find(const char *name)
 {
     for (int i = 0; name && i < nproviders; i++)
         if (!strcmp(providers[i].name, name))
@@ -449,11 +443,21 @@ static const struct db_stmt q_flow_insert = {
     " WHERE o.slug = lower($8) AND o.status = 'active' RETURNING 1",
 };
 
-/* The flow, claimed once. */
+/* A sign-in flow, claimed once: (verifier, nonce, false, NULL). A link flow
+ * (oidc_internal.h) is not claimed here but by the user who started it
+ * (oidclink.c): (NULL, NULL, true, redirect_uri). No row: unknown, used or
+ * expired. Of two callbacks of one state, the second updates nothing. */
 static const struct db_stmt q_flow_claim = {
     "oidc_flow_claim",
-    "UPDATE public.oidc_flows SET used_at = now() WHERE state_hash = $1 AND provider = $2"
-    " AND used_at IS NULL AND expires_at > now() RETURNING code_verifier, nonce",
+    "WITH f AS (SELECT x.state_hash, x.redirect_uri, EXISTS (SELECT 1 FROM public.oidc_codes c"
+    " WHERE c.code_hash = '" OIDC_LINK_KEY_PREFIX "' || x.state_hash) AS link"
+    " FROM public.oidc_flows x WHERE x.state_hash = $1 AND x.provider = $2"
+    " AND x.used_at IS NULL AND x.expires_at > now()),"
+    " claimed AS (UPDATE public.oidc_flows x SET used_at = now() FROM f"
+    " WHERE x.state_hash = f.state_hash AND NOT f.link AND x.used_at IS NULL"
+    " RETURNING x.code_verifier, x.nonce)"
+    " SELECT c.code_verifier, c.nonce, f.link, CASE WHEN f.link THEN f.redirect_uri END"
+    " FROM f LEFT JOIN claimed c ON true WHERE f.link OR c.nonce IS NOT NULL",
 };
 
 static const struct db_stmt q_sign_in = {
@@ -466,7 +470,7 @@ static const struct db_stmt q_exchange = {
     "SELECT public.tenantd_oidc_exchange($1, $2, $3::bigint, $4, $5)",
 };
 
-static bool redirect_allowed(const char *uri)
+bool oidc_redirect_allowed(const char *uri)
 {
     const char *list = g_config->oidc_redirect_uris;
     size_t ul = strlen(uri);
@@ -497,7 +501,7 @@ static char *url_escape(struct arena *a, const char *s)
     return out;
 }
 
-static const char *callback_url(struct request *req, const struct provider *p)
+const char *oidc_callback_url(struct request *req, const struct provider *p)
 {
     const char *base = g_config->api_url ? g_config->api_url : "";
     size_t bl = strlen(base);
@@ -506,27 +510,27 @@ static const char *callback_url(struct request *req, const struct provider *p)
     return arena_printf(req->arena, "%.*s/v1/auth/oidc/%s/callback", (int)bl, base, p->name);
 }
 
-struct flow {
-    uv_work_t w;
-    struct request *req;
-    struct provider *p;
-    bool start;
-    char state[44], verifier[44], nonce[44];
-    char state_hash[TOKEN_SHA256_HEX_BUFSZ];
-    const char *v[10];
-    /* callback */
-    char *code, *cb_url;
-    char *sub, *email, *name;
-    bool email_verified;
-    char err[256];
-    int failed;
-};
-
-static void redirect_to(struct request *req, const char *url)
+void oidc_redirect_to(struct request *req, const char *url)
 {
     http_set_header(req, "Location", url);
     http_set_header(req, "Cache-Control", "no-store");
     http_respond_empty(req, 302);
+}
+
+const char *oidc_authorization_url(struct request *req, const struct flow *f)
+{
+    unsigned char dig[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)f->verifier, strlen(f->verifier), dig);
+    char challenge[44];
+    token_b64url_encode(dig, sizeof dig, challenge, sizeof challenge);
+    struct arena *a = req->arena;
+    return arena_printf(a,
+                        "%s%sresponse_type=code&client_id=%s&redirect_uri=%s"
+                        "&scope=openid%%20email%%20profile&state=%s&nonce=%s"
+                        "&code_challenge=%s&code_challenge_method=S256",
+                        f->p->auth_ep, strchr(f->p->auth_ep, '?') ? "&" : "?",
+                        url_escape(a, f->p->client_id), url_escape(a, oidc_callback_url(req, f->p)),
+                        f->state, f->nonce, challenge);
 }
 
 static void flow_inserted(struct db_result *r, void *ud)
@@ -539,19 +543,7 @@ static void flow_inserted(struct db_result *r, void *ud)
         problem_respond(req, PROBLEM_NOT_FOUND, "No such active organization.");
         return;
     }
-    unsigned char dig[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)f->verifier, strlen(f->verifier), dig);
-    char challenge[44];
-    token_b64url_encode(dig, sizeof dig, challenge, sizeof challenge);
-    struct arena *a = req->arena;
-    redirect_to(req,
-                arena_printf(a,
-                             "%s%sresponse_type=code&client_id=%s&redirect_uri=%s"
-                             "&scope=openid%%20email%%20profile&state=%s&nonce=%s"
-                             "&code_challenge=%s&code_challenge_method=S256",
-                             f->p->auth_ep, strchr(f->p->auth_ep, '?') ? "&" : "?",
-                             url_escape(a, f->p->client_id), url_escape(a, callback_url(req, f->p)),
-                             f->state, f->nonce, challenge));
+    oidc_redirect_to(req, oidc_authorization_url(req, f));
 }
 
 static void start_discovered(uv_work_t *w, int status)
@@ -566,7 +558,7 @@ static void start_discovered(uv_work_t *w, int status)
     db_query(req->ctx->db, NULL, &q_flow_insert, 8, f->v, flow_inserted, f);
 }
 
-static void discover_work(uv_work_t *w)
+void oidc_discover_work(uv_work_t *w)
 {
     struct flow *f = (struct flow *)w;
     pthread_mutex_lock(&f->p->mu);
@@ -574,14 +566,14 @@ static void discover_work(uv_work_t *w)
     pthread_mutex_unlock(&f->p->mu);
 }
 
-static bool rand_b64(char *out, size_t outlen)
+bool oidc_rand_b64(char *out, size_t outlen)
 {
     return token_random_b64url(32, out, outlen) == 43;
 }
 
 static void oidc_start(struct request *req)
 {
-    struct provider *p = provider_find(http_param(req, "provider"));
+    struct provider *p = oidc_provider_find(http_param(req, "provider"));
     if (!p) {
         problem_respond(req, PROBLEM_NOT_FOUND, "No such sign-in provider.");
         return;
@@ -591,7 +583,7 @@ static void oidc_start(struct request *req)
     const char *inv = http_query(req, "invitation");
     if (!org || !*org || strlen(org) > 100)
         problem_add_error(&errors, "org", "is required (the organization's slug)");
-    if (!ru || !redirect_allowed(ru))
+    if (!ru || !oidc_redirect_allowed(ru))
         problem_add_error(&errors, "redirect_uri", "must be one of TENANTD_OIDC_REDIRECT_URIS");
     unsigned char raw[33];
     if (inv && token_b64url_decode(inv, strlen(inv), raw, sizeof raw) != 32)
@@ -604,8 +596,9 @@ static void oidc_start(struct request *req)
     f->req = req;
     f->p = p;
     f->start = true;
-    if (!rand_b64(f->state, sizeof f->state) || !rand_b64(f->verifier, sizeof f->verifier) ||
-        !rand_b64(f->nonce, sizeof f->nonce)) {
+    if (!oidc_rand_b64(f->state, sizeof f->state) ||
+        !oidc_rand_b64(f->verifier, sizeof f->verifier) ||
+        !oidc_rand_b64(f->nonce, sizeof f->nonce)) {
         problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
         return;
     }
@@ -623,12 +616,11 @@ static void oidc_start(struct request *req)
     f->v[5] = inv_hash;
     f->v[6] = arena_printf(req->arena, "%d", FLOW_TTL_S);
     f->v[7] = org;
-    if (uv_queue_work(req->ctx->loop, &f->w, discover_work, start_discovered) != 0)
+    if (uv_queue_work(req->ctx->loop, &f->w, oidc_discover_work, start_discovered) != 0)
         problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
 }
 
-/* Thread pool: code -> tokens -> verified claims. */
-static void callback_work(uv_work_t *w)
+void oidc_code_work(uv_work_t *w)
 {
     struct flow *f = (struct flow *)w;
     struct provider *p = f->p;
@@ -684,7 +676,7 @@ static void callback_work(uv_work_t *w)
     f->failed = !f->sub;
 }
 
-static void free_claims(void *ud)
+void oidc_free_claims(void *ud)
 {
     struct flow *f = ud;
     free(f->sub);
@@ -699,7 +691,7 @@ static void signed_in(struct db_result *r, void *ud)
     if (db_result_is(r, "23505")) {
         problem_respond(req, PROBLEM_CONFLICT,
                         "A user with this email exists in the organization; sign in with the "
-                        "password first.");
+                        "password, then link this provider (POST /v1/auth/oidc/{provider}/link).");
         return;
     }
     if (db_failed(req, r, "oidc sign-in"))
@@ -714,49 +706,71 @@ static void signed_in(struct db_result *r, void *ud)
     const char *status = json_string_value(json_object_get(j, "status"));
     const char *ru = json_string_value(json_object_get(j, "redirect_uri"));
     if (status && !strcmp(status, "ok") && ru) {
-        redirect_to(req, arena_printf(req->arena, "%s%scode=%s", ru, strchr(ru, '?') ? "&" : "?",
+        oidc_redirect_to(req,
+                         arena_printf(req->arena, "%s%scode=%s", ru, strchr(ru, '?') ? "&" : "?",
                                       f->state /* reused buffer: the one-time code */));
     } else if (ru) {
-        redirect_to(req, arena_printf(req->arena, "%s%serror=access_denied", ru,
-                                      strchr(ru, '?') ? "&" : "?"));
+        oidc_redirect_to(req, arena_printf(req->arena, "%s%serror=access_denied", ru,
+                                           strchr(ru, '?') ? "&" : "?"));
     } else {
         problem_respond(req, PROBLEM_TOKEN_INVALID, "This sign-in attempt is unknown or expired.");
     }
+}
+
+/* A refused answer of the provider (forged or stale id_token, failed code
+ * exchange) is a failed sign-in of the flow's org: $1 state hash, $2
+ * reason, $3 IP, $4 request id. */
+static const struct db_stmt q_refused_audit = {
+    "oidc_refused_audit",
+    "INSERT INTO public.audit_events (org_id, actor_type, action, target_type, target_id, ip,"
+    " request_id, details) SELECT f.org_id, 'anonymous', 'auth.login_failed', 'oidc',"
+    " f.provider, $3, $4, jsonb_build_object('reason', $2::text) FROM public.oidc_flows f"
+    " WHERE f.state_hash = $1",
+};
+
+static void refused_logged(struct db_result *r, void *ud)
+{
+    struct request *req = ud;
+    if (r->status != DB_OK)
+        log_msg(LOG_WARN, "oidc: the failed sign-in could not be audited");
+    problem_respond(req, PROBLEM_UNAUTHORIZED, "The identity provider's answer was refused.");
 }
 
 static void callback_done(uv_work_t *w, int status)
 {
     struct flow *f = (struct flow *)w;
     struct request *req = f->req;
-    arena_cleanup(req->arena, free_claims, f);
+    arena_cleanup(req->arena, oidc_free_claims, f);
     if (status != 0 || f->failed) {
         log_msg(LOG_WARN, "oidc %s: sign-in refused: %s", f->p->name, f->err);
-        problem_respond(req, PROBLEM_UNAUTHORIZED, "The identity provider's answer was refused.");
+        f->v[0] = f->state_hash;
+        f->v[1] = arena_strdup(req->arena, f->err[0] ? f->err : "refused");
+        f->v[2] = req->client_ip;
+        f->v[3] = req->request_id;
+        db_query(req->ctx->db, NULL, &q_refused_audit, 4, f->v, refused_logged, req);
         return;
     }
     /* A one-time code for the frontend (kept in f->state, now spent). */
-    if (!rand_b64(f->state, sizeof f->state)) {
+    if (!oidc_rand_b64(f->state, sizeof f->state)) {
         problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
         return;
     }
     char *code_hash = arena_alloc(req->arena, TOKEN_SHA256_HEX_BUFSZ);
     token_sha256_hex(f->state, strlen(f->state), code_hash);
-    /* An OIDC-made user has no password: a random, unmatchable argon2id hash. */
-    unsigned char salt[16], hash[32];
-    char s64[32], h64[48];
+    /* An OIDC-made user has no password (OIDC_NO_PASSWORD_SUFFIX). */
+    unsigned char salt[16];
+    char s64[32];
     RAND_bytes(salt, sizeof salt);
-    RAND_bytes(hash, sizeof hash);
     EVP_EncodeBlock((unsigned char *)s64, salt, sizeof salt);
-    EVP_EncodeBlock((unsigned char *)h64, hash, sizeof hash);
     s64[22] = '\0';
-    h64[43] = '\0';
     f->v[0] = f->state_hash;
     f->v[1] = f->p->name;
     f->v[2] = arena_strdup(req->arena, f->sub);
     f->v[3] = f->email ? arena_strdup(req->arena, f->email) : NULL;
     f->v[4] = f->email_verified ? "true" : "false";
     f->v[5] = f->name ? arena_strdup(req->arena, f->name) : NULL;
-    f->v[6] = arena_printf(req->arena, "$argon2id$v=19$m=19456,t=2,p=1$%s$%s", s64, h64);
+    f->v[6] =
+        arena_printf(req->arena, "$argon2id$v=19$m=19456,t=2,p=1$%s" OIDC_NO_PASSWORD_SUFFIX, s64);
     f->v[7] = code_hash;
     f->v[8] = req->client_ip;
     f->v[9] = req->request_id;
@@ -774,15 +788,25 @@ static void flow_claimed(struct db_result *r, void *ud)
                         "This sign-in attempt is unknown, used or expired.");
         return;
     }
+    if (!strcmp(PQgetvalue(r->res, 0, 2), "t")) {
+        /* A link: back to the frontend, whose signed-in user completes it
+         * (POST /v1/auth/oidc/{provider}/link/complete). */
+        const char *ru = PQgetvalue(r->res, 0, 3);
+        struct arena *a = req->arena;
+        oidc_redirect_to(req, arena_printf(a, "%s%slink_provider=%s&link_state=%s&link_code=%s", ru,
+                                           strchr(ru, '?') ? "&" : "?", f->p->name,
+                                           url_escape(a, f->state), url_escape(a, f->code)));
+        return;
+    }
     snprintf(f->verifier, sizeof f->verifier, "%s", PQgetvalue(r->res, 0, 0));
     snprintf(f->nonce, sizeof f->nonce, "%s", PQgetvalue(r->res, 0, 1));
-    if (uv_queue_work(req->ctx->loop, &f->w, callback_work, callback_done) != 0)
+    if (uv_queue_work(req->ctx->loop, &f->w, oidc_code_work, callback_done) != 0)
         problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
 }
 
 static void oidc_callback(struct request *req)
 {
-    struct provider *p = provider_find(http_param(req, "provider"));
+    struct provider *p = oidc_provider_find(http_param(req, "provider"));
     if (!p) {
         problem_respond(req, PROBLEM_NOT_FOUND, "No such sign-in provider.");
         return;
@@ -796,7 +820,8 @@ static void oidc_callback(struct request *req)
     f->req = req;
     f->p = p;
     f->code = arena_strdup(req->arena, code);
-    f->cb_url = (char *)callback_url(req, p);
+    f->cb_url = (char *)oidc_callback_url(req, p);
+    snprintf(f->state, sizeof f->state, "%s", state);
     token_sha256_hex(state, strlen(state), f->state_hash);
     f->v[0] = f->state_hash;
     f->v[1] = p->name;
@@ -862,6 +887,10 @@ static const struct route oidc_routes[] = {
     {HTTP_GET, "/v1/auth/oidc/{provider}/start", AUTH_NONE, oidc_start, "oidcStart"},
     {HTTP_GET, "/v1/auth/oidc/{provider}/callback", AUTH_NONE, oidc_callback, "oidcCallback"},
     {HTTP_POST, "/v1/auth/oidc/exchange", AUTH_NONE, oidc_exchange, "oidcExchange"},
+    {HTTP_POST, "/v1/auth/oidc/{provider}/link", AUTH_USER, oidc_link_start, "oidcLinkStart"},
+    {HTTP_POST, "/v1/auth/oidc/{provider}/link/complete", AUTH_USER, oidc_link_complete,
+     "oidcLinkComplete"},
+    {HTTP_DELETE, "/v1/auth/oidc/{provider}/link", AUTH_USER, oidc_unlink, "oidcUnlink"},
     {0},
 };
 

@@ -139,7 +139,11 @@ static const struct db_stmt pw_update = {
            " token_version = token_version + 1, updated_at = now()"
            " WHERE id = $1 AND org_id = $2 AND password_hash = $4 RETURNING id),"
            " r AS (UPDATE public.refresh_tokens SET revoked_at = now()"
-           " WHERE user_id IN (SELECT id FROM u) AND revoked_at IS NULL)"
+           " WHERE user_id IN (SELECT id FROM u) AND revoked_at IS NULL),"
+           /* Its audit event (migration 0010): $5 client IP, $6 request id. */
+           " a AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action,"
+           " target_type, target_id, ip, request_id) SELECT $2::uuid, 'user', u.id::text,"
+           " 'user.password_changed', 'user', u.id::text, $5, $6 FROM u)"
            " SELECT id FROM u",
 };
 
@@ -655,7 +659,7 @@ struct pwchange {
     const char *current, *next;
     size_t current_len, next_len;
     const char *old_phc, *new_phc;
-    const char *params[4];
+    const char *params[6];
 };
 
 static void pw_updated(struct db_result *r, void *ud)
@@ -690,7 +694,9 @@ static void pw_hashed(void *ud, int status, const char *phc)
     c->params[1] = a->org_id;
     c->params[2] = c->new_phc;
     c->params[3] = c->old_phc;
-    db_query(c->req->ctx->db, NULL, &pw_update, 4, c->params, pw_updated, c);
+    c->params[4] = c->req->client_ip;
+    c->params[5] = c->req->request_id;
+    db_query(c->req->ctx->db, NULL, &pw_update, 6, c->params, pw_updated, c);
 }
 
 static void pw_verified(void *ud, int status, bool ok, bool needs_rehash)

@@ -45,20 +45,26 @@ const struct module userimport_module = {
 };
 
 /* $1 org id, $2 the checked users as a JSON array of {email, name, role,
- * password_hash}. Answers the number inserted and their ids and emails. */
+ * password_hash}; $3/$4 actor, $5 IP, $6 request id of the audit events
+ * (one user.created per user inserted, migration 0010). Answers the number
+ * inserted and their ids and emails. */
 static const struct db_stmt q_import = {
     "users_import",
     "WITH ins AS (INSERT INTO public.users (org_id, email, name, role, password_hash) "
     "SELECT $1::uuid, x.u ->> 'email', x.u ->> 'name', x.u ->> 'role', x.u ->> 'password_hash' "
     "FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS x(u, n) ORDER BY x.n "
-    "ON CONFLICT (org_id, email) DO NOTHING RETURNING id, email) "
+    "ON CONFLICT (org_id, email) DO NOTHING RETURNING id, email, role), "
+    "aud AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action, target_type, "
+    "target_id, ip, request_id, details) SELECT $1::uuid, $3, $4, 'user.created', 'user', "
+    "ins.id::text, $5, $6, jsonb_build_object('email', ins.email, 'role', ins.role, 'via', "
+    "'import') FROM ins) "
     "SELECT count(*), coalesce(json_agg(json_build_object('id', id, 'email', email) "
     "ORDER BY email), '[]')::text FROM ins"};
 
 struct import_op {
     struct request *req;
     struct idem_claim *claim;
-    const char *values[2];
+    const char *values[6];
     size_t total;
 };
 
@@ -159,7 +165,7 @@ static void import_proceed(struct request *req, struct idem_claim *claim, void *
                      "The database is unavailable; try again shortly.");
         return;
     }
-    db_query(pool, NULL, &q_import, 2, op->values, import_done, op);
+    db_query(pool, NULL, &q_import, 6, op->values, import_done, op);
 }
 
 static void free_text(void *p)
@@ -209,6 +215,10 @@ static void users_import(struct request *req)
     op->req = req;
     op->values[0] = a->org_id;
     op->values[1] = text;
+    op->values[2] = auth_actor_type(a);
+    op->values[3] = auth_actor_id(a);
+    op->values[4] = req->client_ip;
+    op->values[5] = req->request_id;
     op->total = n;
     idem_claim(req, a->org_id, import_proceed, op);
 }

@@ -112,7 +112,9 @@ static const struct db_stmt q_users_get = {
  * id, client IP and request id.
  */
 #define SQL_AUDIT(from, a, b, c, d, action, target_type, details, where)                            \
-    "aud AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action, target_type, " \
+    SQL_AUDIT_AS("aud", from, a, b, c, d, action, target_type, details, where)
+#define SQL_AUDIT_AS(name, from, a, b, c, d, action, target_type, details, where)                  \
+    name " AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action, target_type, " \
     "target_id, ip, request_id, details) SELECT $1::uuid, $" a ", $" b ", '" action "', "          \
     "'" target_type "', " from ".id::text, $" c ", $" d ", " details " FROM " from " " where ")"
 
@@ -154,6 +156,9 @@ static const struct db_stmt q_users_update = {
     SQL_AUDIT("upd", "9", "10", "11", "12", "user.role_changed", "user",
               "jsonb_build_object('from', (SELECT role FROM target), 'to', upd.role)",
               "WHERE upd.role <> (SELECT role FROM target)")
+    ", " SQL_AUDIT_AS("aud_email", "upd", "9", "10", "11", "12", "user.email_changed", "user",
+                   "jsonb_build_object('from', (SELECT email FROM target), 'to', upd.email)",
+                   "WHERE upd.email <> (SELECT email FROM target)")
     " "
     "SELECT (SELECT count(*) FROM target)::int, (SELECT role FROM target), "
     "(SELECT j FROM upd)",

@@ -19,6 +19,8 @@
     X(SLUG_TAKEN, 409, "slug_taken", "Slug Taken")                                                 \
     X(EMAIL_TAKEN, 409, "email_taken", "Email Taken")                                              \
     X(LAST_ADMIN, 409, "last_admin", "Last Admin")                                                 \
+    X(IDENTITY_TAKEN, 409, "identity_taken", "Identity Taken")                                     \
+    X(LAST_SIGN_IN_METHOD, 409, "last_sign_in_method", "Last Sign-in Method")                      \
     X(TOKEN_INVALID, 400, "token_invalid", "Invalid or Expired Link")                              \
     X(PRECONDITION_FAILED, 412, "precondition_failed", "Precondition Failed")                      \
     X(PAYLOAD_TOO_LARGE, 413, "payload_too_large", "Payload Too Large")                            \

@@ -476,9 +476,16 @@ void job_ext_type_delete(struct request *req)
 
 /* ---- POST /v1/jobs/{id}/retry ----------------------------------------------------------- */
 
+/* With its audit event (the retry charges the cost again); $3/$4 actor, $5
+ * IP, $6 request id. */
 static const struct db_stmt retry_stmt = {
     "job_retry",
-    "SELECT o_outcome, o_body FROM public.tenantd_job_retry($1::uuid, $2::uuid)",
+    "WITH r AS (SELECT * FROM public.tenantd_job_retry($1::uuid, $2::uuid)),"
+    " aud AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action, target_type,"
+    " target_id, ip, request_id, details) SELECT $1::uuid, $3, $4, 'job.retried', 'job', $2, $5,"
+    " $6, jsonb_build_object('type', r.o_body::json->>'type', 'cost',"
+    " (r.o_body::json->>'cost')::bigint) FROM r WHERE r.o_outcome = 'queued')"
+    " SELECT r.o_outcome, r.o_body FROM r",
 };
 
 static void retried(struct db_result *r, void *ud)
@@ -510,8 +517,12 @@ void job_ext_retry(struct request *req)
         problem_respond(req, PROBLEM_NOT_FOUND, "No such job (job ids are UUIDs).");
         return;
     }
-    const char **v = arena_calloc(req->arena, 2 * sizeof *v);
+    const char **v = arena_calloc(req->arena, 6 * sizeof *v);
     v[0] = a->org_id;
     v[1] = id;
-    db_query(req->ctx->db, a->schema, &retry_stmt, 2, v, retried, req);
+    v[2] = auth_actor_type(a);
+    v[3] = auth_actor_id(a);
+    v[4] = req->client_ip;
+    v[5] = req->request_id;
+    db_query(req->ctx->db, a->schema, &retry_stmt, 6, v, retried, req);
 }

@@ -95,11 +95,17 @@ const struct module job_module = {
 
 /* ---- statements --------------------------------------------------------- */
 
+/* The job, its charge and its audit event (migration 0010; $10/$11 actor,
+ * $12 IP, $13 request id) commit together; a replay adds no event. */
 static const struct db_stmt enqueue_stmt = {
     "job_enqueue",
-    "SELECT o_outcome, o_status::text, o_headers::text, o_body"
-    " FROM public.tenantd_job_enqueue($1::uuid, $2, $3::jsonb, $4::int, $5::timestamptz,"
-    " $6::int, $7::bigint, $8, $9)",
+    "WITH e AS (SELECT * FROM public.tenantd_job_enqueue($1::uuid, $2, $3::jsonb, $4::int,"
+    " $5::timestamptz, $6::int, $7::bigint, $8, $9)),"
+    " aud AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action, target_type,"
+    " target_id, ip, request_id, details) SELECT $1::uuid, $10, $11, 'job.created', 'job',"
+    " e.o_body::json->>'id', $12, $13, jsonb_build_object('type', $2::text, 'cost', $7::bigint)"
+    " FROM e WHERE e.o_outcome = 'executed')"
+    " SELECT e.o_outcome, e.o_status::text, e.o_headers::text, e.o_body FROM e",
 };
 
 static const struct db_stmt get_stmt = {
@@ -122,9 +128,18 @@ static const struct db_stmt list_stmt = {
     " ORDER BY j.seq DESC LIMIT $5::int + 1",
 };
 
+/* With the audit event of a cancellation (queued: cancelled and refunded;
+ * running external: cancel requested); $3/$4 actor, $5 IP, $6 request id. */
 static const struct db_stmt cancel_stmt = {
     "job_cancel",
-    "SELECT o_outcome, o_body FROM public.tenantd_job_cancel($1::uuid, $2::uuid)",
+    "WITH c AS (SELECT * FROM public.tenantd_job_cancel($1::uuid, $2::uuid)),"
+    " aud AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action, target_type,"
+    " target_id, ip, request_id, details) SELECT $1::uuid, $3, $4, CASE c.o_outcome"
+    " WHEN 'cancelled' THEN 'job.cancelled' ELSE 'job.cancel_requested' END, 'job', $2,"
+    " $5, $6, jsonb_build_object('type', c.o_body::json->>'type', 'refunded', CASE c.o_outcome"
+    " WHEN 'cancelled' THEN (c.o_body::json->>'cost')::bigint ELSE 0 END)"
+    " FROM c WHERE c.o_outcome IN ('cancelled', 'cancel_requested'))"
+    " SELECT c.o_outcome, c.o_body FROM c",
 };
 
 /* ---- lifecycle ------------------------------------------------------------- */
@@ -375,7 +390,7 @@ void job_enqueue_send(struct request *req, const char *type, json_t *payload, in
     struct create_ctx *cc = arena_calloc(req->arena, sizeof *cc);
     cc->req = req;
     cc->cost = cost;
-    const char **vals = arena_calloc(req->arena, 9 * sizeof *vals);
+    const char **vals = arena_calloc(req->arena, 13 * sizeof *vals);
     vals[0] = a->org_id;
     vals[1] = arena_strdup(req->arena, type);
     vals[2] = payload_text;
@@ -385,7 +400,11 @@ void job_enqueue_send(struct request *req, const char *type, json_t *payload, in
     vals[6] = arena_printf(req->arena, "%" PRId64, cc->cost);
     vals[7] = ik ? ik->key : NULL;
     vals[8] = ik ? ik->hash : NULL;
-    db_query(req->ctx->db, a->schema, &enqueue_stmt, 9, vals, created, cc);
+    vals[9] = auth_actor_type(a);
+    vals[10] = auth_actor_id(a);
+    vals[11] = req->client_ip;
+    vals[12] = req->request_id;
+    db_query(req->ctx->db, a->schema, &enqueue_stmt, 13, vals, created, cc);
 }
 
 /* ---- GET /v1/jobs/{id} ------------------------------------------------------------- */
@@ -559,10 +578,14 @@ static void cancel_proceed(struct request *req, struct idem_claim *claim, void *
     struct cancel_ctx *cc = arena_calloc(req->arena, sizeof *cc);
     cc->req = req;
     cc->claim = claim;
-    const char **vals = arena_calloc(req->arena, 2 * sizeof *vals);
+    const char **vals = arena_calloc(req->arena, 6 * sizeof *vals);
     vals[0] = a->org_id;
     vals[1] = http_param(req, "id");
-    db_query(req->ctx->db, a->schema, &cancel_stmt, 2, vals, cancelled, cc);
+    vals[2] = auth_actor_type(a);
+    vals[3] = auth_actor_id(a);
+    vals[4] = req->client_ip;
+    vals[5] = req->request_id;
+    db_query(req->ctx->db, a->schema, &cancel_stmt, 6, vals, cancelled, cc);
 }
 
 static void jobs_cancel(struct request *req)

@@ -98,9 +98,14 @@ const struct module org_module = {
  * credit account (+ grant), refresh token; all or nothing. */
 static const struct db_stmt create_stmt = {
     "org_create",
-    "SELECT o_org, o_user, o_user_id, o_org_id, o_token_version"
-    " FROM public.tenantd_create_org($1, $2, $3, $4, $5, $6::bigint, $7, $8::bigint,"
-    " $9::text[], $10::int[], $11::text[], $12::text[])",
+    "WITH c AS (SELECT * FROM public.tenantd_create_org($1, $2, $3, $4, $5, $6::bigint, $7,"
+    " $8::bigint, $9::text[], $10::int[], $11::text[], $12::text[])),"
+    /* The org's first audit event (migration 0010): $13 IP, $14 request id. */
+    " aud AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action, target_type,"
+    " target_id, ip, request_id, details) SELECT c.o_org_id, 'user', c.o_user_id::text,"
+    " 'org.created', 'org', c.o_org_id::text, $13, $14, jsonb_build_object('slug',"
+    " c.o_org->>'slug', 'admin', c.o_user_id, 'credits', $6::bigint) FROM c)"
+    " SELECT c.o_org, c.o_user, c.o_user_id, c.o_org_id, c.o_token_version FROM c",
 };
 
 static const struct db_stmt get_by_id_stmt = {
@@ -385,7 +390,7 @@ struct signup {
     char refresh[TOKEN_REFRESH_BUFSZ];
     char refresh_hash[TOKEN_SHA256_HEX_BUFSZ];
     char credits[24], ttl[24];
-    const char *values[12];
+    const char *values[14];
 };
 
 /* Whether the request carries the operator's credential. */
@@ -462,7 +467,7 @@ static void signup_hashed(void *ud, int status, const char *phc)
     token_sha256_hex(s->refresh, strlen(s->refresh), s->refresh_hash);
     snprintf(s->credits, sizeof s->credits, "%" PRId64, g_config->signup_credits);
     snprintf(s->ttl, sizeof s->ttl, "%" PRId64, auth_refresh_ttl());
-    const char *v[12] = {
+    const char *v[14] = {
         s->name,
         s->slug,
         s->email,
@@ -475,6 +480,8 @@ static void signup_hashed(void *ud, int status, const char *phc)
         tenant_arrays.versions,
         tenant_arrays.names,
         tenant_arrays.checksums,
+        req->client_ip,
+        req->request_id,
     };
     memcpy(s->values, v, sizeof v);
     struct db_pool *pool = db_pool_of(req);
@@ -482,7 +489,7 @@ static void signup_hashed(void *ud, int status, const char *phc)
         problem_respond(req, PROBLEM_UNAVAILABLE, "The database is unavailable.");
         return;
     }
-    db_query(pool, NULL, &create_stmt, 12, s->values, signup_done, s);
+    db_query(pool, NULL, &create_stmt, 14, s->values, signup_done, s);
 }
 
 /* A string member: NULL with *err set when present but not a string (or

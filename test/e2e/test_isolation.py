@@ -265,7 +265,9 @@ class IsolationTest(harness.DbTestCase):
         for method, pattern, opid in param_routes:
             path = self.b.fill(pattern)
             names = set(PARAM_RE.findall(pattern))
-            own_namespace = names <= {"collection"}  # A's own collection of that name
+            # A's own collection of that name; a sign-in provider is no org's
+            # (linking one is about the caller only).
+            own_namespace = names <= {"collection", "provider"}
             for cred, token in self.a.credentials().items():
                 with self.subTest(route=f"{method} {pattern}", credential=cred):
                     status, body, _ = self.request(method, path, token, opid=opid)

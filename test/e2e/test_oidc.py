@@ -264,6 +264,14 @@ class OidcTest(harness.DbTestCase):
             with self.subTest(name):
                 kw.setdefault("claims", good)
                 self.assertEqual(self.refused(**kw).status, 401, name)
+        # Each is a failed sign-in in the org's audit log, with its reason.
+        st, b, _ = self.server.json("GET", "/v1/audit-events?action=auth.login_failed", None,
+                                    bearer(self.admin))
+        self.assertEqual(st, 200, b)
+        reasons = [e["details"]["reason"] for e in b["data"] if e["target"]["type"] == "oidc"]
+        self.assertEqual(len(reasons), len(cases), reasons)
+        self.assertIn("id_token audience mismatch", reasons)
+        self.assertTrue(all(e["actor"] == {"type": "anonymous", "id": None} for e in b["data"]))
         self.sign_in(claims=good)  # and the genuine one passes
 
     def test_key_rotation_and_es256(self):
