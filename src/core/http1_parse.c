@@ -425,7 +425,7 @@ static int on_chunk_extension(llhttp_t *p, const char *at, size_t len)
 static int on_chunk_header(llhttp_t *p)
 {
     struct conn *c = p->data;
-    /* p->content_length is the announced chunk size: srv_refuse early. */
+    /* p->content_length is the announced chunk size: refuse early. */
     if (p->content_length > (uint64_t)(c->a->body_max - c->a->body_len))
         return srv_reject(c, PROBLEM_PAYLOAD_TOO_LARGE, "The request body is too large.");
     return 0;
@@ -471,7 +471,7 @@ static int on_message_complete(llhttp_t *p)
 /*
  * llhttp 8.1 folds an obs-fold continuation line (CRLF then SP/HT) into the
  * value, and after an empty value skips it as whitespace, so no callback can
- * see it. RFC 9112 5.2 lets a server srv_reject it, and we must: a proxy in
+ * see it. RFC 9112 5.2 lets a server reject it, and we must: a proxy in
  * front may read the line differently. Strict llhttp insists on CRLF, so the
  * head ends at the first CRLFCRLF; any LF followed by SP/HT before it is a
  * fold. Returns false when one is found.

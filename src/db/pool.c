@@ -358,7 +358,7 @@ void db_query(struct db_pool *p, const char *schema, const struct db_stmt *stmt,
      * every change), so taking room now does not jump the queue. */
     if (!db_try_assign(p, q)) {
         if (db_overloaded(p)) {
-            db_fail_q(p, q, DB_UNAVAILABLE, NULL, "the database is db_overloaded");
+            db_fail_q(p, q, DB_UNAVAILABLE, NULL, "the database is overloaded");
             db_update_gauges(p);
             return;
         }
