@@ -28,7 +28,7 @@
     X(db_wait_timeout_ms, TENANTD_DB_WAIT_TIMEOUT_MS, INT, 5000, 1, 600000,                        \
       "how long a request waits for a database connection before 503")                            \
     X(db_shed_wait_ms, TENANTD_DB_SHED_WAIT_MS, INT, 1000, 0, 600000,                              \
-      "all connections busy and the oldest waiting request waited this long: 503 at once (0 = off)") \
+      "all connections busy: a request waiting this long for one gets 503, new ones at once (0 = off)") \
     X(db_statement_timeout_ms, TENANTD_DB_STATEMENT_TIMEOUT_MS, INT, 10000, 0, 3600000,            \
       "PostgreSQL statement_timeout (0 = none)")                                                   \
     X(db_reconnect_max_ms, TENANTD_DB_RECONNECT_MAX_MS, INT, 5000, 10, 600000,                     \

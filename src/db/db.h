@@ -31,9 +31,10 @@ struct db_pool_options {
     int wait_timeout_ms;     /* a query waiting longer for a connection fails DB_UNAVAILABLE */
     int statement_timeout_ms;/* PostgreSQL statement_timeout; 0 = none */
     int reconnect_max_ms;    /* back-off ceiling between reconnect attempts */
-    /* Every connection up and full, and the oldest waiting query waited
-     * this long: a new query fails DB_UNAVAILABLE at once rather than
-     * queue (overload sheds early); 0 = never. */
+    /* While every connection is up and full, a query that waited this long
+     * for one fails DB_UNAVAILABLE, and while the oldest waiting one has, a
+     * new query fails at once rather than queue (overload sheds early); 0 =
+     * never. */
     int shed_wait_ms;
     int statement_cache;     /* tenant statements prepared per connection; 0 = 4000 */
     int org_inflight;        /* statements in flight per schema; 0 = pipeline_depth (at least 3) */

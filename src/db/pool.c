@@ -370,8 +370,8 @@ void db_query(struct db_pool *p, const char *schema, const struct db_stmt *stmt,
             p->wait_head = q;
         p->wait_tail = q;
         p->nwaiting++;
-        if (!uv_is_active((uv_handle_t *)&p->wait_timer))
-            uv_timer_start(&p->wait_timer, db_on_wait_timer, (uint64_t)p->wait_ms, 0);
+        if (p->wait_head == q)
+            db_wait_timer_arm(p);
         db_open_for(p, q);
     }
     db_update_gauges(p);

@@ -228,6 +228,7 @@ bool db_try_assign(struct db_pool *p, struct dbq *q);
 void db_open_for(struct db_pool *p, const struct dbq *q);
 void db_dispatch(struct db_pool *p);
 bool db_overloaded(const struct db_pool *p);
+void db_wait_timer_arm(struct db_pool *p);
 void db_on_wait_timer(uv_timer_t *t);
 
 /* ---- conn.c: a connection's life (socket watcher, connecting, losing it) ---- */

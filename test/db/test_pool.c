@@ -1194,6 +1194,42 @@ static void test_noisy_neighbour(void)
            (unsigned long long)worst, quiet_slow);
 }
 
+/* ---- 18b. overload: queries that waited the shed bound fail, not only new ones ---- */
+
+static void test_shed_waiting(void)
+{
+    struct env e;
+    struct db_pool_options o = opts(1, 1);
+    o.shed_wait_ms = 100;
+    env_init(&e, o);
+    static const struct db_stmt sleep1 = {NULL, "SELECT pg_sleep(1)::text"};
+    struct expect slow = {"t1", &sleep1, DB_OK, ""};
+    /* Queued behind a 1 s statement on the only connection: without
+     * shedding they would all be served after ~1 s. */
+    struct expect queued[3];
+    for (int i = 0; i < 3; i++)
+        queued[i] = (struct expect){"t1", &st_one, DB_UNAVAILABLE, NULL};
+    struct expect warm = {"t1", &st_one, DB_OK, "1"};
+    expect_done = 0;
+    query(&e, "t1", &st_one, 0, NULL, expect_cb, &warm); /* the connection is open */
+    run_until(&e, &expect_done, 1, 5000, "the first query");
+    uint64_t start = uv_hrtime() / 1000000;
+    query(&e, "t1", &sleep1, 0, NULL, expect_cb, &slow); /* takes the connection */
+    for (int i = 0; i < 3; i++)
+        query(&e, "t1", &st_one, 0, NULL, expect_cb, &queued[i]);
+    run_until(&e, &expect_done, 4, 5000, "the queued queries shed");
+    uint64_t took = uv_hrtime() / 1000000 - start;
+    CHECK(took < 900, "queued queries shed after %llu ms, want ~100 (before the slow one ends)",
+          (unsigned long long)took);
+    run_until(&e, &expect_done, 5, 5000, "the slow query");
+    /* Not overloaded any more: served. */
+    struct expect after = {"t1", &st_one, DB_OK, "1"};
+    query(&e, "t1", &st_one, 0, NULL, expect_cb, &after);
+    run_until(&e, &expect_done, 6, 5000, "a query after the overload");
+    env_close(&e);
+    printf("ok - shed_waiting (%llu ms)\n", (unsigned long long)took);
+}
+
 /* ---- 19. backends are replaced one at a time ---- */
 
 struct rr_chain {
@@ -1273,6 +1309,7 @@ int main(int argc, char **argv)
         {"affinity", test_affinity},
         {"affine_lost", test_affine_lost},
         {"noisy_neighbour", test_noisy_neighbour},
+        {"shed_waiting", test_shed_waiting},
         {"recycle_one_at_a_time", test_recycle_one_at_a_time},
     };
     setvbuf(stdout, NULL, _IONBF, 0);
