@@ -22,7 +22,7 @@
 #include "core/log.h"
 #include "core/thread.h"
 
-#define NBUCKETS 8192      /* power of two */
+#define NBUCKETS 65536     /* power of two; ~1 entry a bucket at 10,000 orgs and their users */
 #define MAX_ENTRIES 200000 /* beyond this the table is flushed: memory stays bounded */
 #define TTL_KEY_S 30       /* API keys: short, they are revoked by delete */
 #define TTL_OTHER_S 300    /* orgs and users */
