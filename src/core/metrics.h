@@ -28,6 +28,7 @@ void metrics_db_reconnect(struct metrics *m);
 /* Tenant statement cache: hits, misses (prepared), evictions (deallocated). */
 void metrics_db_statements(struct metrics *m, unsigned hits, unsigned misses, unsigned evictions);
 void metrics_db_recycle(struct metrics *m); /* a backend replaced for its schema count */
+void metrics_db_spill(struct metrics *m);   /* an org query placed off its own slot */
 /* Distinct schemas seen by the pool's open backends: the most by one, the sum, and how many. */
 void metrics_pool_schemas(struct metrics *m, int max, int sum, int conns);
 

@@ -22,6 +22,8 @@
  */
 #include "db/pool_internal.h"
 
+#include "core/metrics.h"
+
 /* The 1 + SPILL slots of a schema by rendezvous (highest random weight)
  * hashing: the same for every pool of the same size, and growing the pool
  * moves only the schemas whose best slot is a new one. */
@@ -203,8 +205,11 @@ bool db_try_assign(struct db_pool *p, struct dbq *q)
     struct conn *c = choose(p, q);
     if (!c)
         return false;
-    if (q->affine && c != &p->conns[q->rank[0]])
+    if (q->affine && c != &p->conns[q->rank[0]]) {
         p->spills++;
+        if (p->metrics)
+            metrics_db_spill(p->metrics);
+    }
 
     db_conn_send(c, q);
     return true;
