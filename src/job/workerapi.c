@@ -57,7 +57,8 @@
 #define METRICS_SAMPLE_MS 5000
 
 /* ---- the LISTEN thread ----------------------------------------------------------- */
-/* Also fires due schedule ticks (schedule.c) every TENANTD_SCHEDULE_TICK_MS. */
+/* Also fires due schedule ticks (schedule.c) every TENANTD_SCHEDULE_TICK_MS in
+ * serve; `tenantd worker` ticks from its coordinator (worker.c). */
 
 static atomic_uint_fast64_t wake_gen;
 static struct {
@@ -75,10 +76,10 @@ static void *listener_main(void *arg)
     PGconn *c = NULL;
     int backoff = 100;
     uint64_t next_reap = 0, next_tick = 0, next_sample = 0, next_due = 0;
-    char due_since[64] = ""; /* the database's now() at the last look */
+    char due_since[64] = "";                      /* the database's now() at the last look */
+    int64_t tick_ms = g_config->schedule_tick_ms; /* 0: this process does not tick */
     int wait_ms =
-        (int)(g_config->job_poll_ms < g_config->schedule_tick_ms ? g_config->job_poll_ms
-                                                                 : g_config->schedule_tick_ms);
+        (int)(tick_ms > 0 && tick_ms < g_config->job_poll_ms ? tick_ms : g_config->job_poll_ms);
     while (!atomic_load(&L.stop)) {
         if (!c) {
             c = PQconnectdb(L.conninfo);
@@ -143,9 +144,9 @@ static void *listener_main(void *arg)
             job_metrics_sample(c);
             next_sample = now + (uint64_t)METRICS_SAMPLE_MS * 1000000u;
         }
-        if (now >= next_tick) {
+        if (tick_ms > 0 && now >= next_tick) {
             job_schedule_tick(c);
-            next_tick = now + (uint64_t)g_config->schedule_tick_ms * 1000000u;
+            next_tick = now + (uint64_t)tick_ms * 1000000u;
         }
         if (PQstatus(c) != CONNECTION_OK) {
             PQfinish(c);
