@@ -196,6 +196,7 @@ static int claim(struct worker *wk)
             c->payload = strdup(PQgetvalue(r, i, 4));
             if (!c->payload)
                 abort();
+            job_metrics_count(c->type, JOB_VIA_IN_PROCESS, JOB_COUNT_CLAIMED);
             c->attempt = atoi(PQgetvalue(r, i, 5));
             c->max_attempts = atoi(PQgetvalue(r, i, 6));
             /* Orgs are visited in org_id order from the cursor: continue
@@ -290,10 +291,15 @@ static void run_one(struct worker *wk, const struct claimed *c)
     if (exec_ok(wk->conn,
                 "SELECT public.tenantd_job_finish($1::uuid, $2, $3::int, $4::boolean, $5::jsonb,"
                 " $6, $7::boolean, $8::bigint, $9::bigint, $10::boolean)",
-                10, v, status, sizeof status))
+                10, v, status, sizeof status)) {
+        /* status: the job's after this attempt; "" when the lease had lapsed. */
+        job_metrics_count(c->type, JOB_VIA_IN_PROCESS,
+                          !strcmp(status, "succeeded") ? JOB_COUNT_COMPLETED
+                                                       : job_metrics_fail_outcome(status));
         log_msg(LOG_DEBUG, "job %s attempt %d end status=%s%s%s", c->id, c->attempt,
                 status[0] ? status : "lost-lease",
                 out == JOB_OK ? "" : " error=", out == JOB_OK ? "" : run.error);
+    }
     free(run.result);
 }
 

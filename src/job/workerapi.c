@@ -247,6 +247,7 @@ static void claim_answer(struct claim *c, struct db_result *r)
     char *out = arena_alloc(req->arena, len), *w = out;
     w += sprintf(w, "{\"data\":[");
     for (int i = 0; i < n; i++) {
+        job_metrics_count(PQgetvalue(r->res, i, 1), JOB_VIA_HTTP, JOB_COUNT_CLAIMED);
         if (i)
             *w++ = ',';
         size_t l = (size_t)PQgetlength(r->res, i, 2);
@@ -408,8 +409,9 @@ static const struct db_stmt heartbeat_stmt = {
 
 static const struct db_stmt finish_stmt = {
     "job_ext_finish",
-    "SELECT o_outcome, o_body FROM public.tenantd_job_ext_finish($1::uuid, $2::uuid, $3::uuid,"
-    " $4::boolean, $5::jsonb, $6, $7::boolean, $8::bigint, $9::bigint)",
+    "SELECT f.o_outcome, f.o_body, b.j->>'type', b.j->>'status'"
+    " FROM public.tenantd_job_ext_finish($1::uuid, $2::uuid, $3::uuid, $4::boolean, $5::jsonb,"
+    " $6, $7::boolean, $8::bigint, $9::bigint) f, LATERAL (SELECT f.o_body::json AS j) b",
 };
 
 /* The job id and the body's lease_id, or NULL after answering 404/400/422. */
@@ -505,6 +507,12 @@ static void finish_done(struct db_result *r, void *ud)
         return;
     if (outcome_answered(req, f->op, db_result_text(r, 0, 0)))
         return;
+    const char *type = db_result_text(r, 0, 2), *status = db_result_text(r, 0, 3);
+    if (type) /* status: the job's after the report (succeeded, queued, failed, cancelled) */
+        job_metrics_count(type, JOB_VIA_HTTP,
+                          status && !strcmp(status, "succeeded")
+                              ? JOB_COUNT_COMPLETED
+                              : job_metrics_fail_outcome(status));
     db_respond_json(req, r, 1, "No such job.");
 }
 
