@@ -139,6 +139,10 @@ enum job_count {
     JOB_COUNT__COUNT
 };
 void job_metrics_count(const char *type, enum job_via via, enum job_count what);
+/* The counters as one log line ("type(worker) claimed=N completed=N
+ * failed_retry=N ..." per type; "" when none), malloc'd; NULL when out of
+ * memory. `tenantd worker`, which has no /metrics, logs it when it stops. */
+char *job_metrics_counts_line(void);
 /* The failure counter for the job status a failed (or lost) attempt left. */
 enum job_count job_metrics_fail_outcome(const char *status);
 void job_metrics_free(void);

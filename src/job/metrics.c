@@ -229,6 +229,32 @@ static void add_counts(struct text *t)
     pthread_mutex_unlock(&count_mu);
 }
 
+char *job_metrics_counts_line(void)
+{
+    struct text t = {0};
+    add(&t, "%s", "");
+    pthread_mutex_lock(&count_mu);
+    for (size_t i = 0; i <= TYPES_MAX; i++) {
+        if (i >= ncounts && i < TYPES_MAX)
+            continue;
+        for (int via = 0; via < JOB_VIA__COUNT; via++) {
+            const unsigned long long *n = counts[i].n[via];
+            if (!n[JOB_COUNT_CLAIMED] && !n[JOB_COUNT_COMPLETED])
+                continue;
+            add(&t, "%s%s(%s) claimed=%llu completed=%llu", t.len ? " " : "", counts[i].type,
+                via_names[via], n[JOB_COUNT_CLAIMED], n[JOB_COUNT_COMPLETED]);
+            for (int w = JOB_COUNT_FAIL_RETRY; w <= JOB_COUNT_FAIL_LOST; w++)
+                add(&t, " failed_%s=%llu", fail_names[w], n[w]);
+        }
+    }
+    pthread_mutex_unlock(&count_mu);
+    if (t.oom) {
+        free(t.p);
+        return NULL;
+    }
+    return t.p;
+}
+
 char *job_metrics_text(void)
 {
     struct text t = {0};

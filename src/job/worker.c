@@ -584,5 +584,9 @@ int job_worker_main(int argc, char **argv)
     log_msg(LOG_INFO, "worker: %s, stopping (drain %lld ms)", sig == SIGINT ? "SIGINT" : "SIGTERM",
             (long long)cfg->drain_timeout_ms);
     job_workers_stop((int)cfg->drain_timeout_ms);
+    char *counts = job_metrics_counts_line();
+    log_msg(LOG_INFO, "worker: stopped; jobs of this process: %s",
+            counts && counts[0] ? counts : "none");
+    free(counts);
     return 0;
 }

@@ -58,6 +58,30 @@ class InProcessCountersTest(harness.DbTestCase):
         self.assertEqual(only(c, "sleep", "http"), {})
 
 
+class WorkerProcessCountersTest(harness.DbTestCase):
+    """`tenantd worker` has no /metrics: it logs its counters when it stops."""
+    server_env = dict(FAST, TENANTD_JOB_WORKERS="0")
+
+    def test_worker_process_logs_its_counters_at_stop(self):
+        token = signup(self.server)["access_token"]
+        jobs = [enqueue(self.server, token, "sleep", {"ms": 0}) for _ in range(2)]
+        jobs.append(enqueue(self.server, token, "fail", {"fail_attempts": 1}, max_attempts=3))
+        w = harness.Server(self.db_url, dict(FAST, TENANTD_JOB_WORKERS="1"), args=("worker",))
+        w.start(wait=False)
+        try:
+            done = [wait_job(self.server, token, j["id"])["status"] for j in jobs]
+        finally:
+            self.assertEqual(w.stop(), 0, w.log())
+        self.assertEqual(done, ["succeeded"] * 3)
+        lines = [x["msg"] for x in w.log_lines() if x.get("msg", "").startswith("worker: stopped")]
+        self.assertEqual(lines, [
+            "worker: stopped; jobs of this process:"
+            " sleep(in_process) claimed=2 completed=2 failed_retry=0 failed_failed=0"
+            " failed_cancelled=0 failed_lease_lost=0"
+            " fail(in_process) claimed=2 completed=1 failed_retry=1 failed_failed=0"
+            " failed_cancelled=0 failed_lease_lost=0"], w.log())
+
+
 class HttpCountersTest(harness.DbTestCase):
     server_env = dict(FAST, TENANTD_JOB_WORKERS="0", TENANTD_OPERATOR_TOKEN=OPERATOR,
                       TENANTD_WORKER_TOKEN=WORKER)
