@@ -27,6 +27,7 @@ TEST_PACKAGES=(
     postgresql-15 postgresql-client-15
     wrk curl ca-certificates openssl # openssl: the webhook TLS tests' certificates
     util-linux procps coreutils # runuser, flock (deps/pg.sh); ps, kill; sha256sum
+    nodejs # the examples/worker.mjs and worker.ts tests (worker.ts: npm too, if present)
 )
 
 case "${1:-}" in

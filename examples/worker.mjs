@@ -1,8 +1,7 @@
 #!/usr/bin/env node
 // A tenantd external worker in JavaScript (Node 18+, fetch only; no
 // dependencies). Typed with JSDoc, so `tsc --checkJs --noEmit` checks it
-// like TypeScript; rename to .ts and turn the JSDoc into annotations to use
-// it from a TypeScript code base.
+// like TypeScript. The same worker in TypeScript: examples/worker.ts.
 //
 //   TENANTD_URL=http://127.0.0.1:8080 TENANTD_WORKER_CREDENTIAL=<worker token or API key> \
 //       node examples/worker.mjs [--max-jobs N]

@@ -90,8 +90,8 @@
       "webhook.deliver over https: PEM file of CAs trusted beside the system's")                   \
     X(webhook_allow_private, TENANTD_WEBHOOK_ALLOW_PRIVATE, BOOL, 0, 0, 1,                         \
       "webhook.deliver may reach loopback/private/link-local addresses (tests, labs)")             \
-    X(schedule_tick_ms, TENANTD_SCHEDULE_TICK_MS, INT, 1000, 10, 60000,                           \
-      "how often each serve process fires due schedule ticks")                                     \
+    X(schedule_tick_ms, TENANTD_SCHEDULE_TICK_MS, INT, 1000, 0, 60000,                            \
+      "how often each serve and worker process fires due schedule ticks (0 = this one does not)")  \
     X(test_clock_speed, TENANTD_TEST_CLOCK_SPEED, INT, 1, 1, 100000,                               \
       "tests only: schedules see time run this many times faster, from TENANTD_TEST_CLOCK_BASE")   \
     X(test_clock_base, TENANTD_TEST_CLOCK_BASE, INT, 0, 0, INT64_C(4000000000),                    \

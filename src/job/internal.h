@@ -124,6 +124,27 @@ enum job_api_op {
 };
 void job_metrics_sample(PGconn *c);
 void job_metrics_api(enum job_api_op op, bool ok);
+
+/* Per-process, per-type counts of jobs this process's workers handled: in
+ * process (worker.c) or through the worker API (workerapi.c). */
+enum job_via { JOB_VIA_IN_PROCESS, JOB_VIA_HTTP, JOB_VIA__COUNT };
+enum job_count {
+    JOB_COUNT_CLAIMED,
+    JOB_COUNT_COMPLETED,
+    /* Failed attempts, by what became of the job: */
+    JOB_COUNT_FAIL_RETRY,     /* queued again (a retry) */
+    JOB_COUNT_FAIL_FAILED,    /* failed for good */
+    JOB_COUNT_FAIL_CANCELLED, /* its cancel was requested while it ran */
+    JOB_COUNT_FAIL_LOST,      /* the lease had lapsed: the outcome was not taken */
+    JOB_COUNT__COUNT
+};
+void job_metrics_count(const char *type, enum job_via via, enum job_count what);
+/* The counters as one log line ("type(worker) claimed=N completed=N
+ * failed_retry=N ..." per type; "" when none), malloc'd; NULL when out of
+ * memory. `tenantd worker`, which has no /metrics, logs it when it stops. */
+char *job_metrics_counts_line(void);
+/* The failure counter for the job status a failed (or lost) attempt left. */
+enum job_count job_metrics_fail_outcome(const char *status);
 void job_metrics_free(void);
 
 /* GET /v1/job-types: answers data (built-in types, stolen) plus the

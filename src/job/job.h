@@ -48,7 +48,8 @@ int job_worker_main(int argc, char **argv);
  * jobs by type, jobs ended by type and outcome, attempts claimed by type,
  * schedule ticks by outcome and event/webhook deliveries by outcome, all
  * database-wide (every process and worker), sampled every few seconds by
- * the job listener thread; plus this process's worker API calls. A
+ * the job listener thread; plus this process's worker API calls and its
+ * per-type claimed/completed/failed counters (in-process and HTTP). A
  * malloc'd string ("" before the first sample); the caller frees it.
  */
 char *job_metrics_text(void);

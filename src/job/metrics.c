@@ -5,6 +5,7 @@
  * per table and keeps the rendered text; a scrape only copies it. The
  * worker API calls of this process are counted here too.
  */
+#include <assert.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -27,6 +28,58 @@ static const char *const api_names[JOB_API__COUNT] = {"claim", "heartbeat", "com
 void job_metrics_api(enum job_api_op op, bool ok)
 {
     atomic_fetch_add_explicit(&api_calls[op][ok ? 1 : 0], 1, memory_order_relaxed);
+}
+
+/* Per-type counters. Types are declared at run time, so the table grows as
+ * types are seen, up to TYPES_MAX; later ones are counted as "other" so that
+ * the series stay bounded. Names: job_ext_name_valid or built-in. */
+#define TYPES_MAX 128
+#define TYPE_LEN 65
+struct type_counts {
+    char type[TYPE_LEN];
+    unsigned long long n[JOB_VIA__COUNT][JOB_COUNT__COUNT];
+};
+static pthread_mutex_t count_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct type_counts counts[TYPES_MAX + 1]; /* the last: "other" */
+static size_t ncounts;
+
+static const char *const via_names[JOB_VIA__COUNT] = {"in_process", "http"};
+static const char *const fail_names[JOB_COUNT__COUNT] = {
+    [JOB_COUNT_FAIL_RETRY] = "retry",
+    [JOB_COUNT_FAIL_FAILED] = "failed",
+    [JOB_COUNT_FAIL_CANCELLED] = "cancelled",
+    [JOB_COUNT_FAIL_LOST] = "lease_lost",
+};
+
+void job_metrics_count(const char *type, enum job_via via, enum job_count what)
+{
+    assert(via < JOB_VIA__COUNT && what < JOB_COUNT__COUNT);
+    pthread_mutex_lock(&count_mu);
+    size_t i = 0;
+    while (i < ncounts && strcmp(counts[i].type, type) != 0)
+        i++;
+    if (i == ncounts) {
+        if (ncounts < TYPES_MAX && strlen(type) < TYPE_LEN) {
+            snprintf(counts[i].type, TYPE_LEN, "%s", type);
+            ncounts++;
+        } else {
+            i = TYPES_MAX;
+            snprintf(counts[i].type, TYPE_LEN, "other");
+        }
+    }
+    counts[i].n[via][what]++;
+    pthread_mutex_unlock(&count_mu);
+}
+
+enum job_count job_metrics_fail_outcome(const char *status)
+{
+    if (!status || !status[0])
+        return JOB_COUNT_FAIL_LOST;
+    if (!strcmp(status, "queued"))
+        return JOB_COUNT_FAIL_RETRY;
+    if (!strcmp(status, "cancelled"))
+        return JOB_COUNT_FAIL_CANCELLED;
+    return JOB_COUNT_FAIL_FAILED;
 }
 
 struct text {
@@ -130,6 +183,78 @@ void job_metrics_sample(PGconn *c)
     pthread_mutex_unlock(&mu);
 }
 
+/* The per-type counters: a series for every type and worker kind seen. */
+static void add_counts(struct text *t)
+{
+    static const struct {
+        const char *name, *help;
+        enum job_count first, last;
+    } fam[] = {
+        {"tenantd_jobs_claimed_total", "Jobs claimed by this process's workers", JOB_COUNT_CLAIMED,
+         JOB_COUNT_CLAIMED},
+        {"tenantd_jobs_completed_total", "Jobs completed by this process's workers",
+         JOB_COUNT_COMPLETED, JOB_COUNT_COMPLETED},
+        {"tenantd_jobs_failed_total",
+         "Failed attempts of this process's workers, by what became of the job",
+         JOB_COUNT_FAIL_RETRY, JOB_COUNT_FAIL_LOST},
+    };
+    char a[80];
+    pthread_mutex_lock(&count_mu);
+    for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
+        add(t,
+            "# HELP %s %s (in_process: worker threads; http: the worker API), by type.\n"
+            "# TYPE %s counter\n",
+            fam[f].name, fam[f].help, fam[f].name);
+        for (size_t i = 0; i <= TYPES_MAX; i++) {
+            if (i >= ncounts && i < TYPES_MAX)
+                continue;
+            for (int via = 0; via < JOB_VIA__COUNT; via++) {
+                bool seen = false;
+                for (int w = 0; w < JOB_COUNT__COUNT; w++)
+                    seen = seen || counts[i].n[via][w];
+                if (!seen)
+                    continue;
+                label(counts[i].type, a, sizeof a);
+                for (enum job_count w = fam[f].first; w <= fam[f].last; w++) {
+                    if (fam[f].first == fam[f].last)
+                        add(t, "%s{type=\"%s\",worker=\"%s\"} %llu\n", fam[f].name, a,
+                            via_names[via], counts[i].n[via][w]);
+                    else
+                        add(t, "%s{type=\"%s\",worker=\"%s\",outcome=\"%s\"} %llu\n", fam[f].name,
+                            a, via_names[via], fail_names[w], counts[i].n[via][w]);
+                }
+            }
+        }
+    }
+    pthread_mutex_unlock(&count_mu);
+}
+
+char *job_metrics_counts_line(void)
+{
+    struct text t = {0};
+    add(&t, "%s", "");
+    pthread_mutex_lock(&count_mu);
+    for (size_t i = 0; i <= TYPES_MAX; i++) {
+        if (i >= ncounts && i < TYPES_MAX)
+            continue;
+        for (int via = 0; via < JOB_VIA__COUNT; via++) {
+            const unsigned long long *n = counts[i].n[via];
+            if (!n[JOB_COUNT_CLAIMED] && !n[JOB_COUNT_COMPLETED])
+                continue;
+            add(&t, "%s%s(%s) claimed=%llu completed=%llu", t.len ? " " : "", counts[i].type,
+                via_names[via], n[JOB_COUNT_CLAIMED], n[JOB_COUNT_COMPLETED]);
+            for (int w = JOB_COUNT_FAIL_RETRY; w <= JOB_COUNT_FAIL_LOST; w++)
+                add(&t, " failed_%s=%llu", fail_names[w], n[w]);
+        }
+    }
+    pthread_mutex_unlock(&count_mu);
+    if (t.oom) {
+        free(t.p);
+        return NULL;
+    }
+    return t.p;
+}
+
 char *job_metrics_text(void)
 {
     struct text t = {0};
@@ -144,6 +269,7 @@ char *job_metrics_text(void)
             add(&t, "tenantd_worker_api_calls_total{op=\"%s\",result=\"%s\"} %llu\n", api_names[op],
                 ok ? "ok" : "refused",
                 (unsigned long long)atomic_load_explicit(&api_calls[op][ok], memory_order_relaxed));
+    add_counts(&t);
     if (t.oom) {
         free(t.p);
         return NULL;

@@ -8,7 +8,9 @@
  *   DELETE /v1/schedules/{id}
  *
  * Every serve process fires due ticks from its job listener thread
- * (workerapi.c) every TENANTD_SCHEDULE_TICK_MS with one SQL function
+ * (workerapi.c), every `tenantd worker` from its coordinator thread
+ * (worker.c), every TENANTD_SCHEDULE_TICK_MS (0: not this process) with one
+ * SQL function
  * (tenantd_schedule_tick, migration 0011): rows locked SKIP LOCKED, the
  * job, the tick's record and the next run commit together, so a tick
  * happens once however many processes run. Cron arithmetic (time zones,

@@ -15,7 +15,9 @@
  * (re-LISTENs after a reconnect and wakes everyone, since notifications
  * sent meanwhile are lost), renews the leases of every job this process
  * holds (at a third of TENANTD_JOB_LEASE_MS), and reaps jobs whose lease
- * lapsed (a worker died), every poll interval.
+ * lapsed (a worker died), every poll interval. In `tenantd worker` (no
+ * listener thread of the worker API there) it also fires due schedule
+ * ticks every TENANTD_SCHEDULE_TICK_MS.
  *
  * Shutdown: workers stop claiming; a running job may finish until the
  * drain deadline (handlers wait through job_run_wait, which returns
@@ -77,6 +79,7 @@ static struct {
     struct worker *workers;
     pthread_t coord;
     int wake_fd; /* interrupts the coordinator's poll */
+    bool ticks;  /* the coordinator fires schedule ticks (`tenantd worker`) */
 } W = {.mu = PTHREAD_MUTEX_INITIALIZER, .wake_fd = -1};
 
 /* ---- waiting ---------------------------------------------------------- */
@@ -193,6 +196,7 @@ static int claim(struct worker *wk)
             c->payload = strdup(PQgetvalue(r, i, 4));
             if (!c->payload)
                 abort();
+            job_metrics_count(c->type, JOB_VIA_IN_PROCESS, JOB_COUNT_CLAIMED);
             c->attempt = atoi(PQgetvalue(r, i, 5));
             c->max_attempts = atoi(PQgetvalue(r, i, 6));
             /* Orgs are visited in org_id order from the cursor: continue
@@ -287,10 +291,15 @@ static void run_one(struct worker *wk, const struct claimed *c)
     if (exec_ok(wk->conn,
                 "SELECT public.tenantd_job_finish($1::uuid, $2, $3::int, $4::boolean, $5::jsonb,"
                 " $6, $7::boolean, $8::bigint, $9::bigint, $10::boolean)",
-                10, v, status, sizeof status))
+                10, v, status, sizeof status)) {
+        /* status: the job's after this attempt; "" when the lease had lapsed. */
+        job_metrics_count(c->type, JOB_VIA_IN_PROCESS,
+                          !strcmp(status, "succeeded") ? JOB_COUNT_COMPLETED
+                                                       : job_metrics_fail_outcome(status));
         log_msg(LOG_DEBUG, "job %s attempt %d end status=%s%s%s", c->id, c->attempt,
                 status[0] ? status : "lost-lease",
                 out == JOB_OK ? "" : " error=", out == JOB_OK ? "" : run.error);
+    }
     free(run.result);
 }
 
@@ -354,9 +363,13 @@ static void *coord_main(void *arg)
     (void)arg;
     thread_name("job-coord");
     PGconn *c = NULL;
-    uint64_t backoff = BACKOFF_MIN_MS, next_renew = 0, next_reap = 0;
+    uint64_t backoff = BACKOFF_MIN_MS, next_renew = 0, next_reap = 0, next_tick = 0;
     uint64_t renew_every = (uint64_t)g_config->job_lease_ms * 1000000u / 3;
     uint64_t reap_every = (uint64_t)g_config->job_poll_ms * 1000000u;
+    uint64_t tick_every = (uint64_t)g_config->schedule_tick_ms * 1000000u;
+    bool ticks = W.ticks && tick_every > 0;
+    if (!ticks)
+        next_tick = UINT64_MAX;
     while (!coord_stopped()) {
         if (!c) {
             c = connect_db("listener");
@@ -378,6 +391,8 @@ static void *coord_main(void *arg)
         }
         uint64_t now = job_now_ns();
         uint64_t next = next_renew < next_reap ? next_renew : next_reap;
+        if (next_tick < next)
+            next = next_tick;
         int ms = next <= now ? 0 : (int)((next - now) / 1000000u) + 1;
         struct pollfd p[2] = {{.fd = PQsocket(c), .events = POLLIN},
                               {.fd = W.wake_fd, .events = POLLIN}};
@@ -420,6 +435,12 @@ static void *coord_main(void *arg)
                 atoi(out) > 0)
                 log_msg(LOG_INFO, "job listener: %s job(s) with a lapsed lease queued again", out);
             next_reap = now + reap_every;
+        }
+        /* Row locks (SKIP LOCKED) in tenantd_schedule_tick make each tick
+         * fire once however many serve and worker processes try it. */
+        if (ticks && now >= next_tick && !stopping()) {
+            job_schedule_tick(c);
+            next_tick = now + tick_every;
         }
         if (PQstatus(c) != CONNECTION_OK) {
             PQfinish(c);
@@ -555,6 +576,7 @@ int job_worker_main(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    W.ticks = true; /* no listener thread here: the coordinator ticks schedules */
     if (job_workers_start(cfg->database_url, (int)cfg->job_workers) != 0)
         return 1;
     int sig = 0;
@@ -562,5 +584,9 @@ int job_worker_main(int argc, char **argv)
     log_msg(LOG_INFO, "worker: %s, stopping (drain %lld ms)", sig == SIGINT ? "SIGINT" : "SIGTERM",
             (long long)cfg->drain_timeout_ms);
     job_workers_stop((int)cfg->drain_timeout_ms);
+    char *counts = job_metrics_counts_line();
+    log_msg(LOG_INFO, "worker: stopped; jobs of this process: %s",
+            counts && counts[0] ? counts : "none");
+    free(counts);
     return 0;
 }

@@ -57,7 +57,8 @@
 #define METRICS_SAMPLE_MS 5000
 
 /* ---- the LISTEN thread ----------------------------------------------------------- */
-/* Also fires due schedule ticks (schedule.c) every TENANTD_SCHEDULE_TICK_MS. */
+/* Also fires due schedule ticks (schedule.c) every TENANTD_SCHEDULE_TICK_MS in
+ * serve; `tenantd worker` ticks from its coordinator (worker.c). */
 
 static atomic_uint_fast64_t wake_gen;
 static struct {
@@ -75,10 +76,10 @@ static void *listener_main(void *arg)
     PGconn *c = NULL;
     int backoff = 100;
     uint64_t next_reap = 0, next_tick = 0, next_sample = 0, next_due = 0;
-    char due_since[64] = ""; /* the database's now() at the last look */
+    char due_since[64] = "";                      /* the database's now() at the last look */
+    int64_t tick_ms = g_config->schedule_tick_ms; /* 0: this process does not tick */
     int wait_ms =
-        (int)(g_config->job_poll_ms < g_config->schedule_tick_ms ? g_config->job_poll_ms
-                                                                 : g_config->schedule_tick_ms);
+        (int)(tick_ms > 0 && tick_ms < g_config->job_poll_ms ? tick_ms : g_config->job_poll_ms);
     while (!atomic_load(&L.stop)) {
         if (!c) {
             c = PQconnectdb(L.conninfo);
@@ -143,9 +144,9 @@ static void *listener_main(void *arg)
             job_metrics_sample(c);
             next_sample = now + (uint64_t)METRICS_SAMPLE_MS * 1000000u;
         }
-        if (now >= next_tick) {
+        if (tick_ms > 0 && now >= next_tick) {
             job_schedule_tick(c);
-            next_tick = now + (uint64_t)g_config->schedule_tick_ms * 1000000u;
+            next_tick = now + (uint64_t)tick_ms * 1000000u;
         }
         if (PQstatus(c) != CONNECTION_OK) {
             PQfinish(c);
@@ -246,6 +247,7 @@ static void claim_answer(struct claim *c, struct db_result *r)
     char *out = arena_alloc(req->arena, len), *w = out;
     w += sprintf(w, "{\"data\":[");
     for (int i = 0; i < n; i++) {
+        job_metrics_count(PQgetvalue(r->res, i, 1), JOB_VIA_HTTP, JOB_COUNT_CLAIMED);
         if (i)
             *w++ = ',';
         size_t l = (size_t)PQgetlength(r->res, i, 2);
@@ -407,8 +409,9 @@ static const struct db_stmt heartbeat_stmt = {
 
 static const struct db_stmt finish_stmt = {
     "job_ext_finish",
-    "SELECT o_outcome, o_body FROM public.tenantd_job_ext_finish($1::uuid, $2::uuid, $3::uuid,"
-    " $4::boolean, $5::jsonb, $6, $7::boolean, $8::bigint, $9::bigint)",
+    "SELECT f.o_outcome, f.o_body, b.j->>'type', b.j->>'status'"
+    " FROM public.tenantd_job_ext_finish($1::uuid, $2::uuid, $3::uuid, $4::boolean, $5::jsonb,"
+    " $6, $7::boolean, $8::bigint, $9::bigint) f, LATERAL (SELECT f.o_body::json AS j) b",
 };
 
 /* The job id and the body's lease_id, or NULL after answering 404/400/422. */
@@ -504,6 +507,12 @@ static void finish_done(struct db_result *r, void *ud)
         return;
     if (outcome_answered(req, f->op, db_result_text(r, 0, 0)))
         return;
+    const char *type = db_result_text(r, 0, 2), *status = db_result_text(r, 0, 3);
+    if (type) /* status: the job's after the report (succeeded, queued, failed, cancelled) */
+        job_metrics_count(type, JOB_VIA_HTTP,
+                          status && !strcmp(status, "succeeded")
+                              ? JOB_COUNT_COMPLETED
+                              : job_metrics_fail_outcome(status));
     db_respond_json(req, r, 1, "No such job.");
 }
 

@@ -2,10 +2,13 @@
 # Job throughput: completed jobs per second, with 2 workers inside
 # `tenantd serve`, with 2 `tenantd worker` processes (one worker each), with
 # 4 external workers over the HTTP worker API (test/bench/http_worker.py:
-# claim batches of 10, complete each; the same jobs as an external type),
+# claim batches of 10, complete each; the same jobs as an external type;
+# then the same 4 workers driven by wrk, test/bench/http_worker.lua),
 # and pgbench running the external claim's UPDATE ... SKIP LOCKED (batches
 # of 10) and the completion as a script, with 4 clients (BENCH_PGBENCH=0
-# skips it).
+# skips it). Each phase also reports the CPU it used per job (tenantd, the
+# clients and the cluster's backends together; see cpu_ticks), a figure a
+# busy shared machine moves much less than jobs/s.
 #
 #   test/bench/jobs.sh
 #   BENCH_JOBS=50000 BENCH_ORGS=100 test/bench/jobs.sh
@@ -107,23 +110,48 @@ stop_all() {
     pids=()
 }
 
+# CPU used, in clock ticks, by this script's finished children (tenantd,
+# the clients, psql; a child's own children included once waited for) plus
+# the cluster's finished backends (the postmaster's children, found as the
+# checkpointer's parent). Wall-clock jobs/s swing with whatever else runs on
+# a shared machine; CPU per job much less, so each phase reports both.
+cpu_ticks() {
+    local pm
+    pm=$(awk '{print $4}' "/proc/$(sql "SELECT pid FROM pg_stat_activity
+                                       WHERE backend_type = 'checkpointer'")/stat")
+    awk '{s += $16 + $17} END {print s}' "/proc/$$/stat" "/proc/$pm/stat"
+}
+cpu_mark() { cpu_start=$(cpu_ticks); }
+# After the phase's processes ended: CPU ms per job since cpu_mark.
+cpu_report() {
+    sleep 0.3 # the postmaster reaps the last backends
+    local used total=$((jobs / orgs * orgs))
+    used=$(($(cpu_ticks) - cpu_start))
+    python3 -c "print(f'%-34s %8.3f CPU ms/job (tenantd + clients + PostgreSQL)' % ('$1', $used * 1000 / $(getconf CLK_TCK) / $total))"
+}
+
 echo "jobs: $jobs sleep(0) jobs over $orgs orgs, batch $batch, $(nproc) cores shared with PostgreSQL"
 
 prepare
+cpu_mark
 TENANTD_JOB_WORKERS=2 TENANTD_LISTEN=127.0.0.1:$(free_port) "$BIN" serve 2>>/tmp/bench-jobs-$$.log &
 pids+=($!)
 measure "serve, 2 in-process workers"
 stop_all
+cpu_report "  (serve, 2 in-process workers)"
 
 prepare
+cpu_mark
 for _ in 1 2; do
     TENANTD_JOB_WORKERS=1 "$BIN" worker 2>>/tmp/bench-jobs-$$.log &
     pids+=($!)
 done
 measure "2 tenantd worker processes"
 stop_all
+cpu_report "  (2 tenantd worker processes)"
 
 prepare bench.ext
+cpu_mark
 port=$(free_port)
 export TENANTD_WORKER_TOKEN=bench-worker-token-0123456789
 TENANTD_JOB_WORKERS=0 TENANTD_LISTEN=127.0.0.1:$port "$BIN" serve 2>>/tmp/bench-jobs-$$.log &
@@ -137,6 +165,24 @@ done
 measure "HTTP worker API, 4 Python workers"
 for p in "${wpids[@]}"; do wait "$p" || true; done
 stop_all
+cpu_report "  (HTTP, 4 Python workers)"
+
+# The same with wrk driving the 4 workers (http_worker.lua): the Python
+# clients' own CPU competes with PostgreSQL and tenantd on a small machine.
+if command -v wrk >/dev/null; then
+    prepare bench.ext
+    cpu_mark
+    port=$(free_port)
+    TENANTD_JOB_WORKERS=0 TENANTD_LISTEN=127.0.0.1:$port "$BIN" serve 2>>/tmp/bench-jobs-$$.log &
+    pids+=($!)
+    for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
+    TENANTD_WORKER_TOKEN=$TENANTD_WORKER_TOKEN BENCH_JOB_TYPE=bench.ext wrk -t4 -c4 -d600s -s test/bench/http_worker.lua \
+        "http://127.0.0.1:$port" >/dev/null &
+    pids+=($!)
+    measure "HTTP worker API, 4 wrk workers"
+    stop_all
+    cpu_report "  (HTTP, 4 wrk workers)"
+fi
 
 if [ "${BENCH_PGBENCH:-1}" != 0 ] && command -v /usr/lib/postgresql/15/bin/pgbench >/dev/null; then
     prepare bench.ext
@@ -155,12 +201,14 @@ UPDATE public.jobs SET status = 'succeeded', result = '{"ok":1}', finished_at = 
  WHERE status = 'running' AND locked_by LIKE 'lease:%' AND type = 'bench.ext';
 SQL
     total=$((jobs / orgs * orgs))
+    cpu_mark
     /usr/lib/postgresql/15/bin/pgbench -n -c 4 -j 2 -t $((total / 40)) -f /tmp/bench-jobs-$$.sql \
         "$base/$dbname" >/tmp/bench-jobs-$$.pgbench 2>&1 || cat /tmp/bench-jobs-$$.pgbench >&2
     secs=$(sql "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM public.jobs
                 WHERE status = 'succeeded'")
     done_n=$(sql "SELECT count(*) FROM public.jobs WHERE status = 'succeeded'")
     python3 -c "print(f'%-34s %8d jobs %8.2f s %10.0f jobs/s' % ('pgbench claim+complete SQL, 4 cl', $done_n, $secs, $done_n / $secs))"
+    cpu_report "  (pgbench claim+complete SQL)"
     rm -f /tmp/bench-jobs-$$.sql /tmp/bench-jobs-$$.pgbench
 fi
 rm -f /tmp/bench-jobs-$$.log

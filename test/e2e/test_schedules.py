@@ -259,5 +259,76 @@ class SchedulesTest(harness.DbTestCase):
         self.assertGreaterEqual((times[1] - times[0]).total_seconds(), 190 * 60, ticks)
 
 
+class WorkerTicksTest(harness.DbTestCase):
+    """`tenantd worker` processes tick schedules too: the one serve process
+    here does not tick (TENANTD_SCHEDULE_TICK_MS=0), three worker processes
+    do, and each tick still happens exactly once."""
+    start_server = False
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.env = env(int(time.time()))
+        cls.server = harness.Server(cls.db_url, dict(cls.env, TENANTD_SCHEDULE_TICK_MS="0"))
+        cls.server.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            rc = cls.server.stop()
+            if rc != 0:
+                raise AssertionError(f"tenantd exited with {rc}:\n{cls.server.log()}")
+        finally:
+            cls.server = None
+            super().tearDownClass()
+
+    def sql(self, q):
+        return self.pg.psql(q, db=self.dbname)
+
+    def test_three_worker_processes_tick_exactly_once(self):
+        status, body, _ = self.server.json("PUT", "/v1/admin/job-types/report.worker", {
+            "cost": 1}, bearer(OPERATOR))
+        self.assertEqual(status, 200, body)
+        o = signup(self.server)
+        auth, org_id = bearer(o["access_token"]), o["org"]["id"]
+        status, s, _ = self.server.json("POST", "/v1/schedules", {
+            "type": "report.worker", "cron": "*/10 * * * *"}, auth)
+        self.assertEqual(status, 201, s)
+        path = f"/v1/schedules/{s['id']}"
+        ticks_q = ("SELECT to_char(tick_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') || '|' ||"
+                   f" outcome FROM public.schedule_ticks WHERE schedule_id = '{s['id']}'"
+                   " ORDER BY tick_at")
+        time.sleep(2.5)  # 25 sped-up minutes: two ticks due, and serve fires none
+        self.assertEqual(self.sql(ticks_q), [])
+        status, _, _ = self.server.json("PATCH", path, {"paused": True}, auth)
+        self.assertEqual(status, 200)
+        wenv = dict(self.env, TENANTD_JOB_WORKERS="1")
+        workers = [harness.Server(self.db_url, wenv, args=("worker",)).start(wait=False)
+                   for _ in range(3)]
+        try:
+            deadline = time.time() + 20
+            while not all("job workers: 1 started" in w.log() for w in workers):
+                self.assertLess(time.time(), deadline, [w.log() for w in workers])
+                time.sleep(0.05)
+            # A resume plans from now: the ticks from here on are on time.
+            status, _, _ = self.server.json("PATCH", path, {"paused": False}, auth)
+            self.assertEqual(status, 200)
+            time.sleep(6.5)  # about six ticks, every worker process trying each one
+            status, _, _ = self.server.json("PATCH", path, {"paused": True}, auth)
+            self.assertEqual(status, 200)
+        finally:
+            rcs = [w.stop() for w in workers]
+        self.assertEqual(rcs, [0, 0, 0], [w.log() for w in workers])
+        ticks = self.sql(ticks_q)
+        self.assertGreaterEqual(len(ticks), 4, ticks)
+        times = [ts(t.split("|")[0].replace(" ", "T") + ":00.0Z") for t in ticks]
+        gaps = {(b - a).total_seconds() for a, b in zip(times, times[1:])}
+        self.assertEqual(gaps, {600.0}, ticks)  # none lost, none twice
+        self.assertTrue(all(t.split("|")[1] == "enqueued" for t in ticks), ticks)
+        jobs = self.sql(f"SELECT count(*) FROM public.jobs WHERE org_id = '{org_id}'")
+        charged = self.sql("SELECT count(*) FROM public.credit_transactions"
+                           f" WHERE org_id = '{org_id}' AND type = 'deduction'")
+        self.assertEqual((int(jobs[0]), int(charged[0])), (len(ticks), len(ticks)))
+
 if __name__ == "__main__":
     unittest.main()
