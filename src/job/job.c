@@ -31,6 +31,7 @@
 
 #include "auth/auth.h"
 #include "auth/tokens.h"
+#include "core/trace.h"
 #include "core/arena.h"
 #include "core/config.h"
 #include "core/http.h"
@@ -98,8 +99,8 @@ const struct module job_module = {
 static const struct db_stmt enqueue_stmt = {
     "job_enqueue",
     "SELECT o_outcome, o_status::text, o_headers::text, o_body"
-    " FROM public.tenantd_job_enqueue($1::uuid, $2, $3::jsonb, $4::int, $5::timestamptz,"
-    " $6::int, $7::bigint, $8, $9)",
+    " FROM public.tenantd_job_enqueue_traced($10, $11, $1::uuid, $2, $3::jsonb, $4::int,"
+    " $5::timestamptz, $6::int, $7::bigint, $8, $9)",
 };
 
 static const struct db_stmt get_stmt = {
@@ -375,7 +376,7 @@ void job_enqueue_send(struct request *req, const char *type, json_t *payload, in
     struct create_ctx *cc = arena_calloc(req->arena, sizeof *cc);
     cc->req = req;
     cc->cost = cost;
-    const char **vals = arena_calloc(req->arena, 9 * sizeof *vals);
+    const char **vals = arena_calloc(req->arena, 11 * sizeof *vals);
     vals[0] = a->org_id;
     vals[1] = arena_strdup(req->arena, type);
     vals[2] = payload_text;
@@ -385,7 +386,11 @@ void job_enqueue_send(struct request *req, const char *type, json_t *payload, in
     vals[6] = arena_printf(req->arena, "%" PRId64, cc->cost);
     vals[7] = ik ? ik->key : NULL;
     vals[8] = ik ? ik->hash : NULL;
-    db_query(req->ctx->db, a->schema, &enqueue_stmt, 9, vals, created, cc);
+    /* The job's calls out continue the request's trace (core/trace.h). */
+    const struct trace *tr = trace_of(req);
+    vals[9] = tr->traceparent;
+    vals[10] = tr->tracestate;
+    db_query(req->ctx->db, a->schema, &enqueue_stmt, 11, vals, created, cc);
 }
 
 /* ---- GET /v1/jobs/{id} ------------------------------------------------------------- */

@@ -114,3 +114,44 @@ LANGUAGE sql AS $$
         RETURNING 1)
     SELECT count(*)::integer FROM d
 $$;
+
+-- W3C trace context of the request that enqueued a job (issue 14, item 7):
+-- its server span as a traceparent, and the caller's tracestate, so that the
+-- calls the job makes (webhook.deliver) continue the trace as child spans.
+-- The request's statement sets tenantd.traceparent / tenantd.tracestate for
+-- its own transaction (tenantd_job_enqueue_traced); the trigger stamps every
+-- job inserted in it (events fanned out by the same statement included).
+ALTER TABLE public.jobs
+    ADD COLUMN traceparent text CHECK (traceparent ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'),
+    ADD COLUMN tracestate text CHECK (length(tracestate) <= 512);
+
+CREATE FUNCTION public.tenantd_job_trace() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.traceparent IS NULL THEN
+        NEW.traceparent := nullif(current_setting('tenantd.traceparent', true), '');
+        NEW.tracestate := nullif(current_setting('tenantd.tracestate', true), '');
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER jobs_trace BEFORE INSERT ON public.jobs
+    FOR EACH ROW EXECUTE FUNCTION public.tenantd_job_trace();
+
+-- tenantd_job_enqueue (0005) with the request's trace context.
+CREATE FUNCTION public.tenantd_job_enqueue_traced(
+    p_traceparent text, p_tracestate text,
+    p_org_id uuid, p_type text, p_payload jsonb, p_priority integer, p_run_at timestamptz,
+    p_max_attempts integer, p_cost bigint, p_key text DEFAULT NULL, p_hash text DEFAULT NULL,
+    OUT o_outcome text, OUT o_status integer, OUT o_headers json, OUT o_body text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('tenantd.traceparent', coalesce(p_traceparent, ''), true),
+            set_config('tenantd.tracestate', coalesce(p_tracestate, ''), true);
+    SELECT e.o_outcome, e.o_status, e.o_headers, e.o_body
+      INTO o_outcome, o_status, o_headers, o_body
+      FROM public.tenantd_job_enqueue(p_org_id, p_type, p_payload, p_priority, p_run_at,
+                                      p_max_attempts, p_cost, p_key, p_hash) e;
+    -- Later statements of this connection must not inherit the trace.
+    PERFORM set_config('tenantd.traceparent', '', true),
+            set_config('tenantd.tracestate', '', true);
+END $$;
