@@ -6,6 +6,7 @@ DROP TRIGGER jobs_trace ON public.jobs;
 DROP FUNCTION public.tenantd_job_trace();
 ALTER TABLE public.jobs DROP COLUMN traceparent, DROP COLUMN tracestate;
 DROP FUNCTION public.tenantd_rate_sweep(integer);
+DROP FUNCTION public.tenantd_login_take(bytea, bytea, bytea, bigint, bigint);
 DROP FUNCTION public.tenantd_login_succeeded(bytea, bytea, bigint);
 DROP FUNCTION public.tenantd_login_key_take(bytea, bytea, bigint, bigint);
 DROP FUNCTION public.tenantd_rate_take(text, bytea, bigint, bigint, integer);

@@ -46,8 +46,9 @@ bool org_limit_take(const char *org_id, struct ratelimit_result *out, bool *have
 /*
  * The limits shared by all instances on the database (sharedlimit.c):
  * LIMIT_LOGIN_IP and LIMIT_SIGNUP are keyed by the request's client (key
- * unused), LIMIT_LOGIN_KEY by an account key (as login_key_take, with the
- * known-client budget), LIMIT_ORG by an org id. limit_take takes one
+ * unused); LIMIT_LOGIN_KEY is a login attempt: the client's budget and then
+ * the account key's (as login_ip_take + login_key_take, with the
+ * known-client budget) in one round trip; LIMIT_ORG is keyed by an org id. limit_take takes one
  * attempt: when allowed it calls next (now or from a later callback) with
  * the result for the RateLimit headers (NULL when the limit is off); when
  * refused it answers 429 "Too many <what>" and never calls next. When the

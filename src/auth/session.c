@@ -1,8 +1,8 @@
 /*
  * Session routes: login, refresh, logout, me, password change.
  *
- * Login flow (states as named callbacks): rate limits -> find the user by
- * email (and org) -> verify on the password pool (against the dummy PHC
+ * Login flow (states as named callbacks): find the user by email (and
+ * org) -> rate limits -> verify on the password pool (against the dummy PHC
  * when there is no single match, so every failure costs the same time and
  * gets the same 401) -> start a refresh-token family in one SQL call ->
  * sign the access token. A stored hash with weaker argon2 parameters than
@@ -18,9 +18,10 @@
  * the same 401 as a wrong password, whose detail says that `org` picks the
  * organization.
  *
- * Limits (auth.c): the client's budget before the lookup, the account's
- * after it (keyed by the user found, so another org's account with the
- * same email neither shares nor resets it).
+ * Limits (auth.c, sharedlimit.c): the client's budget and the account's,
+ * taken in one round trip after the lookup (keyed by the user found, so
+ * another org's account with the same email neither shares nor resets it)
+ * and before the password is hashed.
  */
 #include <assert.h>
 #include <stdio.h>
@@ -476,8 +477,6 @@ static void login_key_allowed(struct request *req, void *ud, const struct rateli
     }
 }
 
-static void login_ip_allowed(struct request *req, void *ud, const struct ratelimit_result *r);
-
 static void login_post(struct request *req)
 {
     json_t *body = body_object(req, false);
@@ -512,13 +511,8 @@ static void login_post(struct request *req)
     if (strlen(lower) != elen) { /* an embedded NUL cannot be anyone's email */
         l->email = "";
     }
-    limit_take(req, LIMIT_LOGIN_IP, NULL, "attempts", login_ip_allowed, l);
-}
-
-static void login_ip_allowed(struct request *req, void *ud, const struct ratelimit_result *r)
-{
-    struct login *l = ud;
-    rate_show(&l->rl, &l->have_rl, r);
+    /* The limits (client, account) are taken together once the account is
+     * known: one round trip, still before any hashing. */
     l->params[0] = l->email;
     l->params[1] = l->org;
     db_query(req->ctx->db, NULL, &login_find, 2, l->params, login_found, l);
@@ -728,7 +722,6 @@ static void pw_loaded(struct db_result *r, void *ud)
         problem_respond(c->req, PROBLEM_INTERNAL, "The password could not be checked.");
 }
 
-static void pw_ip_allowed(struct request *req, void *ud, const struct ratelimit_result *r);
 static void pw_key_allowed(struct request *req, void *ud, const struct ratelimit_result *r);
 
 static void password_post(struct request *req)
@@ -751,13 +744,6 @@ static void password_post(struct request *req)
     }
     /* Guessing the current password with a stolen access token is limited
      * like logins: per client IP and per user. */
-    limit_take(req, LIMIT_LOGIN_IP, NULL, "attempts", pw_ip_allowed, c);
-}
-
-static void pw_ip_allowed(struct request *req, void *ud, const struct ratelimit_result *r)
-{
-    struct pwchange *c = ud;
-    rate_show(&c->rl, &c->have_rl, r);
     const struct auth_ctx *a = auth_ctx(req);
     limit_take(req, LIMIT_LOGIN_KEY, arena_printf(req->arena, "pw:%s", a->principal_id),
                "attempts", pw_key_allowed, c);

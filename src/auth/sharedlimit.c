@@ -62,9 +62,9 @@ static const char *const limit_names[LIMIT_KINDS] = {
 
 static const struct db_stmt take_stmt = {
     "rate_take", "SELECT granted, level FROM public.tenantd_rate_take($1, $2, $3, $4, $5)"};
-static const struct db_stmt login_key_stmt = {
-    "rate_login_key_take",
-    "SELECT granted, level FROM public.tenantd_login_key_take($1, $2, $3, $4)"};
+static const struct db_stmt login_stmt = {
+    "rate_login_take",
+    "SELECT granted, level, refused FROM public.tenantd_login_take($1, $2, $3, $4, $5)"};
 static const struct db_stmt succeeded_stmt = {
     "rate_login_succeeded", "SELECT public.tenantd_login_succeeded($1, $2, $3)"};
 static const struct db_stmt sweep_stmt = {"rate_sweep", "SELECT public.tenantd_rate_sweep($1)"};
@@ -318,9 +318,15 @@ struct take {
     void *ud;
     const char *key; /* in the arena: for the local fallback */
     const char *params[5];
-    char hex[KEY_HEX_BUFSZ], path_hex[KEY_HEX_BUFSZ];
+    char hex[KEY_HEX_BUFSZ], path_hex[KEY_HEX_BUFSZ], client_hex[KEY_HEX_BUFSZ];
     char n_s[16], period_s[16], want_s[16];
 };
+
+static void refuse_as(struct take *t, enum limit_kind counted, const struct ratelimit_result *r)
+{
+    atomic_fetch_add_explicit(&g_refused[counted], 1, memory_order_relaxed);
+    auth_ratelimit_refuse(t->req, r, t->what);
+}
 
 static void refuse(struct take *t, const struct ratelimit_result *r)
 {
@@ -364,9 +370,20 @@ static void take_locally(struct take *t, const char *why)
     case LIMIT_LOGIN_IP:
         ok = login_ip_take(ip, &r, &have);
         break;
-    case LIMIT_LOGIN_KEY:
-        ok = login_key_take(t->key, strlen(t->key), ip, &r, &have);
+    case LIMIT_LOGIN_KEY: {
+        /* The client's budget first, then the account's (the tighter shown). */
+        struct ratelimit_result k;
+        bool hk = false;
+        if (!login_ip_take(ip, &r, &have)) {
+            refuse_as(t, LIMIT_LOGIN_IP, &r);
+            return;
+        }
+        ok = login_key_take(t->key, strlen(t->key), ip, &k, &hk);
+        if (hk && (!have || !ok || k.remaining < r.remaining))
+            r = k;
+        have = have || hk;
         break;
+    }
     case LIMIT_SIGNUP:
         ok = signup_limit_take(ip, &r, &have);
         break;
@@ -401,7 +418,11 @@ static void taken(struct db_result *r, void *ud)
         if (t->kind == LIMIT_ORG)
             lease_deny(t->hex, t->n, t->period, level);
         fill_result(&res, false, t->n, t->period, level, 0);
-        refuse(t, &res);
+        /* A login take says which of its two budgets refused. */
+        bool by_client = t->kind == LIMIT_LOGIN_KEY && PQnfields(r->res) > 2 &&
+                         !PQgetisnull(r->res, 0, 2) &&
+                         strcmp(PQgetvalue(r->res, 0, 2), "login_ip") == 0;
+        refuse_as(t, by_client ? LIMIT_LOGIN_IP : t->kind, &res);
         return;
     }
     uint32_t spare = (uint32_t)(granted - 1);
@@ -456,11 +477,13 @@ void limit_take(struct request *req, enum limit_kind kind, const char *key, cons
     snprintf(t->period_s, sizeof t->period_s, "%u", period);
     if (kind == LIMIT_LOGIN_KEY) {
         key_hex(t->key, strlen(t->key), client, strlen(client), t->path_hex);
-        t->params[0] = t->hex;
-        t->params[1] = t->path_hex;
-        t->params[2] = t->n_s;
-        t->params[3] = t->period_s;
-        db_query(pool, NULL, &login_key_stmt, 4, t->params, taken, t);
+        key_hex(client, strlen(client), NULL, 0, t->client_hex);
+        t->params[0] = t->client_hex;
+        t->params[1] = t->hex;
+        t->params[2] = t->path_hex;
+        t->params[3] = t->n_s;
+        t->params[4] = t->period_s;
+        db_query(pool, NULL, &login_stmt, 5, t->params, taken, t);
     } else {
         snprintf(t->want_s, sizeof t->want_s, "%u", kind == LIMIT_ORG ? lease_want(t->hex, n) : 1);
         t->params[0] = limit_names[kind];
