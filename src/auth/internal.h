@@ -17,6 +17,8 @@ struct auth_loop {
 };
 
 /*
+ * The process's own limiters: what limit_take (below) falls back to when
+ * the database cannot answer, and the local half of a successful login.
  * Login limiters, one set per process shared by every loop (a per-loop
  * table would let a client get N x loops attempts by landing on several
  * loops), so each call takes a mutex; logins are rare next to argon2's
