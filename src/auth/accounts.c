@@ -288,24 +288,17 @@ static void actor_of(const struct auth_ctx *a, const char **type, const char **i
     *id = a->principal_id[0] ? a->principal_id : NULL;
 }
 
-/* The per-client budget of logins also covers these unauthenticated
- * routes (each costs an argon2 hash or a mail). False after 429. */
-static bool client_budget(struct request *req)
+/* The per-client budget of logins (shared by all instances) also covers
+ * these unauthenticated routes (each costs an argon2 hash or a mail): go
+ * runs when it allows, else 429. */
+static void client_budget(struct request *req, void (*go)(struct request *req, void *ud), void *ud)
 {
-    struct ratelimit_result rl;
-    bool have = false;
-    if (!login_ip_take(req->client_ip, &rl, &have)) {
-        auth_ratelimit_refuse(req, &rl, "requests from this client; try again later");
-        return false;
-    }
-    if (have)
-        auth_ratelimit_headers(req, &rl);
-    return true;
+    limit_gate(req, LIMIT_LOGIN_IP, NULL, "requests from this client; try again later", go, ud);
 }
 
 /* The common gate of the routes that take a link's token: the fields'
- * errors (422), then the token's shape (400 token_invalid, no query), then
- * the client's budget (429). False when answered. */
+ * errors (422), then the token's shape (400 token_invalid, no query). False
+ * when answered; the caller then asks client_budget. */
 static bool link_request_ok(struct request *req, json_t *errors, const char *token, size_t tlen)
 {
     if (errors) {
@@ -316,7 +309,7 @@ static bool link_request_ok(struct request *req, json_t *errors, const char *tok
         respond_token_invalid(req, "invalid");
         return false;
     }
-    return client_budget(req);
+    return true;
 }
 
 static void respond_busy(struct request *req)
@@ -580,6 +573,8 @@ static void hash_start(struct request *req, const char *pw, size_t len, password
         problem_respond(req, PROBLEM_INTERNAL, "The password could not be stored.");
 }
 
+static void accept_allowed(struct request *req, void *ud);
+
 static void invitations_accept(struct request *req)
 {
     json_t *body = body_object(req, true);
@@ -602,8 +597,16 @@ static void invitations_accept(struct request *req)
     struct accept *c = arena_calloc(req->arena, sizeof *c);
     c->req = req;
     c->name = name;
+    c->pw = pw;
+    c->pwlen = plen;
     token_sha256_hex(token, tlen, c->hash);
-    hash_start(req, pw, plen, accept_hashed, c);
+    client_budget(req, accept_allowed, c);
+}
+
+static void accept_allowed(struct request *req, void *ud)
+{
+    struct accept *c = ud;
+    hash_start(req, c->pw, c->pwlen, accept_hashed, c);
 }
 
 /* ---- password reset and email verification ------------------------------------------- */
@@ -618,6 +621,11 @@ static void token_requested(struct db_result *r, void *ud)
         "{\"message\":\"If the account exists, a mail with a link is on its way.\"}";
     http_respond(req, 202, "application/json", body, sizeof body - 1);
 }
+
+struct reset_ask {
+    const char *email, *org; /* the body's, alive with the request */
+};
+static void reset_allowed(struct request *req, void *ud);
 
 static void reset_request(struct request *req)
 {
@@ -639,8 +647,16 @@ static void reset_request(struct request *req)
         problem_respond_errors(req, "The request has invalid fields.", errors);
         return;
     }
-    if (!client_budget(req))
-        return;
+    struct reset_ask *a = arena_alloc(req->arena, sizeof *a);
+    a->email = email;
+    a->org = org;
+    client_budget(req, reset_allowed, a);
+}
+
+static void reset_allowed(struct request *req, void *ud)
+{
+    const struct reset_ask *a = ud;
+    const char *email = a->email, *org = a->org;
     char *token, *hash;
     if (!link_token_new(req, &token, &hash))
         return;
@@ -691,6 +707,9 @@ struct use {
     struct request *req;
     char hash[TOKEN_SHA256_HEX_BUFSZ];
     const char *v[5];
+    const char *pw; /* reset: the new password (the body's) */
+    size_t pwlen;
+    bool reset;
 };
 
 static void token_used(struct db_result *r, void *ud)
@@ -731,6 +750,8 @@ static void reset_hashed(void *ud, int status, const char *phc)
 
 /* Both confirm routes: the token's shape, then (reset) the new password's
  * hash, then one statement. */
+static void confirm_allowed(struct request *req, void *ud);
+
 static void confirm(struct request *req, bool reset)
 {
     json_t *body = body_object(req, true);
@@ -755,8 +776,17 @@ static void confirm(struct request *req, bool reset)
     u->v[2] = NULL;
     u->v[3] = req->client_ip;
     u->v[4] = req->request_id;
-    if (reset)
-        hash_start(req, pw, plen, reset_hashed, u);
+    u->reset = reset;
+    u->pw = pw;
+    u->pwlen = plen;
+    client_budget(req, confirm_allowed, u);
+}
+
+static void confirm_allowed(struct request *req, void *ud)
+{
+    struct use *u = ud;
+    if (u->reset)
+        hash_start(req, u->pw, u->pwlen, reset_hashed, u);
     else
         db_query(req->ctx->db, NULL, &q_token_use, 5, u->v, token_used, u);
 }

@@ -53,9 +53,10 @@ static inline const char *auth_actor_id(const struct auth_ctx *a)
 void auth_dispatch(struct request *req);
 
 /* One signup for the request's client IP (TENANTD_SIGNUP_LIMIT an hour,
- * process-wide): true with RateLimit headers set (none when the limit is
- * off), or false after answering 429 with Retry-After. */
-bool auth_signup_limit(struct request *req);
+ * shared by all instances on the database): calls go(req, ud), now or
+ * later, with RateLimit headers set (none when the limit is off), or
+ * answers 429 with Retry-After and never calls go. */
+void auth_signup_limit(struct request *req, void (*go)(struct request *req, void *ud), void *ud);
 
 /* The caller's org credential (user or API key), or NULL after answering
  * 403 for an operator or org-less credential on an org route. */
@@ -73,6 +74,11 @@ extern const struct module users_module;
 extern const struct module accounts_module;
 /* Sign-in with OIDC (src/auth/oidc.c). */
 extern const struct module oidc_module;
+
+/* The auth section of /metrics (malloc'd text, the caller frees; NULL when
+ * out of memory): the password hash queue's depth and refusals, and the
+ * rate limits' refusals by limit. */
+char *auth_metrics_text(void);
 
 /* Drops cached entries at once in this process (others learn through
  * NOTIFY, which the database triggers send). */

@@ -188,7 +188,10 @@ static void run(struct request *req, struct auth_ctx *ctx)
     req->route->handler(req);
 }
 
-/* Principal and org known: the org's state, X-Org-Name, then the level. */
+static void org_allowed(struct request *req, void *ud);
+
+/* Principal and org known: the org's state, X-Org-Name, the org's budget,
+ * then the level. */
 static void finish(struct authn *a)
 {
     struct request *req = a->req;
@@ -207,15 +210,14 @@ static void finish(struct authn *a)
                         "X-Org-Name names another organization than the credential's.");
         return;
     }
-    /* One org's traffic must not starve the others' share of the database. */
-    struct ratelimit_result rl;
-    bool have;
-    if (!org_limit_take(a->org_id, &rl, &have)) {
-        auth_ratelimit_refuse(req, &rl, "requests for this organization");
-        return;
-    }
-    if (have)
-        auth_ratelimit_headers(req, &rl);
+    /* One org's traffic must not starve the others' share of the database
+     * (a budget shared by all instances, mostly from a local lease). */
+    limit_gate(req, LIMIT_ORG, a->org_id, "requests for this organization", org_allowed, a);
+}
+
+static void org_allowed(struct request *req, void *ud)
+{
+    struct authn *a = ud;
     struct auth_ctx *ctx = arena_calloc(req->arena, sizeof *ctx);
     ctx->kind = a->kind;
     ctx->role = a->role;

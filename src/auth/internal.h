@@ -17,6 +17,8 @@ struct auth_loop {
 };
 
 /*
+ * The process's own limiters: what limit_take (below) falls back to when
+ * the database cannot answer, and the local half of a successful login.
  * Login limiters, one set per process shared by every loop (a per-loop
  * table would let a client get N x loops attempts by landing on several
  * loops), so each call takes a mutex; logins are rare next to argon2's
@@ -42,6 +44,35 @@ bool signup_limit_take(const char *ip, struct ratelimit_result *out, bool *have)
 /* And for every authenticated request of an org (TENANTD_ORG_RATE_LIMIT a
  * minute). */
 bool org_limit_take(const char *org_id, struct ratelimit_result *out, bool *have);
+
+/*
+ * The limits shared by all instances on the database (sharedlimit.c):
+ * LIMIT_LOGIN_IP and LIMIT_SIGNUP are keyed by the request's client (key
+ * unused); LIMIT_LOGIN_KEY is a login attempt: the client's budget and then
+ * the account key's (as login_ip_take + login_key_take, with the
+ * known-client budget) in one round trip; LIMIT_ORG is keyed by an org id. limit_take takes one
+ * attempt: when allowed it calls next (now or from a later callback) with
+ * the result for the RateLimit headers (NULL when the limit is off); when
+ * refused it answers 429 "Too many <what>" and never calls next. When the
+ * database cannot answer, the process's own buckets above decide.
+ */
+enum limit_kind { LIMIT_LOGIN_IP, LIMIT_LOGIN_KEY, LIMIT_SIGNUP, LIMIT_ORG, LIMIT_KINDS };
+typedef void (*limit_next)(struct request *req, void *ud, const struct ratelimit_result *r);
+void limit_take(struct request *req, enum limit_kind kind, const char *key, const char *what,
+                limit_next next, void *ud);
+/* limit_take that sets the RateLimit headers itself, then calls go(req, ud). */
+void limit_gate(struct request *req, enum limit_kind kind, const char *key, const char *what,
+                void (*go)(struct request *req, void *ud), void *ud);
+/* A login to account key succeeded: its budget is full again everywhere and
+ * the request's client is a known path of it (30 days). Does not wait. */
+void limit_login_succeeded(struct request *req, const char *key);
+/* For /metrics: the limit's name, its refusals, and takes decided locally
+ * because the database did not answer. */
+const char *limit_name(enum limit_kind kind);
+unsigned long limit_refusals(enum limit_kind kind);
+unsigned long limit_fallbacks(void);
+/* Takes sent to the database, and takes spent from a local lease. */
+void limit_take_counts(unsigned long *database, unsigned long *lease);
 
 /* RateLimit-Limit/-Remaining/-Reset for r. */
 void auth_ratelimit_headers(struct request *req, const struct ratelimit_result *r);

@@ -148,6 +148,7 @@ static struct {
 } g;
 
 static uint64_t g_boost_ms = 100; /* set before the pool starts */
+static atomic_ulong g_refusals;    /* submits refused with PASSWORD_EBUSY */
 
 /* Set while password_loop_detach runs callbacks, so a callback cannot queue
  * new work on a loop that is going away. */
@@ -603,6 +604,7 @@ static int submit(uv_loop_t *loop, struct job *j)
     if (g.queued >= g.queue_max) {
         uv_mutex_unlock(&g.mu);
         job_free(j);
+        atomic_fetch_add_explicit(&g_refusals, 1, memory_order_relaxed);
         return PASSWORD_EBUSY;
     }
     struct ploop *pl = ploop_get_locked(loop);
@@ -733,6 +735,18 @@ void password_loop_detach(uv_loop_t *loop)
     pl->refs -= n; /* the handle, still open, holds the last one */
     uv_mutex_unlock(&g.mu);
     uv_close((uv_handle_t *)&pl->poll, on_close);
+}
+
+void password_pool_stats(unsigned *waiting, unsigned *capacity, unsigned long *refusals)
+{
+    *waiting = *capacity = 0;
+    if (g.started) { /* the mutex lives while the pool does; scrapes run while loops do */
+        uv_mutex_lock(&g.mu);
+        *waiting = g.queued;
+        *capacity = g.queue_max;
+        uv_mutex_unlock(&g.mu);
+    }
+    *refusals = atomic_load_explicit(&g_refusals, memory_order_relaxed);
 }
 
 int password_pool_start(unsigned threads, unsigned queue_max, struct password_params params)

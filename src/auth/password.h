@@ -62,6 +62,10 @@ int password_pool_start(unsigned threads, unsigned queue_max, struct password_pa
  */
 void password_pool_set_boost_ms(unsigned ms);
 
+/* For /metrics: hashes waiting for a thread, the queue's bound
+ * (TENANTD_HASH_QUEUE), and submits refused because it was full. */
+void password_pool_stats(unsigned *waiting, unsigned *capacity, unsigned long *refusals);
+
 /* Jobs run by boost threads since the pool started. */
 uint64_t password_pool_boosted(void);
 

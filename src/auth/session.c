@@ -1,8 +1,8 @@
 /*
  * Session routes: login, refresh, logout, me, password change.
  *
- * Login flow (states as named callbacks): rate limits -> find the user by
- * email (and org) -> verify on the password pool (against the dummy PHC
+ * Login flow (states as named callbacks): find the user by email (and
+ * org) -> rate limits -> verify on the password pool (against the dummy PHC
  * when there is no single match, so every failure costs the same time and
  * gets the same 401) -> start a refresh-token family in one SQL call ->
  * sign the access token. A stored hash with weaker argon2 parameters than
@@ -18,9 +18,10 @@
  * the same 401 as a wrong password, whose detail says that `org` picks the
  * organization.
  *
- * Limits (auth.c): the client's budget before the lookup, the account's
- * after it (keyed by the user found, so another org's account with the
- * same email neither shares nor resets it).
+ * Limits (auth.c, sharedlimit.c): the client's budget and the account's,
+ * taken in one round trip after the lookup (keyed by the user found, so
+ * another org's account with the same email neither shares nor resets it)
+ * and before the password is hashed.
  */
 #include <assert.h>
 #include <stdio.h>
@@ -202,43 +203,19 @@ void auth_ratelimit_refuse(struct request *req, const struct ratelimit_result *r
         arena_printf(req->arena, "Too many %s; retry in %u seconds.", what, r->retry_after_s));
 }
 
-bool auth_signup_limit(struct request *req)
+void auth_signup_limit(struct request *req, void (*go)(struct request *req, void *ud), void *ud)
 {
-    struct ratelimit_result r;
-    bool have;
-    if (!signup_limit_take(req->client_ip ? req->client_ip : "", &r, &have)) {
-        auth_ratelimit_refuse(req, &r, "signups from this address");
-        return false;
-    }
-    if (have)
-        auth_ratelimit_headers(req, &r);
-    return true;
+    limit_gate(req, LIMIT_SIGNUP, NULL, "signups from this address", go, ud);
 }
 
-/* The client's attempt (before anything else). False after answering 429. */
-static bool rate_ip_ok(struct request *req, struct ratelimit_result *shown, bool *have)
+/* *shown becomes the tighter of itself and r, for the RateLimit headers of
+ * the final answer (the client's budget and the account's). */
+static void rate_show(struct ratelimit_result *shown, bool *have,
+                      const struct ratelimit_result *r)
 {
-    if (login_ip_take(req->client_ip, shown, have))
-        return true;
-    auth_ratelimit_refuse(req, shown, "attempts");
-    return false;
-}
-
-/* The account's attempt; *shown becomes the tighter of it and the client's
- * for the RateLimit headers of the final answer. False after answering 429. */
-static bool rate_key_ok(struct request *req, const char *key, size_t keylen,
-                        struct ratelimit_result *shown, bool *have)
-{
-    struct ratelimit_result r;
-    bool h;
-    if (!login_key_take(key, keylen, req->client_ip, &r, &h)) {
-        auth_ratelimit_refuse(req, &r, "attempts");
-        return false;
-    }
-    if (h && (!*have || r.remaining < shown->remaining))
-        *shown = r;
-    *have = *have || h;
-    return true;
+    if (r && (!*have || r->remaining < shown->remaining))
+        *shown = *r;
+    *have = *have || r;
 }
 
 /*
@@ -453,7 +430,7 @@ static void login_verified(void *ud, int status, bool ok, bool needs_rehash)
                         "organization's slug) or X-Org-Name.");
         return;
     }
-    login_succeeded(l->key, strlen(l->key), req->client_ip);
+    limit_login_succeeded(req, l->key);
     if (needs_rehash)
         rehash_start(req, l->user_id, l->phc, l->pw, l->pwlen);
     if (token_refresh_new(l->refresh) != 0) {
@@ -469,6 +446,8 @@ static void login_verified(void *ud, int status, bool ok, bool needs_rehash)
     l->params[4] = req->request_id;
     db_query(req->ctx->db, NULL, &issue_refresh, 5, l->params, login_issued, l);
 }
+
+static void login_key_allowed(struct request *req, void *ud, const struct ratelimit_result *r);
 
 static void login_found(struct db_result *r, void *ud)
 {
@@ -486,8 +465,13 @@ static void login_found(struct db_result *r, void *ud)
     } else {
         l->key = arena_printf(req->arena, "e:%s\n%s", l->org ? l->org : "", l->email);
     }
-    if (!rate_key_ok(req, l->key, strlen(l->key), &l->rl, &l->have_rl))
-        return;
+    limit_take(req, LIMIT_LOGIN_KEY, l->key, "attempts", login_key_allowed, l);
+}
+
+static void login_key_allowed(struct request *req, void *ud, const struct ratelimit_result *r)
+{
+    struct login *l = ud;
+    rate_show(&l->rl, &l->have_rl, r);
     /* No match: verify against the dummy, same cost. */
     int rc = password_verify_async(req->ctx->loop, l->pw, l->pwlen, l->phc, login_verified, l);
     if (rc == PASSWORD_EBUSY) {
@@ -531,8 +515,8 @@ static void login_post(struct request *req)
     if (strlen(lower) != elen) { /* an embedded NUL cannot be anyone's email */
         l->email = "";
     }
-    if (!rate_ip_ok(req, &l->rl, &l->have_rl))
-        return;
+    /* The limits (client, account) are taken together once the account is
+     * known: one round trip, still before any hashing. */
     l->params[0] = l->email;
     l->params[1] = l->org;
     db_query(req->ctx->db, NULL, &login_find, 2, l->params, login_found, l);
@@ -660,6 +644,8 @@ struct pwchange {
     size_t current_len, next_len;
     const char *old_phc, *new_phc;
     const char *params[6];
+    struct ratelimit_result rl;
+    bool have_rl;
 };
 
 static void pw_updated(struct db_result *r, void *ud)
@@ -742,6 +728,8 @@ static void pw_loaded(struct db_result *r, void *ud)
         problem_respond(c->req, PROBLEM_INTERNAL, "The password could not be checked.");
 }
 
+static void pw_key_allowed(struct request *req, void *ud, const struct ratelimit_result *r);
+
 static void password_post(struct request *req)
 {
     json_t *body = body_object(req, false);
@@ -763,12 +751,15 @@ static void password_post(struct request *req)
     /* Guessing the current password with a stolen access token is limited
      * like logins: per client IP and per user. */
     const struct auth_ctx *a = auth_ctx(req);
-    char key[48];
-    snprintf(key, sizeof key, "pw:%s", a->principal_id);
-    struct ratelimit_result rl;
-    bool have;
-    if (!rate_ip_ok(req, &rl, &have) || !rate_key_ok(req, key, strlen(key), &rl, &have))
-        return;
+    limit_take(req, LIMIT_LOGIN_KEY, arena_printf(req->arena, "pw:%s", a->principal_id),
+               "attempts", pw_key_allowed, c);
+}
+
+static void pw_key_allowed(struct request *req, void *ud, const struct ratelimit_result *r)
+{
+    struct pwchange *c = ud;
+    rate_show(&c->rl, &c->have_rl, r);
+    const struct auth_ctx *a = auth_ctx(req);
     c->params[0] = a->principal_id;
     c->params[1] = a->org_id;
     db_query(req->ctx->db, NULL, &pw_current, 2, c->params, pw_loaded, c);

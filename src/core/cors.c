@@ -12,11 +12,11 @@
 #define ALLOW_METHODS "GET, HEAD, POST, PUT, PATCH, DELETE"
 #define ALLOW_HEADERS                                                                              \
     "Authorization, Content-Type, Idempotency-Key, If-Match, If-None-Match, X-Org-Name, "          \
-    "X-Request-Id"
+    "X-Request-Id, traceparent, tracestate"
 /* What a frontend needs to read besides the CORS-safelisted headers. */
 #define EXPOSE_HEADERS                                                                             \
     "X-Request-Id, ETag, Location, Retry-After, RateLimit-Limit, RateLimit-Remaining, "            \
-    "RateLimit-Reset, Idempotent-Replayed"
+    "RateLimit-Reset, Idempotent-Replayed, traceresponse"
 #define MAX_AGE_S "600"
 #define MAX_REQUEST_HEADERS_LEN 1024
 

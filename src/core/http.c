@@ -4,6 +4,7 @@
  * in core/http_internal.h.
  */
 #include "core/http.h"
+#include "core/trace.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -338,9 +339,10 @@ static void respond_head(struct request *req, int status, const char *content_ty
     size_t reason_len = strlen(reason);
     size_t ct_len = content_type ? strlen(content_type) : 0;
     size_t rid_len = rid ? strlen(rid) : 0;
+    const struct trace *tr = trace_of(req);
     size_t cap = 64 + reason_len + 40 /* Date */ + 32 /* Content-Length */ +
                  (content_type ? 16 + ct_len : 0) + (rid ? 16 + rid_len : 0) +
-                 32 /* Connection */ + 2;
+                 32 /* Connection */ + 20 + TRACEPARENT_LEN /* traceresponse */ + 2;
     for (const struct http_out_header *h = req->out_headers; h; h = h->next)
         cap += strlen(h->name) + strlen(h->value) + 4;
     bool send_body = !req->head && len > 0;
@@ -369,6 +371,8 @@ static void respond_head(struct request *req, int status, const char *content_ty
         put(&o, "\r\nX-Request-Id: ", 16);
         put(&o, rid, rid_len);
     }
+    put(&o, "\r\ntraceresponse: ", 17);
+    put(&o, tr->traceparent, TRACEPARENT_LEN);
     put(&o, "\r\n", 2);
     if (close)
         put_header(&o, "Connection", "close");

@@ -10,6 +10,7 @@
 
 struct route;
 struct router;
+struct trace;
 struct metrics;
 
 /*
@@ -64,6 +65,7 @@ struct request {
     const char *request_id; /* the client's sane X-Request-Id, or a new one */
     const char *client_ip;  /* the client, per TENANTD_TRUSTED_PROXIES (core/proxy.h) */
     const char *peer_ip;    /* the TCP peer, whatever X-Forwarded-For says */
+    const struct trace *trace; /* W3C trace context: core/trace.h trace_of() */
 
     /* Filled by the router. */
     const struct route *route;

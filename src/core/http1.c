@@ -14,6 +14,7 @@
  * pool; an idle keep-alive connection holds only struct conn.
  */
 #include "core/server_internal.h"
+#include "core/trace.h"
 
 #define ACTIVE_POOL_MAX 64 /* kept for reuse per loop; more are freed */
 #define SPAN_KEEP 1024     /* a pooled span buffer up to this size is kept */
@@ -252,7 +253,7 @@ void srv_finish_request(struct loop_server *ls, struct request *req, int status)
     if (!req->request_id)
         req->request_id = srv_new_request_id(req->arena);
     log_request(req->request_id, req->method_str, route, req->path, status, secs * 1000.0,
-                req->client_ip, req->org_id);
+                req->client_ip, req->org_id, trace_of(req)->trace_id);
     if (ls->ctx.metrics)
         metrics_request(ls->ctx.metrics, route, req->method_str, status, secs);
     arena_free(req->arena);

@@ -101,7 +101,8 @@ void log_msg(enum log_level level, const char *fmt, ...)
 }
 
 void log_request(const char *request_id, const char *method, const char *route, const char *path,
-                 int status, double duration_ms, const char *client_ip, const char *org_id)
+                 int status, double duration_ms, const char *client_ip, const char *org_id,
+                 const char *trace_id)
 {
     if (!log_enabled(LOG_INFO))
         return;
@@ -131,6 +132,11 @@ void log_request(const char *request_id, const char *method, const char *route, 
     if (org_id) {
         put(buf, sizeof buf, &pos, ",\"org\":\"");
         put_escaped(buf, sizeof buf, &pos, org_id);
+        put(buf, sizeof buf, &pos, "\"");
+    }
+    if (trace_id) {
+        put(buf, sizeof buf, &pos, ",\"trace_id\":\"");
+        put_escaped(buf, sizeof buf, &pos, trace_id);
         put(buf, sizeof buf, &pos, "\"");
     }
     put(buf, sizeof buf, &pos, "}");

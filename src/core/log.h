@@ -14,8 +14,10 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 
 /* The per-request access line: time, request_id, method, route, path, status,
  * duration_ms, client_ip (the peer, or the client a trusted proxy names),
- * org (when known, else omitted). */
+ * org (when known, else omitted), trace_id (W3C trace context; omitted when
+ * NULL). */
 void log_request(const char *request_id, const char *method, const char *route, const char *path,
-                 int status, double duration_ms, const char *client_ip, const char *org_id);
+                 int status, double duration_ms, const char *client_ip, const char *org_id,
+                 const char *trace_id);
 
 #endif

@@ -70,6 +70,7 @@ struct metrics {
     atomic_uint_fast64_t schema_switches, reconnects;
     atomic_uint_fast64_t stmt_hits, stmt_misses, stmt_evictions, recycles, spills;
     atomic_int_fast64_t schemas_max, schemas_sum, schemas_conns;
+    atomic_uint_fast64_t refused[METRICS_REFUSED_REASONS];
 };
 
 static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -183,6 +184,12 @@ void metrics_conn_open(struct metrics *m, int delta)
 {
     if (m)
         ADD(m->conns_open, delta);
+}
+
+void metrics_conn_refused(struct metrics *m, enum metrics_refused reason)
+{
+    if (m && reason < METRICS_REFUSED_REASONS)
+        ADD(m->refused[reason], 1);
 }
 
 void metrics_pool(struct metrics *m, int in_use, int idle, int waiting)
@@ -465,7 +472,10 @@ char *metrics_render(size_t *len)
     uint64_t switches = 0, reconnects = 0, hits = 0, misses = 0, evictions = 0, recycles = 0;
     uint64_t spills = 0;
     int64_t smax = 0, ssum = 0, sconns = 0;
+    uint64_t refused[METRICS_REFUSED_REASONS] = {0};
     for (struct metrics *m = head; m; m = m->next) {
+        for (int i = 0; i < METRICS_REFUSED_REASONS; i++)
+            refused[i] += LOAD(m->refused[i]);
         hits += LOAD(m->stmt_hits);
         misses += LOAD(m->stmt_misses);
         evictions += LOAD(m->stmt_evictions);
@@ -489,6 +499,13 @@ char *metrics_render(size_t *len)
 
     buf_header(&b, "tenantd_http_connections_open", "gauge", "Open client connections.");
     buf_printf(&b, "tenantd_http_connections_open %lld\n", (long long)conns);
+    buf_header(&b, "tenantd_http_connections_refused_total", "counter",
+               "Connections answered 503 and closed at accept: the loop's table was full "
+               "(TENANTD_MAX_CONNECTIONS) or the address held TENANTD_MAX_CONNECTIONS_PER_IP.");
+    buf_printf(&b, "tenantd_http_connections_refused_total{reason=\"max_connections\"} %llu\n",
+               (unsigned long long)refused[METRICS_REFUSED_FULL]);
+    buf_printf(&b, "tenantd_http_connections_refused_total{reason=\"per_ip\"} %llu\n",
+               (unsigned long long)refused[METRICS_REFUSED_PER_IP]);
     buf_header(&b, "tenantd_db_pool_connections", "gauge",
                "Database connections of the pools, by state.");
     buf_printf(&b, "tenantd_db_pool_connections{state=\"in_use\"} %lld\n", (long long)in_use);

@@ -20,6 +20,9 @@ struct metrics *metrics_new(int loop_index);
 void metrics_request(struct metrics *m, const char *route, const char *method, int status,
                      double seconds);
 void metrics_conn_open(struct metrics *m, int delta); /* +1 on accept, -1 on close */
+/* A connection refused at accept (503 and close). */
+enum metrics_refused { METRICS_REFUSED_FULL, METRICS_REFUSED_PER_IP, METRICS_REFUSED_REASONS };
+void metrics_conn_refused(struct metrics *m, enum metrics_refused reason);
 
 /* Pool gauges and counters, updated by db/. */
 void metrics_pool(struct metrics *m, int in_use, int idle, int waiting);

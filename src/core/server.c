@@ -48,6 +48,7 @@ void srv_refuse(struct loop_server *ls)
         (void)uv_try_write((uv_stream_t *)t, &b, 1);
     }
     uv_close((uv_handle_t *)t, free_handle);
+    metrics_conn_refused(ls->ctx.metrics, METRICS_REFUSED_FULL);
     uint64_t now = uv_now(&ls->loop);
     if (now - ls->last_refusal_log >= 1000 || !ls->last_refusal_log) {
         ls->last_refusal_log = now;
@@ -60,6 +61,7 @@ void srv_refuse(struct loop_server *ls)
  * close, like srv_refuse(). */
 static void refuse_accepted(struct loop_server *ls, struct conn *c, const char *why)
 {
+    metrics_conn_refused(ls->ctx.metrics, METRICS_REFUSED_PER_IP); /* its one cause */
     uv_buf_t b = uv_buf_init(refusal, (unsigned)refusal_len);
     (void)uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
     uv_close((uv_handle_t *)&c->tcp, free_handle); /* c is the handle's start */

@@ -34,6 +34,13 @@ struct job_run {
     bool keep_charge;
 };
 
+/* The W3C trace headers for a call out of run (jobtrace.c): a child span
+ * of the request that enqueued the job, "traceparent: ...\r\n" and maybe
+ * "tracestate: ...\r\n", into out; "" when the job has no trace. One
+ * query on run->conn. */
+#define TRACE_HEADERS_MAX 640
+void job_trace_headers(struct job_run *run, char *out, size_t n);
+
 /* What a job type is: the table in types.c. */
 struct job_type {
     const char *type;

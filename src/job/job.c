@@ -31,6 +31,7 @@
 
 #include "auth/auth.h"
 #include "auth/tokens.h"
+#include "core/trace.h"
 #include "core/arena.h"
 #include "core/config.h"
 #include "core/http.h"
@@ -95,15 +96,16 @@ const struct module job_module = {
 
 /* ---- statements --------------------------------------------------------- */
 
-/* The job, its charge and its audit event (migration 0010; $10/$11 actor,
- * $12 IP, $13 request id) commit together; a replay adds no event. */
+/* The job (stamped with the request's trace, $10/$11), its charge and its
+ * audit event (migration 0010; $12/$13 actor, $14 IP, $15 request id)
+ * commit together; a replay adds no event. */
 static const struct db_stmt enqueue_stmt = {
     "job_enqueue",
-    "WITH e AS (SELECT * FROM public.tenantd_job_enqueue($1::uuid, $2, $3::jsonb, $4::int,"
-    " $5::timestamptz, $6::int, $7::bigint, $8, $9)),"
+    "WITH e AS (SELECT * FROM public.tenantd_job_enqueue_traced($10, $11, $1::uuid, $2,"
+    " $3::jsonb, $4::int, $5::timestamptz, $6::int, $7::bigint, $8, $9)),"
     " aud AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action, target_type,"
-    " target_id, ip, request_id, details) SELECT $1::uuid, $10, $11, 'job.created', 'job',"
-    " e.o_body::json->>'id', $12, $13, jsonb_build_object('type', $2::text, 'cost', $7::bigint)"
+    " target_id, ip, request_id, details) SELECT $1::uuid, $12, $13, 'job.created', 'job',"
+    " e.o_body::json->>'id', $14, $15, jsonb_build_object('type', $2::text, 'cost', $7::bigint)"
     " FROM e WHERE e.o_outcome = 'executed')"
     " SELECT e.o_outcome, e.o_status::text, e.o_headers::text, e.o_body FROM e",
 };
@@ -390,7 +392,7 @@ void job_enqueue_send(struct request *req, const char *type, json_t *payload, in
     struct create_ctx *cc = arena_calloc(req->arena, sizeof *cc);
     cc->req = req;
     cc->cost = cost;
-    const char **vals = arena_calloc(req->arena, 13 * sizeof *vals);
+    const char **vals = arena_calloc(req->arena, 15 * sizeof *vals);
     vals[0] = a->org_id;
     vals[1] = arena_strdup(req->arena, type);
     vals[2] = payload_text;
@@ -400,11 +402,15 @@ void job_enqueue_send(struct request *req, const char *type, json_t *payload, in
     vals[6] = arena_printf(req->arena, "%" PRId64, cc->cost);
     vals[7] = ik ? ik->key : NULL;
     vals[8] = ik ? ik->hash : NULL;
-    vals[9] = auth_actor_type(a);
-    vals[10] = auth_actor_id(a);
-    vals[11] = req->client_ip;
-    vals[12] = req->request_id;
-    db_query(req->ctx->db, a->schema, &enqueue_stmt, 13, vals, created, cc);
+    /* The job's calls out continue the request's trace (core/trace.h). */
+    const struct trace *tr = trace_of(req);
+    vals[9] = tr->traceparent;
+    vals[10] = tr->tracestate;
+    vals[11] = auth_actor_type(a);
+    vals[12] = auth_actor_id(a);
+    vals[13] = req->client_ip;
+    vals[14] = req->request_id;
+    db_query(req->ctx->db, a->schema, &enqueue_stmt, 15, vals, created, cc);
 }
 
 /* ---- GET /v1/jobs/{id} ------------------------------------------------------------- */

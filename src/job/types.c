@@ -882,8 +882,11 @@ static enum job_outcome webhook_run(struct job_run *run)
     if (event && token_uuid_valid(event, strlen(event)))
         snprintf(event_h, sizeof event_h, "X-Tenantd-Event: %s\r\n", event);
 
+    char trace_h[TRACE_HEADERS_MAX] = "";
+    job_trace_headers(run, trace_h, sizeof trace_h);
+
     size_t blen = strlen(body);
-    size_t hcap = strlen(url.path) + strlen(url.host) + 2 * maclen + 576;
+    size_t hcap = strlen(url.path) + strlen(url.host) + 2 * maclen + 576 + sizeof trace_h;
     char *head = malloc(hcap);
     if (!head)
         abort();
@@ -894,8 +897,9 @@ static enum job_outcome webhook_run(struct job_run *run)
                         "POST %s HTTP/1.1\r\nHost: %s%s\r\nUser-Agent: tenantd-webhook/1\r\n"
                         "Content-Type: application/json\r\nContent-Length: %zu\r\n"
                         "X-Tenantd-Signature: t=%s,v1=%s\r\nX-Tenantd-Job: %s\r\n"
-                        "X-Tenantd-Attempt: %d\r\n%sConnection: close\r\n\r\n",
-                        url.path, url.host, port, blen, ts, hex, run->id, run->attempt, event_h);
+                        "X-Tenantd-Attempt: %d\r\n%s%sConnection: close\r\n\r\n",
+                        url.path, url.host, port, blen, ts, hex, run->id, run->attempt, event_h,
+                        trace_h);
 
     uint64_t deadline = job_now_ns() + (uint64_t)g_config->webhook_timeout_ms * 1000000u;
     if (deadline > run->deadline_ns)

@@ -509,6 +509,8 @@ static const char *string_member(json_t *obj, const char *key, bool nullable, js
     return json_string_value(v);
 }
 
+static void orgs_create_allowed(struct request *req, void *ud);
+
 static void orgs_create(struct request *req)
 {
     bool op = from_operator(req);
@@ -519,9 +521,16 @@ static void orgs_create(struct request *req)
         return;
     }
     /* Each org is a schema and a password hash: one address may not create
-     * them by the thousand. */
-    if (!op && !auth_signup_limit(req))
-        return;
+     * them by the thousand (a budget all instances share). */
+    if (op)
+        orgs_create_allowed(req, NULL);
+    else
+        auth_signup_limit(req, orgs_create_allowed, NULL);
+}
+
+static void orgs_create_allowed(struct request *req, void *ud)
+{
+    (void)ud;
     json_t *body = body_object(req, false);
     if (!body)
         return;

@@ -20,11 +20,13 @@
 #include <openssl/crypto.h>
 
 #include "app/dbhttp.h"
+#include "auth/auth.h"
 #include "core/config.h"
 #include "core/embedded.h"
 #include "core/http.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/procmetrics.h"
 #include "core/problem.h"
 #include "db/db.h"
 #include "db/migrate.h"
@@ -177,27 +179,36 @@ static void metrics_get(struct request *req)
         problem_respond(req, PROBLEM_INTERNAL, "The metrics could not be rendered.");
         return;
     }
-    /* The jobs' section is sampled from the database by src/job; the build
-     * line lets a dashboard show a rollout's progress. */
-    char *jobs = job_metrics_text();
+    /* The jobs' section is sampled from the database by src/job; auth's
+     * and the process's are read at once; the build line lets a dashboard
+     * show a rollout's progress. */
     const char *info = arena_printf(req->arena,
                                     "# HELP tenantd_build_info The version and git commit of "
                                     "this binary.\n# TYPE tenantd_build_info gauge\n"
                                     "tenantd_build_info{version=\"%s\",commit=\"%s\"} 1\n",
                                     TENANTD_VERSION, config_build_commit());
-    size_t jlen = jobs ? strlen(jobs) : 0, ilen = info ? strlen(info) : 0;
-    char *all = info ? realloc(text, len + jlen + ilen) : NULL;
+    char *parts[3] = {job_metrics_text(), auth_metrics_text(), procmetrics_text()};
+    size_t total = len + (info ? strlen(info) : 0);
+    for (int i = 0; i < 3; i++)
+        total += parts[i] ? strlen(parts[i]) : 0;
+    char *all = info ? realloc(text, total) : NULL;
     if (!all) {
-        free(jobs);
+        for (int i = 0; i < 3; i++)
+            free(parts[i]);
         free(text);
         problem_respond(req, PROBLEM_INTERNAL, "The metrics could not be rendered.");
         return;
     }
-    if (jlen)
-        memcpy(all + len, jobs, jlen);
-    memcpy(all + len + jlen, info, ilen);
-    free(jobs);
-    http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", all, len + jlen + ilen);
+    for (int i = 0; i < 3; i++) {
+        size_t n = parts[i] ? strlen(parts[i]) : 0;
+        if (n)
+            memcpy(all + len, parts[i], n);
+        len += n;
+        free(parts[i]);
+    }
+    memcpy(all + len, info, strlen(info));
+    len += strlen(info);
+    http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", all, len);
     free(all);
 }
 

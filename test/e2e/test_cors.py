@@ -50,7 +50,8 @@ class CorsTest(harness.DbTestCase):
         r = preflight(self.server, "/v1/records", APP, method="GET")
         self.assertEqual(r.status, 204)
         allowed = r.getheader("Access-Control-Allow-Headers").lower()
-        for h in ("authorization", "content-type", "idempotency-key", "if-match", "x-org-name"):
+        for h in ("authorization", "content-type", "idempotency-key", "if-match", "x-org-name",
+                  "traceparent", "tracestate"):
             self.assertIn(h, allowed)
 
     def test_preflight_with_a_malformed_header_list_gets_ours(self):
@@ -83,7 +84,7 @@ class CorsTest(harness.DbTestCase):
                 self.assertIn("Origin", r.getheader("Vary"))
                 exposed = r.getheader("Access-Control-Expose-Headers")
                 for h in ("X-Request-Id", "ETag", "Retry-After", "RateLimit-Remaining",
-                          "Idempotent-Replayed"):
+                          "Idempotent-Replayed", "traceresponse"):
                     self.assertIn(h, exposed)
 
     def test_other_origins_and_no_origin_get_no_cors_headers(self):
