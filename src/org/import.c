@@ -599,22 +599,24 @@ static void import_done(struct db_result *r, void *ud)
     struct request *req = op->req;
     double ms = (double)(uv_hrtime() - op->start_ns) / 1e6;
     if (r->status == DB_ERROR && r->sqlstate && strcmp(r->sqlstate, "23505") == 0) {
-        /* A concurrent request took an id or the slug after the checks. */
-        log_msg(LOG_INFO, "org import of %s: a unique key was taken meanwhile", op->c.org_id);
+        /* A concurrent request took an id or the slug after the checks, or
+         * the ledger charges (refunds) one run of a job twice. */
+        log_msg(LOG_INFO, "org import of %s: a unique key: %s", op->c.org_id,
+                r->message ? r->message : "-");
         problem_respond(req, PROBLEM_CONFLICT,
-                        "An id or the slug of the export was taken while it was imported; "
-                        "nothing was imported.");
+                        "An id or the slug of the export was taken while it was imported, or its "
+                        "ledger charges one run of a job twice; nothing was imported.");
         return;
     }
     if (r->status == DB_ERROR && r->sqlstate &&
         (strncmp(r->sqlstate, "22", 2) == 0 || strncmp(r->sqlstate, "23", 2) == 0)) {
         /* Values this server's checks let through and PostgreSQL refuses
-         * (a date like February 30, a job's run charged twice). */
+         * (a date like February 30). */
         log_msg(LOG_INFO, "org import of %s refused by the database: %s (%s)", op->c.org_id,
                 r->message ? r->message : "-", r->sqlstate);
         problem_respond(req, PROBLEM_VALIDATION_FAILED,
-                        "The export holds a value the database refuses (a date that does not "
-                        "exist, or a ledger that charges a job run twice); nothing was imported.");
+                        "The export holds a value the database refuses (such as a date that "
+                        "does not exist); nothing was imported.");
         return;
     }
     if (db_failed(req, r, "org import"))

@@ -146,6 +146,11 @@ class ImportTestCase(harness.DbTestCase):
         self.assertEqual(st, 202, j2)
         self.wait_job(tok, j1["id"])
         self.wait_job(tok, j2["id"])
+        # A retried job: its second run is charged (and refunded) again.
+        st, rj, _ = self.server.json("POST", f"/v1/jobs/{j2['id']}/retry", {}, bearer(tok))
+        self.assertIn(st, (200, 202), rj)
+        self.wait_job(tok, j2["id"])
+        self.retried = j2["id"]
         st, j3, _ = self.server.json("POST", "/v1/jobs", {"type": "sleep", "payload": {"ms": 1},
                                                           "run_at": "2999-01-01T00:00:00Z"},
                                      bearer(tok))
@@ -170,6 +175,8 @@ class ImportTestCase(harness.DbTestCase):
         self.assertEqual(len([x for x in lines if x["kind"] == "record"]), 3001)
         self.assertEqual({x["type"] for x in lines if x["kind"] == "credit_transaction"},
                          {"grant", "spend", "deduction", "refund"})
+        self.assertEqual(len([x for x in lines if x["kind"] == "credit_transaction"
+                              and x["job_id"] == self.retried]), 4)
         self.assertGreater(len(first), 1 << 20)  # past the normal body limit
 
         # Into this database after the delete: the org row and ledger were kept.
@@ -225,6 +232,13 @@ class ImportTestCase(harness.DbTestCase):
         # API keys come back listed, but their secrets were never exported.
         r = self.server.request("GET", "/v1/org", headers=bearer(key["key"]))
         self.assertEqual(r.status, 401)
+        # The retried job keeps its runs: a third run is charged once more.
+        st, rj, _ = self.server.json("POST", f"/v1/jobs/{self.retried}/retry", {}, bearer(new_tok))
+        self.assertIn(st, (200, 202), rj)
+        self.wait_job(new_tok, self.retried)
+        runs = self.sql(f"SELECT string_agg(type || job_run, ',' ORDER BY seq) FROM"
+                        f" public.credit_transactions WHERE job_id = '{self.retried}'")[0]
+        self.assertEqual(runs, "deduction1,refund1,deduction2,refund2,deduction3,refund3")
         # The far-future job waits again; new work runs in the imported org.
         st, job, _ = self.server.json("POST", "/v1/jobs", {"type": "sleep", "payload": {"ms": 1}},
                                       bearer(new_tok))
