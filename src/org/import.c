@@ -125,7 +125,10 @@ static const struct field job_fields[] = {
 
 /* What a pass over the document learns, and its errors. */
 struct check {
-    struct request *req;
+    const char *body;
+    size_t len;
+    int bad;          /* 400: a line that is no JSON object, or a body of none */
+    char detail[160]; /* the 400's detail */
     json_t *errors; /* NULL while none */
     size_t nerrors;
     size_t line;    /* 1-based, of the line being checked */
@@ -478,12 +481,11 @@ static bool check_line(struct check *c, const char *text, size_t len)
     json_t *obj = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!obj || !json_is_object(obj)) {
         json_decref(obj);
-        problem_respond(c->req, PROBLEM_BAD_REQUEST,
-                        arena_printf(c->req->arena,
-                                     "Line %zu is not a JSON object (with unique keys): the body "
-                                     "is an export, one JSON object per line; nothing was "
-                                     "imported.",
-                                     c->line));
+        c->bad = 400;
+        snprintf(c->detail, sizeof c->detail,
+                 "Line %zu is not a JSON object (with unique keys): the body is an export, one "
+                 "JSON object per line; nothing was imported.",
+                 c->line);
         return false;
     }
     const char *kind = str(obj, "kind");
@@ -491,8 +493,9 @@ static bool check_line(struct check *c, const char *text, size_t len)
     static const char *const head[] = {"tenantd-export", "org", "credits"};
     if (c->line <= 3) {
         if (!kind || strcmp(kind, head[c->line - 1]) != 0) {
-            add_error(c, "kind", arena_printf(c->req->arena, "must be \"%s\" on line %zu",
-                                              head[c->line - 1], c->line));
+            char msg[64];
+            snprintf(msg, sizeof msg, "must be \"%s\" on line %zu", head[c->line - 1], c->line);
+            add_error(c, "kind", msg);
         } else if (c->line == 1) {
             json_t *v = json_object_get(obj, "version");
             if (!json_is_integer(v) || json_integer_value(v) != ORG_EXPORT_VERSION)
@@ -531,22 +534,23 @@ static bool check_line(struct check *c, const char *text, size_t len)
     return true;
 }
 
-/* Checks the whole body. true when the import may go on; else answered. */
-static bool check_document(struct check *c)
+/* Checks the whole body (on a thread of libuv's pool: nothing here touches
+ * the request or its arena). Leaves c->bad or c->errors set when the import
+ * may not go on. */
+static void check_document(struct check *c)
 {
-    struct request *req = c->req;
-    const char *body = req->body;
-    size_t len = req->body_len;
-    if (!body || len == 0) {
-        problem_respond(req, PROBLEM_BAD_REQUEST,
-                        "The body is empty: send an export, one JSON object per line.");
-        return false;
+    if (!c->body || c->len == 0) {
+        c->bad = 400;
+        snprintf(c->detail, sizeof c->detail,
+                 "The body is empty: send an export, one JSON object per line.");
+        return;
     }
-    if (memchr(body, '\0', len)) {
-        problem_respond(req, PROBLEM_BAD_REQUEST, "The body holds a NUL byte.");
-        return false;
+    if (memchr(c->body, '\0', c->len)) {
+        c->bad = 400;
+        snprintf(c->detail, sizeof c->detail, "The body holds a NUL byte; nothing was imported.");
+        return;
     }
-    const char *p = body, *end = body + len;
+    const char *p = c->body, *end = c->body + c->len;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         const char *stop = nl ? nl : end;
@@ -555,38 +559,28 @@ static bool check_document(struct check *c)
             n--;
         c->line++;
         if (n == 0) {
-            problem_respond(req, PROBLEM_BAD_REQUEST,
-                            arena_printf(req->arena, "Line %zu is empty; nothing was imported.",
-                                         c->line));
-            return false;
+            c->bad = 400;
+            snprintf(c->detail, sizeof c->detail, "Line %zu is empty; nothing was imported.",
+                     c->line);
+            return;
         }
         if (!check_line(c, p, n))
-            return false;
+            return;
         /* A wrong version: the rest is in a shape this server does not know. */
         if (c->line == 1 && c->nerrors)
-            break;
+            return;
         p = nl ? nl + 1 : end;
     }
     if (!c->nerrors && c->line < 3) {
         c->line++;
         add_error(c, NULL, "is missing: an export starts with the version, org and credits lines");
     }
-    if (c->nerrors) {
-        problem_respond_errors(
-            req,
-            arena_printf(req->arena, "The export has %zu problem%s%s; nothing was imported.",
-                         c->nerrors, c->nerrors == 1 ? "" : "s",
-                         c->nerrors > MAX_ERRORS ? " (the first 20 are listed)" : ""),
-            c->errors);
-        c->errors = NULL;
-        return false;
-    }
-    return true;
 }
 
 /* ---- the statement -------------------------------------------------------- */
 
 struct import_op {
+    uv_work_t work; /* the check, off the loop */
     struct request *req;
     struct check c;
     uint64_t start_ns;
@@ -654,19 +648,43 @@ static void import_done(struct db_result *r, void *ud)
     }
 }
 
-static void admin_org_import(struct request *req)
+static void check_work(uv_work_t *w)
 {
-    struct import_op *op = arena_calloc(req->arena, sizeof *op);
-    op->req = req;
-    op->c.req = req;
-    op->start_ns = uv_hrtime();
-    if (!check_document(&op->c))
+    struct import_op *op = (struct import_op *)w;
+    check_document(&op->c);
+}
+
+/* Back on the loop: answer the check's verdict, or run the statement. */
+static void checked(uv_work_t *w, int status)
+{
+    struct import_op *op = (struct import_op *)w;
+    struct request *req = op->req;
+    struct check *c = &op->c;
+    if (status != 0 || c->bad) {
+        json_decref(c->errors);
+        c->errors = NULL;
+        if (status != 0)
+            problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+        else
+            problem_respond(req, PROBLEM_BAD_REQUEST, arena_strdup(req->arena, c->detail));
         return;
+    }
+    if (c->nerrors) {
+        json_t *errors = c->errors;
+        c->errors = NULL;
+        problem_respond_errors(
+            req,
+            arena_printf(req->arena, "The export has %zu problem%s%s; nothing was imported.",
+                         c->nerrors, c->nerrors == 1 ? "" : "s",
+                         c->nerrors > MAX_ERRORS ? " (the first 20 are listed)" : ""),
+            errors);
+        return;
+    }
     log_msg(LOG_INFO,
             "org import of %s: %zu lines checked in %.0f ms (%zu users, %zu API keys, %zu "
             "records, %zu ledger rows, %zu jobs)",
-            op->c.org_id, op->c.line, (double)(uv_hrtime() - op->start_ns) / 1e6, op->c.users,
-            op->c.keys, op->c.records, op->c.txs, op->c.jobs);
+            c->org_id, c->line, (double)(uv_hrtime() - op->start_ns) / 1e6, c->users, c->keys,
+            c->records, c->txs, c->jobs);
     /* The operator's key is scoped to the org the export names. */
     struct idem_key k;
     if (idem_read(req, "", &k) < 0)
@@ -685,4 +703,18 @@ static void admin_org_import(struct request *req)
     op->values[7] = req->client_ip;
     op->values[8] = req->request_id;
     db_query(pool, NULL, &q_import, 9, op->values, import_done, op);
+}
+
+/* Parsing a body of many MiB takes a while (about 40 ms per MiB): on the
+ * thread pool, so the loop serves other requests meanwhile. The request
+ * lives until it is answered, which only `checked` starts. */
+static void admin_org_import(struct request *req)
+{
+    struct import_op *op = arena_calloc(req->arena, sizeof *op);
+    op->req = req;
+    op->c.body = req->body;
+    op->c.len = req->body_len;
+    op->start_ns = uv_hrtime();
+    if (uv_queue_work(req->ctx->loop, &op->work, check_work, checked) != 0)
+        problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
 }
