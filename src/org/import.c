@@ -12,8 +12,9 @@
  * database (slug taken, ids present, ids repeating, the ledger's sums) and
  * writes the org, schema, users, keys, records, ledger and jobs, or nothing.
  *
- * The body is bounded by TENANTD_MAX_BATCH_BODY_BYTES (server.c's
- * body_limit) and the statement by TENANTD_DB_STATEMENT_TIMEOUT_MS.
+ * The body is bounded by TENANTD_MAX_BATCH_BODY_BYTES when it comes with the
+ * operator token, else by the normal limit (server.c's body_limit), and the
+ * statement by TENANTD_DB_STATEMENT_TIMEOUT_MS.
  */
 #include "org/import.h"
 
