@@ -31,7 +31,7 @@ END $$;
 --                 running sum of the amounts, or the sum is not the balance
 -- then the org: its row (a deleted org of the same id, whose row and ledger
 -- this database keeps, comes back to life: its kept ledger rows must be the
--- export's), its schema with every tenant migration (p_tenant_*: the
+-- export's, and what else it left is deleted), its schema with every tenant migration (p_tenant_*: the
 -- server's embedded ones, as tenantd_create_org takes them), users with
 -- their password hashes and sign-in identities, API keys (listed, but
 -- their secrets were never exported: a key_hash no key hashes to), records,
@@ -169,6 +169,17 @@ BEGIN
 
     -- ---- writes ----
     IF v_old.id IS NOT NULL THEN
+        -- What the deleted org left that no export carries goes first, so
+        -- the org comes back as it would into an empty database: no old
+        -- invitation or sign-in flow becomes usable again, no schedule
+        -- ticks again, and no webhook hears of the imported rows.
+        DELETE FROM public.webhook_subscriptions x WHERE x.org_id = v_id;
+        DELETE FROM public.schedules x WHERE x.org_id = v_id;
+        DELETE FROM public.invitations x WHERE x.org_id = v_id;
+        DELETE FROM public.account_tokens x WHERE x.org_id = v_id;
+        DELETE FROM public.oidc_flows x WHERE x.org_id = v_id;
+        DELETE FROM public.oidc_codes x WHERE x.org_id = v_id;
+        DELETE FROM public.mail_outbox x WHERE x.org_id = v_id;
         v_schema := v_old.schema_name;
         UPDATE public.orgs o
            SET name = v_org->>'name', slug = lower(v_org->>'slug'), status = v_org->>'status',

@@ -17,7 +17,8 @@ PASSWORD = "correct horse battery"
 BATCH_LIMIT = 4 << 20
 ENV = {"TENANTD_ARGON2_M_KIB": "1024", "TENANTD_ARGON2_T": "1", "TENANTD_LOGIN_LIMIT": "0",
        "TENANTD_OPERATOR_TOKEN": OPERATOR, "TENANTD_TEST_JOBS": "1",
-       "TENANTD_MAX_BATCH_BODY_BYTES": str(BATCH_LIMIT)}
+       "TENANTD_MAX_BATCH_BODY_BYTES": str(BATCH_LIMIT),
+       "TENANTD_WEBHOOK_ALLOW_PRIVATE": "1", "TENANTD_WEBHOOK_ALLOW": "127.0.0.1:9"}
 
 
 def bearer(token):
@@ -94,6 +95,15 @@ class ImportTestCase(harness.DbTestCase):
             time.sleep(0.05)
         self.fail(f"job {job_id} did not finish: {job}")
 
+    def settle(self, org_id):
+        """Waits until none of the org's jobs runs (a running job comes back
+        queued: the lines would differ in that job's status)."""
+        deadline = time.time() + 30
+        while self.sql(f"SELECT count(*) FROM public.jobs WHERE org_id = '{org_id}'"
+                       " AND status = 'running'")[0] != "0":
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.05)
+
     def counts(self):
         """What an import could leave behind: orgs, schemas, users, ledger rows, jobs."""
         return self.sql("SELECT (SELECT count(*) FROM public.orgs) || ',' ||"
@@ -166,6 +176,7 @@ class ImportTestCase(harness.DbTestCase):
         r = self.server.request("GET", "/v1/org/export", headers=bearer(tok), timeout=60)
         self.assertEqual(r.status, 200)
         self.assertNotIn(b"password_hash", r.body)
+        self.settle(org["org"]["id"])
         first = self.op_export(slug)
         lines = parse(first)
         users = [x for x in lines if x["kind"] == "user"]
@@ -254,6 +265,7 @@ class ImportTestCase(harness.DbTestCase):
 
     def test_import_into_another_database(self):
         org, _ = self.populated_org(records=50)
+        self.settle(org["org"]["id"])
         first = self.op_export(org["org"]["slug"])
         pg = harness.cluster()
         db = pg.create_db()
@@ -286,6 +298,43 @@ class ImportTestCase(harness.DbTestCase):
         self.assertEqual(st, 201, again)
         self.assertEqual(again, doc)
         self.assertEqual(r.getheader("Idempotent-Replayed"), "true")
+
+    def test_deleted_orgs_leftovers_stay_gone(self):
+        """A deleted org keeps rows the export does not carry (webhook
+        subscriptions, schedules, pending invitations): bringing the org
+        back must not revive them, nor fire events for imported rows."""
+        org, _ = self.populated_org(records=3)
+        tok, slug, org_id = org["access_token"], org["org"]["slug"], org["org"]["id"]
+        st, w, _ = self.server.json("POST", "/v1/webhooks", {
+            "url": "http://127.0.0.1:9/hook", "events": ["user.created", "job.succeeded",
+                                                          "job.failed"]}, bearer(tok))
+        self.assertEqual(st, 201, w)
+        st, inv, _ = self.server.json("POST", "/v1/invitations", {"email": "inv@example.com"},
+                                      bearer(tok))
+        self.assertEqual(st, 201, inv)
+        st, sch, _ = self.server.json("POST", "/v1/schedules", {
+            "type": "sleep", "payload": {"ms": 1}, "cron": "0 0 1 1 *"}, bearer(tok))
+        self.assertEqual(st, 201, sch)
+        first = self.op_export(slug)
+        st, _, _ = self.server.json("DELETE", f"/v1/admin/orgs/{slug}", headers=bearer(OPERATOR))
+        self.assertEqual(st, 204)
+        st, doc, _ = self.do_import(first)
+        self.assertEqual(st, 201, doc)
+        # Deliveries made before the export are the org's jobs and come
+        # back with it; the import itself adds none.
+        exported = parse(first)
+        deliveries = len([x for x in exported if x["kind"] == "job" and x["type"] == "webhook.deliver"])
+        left = self.sql(
+            f"SELECT (SELECT count(*) FROM public.webhook_subscriptions WHERE org_id = '{org_id}') || ',' ||"
+            f" (SELECT count(*) FROM public.invitations WHERE org_id = '{org_id}') || ',' ||"
+            f" (SELECT count(*) FROM public.schedules WHERE org_id = '{org_id}') || ',' ||"
+            f" (SELECT count(*) FROM public.jobs WHERE org_id = '{org_id}' AND type = 'webhook.deliver')")[0]
+        self.assertEqual(left, f"0,0,0,{deliveries}")
+        # The same lines again, but a job that was running is queued.
+        for x in exported:
+            if x["kind"] == "job" and x["status"] == "running":
+                x["status"] = "queued"
+        self.assertEqual(exported[1:], parse(self.op_export(slug))[1:])
 
     # ---- bad input: refused, nothing created ----
 
