@@ -265,18 +265,35 @@ class ImportTestCase(harness.DbTestCase):
 
     def test_import_into_another_database(self):
         org, _ = self.populated_org(records=50)
+        slug = org["org"]["slug"]
         self.settle(org["org"]["id"])
-        first = self.op_export(org["org"]["slug"])
+        # Suspended for a consistent copy, as the README says.
+        st, _, _ = self.server.json("POST", f"/v1/admin/orgs/{slug}/suspend", {}, bearer(OPERATOR))
+        self.assertEqual(st, 200)
+        first = self.op_export(slug)
+        lines = parse(first)
+        self.assertEqual(lines[1]["status"], "suspended")
+        # A job caught running by the export comes back queued.
+        running = next(i for i, x in enumerate(lines) if x["kind"] == "job" and x["status"] == "queued")
+        lines[running]["status"] = "running"
         pg = harness.cluster()
         db = pg.create_db()
         other = harness.Server(pg.url(db), env=ENV).start()
         try:
-            r = other.request("POST", "/v1/admin/orgs/import", body=first,
+            r = other.request("POST", "/v1/admin/orgs/import", body=ndjson(lines),
                               headers=bearer(OPERATOR), timeout=60)
             self.assertEqual(r.status, 201, r.body)
-            r = other.request("GET", f"/v1/admin/orgs/{org['org']['slug']}/export",
+            self.assertEqual(json.loads(r.body)["status"], "suspended")
+            r = other.request("GET", f"/v1/admin/orgs/{slug}/export",
                               headers=bearer(OPERATOR), timeout=60)
+            lines[running]["status"] = "queued"
+            self.assertEqual(lines[1:], parse(r.body)[1:])
             self.assertEqual(first.split(b"\n")[1:], r.body.split(b"\n")[1:])
+            st, login, _ = other.json("POST", "/v1/auth/login",
+                                      {"email": org["user"]["email"], "password": PASSWORD})
+            self.assertEqual(st, 403, login)
+            st, _, _ = other.json("POST", f"/v1/admin/orgs/{slug}/unsuspend", {}, bearer(OPERATOR))
+            self.assertEqual(st, 200)
             st, login, _ = other.json("POST", "/v1/auth/login",
                                       {"email": org["user"]["email"], "password": PASSWORD})
             self.assertEqual(st, 200, login)
