@@ -474,8 +474,8 @@ static void check_job(struct check *c, json_t *j)
     c->jobs++;
 }
 
-/* One line (NUL-terminated copy without its newline). false after a 400
- * answer: the line is no JSON object, and nothing later can be trusted. */
+/* One line (len bytes, without its newline). false when it is no JSON
+ * object (c->bad set): nothing after it can be read as lines. */
 static bool check_line(struct check *c, const char *text, size_t len)
 {
     json_error_t jerr;
