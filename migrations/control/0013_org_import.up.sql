@@ -212,10 +212,15 @@ BEGIN
     END LOOP;
     PERFORM pg_catalog.set_config('search_path', v_path, true);
 
+    -- token_version is not exported, and access tokens carry it: a random
+    -- one far above any a user reached (1 + password changes) refuses every
+    -- token minted before the import, including those a password change
+    -- had revoked, however often the org is moved.
     INSERT INTO public.users (id, org_id, email, name, avatar_url, role, password_hash,
-                              email_verified_at, created_at, updated_at)
+                              token_version, email_verified_at, created_at, updated_at)
     SELECT l.id::uuid, v_id, l.j->>'email', l.j->>'name', l.j->>'avatar_url', l.j->>'role',
-           l.j->>'password_hash', (l.j->>'email_verified_at')::timestamptz,
+           l.j->>'password_hash', 1000000 + floor(random() * 1000000000)::int,
+           (l.j->>'email_verified_at')::timestamptz,
            (l.j->>'created_at')::timestamptz, (l.j->>'updated_at')::timestamptz
       FROM pg_temp.tenantd_import_lines l WHERE l.kind = 'user' ORDER BY l.line;
     -- Identities are listed by (created_at, id): a microsecond apart keeps their order.

@@ -190,6 +190,9 @@ class ImportTestCase(harness.DbTestCase):
                               and x["job_id"] == self.retried]), 4)
         self.assertGreater(len(first), 1 << 20)  # past the normal body limit
 
+        # An access token from before the export (the users' ids come back).
+        st, me, _ = self.server.json("GET", "/v1/auth/me", headers=bearer(tok))
+        self.assertEqual(st, 200, me)
         # Into this database after the delete: the org row and ledger were kept.
         st, _, _ = self.server.json("DELETE", f"/v1/admin/orgs/{slug}", headers=bearer(OPERATOR))
         self.assertEqual(st, 204)
@@ -222,6 +225,9 @@ class ImportTestCase(harness.DbTestCase):
         self.assertEqual(total, balance)
         self.assertEqual(flagged, "0")
 
+        # Sessions do not come back: not even an access token within its lifetime.
+        st, me, _ = self.server.json("GET", "/v1/auth/me", headers=bearer(tok))
+        self.assertEqual(st, 401, me)
         # Everyone logs in with the old password; legacy hashes become argon2id.
         cases = [(org["user"]["email"], PASSWORD), (f"m-{slug}@example.com", "member password 1"),
                  (f"b-{slug}@example.com", "bcrypt password 1"),
