@@ -338,6 +338,11 @@ class ImportTestCase(harness.DbTestCase):
         st, sch, _ = self.server.json("POST", "/v1/schedules", {
             "type": "sleep", "payload": {"ms": 1}, "cron": "0 0 1 1 *"}, bearer(tok))
         self.assertEqual(st, 201, sch)
+        # Suspended, so that no worker runs the org's mail and delivery jobs
+        # between the import and the second export (a suspended org's jobs wait).
+        st, _, _ = self.server.json("POST", f"/v1/admin/orgs/{slug}/suspend", {}, bearer(OPERATOR))
+        self.assertEqual(st, 200)
+        self.settle(org_id)
         first = self.op_export(slug)
         st, _, _ = self.server.json("DELETE", f"/v1/admin/orgs/{slug}", headers=bearer(OPERATOR))
         self.assertEqual(st, 204)
@@ -353,11 +358,7 @@ class ImportTestCase(harness.DbTestCase):
             f" (SELECT count(*) FROM public.schedules WHERE org_id = '{org_id}') || ',' ||"
             f" (SELECT count(*) FROM public.jobs WHERE org_id = '{org_id}' AND type = 'webhook.deliver')")[0]
         self.assertEqual(left, f"0,0,0,{deliveries}")
-        # The same lines again, but a job that was running is queued.
-        for x in exported:
-            if x["kind"] == "job" and x["status"] == "running":
-                x["status"] = "queued"
-        self.assertEqual(exported[1:], parse(self.op_export(slug))[1:])
+        self.assertEqual(first.split(b"\n")[1:], self.op_export(slug).split(b"\n")[1:])
 
     # ---- bad input: refused, nothing created ----
 
