@@ -262,6 +262,10 @@ class ImportTestCase(harness.DbTestCase):
         self.assertEqual(st, 202, job)
         self.wait_job(new_tok, job["id"])
         self.assertIn("org import of", self.server.log())
+        audit = self.sql(f"SELECT details::text FROM public.audit_events WHERE org_id = '{org_id}'"
+                         " AND action = 'org.imported' AND actor_type = 'operator'")
+        self.assertEqual(len(audit), 1, audit)
+        self.assertEqual(json.loads(audit[0])["record"], 3001)
 
         # A second import of the same export: the org is live now.
         before = self.counts()
