@@ -27,6 +27,7 @@
 #include "record/batch.h"
 #include "auth/userimport.h"
 #include "org/export.h"
+#include "org/import.h"
 #include "credit/credit.h"
 #include "idem/idem.h"
 #include "job/job.h"
@@ -47,6 +48,7 @@ static const struct module *const modules[] = {
     &record_batch_module,
     &userimport_module,
     &org_export_module,
+    &org_import_module,
     &credit_module,
     &job_module,
 };

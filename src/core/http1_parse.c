@@ -7,6 +7,8 @@
  */
 #include "core/server_internal.h"
 
+#include <openssl/crypto.h>
+
 /* Request ids must be unique, not secret. Each thread draws a random
  * 64-bit prefix and a random start once (RAND_bytes), then counts: the
  * prefix separates threads (and runs), the counter requests, and only the
@@ -312,10 +314,28 @@ static bool split_target(struct request *req)
     return true;
 }
 
+/* Whether the request's Authorization is "Bearer <TENANTD_OPERATOR_TOKEN>",
+ * compared in constant time. Only a hint for the body limit: the route's
+ * own authentication still decides who may call it. */
+static bool operator_bearer(const struct request *req)
+{
+    const char *op = g_config->operator_token, *h = http_header(req, "Authorization");
+    if (!op || !*op || !h || strncasecmp(h, "Bearer ", 7) != 0)
+        return false;
+    for (h += 7; *h == ' '; h++)
+        ;
+    size_t n = strlen(h), m = strlen(op);
+    while (n && h[n - 1] == ' ')
+        n--;
+    return n == m && CRYPTO_memcmp(h, op, m) == 0;
+}
+
 /* The body limit for req: TENANTD_MAX_BATCH_BODY_BYTES on the bulk routes
  * (batch record create, user import, org import), whose bodies carry up to
  * 1000 items or a whole org, else TENANTD_MAX_BODY_BYTES. Decided from the
- * path before routing, since the body is refused while it arrives. */
+ * path before routing, since the body is refused while it arrives. The org
+ * import is the operator's: anyone else gets the normal limit, so that no
+ * stranger makes the server hold many MiB before its 401. */
 static size_t body_limit(const struct request *req)
 {
     size_t normal = (size_t)g_config->max_body_bytes;
@@ -323,7 +343,8 @@ static size_t body_limit(const struct request *req)
         return normal;
     const char *p = req->path;
     size_t n = strlen(p), sfx = sizeof "/records/batch" - 1;
-    bool bulk = strcmp(p, "/v1/users/import") == 0 || strcmp(p, "/v1/admin/orgs/import") == 0 ||
+    bool bulk = strcmp(p, "/v1/users/import") == 0 ||
+                (strcmp(p, "/v1/admin/orgs/import") == 0 && operator_bearer(req)) ||
                 (strncmp(p, "/v1/collections/", 16) == 0 && n > 16 + sfx &&
                  strcmp(p + n - sfx, "/records/batch") == 0);
     size_t batch = (size_t)g_config->max_batch_body_bytes;

@@ -13,6 +13,11 @@
  *   {"kind":"job", ...the Job resource}
  * Refresh tokens are never exported.
  *
+ * GET /v1/admin/orgs/{slug}/export (operator) writes the same lines, and
+ * user lines carry `password_hash` as stored: the one secret the operator's
+ * import (org/import.c) needs so that users keep their passwords. An org
+ * admin's export never holds it.
+ *
  * Never the whole org in memory: each section is read in pages by keyset
  * (an index order per table), a page bounded by rows and by bytes, and the
  * next page is asked for only once the previous one is written to the
@@ -36,13 +41,16 @@
 #include "core/http.h"
 #include "core/log.h"
 #include "core/problem.h"
+#include "org/org.h"
 #include "db/db.h"
 #include "app/dbhttp.h"
 
 static void org_export(struct request *req);
+static void admin_org_export(struct request *req);
 
 static const struct route export_routes[] = {
     {HTTP_GET, "/v1/org/export", AUTH_ADMIN, org_export, "exportOrg"},
+    {HTTP_GET, "/v1/admin/orgs/{slug}/export", AUTH_OPERATOR, admin_org_export, "adminExportOrg"},
     {0},
 };
 
@@ -71,21 +79,33 @@ const struct module org_export_module = {
 
 #define SQL_TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 
-/* $1 org id. The head lines: version, org, credits. */
-static const struct db_stmt q_head = {
-    "export_head",
-    "SELECT json_build_object('kind', 'tenantd-export', 'version', 1, 'exported_at', "
-    SQL_TS("now()") ")::text || E'\\n' || "
-    "(jsonb_build_object('kind', 'org') || public.tenantd_org_json(o)::jsonb)::text || E'\\n' || "
-    "json_build_object('kind', 'credits', 'balance', coalesce(a.balance, 0), 'updated_at', "
-    SQL_TS("coalesce(a.updated_at, o.created_at)") ")::text || E'\\n' "
-    "FROM public.orgs o LEFT JOIN public.credit_accounts a ON a.org_id = o.id WHERE o.id = $1::uuid"};
+/* The head lines: version, org, credits; then the org's id and schema.
+ * By $1, the caller's org id; for the operator, by $1 the slug of a live org. */
+#define SQL_HEAD(where)                                                                            \
+    "SELECT json_build_object('kind', 'tenantd-export', 'version', 1, 'exported_at', "            \
+    SQL_TS("now()") ")::text || E'\\n' || "                                                       \
+    "(jsonb_build_object('kind', 'org') || public.tenantd_org_json(o)::jsonb)::text || E'\\n' || " \
+    "json_build_object('kind', 'credits', 'balance', coalesce(a.balance, 0), 'updated_at', "      \
+    SQL_TS("coalesce(a.updated_at, o.created_at)") ")::text || E'\\n', o.id, o.schema_name "      \
+    "FROM public.orgs o LEFT JOIN public.credit_accounts a ON a.org_id = o.id WHERE " where
+
+static const struct db_stmt q_head = {"export_head", SQL_HEAD("o.id = $1::uuid")};
+static const struct db_stmt q_head_slug = {
+    "export_head_slug", SQL_HEAD("lower(o.slug) = $1 AND o.status <> 'deleted'")};
 
 /* $1 org id, $2 position. Users by (org_id, email): the unique index. */
 static const struct db_stmt q_users = {
     "export_users",
     SQL_PAGE("u.email", "u.email",
              "jsonb_build_object('kind', 'user') || public.tenantd_user_json(u)::jsonb",
+             "FROM public.users u WHERE u.org_id = $1::uuid AND u.email > $2")};
+
+/* The operator's user lines: the same, plus the stored password hash. */
+static const struct db_stmt q_users_hashes = {
+    "export_users_hashes",
+    SQL_PAGE("u.email", "u.email",
+             "jsonb_build_object('kind', 'user') || public.tenantd_user_json(u)::jsonb || "
+             "jsonb_build_object('password_hash', u.password_hash)",
              "FROM public.users u WHERE u.org_id = $1::uuid AND u.email > $2")};
 
 /* API keys by (created_at, id): api_keys_org_idx; position "<created_at as text>|<id>"
@@ -155,6 +175,7 @@ struct export_op {
     const char *values[3];
     int limit; /* rows asked for per page (adaptive) */
     char limit_text[12];
+    bool hashes;  /* the operator's export: user lines carry password_hash */
     bool started; /* the head of the answer is out */
     unsigned long long bytes;
 };
@@ -261,6 +282,7 @@ static void next_page(struct export_op *op)
         return;
     }
     const struct section *s = &sections[op->section];
+    const struct db_stmt *stmt = s->stmt == &q_users && op->hashes ? &q_users_hashes : s->stmt;
     struct db_pool *pool = db_pool_of(op->req);
     if (!pool) {
         fail(op, NULL);
@@ -270,7 +292,7 @@ static void next_page(struct export_op *op)
     op->values[1] = op->after ? op->after : s->start;
     snprintf(op->limit_text, sizeof op->limit_text, "%d", op->limit);
     op->values[2] = op->limit_text;
-    db_query(pool, s->tenant ? op->schema : NULL, s->stmt, 3, op->values, page_done, op);
+    db_query(pool, s->tenant ? op->schema : NULL, stmt, 3, op->values, page_done, op);
 }
 
 static void head_done(struct db_result *r, void *ud)
@@ -283,9 +305,18 @@ static void head_done(struct db_result *r, void *ud)
     }
     const char *head = db_result_text(r, 0, 0);
     if (!head) {
-        problem_respond(req, PROBLEM_UNAUTHORIZED,
-                        "The credential's organization no longer exists.");
+        if (op->hashes)
+            problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
+        else
+            problem_respond(req, PROBLEM_UNAUTHORIZED,
+                            "The credential's organization no longer exists.");
         return;
+    }
+    if (op->hashes) { /* the slug named it: take its id and schema */
+        const char *id = db_result_text(r, 0, 1), *schema = db_result_text(r, 0, 2);
+        assert(id && schema && strlen(id) == sizeof op->org_id - 1);
+        memcpy(op->org_id, id, sizeof op->org_id);
+        op->schema = arena_strdup(req->arena, schema);
     }
     http_set_header(req, "Content-Disposition", "attachment; filename=\"org-export.ndjson\"");
     http_stream_begin(req, 200, "application/x-ndjson");
@@ -315,4 +346,29 @@ static void org_export(struct request *req)
     arena_cleanup(req->arena, export_free, op);
     op->values[0] = op->org_id;
     db_query(pool, NULL, &q_head, 1, op->values, head_done, op);
+}
+
+/* Slugs are stored lower-case; a malformed one names no org. */
+static void admin_org_export(struct request *req)
+{
+    const char *raw = http_param(req, "slug");
+    char *slug = raw ? arena_strdup(req->arena, raw) : NULL;
+    for (char *p = slug; p && *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+    if (!slug || !org_slug_valid(slug)) {
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
+        return;
+    }
+    struct db_pool *pool = db_pool_of(req);
+    if (!pool) {
+        db_respond_unavailable(req);
+        return;
+    }
+    struct export_op *op = arena_calloc(req->arena, sizeof *op);
+    op->req = req;
+    op->hashes = true;
+    arena_cleanup(req->arena, export_free, op);
+    op->values[0] = slug;
+    db_query(pool, NULL, &q_head_slug, 1, op->values, head_done, op);
 }

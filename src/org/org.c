@@ -254,6 +254,15 @@ static int build_tenant_arrays(void)
     return 0;
 }
 
+bool org_tenant_migrations(const char *out[4])
+{
+    out[0] = tenant_arrays.sql;
+    out[1] = tenant_arrays.versions;
+    out[2] = tenant_arrays.names;
+    out[3] = tenant_arrays.checksums;
+    return tenant_arrays.sql != NULL;
+}
+
 static int org_init(void)
 {
     const char *s = g_config->signup;
@@ -301,7 +310,7 @@ static bool blank(const char *s)
 /* Checks a display name (an org's, or the admin's): 1..100 characters, not
  * only spaces, no control characters, as the users routes require. NULL
  * when fine, else the message for the errors list. */
-static const char *name_problem(const char *s)
+const char *org_name_problem(const char *s)
 {
     bool ctl;
     size_t n = utf8_chars(s, &ctl);
@@ -319,7 +328,7 @@ static bool slug_char(char c)
 }
 
 /* A copy of s with ASCII letters lowercased (slugs are case-insensitive and
- * stored lowercase); other bytes are left for slug_valid to refuse. */
+ * stored lowercase); other bytes are left for org_slug_valid to refuse. */
 static char *slug_lower(struct arena *a, const char *s)
 {
     char *out = arena_strdup(a, s);
@@ -329,7 +338,7 @@ static char *slug_lower(struct arena *a, const char *s)
     return out;
 }
 
-static bool slug_valid(const char *s)
+bool org_slug_valid(const char *s)
 {
     size_t n = strlen(s);
     if (n < SLUG_MIN || n > SLUG_MAX)
@@ -542,7 +551,7 @@ static void orgs_create_allowed(struct request *req, void *ud)
     body_unknown_fields(req, body, fields, NULL, &errors);
 
     s->name = string_member(body, "name", false, &errors, "name", &present);
-    const char *name_why = s->name ? name_problem(s->name) : NULL;
+    const char *name_why = s->name ? org_name_problem(s->name) : NULL;
     if (!present)
         problem_add_error(&errors, "name", "is required");
     else if (name_why)
@@ -551,11 +560,11 @@ static void orgs_create_allowed(struct request *req, void *ud)
     const char *slug = string_member(body, "slug", true, &errors, "slug", &present);
     if (slug) {
         s->slug = slug_lower(req->arena, slug);
-        if (!slug_valid(s->slug))
+        if (!org_slug_valid(s->slug))
             problem_add_error(&errors, "slug", "must be 2..50 characters of a-z, 0-9 and '-'");
     } else if (s->name && !name_why) {
         s->slug = slug_derive(req->arena, s->name);
-        if (!slug_valid(s->slug))
+        if (!org_slug_valid(s->slug))
             problem_add_error(&errors, "slug",
                               "cannot be derived from the name; give a slug of 2..50 "
                               "characters of a-z, 0-9 and '-'");
@@ -583,7 +592,7 @@ static void orgs_create_allowed(struct request *req, void *ud)
             problem_add_error(&errors, "admin.password", "must be 8..1024 bytes");
 
         s->user_name = string_member(admin, "name", true, &errors, "admin.name", &present);
-        const char *why = s->user_name ? name_problem(s->user_name) : NULL;
+        const char *why = s->user_name ? org_name_problem(s->user_name) : NULL;
         if (why)
             problem_add_error(&errors, "admin.name", why);
         static const char *const admin_fields[] = {"email", "password", "name", NULL};
@@ -662,6 +671,14 @@ static void patch_done(struct db_result *r, void *ud)
     db_respond_json(req, r, 0, "No such organization.");
 }
 
+bool org_domain_valid(const char *s)
+{
+    bool ok = strlen(s) >= 3 && strlen(s) <= 253 && strchr(s, '.') && s[0] != '.' && s[0] != '-';
+    for (const char *c = s; ok && *c; c++)
+        ok = (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '-' || *c == '.';
+    return ok;
+}
+
 /* PATCH's join_policy ("invite" | "domain") and domains (up to 50 lower-case
  * DNS names; a PostgreSQL array literal of them into *domains). */
 static void org_join_fields(struct request *req, json_t *body, const char **policy,
@@ -688,11 +705,7 @@ static void org_join_fields(struct request *req, json_t *body, const char **poli
     json_array_foreach(d, i, x)
     {
         const char *s = json_string_value(x);
-        bool ok = s && strlen(s) >= 3 && strlen(s) <= 253 && strchr(s, '.') && s[0] != '.' &&
-                  s[0] != '-';
-        for (const char *c = s; ok && *c; c++)
-            ok = (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '-' || *c == '.';
-        if (!ok) {
+        if (!s || !org_domain_valid(s)) {
             problem_add_error(errors, "domains", "must hold lower-case domain names like example.com");
             return;
         }
@@ -717,14 +730,14 @@ static void org_patch(struct request *req)
     org_join_fields(req, body, &policy, &domains, &errors);
     const char *name = string_member(body, "name", false, &errors, "name", &has_name);
     if (name) {
-        const char *why = name_problem(name);
+        const char *why = org_name_problem(name);
         if (why)
             problem_add_error(&errors, "name", why);
     }
     const char *slug = string_member(body, "slug", false, &errors, "slug", &has_slug);
     if (slug) {
         slug = slug_lower(req->arena, slug);
-        if (!slug_valid(slug))
+        if (!org_slug_valid(slug))
             problem_add_error(&errors, "slug", "must be 2..50 characters of a-z, 0-9 and '-'");
     }
     if (errors) {
@@ -782,7 +795,7 @@ static const char *slug_param(struct request *req)
 {
     const char *raw = http_param(req, "slug");
     const char *slug = raw ? slug_lower(req->arena, raw) : NULL;
-    if (!slug || !slug_valid(slug)) {
+    if (!slug || !org_slug_valid(slug)) {
         problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
         return NULL;
     }
