@@ -98,7 +98,9 @@ class MultiInstanceTest(unittest.TestCase):
             "TENANTD_SIGNUP_CREDITS": "1000",
             "TENANTD_SHUTDOWN_DELAY_MS": "1200",
             "TENANTD_TRUSTED_PROXIES": "127.0.0.1",
-            "TENANTD_LOGIN_LIMIT": "0",
+            # Shared by the instances (public.rate_limits); nothing else
+            # here logs in.
+            "TENANTD_LOGIN_LIMIT": "6",
         })
         if port:
             s.port = port
@@ -127,6 +129,18 @@ class MultiInstanceTest(unittest.TestCase):
                                     "password": "correct horse battery"}})
         self.assertEqual(status, 201, body)
         return json.loads(body)
+
+    def test_login_limit_shared_behind_the_balancer(self):
+        import json
+        self.signup("Limited")
+        statuses = []
+        for i in range(12):  # round robin: each instance sees every third one
+            status, body = self.request("POST", "/v1/auth/login", {
+                "email": "a@limited.test", "password": f"wrong password {i}", "org": "limited"})
+            statuses.append((status, json.loads(body).get("code")))
+        # 6 a minute for the client and the account in all; each instance
+        # alone would allow 6 (18 for the three).
+        self.assertEqual([s for s, _ in statuses], [401] * 6 + [429] * 6, statuses)
 
     def test_token_from_one_works_on_all_and_password_change_everywhere(self):
         org = self.signup("Everywhere")
