@@ -571,6 +571,24 @@ bool oidc_rand_b64(char *out, size_t outlen)
     return token_random_b64url(32, out, outlen) == 43;
 }
 
+/* A new code flow of provider p for req: random state, PKCE verifier and
+ * nonce, and the state's hash (what is stored). NULL after answering 500. */
+struct flow *oidc_flow_start(struct request *req, struct provider *p)
+{
+    struct flow *f = arena_calloc(req->arena, sizeof *f);
+    f->req = req;
+    f->p = p;
+    f->start = true;
+    if (!oidc_rand_b64(f->state, sizeof f->state) ||
+        !oidc_rand_b64(f->verifier, sizeof f->verifier) ||
+        !oidc_rand_b64(f->nonce, sizeof f->nonce)) {
+        problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+        return NULL;
+    }
+    token_sha256_hex(f->state, strlen(f->state), f->state_hash);
+    return f;
+}
+
 static void oidc_start(struct request *req)
 {
     struct provider *p = oidc_provider_find(http_param(req, "provider"));
@@ -592,17 +610,9 @@ static void oidc_start(struct request *req)
         problem_respond_errors(req, "The query parameters are not valid.", errors);
         return;
     }
-    struct flow *f = arena_calloc(req->arena, sizeof *f);
-    f->req = req;
-    f->p = p;
-    f->start = true;
-    if (!oidc_rand_b64(f->state, sizeof f->state) ||
-        !oidc_rand_b64(f->verifier, sizeof f->verifier) ||
-        !oidc_rand_b64(f->nonce, sizeof f->nonce)) {
-        problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+    struct flow *f = oidc_flow_start(req, p);
+    if (!f)
         return;
-    }
-    token_sha256_hex(f->state, strlen(f->state), f->state_hash);
     char *inv_hash = NULL;
     if (inv) {
         inv_hash = arena_alloc(req->arena, TOKEN_SHA256_HEX_BUFSZ);

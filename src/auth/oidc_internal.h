@@ -39,6 +39,8 @@ struct flow {
     int failed;
 };
 
+struct flow *oidc_flow_start(struct request *req, struct provider *p);
+
 /* An OIDC-made user has no password: its hash is an argon2id PHC string
  * whose hash part is 32 zero bytes (base64, this suffix). Verifying it
  * costs what any password costs (no timing tell) and never matches; SQL

@@ -185,17 +185,9 @@ void oidc_link_start(struct request *req)
         problem_respond_errors(req, "The request has invalid fields.", errors);
         return;
     }
-    struct flow *f = arena_calloc(req->arena, sizeof *f);
-    f->req = req;
-    f->p = p;
-    f->start = true;
-    if (!oidc_rand_b64(f->state, sizeof f->state) ||
-        !oidc_rand_b64(f->verifier, sizeof f->verifier) ||
-        !oidc_rand_b64(f->nonce, sizeof f->nonce)) {
-        problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+    struct flow *f = oidc_flow_start(req, p);
+    if (!f)
         return;
-    }
-    token_sha256_hex(f->state, strlen(f->state), f->state_hash);
     f->v[0] = f->state_hash;
     f->v[1] = p->name;
     f->v[2] = arena_strdup(req->arena, ru);

@@ -600,12 +600,20 @@ class CreditsPgRestartTest(unittest.TestCase):
         ok = {ref for ref, s in results if s == 201}
         failed = {ref for ref, s in results if s != 201}
         self.assertEqual(ok - in_ledger, set(), "a 201 spend is missing from the ledger")
-        self.assertEqual(failed & in_ledger, set(), "a failed spend is in the ledger")
-        self.assertEqual(in_ledger, ok | {"after"})
+        # A spend in flight when the server stopped may have committed with
+        # its answer lost (the backend ends between COMMIT and sending the
+        # result): the client saw 503, "may or may not have run", which is
+        # what Idempotency-Key is for. At most one such spend per client
+        # (8), each answered 503; every other failed spend is absent.
+        unknown = failed & in_ledger
+        self.assertLessEqual(len(unknown), 8, "failed spends in the ledger beyond those in flight")
+        self.assertTrue(all(s == 503 for ref, s in results if ref in unknown), results)
+        self.assertEqual(in_ledger, ok | unknown | {"after"})
         self.assertEqual(audit(self.pg, self.dbname), [])
+        # Money is conserved: the balance is what the ledger says was spent.
         balance = self.pg.psql("SELECT balance FROM public.credit_accounts "
                                f"WHERE org_id = '{org['org']['id']}'", db=self.dbname)
-        self.assertEqual(balance, [str(1000000 - len(ok) - 1)])
+        self.assertEqual(balance, [str(1000000 - len(in_ledger))])
 
 
 if __name__ == "__main__":
