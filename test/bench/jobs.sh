@@ -12,6 +12,8 @@
 #
 #   test/bench/jobs.sh
 #   BENCH_JOBS=50000 BENCH_ORGS=100 test/bench/jobs.sh
+#   BENCH_JOBS=10000 BENCH_ROUNDS=5 test/bench/jobs.sh   (the HTTP/pgbench
+#       ratio over 5 rounds of the two, alternating, and its median)
 #
 # For each run: a fresh database (`tenantd migrate up`), BENCH_ORGS orgs with
 # credits, then BENCH_JOBS `sleep` jobs with ms 0 spread evenly over the orgs,
@@ -102,6 +104,7 @@ measure() {
               WHERE type = 'deduction'")" = "$total|$total" ]
     [ "$(sql "SELECT count(*) FROM public.credit_transactions WHERE type = 'refund'")" = 0 ]
     python3 -c "print(f'%-34s %8d jobs %8.2f s %10.0f jobs/s' % ('$label', $total, $secs, $total / $secs))"
+    rate=$(python3 -c "print($total / $secs)")
 }
 
 stop_all() {
@@ -169,7 +172,7 @@ cpu_report "  (HTTP, 4 Python workers)"
 
 # The same with wrk driving the 4 workers (http_worker.lua): the Python
 # clients' own CPU competes with PostgreSQL and tenantd on a small machine.
-if command -v wrk >/dev/null; then
+phase_wrk() {
     prepare bench.ext
     cpu_mark
     port=$(free_port)
@@ -182,9 +185,9 @@ if command -v wrk >/dev/null; then
     measure "HTTP worker API, 4 wrk workers"
     stop_all
     cpu_report "  (HTTP, 4 wrk workers)"
-fi
+}
 
-if [ "${BENCH_PGBENCH:-1}" != 0 ] && command -v /usr/lib/postgresql/15/bin/pgbench >/dev/null; then
+phase_pgbench() {
     prepare bench.ext
     # The worker API's claim (tenantd_job_ext_claim) reduced to its core:
     # SKIP LOCKED over the queued external jobs, then the completion.
@@ -208,7 +211,38 @@ SQL
                 WHERE status = 'succeeded'")
     done_n=$(sql "SELECT count(*) FROM public.jobs WHERE status = 'succeeded'")
     python3 -c "print(f'%-34s %8d jobs %8.2f s %10.0f jobs/s' % ('pgbench claim+complete SQL, 4 cl', $done_n, $secs, $done_n / $secs))"
+    rate=$(python3 -c "print($done_n / $secs)")
     cpu_report "  (pgbench claim+complete SQL)"
     rm -f /tmp/bench-jobs-$$.sql /tmp/bench-jobs-$$.pgbench
+}
+
+have_wrk=; command -v wrk >/dev/null && have_wrk=1
+have_pgbench=
+if [ "${BENCH_PGBENCH:-1}" != 0 ] && command -v /usr/lib/postgresql/15/bin/pgbench >/dev/null; then
+    have_pgbench=1
+fi
+[ -n "$have_wrk" ] && phase_wrk && wrk_rates=("$rate")
+[ -n "$have_pgbench" ] && phase_pgbench && pg_rates=("$rate")
+
+# BENCH_ROUNDS > 1: more rounds of the two, in alternating order (so a drift
+# of the machine's load favours neither), then each round's ratio and their
+# median: one round's ratio swung 0.64-1.09 on a quiet 2-core machine.
+if [ -n "$have_wrk" ] && [ -n "$have_pgbench" ] && [ "${BENCH_ROUNDS:-1}" -gt 1 ]; then
+    for r in $(seq 2 "$BENCH_ROUNDS"); do
+        echo "round $r:"
+        if [ $((r % 2)) = 0 ]; then
+            phase_pgbench; pg_rates+=("$rate"); phase_wrk; wrk_rates+=("$rate")
+        else
+            phase_wrk; wrk_rates+=("$rate"); phase_pgbench; pg_rates+=("$rate")
+        fi
+    done
+    python3 - "${wrk_rates[*]}" "${pg_rates[*]}" <<'PY'
+import statistics, sys
+w = [float(x) for x in sys.argv[1].split()]
+p = [float(x) for x in sys.argv[2].split()]
+r = [a / b for a, b in zip(w, p)]
+print("HTTP worker API (wrk) / pgbench per round: " + " ".join(f"{x:.2f}" for x in r)
+      + f"; median {statistics.median(r):.2f} over {len(r)} rounds")
+PY
 fi
 rm -f /tmp/bench-jobs-$$.log
