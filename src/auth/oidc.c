@@ -58,12 +58,21 @@
 static struct provider providers[MAX_PROVIDERS];
 static int nproviders;
 
-struct provider *oidc_provider_find(const char *name)
+static struct provider *oidc_provider_find(const char *name)
 {
     for (int i = 0; name && i < nproviders; i++)
         if (!strcmp(providers[i].name, name))
             return &providers[i];
     return NULL;
+}
+
+/* The {provider} path parameter's provider, else NULL after answering 404. */
+struct provider *oidc_provider_of(struct request *req)
+{
+    struct provider *p = oidc_provider_find(http_param(req, "provider"));
+    if (!p)
+        problem_respond(req, PROBLEM_NOT_FOUND, "No such sign-in provider.");
+    return p;
 }
 
 extern char **environ;
@@ -591,11 +600,9 @@ struct flow *oidc_flow_start(struct request *req, struct provider *p)
 
 static void oidc_start(struct request *req)
 {
-    struct provider *p = oidc_provider_find(http_param(req, "provider"));
-    if (!p) {
-        problem_respond(req, PROBLEM_NOT_FOUND, "No such sign-in provider.");
+    struct provider *p = oidc_provider_of(req);
+    if (!p)
         return;
-    }
     json_t *errors = NULL;
     const char *org = http_query(req, "org"), *ru = http_query(req, "redirect_uri");
     const char *inv = http_query(req, "invitation");
@@ -816,11 +823,9 @@ static void flow_claimed(struct db_result *r, void *ud)
 
 static void oidc_callback(struct request *req)
 {
-    struct provider *p = oidc_provider_find(http_param(req, "provider"));
-    if (!p) {
-        problem_respond(req, PROBLEM_NOT_FOUND, "No such sign-in provider.");
+    struct provider *p = oidc_provider_of(req);
+    if (!p)
         return;
-    }
     const char *state = http_query(req, "state"), *code = http_query(req, "code");
     if (!state || strlen(state) != 43 || !code || !*code || strlen(code) > 2048) {
         problem_respond(req, PROBLEM_TOKEN_INVALID, "This sign-in attempt is unknown or expired.");

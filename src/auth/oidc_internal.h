@@ -53,7 +53,7 @@ struct flow *oidc_flow_start(struct request *req, struct provider *p);
  * exchange (which looks codes up by their hash) can never redeem it. */
 #define OIDC_LINK_KEY_PREFIX "link:"
 
-struct provider *oidc_provider_find(const char *name);
+struct provider *oidc_provider_of(struct request *req);
 bool oidc_redirect_allowed(const char *uri);
 const char *oidc_callback_url(struct request *req, const struct provider *p);
 /* The provider's authorization URL for f (PKCE challenge of f->verifier). */

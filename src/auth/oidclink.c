@@ -167,11 +167,9 @@ static void link_discovered(uv_work_t *w, int status)
 void oidc_link_start(struct request *req)
 {
     const struct auth_ctx *a = auth_ctx(req); /* a user: the routes are AUTH_USER */
-    struct provider *p = oidc_provider_find(http_param(req, "provider"));
-    if (!p) {
-        problem_respond(req, PROBLEM_NOT_FOUND, "No such sign-in provider.");
+    struct provider *p = oidc_provider_of(req);
+    if (!p)
         return;
-    }
     json_t *body = body_object(req, false);
     if (!body)
         return;
@@ -264,11 +262,9 @@ static void link_claimed(struct db_result *r, void *ud)
 void oidc_link_complete(struct request *req)
 {
     const struct auth_ctx *a = auth_ctx(req); /* a user: the routes are AUTH_USER */
-    struct provider *p = oidc_provider_find(http_param(req, "provider"));
-    if (!p) {
-        problem_respond(req, PROBLEM_NOT_FOUND, "No such sign-in provider.");
+    struct provider *p = oidc_provider_of(req);
+    if (!p)
         return;
-    }
     json_t *body = body_object(req, false);
     if (!body)
         return;

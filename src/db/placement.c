@@ -207,8 +207,7 @@ bool db_try_assign(struct db_pool *p, struct dbq *q)
         return false;
     if (q->affine && c != &p->conns[q->rank[0]]) {
         p->spills++;
-        if (p->metrics)
-            metrics_db_spill(p->metrics);
+        metrics_db_spill(p->metrics); /* NULL-safe */
     }
 
     db_conn_send(c, q);
