@@ -257,7 +257,10 @@ class JobsApiTest(LedgerAudit, harness.DbTestCase):
             "CREATE FUNCTION public.t_job_trace() RETURNS trigger LANGUAGE plpgsql AS $$ "
             "BEGIN INSERT INTO public.t_job_trace VALUES (NEW.id, NEW.status, NEW.attempts, "
             "NEW.run_at, clock_timestamp()); RETURN NEW; END $$;"
-            "CREATE TRIGGER t_job_trace AFTER UPDATE ON public.jobs "
+            # BEFORE: the moment is read right after the UPDATE's own
+            # clock_timestamp() + backoff, not after the row and the other
+            # triggers (an AFTER trace ran 2 ms late on a loaded machine).
+            "CREATE TRIGGER t_job_trace BEFORE UPDATE ON public.jobs "
             "FOR EACH ROW EXECUTE FUNCTION public.t_job_trace()")
         self.addCleanup(sql, "DROP TABLE public.t_job_trace; "
                         "DROP TRIGGER t_job_trace ON public.jobs; "
