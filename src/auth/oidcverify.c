@@ -99,7 +99,6 @@ static bool verify_sig(EVP_PKEY *key, bool ec, const char *signed_part, size_t s
                        const unsigned char *sig, int siglen)
 {
     unsigned char *der = NULL;
-    int derlen = 0;
     if (ec) { /* JOSE: r || s, 32 bytes each -> DER for OpenSSL */
         if (siglen != 64)
             return false;
@@ -111,7 +110,7 @@ static bool verify_sig(EVP_PKEY *key, bool ec, const char *signed_part, size_t s
             ECDSA_SIG_free(es);
             return false;
         }
-        derlen = i2d_ECDSA_SIG(es, &der);
+        int derlen = i2d_ECDSA_SIG(es, &der);
         ECDSA_SIG_free(es);
         if (derlen <= 0)
             return false;
@@ -164,12 +163,15 @@ json_t *oidc_id_token_verify(struct provider *p, const char *tok, const char *no
         const char *iss = json_string_value(json_object_get(claims, "iss"));
         json_t *aud = json_object_get(claims, "aud");
         bool aud_ok = json_is_string(aud) && !strcmp(json_string_value(aud), p->client_id);
-        size_t i;
-        json_t *a;
-        if (json_is_array(aud))
-            json_array_foreach(aud, i, a) if (json_is_string(a) &&
-                                              !strcmp(json_string_value(a), p->client_id)) aud_ok =
-                true;
+        if (json_is_array(aud)) {
+            size_t i;
+            json_t *a;
+            json_array_foreach(aud, i, a)
+            {
+                if (json_is_string(a) && !strcmp(json_string_value(a), p->client_id))
+                    aud_ok = true;
+            }
+        }
         json_t *exp = json_object_get(claims, "exp");
         const char *n = json_string_value(json_object_get(claims, "nonce"));
         const char *sub = json_string_value(json_object_get(claims, "sub"));
