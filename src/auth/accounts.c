@@ -1,9 +1,10 @@
 /*
  * Accounts: invitations, password reset and email verification (README
- * "Accounts"; API.md). This file holds the module (its route table), the
- * helpers of the routes that mail links, and the invitation routes;
- * password reset and email verification are in resetverify.c, the mails in
- * accountmail.c, the audit-log routes in audit.c. All make accounts_module.
+ * "Accounts"; openapi.accounts.json). This file holds the module (its route
+ * table), the helpers of the routes that mail links, and the invitation
+ * routes; password reset and email verification are in resetverify.c, the
+ * mails in accountmail.c, the audit-log routes in audit.c. All make
+ * accounts_module.
  *
  * Links mailed to people carry a token of 32 random bytes (base64url, 43
  * chars) stored only as hex SHA-256 with an expiry; each route is one SQL
