@@ -456,6 +456,7 @@ static bool name_ok(const char *s)
     return n >= 1 && n <= NAME_MAX_CHARS;
 }
 
+/* Starts hashing pw for c, or answers. */
 void acct_hash_start(struct request *req, const char *pw, size_t len, password_hash_cb cb, void *ud)
 {
     int rc = password_hash_async(req->ctx->loop, pw, len, cb, ud);

@@ -18,6 +18,7 @@
  * HTTP/1.1 client), email.c (email.send).
  */
 #include "job/internal.h"
+#include "job/httpclient.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -29,7 +30,6 @@
 #include "core/config.h"
 #include "core/problem.h"
 #include "job/email.h"
-#include "job/httpclient.h"
 
 static void export_validate(json_t *p, json_t **errors);
 static void report_validate(json_t *p, json_t **errors);

@@ -17,7 +17,7 @@ extern const struct module record_module;
 /* True when name (NUL-terminated) is a valid collection name. */
 int record_collection_valid(const char *name);
 
-/* The `records.export` job type (src/job/reports.c) reads the records table
+/* The `records.export` job type (src/job/types.c) reads the records table
  * itself on a worker's own connection; record_collection_valid is the one
  * rule for collection names it can share. */
 
