@@ -194,10 +194,20 @@ struct request;
 struct db_stmt;
 struct db_result;
 /* Runs stmt ($1 = the path's {id}, $2 = the caller's org id) in the
- * caller's org and calls cb(result, req); a malformed id is answered 404
+ * caller's org and calls cb(result, ud); a malformed id is answered 404
  * with `missing` (ids are UUIDs) without a query. For the org-owned rows of
  * schedules and webhooks. */
 void job_org_row_query(struct request *req, const struct db_stmt *stmt,
-                       void (*cb)(struct db_result *r, void *ud), const char *missing);
+                       void (*cb)(struct db_result *r, void *ud), void *ud, const char *missing);
+
+/* An org's own rows of one kind (orgrows.c): list ($1 org id), get and
+ * delete ($1 id, $2 org id), answered alike for every kind. */
+struct job_rows {
+    const char *noun; /* "schedule": in messages and logs */
+    const struct db_stmt *list, *get, *del;
+};
+void job_rows_list(struct request *req, const struct job_rows *k);
+void job_rows_get(struct request *req, const struct job_rows *k);
+void job_rows_delete(struct request *req, const struct job_rows *k);
 
 #endif
