@@ -18,11 +18,10 @@ static int drain(PGconn *c, void (*fn)(const PGnotify *n, void *ud), void *ud)
     return flags;
 }
 
-int db_listen_wait(PGconn *c, int wake_fd, int timeout_ms,
-                   void (*fn)(const PGnotify *n, void *ud), void *ud)
+int db_listen_wait(PGconn *c, int wake_fd, int timeout_ms, void (*fn)(const PGnotify *n, void *ud),
+                   void *ud)
 {
-    struct pollfd p[2] = {{.fd = PQsocket(c), .events = POLLIN},
-                          {.fd = wake_fd, .events = POLLIN}};
+    struct pollfd p[2] = {{.fd = PQsocket(c), .events = POLLIN}, {.fd = wake_fd, .events = POLLIN}};
     if (p[0].fd < 0)
         return DB_LISTEN_LOST;
     int queued = drain(c, fn, ud);

@@ -22,7 +22,7 @@ enum {
  * within timeout_ms (-1: no limit), and returns a mix of the flags above;
  * 0 when the time ran out or what arrived was no notification (call again).
  * wake_fd < 0: none. */
-int db_listen_wait(PGconn *c, int wake_fd, int timeout_ms,
-                   void (*fn)(const PGnotify *n, void *ud), void *ud);
+int db_listen_wait(PGconn *c, int wake_fd, int timeout_ms, void (*fn)(const PGnotify *n, void *ud),
+                   void *ud);
 
 #endif
