@@ -9,7 +9,9 @@
  *   placement.c  which connection a query goes to (tenant affinity, the
  *                per-org cap, waiting and shedding);
  *   stmtcache.c  the statements prepared per connection (LRU) and the
- *                schemas each backend has seen (recycling).
+ *                schemas each backend has seen (recycling);
+ *   home.c       handing a tenant statement to its schema's home loop's
+ *                pool, and its result back (one backend per org in all).
  * pool_internal.h holds the structures they share.
  *
  * Every callback runs from the done list, drained at the end of a poll
