@@ -30,6 +30,7 @@
 #include "auth/tokens.h"
 #include "core/arena.h"
 #include "core/http.h"
+#include "core/page.h"
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
@@ -212,9 +213,6 @@ static const struct db_stmt q_keys_delete = {
 #define AVATAR_URL_MAX 2048
 #define LIST_LIMIT_DEFAULT 20
 #define LIST_LIMIT_MAX 100
-#define CURSOR_TS_LEN 27 /* 2026-01-02T03:04:05.123456Z */
-#define CURSOR_RAW_LEN (CURSOR_TS_LEN + 1 + 36)
-#define CURSOR_B64_BUFSZ (TOKEN_B64URL_LEN(CURSOR_RAW_LEN) + 1)
 
 /* The {id} path parameter when it is a UUID (lower-cased into the arena),
  * else NULL after answering 404. */
@@ -331,47 +329,6 @@ static const char *take_avatar_url(json_t *v, json_t **errors)
     return s;
 }
 
-/* ?limit= (1..100, default 20) and ?cursor= into *limit and ts/id (both NULL
- * for the first page). False after answering 422. */
-static bool page_params(struct request *req, int *limit, const char **ts, const char **id)
-{
-    json_t *errors = NULL;
-    *limit = LIST_LIMIT_DEFAULT;
-    *ts = *id = NULL;
-    const char *l = http_query(req, "limit");
-    if (l) {
-        char *end = NULL;
-        long v = (*l >= '0' && *l <= '9' && strlen(l) <= 3) ? strtol(l, &end, 10) : -1;
-        if (v < 1 || v > LIST_LIMIT_MAX || !end || *end)
-            problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
-        else
-            *limit = (int)v;
-    }
-    const char *c = http_query(req, "cursor");
-    if (c) {
-        unsigned char raw[CURSOR_RAW_LEN + 1];
-        int n = token_b64url_decode(c, strlen(c), raw, sizeof raw);
-        bool ok = n == CURSOR_RAW_LEN && raw[CURSOR_TS_LEN] == '|' &&
-                  token_uuid_valid((const char *)raw + CURSOR_TS_LEN + 1, 36);
-        /* The timestamp part: digits where digits go, the rest literal. */
-        static const char shape[] = "dddd-dd-ddTdd:dd:dd.ddddddZ";
-        for (int i = 0; ok && i < CURSOR_TS_LEN; i++)
-            ok = shape[i] == 'd' ? (raw[i] >= '0' && raw[i] <= '9')
-                                 : raw[i] == (unsigned char)shape[i];
-        if (!ok) {
-            problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
-        } else {
-            *ts = arena_strndup(req->arena, (const char *)raw, CURSOR_TS_LEN);
-            *id = arena_strndup(req->arena, (const char *)raw + CURSOR_TS_LEN + 1, 36);
-        }
-    }
-    if (errors) {
-        problem_respond_errors(req, "The query parameters are not valid.", errors);
-        return false;
-    }
-    return true;
-}
-
 /* Runs stmt with the org's schema as the connection's binding (every
  * statement here is schema-qualified, so this only spares a switch). */
 static void org_query(struct request *req, const struct auth_ctx *a, const struct db_stmt *stmt,
@@ -402,43 +359,19 @@ static void audited_query(struct request *req, const struct auth_ctx *a,
 
 /* ---- lists -------------------------------------------------------------- */
 
-/* {"data": <page>, "next_cursor": "<b64url>" | null}: the page is JSON from
- * PostgreSQL, the cursor base64url (no characters that need escaping). */
+/* The page as PostgreSQL answers it (JSON array, last position or NULL). */
 static void list_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
     if (r->status != DB_OK) {
         if (r->status == DB_ERROR && r->sqlstate && strncmp(r->sqlstate, "22", 2) == 0) {
-            /* A cursor of the right shape but an impossible date (month 13). */
-            json_t *errors = NULL;
-            problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
-            problem_respond_errors(req, "The query parameters are not valid.", errors);
+            page_respond_bad_cursor(req); /* the right shape, an impossible date (month 13) */
             return;
         }
         db_respond_failure(req, r, "list");
         return;
     }
-    const char *data = db_result_text(r, 0, 0);
-    const char *pos = db_result_text(r, 0, 1);
-    if (!data) {
-        db_respond_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no page"},
-                           "list");
-        return;
-    }
-    /* base64url needs no escaping inside a JSON string. */
-    const char *cursor = "null";
-    if (pos) {
-        char enc[CURSOR_B64_BUFSZ];
-        if (strlen(pos) != CURSOR_RAW_LEN ||
-            token_b64url_encode(pos, CURSOR_RAW_LEN, enc, sizeof enc) < 0) {
-            db_respond_failure(
-                req, &(struct db_result){.status = DB_ERROR, .message = "bad cursor"}, "list");
-            return;
-        }
-        cursor = arena_printf(req->arena, "\"%s\"", enc);
-    }
-    char *body = arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":%s}", data, cursor);
-    http_respond(req, 200, "application/json", body, strlen(body));
+    page_respond(req, db_result_text(r, 0, 0), PAGE_KEY_TIME_ID, db_result_text(r, 0, 1));
 }
 
 static void run_list(struct request *req, const struct db_stmt *stmt)
@@ -446,15 +379,17 @@ static void run_list(struct request *req, const struct db_stmt *stmt)
     const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
-    int limit;
-    const char *ts, *id;
-    if (!page_params(req, &limit, &ts, &id))
+    struct page pg;
+    json_t *errors = NULL;
+    if (!page_read(req, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, PAGE_KEY_TIME_ID, &pg, &errors)) {
+        problem_respond_errors(req, "The query parameters are not valid.", errors);
         return;
+    }
     const char **v = arena_alloc(req->arena, 4 * sizeof *v);
     v[0] = a->org_id;
-    v[1] = ts;
-    v[2] = id;
-    v[3] = arena_printf(req->arena, "%d", limit);
+    v[1] = pg.time;
+    v[2] = pg.id;
+    v[3] = pg.limit_text;
     org_query(req, a, stmt, 4, v, list_done, req);
 }
 

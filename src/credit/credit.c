@@ -36,7 +36,7 @@
 #include "core/arena.h"
 #include "core/config.h"
 #include "core/http.h"
-#include "core/digits.h"
+#include "core/page.h"
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
@@ -180,70 +180,6 @@ static bool take_amount(json_t *obj, int64_t min, int64_t max, const char *messa
     return true;
 }
 
-/* ---- opaque cursors: base64url of "s<seq>" -------------------------------- */
-
-static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-static void cursor_encode(const char *seq, char *out, size_t outlen)
-{
-    char raw[32];
-    int n = snprintf(raw, sizeof raw, "s%s", seq);
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (int i = 0; i < n && o + 1 < outlen; i++) {
-        acc = (acc << 8) | (unsigned char)raw[i];
-        bits += 8;
-        while (bits >= 6 && o + 1 < outlen) {
-            bits -= 6;
-            out[o++] = b64url[(acc >> bits) & 63];
-        }
-    }
-    if (bits > 0 && o + 1 < outlen)
-        out[o++] = b64url[(acc << (6 - bits)) & 63];
-    out[o] = '\0';
-}
-
-/* The seq a cursor names, as decimal text into out; false for anything
- * this server did not hand out. */
-static bool cursor_decode(const char *c, char *out, size_t outlen)
-{
-    size_t len = strlen(c);
-    if (len < 2 || len > 28)
-        return false;
-    char raw[32];
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        const char *p = memchr(b64url, c[i], 64);
-        if (!p)
-            return false;
-        acc = (acc << 6) | (uint32_t)(p - b64url);
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (o + 1 >= sizeof raw)
-                return false;
-            raw[o++] = (char)((acc >> bits) & 0xFF);
-        }
-    }
-    /* Leftover bits must be zero, as the encoder writes them (one spelling
-     * per cursor). */
-    if (bits >= 6 || (acc & ((1u << bits) - 1)) != 0)
-        return false;
-    raw[o] = '\0';
-    if (o < 2 || o > 20 || raw[0] != 's' || raw[1] == '0')
-        return false;
-    for (size_t i = 1; i < o; i++)
-        if (!isdigit((unsigned char)raw[i]))
-            return false;
-    if (o - 1 >= outlen || (o - 1 == 19 && strcmp(raw + 1, "9223372036854775807") > 0))
-        return false;
-    memcpy(out, raw + 1, o);
-    return true;
-}
-
 /* ---- GET /v1/credits ---------------------------------------------------- */
 
 static void balance_done(struct db_result *r, void *ud)
@@ -280,21 +216,7 @@ static void list_done(struct db_result *r, void *ud)
         db_respond_failure(req, r, "credit list");
         return;
     }
-    const char *data = db_result_text(r, 0, 0);
-    const char *next = db_result_text(r, 0, 1);
-    if (!data) {
-        db_respond_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no page"},
-                           "credit list");
-        return;
-    }
-    char cursor[48] = "null";
-    if (next) {
-        char enc[40];
-        cursor_encode(next, enc, sizeof enc);
-        snprintf(cursor, sizeof cursor, "\"%s\"", enc);
-    }
-    const char *body = arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":%s}", data, cursor);
-    http_respond(req, 200, "application/json", body, strlen(body));
+    page_respond(req, db_result_text(r, 0, 0), PAGE_KEY_SEQ, db_result_text(r, 0, 1));
 }
 
 static void credits_list(struct request *req)
@@ -303,14 +225,8 @@ static void credits_list(struct request *req)
     if (!a)
         return;
     json_t *errors = NULL;
-    int limit = parse_limit_param(http_query(req, "limit"), LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX);
-    if (limit < 0)
-        problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
-    const char *c = http_query(req, "cursor");
-    char seq[24];
-    if (c && !cursor_decode(c, seq, sizeof seq))
-        problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
-    if (errors) {
+    struct page pg;
+    if (!page_read(req, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, PAGE_KEY_SEQ, &pg, &errors)) {
         problem_respond_errors(req, "The query parameters are not valid.", errors);
         return;
     }
@@ -321,8 +237,8 @@ static void credits_list(struct request *req)
     }
     const char **v = arena_alloc(req->arena, 3 * sizeof *v);
     v[0] = a->org_id;
-    v[1] = c ? arena_strdup(req->arena, seq) : NULL;
-    v[2] = arena_printf(req->arena, "%d", limit);
+    v[1] = pg.seq;
+    v[2] = pg.limit_text;
     db_query(pool, NULL, &q_list, 3, v, list_done, req);
 }
 

@@ -35,6 +35,7 @@
 #include "core/arena.h"
 #include "core/config.h"
 #include "core/http.h"
+#include "core/page.h"
 #include "core/log.h"
 #include "core/problem.h"
 #include "credit/credit.h"
@@ -456,7 +457,7 @@ static void listed(struct db_result *r, void *ud)
     int shown = n > lc->limit ? lc->limit : n;
     /* A page also ends past LIST_PAGE_BYTES (payloads may be large); the
      * first item always counts. */
-    size_t len = 64;
+    size_t len = 96; /* the envelope and a cursor (at most 26 characters) */
     for (int i = 0; i < shown; i++) {
         size_t l = (size_t)PQgetlength(r->res, i, 0) + 1;
         if (i > 0 && len + l > LIST_PAGE_BYTES) {
@@ -474,8 +475,15 @@ static void listed(struct db_result *r, void *ud)
         memcpy(w, PQgetvalue(r->res, i, 0), l);
         w += l;
     }
-    if (n > shown)
-        w += sprintf(w, "],\"next_cursor\":\"%.20s\"}", PQgetvalue(r->res, shown - 1, 1));
+    const char *next =
+        n > shown ? page_cursor(req->arena, PAGE_KEY_SEQ, PQgetvalue(r->res, shown - 1, 1)) : NULL;
+    if (n > shown && !next) {
+        problem_respond(req, PROBLEM_INTERNAL, "The request failed on our side.");
+        return;
+    }
+    /* base64url needs no escaping inside a JSON string. */
+    if (next)
+        w += sprintf(w, "],\"next_cursor\":\"%s\"}", next);
     else
         w += sprintf(w, "],\"next_cursor\":null}");
     http_respond_arena(req, 200, "application/json", out, (size_t)(w - out));
@@ -499,38 +507,21 @@ static void jobs_list(struct request *req)
     const char *type = http_query(req, "type");
     if (type && (strlen(type) < 1 || strlen(type) > 64))
         problem_add_error(&errors, "type", "must be a job type name");
-    int limit = LIST_LIMIT_DEFAULT;
-    const char *l = http_query(req, "limit");
-    if (l) {
-        char *end;
-        long v = strtol(l, &end, 10);
-        if (!*l || *end || v < 1 || v > LIST_LIMIT_MAX)
-            problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
-        else
-            limit = (int)v;
-    }
-    const char *cursor = http_query(req, "cursor");
-    if (cursor) {
-        size_t n = strlen(cursor);
-        bool ok = n >= 1 && n <= 18;
-        for (size_t i = 0; ok && i < n; i++)
-            ok = isdigit((unsigned char)cursor[i]);
-        if (!ok)
-            problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
-    }
+    struct page pg;
+    page_read(req, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, PAGE_KEY_SEQ, &pg, &errors);
     if (errors) {
         problem_respond_errors(req, "The query is not valid.", errors);
         return;
     }
     struct list_ctx *lc = arena_calloc(req->arena, sizeof *lc);
     lc->req = req;
-    lc->limit = limit;
+    lc->limit = pg.limit;
     const char **vals = arena_calloc(req->arena, 5 * sizeof *vals);
     vals[0] = a->org_id;
     vals[1] = status;
     vals[2] = type;
-    vals[3] = cursor;
-    vals[4] = arena_printf(req->arena, "%d", limit);
+    vals[3] = pg.seq;
+    vals[4] = pg.limit_text;
     db_query(req->ctx->db, a->schema, &list_stmt, 5, vals, listed, lc);
 }
 

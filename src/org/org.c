@@ -42,11 +42,11 @@
 #include "core/config.h"
 #include "core/embedded.h"
 #include "core/http.h"
+#include "core/page.h"
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
 #include "core/strbuf.h"
-#include "core/digits.h"
 #include "app/dbhttp.h"
 #include "db/db.h"
 #include "db/migrate.h"
@@ -882,57 +882,6 @@ static void admin_org_delete(struct request *req)
     db_query(db_pool_of(req), NULL, &admin_delete_stmt, 1, v, admin_delete_done, req);
 }
 
-/*
- * List cursors: base64url of "<created_at>|<id>", created_at exactly as
- * tenantd_ts renders it (microseconds, UTC), so it round-trips without
- * loss. Opaque to clients; checked strictly here before it reaches SQL.
- */
-#define CURSOR_TIME_LEN 27 /* 2026-11-25T12:46:01.123456Z */
-#define CURSOR_TEXT_LEN (CURSOR_TIME_LEN + 1 + 36)
-
-static bool cursor_time_valid(const char *t)
-{
-    static const char shape[] = "dddd-dd-ddTdd:dd:dd.ddddddZ";
-    for (size_t i = 0; i < CURSOR_TIME_LEN; i++) {
-        if (shape[i] == 'd' ? !isdigit((unsigned char)t[i]) : t[i] != shape[i])
-            return false;
-    }
-    int mon = (t[5] - '0') * 10 + (t[6] - '0'), day = (t[8] - '0') * 10 + (t[9] - '0');
-    int hour = (t[11] - '0') * 10 + (t[12] - '0'), min = (t[14] - '0') * 10 + (t[15] - '0');
-    int sec = (t[17] - '0') * 10 + (t[18] - '0');
-    return mon >= 1 && mon <= 12 && day >= 1 && day <= 31 && hour <= 23 && min <= 59 && sec <= 59;
-}
-
-/* Decodes a cursor into its time and id (arena strings). false when bad. */
-static bool cursor_decode(struct arena *a, const char *cur, const char **time, const char **id)
-{
-    unsigned char buf[CURSOR_TEXT_LEN + 1];
-    size_t len = strlen(cur);
-    if (len > TOKEN_B64URL_LEN(CURSOR_TEXT_LEN))
-        return false;
-    int n = token_b64url_decode(cur, len, buf, sizeof buf);
-    if (n != CURSOR_TEXT_LEN || buf[CURSOR_TIME_LEN] != '|')
-        return false;
-    buf[n] = '\0';
-    const char *t = (const char *)buf, *u = (const char *)buf + CURSOR_TIME_LEN + 1;
-    if (!cursor_time_valid(t) || !token_uuid_valid(u, 36))
-        return false;
-    *time = arena_strndup(a, t, CURSOR_TIME_LEN);
-    *id = arena_strndup(a, u, 36);
-    return true;
-}
-
-static char *cursor_encode(struct arena *a, const char *time, const char *id)
-{
-    char text[CURSOR_TEXT_LEN + 1];
-    int n = snprintf(text, sizeof text, "%s|%s", time, id);
-    if (n != CURSOR_TEXT_LEN)
-        return NULL;
-    size_t cap = TOKEN_B64URL_LEN(CURSOR_TEXT_LEN) + 1;
-    char *out = arena_alloc(a, cap);
-    return token_b64url_encode(text, (size_t)n, out, cap) < 0 ? NULL : out;
-}
-
 struct list_state {
     struct request *req;
     int limit;
@@ -945,7 +894,10 @@ static void admin_list_done(struct db_result *r, void *ud)
     struct list_state *st = ud;
     struct request *req = st->req;
     if (r->status != DB_OK) {
-        db_respond_failure(req, r, "org: listing orgs");
+        if (r->status == DB_ERROR && r->sqlstate && strncmp(r->sqlstate, "22", 2) == 0)
+            page_respond_bad_cursor(req); /* the right shape, an impossible date (Feb 30) */
+        else
+            db_respond_failure(req, r, "org: listing orgs");
         return;
     }
     int rows = PQntuples(r->res);
@@ -960,8 +912,9 @@ static void admin_list_done(struct db_result *r, void *ud)
     sb_puts(&b, "],\"next_cursor\":");
     const char *next = NULL;
     if (rows > st->limit && shown > 0)
-        next = cursor_encode(req->arena, PQgetvalue(r->res, shown - 1, 1),
-                             PQgetvalue(r->res, shown - 1, 2));
+        next = page_cursor(req->arena, PAGE_KEY_TIME_ID,
+                           arena_printf(req->arena, "%s|%s", PQgetvalue(r->res, shown - 1, 1),
+                                        PQgetvalue(r->res, shown - 1, 2)));
     if (next) {
         sb_puts(&b, "\"");
         sb_puts(&b, next);
@@ -978,24 +931,20 @@ static void admin_orgs_list(struct request *req)
     struct list_state *st = arena_calloc(req->arena, sizeof *st);
     st->req = req;
     json_t *errors = NULL;
-    st->limit = parse_limit_param(http_query(req, "limit"), LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX);
-    if (st->limit < 0)
-        problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
+    struct page pg;
+    page_read(req, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, PAGE_KEY_TIME_ID, &pg, &errors);
+    st->limit = pg.limit;
     const char *status = http_query(req, "status");
     if (status && strcmp(status, "active") != 0 && strcmp(status, "suspended") != 0 &&
         strcmp(status, "deleted") != 0)
         problem_add_error(&errors, "status", "must be active, suspended or deleted");
-    const char *cur = http_query(req, "cursor");
-    const char *ctime = NULL, *cid = NULL;
-    if (cur && !cursor_decode(req->arena, cur, &ctime, &cid))
-        problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
     if (errors) {
         problem_respond_errors(req, "The query has invalid parameters.", errors);
         return;
     }
     snprintf(st->fetch, sizeof st->fetch, "%d", st->limit + 1);
-    st->values[0] = ctime;
-    st->values[1] = cid;
+    st->values[0] = pg.time;
+    st->values[1] = pg.id;
     st->values[2] = st->fetch;
     st->values[3] = status;
     db_query(db_pool_of(req), NULL, &admin_list_stmt, 4, st->values, admin_list_done, st);
