@@ -209,7 +209,6 @@ static const struct db_stmt q_keys_delete = {
 
 /* ---- helpers ------------------------------------------------------------ */
 
-#define NAME_MAX_CHARS 100
 #define AVATAR_URL_MAX 2048
 #define LIST_LIMIT_DEFAULT 20
 #define LIST_LIMIT_MAX 100
@@ -231,34 +230,6 @@ static const char *path_uuid(struct request *req, const char *what)
 
 
 
-/* Code points in a valid UTF-8 string (jansson checked it) and whether it
- * holds a control character (C0, DEL or C1). */
-static size_t utf8_chars(const char *s, bool *has_control)
-{
-    size_t n = 0;
-    *has_control = false;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if ((*p & 0xC0) != 0x80)
-            n++;
-        if (*p < 0x20 || *p == 0x7F)
-            *has_control = true;
-        if (*p == 0xC2 && p[1] >= 0x80 && p[1] <= 0x9F)
-            *has_control = true;
-    }
-    return n;
-}
-
-/* A display name: 1..100 characters, no control characters. */
-static const char *name_problem(const char *s)
-{
-    bool ctl;
-    size_t n = utf8_chars(s, &ctl);
-    if (n < 1 || n > NAME_MAX_CHARS)
-        return "must be 1 to 100 characters";
-    if (ctl)
-        return "must not contain control characters";
-    return NULL;
-}
 
 
 
@@ -286,24 +257,6 @@ static const char *take_role(json_t *v, const char *field, json_t **errors)
     const char *s = json_string_value(v);
     if (!s || (strcmp(s, "admin") != 0 && strcmp(s, "member") != 0)) {
         problem_add_error(errors, field, "must be \"admin\" or \"member\"");
-        return NULL;
-    }
-    return s;
-}
-
-/* A display name from a JSON string, or NULL with an error added (callers
- * handle JSON null themselves where it is allowed). */
-static const char *take_name(json_t *v, const char *field, json_t **errors)
-{
-    if (!json_is_string(v)) {
-        problem_add_error(errors, field, "must be a string or null");
-        return NULL;
-    }
-    const char *s = json_string_value(v);
-    const char *why =
-        strlen(s) != json_string_length(v) ? "must not contain NUL characters" : name_problem(s);
-    if (why) {
-        problem_add_error(errors, field, why);
         return NULL;
     }
     return s;
@@ -521,9 +474,7 @@ static void users_create(struct request *req)
         }
     }
 
-    v = json_object_get(body, "name");
-    if (v && !json_is_null(v))
-        name = take_name(v, "name", &errors);
+    name = body_name(body, "name", false, &errors);
 
     v = json_object_get(body, "role");
     if (v)
@@ -621,13 +572,11 @@ static void users_update(struct request *req)
     vals[1] = id;
     vals[2] = "f";
     vals[6] = "f";
-    json_t *v = json_object_get(body, "name");
-    if (v) {
-        vals[2] = "t";
-        if (!json_is_null(v)) {
-            const char *name = take_name(v, "name", &errors);
-            vals[3] = name ? arena_strdup(req->arena, name) : NULL;
-        }
+    json_t *v;
+    if (json_object_get(body, "name")) {
+        vals[2] = "t"; /* null clears the name */
+        const char *name = body_name(body, "name", false, &errors);
+        vals[3] = name ? arena_strdup(req->arena, name) : NULL;
     }
     if ((v = json_object_get(body, "email")))
         vals[4] = take_email(req, v, "email", &errors);
@@ -777,11 +726,8 @@ static void keys_create(struct request *req)
     json_t *errors = NULL;
     body_unknown_fields(req, body, fields, NULL, &errors);
     const char *name = NULL, *role = "member";
-    json_t *v = json_object_get(body, "name");
-    if (!v)
-        problem_add_error(&errors, "name", "is required");
-    else
-        name = take_name(v, "name", &errors);
+    name = body_name(body, "name", true, &errors);
+    json_t *v;
     if ((v = json_object_get(body, "role"))) {
         /* An API key may also be a worker's: the worker API of its org only. */
         if (json_is_string(v) && !strcmp(json_string_value(v), "worker"))

@@ -33,6 +33,7 @@
 #include "auth/tokens.h"
 #include "core/trace.h"
 #include "core/arena.h"
+#include "core/body.h"
 #include "core/config.h"
 #include "core/http.h"
 #include "core/page.h"
@@ -179,11 +180,6 @@ static void job_shutdown(void)
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static void decref_cleanup(void *p)
-{
-    json_decref(p);
-}
-
 /* RFC 3339 date-time (with a UTC offset), e.g. 2026-01-02T03:04:05.5Z, of a
  * real calendar date in years 1970..9999. */
 static bool rfc3339_valid(const char *s)
@@ -293,31 +289,13 @@ static void created(struct db_result *r, void *ud)
 static void jobs_create(struct request *req)
 {
     const struct auth_ctx *a = auth_ctx(req);
-    json_error_t je;
-    json_t *body = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &je);
-    if (!body) {
-        problem_respond(req, PROBLEM_BAD_REQUEST, "The body is not valid JSON.");
+    json_t *body = body_object(req, false);
+    if (!body)
         return;
-    }
-    arena_cleanup(req->arena, decref_cleanup, body);
-    if (!json_is_object(body)) {
-        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
-        return;
-    }
     json_t *errors = NULL;
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v)
-    {
-        static const char *const known[] = {"type",   "payload",      "priority",
-                                            "run_at", "max_attempts", NULL};
-        bool ok = false;
-        for (const char *const *k = known; *k; k++)
-            ok = ok || !strcmp(*k, key);
-        if (!ok)
-            problem_add_error(&errors, arena_printf(req->arena, "%.100s", key),
-                              "is not a field of a job");
-    }
+    static const char *const known[] = {"type", "payload", "priority", "run_at", "max_attempts",
+                                        NULL};
+    body_unknown_fields(req, body, known, NULL, &errors);
 
     const struct job_type *t = NULL;
     json_t *type = json_object_get(body, "type");
@@ -342,28 +320,13 @@ static void jobs_create(struct request *req)
     }
 
     json_int_t priority = 0, max_attempts = external ? 0 : MAX_ATTEMPTS_DEFAULT;
-    json_t *p = json_object_get(body, "priority");
-    if (p && !json_is_null(p)) {
-        if (!json_is_integer(p) || json_integer_value(p) < 0 || json_integer_value(p) > 9)
-            problem_add_error(&errors, "priority", "must be an integer from 0 to 9");
-        else
-            priority = json_integer_value(p);
-    }
-    json_t *m = json_object_get(body, "max_attempts");
-    if (m && !json_is_null(m)) {
-        if (!json_is_integer(m) || json_integer_value(m) < 1 || json_integer_value(m) > 25)
-            problem_add_error(&errors, "max_attempts", "must be an integer from 1 to 25");
-        else
-            max_attempts = json_integer_value(m);
-    }
-    const char *run_at = NULL;
-    json_t *ra = json_object_get(body, "run_at");
-    if (ra && !json_is_null(ra)) {
-        if (!json_is_string(ra) || !rfc3339_valid(json_string_value(ra)))
-            problem_add_error(&errors, "run_at",
-                              "must be an RFC 3339 date-time, e.g. 2030-01-02T03:04:05Z");
-        else
-            run_at = json_string_value(ra);
+    body_int(body, "priority", false, 0, 9, NULL, &priority, &errors);
+    body_int(body, "max_attempts", false, 1, 25, NULL, &max_attempts, &errors);
+    static const char run_at_rule[] = "must be an RFC 3339 date-time, e.g. 2030-01-02T03:04:05Z";
+    const char *run_at = body_string(body, "run_at", false, 1, 64, run_at_rule, &errors);
+    if (run_at && !rfc3339_valid(run_at)) {
+        problem_add_error(&errors, "run_at", run_at_rule);
+        run_at = NULL;
     }
     if (errors || (!t && !external)) { /* no type means an error was added */
         problem_respond_errors(req, "The job is not valid.", errors);

@@ -328,7 +328,7 @@ static json_int_t num(json_t *obj, const char *name)
 
 static void check_org(struct check *c, json_t *o)
 {
-    const char *why = org_name_problem(str(o, "name"));
+    const char *why = body_name_problem(str(o, "name"));
     if (why)
         add_error(c, "name", why);
     /* Slugs are case-insensitive and kept lower-case (SQL lowers it too). */
@@ -363,7 +363,7 @@ static void check_user(struct check *c, json_t *u)
     if (!body_email_valid(email) || !lower)
         add_error(c, "email", "must be a valid lower-case email address");
     const char *name = str(u, "name");
-    const char *why = name ? org_name_problem(name) : NULL;
+    const char *why = name ? body_name_problem(name) : NULL;
     if (why)
         add_error(c, "name", why);
     static const char *const roles[] = {"admin", "member", NULL};
@@ -391,8 +391,9 @@ static void check_user(struct check *c, json_t *u)
 
 static void check_key(struct check *c, json_t *k)
 {
-    if (!text_ok(str(k, "name"), 100, false))
-        add_error(c, "name", "must be 1 to 100 characters without control characters");
+    const char *name_why = body_name_problem(str(k, "name"));
+    if (name_why)
+        add_error(c, "name", name_why);
     static const char *const roles[] = {"admin", "member", "worker", NULL};
     if (!one_of(str(k, "role"), roles))
         add_error(c, "role", "must be \"admin\", \"member\" or \"worker\"");
@@ -409,7 +410,7 @@ static void check_key(struct check *c, json_t *k)
 static void check_record(struct check *c, json_t *r)
 {
     if (!record_collection_valid(str(r, "collection")))
-        add_error(c, "collection", "must be 1..64 characters of a-z, 0-9, '_' and '-'");
+        add_error(c, "collection", "must be " RECORD_COLLECTION_RULE);
     if (depth(json_object_get(r, "data")) > RECORD_MAX_DEPTH)
         add_error(c, "data", "is nested too deeply");
     if (num(r, "version") < 1)

@@ -86,7 +86,6 @@ const struct module org_module = {
     .shutdown = org_shutdown,
 };
 
-#define NAME_MAX_CHARS 100 /* org and user display names, in code points */
 #define SLUG_MIN 2
 #define SLUG_MAX 50
 #define LIST_LIMIT_DEFAULT 20
@@ -283,44 +282,6 @@ static void org_shutdown(void)
 }
 
 /* ---- validation ----------------------------------------------------------- */
-
-/* Code points of a valid UTF-8 string (jansson only hands out valid UTF-8),
- * and whether it holds a control character (C0, DEL or C1). */
-static size_t utf8_chars(const char *s, bool *has_control)
-{
-    size_t n = 0;
-    *has_control = false;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if ((*p & 0xC0) != 0x80)
-            n++;
-        if (*p < 0x20 || *p == 0x7F || (*p == 0xC2 && p[1] >= 0x80 && p[1] <= 0x9F))
-            *has_control = true;
-    }
-    return n;
-}
-
-static bool blank(const char *s)
-{
-    for (; *s; s++)
-        if (!isspace((unsigned char)*s))
-            return false;
-    return true;
-}
-
-/* Checks a display name (an org's, or the admin's): 1..100 characters, not
- * only spaces, no control characters, as the users routes require. NULL
- * when fine, else the message for the errors list. */
-const char *org_name_problem(const char *s)
-{
-    bool ctl;
-    size_t n = utf8_chars(s, &ctl);
-    if (n < 1 || n > NAME_MAX_CHARS || blank(s))
-        return "must be 1 to 100 characters, not only spaces";
-    if (ctl)
-        return "must not contain control characters";
-    return NULL;
-}
-
 
 static bool slug_char(char c)
 {
@@ -551,7 +512,7 @@ static void orgs_create_allowed(struct request *req, void *ud)
     body_unknown_fields(req, body, fields, NULL, &errors);
 
     s->name = string_member(body, "name", false, &errors, "name", &present);
-    const char *name_why = s->name ? org_name_problem(s->name) : NULL;
+    const char *name_why = s->name ? body_name_problem(s->name) : NULL;
     if (!present)
         problem_add_error(&errors, "name", "is required");
     else if (name_why)
@@ -592,7 +553,7 @@ static void orgs_create_allowed(struct request *req, void *ud)
             problem_add_error(&errors, "admin.password", "must be 8..1024 bytes");
 
         s->user_name = string_member(admin, "name", true, &errors, "admin.name", &present);
-        const char *why = s->user_name ? org_name_problem(s->user_name) : NULL;
+        const char *why = s->user_name ? body_name_problem(s->user_name) : NULL;
         if (why)
             problem_add_error(&errors, "admin.name", why);
         static const char *const admin_fields[] = {"email", "password", "name", NULL};
@@ -730,7 +691,7 @@ static void org_patch(struct request *req)
     org_join_fields(req, body, &policy, &domains, &errors);
     const char *name = string_member(body, "name", false, &errors, "name", &has_name);
     if (name) {
-        const char *why = org_name_problem(name);
+        const char *why = body_name_problem(name);
         if (why)
             problem_add_error(&errors, "name", why);
     }

@@ -250,14 +250,12 @@ static bool check_object(struct request *req, const char *text, size_t len, cons
     }
 }
 
-/* The {collection} parameter, or NULL after answering 404. */
-static const char *path_collection(struct request *req)
+const char *record_path_collection(struct request *req)
 {
     const char *c = http_param(req, "collection");
     if (!c || !record_collection_valid(c)) {
         problem_respond(req, PROBLEM_NOT_FOUND,
-                        "No such collection: collection names are 1 to 64 characters of a-z, "
-                        "0-9, '_' and '-'.");
+                        "No such collection: collection names are " RECORD_COLLECTION_RULE ".");
         return NULL;
     }
     return c;
@@ -496,7 +494,7 @@ static void create_proceed(struct request *req, struct idem_claim *claim, void *
 static void records_create(struct request *req)
 {
     const struct auth_ctx *a = auth_org_caller(req);
-    const char *coll = a ? path_collection(req) : NULL;
+    const char *coll = a ? record_path_collection(req) : NULL;
     if (!coll)
         return;
     if (!check_object(req, req->body ? req->body : "", req->body ? req->body_len : 0, "The body"))
@@ -530,7 +528,7 @@ static void list_done(struct db_result *r, void *ud)
 static void records_list(struct request *req)
 {
     const struct auth_ctx *a = auth_org_caller(req);
-    const char *coll = a ? path_collection(req) : NULL;
+    const char *coll = a ? record_path_collection(req) : NULL;
     if (!coll)
         return;
     const char **v = arena_calloc(req->arena, 5 * sizeof *v);
@@ -579,7 +577,7 @@ static void get_done(struct db_result *r, void *ud)
 static void records_get(struct request *req)
 {
     const struct auth_ctx *a = auth_org_caller(req);
-    const char *coll = a ? path_collection(req) : NULL;
+    const char *coll = a ? record_path_collection(req) : NULL;
     const char *id = coll ? path_id(req) : NULL;
     if (!id)
         return;
@@ -615,7 +613,7 @@ static void write_done(struct db_result *r, void *ud)
 static void run_write(struct request *req, const struct db_stmt *stmt, const char *what)
 {
     const struct auth_ctx *a = auth_org_caller(req);
-    const char *coll = a ? path_collection(req) : NULL;
+    const char *coll = a ? record_path_collection(req) : NULL;
     const char *id = coll ? path_id(req) : NULL;
     if (!id)
         return;
@@ -667,7 +665,7 @@ static void delete_done(struct db_result *r, void *ud)
 static void records_delete(struct request *req)
 {
     const struct auth_ctx *a = auth_org_caller(req);
-    const char *coll = a ? path_collection(req) : NULL;
+    const char *coll = a ? record_path_collection(req) : NULL;
     const char *id = coll ? path_id(req) : NULL;
     if (!id)
         return;
