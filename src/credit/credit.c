@@ -23,7 +23,6 @@
  */
 #include "credit/credit.h"
 
-#include <ctype.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,56 +122,15 @@ static const struct db_stmt q_admin = {
 
 /* ---- helpers ------------------------------------------------------------ */
 
-/* Code points of a valid UTF-8 string (jansson checked it). */
-static size_t utf8_chars(const char *s)
-{
-    size_t n = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-        if ((*p & 0xC0) != 0x80)
-            n++;
-    return n;
-}
-
-/* An optional text field: absent or null -> NULL; a string of 1 (0 when
- * allow_empty) to max_chars code points without NUL (PostgreSQL text cannot
- * hold it) -> the string; anything else -> NULL with `message` added. */
-static const char *take_text(json_t *obj, const char *field, size_t max_chars, bool allow_empty,
-                             const char *message, json_t **errors)
-{
-    json_t *v = json_object_get(obj, field);
-    if (!v || json_is_null(v))
-        return NULL;
-    const char *s = json_string_value(v);
-    const char *why = NULL;
-    if (!s)
-        why = "must be a string or null";
-    else if (strlen(s) != json_string_length(v))
-        why = "must not contain NUL characters";
-    else if ((!allow_empty && *s == '\0') || utf8_chars(s) > max_chars)
-        why = message;
-    if (why) {
-        problem_add_error(errors, field, why);
-        return NULL;
-    }
-    return s;
-}
-
-/* The integer field `amount` within [min, max] and != 0, or false with an
- * error added. */
+/* The integer field `amount` within [min, max] and != 0 (a change of
+ * nothing is a mistake), or false with an error added. */
 static bool take_amount(json_t *obj, int64_t min, int64_t max, const char *message, int64_t *out,
                         json_t **errors)
 {
-    json_t *v = json_object_get(obj, "amount");
-    if (!v) {
-        problem_add_error(errors, "amount", "is required");
+    json_int_t n = 0;
+    if (body_int(obj, "amount", true, min, max, message, &n, errors) != 1)
         return false;
-    }
-    if (!json_is_integer(v)) {
-        problem_add_error(errors, "amount", "must be an integer");
-        return false;
-    }
-    json_int_t n = json_integer_value(v);
-    if (n < min || n > max || n == 0) {
+    if (n == 0) {
         problem_add_error(errors, "amount", message);
         return false;
     }
@@ -291,10 +249,10 @@ static void credits_spend(struct request *req)
     body_unknown_fields(req, body, fields, NULL, &errors);
     int64_t amount = 0;
     take_amount(body, 1, AMOUNT_MAX, "must be an integer from 1 to 10^15", &amount, &errors);
-    const char *description = take_text(body, "description", DESCRIPTION_MAX_CHARS, true,
-                                        "must be at most 1000 characters", &errors);
-    const char *reference = take_text(body, "reference", REFERENCE_MAX_CHARS, false,
-                                      "must be 1 to 255 characters", &errors);
+    const char *description = body_string(body, "description", false, 0, DESCRIPTION_MAX_CHARS,
+                                          "must be at most 1000 characters", &errors);
+    const char *reference = body_string(body, "reference", false, 1, REFERENCE_MAX_CHARS,
+                                        "must be 1 to 255 characters", &errors);
     if (errors) {
         problem_respond_errors(req, "The spend is not valid.", errors);
         return;
@@ -367,8 +325,8 @@ static void admin_credits(struct request *req)
     int64_t amount = 0;
     take_amount(body, -AMOUNT_MAX, AMOUNT_MAX, "must be a non-zero integer from -10^15 to 10^15",
                 &amount, &errors);
-    const char *description = take_text(body, "description", DESCRIPTION_MAX_CHARS, true,
-                                        "must be at most 1000 characters", &errors);
+    const char *description = body_string(body, "description", false, 0, DESCRIPTION_MAX_CHARS,
+                                          "must be at most 1000 characters", &errors);
     if (errors) {
         problem_respond_errors(req, "The credit change is not valid.", errors);
         return;
