@@ -530,6 +530,12 @@ class AuditTest(AccountsCase):
         self.assertEqual(st, 422, b)
         st, b, _ = self.call("GET", "/v1/audit-events?cursor=!!")
         self.assertEqual(st, 422, b)
+        # The one limit rule of every list (1..200 here): digits only, no leading zero.
+        for q in ("limit=0", "limit=201", "limit=%2B5", "limit=05", "limit=0005", "limit=5x", "limit="):
+            st, b, _ = self.call("GET", f"/v1/audit-events?{q}")
+            self.assertEqual((st, b["errors"][0]["field"]), (422, "limit"), (q, b))
+        st, b, _ = self.call("GET", "/v1/audit-events?limit=200")
+        self.assertEqual(st, 200, b)
         pages, cursor = [], None
         while True:
             st, b, _ = self.call("GET", "/v1/audit-events?limit=2" + (f"&cursor={cursor}" if cursor else ""))
