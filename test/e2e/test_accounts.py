@@ -237,6 +237,9 @@ class InvitationTest(AccountsCase):
         self.assertEqual(mail_jobs[0]["cost"], 0)
         self.assertNotIn(token, json.dumps(mail_jobs[0]))
 
+        # A blank name is refused (the one display-name rule) and uses up nothing.
+        st, b, _ = self.accept(token, name="   ")
+        self.assertEqual((st, [e["field"] for e in b.get("errors", [])]), (422, ["name"]), b)
         st, b, _ = self.accept(token, name="Ada")
         self.assertEqual(st, 201, b)
         self.assertEqual(b["user"]["email"], em.lower())
