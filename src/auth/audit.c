@@ -14,6 +14,7 @@
 #include "core/arena.h"
 #include "core/http.h"
 #include "core/page.h"
+#include "core/rfc3339.h"
 #include "core/problem.h"
 #include "db/db.h"
 #include "app/dbhttp.h"
@@ -75,31 +76,6 @@ static const char *short_query(struct request *req, const char *name, size_t max
     return s;
 }
 
-/* RFC 3339: YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM). PostgreSQL alone
- * would also take "yesterday" or "epoch". */
-static bool rfc3339(const char *s)
-{
-    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
-    size_t i = 0;
-    for (; shape[i]; i++) {
-        char c = s[i];
-        if (shape[i] == 'd' ? !(c >= '0' && c <= '9') : (c != shape[i] && !(i == 10 && c == 't')))
-            return false;
-    }
-    if (s[i] == '.') {
-        size_t d = 0;
-        for (i++; s[i] >= '0' && s[i] <= '9'; i++)
-            d++;
-        if (d < 1 || d > 9)
-            return false;
-    }
-    if ((s[i] == 'Z' || s[i] == 'z') && !s[i + 1])
-        return true;
-    return (s[i] == '+' || s[i] == '-') && s[i + 1] >= '0' && s[i + 1] <= '9' && s[i + 2] >= '0' &&
-           s[i + 2] <= '9' && s[i + 3] == ':' && s[i + 4] >= '0' && s[i + 4] <= '9' &&
-           s[i + 5] >= '0' && s[i + 5] <= '9' && !s[i + 6];
-}
-
 static void run(struct request *req, const char *org_id, const char *slug)
 {
     json_t *errors = NULL;
@@ -108,7 +84,7 @@ static void run(struct request *req, const char *org_id, const char *slug)
     v[1] = short_query(req, "actor", 64, &errors);
     v[2] = short_query(req, "action", 100, &errors);
     v[3] = short_query(req, "since", 40, &errors);
-    if (v[3] && !rfc3339(v[3])) {
+    if (v[3] && !rfc3339_valid(v[3])) {
         problem_add_error(&errors, "since", "must be an RFC 3339 date-time");
         v[3] = NULL;
     }
