@@ -89,15 +89,8 @@ static void key_create_done(struct db_result *r, void *ud)
         key_insert(k);
         return;
     }
-    if (db_result_is(r, "23503")) {
-        problem_respond(req, PROBLEM_UNAUTHORIZED,
-                        "The credential's organization no longer exists.");
+    if (users_insert_failed(req, r, "create API key"))
         return;
-    }
-    if (r->status != DB_OK) {
-        db_respond_failure(req, r, "create API key");
-        return;
-    }
     const char *id = db_result_text(r, 0, 0), *json = db_result_text(r, 0, 1);
     json_t *obj = json ? json_loads(json, 0, NULL) : NULL;
     if (!id || !json_is_object(obj)) {

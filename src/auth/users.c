@@ -236,6 +236,21 @@ void users_audited_query(struct request *req, const struct auth_ctx *a,
     org_query(req, a, stmt, n + 4, v, cb, ud);
 }
 
+bool users_insert_failed(struct request *req, struct db_result *r, const char *what)
+{
+    if (db_result_is(r, "23503")) {
+        /* The org went away between authentication and the insert. */
+        problem_respond(req, PROBLEM_UNAUTHORIZED,
+                        "The credential's organization no longer exists.");
+        return true;
+    }
+    if (r->status != DB_OK) {
+        db_respond_failure(req, r, what);
+        return true;
+    }
+    return false;
+}
+
 /* ---- lists -------------------------------------------------------------- */
 
 /* The page as PostgreSQL answers it (JSON array, last position or NULL). */
@@ -319,16 +334,8 @@ static void user_create_done(struct db_result *r, void *ud)
                         "A user with this email already exists in the organization.");
         return;
     }
-    if (db_result_is(r, "23503")) {
-        /* The org went away between authentication and the insert. */
-        problem_respond(req, PROBLEM_UNAUTHORIZED,
-                        "The credential's organization no longer exists.");
+    if (users_insert_failed(req, r, "create user"))
         return;
-    }
-    if (r->status != DB_OK) {
-        db_respond_failure(req, r, "create user");
-        return;
-    }
     const char *id = db_result_text(r, 0, 0), *json = db_result_text(r, 0, 1);
     if (!id || !json) {
         db_respond_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no row"},

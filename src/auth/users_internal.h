@@ -1,5 +1,7 @@
 #ifndef TENANTD_AUTH_USERS_INTERNAL_H
 #define TENANTD_AUTH_USERS_INTERNAL_H
+#include <stdbool.h>
+
 #include <jansson.h>
 
 #include "auth/auth.h"
@@ -62,6 +64,11 @@ const char *users_take_role(json_t *v, const char *field, json_t **errors);
 void users_audited_query(struct request *req, const struct auth_ctx *a,
                          const struct db_stmt *stmt, int n, const char *const *values, db_cb cb,
                          void *ud);
+
+/* True after answering when an insert into the caller's org failed: 401
+ * when the org went away between authentication and the insert, else as
+ * db_respond_failure(what). False when r is fine. */
+bool users_insert_failed(struct request *req, struct db_result *r, const char *what);
 
 /* Answers one page of stmt (an SQL_PAGE over the caller's org), reading
  * ?limit= and ?cursor= (core/page.h). */
