@@ -223,9 +223,8 @@ static void org_query(struct request *req, const struct auth_ctx *a, const struc
 
 /* org_query with the audit parameters appended after values: the actor
  * (type, id), the client IP and the request id (SQL_AUDIT). */
-void users_audited_query(struct request *req, const struct auth_ctx *a,
-                         const struct db_stmt *stmt, int n, const char *const *values, db_cb cb,
-                         void *ud)
+void users_audited_query(struct request *req, const struct auth_ctx *a, const struct db_stmt *stmt,
+                         int n, const char *const *values, db_cb cb, void *ud)
 {
     const char **v = arena_alloc(req->arena, (size_t)(n + 4) * sizeof *v);
     memcpy(v, values, (size_t)n * sizeof *v);
@@ -446,7 +445,8 @@ static void user_update_done(struct db_result *r, void *ud)
     struct user_update *u = ud;
     struct request *req = u->req;
     if (db_result_is(r, "23505")) {
-        problem_respond(req, PROBLEM_EMAIL_TAKEN, "Another user of the organization has this email.");
+        problem_respond(req, PROBLEM_EMAIL_TAKEN,
+                        "Another user of the organization has this email.");
         return;
     }
     if (r->status != DB_OK) {

@@ -61,9 +61,8 @@ const char *users_take_role(json_t *v, const char *field, json_t **errors);
 
 /* Runs stmt (n values) with the audit parameters appended after values: the
  * actor (type, id), the client IP and the request id (SQL_AUDIT). */
-void users_audited_query(struct request *req, const struct auth_ctx *a,
-                         const struct db_stmt *stmt, int n, const char *const *values, db_cb cb,
-                         void *ud);
+void users_audited_query(struct request *req, const struct auth_ctx *a, const struct db_stmt *stmt,
+                         int n, const char *const *values, db_cb cb, void *ud);
 
 /* True after answering when an insert into the caller's org failed: 401
  * when the org went away between authentication and the insert, else as

@@ -160,8 +160,8 @@ int body_int(json_t *obj, const char *name, bool required, json_int_t min, json_
         return 1;
     }
     char rule[96];
-    snprintf(rule, sizeof rule, "must be an integer from %" JSON_INTEGER_FORMAT " to %" JSON_INTEGER_FORMAT,
-             min, max);
+    snprintf(rule, sizeof rule,
+             "must be an integer from %" JSON_INTEGER_FORMAT " to %" JSON_INTEGER_FORMAT, min, max);
     problem_add_error(errors, name, message ? message : rule);
     return -1;
 }

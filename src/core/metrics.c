@@ -391,7 +391,7 @@ static bool render_histograms(struct strbuf *b, struct metrics *head, size_t nlo
             sb_printf(b, "%s_bucket{route=\"", name);
             buf_label(b, r.route);
             sb_printf(b, "\",le=\"%s\"} %llu\n", k < NBUCKETS ? bucket_labels[k] : "+Inf",
-                       (unsigned long long)cum);
+                      (unsigned long long)cum);
         }
         sb_printf(b, "%s_sum{route=\"", name);
         buf_label(b, r.route);
@@ -444,9 +444,9 @@ char *metrics_render(size_t *len)
                "Connections answered 503 and closed at accept: the loop's table was full "
                "(TENANTD_MAX_CONNECTIONS) or the address held TENANTD_MAX_CONNECTIONS_PER_IP.");
     sb_printf(&b, "tenantd_http_connections_refused_total{reason=\"max_connections\"} %llu\n",
-               (unsigned long long)refused[METRICS_REFUSED_FULL]);
+              (unsigned long long)refused[METRICS_REFUSED_FULL]);
     sb_printf(&b, "tenantd_http_connections_refused_total{reason=\"per_ip\"} %llu\n",
-               (unsigned long long)refused[METRICS_REFUSED_PER_IP]);
+              (unsigned long long)refused[METRICS_REFUSED_PER_IP]);
     buf_header(&b, "tenantd_db_pool_connections", "gauge",
                "Database connections of the pools, by state.");
     sb_printf(&b, "tenantd_db_pool_connections{state=\"in_use\"} %lld\n", (long long)in_use);
@@ -462,11 +462,11 @@ char *metrics_render(size_t *len)
                "Tenant statements: prepared one reused (hit), prepared anew (miss), "
                "deallocated to make room (eviction).");
     sb_printf(&b, "tenantd_db_statement_cache_total{result=\"hit\"} %llu\n",
-               (unsigned long long)hits);
+              (unsigned long long)hits);
     sb_printf(&b, "tenantd_db_statement_cache_total{result=\"miss\"} %llu\n",
-               (unsigned long long)misses);
+              (unsigned long long)misses);
     sb_printf(&b, "tenantd_db_statement_cache_total{result=\"eviction\"} %llu\n",
-               (unsigned long long)evictions);
+              (unsigned long long)evictions);
     buf_header(&b, "tenantd_db_recycles_total", "counter",
                "Database backends replaced after serving too many schemas.");
     sb_printf(&b, "tenantd_db_recycles_total %llu\n", (unsigned long long)recycles);
@@ -479,7 +479,7 @@ char *metrics_render(size_t *len)
                "and the mean.");
     sb_printf(&b, "tenantd_db_connection_schemas{stat=\"max\"} %lld\n", (long long)smax);
     sb_printf(&b, "tenantd_db_connection_schemas{stat=\"mean\"} %.1f\n",
-               sconns ? (double)ssum / (double)sconns : 0.0);
+              sconns ? (double)ssum / (double)sconns : 0.0);
     buf_header(&b, "tenantd_db_reconnects_total", "counter",
                "Database reconnection attempts after a lost connection.");
     sb_printf(&b, "tenantd_db_reconnects_total %llu\n", (unsigned long long)reconnects);

@@ -11,7 +11,8 @@
 #define SEQ_MAX_DIGITS (sizeof SEQ_MAX - 1)
 
 /* The TIME_ID key: 'd' a digit, 'x' a lower-case hex digit, else itself. */
-static const char time_id_shape[] = "dddd-dd-ddTdd:dd:dd.ddddddZ|xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";
+static const char time_id_shape[] =
+    "dddd-dd-ddTdd:dd:dd.ddddddZ|xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";
 #define TIME_LEN 27
 #define TIME_ID_LEN (sizeof time_id_shape - 1)
 #define KEY_MAX TIME_ID_LEN
@@ -94,7 +95,8 @@ bool page_read(struct request *req, int def, int max, enum page_key kind, struct
         p->seq = arena_strndup(req->arena, (const char *)key, (size_t)n);
     } else {
         p->time = arena_strndup(req->arena, (const char *)key, TIME_LEN);
-        p->id = arena_strndup(req->arena, (const char *)key + TIME_LEN + 1, (size_t)n - TIME_LEN - 1);
+        p->id =
+            arena_strndup(req->arena, (const char *)key + TIME_LEN + 1, (size_t)n - TIME_LEN - 1);
     }
     return ok;
 }
@@ -118,8 +120,9 @@ void page_respond(struct request *req, const char *data, enum page_key kind, con
         return;
     }
     /* base64url needs no escaping inside a JSON string. */
-    char *body = cursor ? arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":\"%s\"}", data, cursor)
-                        : arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":null}", data);
+    char *body =
+        cursor ? arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":\"%s\"}", data, cursor)
+               : arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":null}", data);
     http_respond_arena(req, 200, "application/json", body, strlen(body)); /* not copied again */
 }
 

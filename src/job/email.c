@@ -122,12 +122,14 @@ static int message_build(struct buf *m, const char *to, const char *subject, con
     free(from_addr);
     struct strbuf *b = &m->s;
     sb_puts(b, head);
-    sb_printf(b, "--%s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                 "Content-Transfer-Encoding: 8bit\r\n\r\n",
+    sb_printf(b,
+              "--%s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+              "Content-Transfer-Encoding: 8bit\r\n\r\n",
               boundary);
     buf_body(b, text);
-    sb_printf(b, "--%s\r\nContent-Type: text/html; charset=utf-8\r\n"
-                 "Content-Transfer-Encoding: 8bit\r\n\r\n",
+    sb_printf(b,
+              "--%s\r\nContent-Type: text/html; charset=utf-8\r\n"
+              "Content-Transfer-Encoding: 8bit\r\n\r\n",
               boundary);
     buf_body(b, html);
     sb_printf(b, "--%s--\r\n", boundary);

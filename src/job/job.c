@@ -255,8 +255,8 @@ static void jobs_create(struct request *req)
     if (!body)
         return;
     json_t *errors = NULL;
-    static const char *const known[] = {"type", "payload", "priority", "run_at", "max_attempts",
-                                        NULL};
+    static const char *const known[] = {"type",   "payload",      "priority",
+                                        "run_at", "max_attempts", NULL};
     body_unknown_fields(req, body, known, NULL, &errors);
 
     const struct job_type *t = NULL;

@@ -115,27 +115,27 @@ void job_metrics_sample(PGconn *c)
     struct strbuf t = {0};
     char a[80], b[40];
     sb_printf(&t, "# HELP tenantd_jobs Jobs in the database by type and status (queued: the queue "
-            "depth).\n# TYPE tenantd_jobs gauge\n");
+                  "depth).\n# TYPE tenantd_jobs gauge\n");
     for (int i = 0; i < PQntuples(jobs); i++)
         sb_printf(&t, "tenantd_jobs{type=\"%s\",status=\"%s\"} %s\n",
-            label(PQgetvalue(jobs, i, 0), a, sizeof a), label(PQgetvalue(jobs, i, 1), b, sizeof b),
-            PQgetvalue(jobs, i, 2));
+                  label(PQgetvalue(jobs, i, 0), a, sizeof a),
+                  label(PQgetvalue(jobs, i, 1), b, sizeof b), PQgetvalue(jobs, i, 2));
     sb_printf(&t, "# HELP tenantd_job_attempts Attempts claimed (by any worker) of the jobs in the "
-            "database, by type and status.\n# TYPE tenantd_job_attempts gauge\n");
+                  "database, by type and status.\n# TYPE tenantd_job_attempts gauge\n");
     for (int i = 0; i < PQntuples(jobs); i++)
         sb_printf(&t, "tenantd_job_attempts{type=\"%s\",status=\"%s\"} %s\n",
-            label(PQgetvalue(jobs, i, 0), a, sizeof a), label(PQgetvalue(jobs, i, 1), b, sizeof b),
-            PQgetvalue(jobs, i, 3));
+                  label(PQgetvalue(jobs, i, 0), a, sizeof a),
+                  label(PQgetvalue(jobs, i, 1), b, sizeof b), PQgetvalue(jobs, i, 3));
     sb_printf(&t, "# HELP tenantd_schedule_ticks Schedule ticks fired, by outcome.\n"
-            "# TYPE tenantd_schedule_ticks gauge\n");
+                  "# TYPE tenantd_schedule_ticks gauge\n");
     for (int i = 0; i < PQntuples(ticks); i++)
         sb_printf(&t, "tenantd_schedule_ticks{outcome=\"%s\"} %s\n",
-            label(PQgetvalue(ticks, i, 0), a, sizeof a), PQgetvalue(ticks, i, 1));
+                  label(PQgetvalue(ticks, i, 0), a, sizeof a), PQgetvalue(ticks, i, 1));
     sb_printf(&t, "# HELP tenantd_event_deliveries Event webhook deliveries, by status.\n"
-            "# TYPE tenantd_event_deliveries gauge\n");
+                  "# TYPE tenantd_event_deliveries gauge\n");
     for (int i = 0; i < PQntuples(events); i++)
         sb_printf(&t, "tenantd_event_deliveries{status=\"%s\"} %s\n",
-            label(PQgetvalue(events, i, 0), a, sizeof a), PQgetvalue(events, i, 1));
+                  label(PQgetvalue(events, i, 0), a, sizeof a), PQgetvalue(events, i, 1));
     PQclear(jobs);
     PQclear(ticks);
     PQclear(events);
@@ -164,9 +164,9 @@ static void add_counts(struct strbuf *t)
     pthread_mutex_lock(&count_mu);
     for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
         sb_printf(t,
-            "# HELP %s %s (in_process: worker threads; http: the worker API), by type.\n"
-            "# TYPE %s counter\n",
-            fam[f].name, fam[f].help, fam[f].name);
+                  "# HELP %s %s (in_process: worker threads; http: the worker API), by type.\n"
+                  "# TYPE %s counter\n",
+                  fam[f].name, fam[f].help, fam[f].name);
         for (size_t i = 0; i <= TYPES_MAX; i++) {
             if (i >= ncounts && i < TYPES_MAX)
                 continue;
@@ -180,10 +180,11 @@ static void add_counts(struct strbuf *t)
                 for (enum job_count w = fam[f].first; w <= fam[f].last; w++) {
                     if (fam[f].first == fam[f].last)
                         sb_printf(t, "%s{type=\"%s\",worker=\"%s\"} %llu\n", fam[f].name, a,
-                            via_names[via], counts[i].n[via][w]);
+                                  via_names[via], counts[i].n[via][w]);
                     else
-                        sb_printf(t, "%s{type=\"%s\",worker=\"%s\",outcome=\"%s\"} %llu\n", fam[f].name,
-                            a, via_names[via], fail_names[w], counts[i].n[via][w]);
+                        sb_printf(t, "%s{type=\"%s\",worker=\"%s\",outcome=\"%s\"} %llu\n",
+                                  fam[f].name, a, via_names[via], fail_names[w],
+                                  counts[i].n[via][w]);
                 }
             }
         }
@@ -204,7 +205,7 @@ char *job_metrics_counts_line(void)
             if (!n[JOB_COUNT_CLAIMED] && !n[JOB_COUNT_COMPLETED])
                 continue;
             sb_printf(&t, "%s%s(%s) claimed=%llu completed=%llu", t.len ? " " : "", counts[i].type,
-                via_names[via], n[JOB_COUNT_CLAIMED], n[JOB_COUNT_COMPLETED]);
+                      via_names[via], n[JOB_COUNT_CLAIMED], n[JOB_COUNT_COMPLETED]);
             for (int w = JOB_COUNT_FAIL_RETRY; w <= JOB_COUNT_FAIL_LOST; w++)
                 sb_printf(&t, " failed_%s=%llu", fail_names[w], n[w]);
         }
@@ -221,10 +222,11 @@ char *job_metrics_text(void)
         sb_puts(&t, sampled);
     pthread_mutex_unlock(&mu);
     sb_printf(&t, "# HELP tenantd_worker_api_calls_total Worker API calls of this process, by "
-            "operation and result.\n# TYPE tenantd_worker_api_calls_total counter\n");
+                  "operation and result.\n# TYPE tenantd_worker_api_calls_total counter\n");
     for (int op = 0; op < JOB_API__COUNT; op++)
         for (int ok = 0; ok < 2; ok++)
-            sb_printf(&t, "tenantd_worker_api_calls_total{op=\"%s\",result=\"%s\"} %llu\n", api_names[op],
+            sb_printf(
+                &t, "tenantd_worker_api_calls_total{op=\"%s\",result=\"%s\"} %llu\n", api_names[op],
                 ok ? "ok" : "refused",
                 (unsigned long long)atomic_load_explicit(&api_calls[op][ok], memory_order_relaxed));
     add_counts(&t);

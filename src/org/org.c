@@ -291,8 +291,6 @@ static char *slug_derive(struct arena *a, const char *name)
     return out;
 }
 
-
-
 static char *ascii_lower(struct arena *a, const char *s)
 {
     char *out = arena_strdup(a, s);
@@ -619,7 +617,8 @@ static void org_join_fields(struct request *req, json_t *body, const char **poli
     {
         const char *s = json_string_value(x);
         if (!s || !org_domain_valid(s)) {
-            problem_add_error(errors, "domains", "must hold lower-case domain names like example.com");
+            problem_add_error(errors, "domains",
+                              "must hold lower-case domain names like example.com");
             return;
         }
         lit = arena_printf(req->arena, "%s%s%s", lit, i ? "," : "", s);

@@ -467,7 +467,8 @@ static void create_done(struct db_result *r, void *ud)
         respond_failure_claimed(req, op->claim, r, "The body", "create record");
         return;
     }
-    const char *id = db_result_text(r, 0, 0), *ver = db_result_text(r, 0, 1), *j = db_result_text(r, 0, 2);
+    const char *id = db_result_text(r, 0, 0), *ver = db_result_text(r, 0, 1),
+               *j = db_result_text(r, 0, 2);
     if (!id || !ver || !j) {
         internal(req, op->claim, "create record");
         return;
