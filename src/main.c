@@ -55,6 +55,10 @@ static const struct module *const modules[] = {
 /* clang-format on */
 #define NMODULES (sizeof modules / sizeof modules[0])
 
+/* The pools of every loop, for home-loop handing over (db/db.h); NULL with
+ * one loop or TENANTD_DB_HOME_LOOPS=0. */
+static struct db_group *db_group;
+
 static void loop_start(struct loop_ctx *ctx)
 {
     const struct config *c = g_config;
@@ -70,6 +74,8 @@ static void loop_start(struct loop_ctx *ctx)
         .org_inflight = (int)c->db_org_inflight,
         .recycle_schemas = (int)c->db_recycle_schemas,
         .metrics = ctx->metrics,
+        .group = db_group,
+        .group_index = ctx->index,
     };
     ctx->db = db_pool_new(ctx->loop, &o);
     if (!ctx->db) {
@@ -300,7 +306,11 @@ static int cmd_serve(const struct config *cfg)
                                  .loop_stop = loop_stop,
                                  .dispatch = auth_dispatch,
                                  .draining = modules_drain};
+    int nloops = server_loop_count();
+    db_group = cfg->db_home_loops && nloops > 1 ? db_group_new(nloops) : NULL;
     int rc = server_run(router, &hooks);
+    db_group_free(db_group); /* every loop's pool has closed */
+    db_group = NULL;
     for (size_t i = 0; i < NMODULES; i++)
         if (modules[i]->shutdown)
             modules[i]->shutdown();

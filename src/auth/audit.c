@@ -2,9 +2,10 @@
  * The audit log's routes: GET /v1/audit-events (an org's admins) and
  * GET /v1/admin/orgs/{slug}/audit-events (the operator). Events are
  * written by the statements that make the changes (migration 0010,
- * users.c, session.c, accounts.c); public.audit_events refuses UPDATE,
- * DELETE and TRUNCATE. Newest first by seq; the cursor is the last seq of
- * a page (base64url), so events added meanwhile never shift a page.
+ * users.c, session.c, accounts.c, resetverify.c, oidc.c, oidclink.c);
+ * public.audit_events refuses UPDATE, DELETE and TRUNCATE. Newest first by
+ * seq; the cursor is the last seq of a page (base64url), so events added
+ * meanwhile never shift a page.
  */
 #include <stdio.h>
 #include <stdlib.h>

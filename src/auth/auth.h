@@ -70,9 +70,11 @@ extern const struct module auth_module;
 extern const struct module users_module;
 
 /* Invitations, password reset, email verification and the audit log
- * (src/auth/accounts.c, audit.c; README "Accounts"). */
+ * (src/auth/accounts.c, resetverify.c, accountmail.c, audit.c; README
+ * "Accounts"). */
 extern const struct module accounts_module;
-/* Sign-in with OIDC (src/auth/oidc.c). */
+/* Sign-in with OIDC and identity links (src/auth/oidc.c, oidclink.c, over
+ * oidcflow.c, oidcprovider.c, oidcverify.c). */
 extern const struct module oidc_module;
 
 /* The auth section of /metrics (malloc'd text, the caller frees; NULL when

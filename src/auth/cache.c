@@ -21,6 +21,7 @@
 
 #include "core/log.h"
 #include "core/thread.h"
+#include "db/listen.h"
 
 #define NBUCKETS 65536     /* power of two; ~1 entry a bucket at 10,000 orgs and their users */
 #define MAX_ENTRIES 200000 /* beyond this the table is flushed: memory stays bounded */
@@ -312,6 +313,15 @@ static PGconn *listen_connect(void)
     return conn;
 }
 
+static void invalidate(const PGnotify *n, void *ud)
+{
+    (void)ud;
+    if (n->extra) {
+        cache_invalidate(n->extra);
+        log_msg(LOG_DEBUG, "auth cache: invalidated %s", n->extra);
+    }
+}
+
 static void *listener_main(void *arg)
 {
     (void)arg;
@@ -331,22 +341,12 @@ static void *listener_main(void *arg)
         log_msg(LOG_DEBUG, "auth cache: listening");
         bool stop = false;
         for (;;) {
-            int w = wait_fd(PQsocket(conn), -1);
-            if (w < 0) {
+            int f = db_listen_wait(conn, C.stop_pipe[0], -1, invalidate, NULL);
+            if (f & DB_LISTEN_WOKEN) {
                 stop = true;
                 break;
             }
-            if (PQconsumeInput(conn) != 1)
-                break;
-            PGnotify *n;
-            while ((n = PQnotifies(conn)) != NULL) {
-                if (n->extra) {
-                    cache_invalidate(n->extra);
-                    log_msg(LOG_DEBUG, "auth cache: invalidated %s", n->extra);
-                }
-                PQfreemem(n);
-            }
-            if (PQstatus(conn) != CONNECTION_OK)
+            if (f & DB_LISTEN_LOST)
                 break;
         }
         set_live(false);

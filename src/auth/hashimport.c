@@ -1,7 +1,7 @@
 /*
  * Imported password hashes: recognising them (hash_kind_of, for the import
  * routes' 422s) and verifying the non-argon2 ones (on password threads,
- * from auth/password.c). No hashing algorithm is written here: bcrypt is
+ * from auth/passhash.c). No hashing algorithm is written here: bcrypt is
  * libxcrypt's crypt_r, PBKDF2 is OpenSSL's.
  */
 #include "auth/hashimport.h"
@@ -23,7 +23,7 @@
 #define DJANGO_SALT_MAX 128
 
 /* Imported argon2id hashes stay within these (stricter than what
- * password.c can verify, so that an import cannot make each login of its
+ * passhash.c can verify, so that an import cannot make each login of its
  * users take a GiB). */
 #define IMPORT_ARGON2_M_MAX (256u * 1024u)
 #define IMPORT_ARGON2_T_MAX 16u

@@ -9,7 +9,7 @@
  * successful login replaces them with argon2id:
  *   bcrypt              $2a$ / $2b$ / $2y$, cost 04..16 (libxcrypt's crypt_r)
  *   Django PBKDF2-SHA256 pbkdf2_sha256$<iterations>$<salt>$<base64 of 32 bytes>
- * argon2id PHC strings are tenantd's own and handled by auth/password.c.
+ * argon2id PHC strings are tenantd's own and handled by auth/passhash.c.
  */
 enum hash_kind {
     HASH_UNKNOWN = 0,

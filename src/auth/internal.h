@@ -105,7 +105,8 @@ void auth_respond_tokens(struct request *req, struct pg_result *res, const char 
  * key can compute it. 0, or -1. */
 int auth_refresh_successor(const char *tok, size_t len, char out[TOKEN_REFRESH_BUFSZ]);
 
-/* Routes of src/auth/accounts.c and audit.c (one module, accounts_module). */
+/* Routes of src/auth/accounts.c, resetverify.c and audit.c (one module,
+ * accounts_module). */
 extern const struct route accounts_routes[];
 
 /* Answers 401 with WWW-Authenticate: Bearer and a generic detail. */

@@ -1,6 +1,6 @@
 /*
  * A signed-in user links an OIDC identity to their account, and unlinks it
- * (README "Accounts"). The link uses the sign-in's flow (oidc.c):
+ * (README "Accounts"). The link uses the sign-in's flow (oidcflow.c):
  *
  *   POST   /v1/auth/oidc/{provider}/link {redirect_uri}
  *          -> a flow row, bound to the caller by a row of oidc_codes
@@ -42,7 +42,6 @@
 #include "core/problem.h"
 #include "db/db.h"
 
-#define FLOW_TTL_S 600
 #define CODE_MAX 2048
 
 /* $1 state hash, $2 provider, $3 redirect_uri, $4 verifier, $5 nonce, $6
@@ -134,12 +133,9 @@ static void link_flow_inserted(struct db_result *r, void *ud)
 {
     struct flow *f = ud;
     struct request *req = f->req;
-    if (db_failed(req, r, "oidc link start"))
+    if (!oidc_flow_row(f, r, "oidc link start", PROBLEM_FORBIDDEN,
+                       "The organization is not active."))
         return;
-    if (PQntuples(r->res) != 1) {
-        problem_respond(req, PROBLEM_FORBIDDEN, "The organization is not active.");
-        return;
-    }
     json_t *j = json_pack("{s:s}", "authorization_url", oidc_authorization_url(req, f));
     char *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
@@ -152,30 +148,27 @@ static void link_flow_inserted(struct db_result *r, void *ud)
     free(body);
 }
 
-static void link_discovered(uv_work_t *w, int status)
+/* Both link routes: the path's provider and the body, its unknown fields
+ * refused into *errors. NULL after answering. */
+static json_t *link_body(struct request *req, const char *const *fields, struct provider **p,
+                         json_t **errors)
 {
-    struct flow *f = (struct flow *)w;
-    struct request *req = f->req;
-    if (status != 0 || f->failed) {
-        log_msg(LOG_WARN, "oidc %s: %s", f->p->name, f->err);
-        problem_respond(req, PROBLEM_UNAVAILABLE, "The identity provider cannot be reached.");
-        return;
-    }
-    db_query(req->ctx->db, NULL, &q_link_flow, 8, f->v, link_flow_inserted, f);
+    if (!(*p = oidc_provider_of(req)))
+        return NULL;
+    json_t *body = body_object(req, false);
+    if (body)
+        body_unknown_fields(req, body, fields, NULL, errors);
+    return body;
 }
 
 void oidc_link_start(struct request *req)
 {
     const struct auth_ctx *a = auth_ctx(req); /* a user: the routes are AUTH_USER */
-    struct provider *p = oidc_provider_of(req);
-    if (!p)
-        return;
-    json_t *body = body_object(req, false);
+    static const char *const fields[] = {"redirect_uri", NULL};
+    struct provider *p;
+    json_t *errors = NULL, *body = link_body(req, fields, &p, &errors);
     if (!body)
         return;
-    json_t *errors = NULL;
-    static const char *const fields[] = {"redirect_uri", NULL};
-    body_unknown_fields(req, body, fields, NULL, &errors);
     const char *ru = json_string_value(json_object_get(body, "redirect_uri"));
     if (!ru || !oidc_redirect_allowed(ru))
         problem_add_error(&errors, "redirect_uri", "must be one of TENANTD_OIDC_REDIRECT_URIS");
@@ -191,11 +184,10 @@ void oidc_link_start(struct request *req)
     f->v[2] = arena_strdup(req->arena, ru);
     f->v[3] = f->verifier;
     f->v[4] = f->nonce;
-    f->v[5] = arena_printf(req->arena, "%d", FLOW_TTL_S);
+    f->v[5] = arena_printf(req->arena, "%d", OIDC_FLOW_TTL_S);
     f->v[6] = a->org_id;
     f->v[7] = a->principal_id;
-    if (uv_queue_work(req->ctx->loop, &f->w, oidc_discover_work, link_discovered) != 0)
-        problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+    oidc_flow_discover(f, &q_link_flow, 8, link_flow_inserted);
 }
 
 /* ---- POST /v1/auth/oidc/{provider}/link/complete ---------------------------- */
@@ -221,12 +213,10 @@ static void linked(struct db_result *r, void *ud)
     }
 }
 
-static void link_verified(uv_work_t *w, int status)
+static void link_verified(struct flow *f)
 {
-    struct flow *f = (struct flow *)w;
     struct request *req = f->req;
-    arena_cleanup(req->arena, oidc_free_claims, f);
-    if (status != 0 || f->failed) {
+    if (f->failed) {
         log_msg(LOG_WARN, "oidc %s: link refused: %s", f->p->name, f->err);
         problem_respond(req, PROBLEM_UNAUTHORIZED, "The identity provider's answer was refused.");
         return;
@@ -245,32 +235,19 @@ static void link_verified(uv_work_t *w, int status)
 static void link_claimed(struct db_result *r, void *ud)
 {
     struct flow *f = ud;
-    struct request *req = f->req;
-    if (db_failed(req, r, "oidc link claim"))
-        return;
-    if (PQntuples(r->res) != 1) {
-        problem_respond(req, PROBLEM_TOKEN_INVALID,
-                        "This link attempt is unknown, used, expired or was not started by you.");
-        return;
-    }
-    snprintf(f->verifier, sizeof f->verifier, "%s", PQgetvalue(r->res, 0, 0));
-    snprintf(f->nonce, sizeof f->nonce, "%s", PQgetvalue(r->res, 0, 1));
-    if (uv_queue_work(req->ctx->loop, &f->w, oidc_code_work, link_verified) != 0)
-        problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
+    if (oidc_flow_row(f, r, "oidc link claim", PROBLEM_TOKEN_INVALID,
+                      "This link attempt is unknown, used, expired or was not started by you."))
+        oidc_flow_verify(f, r, link_verified);
 }
 
 void oidc_link_complete(struct request *req)
 {
     const struct auth_ctx *a = auth_ctx(req); /* a user: the routes are AUTH_USER */
-    struct provider *p = oidc_provider_of(req);
-    if (!p)
-        return;
-    json_t *body = body_object(req, false);
+    static const char *const fields[] = {"state", "code", NULL};
+    struct provider *p;
+    json_t *errors = NULL, *body = link_body(req, fields, &p, &errors);
     if (!body)
         return;
-    json_t *errors = NULL;
-    static const char *const fields[] = {"state", "code", NULL};
-    body_unknown_fields(req, body, fields, NULL, &errors);
     const char *state = json_string_value(json_object_get(body, "state"));
     const char *code = json_string_value(json_object_get(body, "code"));
     unsigned char raw[33];
@@ -282,12 +259,7 @@ void oidc_link_complete(struct request *req)
         problem_respond_errors(req, "The request has invalid fields.", errors);
         return;
     }
-    struct flow *f = arena_calloc(req->arena, sizeof *f);
-    f->req = req;
-    f->p = p;
-    f->code = arena_strdup(req->arena, code);
-    f->cb_url = (char *)oidc_callback_url(req, p);
-    token_sha256_hex(state, strlen(state), f->state_hash);
+    struct flow *f = oidc_flow_returned(req, p, state, code);
     f->v[0] = f->state_hash;
     f->v[1] = p->name;
     f->v[2] = a->principal_id;
@@ -313,7 +285,7 @@ static void unlinked(struct db_result *r, void *ud)
         problem_respond(req, PROBLEM_NOT_FOUND, "No identity of this provider is linked to you.");
 }
 
-/* Provider names as oidc.c makes them: 1..31 of [a-z0-9_] (a provider no
+/* Provider names as oidcprovider.c makes them: 1..31 of [a-z0-9_] (a provider no
  * longer configured can still be unlinked). */
 static bool provider_name_valid(const char *s)
 {

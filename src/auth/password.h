@@ -13,7 +13,8 @@
  * The pool has a bounded queue: when it is full, password_*_async refuse at
  * once (PASSWORD_EBUSY) so the caller answers 503 with Retry-After instead
  * of letting logins pile up. Results come back on the loop that asked,
- * through one uv_async_t per loop, created on first use.
+ * through one mailbox per loop (an eventfd under a uv_poll_t, passloop.c),
+ * created on first use.
  *
  * Life cycle: password_pool_start once (before loops run) ... each loop
  * calls password_loop_detach(loop) in its stop hook, before uv_loop_close
@@ -80,7 +81,7 @@ void password_pool_stop(void);
  * Detaches `loop`: callbacks of its waiting jobs run now with
  * PASSWORD_ECANCELED, finished results not yet delivered are delivered now,
  * and results of jobs still running are dropped (their callbacks never run).
- * Closes the loop's uv_async_t (the close completes on the next loop turn,
+ * Closes the loop's mailbox handle (the close completes on the next loop turn,
  * so run the loop once more before uv_loop_close). Call on the loop's
  * thread; harmless if the loop never used the pool.
  */

@@ -37,6 +37,8 @@
       "org statements kept prepared per database connection (LRU)")                               \
     X(db_recycle_schemas, TENANTD_DB_RECYCLE_SCHEMAS, INT, 5000, 1, 10000000,                      \
       "distinct org schemas a database connection may see before it is replaced")                 \
+    X(db_home_loops, TENANTD_DB_HOME_LOOPS, BOOL, 1, 0, 1,                                         \
+      "run each org's statements on one loop's pool (its home), so one backend caches it")       \
     X(db_org_inflight, TENANTD_DB_ORG_INFLIGHT, INT, 0, 0, 1024,                                   \
       "statements one org may have in flight per loop (0 = the pipeline depth, at least 3)")     \
     X(max_connections, TENANTD_MAX_CONNECTIONS, INT, 10000, 1, 1000000,                            \

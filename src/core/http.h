@@ -173,4 +173,7 @@ struct server_hooks {
  */
 int server_run(const struct router *router, const struct server_hooks *hooks);
 
+/* How many event loops server_run starts (TENANTD_THREADS, 0: one per core). */
+int server_loop_count(void);
+
 #endif

@@ -157,14 +157,10 @@ static int on_url_complete(llhttp_t *p)
     return 0;
 }
 
-static int on_header_field(llhttp_t *p, const char *at, size_t len)
+/* A piece of a header name or value: kept in span, or, in trailers,
+ * counted against the header limit and dropped. */
+static int header_piece(struct conn *c, const char *at, size_t len)
 {
-    struct conn *c = p->data;
-    /* llhttp 8.1 keeps a space before the colon in the name; RFC 9112
-     * says to srv_reject it (a proxy might read the line differently). */
-    for (size_t i = 0; i < len; i++)
-        if (at[i] == ' ' || at[i] == '\t')
-            return srv_reject(c, PROBLEM_BAD_REQUEST, "A header name contains whitespace.");
     if (c->state == C_BODY) { /* trailer: checked and counted, not kept */
         c->a->trailer_bytes += len;
         if (c->a->trailer_bytes > (size_t)g_config->max_header_bytes)
@@ -176,6 +172,17 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
         return HPE_USER;
     srv_buf_append(&c->a->span, &c->a->span_len, &c->a->span_cap, at, len);
     return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    /* llhttp 8.1 keeps a space before the colon in the name; RFC 9112
+     * says to srv_reject it (a proxy might read the line differently). */
+    for (size_t i = 0; i < len; i++)
+        if (at[i] == ' ' || at[i] == '\t')
+            return srv_reject(c, PROBLEM_BAD_REQUEST, "A header name contains whitespace.");
+    return header_piece(c, at, len);
 }
 
 static int on_header_field_complete(llhttp_t *p)
@@ -202,17 +209,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     for (size_t i = 0; i < len; i++)
         if (at[i] == '\r' || at[i] == '\n' || at[i] == '\0')
             return srv_reject(c, PROBLEM_BAD_REQUEST, "A header value contains CR, LF or NUL.");
-    if (c->state == C_BODY) {
-        c->a->trailer_bytes += len;
-        if (c->a->trailer_bytes > (size_t)g_config->max_header_bytes)
-            return srv_reject(c, PROBLEM_HEADERS_TOO_LARGE,
-                              "The request's trailers are too large.");
-        return 0;
-    }
-    if (check_head_size(c, at + len))
-        return HPE_USER;
-    srv_buf_append(&c->a->span, &c->a->span_len, &c->a->span_cap, at, len);
-    return 0;
+    return header_piece(c, at, len);
 }
 
 static int on_header_value_complete(llhttp_t *p)

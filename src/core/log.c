@@ -60,6 +60,8 @@ static void put_escaped(char *buf, size_t cap, size_t *pos, const char *s)
 
 static void put(char *buf, size_t cap, size_t *pos, const char *s)
 {
+    if (*pos + 1 >= cap)
+        return; /* full: the line is cut, never overrun */
     size_t n = strlen(s);
     if (*pos + n >= cap)
         n = cap - *pos - 1;

@@ -70,7 +70,7 @@ struct metrics {
     atomic_int_fast64_t conns_open;
     atomic_int_fast64_t pool_in_use, pool_idle, pool_waiting;
     atomic_uint_fast64_t schema_switches, reconnects;
-    atomic_uint_fast64_t stmt_hits, stmt_misses, stmt_evictions, recycles, spills;
+    atomic_uint_fast64_t stmt_hits, stmt_misses, stmt_evictions, recycles, spills, handed;
     atomic_int_fast64_t schemas_max, schemas_sum, schemas_conns;
     atomic_uint_fast64_t refused[METRICS_REFUSED_REASONS];
 };
@@ -237,6 +237,12 @@ void metrics_db_spill(struct metrics *m)
 {
     if (m)
         ADD(m->spills, 1);
+}
+
+void metrics_db_handed(struct metrics *m)
+{
+    if (m)
+        ADD(m->handed, 1);
 }
 
 void metrics_pool_schemas(struct metrics *m, int max, int sum, int conns)
@@ -412,7 +418,7 @@ char *metrics_render(size_t *len)
     size_t nloops = 0;
     int64_t conns = 0, in_use = 0, idle = 0, waiting = 0;
     uint64_t switches = 0, reconnects = 0, hits = 0, misses = 0, evictions = 0, recycles = 0;
-    uint64_t spills = 0;
+    uint64_t spills = 0, handed = 0;
     int64_t smax = 0, ssum = 0, sconns = 0;
     uint64_t refused[METRICS_REFUSED_REASONS] = {0};
     for (struct metrics *m = head; m; m = m->next) {
@@ -423,6 +429,7 @@ char *metrics_render(size_t *len)
         evictions += LOAD(m->stmt_evictions);
         recycles += LOAD(m->recycles);
         spills += LOAD(m->spills);
+        handed += LOAD(m->handed);
         if (LOAD(m->schemas_max) > smax)
             smax = LOAD(m->schemas_max);
         ssum += LOAD(m->schemas_sum);
@@ -474,6 +481,10 @@ char *metrics_render(size_t *len)
                "Org queries placed off their org's own connection (lost, busy with "
                "their own org's work, or slowed by another org).");
     sb_printf(&b, "tenantd_db_spills_total %llu\n", (unsigned long long)spills);
+    buf_header(&b, "tenantd_db_handed_over_total", "counter",
+               "Org statements handed to the pool of the org's home loop (one backend caches "
+               "each org).");
+    sb_printf(&b, "tenantd_db_handed_over_total %llu\n", (unsigned long long)handed);
     buf_header(&b, "tenantd_db_connection_schemas", "gauge",
                "Distinct org schemas seen by open database backends: the most by one, "
                "and the mean.");

@@ -32,6 +32,7 @@ void metrics_db_reconnect(struct metrics *m);
 void metrics_db_statements(struct metrics *m, unsigned hits, unsigned misses, unsigned evictions);
 void metrics_db_recycle(struct metrics *m); /* a backend replaced for its schema count */
 void metrics_db_spill(struct metrics *m);   /* an org query placed off its own slot */
+void metrics_db_handed(struct metrics *m);  /* an org statement handed to its home loop */
 /* Distinct schemas seen by the pool's open backends: the most by one, the sum, and how many. */
 void metrics_pool_schemas(struct metrics *m, int max, int sum, int conns);
 

@@ -363,6 +363,14 @@ static int open_listener(const struct sockaddr_storage *sa, socklen_t len)
     return fd;
 }
 
+int server_loop_count(void)
+{
+    int n = (int)g_config->threads;
+    if (n <= 0)
+        n = (int)uv_available_parallelism();
+    return n > 0 ? n : 1;
+}
+
 int server_run(const struct router *router, const struct server_hooks *hooks)
 {
     const struct config *cfg = g_config;
@@ -370,11 +378,7 @@ int server_run(const struct router *router, const struct server_hooks *hooks)
     srv_init_parser_settings();
     init_refusal();
 
-    int n = (int)cfg->threads;
-    if (n <= 0)
-        n = (int)uv_available_parallelism();
-    if (n <= 0)
-        n = 1;
+    int n = server_loop_count();
 
     struct sockaddr_storage sa;
     socklen_t salen;

@@ -24,6 +24,17 @@ struct metrics;
  */
 struct db_pool;
 
+/* The pools of one process's loops (db/home.c): with a group, a tenant
+ * statement runs on the pool of its schema's home loop (a hash of the schema
+ * over the loops) and the other loops hand it over, so each org is cached by
+ * one backend in all, not one per loop. Made before the pools, freed after
+ * every pool of it closed. */
+struct db_group;
+struct db_group *db_group_new(int nloops);
+void db_group_free(struct db_group *g);
+/* The index (0 .. nloops-1) of the loop a schema's tenant statements run on. */
+int db_home_of(const struct db_group *g, const char *schema);
+
 struct db_pool_options {
     const char *conninfo;    /* libpq connection string or URI */
     int size;                /* connections at most */
@@ -40,6 +51,8 @@ struct db_pool_options {
     int org_inflight;        /* statements in flight per schema; 0 = pipeline_depth (at least 3) */
     int recycle_schemas;     /* distinct schemas before a backend is replaced; 0 = 5000 */
     struct metrics *metrics; /* may be NULL */
+    struct db_group *group;  /* NULL: this pool serves every schema itself */
+    int group_index;         /* this loop's index in group */
 };
 
 /* A statement. With a name it is prepared once per connection (lazily) and
@@ -62,7 +75,8 @@ enum db_status {
 
 struct db_result {
     enum db_status status;
-    PGresult *res;        /* valid during the callback only; db frees it after */
+    PGresult *res;        /* valid during the callback only; db frees it after, unless
+                           * the callback took it (set res to NULL; then it PQclears) */
     const char *sqlstate; /* e.g. "23505"; NULL unless DB_ERROR */
     const char *message;  /* for logs only, never for clients */
 };
@@ -99,6 +113,7 @@ struct db_pool_stats {
     unsigned long stmt_hits, stmt_misses, stmt_evictions; /* tenant statement cache */
     unsigned long recycles;  /* backends replaced for having seen too many schemas */
     unsigned long spills;    /* schema queries placed off their affine connection */
+    unsigned long routed;    /* tenant statements handed to their home loop's pool */
     int schemas_max;         /* most distinct schemas one open backend has seen */
     int schemas_total;       /* summed over open backends */
     int statements;          /* tenant statements prepared, summed over connections */

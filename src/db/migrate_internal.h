@@ -63,6 +63,7 @@ struct mig_tenant_run {
     pthread_mutex_t mu;
     size_t next, done, gone;
     bool failed;
+    bool bodies_checked; /* a schema committed with check_function_bodies on */
     char err[ERRBUF];
 };
 

@@ -193,11 +193,32 @@ static void tenant_fail(struct mig_tenant_run *r, const char *schema, const char
     pthread_mutex_unlock(&r->mu);
 }
 
-static int tenant_one(PGconn *c, const struct mig_tenant_run *r, const struct tenant *t, char *err,
+/* Function bodies: every schema of a run gets the same migration text, and
+ * schemas are alike, so a body that compiled in one compiles in all. After
+ * the first schema commits, the rest skip PostgreSQL's body check as
+ * pg_dump's restores do: checking a body resolves the names it calls, and a
+ * name every org schema defines (0002's jsonb_merge_patch) is one list of
+ * all of them, rebuilt after each change: orgs squared over a run (17 ms
+ * vs 1.3 ms a schema at 10,000 orgs). */
+static bool bodies_checked(struct mig_tenant_run *r)
+{
+    pthread_mutex_lock(&r->mu);
+    bool b = r->bodies_checked;
+    pthread_mutex_unlock(&r->mu);
+    return b;
+}
+
+static int tenant_one(PGconn *c, struct mig_tenant_run *r, const struct tenant *t, char *err,
                       size_t errlen)
 {
     if (mig_exec(c, "BEGIN", "BEGIN", err, errlen))
         return -1;
+    bool skip_bodies = bodies_checked(r);
+    if (skip_bodies &&
+        mig_exec(c, "SET LOCAL check_function_bodies = off", "SET", err, errlen)) {
+        mig_rollback(c);
+        return -1;
+    }
     int rc = r->down ? tenant_revert(c, t->name, r->m, &t->a, r->steps, err, errlen)
                      : tenant_apply(c, t->name, r->m, r->nm, &t->a, err, errlen);
     if (rc == 0 && r->record_versions) {
@@ -216,6 +237,11 @@ static int tenant_one(PGconn *c, const struct mig_tenant_run *r, const struct te
         rc = mig_exec(c, "COMMIT", "COMMIT", err, errlen);
     if (rc)
         mig_rollback(c);
+    else if (!skip_bodies) {
+        pthread_mutex_lock(&r->mu);
+        r->bodies_checked = true;
+        pthread_mutex_unlock(&r->mu);
+    }
     return rc;
 }
 

@@ -78,6 +78,8 @@ void db_drain_done(struct db_pool *p)
             r.message = q->message;
         }
         q->cb(&r, q->ud);
+        if (q->status == DB_OK && !r.res)
+            q->result = NULL; /* taken by the callback */
         free_q(q);
     }
     if (!p->final_close_started && uv_is_active((uv_handle_t *)&p->idle))
@@ -154,13 +156,18 @@ static void on_final_closed(uv_handle_t *h)
 void db_maybe_finish_close(struct db_pool *p)
 {
     if (!p->closing || p->final_close_started || p->pending_polls > 0 || p->pending_resolves > 0 ||
-        p->done_head)
+        p->done_head || p->remote_out > 0)
         return;
     for (int i = 0; i < p->size; i++)
         if (p->conns[i].state != CONN_CLOSED)
             return;
     p->final_close_started = true;
     p->final_handles = p->size + 2;
+    if (p->group) {
+        db_home_detach(p);
+        p->final_handles++;
+        uv_close((uv_handle_t *)&p->home_async, on_final_closed);
+    }
     for (int i = 0; i < p->size; i++) {
         p->conns[i].timer.data = p;
         uv_close((uv_handle_t *)&p->conns[i].timer, on_final_closed);
@@ -273,7 +280,8 @@ struct db_pool *db_pool_new(uv_loop_t *loop, const struct db_pool_options *o)
 {
     if (!loop || !o || !o->conninfo || o->size < 1 || o->pipeline_depth < 1 ||
         o->wait_timeout_ms < 1 || o->statement_timeout_ms < 0 || o->reconnect_max_ms < 1 ||
-        o->statement_cache < 0 || o->org_inflight < 0 || o->recycle_schemas < 0)
+        o->statement_cache < 0 || o->org_inflight < 0 || o->recycle_schemas < 0 ||
+        (o->group && (o->group_index < 0 || o->group_index >= db_group_size(o->group))))
         return NULL;
     struct db_pool *p = xcalloc(1, sizeof *p);
     if (build_options(o->conninfo, o->statement_timeout_ms, &p->options, &p->resolve_host) != 0) {
@@ -316,6 +324,11 @@ struct db_pool *db_pool_new(uv_loop_t *loop, const struct db_pool_options *o)
     p->wait_timer.data = p;
     uv_idle_init(loop, &p->idle);
     p->idle.data = p;
+    if (o->group) {
+        p->group = o->group;
+        p->gindex = o->group_index;
+        db_home_attach(p);
+    }
     db_update_gauges(p);
     return p;
 }
@@ -325,6 +338,11 @@ void db_query(struct db_pool *p, const char *schema, const struct db_stmt *stmt,
 {
     if (!p || !cb)
         abort(); /* a programming error, not input */
+    /* Only tenant statements go home: they are what a backend caches per
+     * org (catalogs, plans); the rest run wherever they were asked. */
+    if (p->group && !p->closing && schema && stmt && stmt->sql &&
+        strstr(stmt->sql, "{schema}") && db_home_route(p, schema, stmt, nparams, values, cb, ud))
+        return;
     struct dbq *q = xcalloc(1, sizeof *q);
     q->stmt = stmt;
     q->nparams = nparams;
@@ -398,6 +416,7 @@ void db_pool_stats(const struct db_pool *p, struct db_pool_stats *out)
     out->stmt_evictions = p->evictions;
     out->recycles = p->recycles;
     out->spills = p->spills;
+    out->routed = p->routed;
     for (int i = 0; i < p->size; i++) {
         const struct conn *c = &p->conns[i];
         if (c->state != CONN_READY)

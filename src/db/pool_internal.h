@@ -143,7 +143,21 @@ struct db_pool {
     unsigned long hits, misses, evictions, recycles, spills;
     int g_in_use, g_idle, g_waiting; /* last values sent to metrics */
     uint64_t rng;
+    /* Home loops (home.c). */
+    struct db_group *group; /* NULL: no handing over */
+    int gindex;
+    uv_async_t home_async; /* xfers to run here, results of ours */
+    int remote_out;        /* our xfers not yet answered: closing waits for them */
+    unsigned long routed;
 };
+
+/* Home loops (home.c). db_home_route: true when the statement went to
+ * another loop's pool (cb runs later on this loop); false: run it here. */
+bool db_home_route(struct db_pool *p, const char *schema, const struct db_stmt *stmt, int nparams,
+                   const char *const *values, db_cb cb, void *ud);
+void db_home_attach(struct db_pool *p);
+int db_group_size(const struct db_group *g);
+void db_home_detach(struct db_pool *p);
 
 /* ---- small helpers ---- */
 

@@ -1,7 +1,8 @@
 #ifndef TENANTD_JOB_INTERNAL_H
 #define TENANTD_JOB_INTERNAL_H
-/* Private to src/job: the job-type table (types.c), the worker's view of a
- * running job (worker.c), shared by the routes (job.c). */
+/* Private to src/job: the job-type table (types.c) and its handlers
+ * (reports.c, webhook.c, email.c), the worker's view of a running job
+ * (worker.c), shared by the routes (job.c). */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -58,6 +59,15 @@ const struct job_type *job_type_find(const char *type);
 /* The i-th enabled type, or NULL past the end (for GET /v1/job-types). */
 const struct job_type *job_type_at(size_t i);
 
+/* The built-in handlers types.c's table names (worker threads):
+ * records.export and credits.report (reports.c), webhook.deliver
+ * (webhook.c). */
+enum job_outcome job_export_run(struct job_run *run);
+enum job_outcome job_report_run(struct job_run *run);
+enum job_outcome job_webhook_run(struct job_run *run);
+/* records.export's payload.max_records when absent. */
+#define JOB_EXPORT_MAX_DEFAULT 1000
+
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t job_now_ns(void);
 
@@ -68,16 +78,18 @@ enum job_wait { JOB_WAIT_DONE, JOB_WAIT_DEADLINE, JOB_WAIT_STOP };
 enum job_wait job_run_wait(struct job_run *run, uint64_t until_ns);
 
 /* Whether webhook.deliver may connect to this address without
- * TENANTD_WEBHOOK_ALLOW_PRIVATE (a public unicast address). */
+ * TENANTD_WEBHOOK_ALLOW_PRIVATE (a public unicast address; httpclient.c). */
 struct sockaddr;
 bool job_addr_public(const struct sockaddr *sa);
 
-/* Whether TENANTD_WEBHOOK_ALLOW lets webhook.deliver call host:port. */
+/* Whether TENANTD_WEBHOOK_ALLOW lets webhook.deliver call host:port
+ * (webhook.c). */
 bool job_webhook_allowed(const char *host, int port);
 
 /* Loads the TLS client context of webhook.deliver (system CAs plus
  * TENANTD_WEBHOOK_CA_FILE) now, so that a bad CA file stops the start
- * rather than every https delivery. 0, or -1 with a logged message. */
+ * rather than every https delivery. 0, or -1 with a logged message
+ * (httpclient.c). */
 int job_webhook_tls_check(void);
 
 /* ---- jobs your own code runs (external.c, workerapi.c) ---- */
@@ -182,10 +194,20 @@ struct request;
 struct db_stmt;
 struct db_result;
 /* Runs stmt ($1 = the path's {id}, $2 = the caller's org id) in the
- * caller's org and calls cb(result, req); a malformed id is answered 404
+ * caller's org and calls cb(result, ud); a malformed id is answered 404
  * with `missing` (ids are UUIDs) without a query. For the org-owned rows of
  * schedules and webhooks. */
 void job_org_row_query(struct request *req, const struct db_stmt *stmt,
-                       void (*cb)(struct db_result *r, void *ud), const char *missing);
+                       void (*cb)(struct db_result *r, void *ud), void *ud, const char *missing);
+
+/* An org's own rows of one kind (orgrows.c): list ($1 org id), get and
+ * delete ($1 id, $2 org id), answered alike for every kind. */
+struct job_rows {
+    const char *noun; /* "schedule": in messages and logs */
+    const struct db_stmt *list, *get, *del;
+};
+void job_rows_list(struct request *req, const struct job_rows *k);
+void job_rows_get(struct request *req, const struct job_rows *k);
+void job_rows_delete(struct request *req, const struct job_rows *k);
 
 #endif

@@ -522,7 +522,7 @@ static void jobs_cancel(struct request *req)
 }
 
 void job_org_row_query(struct request *req, const struct db_stmt *stmt,
-                       void (*cb)(struct db_result *r, void *ud), const char *missing)
+                       void (*cb)(struct db_result *r, void *ud), void *ud, const char *missing)
 {
     const char *id = http_param(req, "id");
     if (!id || !token_uuid_valid(id, strlen(id))) {
@@ -533,5 +533,5 @@ void job_org_row_query(struct request *req, const struct db_stmt *stmt,
     const char **v = arena_calloc(req->arena, 2 * sizeof *v);
     v[0] = id;
     v[1] = a->org_id;
-    db_query(req->ctx->db, a->schema, stmt, 2, v, cb, req);
+    db_query(req->ctx->db, a->schema, stmt, 2, v, cb, ud);
 }

@@ -291,42 +291,19 @@ void job_schedule_patch(struct request *req)
     db_query(req->ctx->db, a->schema, &update_stmt, 13, v, saved, req);
 }
 
-static void listed(struct db_result *r, void *ud)
-{
-    struct request *req = ud;
-    if (!db_failed(req, r, "schedule list"))
-        db_respond_list(req, r);
-}
+static const struct job_rows rows = {"schedule", &list_stmt, &get_stmt, &delete_stmt};
 
 void job_schedule_list(struct request *req)
 {
-    const struct auth_ctx *a = auth_ctx(req);
-    const char **v = arena_calloc(req->arena, sizeof *v);
-    v[0] = a->org_id;
-    db_query(req->ctx->db, a->schema, &list_stmt, 1, v, listed, req);
-}
-
-static void got(struct db_result *r, void *ud)
-{
-    struct request *req = ud;
-    if (db_failed(req, r, "schedule get"))
-        return;
-    db_respond_json(req, r, 0, "No such schedule.");
-}
-
-static void deleted(struct db_result *r, void *ud)
-{
-    struct request *req = ud;
-    if (!db_failed(req, r, "schedule delete"))
-        db_respond_deleted(req, r, "No such schedule.");
+    job_rows_list(req, &rows);
 }
 
 void job_schedule_get(struct request *req)
 {
-    job_org_row_query(req, &get_stmt, got, "No such schedule (ids are UUIDs).");
+    job_rows_get(req, &rows);
 }
 
 void job_schedule_delete(struct request *req)
 {
-    job_org_row_query(req, &delete_stmt, deleted, "No such schedule (ids are UUIDs).");
+    job_rows_delete(req, &rows);
 }

@@ -44,6 +44,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "core/thread.h"
+#include "db/listen.h"
 #include "db/migrate.h"
 #include "job/internal.h"
 
@@ -394,32 +395,21 @@ static void *coord_main(void *arg)
         if (next_tick < next)
             next = next_tick;
         int ms = next <= now ? 0 : (int)((next - now) / 1000000u) + 1;
-        struct pollfd p[2] = {{.fd = PQsocket(c), .events = POLLIN},
-                              {.fd = W.wake_fd, .events = POLLIN}};
-        if (poll(p, 2, ms) < 0 && errno != EINTR)
-            log_msg(LOG_WARN, "job listener: poll: %s", strerror(errno));
-        if (p[1].revents & POLLIN) {
+        int f = db_listen_wait(c, W.wake_fd, ms, NULL, NULL);
+        if (f & DB_LISTEN_WOKEN) {
             uint64_t x;
             if (read(W.wake_fd, &x, sizeof x) < 0 && errno != EAGAIN)
                 log_msg(LOG_WARN, "job listener: read: %s", strerror(errno));
         }
-        if (p[0].revents) {
-            if (!PQconsumeInput(c)) {
-                log_msg(LOG_WARN, "job listener: connection lost: %s", PQerrorMessage(c));
-                PQfinish(c);
-                c = NULL;
-                continue;
-            }
-            bool got = false;
-            PGnotify *nt;
-            while ((nt = PQnotifies(c))) {
-                got = true;
-                PQfreemem(nt);
-            }
-            if (got) {
-                log_msg(LOG_DEBUG, "job listener: woken by NOTIFY");
-                wake_all();
-            }
+        if (f & DB_LISTEN_LOST) {
+            log_msg(LOG_WARN, "job listener: connection lost: %s", PQerrorMessage(c));
+            PQfinish(c);
+            c = NULL;
+            continue;
+        }
+        if (f & DB_LISTEN_NOTIFIED) {
+            log_msg(LOG_DEBUG, "job listener: woken by NOTIFY");
+            wake_all();
         }
         now = job_now_ns();
         char lease[16], out[16];

@@ -47,6 +47,7 @@
 #include "core/problem.h"
 #include "core/thread.h"
 #include "db/db.h"
+#include "db/listen.h"
 #include "app/dbhttp.h"
 #include "job/internal.h"
 
@@ -97,25 +98,14 @@ static void *listener_main(void *arg)
             backoff = 100;
             atomic_fetch_add(&wake_gen, 1); /* notifications sent meanwhile are lost */
         }
-        struct pollfd p[2] = {{.fd = PQsocket(c), .events = POLLIN},
-                              {.fd = L.fd, .events = POLLIN}};
-        if (poll(p, 2, wait_ms) < 0 && errno != EINTR)
-            log_msg(LOG_WARN, "job worker API listener: poll: %s", strerror(errno));
-        if (p[0].revents) {
-            if (!PQconsumeInput(c)) {
-                PQfinish(c);
-                c = NULL;
-                continue;
-            }
-            PGnotify *nt;
-            bool got = false;
-            while ((nt = PQnotifies(c))) {
-                got = true;
-                PQfreemem(nt);
-            }
-            if (got)
-                atomic_fetch_add(&wake_gen, 1);
+        int f = db_listen_wait(c, L.fd, wait_ms, NULL, NULL);
+        if (f & DB_LISTEN_LOST) {
+            PQfinish(c);
+            c = NULL;
+            continue;
         }
+        if (f & DB_LISTEN_NOTIFIED)
+            atomic_fetch_add(&wake_gen, 1);
         uint64_t now = job_now_ns();
         if (now >= next_due) {
             /* Jobs that became due by time (run_at, retry backoff) send no

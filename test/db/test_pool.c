@@ -5,7 +5,9 @@
  * handle is left (uv_loop_close == 0); run under the ASan build for leaks.
  */
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers" /* {a, b} leaves calls = 0 */
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -142,7 +144,7 @@ struct env {
     bool closed;
 };
 
-static bool in_db_query; /* set around db_query: callbacks must never see it */
+static _Thread_local bool in_db_query; /* set around db_query: callbacks must never see it */
 
 static void on_tick(uv_timer_t *t)
 {
@@ -1285,6 +1287,178 @@ static void test_recycle_one_at_a_time(void)
 }
 
 /* `db_test_pool NAME...` runs only the tests named (e.g. noisy_neighbour). */
+/* ---- home loops: two loops on two threads in one group ---- */
+
+#define HOME_SCHEMAS 10
+#define HOME_BURST 400
+
+static const struct db_stmt home_stmt = {"home_info",
+                                         "SELECT name, pg_backend_pid() FROM {schema}.info"};
+
+struct home_loop {
+    uv_loop_t loop;
+    uv_timer_t tick;
+    struct db_pool *pool;
+    pthread_t th;
+    atomic_int phase;    /* main -> loop: 1 issue a burst, 2 issue a burst and close */
+    int done_phase;      /* loop: the last phase it acted on */
+    atomic_int answered; /* loop -> main */
+    atomic_int failed;   /* DB_UNAVAILABLE answers (closing) */
+    atomic_bool closed;
+    int wrong;
+    int pid[HOME_SCHEMAS + 1]; /* the backend that answered each schema (per loop) */
+    struct db_pool_stats stats;
+};
+
+struct home_q {
+    struct home_loop *hl;
+    int schema;
+};
+
+static const char *home_schema(int i)
+{
+    static const char *const names[] = {"", "t1", "t2", "t3", "t4", "t5",
+                                        "t6", "t7", "t8", "t9", "t10"};
+    return names[i];
+}
+
+static void home_answered(struct db_result *r, void *ud)
+{
+    struct home_q *hq = ud;
+    struct home_loop *hl = hq->hl;
+    CHECK(!in_db_query, "callback ran inside db_query");
+    if (r->status == DB_UNAVAILABLE) {
+        atomic_fetch_add(&hl->failed, 1);
+    } else {
+        CHECK(r->status == DB_OK, "home query failed: %s", r->message ? r->message : "-");
+        if (strcmp(PQgetvalue(r->res, 0, 0), home_schema(hq->schema)) != 0)
+            hl->wrong++;
+        int pid = atoi(PQgetvalue(r->res, 0, 1));
+        if (!hl->pid[hq->schema])
+            hl->pid[hq->schema] = pid;
+        else if (hl->pid[hq->schema] != pid)
+            hl->wrong++; /* pool of one: a schema is always served by the same backend */
+    }
+    free(hq);
+    atomic_fetch_add(&hl->answered, 1);
+}
+
+static void home_pool_closed(void *ud)
+{
+    struct home_loop *hl = ud;
+    uv_close((uv_handle_t *)&hl->tick, NULL);
+    atomic_store(&hl->closed, true);
+}
+
+static void home_tick(uv_timer_t *t)
+{
+    struct home_loop *hl = t->data;
+    int phase = atomic_load(&hl->phase);
+    if (phase == hl->done_phase)
+        return;
+    if (hl->done_phase == 1 || phase == 2)
+        db_pool_stats(hl->pool, &hl->stats); /* before the second burst */
+    hl->done_phase = phase;
+    for (int i = 0; i < HOME_BURST; i++) {
+        struct home_q *hq = malloc(sizeof *hq);
+        CHECK(hq, "malloc");
+        hq->hl = hl;
+        hq->schema = 1 + (int)(((unsigned)i * 7u + (unsigned)(uintptr_t)hl / 64u) % HOME_SCHEMAS);
+        in_db_query = true;
+        db_query(hl->pool, home_schema(hq->schema), &home_stmt, 0, NULL, home_answered, hq);
+        in_db_query = false;
+    }
+    if (phase == 2)
+        db_pool_close(hl->pool, home_pool_closed, hl);
+}
+
+static void *home_thread(void *arg)
+{
+    struct home_loop *hl = arg;
+    uv_run(&hl->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static void home_wait(struct home_loop *hl, int n, int answered, const char *what)
+{
+    uint64_t start = uv_hrtime();
+    for (;;) {
+        bool all = true;
+        for (int i = 0; i < n; i++)
+            all = all && atomic_load(&hl[i].answered) >= answered;
+        if (all)
+            return;
+        CHECK((uv_hrtime() - start) / 1000000 < 20000, "%s: not answered in 20 s", what);
+        usleep(2000);
+    }
+}
+
+/* Each schema's tenant statements run on its home loop's pool: with a pool
+ * of one connection per loop, every answer for a schema, from either loop,
+ * comes from the same backend, and each pool's backend saw only the schemas
+ * homed there. Closing both pools with handed-over queries in flight answers
+ * every one exactly once and leaves no handle open. */
+static void test_home_loops(void)
+{
+    printf("home_loops: ");
+    struct db_group *g = db_group_new(2);
+    CHECK(g, "db_group_new");
+    static struct home_loop hl[2];
+    int homed[2] = {0, 0};
+    for (int s = 1; s <= HOME_SCHEMAS; s++)
+        homed[db_home_of(g, home_schema(s))]++;
+    CHECK(homed[0] > 0 && homed[1] > 0, "all test schemas hash to one loop");
+    for (int i = 0; i < 2; i++) {
+        memset(&hl[i], 0, sizeof hl[i]);
+        CHECK(uv_loop_init(&hl[i].loop) == 0, "uv_loop_init");
+        struct db_pool_options o = opts(1, 8);
+        o.conninfo = test_conninfo;
+        o.group = g;
+        o.group_index = i;
+        hl[i].pool = db_pool_new(&hl[i].loop, &o);
+        CHECK(hl[i].pool, "db_pool_new");
+        uv_timer_init(&hl[i].loop, &hl[i].tick);
+        hl[i].tick.data = &hl[i];
+        uv_timer_start(&hl[i].tick, home_tick, 1, 1);
+    }
+    struct db_pool_options bad = opts(1, 8);
+    bad.conninfo = test_conninfo;
+    bad.group = g;
+    bad.group_index = 2;
+    CHECK(!db_pool_new(&hl[0].loop, &bad), "a group index past the group was accepted");
+    for (int i = 0; i < 2; i++)
+        CHECK(pthread_create(&hl[i].th, NULL, home_thread, &hl[i]) == 0, "pthread_create");
+
+    for (int i = 0; i < 2; i++)
+        atomic_store(&hl[i].phase, 1);
+    home_wait(hl, 2, HOME_BURST, "first burst");
+    for (int i = 0; i < 2; i++)
+        atomic_store(&hl[i].phase, 2); /* stats, a second burst, and close at once */
+    home_wait(hl, 2, 2 * HOME_BURST, "burst while closing");
+    for (int i = 0; i < 2; i++) {
+        CHECK(pthread_join(hl[i].th, NULL) == 0, "pthread_join");
+        CHECK(atomic_load(&hl[i].closed), "loop %d ended before its pool closed", i);
+        CHECK(uv_loop_close(&hl[i].loop) == 0, "handles left open on loop %d", i);
+        CHECK(atomic_load(&hl[i].answered) == 2 * HOME_BURST, "loop %d: %d answers", i,
+              atomic_load(&hl[i].answered));
+        CHECK(hl[i].wrong == 0, "loop %d: %d answers from the wrong schema or backend", i,
+              hl[i].wrong);
+        CHECK(hl[i].stats.routed > 0, "loop %d handed nothing over", i);
+        CHECK(hl[i].stats.schemas_total == homed[i],
+              "loop %d's backend saw %d schemas, %d are homed there", i, hl[i].stats.schemas_total,
+              homed[i]);
+    }
+    for (int s = 1; s <= HOME_SCHEMAS; s++)
+        CHECK(hl[0].pid[s] == hl[1].pid[s] || !hl[0].pid[s] || !hl[1].pid[s],
+              "schema %s served by two backends (%d, %d)", home_schema(s), hl[0].pid[s],
+              hl[1].pid[s]);
+    db_group_free(g);
+    printf("ok (%d and %d schemas homed; %lu and %lu handed over; %d and %d failed while "
+           "closing)\n",
+           homed[0], homed[1], hl[0].stats.routed, hl[1].stats.routed,
+           atomic_load(&hl[0].failed), atomic_load(&hl[1].failed));
+}
+
 int main(int argc, char **argv)
 {
     static const struct {
@@ -1311,6 +1485,7 @@ int main(int argc, char **argv)
         {"noisy_neighbour", test_noisy_neighbour},
         {"shed_waiting", test_shed_waiting},
         {"recycle_one_at_a_time", test_recycle_one_at_a_time},
+        {"home_loops", test_home_loops},
     };
     setvbuf(stdout, NULL, _IONBF, 0);
     setup_db();

@@ -256,6 +256,7 @@ class OidcTest(harness.DbTestCase):
 
         now = int(time.time())
         cases = {"wrong key": dict(key=stranger), "wrong aud": dict(claims=dict(good, aud="other")),
+                 "aud list without us": dict(claims=dict(good, aud=["other", 7])),
                  "expired": dict(claims=dict(good, exp=now - 3600)),
                  "bad nonce": dict(claims=dict(good, nonce="not-the-nonce")),
                  "wrong iss": dict(claims=dict(good, iss="https://evil.test")),
@@ -273,6 +274,7 @@ class OidcTest(harness.DbTestCase):
         self.assertIn("id_token audience mismatch", reasons)
         self.assertTrue(all(e["actor"] == {"type": "anonymous", "id": None} for e in b["data"]))
         self.sign_in(claims=good)  # and the genuine one passes
+        self.sign_in(claims={"email": "f2@corp.test", "aud": [7, "other", CLIENT]})  # a list naming us
 
     def test_key_rotation_and_es256(self):
         self.set_domains(["corp.test"])

@@ -148,6 +148,12 @@ class TenantScaleTest(harness.DbTestCase):
         self.assertEqual(metric(self.server, "tenantd_db_schema_switches_total"), 0)
         most = metric(self.server, 'tenantd_db_connection_schemas{stat="max"}')
         self.assertGreater(most, 0)
+        # Two loops: an org's statements run on its home loop's pool, so the
+        # backends together saw each org about once, not once per loop.
+        self.assertGreater(metric(self.server, "tenantd_db_handed_over_total"), 0)
+        # 2 loops x 2 connections; without home loops the sum is about twice.
+        mean = metric(self.server, 'tenantd_db_connection_schemas{stat="mean"}')
+        self.assertLessEqual(mean * 4, 1.25 * ORGS, "orgs are cached by more than one backend")
 
 
 class RecycleSettingTest(harness.DbTestCase):

@@ -1,5 +1,5 @@
-/* Unit tests of webhook.deliver's address and allow-list rules (job/types.c,
- * SECURITY.md 10.6): which resolved addresses count as public, and which
+/* Unit tests of webhook.deliver's address and allow-list rules (job/httpclient.c and
+ * job/webhook.c, SECURITY.md 10.6): which resolved addresses count as public, and which
  * ports an allow-list entry allows. */
 #include <stdarg.h>
 #include <stddef.h>
