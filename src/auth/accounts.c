@@ -113,7 +113,6 @@ static const struct db_stmt q_inv_accept = {
 
 #define LINK_TOKEN_BYTES 32
 #define LINK_TOKEN_LEN TOKEN_B64URL_LEN(LINK_TOKEN_BYTES) /* 43 */
-#define NAME_MAX_CHARS 100
 
 /* ---- helpers ------------------------------------------------------------------ */
 
@@ -443,19 +442,6 @@ static void accept_hashed(void *ud, int status, const char *phc)
     db_query(req->ctx->db, NULL, &q_inv_accept, 7, c->v, accept_done, c);
 }
 
-/* A display name: 1..100 characters, no control characters. */
-static bool name_ok(const char *s)
-{
-    size_t n = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if ((*p & 0xC0) != 0x80)
-            n++;
-        if (*p < 0x20 || *p == 0x7F || (*p == 0xC2 && p[1] >= 0x80 && p[1] <= 0x9F))
-            return false;
-    }
-    return n >= 1 && n <= NAME_MAX_CHARS;
-}
-
 /* Starts hashing pw for c, or answers. */
 void acct_hash_start(struct request *req, const char *pw, size_t len, password_hash_cb cb, void *ud)
 {
@@ -482,9 +468,9 @@ static void invitations_accept(struct request *req)
     const char *name = acct_str_field(body, "name", false, &errors, NULL);
     if (pw && !password_length_ok(plen))
         problem_add_error(&errors, "password", "must be 8 to 1024 bytes");
-    if (name && !name_ok(name))
-        problem_add_error(&errors, "name",
-                          "must be 1 to 100 characters without control characters");
+    const char *name_why = name ? body_name_problem(name) : NULL;
+    if (name_why)
+        problem_add_error(&errors, "name", name_why);
     if (!acct_link_request_ok(req, errors, token, tlen))
         return;
     struct accept *c = arena_calloc(req->arena, sizeof *c);

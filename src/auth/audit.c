@@ -14,13 +14,14 @@
 #include "auth/internal.h"
 #include "core/arena.h"
 #include "core/http.h"
+#include "core/page.h"
+#include "core/rfc3339.h"
 #include "core/problem.h"
 #include "db/db.h"
 #include "app/dbhttp.h"
 
 #define LIMIT_DEFAULT 50
 #define LIMIT_MAX 200
-#define SEQ_MAX_DIGITS 19
 
 /* $1 org id, or NULL with $7 the org's slug (operator); $2 actor id, $3
  * action, $4 since, $5 cursor seq, $6 limit. Answers (page JSON, next
@@ -56,18 +57,7 @@ static void listed(struct db_result *r, void *ud)
         problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
         return;
     }
-    const char *cursor = "null";
-    if (next) {
-        char enc[TOKEN_B64URL_LEN(SEQ_MAX_DIGITS) + 1];
-        if (token_b64url_encode(next, strlen(next), enc, sizeof enc) < 0) {
-            problem_respond(req, PROBLEM_INTERNAL, "The request could not be completed.");
-            return;
-        }
-        cursor = arena_printf(req->arena, "\"%s\"", enc);
-    }
-    char *body =
-        arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":%s}", data ? data : "[]", cursor);
-    http_respond(req, 200, "application/json", body, strlen(body));
+    page_respond(req, data, PAGE_KEY_SEQ, next);
 }
 
 /* A query value of at most max bytes without control characters. */
@@ -87,31 +77,6 @@ static const char *short_query(struct request *req, const char *name, size_t max
     return s;
 }
 
-/* RFC 3339: YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM). PostgreSQL alone
- * would also take "yesterday" or "epoch". */
-static bool rfc3339(const char *s)
-{
-    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
-    size_t i = 0;
-    for (; shape[i]; i++) {
-        char c = s[i];
-        if (shape[i] == 'd' ? !(c >= '0' && c <= '9') : (c != shape[i] && !(i == 10 && c == 't')))
-            return false;
-    }
-    if (s[i] == '.') {
-        size_t d = 0;
-        for (i++; s[i] >= '0' && s[i] <= '9'; i++)
-            d++;
-        if (d < 1 || d > 9)
-            return false;
-    }
-    if ((s[i] == 'Z' || s[i] == 'z') && !s[i + 1])
-        return true;
-    return (s[i] == '+' || s[i] == '-') && s[i + 1] >= '0' && s[i + 1] <= '9' && s[i + 2] >= '0' &&
-           s[i + 2] <= '9' && s[i + 3] == ':' && s[i + 4] >= '0' && s[i + 4] <= '9' &&
-           s[i + 5] >= '0' && s[i + 5] <= '9' && !s[i + 6];
-}
-
 static void run(struct request *req, const char *org_id, const char *slug)
 {
     json_t *errors = NULL;
@@ -120,39 +85,18 @@ static void run(struct request *req, const char *org_id, const char *slug)
     v[1] = short_query(req, "actor", 64, &errors);
     v[2] = short_query(req, "action", 100, &errors);
     v[3] = short_query(req, "since", 40, &errors);
-    if (v[3] && !rfc3339(v[3])) {
+    if (v[3] && !rfc3339_valid(v[3])) {
         problem_add_error(&errors, "since", "must be an RFC 3339 date-time");
         v[3] = NULL;
     }
-    int limit = LIMIT_DEFAULT;
-    const char *l = http_query(req, "limit");
-    if (l) {
-        char *end = NULL;
-        long n = (*l >= '0' && *l <= '9' && strlen(l) <= 4) ? strtol(l, &end, 10) : -1;
-        if (n < 1 || n > LIMIT_MAX || !end || *end)
-            problem_add_error(&errors, "limit", "must be an integer from 1 to 200");
-        else
-            limit = (int)n;
-    }
-    const char *c = http_query(req, "cursor");
-    if (c) {
-        char raw[SEQ_MAX_DIGITS + 1];
-        int n = token_b64url_decode(c, strlen(c), (unsigned char *)raw, sizeof raw - 1);
-        bool ok = n >= 1 && n <= SEQ_MAX_DIGITS;
-        for (int i = 0; ok && i < n; i++)
-            ok = raw[i] >= '0' && raw[i] <= '9';
-        if (!ok) {
-            problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
-        } else {
-            raw[n] = '\0';
-            v[4] = arena_strdup(req->arena, raw);
-        }
-    }
+    struct page pg;
+    page_read(req, LIMIT_DEFAULT, LIMIT_MAX, PAGE_KEY_SEQ, &pg, &errors);
+    v[4] = pg.seq;
     if (errors) {
         problem_respond_errors(req, "The query parameters are not valid.", errors);
         return;
     }
-    v[5] = arena_printf(req->arena, "%d", limit);
+    v[5] = pg.limit_text;
     v[6] = slug;
     struct db_pool *pool = db_pool_of(req);
     if (!pool) {

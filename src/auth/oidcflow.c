@@ -195,7 +195,7 @@ static void code_work(uv_work_t *w)
         json_is_true(ev) || (json_is_string(ev) && !strcmp(json_string_value(ev), "true"));
     f->sub = strdup(sub);
     f->email = email && body_email_valid(email) ? strdup(email) : NULL;
-    f->name = name && strlen(name) <= 100 && !strpbrk(name, "\r\n\t") ? strdup(name) : NULL;
+    f->name = name && !body_name_problem(name) ? strdup(name) : NULL; /* else the user has none */
     json_decref(claims);
     f->failed = !f->sub;
 }

@@ -3,6 +3,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "core/b64url.h"
+
 /*
  * Opaque credentials and the small crypto helpers around them: random
  * tokens (OpenSSL RAND_bytes), refresh tokens, API keys, SHA-256 hex,
@@ -30,23 +32,19 @@
 #define TOKEN_SHA256_HEX_BUFSZ 65 /* 64 hex digits + NUL */
 #define TOKEN_UUID_BUFSZ 37       /* 36 chars + NUL */
 
-/* Length of the unpadded base64url text for n bytes (without the NUL). */
-#define TOKEN_B64URL_LEN(n) (((n) / 3) * 4 + (((n) % 3) ? ((n) % 3) + 1 : 0))
+/* base64url is core's (core/b64url.h); these names stay for the token code. */
+#define TOKEN_B64URL_LEN(n) B64URL_LEN(n)
 
-/*
- * Encodes n bytes as unpadded base64url into out (NUL-terminated).
- * Returns the text length, or -1 when outlen < TOKEN_B64URL_LEN(n) + 1.
- */
-int token_b64url_encode(const void *data, size_t n, char *out, size_t outlen);
+static inline int token_b64url_encode(const void *data, size_t n, char *out, size_t outlen)
+{
+    return b64url_encode(data, n, out, outlen);
+}
 
-/*
- * Strict unpadded base64url decoding: rejects '=', '+', '/', whitespace,
- * any other byte outside [A-Za-z0-9_-], a length of 1 mod 4, and
- * non-canonical text (unused low bits of the last char not zero), so each
- * byte string has exactly one accepted encoding. Returns the decoded
- * length, or -1 on bad input or when out (outlen bytes) is too small.
- */
-int token_b64url_decode(const char *in, size_t len, unsigned char *out, size_t outlen);
+static inline int token_b64url_decode(const char *in, size_t len, unsigned char *out,
+                                      size_t outlen)
+{
+    return b64url_decode(in, len, out, outlen);
+}
 
 /*
  * nbytes random bytes from the CSPRNG, base64url-encoded into out.

@@ -29,7 +29,6 @@
 #include "idem/idem.h"
 
 #define USERS_IMPORT_MAX 1000
-#define NAME_MAX_CHARS 100
 #define HASH_MAX_LEN 512
 
 static void users_import(struct request *req);
@@ -68,21 +67,6 @@ struct import_op {
     size_t total;
 };
 
-/* A display name: 1..100 characters, no control characters (users.c's rule). */
-static bool name_ok(const char *s, size_t bytes)
-{
-    if (strlen(s) != bytes)
-        return false;
-    size_t n = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if ((*p & 0xC0) != 0x80)
-            n++;
-        if (*p < 0x20 || *p == 0x7F || (*p == 0xC2 && p[1] >= 0x80 && p[1] <= 0x9F))
-            return false;
-    }
-    return n >= 1 && n <= NAME_MAX_CHARS;
-}
-
 /* One entry checked into a new JSON object; NULL with errors added. */
 static json_t *take_user(struct request *req, json_t *u, size_t i, json_t **errors)
 {
@@ -100,10 +84,11 @@ static json_t *take_user(struct request *req, json_t *u, size_t i, json_t **erro
     if (!e || strlen(e) != json_string_length(email) || !body_email_valid(e))
         problem_add_error(errors, arena_printf(req->arena, "%s.email", at),
                           "must be a valid email address of at most 254 characters");
+    const char *ns = json_string_value(name);
     if (name && !json_is_null(name) &&
-        (!json_is_string(name) || !name_ok(json_string_value(name), json_string_length(name))))
+        (!ns || strlen(ns) != json_string_length(name) || body_name_problem(ns)))
         problem_add_error(errors, arena_printf(req->arena, "%s.name", at),
-                          "must be 1 to 100 characters without control characters, or null");
+                          "must be 1 to 100 characters, not only spaces, without control characters, or null");
     const char *r = role && !json_is_null(role) ? json_string_value(role) : "member";
     if (!r || (strcmp(r, "admin") != 0 && strcmp(r, "member") != 0))
         problem_add_error(errors, arena_printf(req->arena, "%s.role", at),

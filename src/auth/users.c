@@ -1,5 +1,6 @@
 /*
- * Users and API keys of an org: /v1/users and /v1/api-keys.
+ * Users and API keys of an org: /v1/users here, /v1/api-keys in apikeys.c
+ * (one route table, below).
  *
  * Every handler validates its input, then runs exactly one statement on the
  * loop's pool; PostgreSQL renders the JSON that goes back. Every statement
@@ -23,13 +24,14 @@
 
 #include <jansson.h>
 #include <llhttp.h>
-#include <openssl/crypto.h>
 
 #include "auth/cache.h"
 #include "auth/password.h"
 #include "auth/tokens.h"
+#include "auth/users_internal.h"
 #include "core/arena.h"
 #include "core/http.h"
+#include "core/page.h"
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
@@ -41,9 +43,6 @@ static void users_create(struct request *req);
 static void users_get(struct request *req);
 static void users_update(struct request *req);
 static void users_delete(struct request *req);
-static void keys_create(struct request *req);
-static void keys_list(struct request *req);
-static void keys_delete(struct request *req);
 
 static const struct route users_routes[] = {
     {HTTP_GET, "/v1/users", AUTH_MEMBER, users_list, "listUsers"},
@@ -52,9 +51,9 @@ static const struct route users_routes[] = {
     /* Members may edit themselves (name, avatar_url, email): checked in the handler. */
     {HTTP_PATCH, "/v1/users/{id}", AUTH_MEMBER, users_update, "updateUser"},
     {HTTP_DELETE, "/v1/users/{id}", AUTH_ADMIN, users_delete, "deleteUser"},
-    {HTTP_POST, "/v1/api-keys", AUTH_ADMIN, keys_create, "createApiKey"},
-    {HTTP_GET, "/v1/api-keys", AUTH_ADMIN, keys_list, "listApiKeys"},
-    {HTTP_DELETE, "/v1/api-keys/{id}", AUTH_ADMIN, keys_delete, "deleteApiKey"},
+    {HTTP_POST, "/v1/api-keys", AUTH_ADMIN, apikeys_create, "createApiKey"},
+    {HTTP_GET, "/v1/api-keys", AUTH_ADMIN, apikeys_list, "listApiKeys"},
+    {HTTP_DELETE, "/v1/api-keys/{id}", AUTH_ADMIN, apikeys_delete, "deleteApiKey"},
     {0},
 };
 
@@ -67,34 +66,6 @@ const struct module users_module = {
 /* clang-format off */
 /* ---- SQL ---------------------------------------------------------------- */
 
-/* RFC 3339 UTC text and the User resource: SQL functions of migration
- * 0002 (public.tenantd_ts, public.tenantd_user_json), so every route renders
- * them alike. */
-#define SQL_TS(col) "public.tenantd_ts(" col ")"
-#define SQL_USER_JSON(u) "public.tenantd_user_json(" u ")"
-
-/* The ApiKey resource (never the key or its hash) from an api_keys row `k`. */
-#define SQL_KEY_JSON(k)                                                                            \
-    "json_build_object('id', " k ".id, 'name', " k ".name, 'role', " k ".role, 'prefix', " k     \
-    ".prefix, 'created_at', " SQL_TS(k ".created_at") ", 'last_used_at', " SQL_TS(             \
-        k ".last_used_at") ")"
-
-/*
- * One page of a list ordered by (created_at, id), both ascending so that
- * rows inserted later land after every cursor already handed out. $2/$3 are
- * the cursor (NULL for the first page), $4 the page size. Answers the page
- * as a JSON array and, when more rows follow, the last row's position.
- */
-#define SQL_PAGE(table, alias, json, extra_where)                                                  \
-    "WITH page AS (SELECT " alias ".id, " alias ".created_at, " json " AS j FROM " table " "      \
-    alias " WHERE " alias ".org_id = $1::uuid " extra_where " AND ($2::timestamptz IS NULL OR ("  \
-    alias ".created_at, " alias ".id) > ($2::timestamptz, $3::uuid)) ORDER BY " alias            \
-    ".created_at, " alias ".id LIMIT $4::int + 1), "                                              \
-    "numbered AS (SELECT p.*, row_number() OVER (ORDER BY p.created_at, p.id) AS n FROM page p) " \
-    "SELECT coalesce((SELECT json_agg(j ORDER BY n) FROM numbered WHERE n <= $4::int), "          \
-    "'[]'::json)::text, (SELECT " SQL_TS("created_at") " || '|' || id FROM numbered WHERE n = "   \
-    "$4::int AND EXISTS (SELECT 1 FROM numbered WHERE n > $4::int))"
-
 static const struct db_stmt q_users_list = {
     "users_list", SQL_PAGE("public.users", "u", SQL_USER_JSON("u"), ""),
 };
@@ -104,19 +75,6 @@ static const struct db_stmt q_users_get = {
     "SELECT " SQL_USER_JSON("u") "::text FROM public.users u "
     "WHERE u.id = $2::uuid AND u.org_id = $1::uuid",
 };
-
-/*
- * The audit event of a change, written by the changing statement itself
- * (migration 0010): a CTE inserting one row per row of `from` (none when
- * the change did nothing). $a..$a+3 are audited_query's actor type, actor
- * id, client IP and request id.
- */
-#define SQL_AUDIT(from, a, b, c, d, action, target_type, details, where)                            \
-    SQL_AUDIT_AS("aud", from, a, b, c, d, action, target_type, details, where)
-#define SQL_AUDIT_AS(name, from, a, b, c, d, action, target_type, details, where)                  \
-    name " AS (INSERT INTO public.audit_events (org_id, actor_type, actor_id, action, target_type, " \
-    "target_id, ip, request_id, details) SELECT $1::uuid, $" a ", $" b ", '" action "', "          \
-    "'" target_type "', " from ".id::text, $" c ", $" d ", " details " FROM " from " " where ")"
 
 static const struct db_stmt q_users_create = {
     "users_create",
@@ -178,47 +136,17 @@ static const struct db_stmt q_users_delete = {
     "(SELECT count(*) FROM del)::int",
 };
 
-static const struct db_stmt q_keys_create = {
-    "keys_create",
-    "WITH ins AS (INSERT INTO public.api_keys AS k (org_id, name, role, prefix, key_hash) "
-    "VALUES ($1::uuid, $2, $3, $4, $5) RETURNING k.id, k.name, k.role, " SQL_KEY_JSON("k")
-    "::text AS j), "
-    SQL_AUDIT("ins", "6", "7", "8", "9", "api_key.created", "api_key",
-              "jsonb_build_object('name', ins.name, 'role', ins.role)", "")
-    " SELECT id, j FROM ins",
-};
-
-static const struct db_stmt q_keys_list = {
-    "keys_list", SQL_PAGE("public.api_keys", "k", SQL_KEY_JSON("k"), "AND k.revoked_at IS NULL"),
-};
-
-/* Revoked rather than deleted, so that an audit can still tell which key did
- * what; the auth lookup refuses a revoked key. */
-static const struct db_stmt q_keys_delete = {
-    "keys_delete",
-    "WITH upd AS (UPDATE public.api_keys k SET revoked_at = now() "
-    "WHERE k.id = $2::uuid AND k.org_id = $1::uuid AND k.revoked_at IS NULL "
-    "RETURNING k.id, k.prefix, k.name), "
-    SQL_AUDIT("upd", "3", "4", "5", "6", "api_key.revoked", "api_key",
-              "jsonb_build_object('name', upd.name)", "")
-    " SELECT prefix FROM upd",
-};
-
 /* clang-format on */
 
 /* ---- helpers ------------------------------------------------------------ */
 
-#define NAME_MAX_CHARS 100
 #define AVATAR_URL_MAX 2048
 #define LIST_LIMIT_DEFAULT 20
 #define LIST_LIMIT_MAX 100
-#define CURSOR_TS_LEN 27 /* 2026-01-02T03:04:05.123456Z */
-#define CURSOR_RAW_LEN (CURSOR_TS_LEN + 1 + 36)
-#define CURSOR_B64_BUFSZ (TOKEN_B64URL_LEN(CURSOR_RAW_LEN) + 1)
 
 /* The {id} path parameter when it is a UUID (lower-cased into the arena),
  * else NULL after answering 404. */
-static const char *path_uuid(struct request *req, const char *what)
+const char *users_path_uuid(struct request *req, const char *what)
 {
     const char *id = http_param(req, "id");
     if (!id || !token_uuid_valid(id, strlen(id))) {
@@ -230,39 +158,6 @@ static const char *path_uuid(struct request *req, const char *what)
         *p = (char)tolower((unsigned char)*p);
     return low;
 }
-
-
-
-/* Code points in a valid UTF-8 string (jansson checked it) and whether it
- * holds a control character (C0, DEL or C1). */
-static size_t utf8_chars(const char *s, bool *has_control)
-{
-    size_t n = 0;
-    *has_control = false;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if ((*p & 0xC0) != 0x80)
-            n++;
-        if (*p < 0x20 || *p == 0x7F)
-            *has_control = true;
-        if (*p == 0xC2 && p[1] >= 0x80 && p[1] <= 0x9F)
-            *has_control = true;
-    }
-    return n;
-}
-
-/* A display name: 1..100 characters, no control characters. */
-static const char *name_problem(const char *s)
-{
-    bool ctl;
-    size_t n = utf8_chars(s, &ctl);
-    if (n < 1 || n > NAME_MAX_CHARS)
-        return "must be 1 to 100 characters";
-    if (ctl)
-        return "must not contain control characters";
-    return NULL;
-}
-
-
 
 /* An email from JSON value v, lower-cased into the arena (emails are
  * stored lowercase), or NULL with an error added. */
@@ -283,29 +178,11 @@ static const char *take_email(struct request *req, json_t *v, const char *field,
     return low;
 }
 
-static const char *take_role(json_t *v, const char *field, json_t **errors)
+const char *users_take_role(json_t *v, const char *field, json_t **errors)
 {
     const char *s = json_string_value(v);
     if (!s || (strcmp(s, "admin") != 0 && strcmp(s, "member") != 0)) {
         problem_add_error(errors, field, "must be \"admin\" or \"member\"");
-        return NULL;
-    }
-    return s;
-}
-
-/* A display name from a JSON string, or NULL with an error added (callers
- * handle JSON null themselves where it is allowed). */
-static const char *take_name(json_t *v, const char *field, json_t **errors)
-{
-    if (!json_is_string(v)) {
-        problem_add_error(errors, field, "must be a string or null");
-        return NULL;
-    }
-    const char *s = json_string_value(v);
-    const char *why =
-        strlen(s) != json_string_length(v) ? "must not contain NUL characters" : name_problem(s);
-    if (why) {
-        problem_add_error(errors, field, why);
         return NULL;
     }
     return s;
@@ -331,47 +208,6 @@ static const char *take_avatar_url(json_t *v, json_t **errors)
     return s;
 }
 
-/* ?limit= (1..100, default 20) and ?cursor= into *limit and ts/id (both NULL
- * for the first page). False after answering 422. */
-static bool page_params(struct request *req, int *limit, const char **ts, const char **id)
-{
-    json_t *errors = NULL;
-    *limit = LIST_LIMIT_DEFAULT;
-    *ts = *id = NULL;
-    const char *l = http_query(req, "limit");
-    if (l) {
-        char *end = NULL;
-        long v = (*l >= '0' && *l <= '9' && strlen(l) <= 3) ? strtol(l, &end, 10) : -1;
-        if (v < 1 || v > LIST_LIMIT_MAX || !end || *end)
-            problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
-        else
-            *limit = (int)v;
-    }
-    const char *c = http_query(req, "cursor");
-    if (c) {
-        unsigned char raw[CURSOR_RAW_LEN + 1];
-        int n = token_b64url_decode(c, strlen(c), raw, sizeof raw);
-        bool ok = n == CURSOR_RAW_LEN && raw[CURSOR_TS_LEN] == '|' &&
-                  token_uuid_valid((const char *)raw + CURSOR_TS_LEN + 1, 36);
-        /* The timestamp part: digits where digits go, the rest literal. */
-        static const char shape[] = "dddd-dd-ddTdd:dd:dd.ddddddZ";
-        for (int i = 0; ok && i < CURSOR_TS_LEN; i++)
-            ok = shape[i] == 'd' ? (raw[i] >= '0' && raw[i] <= '9')
-                                 : raw[i] == (unsigned char)shape[i];
-        if (!ok) {
-            problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
-        } else {
-            *ts = arena_strndup(req->arena, (const char *)raw, CURSOR_TS_LEN);
-            *id = arena_strndup(req->arena, (const char *)raw + CURSOR_TS_LEN + 1, 36);
-        }
-    }
-    if (errors) {
-        problem_respond_errors(req, "The query parameters are not valid.", errors);
-        return false;
-    }
-    return true;
-}
-
 /* Runs stmt with the org's schema as the connection's binding (every
  * statement here is schema-qualified, so this only spares a switch). */
 static void org_query(struct request *req, const struct auth_ctx *a, const struct db_stmt *stmt,
@@ -387,9 +223,8 @@ static void org_query(struct request *req, const struct auth_ctx *a, const struc
 
 /* org_query with the audit parameters appended after values: the actor
  * (type, id), the client IP and the request id (SQL_AUDIT). */
-static void audited_query(struct request *req, const struct auth_ctx *a,
-                          const struct db_stmt *stmt, int n, const char *const *values, db_cb cb,
-                          void *ud)
+void users_audited_query(struct request *req, const struct auth_ctx *a, const struct db_stmt *stmt,
+                         int n, const char *const *values, db_cb cb, void *ud)
 {
     const char **v = arena_alloc(req->arena, (size_t)(n + 4) * sizeof *v);
     memcpy(v, values, (size_t)n * sizeof *v);
@@ -400,72 +235,60 @@ static void audited_query(struct request *req, const struct auth_ctx *a,
     org_query(req, a, stmt, n + 4, v, cb, ud);
 }
 
+bool users_insert_failed(struct request *req, struct db_result *r, const char *what)
+{
+    if (db_result_is(r, "23503")) {
+        /* The org went away between authentication and the insert. */
+        problem_respond(req, PROBLEM_UNAUTHORIZED,
+                        "The credential's organization no longer exists.");
+        return true;
+    }
+    if (r->status != DB_OK) {
+        db_respond_failure(req, r, what);
+        return true;
+    }
+    return false;
+}
+
 /* ---- lists -------------------------------------------------------------- */
 
-/* {"data": <page>, "next_cursor": "<b64url>" | null}: the page is JSON from
- * PostgreSQL, the cursor base64url (no characters that need escaping). */
+/* The page as PostgreSQL answers it (JSON array, last position or NULL). */
 static void list_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
     if (r->status != DB_OK) {
         if (r->status == DB_ERROR && r->sqlstate && strncmp(r->sqlstate, "22", 2) == 0) {
-            /* A cursor of the right shape but an impossible date (month 13). */
-            json_t *errors = NULL;
-            problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
-            problem_respond_errors(req, "The query parameters are not valid.", errors);
+            page_respond_bad_cursor(req); /* the right shape, an impossible date (month 13) */
             return;
         }
         db_respond_failure(req, r, "list");
         return;
     }
-    const char *data = db_result_text(r, 0, 0);
-    const char *pos = db_result_text(r, 0, 1);
-    if (!data) {
-        db_respond_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no page"},
-                           "list");
-        return;
-    }
-    /* base64url needs no escaping inside a JSON string. */
-    const char *cursor = "null";
-    if (pos) {
-        char enc[CURSOR_B64_BUFSZ];
-        if (strlen(pos) != CURSOR_RAW_LEN ||
-            token_b64url_encode(pos, CURSOR_RAW_LEN, enc, sizeof enc) < 0) {
-            db_respond_failure(
-                req, &(struct db_result){.status = DB_ERROR, .message = "bad cursor"}, "list");
-            return;
-        }
-        cursor = arena_printf(req->arena, "\"%s\"", enc);
-    }
-    char *body = arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":%s}", data, cursor);
-    http_respond(req, 200, "application/json", body, strlen(body));
+    page_respond(req, db_result_text(r, 0, 0), PAGE_KEY_TIME_ID, db_result_text(r, 0, 1));
 }
 
-static void run_list(struct request *req, const struct db_stmt *stmt)
+void users_run_list(struct request *req, const struct db_stmt *stmt)
 {
     const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
-    int limit;
-    const char *ts, *id;
-    if (!page_params(req, &limit, &ts, &id))
+    struct page pg;
+    json_t *errors = NULL;
+    if (!page_read(req, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, PAGE_KEY_TIME_ID, &pg, &errors)) {
+        problem_respond_errors(req, "The query parameters are not valid.", errors);
         return;
+    }
     const char **v = arena_alloc(req->arena, 4 * sizeof *v);
     v[0] = a->org_id;
-    v[1] = ts;
-    v[2] = id;
-    v[3] = arena_printf(req->arena, "%d", limit);
+    v[1] = pg.time;
+    v[2] = pg.id;
+    v[3] = pg.limit_text;
     org_query(req, a, stmt, 4, v, list_done, req);
 }
 
 static void users_list(struct request *req)
 {
-    run_list(req, &q_users_list);
-}
-
-static void keys_list(struct request *req)
-{
-    run_list(req, &q_keys_list);
+    users_run_list(req, &q_users_list);
 }
 
 /* ---- GET /v1/users/{id} ------------------------------------------------- */
@@ -485,7 +308,7 @@ static void users_get(struct request *req)
     const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
-    const char *id = path_uuid(req, "user");
+    const char *id = users_path_uuid(req, "user");
     if (!id)
         return;
     const char **v = arena_alloc(req->arena, 2 * sizeof *v);
@@ -510,16 +333,8 @@ static void user_create_done(struct db_result *r, void *ud)
                         "A user with this email already exists in the organization.");
         return;
     }
-    if (db_result_is(r, "23503")) {
-        /* The org went away between authentication and the insert. */
-        problem_respond(req, PROBLEM_UNAUTHORIZED,
-                        "The credential's organization no longer exists.");
+    if (users_insert_failed(req, r, "create user"))
         return;
-    }
-    if (r->status != DB_OK) {
-        db_respond_failure(req, r, "create user");
-        return;
-    }
     const char *id = db_result_text(r, 0, 0), *json = db_result_text(r, 0, 1);
     if (!id || !json) {
         db_respond_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no row"},
@@ -545,7 +360,7 @@ static void user_hashed(void *ud, int status, const char *phc)
         return;
     }
     c->values[4] = arena_strdup(req->arena, phc);
-    audited_query(req, c->a, &q_users_create, 5, c->values, user_create_done, req);
+    users_audited_query(req, c->a, &q_users_create, 5, c->values, user_create_done, req);
 }
 
 static void users_create(struct request *req)
@@ -586,13 +401,11 @@ static void users_create(struct request *req)
         }
     }
 
-    v = json_object_get(body, "name");
-    if (v && !json_is_null(v))
-        name = take_name(v, "name", &errors);
+    name = body_name(body, "name", false, &errors);
 
     v = json_object_get(body, "role");
     if (v)
-        role = take_role(v, "role", &errors);
+        role = users_take_role(v, "role", &errors);
 
     if (errors) {
         problem_respond_errors(req, "Some fields are not valid.", errors);
@@ -632,7 +445,8 @@ static void user_update_done(struct db_result *r, void *ud)
     struct user_update *u = ud;
     struct request *req = u->req;
     if (db_result_is(r, "23505")) {
-        problem_respond(req, PROBLEM_EMAIL_TAKEN, "Another user of the organization has this email.");
+        problem_respond(req, PROBLEM_EMAIL_TAKEN,
+                        "Another user of the organization has this email.");
         return;
     }
     if (r->status != DB_OK) {
@@ -660,7 +474,7 @@ static void users_update(struct request *req)
     const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
-    const char *id = path_uuid(req, "user");
+    const char *id = users_path_uuid(req, "user");
     if (!id)
         return;
     json_t *body = body_object(req, true);
@@ -686,18 +500,16 @@ static void users_update(struct request *req)
     vals[1] = id;
     vals[2] = "f";
     vals[6] = "f";
-    json_t *v = json_object_get(body, "name");
-    if (v) {
-        vals[2] = "t";
-        if (!json_is_null(v)) {
-            const char *name = take_name(v, "name", &errors);
-            vals[3] = name ? arena_strdup(req->arena, name) : NULL;
-        }
+    json_t *v;
+    if (json_object_get(body, "name")) {
+        vals[2] = "t"; /* null clears the name */
+        const char *name = body_name(body, "name", false, &errors);
+        vals[3] = name ? arena_strdup(req->arena, name) : NULL;
     }
     if ((v = json_object_get(body, "email")))
         vals[4] = take_email(req, v, "email", &errors);
     if ((v = json_object_get(body, "role")))
-        vals[5] = take_role(v, "role", &errors);
+        vals[5] = users_take_role(v, "role", &errors);
     if ((v = json_object_get(body, "avatar_url"))) {
         vals[6] = "t";
         if (!json_is_null(v)) {
@@ -713,7 +525,7 @@ static void users_update(struct request *req)
     u->req = req;
     u->id = id;
     u->demote = vals[5] && strcmp(vals[5], "member") == 0;
-    audited_query(req, a, &q_users_update, 8, vals, user_update_done, u);
+    users_audited_query(req, a, &q_users_update, 8, vals, user_update_done, u);
 }
 
 /* ---- DELETE /v1/users/{id} ---------------------------------------------- */
@@ -750,7 +562,7 @@ static void users_delete(struct request *req)
     const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
-    const char *id = path_uuid(req, "user");
+    const char *id = users_path_uuid(req, "user");
     if (!id)
         return;
     struct user_delete *d = arena_calloc(req->arena, sizeof *d);
@@ -759,145 +571,5 @@ static void users_delete(struct request *req)
     const char **v = arena_alloc(req->arena, 2 * sizeof *v);
     v[0] = a->org_id;
     v[1] = id;
-    audited_query(req, a, &q_users_delete, 2, v, user_delete_done, d);
-}
-
-/* ---- API keys ----------------------------------------------------------- */
-
-struct key_create {
-    struct request *req;
-    const struct auth_ctx *a;
-    const char *values[5]; /* org_id, name, role, prefix, key_hash */
-    char key[TOKEN_API_KEY_BUFSZ];
-    char prefix[TOKEN_API_KEY_PREFIX_LEN + 1];
-    char hash[TOKEN_SHA256_HEX_BUFSZ];
-    int attempts;
-};
-
-static void key_wipe(void *p)
-{
-    struct key_create *k = p;
-    OPENSSL_cleanse(k->key, sizeof k->key);
-}
-
-static void key_insert(struct key_create *k);
-
-static void key_create_done(struct db_result *r, void *ud)
-{
-    struct key_create *k = ud;
-    struct request *req = k->req;
-    /* The only unique column a new key can collide on is its random prefix
-     * (1 in 36^8): draw again, a few times at most. */
-    if (db_result_is(r, "23505") && ++k->attempts < 3) {
-        key_insert(k);
-        return;
-    }
-    if (db_result_is(r, "23503")) {
-        problem_respond(req, PROBLEM_UNAUTHORIZED,
-                        "The credential's organization no longer exists.");
-        return;
-    }
-    if (r->status != DB_OK) {
-        db_respond_failure(req, r, "create API key");
-        return;
-    }
-    const char *id = db_result_text(r, 0, 0), *json = db_result_text(r, 0, 1);
-    json_t *obj = json ? json_loads(json, 0, NULL) : NULL;
-    if (!id || !json_is_object(obj)) {
-        json_decref(obj);
-        db_respond_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no row"},
-                           "create API key");
-        return;
-    }
-    /* The key itself never went to the database (not even as a parameter,
-     * where statement logging could keep it): it joins the answer here. */
-    json_object_set_new(obj, "key", json_string(k->key));
-    http_set_header(req, "Location", arena_printf(req->arena, "/v1/api-keys/%s", id));
-    http_set_header(req, "Cache-Control", "no-store");
-    http_respond_json(req, 201, obj);
-}
-
-static void key_insert(struct key_create *k)
-{
-    struct request *req = k->req;
-    if (token_api_key_new(k->key, k->prefix) != 0) {
-        problem_respond(req, PROBLEM_INTERNAL, "No key could be generated.");
-        return;
-    }
-    token_sha256_hex(k->key, strlen(k->key), k->hash);
-    k->values[3] = k->prefix;
-    k->values[4] = k->hash;
-    audited_query(req, k->a, &q_keys_create, 5, k->values, key_create_done, k);
-}
-
-static void keys_create(struct request *req)
-{
-    const struct auth_ctx *a = auth_org_caller(req);
-    if (!a)
-        return;
-    json_t *body = body_object(req, true);
-    if (!body)
-        return;
-    static const char *const fields[] = {"name", "role", NULL};
-    json_t *errors = NULL;
-    body_unknown_fields(req, body, fields, NULL, &errors);
-    const char *name = NULL, *role = "member";
-    json_t *v = json_object_get(body, "name");
-    if (!v)
-        problem_add_error(&errors, "name", "is required");
-    else
-        name = take_name(v, "name", &errors);
-    if ((v = json_object_get(body, "role"))) {
-        /* An API key may also be a worker's: the worker API of its org only. */
-        if (json_is_string(v) && !strcmp(json_string_value(v), "worker"))
-            role = "worker";
-        else if (json_is_string(v) && strcmp(json_string_value(v), "admin") &&
-                 strcmp(json_string_value(v), "member"))
-            problem_add_error(&errors, "role", "must be \"admin\", \"member\" or \"worker\"");
-        else
-            role = take_role(v, "role", &errors);
-    }
-    if (errors) {
-        problem_respond_errors(req, "Some fields are not valid.", errors);
-        return;
-    }
-    struct key_create *k = arena_calloc(req->arena, sizeof *k);
-    arena_cleanup(req->arena, key_wipe, k);
-    k->req = req;
-    k->a = a;
-    k->values[0] = a->org_id;
-    k->values[1] = arena_strdup(req->arena, name);
-    k->values[2] = role;
-    key_insert(k);
-}
-
-static void key_delete_done(struct db_result *r, void *ud)
-{
-    struct request *req = ud;
-    if (r->status != DB_OK) {
-        db_respond_failure(req, r, "delete API key");
-        return;
-    }
-    const char *prefix = db_result_text(r, 0, 0);
-    if (!prefix) {
-        problem_respond(req, PROBLEM_NOT_FOUND, "No such API key.");
-        return;
-    }
-    /* Effective at once here; other processes hear the trigger's NOTIFY. */
-    cache_invalidate(arena_printf(req->arena, "key:%s", prefix));
-    http_respond_empty(req, 204);
-}
-
-static void keys_delete(struct request *req)
-{
-    const struct auth_ctx *a = auth_org_caller(req);
-    if (!a)
-        return;
-    const char *id = path_uuid(req, "API key");
-    if (!id)
-        return;
-    const char **v = arena_alloc(req->arena, 2 * sizeof *v);
-    v[0] = a->org_id;
-    v[1] = id;
-    audited_query(req, a, &q_keys_delete, 2, v, key_delete_done, req);
+    users_audited_query(req, a, &q_users_delete, 2, v, user_delete_done, d);
 }

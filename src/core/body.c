@@ -1,12 +1,15 @@
 #include "core/body.h"
 
 #include <ctype.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "core/problem.h"
 
 #define EMAIL_MAX 254
 #define UNKNOWN_FIELDS_SHOWN 8
+#define NAME_MAX_CHARS 100
 
 static void json_release(void *p)
 {
@@ -97,4 +100,130 @@ bool body_email_valid(const char *s)
         label++;
     }
     return dots >= 1;
+}
+
+/* obj's field, or NULL when absent or null (adding "is required" if it must be there). */
+static json_t *given(json_t *obj, const char *name, bool required, json_t **errors)
+{
+    json_t *v = json_object_get(obj, name);
+    if (v && !json_is_null(v))
+        return v;
+    if (required)
+        problem_add_error(errors, name, "is required");
+    return NULL;
+}
+
+size_t body_utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if ((*p & 0xC0) != 0x80)
+            n++;
+    return n;
+}
+
+const char *body_string(json_t *obj, const char *name, bool required, size_t min, size_t max,
+                        const char *message, json_t **errors)
+{
+    json_t *v = given(obj, name, required, errors);
+    if (!v)
+        return NULL;
+    const char *s = json_string_value(v);
+    char rule[64];
+    const char *why = NULL;
+    if (!s) {
+        why = "must be a string";
+    } else if (strlen(s) != json_string_length(v)) {
+        why = "must not contain NUL characters";
+    } else {
+        size_t n = body_utf8_chars(s);
+        if (n < min || n > max) {
+            snprintf(rule, sizeof rule, "must be %zu to %zu characters", min, max);
+            why = message ? message : rule;
+        }
+    }
+    if (why) {
+        problem_add_error(errors, name, why);
+        return NULL;
+    }
+    return s;
+}
+
+int body_int(json_t *obj, const char *name, bool required, json_int_t min, json_int_t max,
+             const char *message, json_int_t *out, json_t **errors)
+{
+    json_t *v = given(obj, name, required, errors);
+    if (!v)
+        return 0;
+    if (json_is_integer(v) && json_integer_value(v) >= min && json_integer_value(v) <= max) {
+        *out = json_integer_value(v);
+        return 1;
+    }
+    char rule[96];
+    snprintf(rule, sizeof rule,
+             "must be an integer from %" JSON_INTEGER_FORMAT " to %" JSON_INTEGER_FORMAT, min, max);
+    problem_add_error(errors, name, message ? message : rule);
+    return -1;
+}
+
+int body_bool(json_t *obj, const char *name, bool required, bool *out, json_t **errors)
+{
+    json_t *v = given(obj, name, required, errors);
+    if (!v)
+        return 0;
+    if (!json_is_boolean(v)) {
+        problem_add_error(errors, name, "must be true or false");
+        return -1;
+    }
+    *out = json_is_true(v);
+    return 1;
+}
+
+const char *body_enum(json_t *obj, const char *name, bool required, const char *const *values,
+                      const char *message, json_t **errors)
+{
+    json_t *v = given(obj, name, required, errors);
+    if (!v)
+        return NULL;
+    const char *s = json_string_value(v);
+    for (const char *const *e = values; s && *e; e++)
+        if (strcmp(*e, s) == 0)
+            return *e;
+    char rule[256] = "must be one of:";
+    for (const char *const *e = values; *e; e++) {
+        size_t n = strlen(rule);
+        snprintf(rule + n, sizeof rule - n, " \"%s\"", *e);
+    }
+    problem_add_error(errors, name, message ? message : rule);
+    return NULL;
+}
+
+const char *body_name_problem(const char *s)
+{
+    size_t n = 0;
+    bool blank = true, control = false;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if ((*p & 0xC0) != 0x80)
+            n++;
+        if (*p != ' ')
+            blank = false;
+        if (*p < 0x20 || *p == 0x7F || (*p == 0xC2 && p[1] >= 0x80 && p[1] <= 0x9F))
+            control = true;
+    }
+    if (n < 1 || n > NAME_MAX_CHARS || blank)
+        return "must be 1 to 100 characters, not only spaces";
+    if (control)
+        return "must not contain control characters";
+    return NULL;
+}
+
+const char *body_name(json_t *obj, const char *name, bool required, json_t **errors)
+{
+    const char *s = body_string(obj, name, required, 0, SIZE_MAX, NULL, errors);
+    const char *why = s ? body_name_problem(s) : NULL;
+    if (why) {
+        problem_add_error(errors, name, why);
+        return NULL;
+    }
+    return s;
 }

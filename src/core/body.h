@@ -33,4 +33,45 @@ void body_unknown_fields(struct request *req, json_t *obj, const char *const *al
  * refused: no mail provider hands them out and they only smuggle text. */
 bool body_email_valid(const char *s);
 
+/*
+ * Typed field readers. Each reads field `name` of obj; absent or JSON null
+ * is "not given", which adds "is required" when required. A wrong value
+ * adds one 422 entry (name, message; message NULL: a default that states
+ * the rule) to *errors. Strings returned are obj's (they live as long as
+ * obj, which body_object ties to the request).
+ */
+
+/* A string of min..max code points without NUL (PostgreSQL text cannot
+ * hold it; body_object(req, true) lets one through). The string, or NULL
+ * when not given or wrong. */
+const char *body_string(json_t *obj, const char *name, bool required, size_t min, size_t max,
+                        const char *message, json_t **errors);
+
+/* An integer in [min, max] into *out: 1 when taken, 0 when not given (*out
+ * untouched), -1 when wrong. */
+int body_int(json_t *obj, const char *name, bool required, json_int_t min, json_int_t max,
+             const char *message, json_int_t *out, json_t **errors);
+
+/* true or false into *out: 1 when taken, 0 when not given, -1 when wrong. */
+int body_bool(json_t *obj, const char *name, bool required, bool *out, json_t **errors);
+
+/* One of values (NULL-ended): that entry of values, or NULL when not given
+ * or wrong. */
+const char *body_enum(json_t *obj, const char *name, bool required, const char *const *values,
+                      const char *message, json_t **errors);
+
+/*
+ * The one rule for display names (users, orgs, invitations, imports): 1 to
+ * 100 code points, not only spaces, no control character (C0, DEL, C1).
+ * s is valid UTF-8 without NUL (as jansson hands out). NULL when fine,
+ * else the message for the errors list.
+ */
+const char *body_name_problem(const char *s);
+
+/* body_string with the display-name rule. */
+const char *body_name(json_t *obj, const char *name, bool required, json_t **errors);
+
+/* Code points of valid UTF-8 text. */
+size_t body_utf8_chars(const char *s);
+
 #endif

@@ -16,14 +16,4 @@ static inline int parse_digits(const char *s, size_t max_digits)
     return n ? v : -1;
 }
 
-/* A list's ?limit= (s NULL when absent): def when absent, else 1..max
- * (max < 1000) in plain digits, or -1 (a 422 for the caller). */
-static inline int parse_limit_param(const char *s, int def, int max)
-{
-    if (!s)
-        return def;
-    int v = parse_digits(s, 3);
-    return v >= 1 && v <= max ? v : -1;
-}
-
 #endif

@@ -14,6 +14,7 @@
  * pool; an idle keep-alive connection holds only struct conn.
  */
 #include "core/server_internal.h"
+#include "core/strbuf.h"
 #include "core/trace.h"
 
 #define ACTIVE_POOL_MAX 64 /* kept for reuse per loop; more are freed */
@@ -203,18 +204,15 @@ void *srv_xrealloc(void *p, size_t n)
     return q;
 }
 
-/* Appends to a malloc'd growable buffer. */
+/* Appends to a malloc'd growable buffer (core/strbuf's growth, kept
+ * NUL-terminated). */
 void srv_buf_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
 {
-    if (*len + n + 1 > *cap) {
-        size_t ncap = *cap ? *cap : 256;
-        while (ncap < *len + n + 1)
-            ncap *= 2;
-        *buf = srv_xrealloc(*buf, ncap);
-        *cap = ncap;
-    }
-    memcpy(*buf + *len, data, n);
-    *len += n;
+    struct strbuf b = {*buf, *len, *cap};
+    sb_put(&b, data, n);
+    *buf = b.s;
+    *len = b.len;
+    *cap = b.cap;
 }
 
 void srv_new_request(struct conn *c)

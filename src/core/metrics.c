@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/strbuf.h"
+
 /* Counters per (route, method, status): ~50 routes x a few statuses fit. */
 #define REQ_SLOTS 1024
 #define REQ_MAX_USED (REQ_SLOTS * 3 / 4)
@@ -254,84 +256,25 @@ void metrics_pool_schemas(struct metrics *m, int max, int sum, int conns)
 
 /* ---- rendering (scrape time only) ---- */
 
-struct buf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-};
-
-static void buf_reserve(struct buf *b, size_t n)
-{
-    if (b->oom || b->len + n + 1 <= b->cap)
-        return;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + n + 1)
-        cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-        b->oom = true;
-        return;
-    }
-    b->p = p;
-    b->cap = cap;
-}
-
-static void buf_add(struct buf *b, const char *s, size_t n)
-{
-    buf_reserve(b, n);
-    if (b->oom)
-        return;
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void buf_puts(struct buf *b, const char *s)
-{
-    buf_add(b, s, strlen(s));
-}
-
-__attribute__((format(printf, 2, 3))) static void buf_printf(struct buf *b, const char *fmt, ...)
-{
-    char tmp[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return;
-    if ((size_t)n < sizeof tmp) {
-        buf_add(b, tmp, (size_t)n);
-        return;
-    }
-    buf_reserve(b, (size_t)n);
-    if (b->oom)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-}
-
 /* A label value per the text format: backslash, double quote and newline
  * escaped. */
-static void buf_label(struct buf *b, const char *s)
+static void buf_label(struct strbuf *b, const char *s)
 {
     for (; *s; s++) {
         if (*s == '\\')
-            buf_add(b, "\\\\", 2);
+            sb_put(b, "\\\\", 2);
         else if (*s == '"')
-            buf_add(b, "\\\"", 2);
+            sb_put(b, "\\\"", 2);
         else if (*s == '\n')
-            buf_add(b, "\\n", 2);
+            sb_put(b, "\\n", 2);
         else
-            buf_add(b, s, 1);
+            sb_put(b, s, 1);
     }
 }
 
-static void buf_header(struct buf *b, const char *name, const char *type, const char *help)
+static void buf_header(struct strbuf *b, const char *name, const char *type, const char *help)
 {
-    buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 struct req_row {
@@ -373,14 +316,13 @@ static void read_hist(struct hist_row *row, const char *route, struct hist_slot 
     row->sum_ns = LOAD(s->sum_ns);
 }
 
-static void render_requests(struct buf *b, struct metrics *head, size_t nloops)
+/* False when out of memory for the rows. */
+static bool render_requests(struct strbuf *b, struct metrics *head, size_t nloops)
 {
     size_t cap = nloops * (REQ_SLOTS + 1), n = 0;
     struct req_row *rows = cap ? malloc(cap * sizeof *rows) : NULL;
-    if (cap && !rows) {
-        b->oom = true;
-        return;
-    }
+    if (cap && !rows)
+        return false;
     for (struct metrics *m = head; m; m = m->next) {
         for (size_t i = 0; i < REQ_SLOTS; i++) {
             struct req_slot *s = &m->req[i];
@@ -401,26 +343,25 @@ static void render_requests(struct buf *b, struct metrics *head, size_t nloops)
         struct req_row r = rows[i++];
         while (i < n && req_row_cmp(&r, &rows[i]) == 0)
             r.count += rows[i++].count;
-        buf_puts(b, "tenantd_http_requests_total{route=\"");
+        sb_puts(b, "tenantd_http_requests_total{route=\"");
         buf_label(b, r.route);
-        buf_printf(b, "\",method=\"%s\",status=\"", method_names[r.method]);
+        sb_printf(b, "\",method=\"%s\",status=\"", method_names[r.method]);
         if (r.status)
-            buf_printf(b, "%d", r.status);
+            sb_printf(b, "%d", r.status);
         else
-            buf_puts(b, OTHER);
-        buf_printf(b, "\"} %llu\n", (unsigned long long)r.count);
+            sb_puts(b, OTHER);
+        sb_printf(b, "\"} %llu\n", (unsigned long long)r.count);
     }
     free(rows);
+    return true;
 }
 
-static void render_histograms(struct buf *b, struct metrics *head, size_t nloops)
+static bool render_histograms(struct strbuf *b, struct metrics *head, size_t nloops)
 {
     size_t cap = nloops * (HIST_SLOTS + 1), n = 0;
     struct hist_row *rows = cap ? malloc(cap * sizeof *rows) : NULL;
-    if (cap && !rows) {
-        b->oom = true;
-        return;
-    }
+    if (cap && !rows)
+        return false;
     for (struct metrics *m = head; m; m = m->next) {
         for (size_t i = 0; i < HIST_SLOTS; i++) {
             const char *route = atomic_load_explicit(&m->hist[i].route, memory_order_acquire);
@@ -453,24 +394,25 @@ static void render_histograms(struct buf *b, struct metrics *head, size_t nloops
         uint64_t cum = 0;
         for (size_t k = 0; k <= NBUCKETS; k++) {
             cum += r.buckets[k];
-            buf_printf(b, "%s_bucket{route=\"", name);
+            sb_printf(b, "%s_bucket{route=\"", name);
             buf_label(b, r.route);
-            buf_printf(b, "\",le=\"%s\"} %llu\n", k < NBUCKETS ? bucket_labels[k] : "+Inf",
-                       (unsigned long long)cum);
+            sb_printf(b, "\",le=\"%s\"} %llu\n", k < NBUCKETS ? bucket_labels[k] : "+Inf",
+                      (unsigned long long)cum);
         }
-        buf_printf(b, "%s_sum{route=\"", name);
+        sb_printf(b, "%s_sum{route=\"", name);
         buf_label(b, r.route);
-        buf_printf(b, "\"} %.9f\n", (double)r.sum_ns / 1e9);
-        buf_printf(b, "%s_count{route=\"", name);
+        sb_printf(b, "\"} %.9f\n", (double)r.sum_ns / 1e9);
+        sb_printf(b, "%s_count{route=\"", name);
         buf_label(b, r.route);
-        buf_printf(b, "\"} %llu\n", (unsigned long long)cum);
+        sb_printf(b, "\"} %llu\n", (unsigned long long)cum);
     }
     free(rows);
+    return true;
 }
 
 char *metrics_render(size_t *len)
 {
-    struct buf b = {0};
+    struct strbuf b = {0};
     pthread_mutex_lock(&registry_mu);
     struct metrics *head = registry;
     size_t nloops = 0;
@@ -500,65 +442,64 @@ char *metrics_render(size_t *len)
         switches += LOAD(m->schema_switches);
         reconnects += LOAD(m->reconnects);
     }
-    render_requests(&b, head, nloops);
-    render_histograms(&b, head, nloops);
+    bool oom = !render_requests(&b, head, nloops) || !render_histograms(&b, head, nloops);
     pthread_mutex_unlock(&registry_mu);
 
     buf_header(&b, "tenantd_http_connections_open", "gauge", "Open client connections.");
-    buf_printf(&b, "tenantd_http_connections_open %lld\n", (long long)conns);
+    sb_printf(&b, "tenantd_http_connections_open %lld\n", (long long)conns);
     buf_header(&b, "tenantd_http_connections_refused_total", "counter",
                "Connections answered 503 and closed at accept: the loop's table was full "
                "(TENANTD_MAX_CONNECTIONS) or the address held TENANTD_MAX_CONNECTIONS_PER_IP.");
-    buf_printf(&b, "tenantd_http_connections_refused_total{reason=\"max_connections\"} %llu\n",
-               (unsigned long long)refused[METRICS_REFUSED_FULL]);
-    buf_printf(&b, "tenantd_http_connections_refused_total{reason=\"per_ip\"} %llu\n",
-               (unsigned long long)refused[METRICS_REFUSED_PER_IP]);
+    sb_printf(&b, "tenantd_http_connections_refused_total{reason=\"max_connections\"} %llu\n",
+              (unsigned long long)refused[METRICS_REFUSED_FULL]);
+    sb_printf(&b, "tenantd_http_connections_refused_total{reason=\"per_ip\"} %llu\n",
+              (unsigned long long)refused[METRICS_REFUSED_PER_IP]);
     buf_header(&b, "tenantd_db_pool_connections", "gauge",
                "Database connections of the pools, by state.");
-    buf_printf(&b, "tenantd_db_pool_connections{state=\"in_use\"} %lld\n", (long long)in_use);
-    buf_printf(&b, "tenantd_db_pool_connections{state=\"idle\"} %lld\n", (long long)idle);
+    sb_printf(&b, "tenantd_db_pool_connections{state=\"in_use\"} %lld\n", (long long)in_use);
+    sb_printf(&b, "tenantd_db_pool_connections{state=\"idle\"} %lld\n", (long long)idle);
     buf_header(&b, "tenantd_db_pool_waiting", "gauge",
                "Queries waiting for a database connection.");
-    buf_printf(&b, "tenantd_db_pool_waiting %lld\n", (long long)waiting);
+    sb_printf(&b, "tenantd_db_pool_waiting %lld\n", (long long)waiting);
     buf_header(&b, "tenantd_db_schema_switches_total", "counter",
                "Times a pooled connection changed its search_path (the pool qualifies "
                "tenant statements instead, so this stays 0).");
-    buf_printf(&b, "tenantd_db_schema_switches_total %llu\n", (unsigned long long)switches);
+    sb_printf(&b, "tenantd_db_schema_switches_total %llu\n", (unsigned long long)switches);
     buf_header(&b, "tenantd_db_statement_cache_total", "counter",
                "Tenant statements: prepared one reused (hit), prepared anew (miss), "
                "deallocated to make room (eviction).");
-    buf_printf(&b, "tenantd_db_statement_cache_total{result=\"hit\"} %llu\n",
-               (unsigned long long)hits);
-    buf_printf(&b, "tenantd_db_statement_cache_total{result=\"miss\"} %llu\n",
-               (unsigned long long)misses);
-    buf_printf(&b, "tenantd_db_statement_cache_total{result=\"eviction\"} %llu\n",
-               (unsigned long long)evictions);
+    sb_printf(&b, "tenantd_db_statement_cache_total{result=\"hit\"} %llu\n",
+              (unsigned long long)hits);
+    sb_printf(&b, "tenantd_db_statement_cache_total{result=\"miss\"} %llu\n",
+              (unsigned long long)misses);
+    sb_printf(&b, "tenantd_db_statement_cache_total{result=\"eviction\"} %llu\n",
+              (unsigned long long)evictions);
     buf_header(&b, "tenantd_db_recycles_total", "counter",
                "Database backends replaced after serving too many schemas.");
-    buf_printf(&b, "tenantd_db_recycles_total %llu\n", (unsigned long long)recycles);
+    sb_printf(&b, "tenantd_db_recycles_total %llu\n", (unsigned long long)recycles);
     buf_header(&b, "tenantd_db_spills_total", "counter",
                "Org queries placed off their org's own connection (lost, busy with "
                "their own org's work, or slowed by another org).");
-    buf_printf(&b, "tenantd_db_spills_total %llu\n", (unsigned long long)spills);
+    sb_printf(&b, "tenantd_db_spills_total %llu\n", (unsigned long long)spills);
     buf_header(&b, "tenantd_db_handed_over_total", "counter",
                "Org statements handed to the pool of the org's home loop (one backend caches "
                "each org).");
-    buf_printf(&b, "tenantd_db_handed_over_total %llu\n", (unsigned long long)handed);
+    sb_printf(&b, "tenantd_db_handed_over_total %llu\n", (unsigned long long)handed);
     buf_header(&b, "tenantd_db_connection_schemas", "gauge",
                "Distinct org schemas seen by open database backends: the most by one, "
                "and the mean.");
-    buf_printf(&b, "tenantd_db_connection_schemas{stat=\"max\"} %lld\n", (long long)smax);
-    buf_printf(&b, "tenantd_db_connection_schemas{stat=\"mean\"} %.1f\n",
-               sconns ? (double)ssum / (double)sconns : 0.0);
+    sb_printf(&b, "tenantd_db_connection_schemas{stat=\"max\"} %lld\n", (long long)smax);
+    sb_printf(&b, "tenantd_db_connection_schemas{stat=\"mean\"} %.1f\n",
+              sconns ? (double)ssum / (double)sconns : 0.0);
     buf_header(&b, "tenantd_db_reconnects_total", "counter",
                "Database reconnection attempts after a lost connection.");
-    buf_printf(&b, "tenantd_db_reconnects_total %llu\n", (unsigned long long)reconnects);
+    sb_printf(&b, "tenantd_db_reconnects_total %llu\n", (unsigned long long)reconnects);
 
-    if (b.oom || !b.p) {
-        free(b.p);
+    if (oom || !b.s) {
+        free(b.s);
         return NULL;
     }
     if (len)
         *len = b.len;
-    return b.p;
+    return b.s;
 }

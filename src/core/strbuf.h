@@ -19,4 +19,7 @@ void sb_put(struct strbuf *b, const char *s, size_t n);
 /* Appends the C string s. */
 void sb_puts(struct strbuf *b, const char *s);
 
+/* Appends printf-formatted text. */
+void sb_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 #endif

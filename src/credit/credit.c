@@ -23,7 +23,6 @@
  */
 #include "credit/credit.h"
 
-#include <ctype.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,7 +35,7 @@
 #include "core/arena.h"
 #include "core/config.h"
 #include "core/http.h"
-#include "core/digits.h"
+#include "core/page.h"
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
@@ -123,124 +122,19 @@ static const struct db_stmt q_admin = {
 
 /* ---- helpers ------------------------------------------------------------ */
 
-/* Code points of a valid UTF-8 string (jansson checked it). */
-static size_t utf8_chars(const char *s)
-{
-    size_t n = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-        if ((*p & 0xC0) != 0x80)
-            n++;
-    return n;
-}
-
-/* An optional text field: absent or null -> NULL; a string of 1 (0 when
- * allow_empty) to max_chars code points without NUL (PostgreSQL text cannot
- * hold it) -> the string; anything else -> NULL with `message` added. */
-static const char *take_text(json_t *obj, const char *field, size_t max_chars, bool allow_empty,
-                             const char *message, json_t **errors)
-{
-    json_t *v = json_object_get(obj, field);
-    if (!v || json_is_null(v))
-        return NULL;
-    const char *s = json_string_value(v);
-    const char *why = NULL;
-    if (!s)
-        why = "must be a string or null";
-    else if (strlen(s) != json_string_length(v))
-        why = "must not contain NUL characters";
-    else if ((!allow_empty && *s == '\0') || utf8_chars(s) > max_chars)
-        why = message;
-    if (why) {
-        problem_add_error(errors, field, why);
-        return NULL;
-    }
-    return s;
-}
-
-/* The integer field `amount` within [min, max] and != 0, or false with an
- * error added. */
+/* The integer field `amount` within [min, max] and != 0 (a change of
+ * nothing is a mistake), or false with an error added. */
 static bool take_amount(json_t *obj, int64_t min, int64_t max, const char *message, int64_t *out,
                         json_t **errors)
 {
-    json_t *v = json_object_get(obj, "amount");
-    if (!v) {
-        problem_add_error(errors, "amount", "is required");
+    json_int_t n = 0;
+    if (body_int(obj, "amount", true, min, max, message, &n, errors) != 1)
         return false;
-    }
-    if (!json_is_integer(v)) {
-        problem_add_error(errors, "amount", "must be an integer");
-        return false;
-    }
-    json_int_t n = json_integer_value(v);
-    if (n < min || n > max || n == 0) {
+    if (n == 0) {
         problem_add_error(errors, "amount", message);
         return false;
     }
     *out = (int64_t)n;
-    return true;
-}
-
-/* ---- opaque cursors: base64url of "s<seq>" -------------------------------- */
-
-static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-static void cursor_encode(const char *seq, char *out, size_t outlen)
-{
-    char raw[32];
-    int n = snprintf(raw, sizeof raw, "s%s", seq);
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (int i = 0; i < n && o + 1 < outlen; i++) {
-        acc = (acc << 8) | (unsigned char)raw[i];
-        bits += 8;
-        while (bits >= 6 && o + 1 < outlen) {
-            bits -= 6;
-            out[o++] = b64url[(acc >> bits) & 63];
-        }
-    }
-    if (bits > 0 && o + 1 < outlen)
-        out[o++] = b64url[(acc << (6 - bits)) & 63];
-    out[o] = '\0';
-}
-
-/* The seq a cursor names, as decimal text into out; false for anything
- * this server did not hand out. */
-static bool cursor_decode(const char *c, char *out, size_t outlen)
-{
-    size_t len = strlen(c);
-    if (len < 2 || len > 28)
-        return false;
-    char raw[32];
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        const char *p = memchr(b64url, c[i], 64);
-        if (!p)
-            return false;
-        acc = (acc << 6) | (uint32_t)(p - b64url);
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (o + 1 >= sizeof raw)
-                return false;
-            raw[o++] = (char)((acc >> bits) & 0xFF);
-        }
-    }
-    /* Leftover bits must be zero, as the encoder writes them (one spelling
-     * per cursor). */
-    if (bits >= 6 || (acc & ((1u << bits) - 1)) != 0)
-        return false;
-    raw[o] = '\0';
-    if (o < 2 || o > 20 || raw[0] != 's' || raw[1] == '0')
-        return false;
-    for (size_t i = 1; i < o; i++)
-        if (!isdigit((unsigned char)raw[i]))
-            return false;
-    if (o - 1 >= outlen || (o - 1 == 19 && strcmp(raw + 1, "9223372036854775807") > 0))
-        return false;
-    memcpy(out, raw + 1, o);
     return true;
 }
 
@@ -280,21 +174,7 @@ static void list_done(struct db_result *r, void *ud)
         db_respond_failure(req, r, "credit list");
         return;
     }
-    const char *data = db_result_text(r, 0, 0);
-    const char *next = db_result_text(r, 0, 1);
-    if (!data) {
-        db_respond_failure(req, &(struct db_result){.status = DB_ERROR, .message = "no page"},
-                           "credit list");
-        return;
-    }
-    char cursor[48] = "null";
-    if (next) {
-        char enc[40];
-        cursor_encode(next, enc, sizeof enc);
-        snprintf(cursor, sizeof cursor, "\"%s\"", enc);
-    }
-    const char *body = arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":%s}", data, cursor);
-    http_respond(req, 200, "application/json", body, strlen(body));
+    page_respond(req, db_result_text(r, 0, 0), PAGE_KEY_SEQ, db_result_text(r, 0, 1));
 }
 
 static void credits_list(struct request *req)
@@ -303,14 +183,8 @@ static void credits_list(struct request *req)
     if (!a)
         return;
     json_t *errors = NULL;
-    int limit = parse_limit_param(http_query(req, "limit"), LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX);
-    if (limit < 0)
-        problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
-    const char *c = http_query(req, "cursor");
-    char seq[24];
-    if (c && !cursor_decode(c, seq, sizeof seq))
-        problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
-    if (errors) {
+    struct page pg;
+    if (!page_read(req, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, PAGE_KEY_SEQ, &pg, &errors)) {
         problem_respond_errors(req, "The query parameters are not valid.", errors);
         return;
     }
@@ -321,8 +195,8 @@ static void credits_list(struct request *req)
     }
     const char **v = arena_alloc(req->arena, 3 * sizeof *v);
     v[0] = a->org_id;
-    v[1] = c ? arena_strdup(req->arena, seq) : NULL;
-    v[2] = arena_printf(req->arena, "%d", limit);
+    v[1] = pg.seq;
+    v[2] = pg.limit_text;
     db_query(pool, NULL, &q_list, 3, v, list_done, req);
 }
 
@@ -375,10 +249,10 @@ static void credits_spend(struct request *req)
     body_unknown_fields(req, body, fields, NULL, &errors);
     int64_t amount = 0;
     take_amount(body, 1, AMOUNT_MAX, "must be an integer from 1 to 10^15", &amount, &errors);
-    const char *description = take_text(body, "description", DESCRIPTION_MAX_CHARS, true,
-                                        "must be at most 1000 characters", &errors);
-    const char *reference = take_text(body, "reference", REFERENCE_MAX_CHARS, false,
-                                      "must be 1 to 255 characters", &errors);
+    const char *description = body_string(body, "description", false, 0, DESCRIPTION_MAX_CHARS,
+                                          "must be at most 1000 characters", &errors);
+    const char *reference = body_string(body, "reference", false, 1, REFERENCE_MAX_CHARS,
+                                        "must be 1 to 255 characters", &errors);
     if (errors) {
         problem_respond_errors(req, "The spend is not valid.", errors);
         return;
@@ -451,8 +325,8 @@ static void admin_credits(struct request *req)
     int64_t amount = 0;
     take_amount(body, -AMOUNT_MAX, AMOUNT_MAX, "must be a non-zero integer from -10^15 to 10^15",
                 &amount, &errors);
-    const char *description = take_text(body, "description", DESCRIPTION_MAX_CHARS, true,
-                                        "must be at most 1000 characters", &errors);
+    const char *description = body_string(body, "description", false, 0, DESCRIPTION_MAX_CHARS,
+                                          "must be at most 1000 characters", &errors);
     if (errors) {
         problem_respond_errors(req, "The credit change is not valid.", errors);
         return;

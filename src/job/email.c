@@ -21,6 +21,7 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "core/strbuf.h"
 
 int64_t email_cost(void)
 {
@@ -58,49 +59,25 @@ const char *email_dir(void)
     return default_dir;
 }
 
+/* The message, and how much of it libcurl has read. */
 struct buf {
-    char *p;
-    size_t len, cap, off;
+    struct strbuf s;
+    size_t off;
 };
-
-static int buf_add(struct buf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return -1;
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
-}
-
-static int buf_str(struct buf *b, const char *s)
-{
-    return buf_add(b, s, strlen(s));
-}
 
 /* A body with CRLF line ends, and '.'-stuffing left to libcurl (it does
  * the SMTP dot-escaping itself). */
-static int buf_body(struct buf *b, const char *s)
+static void buf_body(struct strbuf *b, const char *s)
 {
     for (const char *p = s; *p; p++) {
         if (*p == '\r')
             continue;
-        if (*p == '\n') {
-            if (buf_add(b, "\r\n", 2))
-                return -1;
-        } else if (buf_add(b, p, 1)) {
-            return -1;
-        }
+        if (*p == '\n')
+            sb_put(b, "\r\n", 2);
+        else
+            sb_put(b, p, 1);
     }
-    return buf_add(b, "\r\n", 2);
+    sb_put(b, "\r\n", 2);
 }
 
 /* Header values come from the database (addresses checked at the API,
@@ -143,30 +120,29 @@ static int message_build(struct buf *m, const char *to, const char *subject, con
              "Content-Type: multipart/alternative; boundary=\"%s\"\r\n\r\n",
              g_config->mail_from, to, subject, date, job_id, at ? at + 1 : "tenantd", boundary);
     free(from_addr);
-    int rc = buf_str(m, head);
-    rc |= buf_str(m, "--");
-    rc |= buf_str(m, boundary);
-    rc |= buf_str(m, "\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                     "Content-Transfer-Encoding: 8bit\r\n\r\n");
-    rc |= buf_body(m, text);
-    rc |= buf_str(m, "--");
-    rc |= buf_str(m, boundary);
-    rc |= buf_str(m, "\r\nContent-Type: text/html; charset=utf-8\r\n"
-                     "Content-Transfer-Encoding: 8bit\r\n\r\n");
-    rc |= buf_body(m, html);
-    rc |= buf_str(m, "--");
-    rc |= buf_str(m, boundary);
-    rc |= buf_str(m, "--\r\n");
-    return rc ? -1 : 0;
+    struct strbuf *b = &m->s;
+    sb_puts(b, head);
+    sb_printf(b,
+              "--%s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+              "Content-Transfer-Encoding: 8bit\r\n\r\n",
+              boundary);
+    buf_body(b, text);
+    sb_printf(b,
+              "--%s\r\nContent-Type: text/html; charset=utf-8\r\n"
+              "Content-Transfer-Encoding: 8bit\r\n\r\n",
+              boundary);
+    buf_body(b, html);
+    sb_printf(b, "--%s--\r\n", boundary);
+    return 0;
 }
 
 static size_t read_cb(char *ptr, size_t size, size_t nmemb, void *ud)
 {
     struct buf *b = ud;
-    size_t n = size * nmemb, left = b->len - b->off;
+    size_t n = size * nmemb, left = b->s.len - b->off;
     if (n > left)
         n = left;
-    memcpy(ptr, b->p + b->off, n);
+    memcpy(ptr, b->s.s + b->off, n);
     b->off += n;
     return n;
 }
@@ -212,7 +188,7 @@ static int send_smtp(struct job_run *run, const char *to, struct buf *m)
     curl_easy_setopt(c, CURLOPT_READFUNCTION, read_cb);
     curl_easy_setopt(c, CURLOPT_READDATA, m);
     curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
-    curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, (curl_off_t)m->len);
+    curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, (curl_off_t)m->s.len);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms < 10000 ? timeout_ms : 10000L);
@@ -246,8 +222,8 @@ static int send_file(struct job_run *run, const char *dir, struct buf *m)
         return -1;
     }
     size_t off = 0;
-    while (off < m->len) {
-        ssize_t w = write(fd, m->p + off, m->len - off);
+    while (off < m->s.len) {
+        ssize_t w = write(fd, m->s.s + off, m->s.len - off);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0) {
@@ -301,7 +277,7 @@ enum job_outcome email_run(struct job_run *run)
     struct buf m = {0};
     if (message_build(&m, to, subject, PQgetvalue(r, 0, 2), PQgetvalue(r, 0, 3), run->id) != 0) {
         PQclear(r);
-        free(m.p);
+        free(m.s.s);
         snprintf(run->error, sizeof run->error, "out of memory");
         return JOB_RETRY;
     }
@@ -317,7 +293,7 @@ enum job_outcome email_run(struct job_run *run)
         rc = dir ? send_file(run, dir, &m) : send_smtp(run, to, &m);
     }
     PQclear(r);
-    free(m.p);
+    free(m.s.s);
     if (rc != 0)
         return JOB_RETRY;
     r = PQexecParams(run->conn, "DELETE FROM public.mail_outbox WHERE id = $1::uuid", 1, NULL, v,

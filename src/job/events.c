@@ -150,15 +150,9 @@ void job_webhook_create(struct request *req)
         sprintf(lit + used, "}");
     }
     const char *low = NULL;
-    json_t *l = json_object_get(body, "credits_low_below");
-    if (l && !json_is_null(l)) {
-        if (!json_is_integer(l) || json_integer_value(l) < 0 ||
-            json_integer_value(l) > 1000000000000LL)
-            problem_add_error(&errors, "credits_low_below",
-                              "must be an integer from 0 to 1000000000000");
-        else
-            low = arena_printf(req->arena, "%lld", (long long)json_integer_value(l));
-    }
+    json_int_t below;
+    if (body_int(body, "credits_low_below", false, 0, 1000000000000LL, NULL, &below, &errors) == 1)
+        low = arena_printf(req->arena, "%lld", (long long)below);
     if (errors) {
         problem_respond_errors(req, "The webhook is not valid.", errors);
         return;

@@ -365,23 +365,6 @@ static bool builtin_name(const char *s)
            !strcmp(s, "webhook.deliver");
 }
 
-static bool int_field(json_t *body, const char *name, json_int_t lo, json_int_t hi, json_int_t *out,
-                      json_t **errors)
-{
-    json_t *v = json_object_get(body, name);
-    if (!v || json_is_null(v))
-        return false;
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
-        char msg[80];
-        snprintf(msg, sizeof msg, "must be an integer from %lld to %lld", (long long)lo,
-                 (long long)hi);
-        problem_add_error(errors, name, msg);
-        return false;
-    }
-    *out = json_integer_value(v);
-    return true;
-}
-
 static void type_put_done(struct db_result *r, void *ud)
 {
     struct request *req = ud;
@@ -409,12 +392,9 @@ void job_ext_type_put(struct request *req)
     json_t *errors = NULL;
     body_unknown_fields(req, body, fields, NULL, &errors);
     json_int_t cost = 0, timeout_s = 300, max_attempts = 3;
-    if (!json_object_get(body, "cost"))
-        problem_add_error(&errors, "cost", "is required");
-    else
-        int_field(body, "cost", 0, 1000000000, &cost, &errors);
-    int_field(body, "timeout_s", 1, 86400, &timeout_s, &errors);
-    int_field(body, "max_attempts", 1, 25, &max_attempts, &errors);
+    body_int(body, "cost", true, 0, 1000000000, NULL, &cost, &errors);
+    body_int(body, "timeout_s", false, 1, 86400, NULL, &timeout_s, &errors);
+    body_int(body, "max_attempts", false, 1, 25, NULL, &max_attempts, &errors);
     const char *description = "";
     json_t *d = json_object_get(body, "description");
     if (d && !json_is_null(d)) {

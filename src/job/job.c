@@ -33,8 +33,11 @@
 #include "auth/tokens.h"
 #include "core/trace.h"
 #include "core/arena.h"
+#include "core/body.h"
 #include "core/config.h"
 #include "core/http.h"
+#include "core/page.h"
+#include "core/rfc3339.h"
 #include "core/log.h"
 #include "core/problem.h"
 #include "credit/credit.h"
@@ -178,50 +181,6 @@ static void job_shutdown(void)
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static void decref_cleanup(void *p)
-{
-    json_decref(p);
-}
-
-/* RFC 3339 date-time (with a UTC offset), e.g. 2026-01-02T03:04:05.5Z, of a
- * real calendar date in years 1970..9999. */
-static bool rfc3339_valid(const char *s)
-{
-    size_t n = strlen(s);
-    if (n < 20 || n > 40)
-        return false;
-    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
-    for (int i = 0; i < 19; i++) {
-        char c = s[i];
-        if (shape[i] == 'd'   ? !isdigit((unsigned char)c)
-            : shape[i] == 'T' ? (c != 'T' && c != 't')
-                              : c != shape[i])
-            return false;
-    }
-    int y = atoi(s), mo = atoi(s + 5), d = atoi(s + 8), h = atoi(s + 11), mi = atoi(s + 14),
-        se = atoi(s + 17);
-    static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] + (mo == 2 && leap) || h > 23 ||
-        mi > 59 || se > 59)
-        return false;
-    const char *p = s + 19;
-    if (*p == '.') {
-        const char *q = ++p;
-        while (isdigit((unsigned char)*p))
-            p++;
-        if (p == q || p - q > 9)
-            return false;
-    }
-    if ((*p == 'Z' || *p == 'z') && p[1] == '\0')
-        return true;
-    if ((*p == '+' || *p == '-') && strlen(p) == 6 && isdigit((unsigned char)p[1]) &&
-        isdigit((unsigned char)p[2]) && p[3] == ':' && isdigit((unsigned char)p[4]) &&
-        isdigit((unsigned char)p[5]))
-        return atoi(p + 1) <= 23 && atoi(p + 4) <= 59;
-    return false;
-}
-
 /* ---- GET /v1/job-types ---------------------------------------------------------- */
 
 static void job_types_list(struct request *req)
@@ -292,31 +251,13 @@ static void created(struct db_result *r, void *ud)
 static void jobs_create(struct request *req)
 {
     const struct auth_ctx *a = auth_ctx(req);
-    json_error_t je;
-    json_t *body = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &je);
-    if (!body) {
-        problem_respond(req, PROBLEM_BAD_REQUEST, "The body is not valid JSON.");
+    json_t *body = body_object(req, false);
+    if (!body)
         return;
-    }
-    arena_cleanup(req->arena, decref_cleanup, body);
-    if (!json_is_object(body)) {
-        problem_respond(req, PROBLEM_BAD_REQUEST, "The body must be a JSON object.");
-        return;
-    }
     json_t *errors = NULL;
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v)
-    {
-        static const char *const known[] = {"type",   "payload",      "priority",
-                                            "run_at", "max_attempts", NULL};
-        bool ok = false;
-        for (const char *const *k = known; *k; k++)
-            ok = ok || !strcmp(*k, key);
-        if (!ok)
-            problem_add_error(&errors, arena_printf(req->arena, "%.100s", key),
-                              "is not a field of a job");
-    }
+    static const char *const known[] = {"type",   "payload",      "priority",
+                                        "run_at", "max_attempts", NULL};
+    body_unknown_fields(req, body, known, NULL, &errors);
 
     const struct job_type *t = NULL;
     json_t *type = json_object_get(body, "type");
@@ -341,28 +282,13 @@ static void jobs_create(struct request *req)
     }
 
     json_int_t priority = 0, max_attempts = external ? 0 : MAX_ATTEMPTS_DEFAULT;
-    json_t *p = json_object_get(body, "priority");
-    if (p && !json_is_null(p)) {
-        if (!json_is_integer(p) || json_integer_value(p) < 0 || json_integer_value(p) > 9)
-            problem_add_error(&errors, "priority", "must be an integer from 0 to 9");
-        else
-            priority = json_integer_value(p);
-    }
-    json_t *m = json_object_get(body, "max_attempts");
-    if (m && !json_is_null(m)) {
-        if (!json_is_integer(m) || json_integer_value(m) < 1 || json_integer_value(m) > 25)
-            problem_add_error(&errors, "max_attempts", "must be an integer from 1 to 25");
-        else
-            max_attempts = json_integer_value(m);
-    }
-    const char *run_at = NULL;
-    json_t *ra = json_object_get(body, "run_at");
-    if (ra && !json_is_null(ra)) {
-        if (!json_is_string(ra) || !rfc3339_valid(json_string_value(ra)))
-            problem_add_error(&errors, "run_at",
-                              "must be an RFC 3339 date-time, e.g. 2030-01-02T03:04:05Z");
-        else
-            run_at = json_string_value(ra);
+    body_int(body, "priority", false, 0, 9, NULL, &priority, &errors);
+    body_int(body, "max_attempts", false, 1, 25, NULL, &max_attempts, &errors);
+    static const char run_at_rule[] = "must be an RFC 3339 date-time, e.g. 2030-01-02T03:04:05Z";
+    const char *run_at = body_string(body, "run_at", false, 1, 64, run_at_rule, &errors);
+    if (run_at && !rfc3339_valid(run_at)) {
+        problem_add_error(&errors, "run_at", run_at_rule);
+        run_at = NULL;
     }
     if (errors || (!t && !external)) { /* no type means an error was added */
         problem_respond_errors(req, "The job is not valid.", errors);
@@ -456,7 +382,7 @@ static void listed(struct db_result *r, void *ud)
     int shown = n > lc->limit ? lc->limit : n;
     /* A page also ends past LIST_PAGE_BYTES (payloads may be large); the
      * first item always counts. */
-    size_t len = 64;
+    size_t len = 96; /* the envelope and a cursor (at most 26 characters) */
     for (int i = 0; i < shown; i++) {
         size_t l = (size_t)PQgetlength(r->res, i, 0) + 1;
         if (i > 0 && len + l > LIST_PAGE_BYTES) {
@@ -474,8 +400,15 @@ static void listed(struct db_result *r, void *ud)
         memcpy(w, PQgetvalue(r->res, i, 0), l);
         w += l;
     }
-    if (n > shown)
-        w += sprintf(w, "],\"next_cursor\":\"%.20s\"}", PQgetvalue(r->res, shown - 1, 1));
+    const char *next =
+        n > shown ? page_cursor(req->arena, PAGE_KEY_SEQ, PQgetvalue(r->res, shown - 1, 1)) : NULL;
+    if (n > shown && !next) {
+        problem_respond(req, PROBLEM_INTERNAL, "The request failed on our side.");
+        return;
+    }
+    /* base64url needs no escaping inside a JSON string. */
+    if (next)
+        w += sprintf(w, "],\"next_cursor\":\"%s\"}", next);
     else
         w += sprintf(w, "],\"next_cursor\":null}");
     http_respond_arena(req, 200, "application/json", out, (size_t)(w - out));
@@ -499,38 +432,21 @@ static void jobs_list(struct request *req)
     const char *type = http_query(req, "type");
     if (type && (strlen(type) < 1 || strlen(type) > 64))
         problem_add_error(&errors, "type", "must be a job type name");
-    int limit = LIST_LIMIT_DEFAULT;
-    const char *l = http_query(req, "limit");
-    if (l) {
-        char *end;
-        long v = strtol(l, &end, 10);
-        if (!*l || *end || v < 1 || v > LIST_LIMIT_MAX)
-            problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
-        else
-            limit = (int)v;
-    }
-    const char *cursor = http_query(req, "cursor");
-    if (cursor) {
-        size_t n = strlen(cursor);
-        bool ok = n >= 1 && n <= 18;
-        for (size_t i = 0; ok && i < n; i++)
-            ok = isdigit((unsigned char)cursor[i]);
-        if (!ok)
-            problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
-    }
+    struct page pg;
+    page_read(req, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, PAGE_KEY_SEQ, &pg, &errors);
     if (errors) {
         problem_respond_errors(req, "The query is not valid.", errors);
         return;
     }
     struct list_ctx *lc = arena_calloc(req->arena, sizeof *lc);
     lc->req = req;
-    lc->limit = limit;
+    lc->limit = pg.limit;
     const char **vals = arena_calloc(req->arena, 5 * sizeof *vals);
     vals[0] = a->org_id;
     vals[1] = status;
     vals[2] = type;
-    vals[3] = cursor;
-    vals[4] = arena_printf(req->arena, "%d", limit);
+    vals[3] = pg.seq;
+    vals[4] = pg.limit_text;
     db_query(req->ctx->db, a->schema, &list_stmt, 5, vals, listed, lc);
 }
 

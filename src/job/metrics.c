@@ -16,6 +16,7 @@
 #include <libpq-fe.h>
 
 #include "core/log.h"
+#include "core/strbuf.h"
 #include "job/internal.h"
 #include "job/job.h"
 
@@ -82,41 +83,6 @@ enum job_count job_metrics_fail_outcome(const char *status)
     return JOB_COUNT_FAIL_FAILED;
 }
 
-struct text {
-    char *p;
-    size_t len, cap;
-    bool oom;
-};
-
-static void add(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void add(struct text *t, const char *fmt, ...)
-{
-    if (t->oom)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(t->p ? t->p + t->len : NULL, t->p ? t->cap - t->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            t->oom = true;
-            return;
-        }
-        if (t->p && t->len + (size_t)n < t->cap) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t cap = (t->cap ? t->cap * 2 : 4096) + (size_t)n;
-        char *q = realloc(t->p, cap);
-        if (!q) {
-            t->oom = true;
-            return;
-        }
-        t->p = q;
-        t->cap = cap;
-    }
-}
-
 /* Label values come from the database (job types: [a-z0-9_.-]; statuses and
  * outcomes: our own words); quotes and backslashes are dropped anyway. */
 static const char *label(const char *s, char *buf, size_t len)
@@ -146,45 +112,41 @@ void job_metrics_sample(PGconn *c)
         PQclear(events);
         return;
     }
-    struct text t = {0};
+    struct strbuf t = {0};
     char a[80], b[40];
-    add(&t, "# HELP tenantd_jobs Jobs in the database by type and status (queued: the queue "
-            "depth).\n# TYPE tenantd_jobs gauge\n");
+    sb_printf(&t, "# HELP tenantd_jobs Jobs in the database by type and status (queued: the queue "
+                  "depth).\n# TYPE tenantd_jobs gauge\n");
     for (int i = 0; i < PQntuples(jobs); i++)
-        add(&t, "tenantd_jobs{type=\"%s\",status=\"%s\"} %s\n",
-            label(PQgetvalue(jobs, i, 0), a, sizeof a), label(PQgetvalue(jobs, i, 1), b, sizeof b),
-            PQgetvalue(jobs, i, 2));
-    add(&t, "# HELP tenantd_job_attempts Attempts claimed (by any worker) of the jobs in the "
-            "database, by type and status.\n# TYPE tenantd_job_attempts gauge\n");
+        sb_printf(&t, "tenantd_jobs{type=\"%s\",status=\"%s\"} %s\n",
+                  label(PQgetvalue(jobs, i, 0), a, sizeof a),
+                  label(PQgetvalue(jobs, i, 1), b, sizeof b), PQgetvalue(jobs, i, 2));
+    sb_printf(&t, "# HELP tenantd_job_attempts Attempts claimed (by any worker) of the jobs in the "
+                  "database, by type and status.\n# TYPE tenantd_job_attempts gauge\n");
     for (int i = 0; i < PQntuples(jobs); i++)
-        add(&t, "tenantd_job_attempts{type=\"%s\",status=\"%s\"} %s\n",
-            label(PQgetvalue(jobs, i, 0), a, sizeof a), label(PQgetvalue(jobs, i, 1), b, sizeof b),
-            PQgetvalue(jobs, i, 3));
-    add(&t, "# HELP tenantd_schedule_ticks Schedule ticks fired, by outcome.\n"
-            "# TYPE tenantd_schedule_ticks gauge\n");
+        sb_printf(&t, "tenantd_job_attempts{type=\"%s\",status=\"%s\"} %s\n",
+                  label(PQgetvalue(jobs, i, 0), a, sizeof a),
+                  label(PQgetvalue(jobs, i, 1), b, sizeof b), PQgetvalue(jobs, i, 3));
+    sb_printf(&t, "# HELP tenantd_schedule_ticks Schedule ticks fired, by outcome.\n"
+                  "# TYPE tenantd_schedule_ticks gauge\n");
     for (int i = 0; i < PQntuples(ticks); i++)
-        add(&t, "tenantd_schedule_ticks{outcome=\"%s\"} %s\n",
-            label(PQgetvalue(ticks, i, 0), a, sizeof a), PQgetvalue(ticks, i, 1));
-    add(&t, "# HELP tenantd_event_deliveries Event webhook deliveries, by status.\n"
-            "# TYPE tenantd_event_deliveries gauge\n");
+        sb_printf(&t, "tenantd_schedule_ticks{outcome=\"%s\"} %s\n",
+                  label(PQgetvalue(ticks, i, 0), a, sizeof a), PQgetvalue(ticks, i, 1));
+    sb_printf(&t, "# HELP tenantd_event_deliveries Event webhook deliveries, by status.\n"
+                  "# TYPE tenantd_event_deliveries gauge\n");
     for (int i = 0; i < PQntuples(events); i++)
-        add(&t, "tenantd_event_deliveries{status=\"%s\"} %s\n",
-            label(PQgetvalue(events, i, 0), a, sizeof a), PQgetvalue(events, i, 1));
+        sb_printf(&t, "tenantd_event_deliveries{status=\"%s\"} %s\n",
+                  label(PQgetvalue(events, i, 0), a, sizeof a), PQgetvalue(events, i, 1));
     PQclear(jobs);
     PQclear(ticks);
     PQclear(events);
-    if (t.oom) {
-        free(t.p);
-        return;
-    }
     pthread_mutex_lock(&mu);
     free(sampled);
-    sampled = t.p;
+    sampled = t.s;
     pthread_mutex_unlock(&mu);
 }
 
 /* The per-type counters: a series for every type and worker kind seen. */
-static void add_counts(struct text *t)
+static void add_counts(struct strbuf *t)
 {
     static const struct {
         const char *name, *help;
@@ -201,10 +163,10 @@ static void add_counts(struct text *t)
     char a[80];
     pthread_mutex_lock(&count_mu);
     for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
-        add(t,
-            "# HELP %s %s (in_process: worker threads; http: the worker API), by type.\n"
-            "# TYPE %s counter\n",
-            fam[f].name, fam[f].help, fam[f].name);
+        sb_printf(t,
+                  "# HELP %s %s (in_process: worker threads; http: the worker API), by type.\n"
+                  "# TYPE %s counter\n",
+                  fam[f].name, fam[f].help, fam[f].name);
         for (size_t i = 0; i <= TYPES_MAX; i++) {
             if (i >= ncounts && i < TYPES_MAX)
                 continue;
@@ -217,11 +179,12 @@ static void add_counts(struct text *t)
                 label(counts[i].type, a, sizeof a);
                 for (enum job_count w = fam[f].first; w <= fam[f].last; w++) {
                     if (fam[f].first == fam[f].last)
-                        add(t, "%s{type=\"%s\",worker=\"%s\"} %llu\n", fam[f].name, a,
-                            via_names[via], counts[i].n[via][w]);
+                        sb_printf(t, "%s{type=\"%s\",worker=\"%s\"} %llu\n", fam[f].name, a,
+                                  via_names[via], counts[i].n[via][w]);
                     else
-                        add(t, "%s{type=\"%s\",worker=\"%s\",outcome=\"%s\"} %llu\n", fam[f].name,
-                            a, via_names[via], fail_names[w], counts[i].n[via][w]);
+                        sb_printf(t, "%s{type=\"%s\",worker=\"%s\",outcome=\"%s\"} %llu\n",
+                                  fam[f].name, a, via_names[via], fail_names[w],
+                                  counts[i].n[via][w]);
                 }
             }
         }
@@ -231,8 +194,8 @@ static void add_counts(struct text *t)
 
 char *job_metrics_counts_line(void)
 {
-    struct text t = {0};
-    add(&t, "%s", "");
+    struct strbuf t = {0};
+    sb_printf(&t, "%s", "");
     pthread_mutex_lock(&count_mu);
     for (size_t i = 0; i <= TYPES_MAX; i++) {
         if (i >= ncounts && i < TYPES_MAX)
@@ -241,40 +204,33 @@ char *job_metrics_counts_line(void)
             const unsigned long long *n = counts[i].n[via];
             if (!n[JOB_COUNT_CLAIMED] && !n[JOB_COUNT_COMPLETED])
                 continue;
-            add(&t, "%s%s(%s) claimed=%llu completed=%llu", t.len ? " " : "", counts[i].type,
-                via_names[via], n[JOB_COUNT_CLAIMED], n[JOB_COUNT_COMPLETED]);
+            sb_printf(&t, "%s%s(%s) claimed=%llu completed=%llu", t.len ? " " : "", counts[i].type,
+                      via_names[via], n[JOB_COUNT_CLAIMED], n[JOB_COUNT_COMPLETED]);
             for (int w = JOB_COUNT_FAIL_RETRY; w <= JOB_COUNT_FAIL_LOST; w++)
-                add(&t, " failed_%s=%llu", fail_names[w], n[w]);
+                sb_printf(&t, " failed_%s=%llu", fail_names[w], n[w]);
         }
     }
     pthread_mutex_unlock(&count_mu);
-    if (t.oom) {
-        free(t.p);
-        return NULL;
-    }
-    return t.p;
+    return t.s;
 }
 
 char *job_metrics_text(void)
 {
-    struct text t = {0};
+    struct strbuf t = {0};
     pthread_mutex_lock(&mu);
     if (sampled)
-        add(&t, "%s", sampled);
+        sb_puts(&t, sampled);
     pthread_mutex_unlock(&mu);
-    add(&t, "# HELP tenantd_worker_api_calls_total Worker API calls of this process, by "
-            "operation and result.\n# TYPE tenantd_worker_api_calls_total counter\n");
+    sb_printf(&t, "# HELP tenantd_worker_api_calls_total Worker API calls of this process, by "
+                  "operation and result.\n# TYPE tenantd_worker_api_calls_total counter\n");
     for (int op = 0; op < JOB_API__COUNT; op++)
         for (int ok = 0; ok < 2; ok++)
-            add(&t, "tenantd_worker_api_calls_total{op=\"%s\",result=\"%s\"} %llu\n", api_names[op],
+            sb_printf(
+                &t, "tenantd_worker_api_calls_total{op=\"%s\",result=\"%s\"} %llu\n", api_names[op],
                 ok ? "ok" : "refused",
                 (unsigned long long)atomic_load_explicit(&api_calls[op][ok], memory_order_relaxed));
     add_counts(&t);
-    if (t.oom) {
-        free(t.p);
-        return NULL;
-    }
-    return t.p;
+    return t.s;
 }
 
 void job_metrics_free(void)

@@ -215,9 +215,8 @@ void job_schedule_create(struct request *req)
         if (!tz || !timezone_ok(tz))
             problem_add_error(&errors, "timezone", "is not a time zone (e.g. Europe/Paris, UTC)");
     }
-    json_t *p = json_object_get(body, "paused");
-    if (p && !json_is_boolean(p))
-        problem_add_error(&errors, "paused", "must be true or false");
+    bool paused = false;
+    body_bool(body, "paused", false, &paused, &errors);
     if (errors) {
         problem_respond_errors(req, "The schedule is not valid.", errors);
         return;
@@ -232,7 +231,7 @@ void job_schedule_create(struct request *req)
     v[3] = arena_strdup(req->arena, cron_text);
     v[4] = arena_strdup(req->arena, tz);
     cron_values(req, cron_text, &cr, v + 5);
-    v[12] = json_is_true(p) ? "true" : "false";
+    v[12] = paused ? "true" : "false";
     char clock[40];
     v[13] = job_clock_fake(clock, sizeof clock) ? arena_strdup(req->arena, clock) : NULL;
     if (external)
@@ -258,11 +257,9 @@ void job_schedule_patch(struct request *req)
     const char **v = arena_calloc(req->arena, 13 * sizeof *v);
     v[0] = a->org_id;
     v[1] = id;
-    json_t *p = json_object_get(body, "paused");
-    if (p && !json_is_boolean(p))
-        problem_add_error(&errors, "paused", "must be true or false");
-    else if (p)
-        v[2] = json_is_true(p) ? "true" : "false";
+    bool paused;
+    if (body_bool(body, "paused", false, &paused, &errors) == 1)
+        v[2] = paused ? "true" : "false";
     json_t *cj = json_object_get(body, "cron");
     if (cj) {
         struct cron cr;

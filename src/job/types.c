@@ -30,6 +30,7 @@
 #include "core/config.h"
 #include "core/problem.h"
 #include "job/email.h"
+#include "record/record.h"
 
 static void export_validate(json_t *p, json_t **errors);
 static void report_validate(json_t *p, json_t **errors);
@@ -167,17 +168,6 @@ static void int_member(json_t *p, const char *key, int64_t min, int64_t max, int
     *out = json_integer_value(v);
 }
 
-static bool collection_valid(const char *s)
-{
-    size_t n = strlen(s);
-    if (n < 1 || n > 64)
-        return false;
-    for (const char *c = s; *c; c++)
-        if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_' || *c == '-'))
-            return false;
-    return true;
-}
-
 #define EXPORT_MAX_DEFAULT JOB_EXPORT_MAX_DEFAULT
 #define EXPORT_MAX_LIMIT 10000
 
@@ -188,8 +178,8 @@ static void export_validate(json_t *p, json_t **errors)
     json_t *c = json_object_get(p, "collection");
     if (!c)
         add_error(errors, "collection", "is required");
-    else if (!json_is_string(c) || !collection_valid(json_string_value(c)))
-        add_error(errors, "collection", "must be 1..64 characters of a-z, 0-9, '_' and '-'");
+    else if (!json_is_string(c) || !record_collection_valid(json_string_value(c)))
+        add_error(errors, "collection", "must be " RECORD_COLLECTION_RULE);
     int64_t m = EXPORT_MAX_DEFAULT;
     int_member(p, "max_records", 0, EXPORT_MAX_LIMIT, &m, errors);
 }

@@ -360,21 +360,10 @@ void job_worker_claim(struct request *req)
         }
         snprintf(lit + used, cap - used, "}");
     }
-    int max = 1, wait_s = 0;
-    json_t *m = json_object_get(body, "max");
-    if (m && !json_is_null(m)) {
-        if (!json_is_integer(m) || json_integer_value(m) < 1 || json_integer_value(m) > 100)
-            problem_add_error(&errors, "max", "must be an integer from 1 to 100");
-        else
-            max = (int)json_integer_value(m);
-    }
-    json_t *ws = json_object_get(body, "wait_s");
-    if (ws && !json_is_null(ws)) {
-        if (!json_is_integer(ws) || json_integer_value(ws) < 0 || json_integer_value(ws) > 30)
-            problem_add_error(&errors, "wait_s", "must be an integer from 0 to 30");
-        else
-            wait_s = (int)json_integer_value(ws);
-    }
+    json_int_t max_in = 1, wait_in = 0;
+    body_int(body, "max", false, 1, 100, NULL, &max_in, &errors);
+    body_int(body, "wait_s", false, 0, 30, NULL, &wait_in, &errors);
+    int max = (int)max_in, wait_s = (int)wait_in;
     if (errors) {
         problem_respond_errors(req, "The claim is not valid.", errors);
         return;
@@ -464,13 +453,9 @@ void job_worker_heartbeat(struct request *req)
     if (!body)
         return;
     const char *progress = NULL;
-    json_t *p = json_object_get(body, "progress");
-    if (p && !json_is_null(p)) {
-        if (!json_is_integer(p) || json_integer_value(p) < 0 || json_integer_value(p) > 100)
-            problem_add_error(&errors, "progress", "must be an integer from 0 to 100");
-        else
-            progress = arena_printf(req->arena, "%d", (int)json_integer_value(p));
-    }
+    json_int_t pct;
+    if (body_int(body, "progress", false, 0, 100, NULL, &pct, &errors) == 1)
+        progress = arena_printf(req->arena, "%d", (int)pct);
     if (errors) {
         problem_respond_errors(req, "The heartbeat is not valid.", errors);
         return;
@@ -559,12 +544,11 @@ void job_worker_fail(struct request *req)
     if (!json_is_string(e) || json_string_length(e) < 1 || json_string_length(e) > ERROR_MAX ||
         strlen(json_string_value(e)) != json_string_length(e))
         problem_add_error(&errors, "error", "must be a string of 1 to 2000 bytes");
-    json_t *rt = json_object_get(body, "retry");
-    if (rt && !json_is_boolean(rt) && !json_is_null(rt))
-        problem_add_error(&errors, "retry", "must be true or false");
+    bool retry = false;
+    body_bool(body, "retry", false, &retry, &errors);
     if (errors) {
         problem_respond_errors(req, "The failure report is not valid.", errors);
         return;
     }
-    finish_send(req, id, lease, false, NULL, json_string_value(e), json_is_true(rt));
+    finish_send(req, id, lease, false, NULL, json_string_value(e), retry);
 }

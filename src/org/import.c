@@ -33,6 +33,7 @@
 #include "auth/hashimport.h"
 #include "core/arena.h"
 #include "core/body.h"
+#include "core/rfc3339.h"
 #include "core/http.h"
 #include "core/log.h"
 #include "core/problem.h"
@@ -166,45 +167,6 @@ static bool uuid_text(const char *s)
     return true;
 }
 
-static bool digits(const char *s, int n, int *out)
-{
-    int v = 0;
-    for (int i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        v = v * 10 + (s[i] - '0');
-    }
-    *out = v;
-    return true;
-}
-
-/* RFC 3339 date-time: YYYY-MM-DDTHH:MM:SS[.fraction up to 6](Z|+HH:MM|-HH:MM),
- * as the export writes times; PostgreSQL parses what passes here. */
-static bool rfc3339(const char *s)
-{
-    int y, mo, d, h, mi, se, oh, om;
-    size_t n = strlen(s);
-    if (n < 20 || !digits(s, 4, &y) || s[4] != '-' || !digits(s + 5, 2, &mo) || s[7] != '-' ||
-        !digits(s + 8, 2, &d) || (s[10] != 'T' && s[10] != 't') || !digits(s + 11, 2, &h) ||
-        s[13] != ':' || !digits(s + 14, 2, &mi) || s[16] != ':' || !digits(s + 17, 2, &se))
-        return false;
-    (void)y;
-    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || se > 59)
-        return false;
-    const char *p = s + 19;
-    if (*p == '.') {
-        int k = 0;
-        for (p++; *p >= '0' && *p <= '9'; p++)
-            k++;
-        if (k < 1 || k > 6)
-            return false;
-    }
-    if ((*p == 'Z' || *p == 'z') && p[1] == '\0')
-        return true;
-    return (*p == '+' || *p == '-') && digits(p + 1, 2, &oh) && p[3] == ':' &&
-           digits(p + 4, 2, &om) && p[6] == '\0' && oh <= 23 && om <= 59;
-}
-
 static bool one_of(const char *s, const char *const *allowed)
 {
     for (; *allowed; allowed++)
@@ -294,7 +256,7 @@ static bool check_fields(struct check *c, json_t *obj, const struct field *field
             why = json_is_integer(v) ? NULL : "must be an integer";
             break;
         case F_TS:
-            why = s && rfc3339(s) ? NULL : "must be an RFC 3339 date-time";
+            why = s && rfc3339_valid(s) ? NULL : "must be an RFC 3339 date-time";
             break;
         case F_OBJECT:
             why = json_is_object(v) ? NULL : "must be an object";
@@ -328,7 +290,7 @@ static json_int_t num(json_t *obj, const char *name)
 
 static void check_org(struct check *c, json_t *o)
 {
-    const char *why = org_name_problem(str(o, "name"));
+    const char *why = body_name_problem(str(o, "name"));
     if (why)
         add_error(c, "name", why);
     /* Slugs are case-insensitive and kept lower-case (SQL lowers it too). */
@@ -363,7 +325,7 @@ static void check_user(struct check *c, json_t *u)
     if (!body_email_valid(email) || !lower)
         add_error(c, "email", "must be a valid lower-case email address");
     const char *name = str(u, "name");
-    const char *why = name ? org_name_problem(name) : NULL;
+    const char *why = name ? body_name_problem(name) : NULL;
     if (why)
         add_error(c, "name", why);
     static const char *const roles[] = {"admin", "member", NULL};
@@ -391,8 +353,9 @@ static void check_user(struct check *c, json_t *u)
 
 static void check_key(struct check *c, json_t *k)
 {
-    if (!text_ok(str(k, "name"), 100, false))
-        add_error(c, "name", "must be 1 to 100 characters without control characters");
+    const char *name_why = body_name_problem(str(k, "name"));
+    if (name_why)
+        add_error(c, "name", name_why);
     static const char *const roles[] = {"admin", "member", "worker", NULL};
     if (!one_of(str(k, "role"), roles))
         add_error(c, "role", "must be \"admin\", \"member\" or \"worker\"");
@@ -409,7 +372,7 @@ static void check_key(struct check *c, json_t *k)
 static void check_record(struct check *c, json_t *r)
 {
     if (!record_collection_valid(str(r, "collection")))
-        add_error(c, "collection", "must be 1..64 characters of a-z, 0-9, '_' and '-'");
+        add_error(c, "collection", "must be " RECORD_COLLECTION_RULE);
     if (depth(json_object_get(r, "data")) > RECORD_MAX_DEPTH)
         add_error(c, "data", "is nested too deeply");
     if (num(r, "version") < 1)

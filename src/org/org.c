@@ -7,10 +7,7 @@
  *   PATCH  /v1/org                          rename (name, slug); the schema stays
  *   DELETE /v1/org                          drop the schema, users, keys; keep the ledger
  *   GET    /v1/orgs/{slug}                  a member's own org, or any org for the operator
- *   GET    /v1/admin/orgs                   operator: every org with its balance
- *   POST   /v1/admin/orgs/{slug}/suspend    operator
- *   POST   /v1/admin/orgs/{slug}/unsuspend  operator
- *   DELETE /v1/admin/orgs/{slug}            operator
+ *   /v1/admin/orgs...                        operator: admin.c
  *
  * Every write is one statement: the multi-step ones call the SQL functions of
  * migrations/control/0003_org_lifecycle (tenantd_create_org,
@@ -24,6 +21,7 @@
  * credential can match, so they answer 401 like any wrong token.
  */
 #include "org/org.h"
+#include "org/org_internal.h"
 
 #include <ctype.h>
 #include <inttypes.h>
@@ -42,11 +40,11 @@
 #include "core/config.h"
 #include "core/embedded.h"
 #include "core/http.h"
+#include "core/page.h"
 #include "core/log.h"
 #include "core/body.h"
 #include "core/problem.h"
 #include "core/strbuf.h"
-#include "core/digits.h"
 #include "app/dbhttp.h"
 #include "db/db.h"
 #include "db/migrate.h"
@@ -56,10 +54,6 @@ static void org_get(struct request *req);
 static void org_patch(struct request *req);
 static void org_delete(struct request *req);
 static void org_get_by_slug(struct request *req);
-static void admin_orgs_list(struct request *req);
-static void admin_org_suspend(struct request *req);
-static void admin_org_unsuspend(struct request *req);
-static void admin_org_delete(struct request *req);
 
 static const struct route org_routes[] = {
     {HTTP_POST, "/v1/orgs", AUTH_NONE, orgs_create, "createOrg"},
@@ -67,12 +61,12 @@ static const struct route org_routes[] = {
     {HTTP_PATCH, "/v1/org", AUTH_ADMIN, org_patch, "updateOrg"},
     {HTTP_DELETE, "/v1/org", AUTH_ADMIN, org_delete, "deleteOrg"},
     {HTTP_GET, "/v1/orgs/{slug}", AUTH_MEMBER_OR_OPERATOR, org_get_by_slug, "getOrgBySlug"},
-    {HTTP_GET, "/v1/admin/orgs", AUTH_OPERATOR, admin_orgs_list, "adminListOrgs"},
-    {HTTP_POST, "/v1/admin/orgs/{slug}/suspend", AUTH_OPERATOR, admin_org_suspend,
+    {HTTP_GET, "/v1/admin/orgs", AUTH_OPERATOR, org_admin_list, "adminListOrgs"},
+    {HTTP_POST, "/v1/admin/orgs/{slug}/suspend", AUTH_OPERATOR, org_admin_suspend,
      "adminSuspendOrg"},
-    {HTTP_POST, "/v1/admin/orgs/{slug}/unsuspend", AUTH_OPERATOR, admin_org_unsuspend,
+    {HTTP_POST, "/v1/admin/orgs/{slug}/unsuspend", AUTH_OPERATOR, org_admin_unsuspend,
      "adminUnsuspendOrg"},
-    {HTTP_DELETE, "/v1/admin/orgs/{slug}", AUTH_OPERATOR, admin_org_delete, "adminDeleteOrg"},
+    {HTTP_DELETE, "/v1/admin/orgs/{slug}", AUTH_OPERATOR, org_admin_delete, "adminDeleteOrg"},
     {0},
 };
 
@@ -86,11 +80,8 @@ const struct module org_module = {
     .shutdown = org_shutdown,
 };
 
-#define NAME_MAX_CHARS 100 /* org and user display names, in code points */
 #define SLUG_MIN 2
 #define SLUG_MAX 50
-#define LIST_LIMIT_DEFAULT 20
-#define LIST_LIMIT_MAX 100
 
 /* ---- statements --------------------------------------------------------- */
 
@@ -152,46 +143,6 @@ static const struct db_stmt patch_stmt = {
 static const struct db_stmt delete_stmt = {
     "org_delete",
     "SELECT public.tenantd_delete_org($1::uuid)",
-};
-
-static const struct db_stmt admin_delete_stmt = {
-    "org_admin_delete",
-    "SELECT o.id, public.tenantd_delete_org(o.id) FROM public.orgs o"
-    " WHERE lower(o.slug) = $1 AND o.status <> 'deleted'",
-};
-
-static const struct db_stmt admin_status_stmt = {
-    "org_admin_status",
-    "WITH old AS (SELECT o.status FROM public.orgs o WHERE lower(o.slug) = $1"
-    " AND o.status <> 'deleted'),"
-    " upd AS (UPDATE public.orgs o SET status = $2,"
-    " updated_at = CASE WHEN o.status = $2 THEN o.updated_at ELSE now() END"
-    " WHERE lower(o.slug) = $1 AND o.status <> 'deleted'"
-    " RETURNING o.id, public.tenantd_org_json(o) AS j),"
-    /* The audit event of a real change (migration 0010): $3 client IP, $4 request id. */
-    " aud AS (INSERT INTO public.audit_events (org_id, actor_type, action, target_type,"
-    " target_id, ip, request_id, details)"
-    " SELECT upd.id, 'operator', CASE $2 WHEN 'suspended' THEN 'org.suspended'"
-    " ELSE 'org.unsuspended' END, 'org', upd.id::text, $3, $4, '{}' FROM upd, old"
-    " WHERE old.status <> $2)"
-    " SELECT id, j FROM upd",
-};
-
-/* Keyset pagination on (created_at, id), oldest first, so pages are stable
- * under inserts. $1/$2 the cursor (NULL for the first page), $3 the page
- * size plus one (to know whether another page follows), $4 a status filter
- * (NULL: every org that is not deleted). */
-static const struct db_stmt admin_list_stmt = {
-    "org_admin_list",
-    "SELECT json_build_object('id', o.id, 'name', o.name, 'slug', o.slug, 'status', o.status,"
-    " 'join_policy', o.join_policy, 'domains', to_json(o.domains),"
-    " 'created_at', public.tenantd_ts(o.created_at),"
-    " 'updated_at', public.tenantd_ts(o.updated_at), 'balance', coalesce(a.balance, 0)),"
-    " public.tenantd_ts(o.created_at), o.id"
-    " FROM public.orgs o LEFT JOIN public.credit_accounts a ON a.org_id = o.id"
-    " WHERE CASE WHEN $4::text IS NULL THEN o.status <> 'deleted' ELSE o.status = $4 END"
-    " AND ($1::timestamptz IS NULL OR (o.created_at, o.id) > ($1::timestamptz, $2::uuid))"
-    " ORDER BY o.created_at, o.id LIMIT $3::int",
 };
 
 /* ---- the tenant migrations, as array literals for tenantd_create_org ---- */
@@ -284,44 +235,6 @@ static void org_shutdown(void)
 
 /* ---- validation ----------------------------------------------------------- */
 
-/* Code points of a valid UTF-8 string (jansson only hands out valid UTF-8),
- * and whether it holds a control character (C0, DEL or C1). */
-static size_t utf8_chars(const char *s, bool *has_control)
-{
-    size_t n = 0;
-    *has_control = false;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if ((*p & 0xC0) != 0x80)
-            n++;
-        if (*p < 0x20 || *p == 0x7F || (*p == 0xC2 && p[1] >= 0x80 && p[1] <= 0x9F))
-            *has_control = true;
-    }
-    return n;
-}
-
-static bool blank(const char *s)
-{
-    for (; *s; s++)
-        if (!isspace((unsigned char)*s))
-            return false;
-    return true;
-}
-
-/* Checks a display name (an org's, or the admin's): 1..100 characters, not
- * only spaces, no control characters, as the users routes require. NULL
- * when fine, else the message for the errors list. */
-const char *org_name_problem(const char *s)
-{
-    bool ctl;
-    size_t n = utf8_chars(s, &ctl);
-    if (n < 1 || n > NAME_MAX_CHARS || blank(s))
-        return "must be 1 to 100 characters, not only spaces";
-    if (ctl)
-        return "must not contain control characters";
-    return NULL;
-}
-
-
 static bool slug_char(char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
@@ -377,8 +290,6 @@ static char *slug_derive(struct arena *a, const char *name)
     out[n] = '\0';
     return out;
 }
-
-
 
 static char *ascii_lower(struct arena *a, const char *s)
 {
@@ -551,7 +462,7 @@ static void orgs_create_allowed(struct request *req, void *ud)
     body_unknown_fields(req, body, fields, NULL, &errors);
 
     s->name = string_member(body, "name", false, &errors, "name", &present);
-    const char *name_why = s->name ? org_name_problem(s->name) : NULL;
+    const char *name_why = s->name ? body_name_problem(s->name) : NULL;
     if (!present)
         problem_add_error(&errors, "name", "is required");
     else if (name_why)
@@ -592,7 +503,7 @@ static void orgs_create_allowed(struct request *req, void *ud)
             problem_add_error(&errors, "admin.password", "must be 8..1024 bytes");
 
         s->user_name = string_member(admin, "name", true, &errors, "admin.name", &present);
-        const char *why = s->user_name ? org_name_problem(s->user_name) : NULL;
+        const char *why = s->user_name ? body_name_problem(s->user_name) : NULL;
         if (why)
             problem_add_error(&errors, "admin.name", why);
         static const char *const admin_fields[] = {"email", "password", "name", NULL};
@@ -706,7 +617,8 @@ static void org_join_fields(struct request *req, json_t *body, const char **poli
     {
         const char *s = json_string_value(x);
         if (!s || !org_domain_valid(s)) {
-            problem_add_error(errors, "domains", "must hold lower-case domain names like example.com");
+            problem_add_error(errors, "domains",
+                              "must hold lower-case domain names like example.com");
             return;
         }
         lit = arena_printf(req->arena, "%s%s%s", lit, i ? "," : "", s);
@@ -730,7 +642,7 @@ static void org_patch(struct request *req)
     org_join_fields(req, body, &policy, &domains, &errors);
     const char *name = string_member(body, "name", false, &errors, "name", &has_name);
     if (name) {
-        const char *why = org_name_problem(name);
+        const char *why = body_name_problem(name);
         if (why)
             problem_add_error(&errors, "name", why);
     }
@@ -789,9 +701,7 @@ static void org_delete(struct request *req)
     db_query(db_pool_of(req), NULL, &delete_stmt, 1, v, delete_done, req);
 }
 
-/* The {slug} path parameter, lowercased, or NULL (after answering 404) when
- * it cannot be a slug at all: no query for junk. */
-static const char *slug_param(struct request *req)
+const char *org_slug_param(struct request *req)
 {
     const char *raw = http_param(req, "slug");
     const char *slug = raw ? slug_lower(req->arena, raw) : NULL;
@@ -811,192 +721,11 @@ static void org_get_by_slug(struct request *req)
         problem_respond(req, PROBLEM_UNAUTHORIZED, "This route needs a credential.");
         return;
     }
-    const char *slug = slug_param(req);
+    const char *slug = org_slug_param(req);
     if (!slug)
         return;
     const char **v = arena_alloc(req->arena, 2 * sizeof *v);
     v[0] = slug;
     v[1] = a->kind == AUTH_KIND_OPERATOR ? NULL : a->org_id;
     db_query(db_pool_of(req), NULL, &get_by_slug_stmt, 2, v, org_json_done, req);
-}
-
-/* ---- operator ------------------------------------------------------------- */
-
-static void admin_status_done(struct db_result *r, void *ud)
-{
-    struct request *req = ud;
-    if (r->status != DB_OK) {
-        db_respond_failure(req, r, "org: changing an org's status");
-        return;
-    }
-    if (PQntuples(r->res) == 1)
-        auth_cache_forget_org(PQgetvalue(r->res, 0, 0));
-    db_respond_json(req, r, 1, "No such organization.");
-}
-
-static void admin_set_status(struct request *req, const char *status)
-{
-    const char *slug = slug_param(req);
-    if (!slug)
-        return;
-    const char **v = arena_alloc(req->arena, 4 * sizeof *v);
-    v[0] = slug;
-    v[1] = status;
-    v[2] = req->client_ip;
-    v[3] = req->request_id;
-    db_query(db_pool_of(req), NULL, &admin_status_stmt, 4, v, admin_status_done, req);
-}
-
-static void admin_org_suspend(struct request *req)
-{
-    admin_set_status(req, "suspended");
-}
-
-static void admin_org_unsuspend(struct request *req)
-{
-    admin_set_status(req, "active");
-}
-
-static void admin_delete_done(struct db_result *r, void *ud)
-{
-    struct request *req = ud;
-    if (r->status != DB_OK) {
-        db_respond_failure(req, r, "org: deleting an org");
-        return;
-    }
-    if (PQntuples(r->res) != 1 || strcmp(PQgetvalue(r->res, 0, 1), "t") != 0) {
-        problem_respond(req, PROBLEM_NOT_FOUND, "No such organization.");
-        return;
-    }
-    auth_cache_forget_org(PQgetvalue(r->res, 0, 0));
-    http_respond_empty(req, 204);
-}
-
-static void admin_org_delete(struct request *req)
-{
-    const char *slug = slug_param(req);
-    if (!slug)
-        return;
-    const char **v = arena_alloc(req->arena, sizeof *v);
-    v[0] = slug;
-    db_query(db_pool_of(req), NULL, &admin_delete_stmt, 1, v, admin_delete_done, req);
-}
-
-/*
- * List cursors: base64url of "<created_at>|<id>", created_at exactly as
- * tenantd_ts renders it (microseconds, UTC), so it round-trips without
- * loss. Opaque to clients; checked strictly here before it reaches SQL.
- */
-#define CURSOR_TIME_LEN 27 /* 2026-11-25T12:46:01.123456Z */
-#define CURSOR_TEXT_LEN (CURSOR_TIME_LEN + 1 + 36)
-
-static bool cursor_time_valid(const char *t)
-{
-    static const char shape[] = "dddd-dd-ddTdd:dd:dd.ddddddZ";
-    for (size_t i = 0; i < CURSOR_TIME_LEN; i++) {
-        if (shape[i] == 'd' ? !isdigit((unsigned char)t[i]) : t[i] != shape[i])
-            return false;
-    }
-    int mon = (t[5] - '0') * 10 + (t[6] - '0'), day = (t[8] - '0') * 10 + (t[9] - '0');
-    int hour = (t[11] - '0') * 10 + (t[12] - '0'), min = (t[14] - '0') * 10 + (t[15] - '0');
-    int sec = (t[17] - '0') * 10 + (t[18] - '0');
-    return mon >= 1 && mon <= 12 && day >= 1 && day <= 31 && hour <= 23 && min <= 59 && sec <= 59;
-}
-
-/* Decodes a cursor into its time and id (arena strings). false when bad. */
-static bool cursor_decode(struct arena *a, const char *cur, const char **time, const char **id)
-{
-    unsigned char buf[CURSOR_TEXT_LEN + 1];
-    size_t len = strlen(cur);
-    if (len > TOKEN_B64URL_LEN(CURSOR_TEXT_LEN))
-        return false;
-    int n = token_b64url_decode(cur, len, buf, sizeof buf);
-    if (n != CURSOR_TEXT_LEN || buf[CURSOR_TIME_LEN] != '|')
-        return false;
-    buf[n] = '\0';
-    const char *t = (const char *)buf, *u = (const char *)buf + CURSOR_TIME_LEN + 1;
-    if (!cursor_time_valid(t) || !token_uuid_valid(u, 36))
-        return false;
-    *time = arena_strndup(a, t, CURSOR_TIME_LEN);
-    *id = arena_strndup(a, u, 36);
-    return true;
-}
-
-static char *cursor_encode(struct arena *a, const char *time, const char *id)
-{
-    char text[CURSOR_TEXT_LEN + 1];
-    int n = snprintf(text, sizeof text, "%s|%s", time, id);
-    if (n != CURSOR_TEXT_LEN)
-        return NULL;
-    size_t cap = TOKEN_B64URL_LEN(CURSOR_TEXT_LEN) + 1;
-    char *out = arena_alloc(a, cap);
-    return token_b64url_encode(text, (size_t)n, out, cap) < 0 ? NULL : out;
-}
-
-struct list_state {
-    struct request *req;
-    int limit;
-    char fetch[16];
-    const char *values[4];
-};
-
-static void admin_list_done(struct db_result *r, void *ud)
-{
-    struct list_state *st = ud;
-    struct request *req = st->req;
-    if (r->status != DB_OK) {
-        db_respond_failure(req, r, "org: listing orgs");
-        return;
-    }
-    int rows = PQntuples(r->res);
-    int shown = rows > st->limit ? st->limit : rows;
-    struct strbuf b = {0};
-    sb_puts(&b, "{\"data\":[");
-    for (int i = 0; i < shown; i++) {
-        if (i)
-            sb_puts(&b, ",");
-        sb_put(&b, PQgetvalue(r->res, i, 0), (size_t)PQgetlength(r->res, i, 0));
-    }
-    sb_puts(&b, "],\"next_cursor\":");
-    const char *next = NULL;
-    if (rows > st->limit && shown > 0)
-        next = cursor_encode(req->arena, PQgetvalue(r->res, shown - 1, 1),
-                             PQgetvalue(r->res, shown - 1, 2));
-    if (next) {
-        sb_puts(&b, "\"");
-        sb_puts(&b, next);
-        sb_puts(&b, "\"}");
-    } else {
-        sb_puts(&b, "null}");
-    }
-    http_respond(req, 200, "application/json", b.s, b.len);
-    free(b.s);
-}
-
-static void admin_orgs_list(struct request *req)
-{
-    struct list_state *st = arena_calloc(req->arena, sizeof *st);
-    st->req = req;
-    json_t *errors = NULL;
-    st->limit = parse_limit_param(http_query(req, "limit"), LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX);
-    if (st->limit < 0)
-        problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
-    const char *status = http_query(req, "status");
-    if (status && strcmp(status, "active") != 0 && strcmp(status, "suspended") != 0 &&
-        strcmp(status, "deleted") != 0)
-        problem_add_error(&errors, "status", "must be active, suspended or deleted");
-    const char *cur = http_query(req, "cursor");
-    const char *ctime = NULL, *cid = NULL;
-    if (cur && !cursor_decode(req->arena, cur, &ctime, &cid))
-        problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
-    if (errors) {
-        problem_respond_errors(req, "The query has invalid parameters.", errors);
-        return;
-    }
-    snprintf(st->fetch, sizeof st->fetch, "%d", st->limit + 1);
-    st->values[0] = ctime;
-    st->values[1] = cid;
-    st->values[2] = st->fetch;
-    st->values[3] = status;
-    db_query(db_pool_of(req), NULL, &admin_list_stmt, 4, st->values, admin_list_done, st);
 }

@@ -8,7 +8,6 @@
 extern const struct module org_module;
 
 /* The rules of org fields, shared with the operator's import (org/import.c). */
-const char *org_name_problem(const char *s); /* NULL when fine, else the message */
 bool org_slug_valid(const char *s);          /* 2..50 of a-z, 0-9 and '-' */
 bool org_domain_valid(const char *s);        /* a lower-case DNS name with a dot */
 

@@ -224,13 +224,9 @@ static void records_batch(struct request *req)
     const struct auth_ctx *a = auth_org_caller(req);
     if (!a)
         return;
-    const char *coll = http_param(req, "collection");
-    if (!coll || !record_collection_valid(coll)) {
-        problem_respond(req, PROBLEM_NOT_FOUND,
-                        "No such collection: collection names are 1 to 64 characters of a-z, "
-                        "0-9, '_' and '-'.");
+    const char *coll = record_path_collection(req);
+    if (!coll)
         return;
-    }
     long d = scan_depth(req->body ? req->body : "", req->body ? req->body_len : 0);
     if (d == SCAN_NUL) {
         problem_respond(req, PROBLEM_BAD_REQUEST, "The body is not valid JSON.");

@@ -39,6 +39,7 @@
 #include "auth/tokens.h"
 #include "core/arena.h"
 #include "core/http.h"
+#include "core/page.h"
 #include "core/log.h"
 #include "core/problem.h"
 #include "app/dbhttp.h"
@@ -105,8 +106,8 @@ static const struct db_stmt q_get = {
  * DESC, id DESC) order, which the listing index serves as a range scan.
  * Rows inserted later sort before any cursor already handed out, so pages
  * never shift under inserts. $4 page size. Answers the page as a JSON array
- * and, when more rows follow, the last row's position as 20 digits of its
- * UTC time (to the microsecond) and the 32 hex digits of its id.
+ * and, when more rows follow, the last row's position "<UTC time to the
+ * microsecond>|<id>" (core/page.h's PAGE_KEY_TIME_ID).
  */
 /* A page also ends once its records pass LIST_PAGE_BYTES (the first record
  * always counts), so that no answer is unbounded: `kept` is the page. */
@@ -119,8 +120,8 @@ static const struct db_stmt q_get = {
     "FROM page p WINDOW w AS (ORDER BY p.created_at DESC, p.id DESC)), "                           \
     "kept AS (SELECT * FROM numbered WHERE n <= $4::int AND (n = 1 OR b <= " LIST_PAGE_BYTES ")) " \
     "SELECT coalesce((SELECT json_agg(j ORDER BY n) FROM kept), "                                  \
-    "'[]'::json)::text, (SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISSUS') || "  \
-    "replace(id::text, '-', '') FROM kept WHERE n = (SELECT max(n) FROM kept) AND EXISTS "         \
+    "'[]'::json)::text, (SELECT " SQL_TS("created_at") " || '|' || id::text "                      \
+    "FROM kept WHERE n = (SELECT max(n) FROM kept) AND EXISTS "         \
     "(SELECT 1 FROM numbered WHERE n > (SELECT max(n) FROM kept)))"
 
 static const struct db_stmt q_list = {"records_list", SQL_LIST("")};
@@ -164,8 +165,6 @@ static const struct db_stmt q_delete = {
 
 #define LIST_LIMIT_DEFAULT 20
 #define LIST_LIMIT_MAX 100
-#define CURSOR_TS_DIGITS 20 /* YYYYMMDDHHMMSS + microseconds */
-#define CURSOR_LEN (CURSOR_TS_DIGITS + 32)
 #define ETAG_MAX_TAGS 16
 
 int record_collection_valid(const char *name)
@@ -251,14 +250,12 @@ static bool check_object(struct request *req, const char *text, size_t len, cons
     }
 }
 
-/* The {collection} parameter, or NULL after answering 404. */
-static const char *path_collection(struct request *req)
+const char *record_path_collection(struct request *req)
 {
     const char *c = http_param(req, "collection");
     if (!c || !record_collection_valid(c)) {
         problem_respond(req, PROBLEM_NOT_FOUND,
-                        "No such collection: collection names are 1 to 64 characters of a-z, "
-                        "0-9, '_' and '-'.");
+                        "No such collection: collection names are " RECORD_COLLECTION_RULE ".");
         return NULL;
     }
     return c;
@@ -374,41 +371,15 @@ static const char *if_match_param(struct request *req, bool *ok)
 static const struct db_stmt *list_params(struct request *req, const char **v)
 {
     json_t *errors = NULL;
-    int limit = LIST_LIMIT_DEFAULT;
-    const char *l = http_query(req, "limit");
-    if (l) {
-        char *end = NULL;
-        long x = (*l >= '0' && *l <= '9' && strlen(l) <= 3) ? strtol(l, &end, 10) : -1;
-        if (x < 1 || x > LIST_LIMIT_MAX || !end || *end)
-            problem_add_error(&errors, "limit", "must be an integer from 1 to 100");
-        else
-            limit = (int)x;
-    }
-    /* The first page starts after the greatest possible position. */
-    v[1] = "infinity";
-    v[2] = "ffffffff-ffff-ffff-ffff-ffffffffffff";
-    const char *c = http_query(req, "cursor");
-    if (c) {
-        bool good = strlen(c) == CURSOR_LEN;
-        for (int i = 0; good && i < CURSOR_LEN; i++)
-            good = i < CURSOR_TS_DIGITS
-                       ? (c[i] >= '0' && c[i] <= '9')
-                       : ((c[i] >= '0' && c[i] <= '9') || (c[i] >= 'a' && c[i] <= 'f'));
-        if (!good) {
-            problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
-        } else {
-            const char *u = c + CURSOR_TS_DIGITS;
-            v[1] = arena_printf(req->arena, "%.4s-%.2s-%.2sT%.2s:%.2s:%.2s.%.6sZ", c, c + 4, c + 6,
-                                c + 8, c + 10, c + 12, c + 14);
-            v[2] = arena_printf(req->arena, "%.8s-%.4s-%.4s-%.4s-%.12s", u, u + 8, u + 12, u + 16,
-                                u + 20);
-        }
-    }
-    if (errors) {
+    struct page pg;
+    if (!page_read(req, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, PAGE_KEY_TIME_ID, &pg, &errors)) {
         problem_respond_errors(req, "The query parameters are not valid.", errors);
         return NULL;
     }
-    v[3] = arena_printf(req->arena, "%d", limit);
+    /* The first page starts after the greatest possible position. */
+    v[1] = pg.time ? pg.time : "infinity";
+    v[2] = pg.id ? pg.id : "ffffffff-ffff-ffff-ffff-ffffffffffff";
+    v[3] = pg.limit_text;
     const char *f = http_query(req, "filter");
     if (!f)
         return &q_list;
@@ -496,7 +467,8 @@ static void create_done(struct db_result *r, void *ud)
         respond_failure_claimed(req, op->claim, r, "The body", "create record");
         return;
     }
-    const char *id = db_result_text(r, 0, 0), *ver = db_result_text(r, 0, 1), *j = db_result_text(r, 0, 2);
+    const char *id = db_result_text(r, 0, 0), *ver = db_result_text(r, 0, 1),
+               *j = db_result_text(r, 0, 2);
     if (!id || !ver || !j) {
         internal(req, op->claim, "create record");
         return;
@@ -523,7 +495,7 @@ static void create_proceed(struct request *req, struct idem_claim *claim, void *
 static void records_create(struct request *req)
 {
     const struct auth_ctx *a = auth_org_caller(req);
-    const char *coll = a ? path_collection(req) : NULL;
+    const char *coll = a ? record_path_collection(req) : NULL;
     if (!coll)
         return;
     if (!check_object(req, req->body ? req->body : "", req->body ? req->body_len : 0, "The body"))
@@ -543,30 +515,21 @@ static void list_done(struct db_result *r, void *ud)
     if (r->status != DB_OK) {
         if (r->status == DB_ERROR && r->sqlstate &&
             (strcmp(r->sqlstate, "22007") == 0 || strcmp(r->sqlstate, "22008") == 0)) {
-            /* A cursor of the right shape but an impossible date (month 13):
+            /* A cursor of the right shape but an impossible date (Feb 30):
              * datetime errors, where bad JSON in the filter is 22P02. */
-            json_t *errors = NULL;
-            problem_add_error(&errors, "cursor", "is not a cursor this server handed out");
-            problem_respond_errors(req, "The query parameters are not valid.", errors);
+            page_respond_bad_cursor(req);
             return;
         }
         respond_failure(req, r, "The filter", "list records");
         return;
     }
-    const char *data = db_result_text(r, 0, 0), *pos = db_result_text(r, 0, 1);
-    if (!data || (pos && strlen(pos) != CURSOR_LEN)) {
-        internal(req, NULL, "list records");
-        return;
-    }
-    char *body = pos ? arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":\"%s\"}", data, pos)
-                     : arena_printf(req->arena, "{\"data\":%s,\"next_cursor\":null}", data);
-    http_respond_arena(req, 200, "application/json", body, strlen(body)); /* not copied again */
+    page_respond(req, db_result_text(r, 0, 0), PAGE_KEY_TIME_ID, db_result_text(r, 0, 1));
 }
 
 static void records_list(struct request *req)
 {
     const struct auth_ctx *a = auth_org_caller(req);
-    const char *coll = a ? path_collection(req) : NULL;
+    const char *coll = a ? record_path_collection(req) : NULL;
     if (!coll)
         return;
     const char **v = arena_calloc(req->arena, 5 * sizeof *v);
@@ -615,7 +578,7 @@ static void get_done(struct db_result *r, void *ud)
 static void records_get(struct request *req)
 {
     const struct auth_ctx *a = auth_org_caller(req);
-    const char *coll = a ? path_collection(req) : NULL;
+    const char *coll = a ? record_path_collection(req) : NULL;
     const char *id = coll ? path_id(req) : NULL;
     if (!id)
         return;
@@ -651,7 +614,7 @@ static void write_done(struct db_result *r, void *ud)
 static void run_write(struct request *req, const struct db_stmt *stmt, const char *what)
 {
     const struct auth_ctx *a = auth_org_caller(req);
-    const char *coll = a ? path_collection(req) : NULL;
+    const char *coll = a ? record_path_collection(req) : NULL;
     const char *id = coll ? path_id(req) : NULL;
     if (!id)
         return;
@@ -703,7 +666,7 @@ static void delete_done(struct db_result *r, void *ud)
 static void records_delete(struct request *req)
 {
     const struct auth_ctx *a = auth_org_caller(req);
-    const char *coll = a ? path_collection(req) : NULL;
+    const char *coll = a ? record_path_collection(req) : NULL;
     const char *id = coll ? path_id(req) : NULL;
     if (!id)
         return;

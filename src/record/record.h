@@ -9,16 +9,17 @@
  */
 extern const struct module record_module;
 
-/* A collection name: 1..64 characters of a-z, 0-9, '_' and '-'. */
+/* A collection name: 1..64 characters of a-z, 0-9, '_' and '-' (the one
+ * rule: records, batches, the records.export job type, org imports). */
 #define RECORD_COLLECTION_MAX 64
+#define RECORD_COLLECTION_RULE "1 to 64 characters of a-z, 0-9, '_' and '-'"
 /* Bodies and filters nested deeper than this (objects and arrays) are refused. */
 #define RECORD_MAX_DEPTH 64
 
 /* True when name (NUL-terminated) is a valid collection name. */
 int record_collection_valid(const char *name);
 
-/* The `records.export` job type (src/job/types.c) reads the records table
- * itself on a worker's own connection; record_collection_valid is the one
- * rule for collection names it can share. */
+/* The {collection} path parameter, or NULL after answering 404. */
+const char *record_path_collection(struct request *req);
 
 #endif

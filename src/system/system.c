@@ -28,6 +28,7 @@
 #include "core/metrics.h"
 #include "core/procmetrics.h"
 #include "core/problem.h"
+#include "core/strbuf.h"
 #include "db/db.h"
 #include "db/migrate.h"
 #include "job/job.h"
@@ -188,28 +189,15 @@ static void metrics_get(struct request *req)
                                     "tenantd_build_info{version=\"%s\",commit=\"%s\"} 1\n",
                                     TENANTD_VERSION, config_build_commit());
     char *parts[3] = {job_metrics_text(), auth_metrics_text(), procmetrics_text()};
-    size_t total = len + (info ? strlen(info) : 0);
-    for (int i = 0; i < 3; i++)
-        total += parts[i] ? strlen(parts[i]) : 0;
-    char *all = info ? realloc(text, total) : NULL;
-    if (!all) {
-        for (int i = 0; i < 3; i++)
-            free(parts[i]);
-        free(text);
-        problem_respond(req, PROBLEM_INTERNAL, "The metrics could not be rendered.");
-        return;
-    }
+    struct strbuf all = {text, len, len + 1}; /* metrics_render's text, grown in place */
     for (int i = 0; i < 3; i++) {
-        size_t n = parts[i] ? strlen(parts[i]) : 0;
-        if (n)
-            memcpy(all + len, parts[i], n);
-        len += n;
+        if (parts[i])
+            sb_puts(&all, parts[i]);
         free(parts[i]);
     }
-    memcpy(all + len, info, strlen(info));
-    len += strlen(info);
-    http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", all, len);
-    free(all);
+    sb_puts(&all, info);
+    http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", all.s, all.len);
+    free(all.s);
 }
 
 static void openapi_get(struct request *req)

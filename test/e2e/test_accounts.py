@@ -237,6 +237,9 @@ class InvitationTest(AccountsCase):
         self.assertEqual(mail_jobs[0]["cost"], 0)
         self.assertNotIn(token, json.dumps(mail_jobs[0]))
 
+        # A blank name is refused (the one display-name rule) and uses up nothing.
+        st, b, _ = self.accept(token, name="   ")
+        self.assertEqual((st, [e["field"] for e in b.get("errors", [])]), (422, ["name"]), b)
         st, b, _ = self.accept(token, name="Ada")
         self.assertEqual(st, 201, b)
         self.assertEqual(b["user"]["email"], em.lower())
@@ -526,10 +529,20 @@ class AuditTest(AccountsCase):
         mine = self.events(query=f"?actor={self.org['user']['id']}")
         self.assertTrue(mine and all(e["actor"]["id"] == self.org["user"]["id"] for e in mine))
         self.assertEqual(self.events(query="?since=2999-01-01T00:00:00Z"), [])
-        st, b, _ = self.call("GET", "/v1/audit-events?since=yesterday")
-        self.assertEqual(st, 422, b)
+        # The one RFC 3339 rule of client times (core/rfc3339.h), as jobs' run_at.
+        for since in ("yesterday", "2026-02-30T00:00:00Z", "1969-12-31T23:59:59Z",
+                      "2026-01-01T00:00:00", "2026-01-01T00:00:00.1234567890Z"):
+            st, b, _ = self.call("GET", f"/v1/audit-events?since={since}")
+            self.assertEqual((st, b["errors"][0]["field"] if "errors" in b else None),
+                             (422, "since"), (since, b))
         st, b, _ = self.call("GET", "/v1/audit-events?cursor=!!")
         self.assertEqual(st, 422, b)
+        # The one limit rule of every list (1..200 here): digits only, no leading zero.
+        for q in ("limit=0", "limit=201", "limit=%2B5", "limit=05", "limit=0005", "limit=5x", "limit="):
+            st, b, _ = self.call("GET", f"/v1/audit-events?{q}")
+            self.assertEqual((st, b["errors"][0]["field"]), (422, "limit"), (q, b))
+        st, b, _ = self.call("GET", "/v1/audit-events?limit=200")
+        self.assertEqual(st, 200, b)
         pages, cursor = [], None
         while True:
             st, b, _ = self.call("GET", "/v1/audit-events?limit=2" + (f"&cursor={cursor}" if cursor else ""))

@@ -165,7 +165,7 @@ class ApiKeysTest(harness.DbTestCase):
                 self.assertEqual(r.status, 400, r.body)
         cases = [
             ({}, ["name"]), ({"name": None}, ["name"]), ({"name": ""}, ["name"]),
-            ({"name": 5}, ["name"]), ({"name": "x" * 101}, ["name"]),
+            ({"name": 5}, ["name"]), ({"name": "x" * 101}, ["name"]), ({"name": " "}, ["name"]),
             ({"name": "ok", "role": "owner"}, ["role"]), ({"name": "ok", "role": 1}, ["role"]),
             ({"name": "ok", "key": "tdk_aaaaaaaa_" + "a" * 43}, ["key"]),
             ({"name": "ok", "prefix": "aaaaaaaa"}, ["prefix"]),

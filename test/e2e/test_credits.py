@@ -312,6 +312,7 @@ class CreditsTest(CreditsCase):
     def test_transactions_bad_parameters(self):
         org = self.new_org(credits=3)
         for q in ("limit=0", "limit=101", "limit=abc", "limit=-1", "limit=1.5", "limit=",
+                  "limit=%2B5", "limit=05",
                   "cursor=", "cursor=zzz", "cursor=%00", "cursor=czI%3D", "cursor=" + "A" * 40,
                   "cursor=czA", "cursor=eDE"):
             with self.subTest(q=q):

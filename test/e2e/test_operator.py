@@ -100,7 +100,7 @@ class OperatorTest(OrgTestCase):
                                          str(uuid.uuid4()).encode()).rstrip(b"=").decode()
         status, doc, _ = self.server.json("GET", f"/v1/admin/orgs?cursor={valid}", headers=self.OP)
         self.assertEqual(status, 200, doc)  # well-formed: a position, even if no row has it
-        bad = {"limit": ["0", "101", "-1", "abc", "", "1.5", "99999999999"],
+        bad = {"limit": ["0", "101", "-1", "abc", "", "1.5", "99999999999", "%2B5", "05"],
                "status": ["gone", ""],
                "cursor": ["junk", "", "x" * 300,
                           base64.urlsafe_b64encode(b"2026-13-01T00:00:00.000000Z|" +

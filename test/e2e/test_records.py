@@ -4,6 +4,7 @@ If-Match / If-None-Match, concurrent conditional writes, cursor pagination
 under inserts, containment filters, isolation between orgs (and deletion with
 the org's schema), and hostile input (bad JSON, deep nesting, over-size bodies,
 collection names with SQL or path characters)."""
+import base64
 import json
 import re
 import threading
@@ -528,7 +529,12 @@ class ListTest(RecordsTestCase):
         self.assertIn(status, (400, 422), doc)
 
     def test_bad_limit_and_cursor_are_422(self):
+        month13 = base64.urlsafe_b64encode(
+            b"2026-13-12T12:12:12.000000Z|" + str(uuid.uuid4()).encode()).decode().rstrip("=")
+        feb30 = base64.urlsafe_b64encode(  # the right shape: the database refuses it
+            b"2026-02-30T12:12:12.000000Z|" + str(uuid.uuid4()).encode()).decode().rstrip("=")
         for q in ("limit=0", "limit=101", "limit=-1", "limit=abc", "limit=1.5", "limit=", "limit=0020",
+                  "limit=%2B5", "limit=05", "limit=%205", f"cursor={month13}", f"cursor={feb30}",
                   "cursor=abc", "cursor=", "cursor=" + "0" * 52 + "0",
                   "cursor=2026131212121200000" + "0" * 33,  # month 13, right shape
                   "cursor=20261125125824013591EDFFF958B8EB414A8FE35798548572BE",

@@ -167,6 +167,17 @@ class SchedulesTest(harness.DbTestCase):
         self.assertEqual(status, 404)
         status, _ = self.call("PATCH", f"/v1/schedules/{uuid.uuid4()}", {"paused": True})
         self.assertEqual(status, 404)
+        # paused is a boolean; null means "not given", as for every optional field.
+        status, answer = self.call("POST", "/v1/schedules", {
+            "type": "report.tick", "cron": "* * * * *", "paused": "yes"})
+        self.assertEqual((status, [e["field"] for e in answer["errors"]]), (422, ["paused"]))
+        status, s = self.call("POST", "/v1/schedules", {
+            "type": "report.tick", "cron": "0 0 1 1 *", "paused": None})
+        self.assertEqual((status, s["paused"]), (201, False), s)
+        status, s2 = self.call("PATCH", f"/v1/schedules/{s['id']}", {"paused": None})
+        self.assertEqual((status, s2["paused"]), (200, False), s2)
+        status, answer = self.call("PATCH", f"/v1/schedules/{s['id']}", {"paused": 1})
+        self.assertEqual((status, [e["field"] for e in answer["errors"]]), (422, ["paused"]))
 
     def test_ticks_exactly_once_across_three_processes(self):
         status, s = self.call("POST", "/v1/schedules", {

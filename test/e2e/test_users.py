@@ -270,7 +270,7 @@ class UsersListTest(UsersTestBase):
             "' OR 1=1 --".replace(" ", "%20"),
         ]
         for q in ["limit=0", "limit=101", "limit=-1", "limit=abc", "limit=", "limit=1.5",
-                  "limit=99999999999999999999", "limit=%2B5", "limit=%205"] + \
+                  "limit=99999999999999999999", "limit=%2B5", "limit=%205", "limit=05"] + \
                  [f"cursor={c}" for c in bad_cursors]:
             with self.subTest(q=q):
                 status, body, _ = self.call("GET", f"/v1/users?{q}")
@@ -640,6 +640,7 @@ class UsersHostileInputTest(UsersTestBase):
             ({"email": f"a@{slug}.example.com", "password": PASSWORD, "role": None}, ["role"]),
             ({"email": f"a@{slug}.example.com", "password": PASSWORD, "name": 7}, ["name"]),
             ({"email": f"a@{slug}.example.com", "password": PASSWORD, "name": ""}, ["name"]),
+            ({"email": f"a@{slug}.example.com", "password": PASSWORD, "name": "   "}, ["name"]),
             ({"email": f"a@{slug}.example.com", "password": PASSWORD, "name": {"x": 1}}, ["name"]),
             ({"email": f"a@{slug}.example.com", "password": "short"}, ["password"]),
             ({"email": f"a@{slug}.example.com", "password": "p" * 1025}, ["password"]),
@@ -710,7 +711,8 @@ class UsersHostileInputTest(UsersTestBase):
         before = self.sql(f"SELECT row_to_json(u)::text FROM public.users u "
                           f"WHERE id = '{user['id']}'")
         cases = [
-            ({"name": ""}, ["name"]), ({"name": 5}, ["name"]), ({"email": None}, ["email"]),
+            ({"name": ""}, ["name"]), ({"name": "  "}, ["name"]), ({"name": 5}, ["name"]),
+            ({"email": None}, ["email"]),
             ({"email": "x'--"}, ["email"]), ({"role": "root"}, ["role"]),
             ({"avatar_url": "javascript:alert(1)"}, ["avatar_url"]),
             ({"avatar_url": "ftp://x.example.com/a"}, ["avatar_url"]),

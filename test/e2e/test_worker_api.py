@@ -101,6 +101,10 @@ class WorkerApiTest(harness.DbTestCase):
             self.assertEqual(status, 422, (name, body))
         status, body = self.call("PUT", "/v1/admin/job-types/x.y", {"cost": -1}, op)
         self.assertEqual(status, 422, body)
+        # cost is required: null is not a free type.
+        for bad in ({"cost": None}, {}, {"cost": 1, "timeout_s": 0}, {"cost": 1, "max_attempts": "2"}):
+            status, body = self.call("PUT", "/v1/admin/job-types/x.y", bad, op)
+            self.assertEqual(status, 422, (bad, body))
         # Only the operator declares.
         status, _ = self.call("PUT", "/v1/admin/job-types/x.y", {"cost": 1})
         self.assertEqual(status, 403)

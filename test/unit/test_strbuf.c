@@ -1,5 +1,5 @@
 /* Unit tests of core/strbuf (the growing string of /docs, org pages and
- * start-up SQL) and core/digits (bounded decimal numbers: ?limit=, down N). */
+ * start-up SQL) and core/digits (bounded decimal numbers: down N). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -47,24 +47,11 @@ static void test_digits(void **state)
     assert_int_equal(parse_digits("999999999", 9), 999999999);
 }
 
-static void test_limit_param(void **state)
-{
-    (void)state;
-    assert_int_equal(parse_limit_param(NULL, 20, 100), 20);
-    assert_int_equal(parse_limit_param("1", 20, 100), 1);
-    assert_int_equal(parse_limit_param("100", 20, 100), 100);
-    assert_int_equal(parse_limit_param("005", 20, 100), 5);
-    const char *bad[] = {"", "0", "101", "1000", "+5", "-1", "5 ", "abc"};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        assert_int_equal(parse_limit_param(bad[i], 20, 100), -1);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_strbuf_grows_and_terminates),
         cmocka_unit_test(test_digits),
-        cmocka_unit_test(test_limit_param),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
