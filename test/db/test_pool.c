@@ -795,8 +795,17 @@ static void test_watchdog(void)
     static const struct db_stmt pid = {NULL, "SELECT pg_backend_pid()::text"};
     struct expect x = {"t1", &pid, DB_OK, NULL};
     run_expect(&e, &x, 1, "backend pid");
-    PGresult *r = admin_exec(admin, "SELECT pid FROM pg_stat_activity WHERE datname = "
-                                    "current_database() AND application_name = 'tenantd'");
+    /* Backends of the earlier tests' pools were told to go but may still be
+     * exiting on a busy machine: wait for them (at most 10 s). */
+    PGresult *r = NULL;
+    for (int tries = 0; tries < 200; tries++) {
+        PQclear(r);
+        r = admin_exec(admin, "SELECT pid FROM pg_stat_activity WHERE datname = "
+                              "current_database() AND application_name = 'tenantd'");
+        if (PQntuples(r) == 1)
+            break;
+        usleep(50 * 1000);
+    }
     CHECK(PQntuples(r) == 1, "want one pool backend, see %d", PQntuples(r));
     stopped_pid = atoi(PQgetvalue(r, 0, 0));
     PQclear(r);
