@@ -32,6 +32,7 @@
 #include "core/problem.h"
 #include "db/db.h"
 #include "app/dbhttp.h"
+#include "app/pagelist.h"
 #include "job/email.h"
 
 static void invitations_create(struct request *req);
@@ -90,9 +91,8 @@ static const struct db_stmt q_inv_create = {
 
 static const struct db_stmt q_inv_list = {
     "acct_inv_list",
-    "SELECT coalesce(json_agg(public.tenantd_invitation_json(i) ORDER BY i.created_at, i.id),"
-    " '[]')::text FROM public.invitations i WHERE i.org_id = $1::uuid AND i.accepted_at IS NULL"
-    " AND i.revoked_at IS NULL AND i.expires_at > now()",
+    SQL_ORG_PAGE("public.invitations", "i", "public.tenantd_invitation_json(i)",
+                 "AND i.accepted_at IS NULL AND i.revoked_at IS NULL AND i.expires_at > now()"),
 };
 
 static const struct db_stmt q_inv_revoke = {
@@ -329,21 +329,11 @@ static void invitations_create(struct request *req)
 
 /* ---- GET /v1/invitations, DELETE /v1/invitations/{id} ------------------------------ */
 
-static void inv_listed(struct db_result *r, void *ud)
-{
-    struct request *req = ud;
-    if (!db_failed(req, r, "list invitations"))
-        db_respond_list(req, r);
-}
-
 static void invitations_list(struct request *req)
 {
     const struct auth_ctx *a = auth_org_caller(req);
-    if (!a)
-        return;
-    const char **v = arena_alloc(req->arena, sizeof *v);
-    v[0] = a->org_id;
-    acct_org_query(req, &q_inv_list, 1, v, inv_listed, req);
+    if (a)
+        page_list(req, a->schema, a->org_id, &q_inv_list);
 }
 
 static void inv_revoked(struct db_result *r, void *ud)

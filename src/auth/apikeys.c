@@ -39,7 +39,7 @@ static const struct db_stmt q_keys_create = {
 };
 
 static const struct db_stmt q_keys_list = {
-    "keys_list", SQL_PAGE("public.api_keys", "k", SQL_KEY_JSON("k"), "AND k.revoked_at IS NULL"),
+    "keys_list", SQL_ORG_PAGE("public.api_keys", "k", SQL_KEY_JSON("k"), "AND k.revoked_at IS NULL"),
 };
 
 /* Revoked rather than deleted, so that an audit can still tell which key did

@@ -67,7 +67,7 @@ const struct module users_module = {
 /* ---- SQL ---------------------------------------------------------------- */
 
 static const struct db_stmt q_users_list = {
-    "users_list", SQL_PAGE("public.users", "u", SQL_USER_JSON("u"), ""),
+    "users_list", SQL_ORG_PAGE("public.users", "u", SQL_USER_JSON("u"), ""),
 };
 
 static const struct db_stmt q_users_get = {
@@ -141,8 +141,6 @@ static const struct db_stmt q_users_delete = {
 /* ---- helpers ------------------------------------------------------------ */
 
 #define AVATAR_URL_MAX 2048
-#define LIST_LIMIT_DEFAULT 20
-#define LIST_LIMIT_MAX 100
 
 /* The {id} path parameter when it is a UUID (lower-cased into the arena),
  * else NULL after answering 404. */
@@ -252,38 +250,11 @@ bool users_insert_failed(struct request *req, struct db_result *r, const char *w
 
 /* ---- lists -------------------------------------------------------------- */
 
-/* The page as PostgreSQL answers it (JSON array, last position or NULL). */
-static void list_done(struct db_result *r, void *ud)
-{
-    struct request *req = ud;
-    if (r->status != DB_OK) {
-        if (r->status == DB_ERROR && r->sqlstate && strncmp(r->sqlstate, "22", 2) == 0) {
-            page_respond_bad_cursor(req); /* the right shape, an impossible date (month 13) */
-            return;
-        }
-        db_respond_failure(req, r, "list");
-        return;
-    }
-    page_respond(req, db_result_text(r, 0, 0), PAGE_KEY_TIME_ID, db_result_text(r, 0, 1));
-}
-
 void users_run_list(struct request *req, const struct db_stmt *stmt)
 {
     const struct auth_ctx *a = auth_org_caller(req);
-    if (!a)
-        return;
-    struct page pg;
-    json_t *errors = NULL;
-    if (!page_read(req, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, PAGE_KEY_TIME_ID, &pg, &errors)) {
-        problem_respond_errors(req, "The query parameters are not valid.", errors);
-        return;
-    }
-    const char **v = arena_alloc(req->arena, 4 * sizeof *v);
-    v[0] = a->org_id;
-    v[1] = pg.time;
-    v[2] = pg.id;
-    v[3] = pg.limit_text;
-    org_query(req, a, stmt, 4, v, list_done, req);
+    if (a)
+        page_list(req, a->schema, a->org_id, stmt);
 }
 
 static void users_list(struct request *req)

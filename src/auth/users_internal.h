@@ -7,6 +7,7 @@
 #include "auth/auth.h"
 #include "core/http.h"
 #include "db/db.h"
+#include "app/pagelist.h"
 
 /*
  * What users.c (/v1/users, the route table) and apikeys.c (/v1/api-keys)
@@ -21,21 +22,6 @@
 #define SQL_TS(col) "public.tenantd_ts(" col ")"
 #define SQL_USER_JSON(u) "public.tenantd_user_json(" u ")"
 
-/*
- * One page of a list ordered by (created_at, id), both ascending so that
- * rows inserted later land after every cursor already handed out. $2/$3 are
- * the cursor (NULL for the first page), $4 the page size. Answers the page
- * as a JSON array and, when more rows follow, the last row's position.
- */
-#define SQL_PAGE(table, alias, json, extra_where)                                                  \
-    "WITH page AS (SELECT " alias ".id, " alias ".created_at, " json " AS j FROM " table " "      \
-    alias " WHERE " alias ".org_id = $1::uuid " extra_where " AND ($2::timestamptz IS NULL OR ("  \
-    alias ".created_at, " alias ".id) > ($2::timestamptz, $3::uuid)) ORDER BY " alias            \
-    ".created_at, " alias ".id LIMIT $4::int + 1), "                                              \
-    "numbered AS (SELECT p.*, row_number() OVER (ORDER BY p.created_at, p.id) AS n FROM page p) " \
-    "SELECT coalesce((SELECT json_agg(j ORDER BY n) FROM numbered WHERE n <= $4::int), "          \
-    "'[]'::json)::text, (SELECT " SQL_TS("created_at") " || '|' || id FROM numbered WHERE n = "   \
-    "$4::int AND EXISTS (SELECT 1 FROM numbered WHERE n > $4::int))"
 
 /*
  * The audit event of a change, written by the changing statement itself
@@ -69,8 +55,7 @@ void users_audited_query(struct request *req, const struct auth_ctx *a, const st
  * db_respond_failure(what). False when r is fine. */
 bool users_insert_failed(struct request *req, struct db_result *r, const char *what);
 
-/* Answers one page of stmt (an SQL_PAGE over the caller's org), reading
- * ?limit= and ?cursor= (core/page.h). */
+/* Answers one page of stmt (an SQL_ORG_PAGE over the caller's org). */
 void users_run_list(struct request *req, const struct db_stmt *stmt);
 
 /* The /v1/api-keys handlers (apikeys.c). */

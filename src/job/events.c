@@ -27,6 +27,7 @@
 #include "core/problem.h"
 #include "db/db.h"
 #include "app/dbhttp.h"
+#include "app/pagelist.h"
 #include "job/internal.h"
 
 static const char *const event_names[] = {
@@ -42,8 +43,7 @@ static const struct db_stmt create_stmt = {
 
 static const struct db_stmt list_stmt = {
     "webhook_list",
-    "SELECT coalesce(json_agg(public.tenantd_webhook_json(w) ORDER BY w.created_at, w.id),"
-    " '[]')::text FROM public.webhook_subscriptions w WHERE w.org_id = $1::uuid",
+    SQL_ORG_PAGE("public.webhook_subscriptions", "w", "public.tenantd_webhook_json(w)", ""),
 };
 
 static const struct db_stmt get_stmt = {

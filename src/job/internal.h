@@ -200,8 +200,9 @@ struct db_result;
 void job_org_row_query(struct request *req, const struct db_stmt *stmt,
                        void (*cb)(struct db_result *r, void *ud), void *ud, const char *missing);
 
-/* An org's own rows of one kind (orgrows.c): list ($1 org id), get and
- * delete ($1 id, $2 org id), answered alike for every kind. */
+/* An org's own rows of one kind (orgrows.c): list (an SQL_ORG_PAGE, app/
+ * pagelist.h), get and delete ($1 id, $2 org id), answered alike for every
+ * kind. */
 struct job_rows {
     const char *noun; /* "schedule": in messages and logs */
     const struct db_stmt *list, *get, *del;

@@ -9,6 +9,7 @@
 #include "core/arena.h"
 #include "db/db.h"
 #include "app/dbhttp.h"
+#include "app/pagelist.h"
 #include "job/internal.h"
 
 struct rows_call {
@@ -22,13 +23,6 @@ static struct rows_call *call(struct request *req, const struct job_rows *k)
     c->req = req;
     c->k = k;
     return c;
-}
-
-static void listed(struct db_result *r, void *ud)
-{
-    struct rows_call *c = ud;
-    if (!db_failed(c->req, r, arena_printf(c->req->arena, "%s list", c->k->noun)))
-        db_respond_list(c->req, r);
 }
 
 static void got(struct db_result *r, void *ud)
@@ -48,9 +42,7 @@ static void deleted(struct db_result *r, void *ud)
 void job_rows_list(struct request *req, const struct job_rows *k)
 {
     const struct auth_ctx *a = auth_ctx(req);
-    const char **v = arena_calloc(req->arena, sizeof *v);
-    v[0] = a->org_id;
-    db_query(req->ctx->db, a->schema, k->list, 1, v, listed, call(req, k));
+    page_list(req, a->schema, a->org_id, k->list);
 }
 
 static void by_id(struct request *req, const struct job_rows *k, const struct db_stmt *stmt,

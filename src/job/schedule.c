@@ -40,6 +40,7 @@
 #include "core/problem.h"
 #include "db/db.h"
 #include "app/dbhttp.h"
+#include "app/pagelist.h"
 #include "job/cron.h"
 #include "job/internal.h"
 
@@ -101,8 +102,7 @@ static const struct db_stmt update_stmt = {
 
 static const struct db_stmt list_stmt = {
     "schedule_list",
-    "SELECT coalesce(json_agg(public.tenantd_schedule_json(s) ORDER BY s.created_at, s.id),"
-    " '[]')::text FROM public.schedules s WHERE s.org_id = $1::uuid",
+    SQL_ORG_PAGE("public.schedules", "s", "public.tenantd_schedule_json(s)", ""),
 };
 
 static const struct db_stmt get_stmt = {

@@ -365,3 +365,30 @@ def seed_org(pg, db, slug, users=(), status="active"):
             f"{sql_quote(argon2id_phc(password))}) RETURNING id", db=db)[0]
         out["users"][email.lower()] = uid
     return out
+
+
+def check_paging(tc, get, path, ids):
+    """Checks the list rule on `path` (API.md conventions), whose items are
+    exactly `ids` in order (oldest first, at least 3): pages of 2 follow
+    next_cursor to the end and together give the list; bad limits and a
+    cursor this server did not hand out are 422. get(path) -> (status, body)."""
+    tc.assertGreaterEqual(len(ids), 3)
+    sep = "&" if "?" in path else "?"
+    seen, cursor = [], None
+    for _ in range(len(ids)):
+        q = f"{path}{sep}limit=2" + (f"&cursor={cursor}" if cursor else "")
+        status, page = get(q)
+        tc.assertEqual(status, 200, page)
+        tc.assertLessEqual(len(page["data"]), 2)
+        seen += [x["id"] for x in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    tc.assertEqual(seen, ids)
+    status, page = get(path)
+    tc.assertEqual((status, [x["id"] for x in page["data"]], page["next_cursor"]),
+                   (200, ids, None))
+    for bad in ("limit=0", "limit=101", "limit=+5", "limit=05", "cursor=not-a-cursor"):
+        status, answer = get(f"{path}{sep}{bad}")
+        tc.assertEqual(status, 422, (bad, answer))
+        tc.assertEqual([e["field"] for e in answer["errors"]], [bad.split("=")[0]], answer)

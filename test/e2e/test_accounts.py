@@ -263,6 +263,14 @@ class InvitationTest(AccountsCase):
         self.assertEqual(acts.count("invitation.created"), 1, acts)
         self.assertEqual(acts.count("invitation.accepted"), 1, acts)
 
+    def test_invitation_list_is_paged(self):
+        ids = [self.invite(f"page{i}@{self.slug}.example.com")["id"] for i in range(3)]
+
+        def get(path):
+            st, b, _ = self.call("GET", path)
+            return st, b
+        harness.check_paging(self, get, "/v1/invitations", ids)
+
     def test_errors(self):
         st, b, _ = self.call("POST", "/v1/invitations", {"email": self.org["email"]})
         self.assertEqual(st, 409, b)

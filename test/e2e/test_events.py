@@ -80,6 +80,10 @@ class EventsTest(harness.DbTestCase):
         status, _ = self.call("GET", f"/v1/webhooks/{w['id']}")
         self.assertEqual(status, 404)
 
+    def test_list_is_paged(self):
+        ids = [self.subscribe(["job.succeeded"])[1]["id"] for _ in range(3)]
+        harness.check_paging(self, lambda path: self.call("GET", path), "/v1/webhooks", ids)
+
     def test_job_events_signed_once_per_subscription_and_free(self):
         path_a, a = self.subscribe(["job.succeeded", "job.failed"])
         path_b, b = self.subscribe(["job.failed"])

@@ -179,6 +179,15 @@ class SchedulesTest(harness.DbTestCase):
         status, answer = self.call("PATCH", f"/v1/schedules/{s['id']}", {"paused": 1})
         self.assertEqual((status, [e["field"] for e in answer["errors"]]), (422, ["paused"]))
 
+    def test_list_is_paged(self):
+        ids = []
+        for i in range(3):
+            status, s = self.call("POST", "/v1/schedules", {
+                "type": "report.tick", "cron": f"{i} 0 1 1 *", "paused": True})
+            self.assertEqual(status, 201, s)
+            ids.append(s["id"])
+        harness.check_paging(self, lambda path: self.call("GET", path), "/v1/schedules", ids)
+
     def test_ticks_exactly_once_across_three_processes(self):
         status, s = self.call("POST", "/v1/schedules", {
             "type": "report.tick", "payload": {"n": 1}, "cron": "*/10 * * * *",
