@@ -286,8 +286,7 @@ static void invitations_create(struct request *req)
     body_unknown_fields(req, body, fields, NULL, &errors);
     const char *email = acct_str_field(body, "email", true, &errors, NULL);
     if (email && !body_email_valid(email)) {
-        problem_add_error(&errors, "email",
-                          "must be a valid email address of at most 254 characters");
+        problem_add_error(&errors, "email", BODY_EMAIL_RULE);
         email = NULL;
     }
     const char *role = "member";

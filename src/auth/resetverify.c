@@ -68,8 +68,7 @@ void acct_reset_request(struct request *req)
     const char *email = acct_str_field(body, "email", true, &errors, NULL);
     const char *org = acct_str_field(body, "org", true, &errors, &olen);
     if (email && !body_email_valid(email))
-        problem_add_error(&errors, "email",
-                          "must be a valid email address of at most 254 characters");
+        problem_add_error(&errors, "email", BODY_EMAIL_RULE);
     if (org && (olen == 0 || olen > 100))
         problem_add_error(&errors, "org", "must be an organization slug");
     if (errors) {

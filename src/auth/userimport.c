@@ -82,13 +82,13 @@ static json_t *take_user(struct request *req, json_t *u, size_t i, json_t **erro
            *role = json_object_get(u, "role"), *hash = json_object_get(u, "password_hash");
     const char *e = json_string_value(email);
     if (!e || strlen(e) != json_string_length(email) || !body_email_valid(e))
-        problem_add_error(errors, arena_printf(req->arena, "%s.email", at),
-                          "must be a valid email address of at most 254 characters");
+        problem_add_error(errors, arena_printf(req->arena, "%s.email", at), BODY_EMAIL_RULE);
     const char *ns = json_string_value(name);
     if (name && !json_is_null(name) &&
         (!ns || strlen(ns) != json_string_length(name) || body_name_problem(ns)))
-        problem_add_error(errors, arena_printf(req->arena, "%s.name", at),
-                          "must be 1 to 100 characters, not only spaces, without control characters, or null");
+        problem_add_error(
+            errors, arena_printf(req->arena, "%s.name", at),
+            "must be 1 to 100 characters, not only spaces, without control characters, or null");
     const char *r = role && !json_is_null(role) ? json_string_value(role) : "member";
     if (!r || (strcmp(r, "admin") != 0 && strcmp(r, "member") != 0))
         problem_add_error(errors, arena_printf(req->arena, "%s.role", at),

@@ -167,7 +167,7 @@ static const char *take_email(struct request *req, json_t *v, const char *field,
     }
     const char *s = json_string_value(v);
     if (strlen(s) != json_string_length(v) || !body_email_valid(s)) {
-        problem_add_error(errors, field, "must be a valid email address of at most 254 characters");
+        problem_add_error(errors, field, BODY_EMAIL_RULE);
         return NULL;
     }
     char *low = arena_strdup(req->arena, s);

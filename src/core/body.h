@@ -32,6 +32,8 @@ void body_unknown_fields(struct request *req, json_t *obj, const char *const *al
  * '-') with at least one dot. Quoted local parts and address literals are
  * refused: no mail provider hands them out and they only smuggle text. */
 bool body_email_valid(const char *s);
+/* The 422 message of a field that breaks that rule. */
+#define BODY_EMAIL_RULE "must be a valid email address of at most 254 characters"
 
 /*
  * Typed field readers. Each reads field `name` of obj; absent or JSON null

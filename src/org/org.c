@@ -492,7 +492,7 @@ static void orgs_create_allowed(struct request *req, void *ud)
         if (!present)
             problem_add_error(&errors, "admin.email", "is required");
         else if (email && !body_email_valid(email))
-            problem_add_error(&errors, "admin.email", "must be a valid email address");
+            problem_add_error(&errors, "admin.email", BODY_EMAIL_RULE);
         else if (email)
             s->email = ascii_lower(req->arena, email);
 
