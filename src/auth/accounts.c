@@ -15,6 +15,7 @@
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -149,19 +150,10 @@ void acct_respond_token_invalid(struct request *req, const char *status)
 const char *acct_str_field(json_t *body, const char *name, bool required, json_t **errors,
                            size_t *len)
 {
-    json_t *v = json_object_get(body, name);
-    if (!v || json_is_null(v)) {
-        if (required)
-            problem_add_error(errors, name, "is required");
-        return NULL;
-    }
-    if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v)) {
-        problem_add_error(errors, name, "must be a string without NUL characters");
-        return NULL;
-    }
-    if (len)
-        *len = json_string_length(v);
-    return json_string_value(v);
+    const char *s = body_string(body, name, required, 0, SIZE_MAX, NULL, errors);
+    if (s && len)
+        *len = strlen(s);
+    return s;
 }
 
 const char *acct_lower_dup(struct arena *a, const char *s)

@@ -33,8 +33,9 @@ struct acct_mail acct_mail_render(struct arena *a, enum acct_mail_kind kind, con
 bool acct_link_token_new(struct request *req, char **token, char **hash);
 /* 400 token_invalid for a token function's status (used, expired, ...). */
 void acct_respond_token_invalid(struct request *req, const char *status);
-/* A string field of body: NULL when absent (an error when required), an
- * error when not a string or holding a NUL. */
+/* A string field of body (core/body.h's body_string, any length) and its
+ * length in bytes: NULL when absent (an error when required), an error when
+ * not a string or holding a NUL. */
 const char *acct_str_field(json_t *body, const char *name, bool required, json_t **errors,
                            size_t *len);
 const char *acct_lower_dup(struct arena *a, const char *s);
