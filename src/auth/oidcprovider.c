@@ -24,6 +24,7 @@
 #include "core/http.h"
 #include "core/log.h"
 #include "core/problem.h"
+#include "core/strbuf.h"
 
 #define MAX_PROVIDERS 8
 #define FETCH_MAX (1 << 20)
@@ -98,24 +99,15 @@ int oidc_providers_init(void)
 
 /* ---- blocking HTTP (thread pool only) ---------------------------------------- */
 
-struct grow {
-    char *p;
-    size_t len;
-};
-
+/* Collects an answer of at most FETCH_MAX bytes (a longer one fails the
+ * transfer). */
 static size_t grow_cb(char *d, size_t sz, size_t n, void *ud)
 {
-    struct grow *g = ud;
+    struct strbuf *b = ud;
     size_t add = sz * n;
-    if (g->len + add > FETCH_MAX)
+    if (b->len + add > FETCH_MAX)
         return 0;
-    char *p = realloc(g->p, g->len + add + 1);
-    if (!p)
-        return 0;
-    memcpy(p + g->len, d, add);
-    g->p = p;
-    g->len += add;
-    g->p[g->len] = '\0';
+    sb_put(b, d, add);
     return add;
 }
 
@@ -139,7 +131,7 @@ static json_t *fetch_json(const char *url, const char *form, char *err, size_t e
         snprintf(err, errlen, "cannot start libcurl");
         return NULL;
     }
-    struct grow g = {0};
+    struct strbuf g = {0};
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -157,12 +149,12 @@ static json_t *fetch_json(const char *url, const char *form, char *err, size_t e
         snprintf(err, errlen, "provider unreachable: %s", curl_easy_strerror(rc));
     else if (status < 200 || status > 299)
         snprintf(err, errlen, "provider answered %ld", status);
-    else if (!(j = g.p ? json_loads(g.p, 0, NULL) : NULL) || !json_is_object(j)) {
+    else if (!(j = g.s ? json_loads(g.s, 0, NULL) : NULL) || !json_is_object(j)) {
         json_decref(j);
         j = NULL;
         snprintf(err, errlen, "provider answer is not a JSON object");
     }
-    free(g.p);
+    free(g.s);
     return j;
 }
 
