@@ -340,12 +340,14 @@ void db_query(struct db_pool *p, const char *schema, const struct db_stmt *stmt,
 {
     if (!p || !cb)
         abort(); /* a programming error, not input */
+    bool tenant = stmt && stmt->sql && strstr(stmt->sql, "{schema}") != NULL;
     /* Only tenant statements go home: they are what a backend caches per
      * org (catalogs, plans); the rest run wherever they were asked. */
-    if (p->group && !p->closing && schema && stmt && stmt->sql &&
-        strstr(stmt->sql, "{schema}") && db_home_route(p, schema, stmt, nparams, values, cb, ud))
+    if (tenant && p->group && !p->closing && schema &&
+        db_home_route(p, schema, stmt, nparams, values, cb, ud))
         return;
     struct dbq *q = xcalloc(1, sizeof *q);
+    q->tenant = tenant;
     q->stmt = stmt;
     q->nparams = nparams;
     q->values = values;
@@ -360,7 +362,7 @@ void db_query(struct db_pool *p, const char *schema, const struct db_stmt *stmt,
     }
     memcpy(q->schema, schema, len + 1);
     if (!stmt || !stmt->sql || nparams < 0 || (nparams > 0 && !values) ||
-        ((q->tenant = strstr(stmt->sql, "{schema}") != NULL) && strcmp(schema, "public") == 0)) {
+        (tenant && strcmp(schema, "public") == 0)) {
         db_fail_q(p, q, DB_ERROR, "XX000", "invalid statement");
         return;
     }

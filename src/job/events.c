@@ -165,7 +165,7 @@ void job_webhook_create(struct request *req)
     db_query(req->ctx->db, a->schema, &create_stmt, 5, c->values, created, c);
 }
 
-static const struct job_rows rows = {"webhook", &list_stmt, &get_stmt, &delete_stmt};
+static const struct job_rows rows = JOB_ROWS("webhook", &list_stmt, &get_stmt, &delete_stmt);
 
 void job_webhook_list(struct request *req)
 {

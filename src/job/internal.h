@@ -204,9 +204,14 @@ void job_org_row_query(struct request *req, const struct db_stmt *stmt,
  * pagelist.h), get and delete ($1 id, $2 org id), answered alike for every
  * kind. */
 struct job_rows {
-    const char *noun; /* "schedule": in messages and logs */
+    const char *missing, *bad_id;          /* 404 details: no such row, not a UUID */
+    const char *get_label, *delete_label; /* for the logs */
     const struct db_stmt *list, *get, *del;
 };
+/* A struct job_rows for rows called noun (a string literal). */
+#define JOB_ROWS(noun, list, get, del)                                                             \
+    {"No such " noun ".", "No such " noun " (ids are UUIDs).", noun " get", noun " delete",     \
+     list, get, del}
 void job_rows_list(struct request *req, const struct job_rows *k);
 void job_rows_get(struct request *req, const struct job_rows *k);
 void job_rows_delete(struct request *req, const struct job_rows *k);

@@ -28,15 +28,15 @@ static struct rows_call *call(struct request *req, const struct job_rows *k)
 static void got(struct db_result *r, void *ud)
 {
     struct rows_call *c = ud;
-    if (!db_failed(c->req, r, arena_printf(c->req->arena, "%s get", c->k->noun)))
-        db_respond_json(c->req, r, 0, arena_printf(c->req->arena, "No such %s.", c->k->noun));
+    if (!db_failed(c->req, r, c->k->get_label))
+        db_respond_json(c->req, r, 0, c->k->missing);
 }
 
 static void deleted(struct db_result *r, void *ud)
 {
     struct rows_call *c = ud;
-    if (!db_failed(c->req, r, arena_printf(c->req->arena, "%s delete", c->k->noun)))
-        db_respond_deleted(c->req, r, arena_printf(c->req->arena, "No such %s.", c->k->noun));
+    if (!db_failed(c->req, r, c->k->delete_label))
+        db_respond_deleted(c->req, r, c->k->missing);
 }
 
 void job_rows_list(struct request *req, const struct job_rows *k)
@@ -48,8 +48,7 @@ void job_rows_list(struct request *req, const struct job_rows *k)
 static void by_id(struct request *req, const struct job_rows *k, const struct db_stmt *stmt,
                   void (*cb)(struct db_result *r, void *ud))
 {
-    const char *missing = arena_printf(req->arena, "No such %s (ids are UUIDs).", k->noun);
-    job_org_row_query(req, stmt, cb, call(req, k), missing);
+    job_org_row_query(req, stmt, cb, call(req, k), k->bad_id);
 }
 
 void job_rows_get(struct request *req, const struct job_rows *k)

@@ -291,7 +291,7 @@ void job_schedule_patch(struct request *req)
     db_query(req->ctx->db, a->schema, &update_stmt, 13, v, saved, req);
 }
 
-static const struct job_rows rows = {"schedule", &list_stmt, &get_stmt, &delete_stmt};
+static const struct job_rows rows = JOB_ROWS("schedule", &list_stmt, &get_stmt, &delete_stmt);
 
 void job_schedule_list(struct request *req)
 {
