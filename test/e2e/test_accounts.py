@@ -372,6 +372,32 @@ class AcceptRaceTest(AccountsCase):
                              db=self.dbname)
             self.assertEqual(n, ["1"])
 
+    def test_accept_racing_the_links_use_never_answers_member_exists(self):
+        # Another transaction accepts the same link while this accept is
+        # between reading the invitation and checking for a member (held
+        # there by a lock on public.orgs): the answer is the link's fate
+        # (201 or 400), never 409 "member exists" for the member that very
+        # acceptance created.
+        em = f"midway@{self.slug}.example.com"
+        inv = self.invite(em)
+        tok = self.invitation_token(em)
+        holder = subprocess.Popen(
+            [harness.PSQL, self.pg.url(self.dbname), "-qAt", "-c",
+             "BEGIN; LOCK TABLE public.orgs IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(1.0); "
+             "WITH a AS (UPDATE public.invitations SET accepted_at = now() "
+             f"WHERE id IN (SELECT id FROM public.invitations WHERE id = '{inv['id']}' "
+             "FOR UPDATE SKIP LOCKED) RETURNING org_id, email, role) "
+             "INSERT INTO public.users (org_id, email, role, password_hash) "
+             "SELECT org_id, email, role, 'x' FROM a; COMMIT;"],
+            stdout=subprocess.DEVNULL)
+        time.sleep(0.4)
+        st, b, _ = self.accept(tok)
+        self.assertEqual(holder.wait(10), 0)
+        self.assertIn(st, (201, 400), b)
+        n = self.pg.psql(f"SELECT count(*) FROM public.users WHERE email = '{em}'",
+                         db=self.dbname)
+        self.assertEqual(n, ["1"])
+
 
 class ResetAndVerifyTest(AccountsCase):
 
