@@ -6,9 +6,9 @@
 --   TENANTD_WORKER_TOKEN=... BENCH_JOB_TYPE=bench.ext \
 --       wrk -t4 -c4 -d600s -s test/bench/http_worker.lua http://127.0.0.1:PORT
 --
--- A claim answers {"data": [job, ...]}, each job a jsonb text whose keys
--- come sorted by length ("id" before "lease_id"); the bench's payloads and
--- results hold neither key. Any answer but 200 stops the thread's run.
+-- A claim answers {"data": [job, ...]}, each job's "id" before its
+-- "lease_id"; the bench's payloads and results hold neither key. Any answer
+-- but 200 stops the thread's run.
 local token, jtype = os.getenv("TENANTD_WORKER_TOKEN"), os.getenv("BENCH_JOB_TYPE")
 assert(token and jtype, "http_worker.lua needs TENANTD_WORKER_TOKEN and BENCH_JOB_TYPE")
 local headers = {
@@ -39,10 +39,10 @@ function response(status, _, body)
     return -- a completion's answer
   end
   ids, leases, next_i = {}, {}, 1
-  for id in body:gmatch('"id": "([0-9a-f-]+)"') do
+  for id in body:gmatch('"id"%s*:%s*"([0-9a-f-]+)"') do
     ids[#ids + 1] = id
   end
-  for lease in body:gmatch('"lease_id": "([0-9a-f-]+)"') do
+  for lease in body:gmatch('"lease_id"%s*:%s*"([0-9a-f-]+)"') do
     leases[#leases + 1] = lease
   end
   if #ids ~= #leases then
