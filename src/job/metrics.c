@@ -23,12 +23,18 @@
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static char *sampled; /* the database part, malloc'd */
 static atomic_ullong api_calls[JOB_API__COUNT][2];
+static atomic_ullong completion_sets; /* statements that carried completions together */
 
 static const char *const api_names[JOB_API__COUNT] = {"claim", "heartbeat", "complete", "fail"};
 
 void job_metrics_api(enum job_api_op op, bool ok)
 {
     atomic_fetch_add_explicit(&api_calls[op][ok ? 1 : 0], 1, memory_order_relaxed);
+}
+
+void job_metrics_completion_set(void)
+{
+    atomic_fetch_add_explicit(&completion_sets, 1, memory_order_relaxed);
 }
 
 /* Per-type counters. Types are declared at run time, so the table grows as
@@ -229,6 +235,12 @@ char *job_metrics_text(void)
                 &t, "tenantd_worker_api_calls_total{op=\"%s\",result=\"%s\"} %llu\n", api_names[op],
                 ok ? "ok" : "refused",
                 (unsigned long long)atomic_load_explicit(&api_calls[op][ok], memory_order_relaxed));
+    sb_printf(&t,
+              "# HELP tenantd_worker_completion_sets_total Statements that carried this "
+              "process's worker completions to the database (completions arriving together "
+              "share one).\n# TYPE tenantd_worker_completion_sets_total counter\n"
+              "tenantd_worker_completion_sets_total %llu\n",
+              (unsigned long long)atomic_load_explicit(&completion_sets, memory_order_relaxed));
     add_counts(&t);
     return t.s;
 }

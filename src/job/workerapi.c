@@ -22,6 +22,7 @@
  * time (run_at, retry backoff) send no NOTIFY: the same thread looks for
  * them once per TENANTD_JOB_POLL_MS and bumps the generation when one did.
  */
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -45,6 +46,7 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "core/problem.h"
+#include "core/strbuf.h"
 #include "core/thread.h"
 #include "db/db.h"
 #include "db/listen.h"
@@ -472,6 +474,8 @@ void job_worker_heartbeat(struct request *req)
 struct finish {
     struct request *req;
     enum job_api_op op;
+    const char **values;  /* finish_stmt's */
+    struct finish *next;  /* in this loop's completion queue */
 };
 
 static void finish_done(struct db_result *r, void *ud)
@@ -491,13 +495,141 @@ static void finish_done(struct db_result *r, void *ud)
     db_respond_json(req, r, 1, "No such job.");
 }
 
+/* Sends one report through tenantd_job_ext_finish, which answers every case. */
+static void finish_alone(struct finish *f)
+{
+    db_query(f->req->ctx->db, auth_ctx(f->req)->schema, &finish_stmt, 9, f->values, finish_done,
+             f);
+}
+
+/*
+ * Completions, together. Completions that arrive while one of this loop's
+ * is at the database go there together as one statement and one
+ * transaction (group commit): a busy fleet of workers pays one round trip
+ * and one commit for many jobs, and a lone completion goes at once. The
+ * statement is tenantd_job_ext_finish's common case (control 0017) over a
+ * set: each row back is that job's 200. A completion without a row (a
+ * stale lease, an unknown job, the same job twice in one set), and every
+ * completion of a set that failed, goes alone through the function, which
+ * tells which answer is due; so one bad report never fails the others.
+ */
+#define COMPLETE_SET_MAX 64
+
+static const struct db_stmt complete_set_stmt = {
+    "job_ext_complete_set",
+    "WITH r AS (SELECT * FROM jsonb_to_recordset($1::jsonb)"
+    " AS r (i integer, id uuid, lease uuid, org uuid, result jsonb)),"
+    " done AS (UPDATE public.jobs x SET status = 'succeeded', result = r.result, error = NULL,"
+    " finished_at = clock_timestamp(), locked_by = NULL, locked_until = NULL FROM r"
+    " WHERE x.id = r.id AND x.external AND (r.org IS NULL OR x.org_id = r.org)"
+    " AND x.status = 'running' AND x.locked_by = 'lease:' || r.lease RETURNING r.i, x AS j)"
+    " SELECT d.i, public.tenantd_job_json(d.j)::text, (d.j).type FROM done d",
+};
+
+struct complete_set {
+    struct finish *item[COMPLETE_SET_MAX];
+    int n;
+    char *param; /* the set as JSON: [{i, id, lease, org, result}, ...] */
+};
+
+/* This loop's completions waiting for the set at the database to return. */
+static _Thread_local struct {
+    struct finish *head, **tail;
+    bool busy; /* a set is at the database */
+} completions;
+
+static void complete_set_done(struct db_result *r, void *ud);
+
+static void complete_set_send(void)
+{
+    assert(!completions.busy);
+    if (!completions.head)
+        return;
+    struct complete_set *set = calloc(1, sizeof *set);
+    if (!set) { /* each alone, as before sets */
+        while (completions.head) {
+            struct finish *f = completions.head;
+            completions.head = f->next;
+            finish_alone(f);
+        }
+        return;
+    }
+    struct strbuf b = {0};
+    sb_puts(&b, "[");
+    while (completions.head && set->n < COMPLETE_SET_MAX) {
+        struct finish *f = completions.head;
+        completions.head = f->next;
+        const char **v = f->values; /* id, lease, org: UUIDs checked; result: JSON text */
+        sb_printf(&b, "%s{\"i\":%d,\"id\":\"%s\",\"lease\":\"%s\",\"org\":", set->n ? "," : "",
+                  set->n, v[0], v[1]);
+        if (v[2])
+            sb_printf(&b, "\"%s\"", v[2]);
+        else
+            sb_puts(&b, "null");
+        sb_puts(&b, ",\"result\":");
+        sb_puts(&b, v[4] ? v[4] : "null");
+        sb_puts(&b, "}");
+        set->item[set->n++] = f;
+    }
+    sb_puts(&b, "]");
+    if (!completions.head)
+        completions.tail = &completions.head;
+    set->param = b.s;
+    completions.busy = true;
+    job_metrics_completion_set();
+    db_query(set->item[0]->req->ctx->db, NULL, &complete_set_stmt, 1,
+             (const char *const *)&set->param, complete_set_done, set);
+}
+
+static void complete_set_done(struct db_result *r, void *ud)
+{
+    struct complete_set *set = ud;
+    assert(completions.busy);
+    bool answered[COMPLETE_SET_MAX] = {false};
+    int rows = r->status == DB_OK ? PQntuples(r->res) : 0;
+    for (int k = 0; k < rows; k++) {
+        int i = atoi(PQgetvalue(r->res, k, 0));
+        if (i < 0 || i >= set->n || answered[i])
+            continue;
+        answered[i] = true;
+        struct request *req = set->item[i]->req;
+        job_metrics_api(JOB_API_COMPLETE, true);
+        job_metrics_count(PQgetvalue(r->res, k, 2), JOB_VIA_HTTP, JOB_COUNT_COMPLETED);
+        http_respond(req, 200, "application/json", PQgetvalue(r->res, k, 1),
+                     (size_t)PQgetlength(r->res, k, 1));
+    }
+    if (r->status != DB_OK && r->status != DB_UNAVAILABLE)
+        log_msg(LOG_WARN, "worker completions sent alone: the set failed: %s (%s)",
+                r->message ? r->message : "?", r->sqlstate ? r->sqlstate : "?");
+    for (int i = 0; i < set->n; i++)
+        if (!answered[i])
+            finish_alone(set->item[i]);
+    free(set->param);
+    free(set);
+    /* Completions that came while the set was out (answering above may have
+     * read more requests) go now, as the next set. */
+    completions.busy = false;
+    complete_set_send();
+}
+
+static void complete_queue(struct finish *f)
+{
+    if (!completions.tail)
+        completions.tail = &completions.head;
+    f->next = NULL;
+    *completions.tail = f;
+    completions.tail = &f->next;
+    if (!completions.busy)
+        complete_set_send();
+}
+
 static void finish_send(struct request *req, const char *id, const char *lease, bool ok,
                         const char *result, const char *error, bool retry)
 {
     struct finish *f = arena_calloc(req->arena, sizeof *f);
     f->req = req;
     f->op = ok ? JOB_API_COMPLETE : JOB_API_FAIL;
-    const char **v = arena_calloc(req->arena, 9 * sizeof *v);
+    const char **v = f->values = arena_calloc(req->arena, 9 * sizeof *v);
     v[0] = id;
     v[1] = arena_strdup(req->arena, lease);
     v[2] = worker_org(req);
@@ -507,7 +639,10 @@ static void finish_send(struct request *req, const char *id, const char *lease, 
     v[6] = retry ? "true" : "false";
     v[7] = arena_printf(req->arena, "%lld", (long long)g_config->job_retry_base_ms);
     v[8] = arena_printf(req->arena, "%lld", (long long)g_config->job_retry_max_ms);
-    db_query(req->ctx->db, auth_ctx(req)->schema, &finish_stmt, 9, v, finish_done, f);
+    if (ok)
+        complete_queue(f);
+    else
+        finish_alone(f);
 }
 
 void job_worker_complete(struct request *req)

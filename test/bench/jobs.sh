@@ -4,16 +4,17 @@
 # 4 external workers over the HTTP worker API (test/bench/http_worker.py:
 # claim batches of 10, complete each; the same jobs as an external type;
 # then the same 4 workers driven by wrk, test/bench/http_worker.lua),
-# and pgbench running the external claim's UPDATE ... SKIP LOCKED (batches
-# of 10) and the completion as a script, with 4 clients (BENCH_PGBENCH=0
-# skips it). Each phase also reports the CPU it used per job (tenantd, the
+# and pgbench with 4 clients (BENCH_PGBENCH=0 skips it) twice: running the
+# external claim's UPDATE ... SKIP LOCKED reduced to its core (no fairness
+# between orgs; batches of 10, completed by one UPDATE), and running the
+# worker API's own SQL functions as the HTTP path calls them. Each phase also reports the CPU it used per job (tenantd, the
 # clients and the cluster's backends together; see cpu_ticks), a figure a
 # busy shared machine moves much less than jobs/s.
 #
 #   test/bench/jobs.sh
 #   BENCH_JOBS=50000 BENCH_ORGS=100 test/bench/jobs.sh
 #   BENCH_JOBS=10000 BENCH_ROUNDS=5 test/bench/jobs.sh   (the HTTP/pgbench
-#       ratio over 5 rounds of the two, alternating, and its median)
+#       ratios over 5 rounds of the three, alternating, and their medians)
 #
 # For each run: a fresh database (`tenantd migrate up`), BENCH_ORGS orgs with
 # credits, then BENCH_JOBS `sleep` jobs with ms 0 spread evenly over the orgs,
@@ -220,6 +221,58 @@ SQL
     rm -f /tmp/bench-jobs-$$.sql /tmp/bench-jobs-$$.pgbench
 }
 
+# pgbench running the statements the worker API runs, committed as it
+# commits them: one claim of 10 (tenantd_job_ext_claim, with its fairness
+# between orgs), then one tenantd_job_ext_finish per job, each its own
+# transaction. A procedure does the loop inside the server, so this
+# baseline pays no client round trips at all (the HTTP path pays two hops
+# per statement). HTTP/this is what tenantd's own layer costs.
+phase_pgbench_sql() {
+    prepare bench.ext
+    # Each client claims with its own rotating org cursor, as each of
+    # tenantd's loops does (back to the first org after a short batch), and
+    # stops when no job is left.
+    sql "CREATE PROCEDURE public.bench_worker_cycle() LANGUAGE plpgsql AS \$\$
+         DECLARE
+             c record;
+             nil constant uuid := '00000000-0000-0000-0000-000000000000';
+             cur uuid := nil;
+             top uuid;
+             n integer;
+         BEGIN
+             LOOP
+                 n := 0;
+                 top := cur;
+                 FOR c IN SELECT x.org_id, (x.job->>'id')::uuid AS id,
+                                 (x.job->>'lease_id')::uuid AS lease
+                            FROM public.tenantd_job_ext_claim(NULL, ARRAY['bench.ext'], cur,
+                                                              10, 30000) x LOOP
+                     COMMIT; -- the claim, then each completion, is a transaction
+                     n := n + 1;
+                     top := greatest(top, c.org_id);
+                     PERFORM public.tenantd_job_ext_finish(c.id, c.lease, NULL, true,
+                                                           '{\"ok\":1}', NULL, false, 1000, 60000);
+                 END LOOP;
+                 COMMIT;
+                 EXIT WHEN n = 0 AND cur = nil;
+                 cur := CASE WHEN n < 10 THEN nil ELSE top END;
+             END LOOP;
+         END \$\$" >/dev/null
+    echo "CALL public.bench_worker_cycle();" >/tmp/bench-jobs-$$.sql
+    total=$((jobs / orgs * orgs))
+    cpu_mark
+    /usr/lib/postgresql/15/bin/pgbench -n -c 4 -j 2 -t 1 -f /tmp/bench-jobs-$$.sql \
+        "$base/$dbname" >/tmp/bench-jobs-$$.pgbench 2>&1 || cat /tmp/bench-jobs-$$.pgbench >&2
+    secs=$(sql "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM public.jobs
+                WHERE status = 'succeeded'")
+    done_n=$(sql "SELECT count(*) FROM public.jobs WHERE status = 'succeeded'")
+    [ "$done_n" = "$total" ] || { echo "pgbench worker API SQL: only $done_n of $total jobs done" >&2; exit 1; }
+    python3 -c "print(f'%-34s %8d jobs %8.2f s %10.0f jobs/s' % ('pgbench worker API SQL, 4 cl', $done_n, $secs, $done_n / $secs))"
+    rate=$(python3 -c "print($done_n / $secs)")
+    cpu_report "  (pgbench worker API SQL)"
+    rm -f /tmp/bench-jobs-$$.sql /tmp/bench-jobs-$$.pgbench
+}
+
 have_wrk=; command -v wrk >/dev/null && have_wrk=1
 have_pgbench=
 if [ "${BENCH_PGBENCH:-1}" != 0 ] && command -v /usr/lib/postgresql/15/bin/pgbench >/dev/null; then
@@ -227,6 +280,7 @@ if [ "${BENCH_PGBENCH:-1}" != 0 ] && command -v /usr/lib/postgresql/15/bin/pgben
 fi
 [ -n "$have_wrk" ] && phase_wrk && wrk_rates=("$rate")
 [ -n "$have_pgbench" ] && phase_pgbench && pg_rates=("$rate")
+[ -n "$have_pgbench" ] && phase_pgbench_sql && sql_rates=("$rate")
 
 # BENCH_ROUNDS > 1: more rounds of the two, in alternating order (so a drift
 # of the machine's load favours neither), then each round's ratio and their
@@ -235,18 +289,20 @@ if [ -n "$have_wrk" ] && [ -n "$have_pgbench" ] && [ "${BENCH_ROUNDS:-1}" -gt 1 
     for r in $(seq 2 "$BENCH_ROUNDS"); do
         echo "round $r:"
         if [ $((r % 2)) = 0 ]; then
-            phase_pgbench; pg_rates+=("$rate"); phase_wrk; wrk_rates+=("$rate")
+            phase_pgbench_sql; sql_rates+=("$rate"); phase_pgbench; pg_rates+=("$rate")
+            phase_wrk; wrk_rates+=("$rate")
         else
             phase_wrk; wrk_rates+=("$rate"); phase_pgbench; pg_rates+=("$rate")
+            phase_pgbench_sql; sql_rates+=("$rate")
         fi
     done
-    python3 - "${wrk_rates[*]}" "${pg_rates[*]}" <<'PY'
+    python3 - "${wrk_rates[*]}" "${pg_rates[*]}" "${sql_rates[*]}" <<'PY'
 import statistics, sys
-w = [float(x) for x in sys.argv[1].split()]
-p = [float(x) for x in sys.argv[2].split()]
-r = [a / b for a, b in zip(w, p)]
-print("HTTP worker API (wrk) / pgbench per round: " + " ".join(f"{x:.2f}" for x in r)
-      + f"; median {statistics.median(r):.2f} over {len(r)} rounds")
+w, p, s = ([float(x) for x in a.split()] for a in sys.argv[1:4])
+for name, base in (("pgbench claim+complete SQL", p), ("pgbench worker API SQL", s)):
+    r = [a / b for a, b in zip(w, base)]
+    print(f"HTTP worker API (wrk) / {name} per round: " + " ".join(f"{x:.2f}" for x in r)
+          + f"; median {statistics.median(r):.2f} over {len(r)} rounds")
 PY
 fi
 rm -f /tmp/bench-jobs-$$.log
