@@ -113,9 +113,10 @@ class TenantFairnessTest(harness.DbTestCase):
         self.quiet_latencies(80)  # warm: statements prepared
         # Timing on a shared machine: up to three tries, each measured against
         # a baseline taken just before it.
-        tries = []
+        tries, bases = [], []
         for _ in range(3):
             base = p99(self.quiet_latencies(300))
+            bases.append(base)
             wrk = self.flood(30)
             try:
                 time.sleep(1)
@@ -136,7 +137,12 @@ class TenantFairnessTest(harness.DbTestCase):
         self.assertLessEqual(loaded, 3 * base,
                              f"quiet orgs' GET p99: {'; '.join(tries)} "
                              f"(one slow list: {slow * 1000:.0f} ms)")
-        self.assertGreater(slow, 0.02, "the noisy org's list is not slow: this test proves nothing")
+        # Against the quiet GETs' own p99 measured here, not a fixed 20 ms: one
+        # list took 19.97 ms in a CI run on a fast moment of the machine
+        # (32-41 ms usual), with quiet p99s of 0.5-1 ms.
+        self.assertGreater(slow, 10 * bases[0],
+                           f"the noisy org's list ({slow * 1000:.1f} ms) is not slow against a quiet "
+                           f"GET's p99 ({bases[0] * 1000:.1f} ms): this test proves nothing")
 
     def test_affine_backend_lost(self):
         headers = {"Authorization": f"Bearer {self.noisy['token']}"}
