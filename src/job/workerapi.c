@@ -511,7 +511,9 @@ static void finish_alone(struct finish *f)
  * set: each row back is that job's 200. A completion without a row (a
  * stale lease, an unknown job, the same job twice in one set), and every
  * completion of a set that failed, goes alone through the function, which
- * tells which answer is due; so one bad report never fails the others.
+ * tells which answer is due; so one bad report never fails the others
+ * (a set the pool could not send, shed or without a database, answers each
+ * 503 instead: sending them again would only add load).
  * The set is one JSON array; each job is found by primary key (id = ANY)
  * and its report by its position (array_position: for the same job twice
  * only the first report can match, the other goes alone and finds its
@@ -609,12 +611,19 @@ static void complete_set_done(struct db_result *r, void *ud)
         http_respond(req, 200, "application/json", PQgetvalue(r->res, k, 1),
                      (size_t)PQgetlength(r->res, k, 1));
     }
-    if (r->status != DB_OK && r->status != DB_UNAVAILABLE)
-        log_msg(LOG_WARN, "worker completions sent alone: the set failed: %s (%s)",
-                r->message ? r->message : "?", r->sqlstate ? r->sqlstate : "?");
-    for (int i = 0; i < set->n; i++)
-        if (!answered[i])
-            finish_alone(set->item[i]);
+    if (r->status == DB_UNAVAILABLE) {
+        /* Shed or no database: sending each again would only add load; each
+         * gets the 503 (Retry-After) it would have got alone. */
+        for (int i = 0; i < set->n; i++)
+            db_respond_failure(set->item[i]->req, r, "worker completion");
+    } else {
+        if (r->status != DB_OK)
+            log_msg(LOG_WARN, "worker completions sent alone: the set failed: %s (%s)",
+                    r->message ? r->message : "?", r->sqlstate ? r->sqlstate : "?");
+        for (int i = 0; i < set->n; i++)
+            if (!answered[i])
+                finish_alone(set->item[i]);
+    }
     free(set->param);
     free(set);
     /* Completions that came while the set was out (answering above may have
