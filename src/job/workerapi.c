@@ -565,6 +565,7 @@ static void complete_set_send(void)
             completions.head = f->next;
             finish_alone(f);
         }
+        completions.tail = &completions.head;
         return;
     }
     struct strbuf b = {0};
