@@ -14,19 +14,7 @@
 
 #include "db/listen.h"
 
-#ifndef TENANTD_SOURCE_DIR
-#define TENANTD_SOURCE_DIR "."
-#endif
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond);               \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "dbtest.h"
 
 static void exec_ok(PGconn *c, const char *sql)
 {

@@ -21,21 +21,9 @@
 
 #include "db/db.h"
 
-#ifndef TENANTD_SOURCE_DIR
-#define TENANTD_SOURCE_DIR "."
-#endif
+#include "dbtest.h"
 
-/* ---- assertions and setup ---- */
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond);               \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
+/* ---- setup ---- */
 
 static char base_url[512]; /* the cluster's maintenance database */
 static char test_conninfo[1024];

@@ -20,19 +20,7 @@
 
 #include "db/db.h"
 
-#ifndef TENANTD_SOURCE_DIR
-#define TENANTD_SOURCE_DIR "."
-#endif
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond);               \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "dbtest.h"
 
 static char tmpdir[256];
 static char pg_env[512]; /* "TENANTD_PG_DIR=... TENANTD_PG_PORT=..." for deps/pg.sh */
