@@ -208,16 +208,22 @@ UPDATE public.jobs SET status = 'succeeded', result = '{"ok":1}', finished_at = 
        locked_by = NULL, locked_until = NULL
  WHERE status = 'running' AND locked_by LIKE 'lease:%' AND type = 'bench.ext';
 SQL
-    total=$((jobs / orgs * orgs))
+    run_pgbench "pgbench claim+complete SQL" $((jobs / orgs * orgs / 40))
+}
+
+# Runs /tmp/bench-jobs-$$.sql with pgbench, 4 clients, $2 transactions each,
+# and reports the jobs that succeeded as phase $1 (sets rate, done_n).
+run_pgbench() {
     cpu_mark
-    /usr/lib/postgresql/15/bin/pgbench -n -c 4 -j 2 -t $((total / 40)) -f /tmp/bench-jobs-$$.sql \
+    /usr/lib/postgresql/15/bin/pgbench -n -c 4 -j 2 -t "$2" -f /tmp/bench-jobs-$$.sql \
         "$base/$dbname" >/tmp/bench-jobs-$$.pgbench 2>&1 || cat /tmp/bench-jobs-$$.pgbench >&2
+    local secs
     secs=$(sql "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM public.jobs
                 WHERE status = 'succeeded'")
     done_n=$(sql "SELECT count(*) FROM public.jobs WHERE status = 'succeeded'")
-    python3 -c "print(f'%-34s %8d jobs %8.2f s %10.0f jobs/s' % ('pgbench claim+complete SQL, 4 cl', $done_n, $secs, $done_n / $secs))"
+    python3 -c "print(f'%-34s %8d jobs %8.2f s %10.0f jobs/s' % ('$1, 4 cl', $done_n, $secs, $done_n / $secs))"
     rate=$(python3 -c "print($done_n / $secs)")
-    cpu_report "  (pgbench claim+complete SQL)"
+    cpu_report "  ($1)"
     rm -f /tmp/bench-jobs-$$.sql /tmp/bench-jobs-$$.pgbench
 }
 
@@ -259,18 +265,9 @@ phase_pgbench_sql() {
              END LOOP;
          END \$\$" >/dev/null
     echo "CALL public.bench_worker_cycle();" >/tmp/bench-jobs-$$.sql
-    total=$((jobs / orgs * orgs))
-    cpu_mark
-    /usr/lib/postgresql/15/bin/pgbench -n -c 4 -j 2 -t 1 -f /tmp/bench-jobs-$$.sql \
-        "$base/$dbname" >/tmp/bench-jobs-$$.pgbench 2>&1 || cat /tmp/bench-jobs-$$.pgbench >&2
-    secs=$(sql "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM public.jobs
-                WHERE status = 'succeeded'")
-    done_n=$(sql "SELECT count(*) FROM public.jobs WHERE status = 'succeeded'")
-    [ "$done_n" = "$total" ] || { echo "pgbench worker API SQL: only $done_n of $total jobs done" >&2; exit 1; }
-    python3 -c "print(f'%-34s %8d jobs %8.2f s %10.0f jobs/s' % ('pgbench worker API SQL, 4 cl', $done_n, $secs, $done_n / $secs))"
-    rate=$(python3 -c "print($done_n / $secs)")
-    cpu_report "  (pgbench worker API SQL)"
-    rm -f /tmp/bench-jobs-$$.sql /tmp/bench-jobs-$$.pgbench
+    run_pgbench "pgbench worker API SQL" 1
+    [ "$done_n" = "$((jobs / orgs * orgs))" ] ||
+        { echo "pgbench worker API SQL: only $done_n jobs done" >&2; exit 1; }
 }
 
 have_wrk=; command -v wrk >/dev/null && have_wrk=1
