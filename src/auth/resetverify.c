@@ -56,6 +56,29 @@ struct reset_ask {
 };
 static void reset_allowed(struct request *req, void *ud);
 
+/* q_token_request's 11 values: the link's kind, for a user (by id) or an
+ * email of an org (by slug), its token hash and lifetime, the request, and
+ * the mail to queue with it. */
+static const char **token_request_values(struct request *req, const char *kind,
+                                         const char *user_id, const char *email,
+                                         const char *org, const char *hash, int64_t ttl_s,
+                                         const struct acct_mail *m)
+{
+    const char **v = arena_alloc(req->arena, 11 * sizeof *v);
+    v[0] = kind;
+    v[1] = user_id;
+    v[2] = email;
+    v[3] = org;
+    v[4] = hash;
+    v[5] = acct_ttl_text(req, ttl_s);
+    v[6] = req->client_ip;
+    v[7] = req->request_id;
+    v[8] = m->subject;
+    v[9] = m->text;
+    v[10] = m->html;
+    return v;
+}
+
 void acct_reset_request(struct request *req)
 {
     json_t *body = body_object(req, true);
@@ -90,18 +113,9 @@ static void reset_allowed(struct request *req, void *ud)
         return;
     org = acct_lower_dup(req->arena, org);
     struct acct_mail m = acct_mail_render(req->arena, ACCT_MAIL_PASSWORD_RESET, org, token, NULL);
-    const char **v = arena_alloc(req->arena, 11 * sizeof *v);
-    v[0] = "password_reset";
-    v[1] = NULL;
-    v[2] = acct_lower_dup(req->arena, email);
-    v[3] = org;
-    v[4] = hash;
-    v[5] = acct_ttl_text(req, g_config->password_reset_ttl_s);
-    v[6] = req->client_ip;
-    v[7] = req->request_id;
-    v[8] = m.subject;
-    v[9] = m.text;
-    v[10] = m.html;
+    const char **v = token_request_values(req, "password_reset", NULL,
+                                          acct_lower_dup(req->arena, email), org, hash,
+                                          g_config->password_reset_ttl_s, &m);
     db_query(req->ctx->db, NULL, &q_token_request, 11, v, token_requested, req);
 }
 
@@ -117,18 +131,8 @@ void acct_verify_request(struct request *req)
         return;
     struct acct_mail m =
         acct_mail_render(req->arena, ACCT_MAIL_VERIFY_EMAIL, a->slug ? a->slug : "", token, NULL);
-    const char **v = arena_alloc(req->arena, 11 * sizeof *v);
-    v[0] = "verify_email";
-    v[1] = a->principal_id;
-    v[2] = NULL;
-    v[3] = NULL;
-    v[4] = hash;
-    v[5] = acct_ttl_text(req, g_config->verify_email_ttl_s);
-    v[6] = req->client_ip;
-    v[7] = req->request_id;
-    v[8] = m.subject;
-    v[9] = m.text;
-    v[10] = m.html;
+    const char **v = token_request_values(req, "verify_email", a->principal_id, NULL, NULL, hash,
+                                          g_config->verify_email_ttl_s, &m);
     acct_org_query(req, &q_token_request, 11, v, token_requested, req);
 }
 
