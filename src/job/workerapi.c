@@ -498,6 +498,11 @@ static void finish_done(struct db_result *r, void *ud)
 /* Sends one report through tenantd_job_ext_finish, which answers every case. */
 static void finish_alone(struct finish *f)
 {
+    /* The retry backoff: only this way reads it, so a completion taken by a
+     * set never formats it. */
+    const char **v = f->values;
+    v[7] = arena_printf(f->req->arena, "%lld", (long long)g_config->job_retry_base_ms);
+    v[8] = arena_printf(f->req->arena, "%lld", (long long)g_config->job_retry_max_ms);
     db_query(f->req->ctx->db, auth_ctx(f->req)->schema, &finish_stmt, 9, f->values, finish_done,
              f);
 }
@@ -658,8 +663,6 @@ static void finish_send(struct request *req, const char *id, const char *lease, 
     v[4] = result;
     v[5] = error;
     v[6] = retry ? "true" : "false";
-    v[7] = arena_printf(req->arena, "%lld", (long long)g_config->job_retry_base_ms);
-    v[8] = arena_printf(req->arena, "%lld", (long long)g_config->job_retry_max_ms);
     if (ok)
         complete_queue(f);
     else
