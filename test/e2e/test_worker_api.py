@@ -455,6 +455,54 @@ class WorkerApiTest(harness.DbTestCase):
             self.assertLess(after - before, 10,
                             f"the {name} claim read finished jobs through jobs_org_seq_idx")
 
+    def test_lease_calls_find_the_job_by_id_not_through_the_running_index(self):
+        # 2,000 external jobs running, statistics taken while they were
+        # queued (as after a burst of claims), and each function's statement
+        # on its generic plan (as from a backend's sixth call on): each
+        # completion, failure, heartbeat, release and cancel must read its
+        # job by id. Through control 0017 they scanned jobs_lease_idx, all
+        # 2,000 running jobs, filtered on id (seen: ~2,000 reads per call).
+        job = "('00000000-0000-0000-0001-' || lpad(to_hex(i), 12, '0'))::uuid"
+        org = "'00000000-0000-0000-0002-000000000001'::uuid"
+        one = "'00000000-0000-0000-0001-00000000000{}'::uuid".format
+        reads = "SELECT pg_stat_get_xact_tuples_returned('public.jobs_lease_idx'::regclass);"
+        calls = {
+            "heartbeat": f"SELECT o_outcome FROM public.tenantd_job_ext_heartbeat({one(1)},"
+                         f" {one(1)}, NULL, 5, 30000)",
+            "complete": f"SELECT o_outcome FROM public.tenantd_job_ext_finish({one(1)}, {one(1)},"
+                        " NULL, true, '{}', NULL, false, 1000, 60000)",
+            "fail": f"SELECT o_outcome FROM public.tenantd_job_ext_finish({one(2)}, {one(2)},"
+                    " NULL, false, NULL, 'boom', true, 1000, 60000)",
+            "cancel": f"SELECT o_outcome FROM public.tenantd_job_cancel({org}, {one(3)})",
+            "in-process finish": f"SELECT public.tenantd_job_finish({one(4)}, 'lease-check', 1,"
+                                 " true, '{}', NULL, false, 1000, 60000, true)",
+            "in-process release": f"SELECT public.tenantd_job_release({one(5)}, 'lease-check', 1)",
+        }
+        steps = "\n".join(f"{reads} {c};" for c in calls.values())
+        sql = f"""BEGIN;
+            INSERT INTO public.job_types (type, cost) VALUES ('lease.check', 0);
+            INSERT INTO public.orgs (id, name, slug, schema_name)
+            VALUES ({org}, 'lease check', 'lease-check', 'tenant_lease_check');
+            INSERT INTO public.jobs (id, org_id, type, payload, cost, max_attempts)
+            SELECT {job}, {org}, CASE WHEN i IN (4, 5) THEN 'lease.inproc' ELSE 'lease.check' END,
+                   '{{}}', 0, 3
+              FROM generate_series(1, 2000) i;
+            ANALYZE public.jobs;
+            UPDATE public.jobs SET status = 'running', attempts = 1, leased_at = now(),
+                   started_at = now(), locked_until = now() + interval '1 hour',
+                   locked_by = CASE WHEN external THEN 'lease:' || id ELSE 'lease-check' END
+             WHERE org_id = {org};
+            SET LOCAL plan_cache_mode = force_generic_plan;
+            {steps}
+            {reads}
+            ROLLBACK;"""
+        rows = self.pg.psql(sql, db=self.dbname)
+        self.assertEqual(rows[1::2], ["ok", "ok", "ok", "cancel_requested", "succeeded", "t"])
+        counts = [int(r) for r in rows[0::2]]
+        read = {name: after - before for name, before, after in zip(calls, counts, counts[1:])}
+        self.assertEqual([n for n, k in read.items() if k >= 10], [],
+                         f"index entries of running jobs read per call: {read}")
+
     def test_metrics(self):
         status, _ = self.call("PUT", "/v1/admin/job-types/metrics.probe", {"cost": 0}, OPERATOR)
         self.assertEqual(status, 200)
