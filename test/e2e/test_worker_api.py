@@ -455,6 +455,41 @@ class WorkerApiTest(harness.DbTestCase):
             self.assertLess(after - before, 10,
                             f"the {name} claim read finished jobs through jobs_org_seq_idx")
 
+    def test_an_orgs_claim_reads_none_of_the_other_orgs_queues(self):
+        # 50 orgs with 40 external jobs queued each, ours last in id order,
+        # and the claim on its generic plan as on tenantd's connections
+        # (plan_cache_mode, db/pool.c). Control 0017's one query for both
+        # credentials walked the other orgs' queued jobs before ours (seen:
+        # 2,012 index entries for a claim of 10).
+        org = "('00000000-0000-0000-0003-' || lpad(to_hex(i), 12, '0'))::uuid"
+        ours = "'00000000-0000-0000-0003-0000000000ff'::uuid"
+        nil = "'00000000-0000-0000-0000-000000000000'"
+        reads = "SELECT pg_stat_get_xact_tuples_returned('public.jobs_ext_claim_idx'::regclass);"
+        sql = f"""BEGIN;
+            INSERT INTO public.job_types (type, cost) VALUES ('claim.own', 0);
+            INSERT INTO public.orgs (id, name, slug, schema_name)
+            SELECT {org}, 'own ' || i, 'claim-own-' || i, 'tenant_claim_own_' || i
+              FROM generate_series(1, 50) i UNION ALL
+            SELECT {ours}, 'own last', 'claim-own-last', 'tenant_claim_own_last';
+            INSERT INTO public.jobs (id, org_id, type, payload, cost, max_attempts)
+            SELECT gen_random_uuid(), {org}, 'claim.own', '{{}}'::jsonb, 0, 3
+              FROM generate_series(1, 50) i, generate_series(1, 40) n UNION ALL
+            SELECT gen_random_uuid(), {ours}, 'claim.own', '{{}}'::jsonb, 0, 3
+              FROM generate_series(1, 40) n;
+            ANALYZE public.jobs;
+            SET LOCAL plan_cache_mode = force_generic_plan;
+            {reads}
+            SELECT count(*), count(*) FILTER (WHERE org_id = {ours}) FROM
+                   public.tenantd_job_ext_claim({ours}, ARRAY['claim.own'], {nil}, 10, 30000);
+            {reads}
+            SELECT count(DISTINCT org_id) FROM
+                   public.tenantd_job_ext_claim(NULL, ARRAY['claim.own'], {nil}, 10, 30000);
+            ROLLBACK;"""
+        before, claimed, after, spread = self.pg.psql(sql, db=self.dbname)
+        self.assertEqual(claimed, "10|10")
+        self.assertLess(int(after) - int(before), 30, "the org's claim read other orgs' jobs")
+        self.assertEqual(spread, "10")  # the operator's claim still goes round the orgs
+
     def test_lease_calls_find_the_job_by_id_not_through_the_running_index(self):
         # 2,000 external jobs running, statistics taken while they were
         # queued (as after a burst of claims), and each function's statement
