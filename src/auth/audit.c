@@ -25,7 +25,8 @@
 
 /* $1 org id, or NULL with $7 the org's slug (operator); $2 actor id, $3
  * action, $4 since, $5 cursor seq, $6 limit. Answers (page JSON, next
- * cursor seq or NULL, whether the org exists). */
+ * cursor seq or NULL, whether the org exists). The cursor stays an index
+ * condition on the generic plan (see job_list). */
 static const struct db_stmt q_audit_list = {
     "audit_list",
     "WITH org AS (SELECT o.id FROM public.orgs o WHERE o.id = $1::uuid"
@@ -33,7 +34,7 @@ static const struct db_stmt q_audit_list = {
     " page AS (SELECT e.seq, public.tenantd_audit_json(e) AS j FROM public.audit_events e"
     " WHERE e.org_id = (SELECT id FROM org) AND ($2::text IS NULL OR e.actor_id = $2)"
     " AND ($3::text IS NULL OR e.action = $3) AND ($4::timestamptz IS NULL OR e.at >= $4)"
-    " AND ($5::bigint IS NULL OR e.seq < $5) ORDER BY e.seq DESC LIMIT $6::int + 1),"
+    " AND e.seq < coalesce($5::bigint, 9223372036854775807) ORDER BY e.seq DESC LIMIT $6::int + 1),"
     " numbered AS (SELECT p.*, row_number() OVER (ORDER BY p.seq DESC) AS n FROM page p)"
     " SELECT coalesce((SELECT json_agg(j ORDER BY n) FROM numbered WHERE n <= $6::int),"
     " '[]'::json)::text, (SELECT seq::text FROM numbered WHERE n = $6::int AND EXISTS"

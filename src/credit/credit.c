@@ -74,12 +74,13 @@ static const struct db_stmt q_balance = {
 
 /* Newest first by seq (the org's order of balance changes); $2 the cursor
  * (seq of the last row shown, NULL first), $3 the page size. Answers the
- * page as a JSON array and, when more rows follow, the seq to go on from. */
+ * page as a JSON array and, when more rows follow, the seq to go on from.
+ * The cursor stays an index condition on the generic plan (see job_list). */
 static const struct db_stmt q_list = {
     "credit_list",
     "WITH page AS (SELECT t.seq, public.tenantd_credit_tx_json(t) AS j "
     "FROM public.credit_transactions t WHERE t.org_id = $1::uuid "
-    "AND ($2::bigint IS NULL OR t.seq < $2::bigint) ORDER BY t.seq DESC LIMIT $3::int + 1), "
+    "AND t.seq < coalesce($2::bigint, 9223372036854775807) ORDER BY t.seq DESC LIMIT $3::int + 1), "
     "shown AS (SELECT p.seq, p.j FROM page p ORDER BY p.seq DESC LIMIT $3::int) "
     "SELECT coalesce((SELECT json_agg(s.j ORDER BY s.seq DESC) FROM shown s), '[]'::json)::text, "
     "CASE WHEN (SELECT count(*) FROM page) > $3::int THEN (SELECT min(s.seq) FROM shown s) END",

@@ -120,7 +120,9 @@ static const struct db_stmt get_stmt = {
 };
 
 /* Newest first by seq (a cursor is the last seq handed out, so inserts never
- * shift a page); one row more than the page says whether another follows. */
+ * shift a page); one row more than the page says whether another follows.
+ * The cursor is a coalesce, not "$4 IS NULL OR", so that it stays an index
+ * condition on the generic plan: a deep page reads one page of the index. */
 static const struct db_stmt list_stmt = {
     "job_list",
     /* A result over 16 KiB is null in a list item (GET
@@ -129,7 +131,7 @@ static const struct db_stmt list_stmt = {
     " THEN jsonb_populate_record(j, '{\"result\":null}') ELSE j END)::text, j.seq"
     " FROM public.jobs j"
     " WHERE j.org_id = $1::uuid AND ($2::text IS NULL OR j.status = $2)"
-    " AND ($3::text IS NULL OR j.type = $3) AND ($4::bigint IS NULL OR j.seq < $4::bigint)"
+    " AND ($3::text IS NULL OR j.type = $3) AND j.seq < coalesce($4::bigint, 9223372036854775807)"
     " ORDER BY j.seq DESC LIMIT $5::int + 1",
 };
 
