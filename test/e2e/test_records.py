@@ -519,6 +519,24 @@ class ListTest(RecordsTestCase):
         ids, pages = self.walk("flt", 2, filter='{"status":"open"}')
         self.assertEqual((len(ids), pages), (7, 4))
 
+    def test_filters_with_quote_characters_match_as_text(self):
+        # The filter travels inside the statement's text (a dollar quote;
+        # record.c): '$', quotes, backslashes and the pool's "{schema}"
+        # token in it are the record's text, nothing more.
+        tricky = ["$f$", "a$b", "$$", "it's", "back\\slash", "{schema}", "x{schema}.records",
+                  "$f$::jsonb); DROP TABLE records; --", "\\u0024", "\\u007bschema}", "é€😀"]
+        made = [self.create({"s": t, "k": {t: t}}, "quoted") for t in tricky]
+        for t, r in zip(tricky, made):
+            for f in ({"s": t}, {"k": {t: t}}):
+                with self.subTest(filter=f):
+                    status, page, _ = self.list("quoted", filter=json.dumps(f))
+                    self.assertEqual(status, 200, page)
+                    self.assertEqual([x["id"] for x in page["data"]], [r["id"]])
+        # Escapes written by the client mean what they say, too.
+        status, page, _ = self.list("quoted", filter='{"s":"\\u0024f\\u0024"}')
+        self.assertEqual([x["id"] for x in page["data"]], [made[0]["id"]])
+        self.assertEqual(len(self.list("quoted")[1]["data"]), len(tricky))
+
     def test_bad_filters_are_400(self):
         for f in ("not json", "[1]", '"x"', "1", "null", "{", '{"a":1}x', "{'a':1}", "",
                   nested(65), '{"a":"\\u0000"}'):
