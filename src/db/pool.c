@@ -264,9 +264,9 @@ static int build_options(const char *conninfo, int stmt_ms, char **out, char **r
     /* Generic plans from the first execution: with thousands of orgs each
      * (connection, org) statement runs only a few times, and PostgreSQL
      * would plan each of its first five executions anew (custom plans)
-     * before settling on the generic one it plans once. Statements whose
-     * plan must see their values (record lists with a filter) are unnamed:
-     * planned on every run either way. */
+     * before settling on the generic one it plans once. Unnamed statements
+     * get generic plans too; a statement whose plan must see a value (the
+     * records filter) carries it in its text (record/record.c). */
     size_t n = (existing ? strlen(existing) : 0) + 96;
     *out = xcalloc(1, n);
     int len = snprintf(*out, n, "%s%s-c plan_cache_mode=force_generic_plan",
