@@ -8,7 +8,7 @@
 -- before its own (9,912 index entries read, 10 ms, for one claim with 100
 -- orgs of 100 jobs queued): another org's backlog slowed this org's claims.
 -- The two credentials now take two queries; the rows picked are then
--- leased and rendered by one statement, as before.
+-- leased and rendered by one statement, in the order picked, as before.
 
 CREATE OR REPLACE FUNCTION public.tenantd_job_ext_claim(p_org uuid, p_types text[], p_after uuid,
                                              p_batch integer, p_lease_ms integer)
@@ -20,8 +20,8 @@ DECLARE
 BEGIN
     IF p_org IS NOT NULL THEN
         -- One org's worker: its own jobs, straight from the claim index.
-        SELECT array_agg(p.id) INTO ids FROM (
-            SELECT j.id FROM public.jobs j
+        SELECT array_agg(p.id ORDER BY p.priority DESC, p.run_at, p.seq) INTO ids FROM (
+            SELECT j.id, j.priority, j.run_at, j.seq FROM public.jobs j
              WHERE j.org_id = p_org AND j.status = 'queued' AND j.external
                AND j.run_at <= now() AND j.type = ANY (p_types)
                AND EXISTS (SELECT 1 FROM public.orgs x WHERE x.id = p_org AND x.status = 'active')
@@ -62,13 +62,13 @@ BEGIN
              WHERE o.org_id IS NOT NULL
         ),
         picked AS (
-            SELECT j.id FROM public.jobs j JOIN cand c ON c.id = j.id
+            SELECT j.id, c.rn, c.priority, c.n FROM public.jobs j JOIN cand c ON c.id = j.id
              WHERE j.status = 'queued' AND j.run_at <= now()
              ORDER BY c.rn, c.priority DESC, c.n
              LIMIT p_batch
                FOR UPDATE OF j SKIP LOCKED
         )
-        SELECT array_agg(p.id) INTO ids FROM picked p;
+        SELECT array_agg(p.id ORDER BY p.rn, p.priority DESC, p.n) INTO ids FROM picked p;
     END IF;
     IF ids IS NULL THEN
         RETURN;
@@ -99,5 +99,6 @@ BEGIN
         'finished_at', public.tenantd_ts(c.finished_at),
         'org_id', c.org_id, 'lease_id', substr(c.locked_by, 7),
         'lease_expires_at', public.tenantd_ts(c.locked_until))
-      FROM claimed c;
+      FROM claimed c
+     ORDER BY array_position(ids, c.id); -- the picked order: orgs in turn, priority first
 END $$;

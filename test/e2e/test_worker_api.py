@@ -455,6 +455,23 @@ class WorkerApiTest(harness.DbTestCase):
             self.assertLess(after - before, 10,
                             f"the {name} claim read finished jobs through jobs_org_seq_idx")
 
+    def test_a_claimed_batch_comes_highest_priority_first(self):
+        # Both credentials' claims answer in the order they picked: a worker
+        # that runs its batch in turn runs the urgent job first.
+        status, _ = self.call("PUT", "/v1/admin/job-types/order.check", {"cost": 0}, OPERATOR)
+        self.assertEqual(status, 200)
+        for cred in (self.key, WORKER):
+            for p in (0, 9, 5, 2):
+                status, body = self.call("POST", "/v1/jobs",
+                                         {"type": "order.check", "priority": p})
+                self.assertEqual(status, 202, body)
+            got = self.claim(cred, max=4, types=["order.check"])
+            self.assertEqual([j["priority"] for j in got], [9, 5, 2, 0], cred == WORKER)
+            for j in got:
+                status, _ = self.call("POST", f"/v1/worker/jobs/{j['id']}/complete",
+                                      {"lease_id": j["lease_id"]}, cred)
+                self.assertEqual(status, 200)
+
     def test_an_orgs_claim_reads_none_of_the_other_orgs_queues(self):
         # 50 orgs with 40 external jobs queued each, ours last in id order,
         # and the claim on its generic plan as on tenantd's connections
