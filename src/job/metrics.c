@@ -103,31 +103,38 @@ static const char *label(const char *s, char *buf, size_t len)
 
 void job_metrics_sample(PGconn *c)
 {
-    PGresult *jobs = PQexec(c, "SELECT type, status, count(*), coalesce(sum(attempts), 0)"
-                               " FROM public.jobs GROUP BY type, status ORDER BY type, status");
+    /* Live jobs only, each part read through the partial index that holds
+     * it: the jobs table keeps every job ever run, and counting it all by
+     * status was a full scan every 5 s in every process (~200 ms of the
+     * database's time at 1,000,000 jobs, growing for good). Finished jobs
+     * are counted as they finish, by the *_total counters. */
+    PGresult *jobs = PQexec(
+        c, "SELECT type, status, count(*), coalesce(sum(attempts), 0), count(*) FILTER (WHERE ev)"
+           " FROM (SELECT type, status, attempts, false AS ev FROM public.jobs"
+           " WHERE status = 'queued' AND external"
+           " UNION ALL SELECT type, status, attempts, type = 'webhook.deliver' AND payload ?"
+           " 'event_id' FROM public.jobs WHERE status = 'queued' AND NOT external"
+           " UNION ALL SELECT type, status, attempts, type = 'webhook.deliver' AND payload ?"
+           " 'event_id' FROM public.jobs WHERE status = 'running') j"
+           " GROUP BY type, status ORDER BY type, status");
     PGresult *ticks = PQexec(c, "SELECT outcome, count(*) FROM public.schedule_ticks"
                                 " GROUP BY outcome ORDER BY outcome");
-    PGresult *events = PQexec(c, "SELECT status, count(*) FROM public.jobs"
-                                 " WHERE type = 'webhook.deliver' AND payload ? 'event_id'"
-                                 " GROUP BY status ORDER BY status");
-    if (PQresultStatus(jobs) != PGRES_TUPLES_OK || PQresultStatus(ticks) != PGRES_TUPLES_OK ||
-        PQresultStatus(events) != PGRES_TUPLES_OK) {
+    if (PQresultStatus(jobs) != PGRES_TUPLES_OK || PQresultStatus(ticks) != PGRES_TUPLES_OK) {
         log_msg(LOG_DEBUG, "job metrics: sample failed: %s", PQerrorMessage(c));
         PQclear(jobs);
         PQclear(ticks);
-        PQclear(events);
         return;
     }
     struct strbuf t = {0};
     char a[80], b[40];
-    sb_printf(&t, "# HELP tenantd_jobs Jobs in the database by type and status (queued: the queue "
-                  "depth).\n# TYPE tenantd_jobs gauge\n");
+    sb_printf(&t, "# HELP tenantd_jobs Jobs queued (the queue depth) and running, by type and "
+                  "status.\n# TYPE tenantd_jobs gauge\n");
     for (int i = 0; i < PQntuples(jobs); i++)
         sb_printf(&t, "tenantd_jobs{type=\"%s\",status=\"%s\"} %s\n",
                   label(PQgetvalue(jobs, i, 0), a, sizeof a),
                   label(PQgetvalue(jobs, i, 1), b, sizeof b), PQgetvalue(jobs, i, 2));
-    sb_printf(&t, "# HELP tenantd_job_attempts Attempts claimed (by any worker) of the jobs in the "
-                  "database, by type and status.\n# TYPE tenantd_job_attempts gauge\n");
+    sb_printf(&t, "# HELP tenantd_job_attempts Attempts claimed (by any worker) of the jobs queued "
+                  "and running, by type and status.\n# TYPE tenantd_job_attempts gauge\n");
     for (int i = 0; i < PQntuples(jobs); i++)
         sb_printf(&t, "tenantd_job_attempts{type=\"%s\",status=\"%s\"} %s\n",
                   label(PQgetvalue(jobs, i, 0), a, sizeof a),
@@ -137,14 +144,14 @@ void job_metrics_sample(PGconn *c)
     for (int i = 0; i < PQntuples(ticks); i++)
         sb_printf(&t, "tenantd_schedule_ticks{outcome=\"%s\"} %s\n",
                   label(PQgetvalue(ticks, i, 0), a, sizeof a), PQgetvalue(ticks, i, 1));
-    sb_printf(&t, "# HELP tenantd_event_deliveries Event webhook deliveries, by status.\n"
-                  "# TYPE tenantd_event_deliveries gauge\n");
-    for (int i = 0; i < PQntuples(events); i++)
-        sb_printf(&t, "tenantd_event_deliveries{status=\"%s\"} %s\n",
-                  label(PQgetvalue(events, i, 0), a, sizeof a), PQgetvalue(events, i, 1));
+    sb_printf(&t, "# HELP tenantd_event_deliveries Event webhook deliveries queued and running, by "
+                  "status.\n# TYPE tenantd_event_deliveries gauge\n");
+    for (int i = 0; i < PQntuples(jobs); i++)
+        if (strcmp(PQgetvalue(jobs, i, 0), "webhook.deliver") == 0)
+            sb_printf(&t, "tenantd_event_deliveries{status=\"%s\"} %s\n",
+                      label(PQgetvalue(jobs, i, 1), b, sizeof b), PQgetvalue(jobs, i, 4));
     PQclear(jobs);
     PQclear(ticks);
-    PQclear(events);
     pthread_mutex_lock(&mu);
     free(sampled);
     sampled = t.s;

@@ -574,6 +574,29 @@ class WorkerApiTest(harness.DbTestCase):
         self.assertRegex(text, r'tenantd_worker_api_calls_total\{op="claim",result="ok"\} [1-9]')
         self.assertIn("# TYPE tenantd_schedule_ticks gauge", text)
 
+    def test_metrics_sample_reads_only_live_jobs(self):
+        # 20,000 finished jobs: the database part of /metrics (every 5 s in
+        # every process) counts the queued and running ones through their
+        # partial indexes. It counted every job ever run by status, two full
+        # scans of the jobs table per sample (seen: 160,000 rows read in 12 s).
+        org = "'00000000-0000-0000-0004-000000000001'::uuid"
+        self.pg.psql(f"""INSERT INTO public.orgs (id, name, slug, schema_name)
+                         VALUES ({org}, 'history', 'metrics-history', 'tenant_metrics_history');
+                         INSERT INTO public.jobs (id, org_id, type, payload, cost, status,
+                                                  finished_at)
+                         SELECT gen_random_uuid(), {org}, 'metrics.history', '{{}}'::jsonb, 0,
+                                'succeeded', now() FROM generate_series(1, 20000);
+                         ANALYZE public.jobs;""", db=self.dbname)
+        reads = ("SELECT seq_tup_read FROM pg_stat_user_tables"
+                 " WHERE schemaname = 'public' AND relname = 'jobs'")
+        time.sleep(2)
+        before = int(self.pg.psql(reads, db=self.dbname)[0])
+        time.sleep(12)  # two samples, and their statistics reported
+        read = int(self.pg.psql(reads, db=self.dbname)[0]) - before
+        self.assertLess(read, 20000, f"{read} rows of the jobs table read by sequential scans")
+        text = self.server.get("/metrics").body.decode()
+        self.assertNotIn('type="metrics.history"', text)
+
     # ---- the example worker
 
     def test_python_example_worker_runs_a_job(self):
