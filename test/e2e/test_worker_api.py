@@ -578,7 +578,7 @@ class WorkerApiTest(harness.DbTestCase):
         # 20,000 finished jobs: the database part of /metrics (every 5 s in
         # every process) counts the queued and running ones through their
         # partial indexes. It counted every job ever run by status, two full
-        # scans of the jobs table per sample (seen: 160,000 rows read in 12 s).
+        # scans of the jobs table per sample (seen: 80,000 rows read in 12 s).
         org = "'00000000-0000-0000-0004-000000000001'::uuid"
         self.pg.psql(f"""INSERT INTO public.orgs (id, name, slug, schema_name)
                          VALUES ({org}, 'history', 'metrics-history', 'tenant_metrics_history');
