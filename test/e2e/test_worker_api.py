@@ -589,7 +589,7 @@ class WorkerApiTest(harness.DbTestCase):
                          ANALYZE public.jobs;""", db=self.dbname)
         reads = ("SELECT seq_tup_read FROM pg_stat_user_tables"
                  " WHERE schemaname = 'public' AND relname = 'jobs'")
-        time.sleep(2)
+        time.sleep(6)  # a sample planned before ANALYZE, if any, reported
         before = int(self.pg.psql(reads, db=self.dbname)[0])
         time.sleep(12)  # two samples, and their statistics reported
         read = int(self.pg.psql(reads, db=self.dbname)[0]) - before
