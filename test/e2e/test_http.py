@@ -715,6 +715,8 @@ class HttpShutdown(harness.DbTestCase):
                     socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
                 except ConnectionRefusedError:
                     break
+                except ConnectionResetError:
+                    pass  # a listener closed under our handshake (seen in CI): poll on
                 self.assertLess(time.time(), deadline, "a listener still accepts")
                 time.sleep(0.02)
             r.send(b"world")
