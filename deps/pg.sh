@@ -5,7 +5,10 @@
 #
 # Settings (environment):
 #   TENANTD_PG_DIR   data folder        (default: <checkout>/.local/pg)
-#   TENANTD_PG_PORT  TCP port on 127.0.0.1 (default: 55432)
+#   TENANTD_PG_PORT  TCP port on 127.0.0.1 (default: 55432, or the next free
+#                    one above it when something else holds 55432)
+#
+#   deps/pg.sh port  prints the port the cluster runs (or will run) on.
 #
 # As root, PostgreSQL refuses to run, so initdb/pg_ctl run as the `postgres`
 # OS user and the folder is owned by it; as a normal user they run directly.
@@ -14,11 +17,10 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-PORT=${TENANTD_PG_PORT:-55432}
+DEFAULT_PORT=55432
 DIR=${TENANTD_PG_DIR:-$here/.local/pg}
 case "$DIR" in /*) ;; *) DIR=$PWD/$DIR ;; esac
 LOG="$DIR.log"
-URL="postgresql://tenantd@127.0.0.1:$PORT/tenantd"
 
 # From / so that a working folder the postgres user cannot enter (a checkout
 # under /root) draws no "could not change directory" warnings.
@@ -36,6 +38,27 @@ pick_dir() {
             LOG="$DIR.log"
         fi
     fi
+}
+
+# The port: the one asked for; else the one the running server listens on
+# (postmaster.pid's 4th line); else the one the last start chose (kept in
+# $DIR.port); else the default.
+resolve_port() {
+    if [ -n "${TENANTD_PG_PORT:-}" ]; then
+        PORT=$TENANTD_PG_PORT
+    elif [ -f "$DIR/postmaster.pid" ] && running; then
+        PORT=$(sed -n 4p "$DIR/postmaster.pid")
+    elif [ -f "$DIR.port" ]; then
+        PORT=$(cat "$DIR.port")
+    else
+        PORT=$DEFAULT_PORT
+    fi
+    URL="postgresql://tenantd@127.0.0.1:$PORT/tenantd"
+}
+
+# Something accepts connections on the port (another cluster, any server).
+port_taken() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 running() {
@@ -56,7 +79,6 @@ start() {
         # Tuned for a throwaway cluster: speed over durability.
         cat <<CONF | as_pg tee -a "$DIR/postgresql.conf" >/dev/null
 listen_addresses = '127.0.0.1'
-port = $PORT
 unix_socket_directories = ''
 max_connections = 300
 shared_buffers = 256MB
@@ -67,15 +89,39 @@ log_min_messages = warning
 CONF
     fi
     touch "$LOG" && { [ "$(id -u)" != 0 ] || chown postgres:postgres "$LOG"; }
-    # 9>&-: the server must not inherit the lock, or it would hold it for its
-    # whole life and every later `start` would wait on it forever.
-    # -k '': TCP only. A Unix socket path longer than 107 bytes (a checkout in
-    # a deep folder) makes the server refuse to start, and nothing here uses one.
-    if ! as_pg "$PGBIN/pg_ctl" -D "$DIR" -l "$LOG" -o "-k ''" -w -t 60 start >/dev/null 9>&-; then
-        echo "deps/pg.sh: PostgreSQL did not start; the end of $LOG:" >&2
+    # 55432 lies in Linux's ephemeral range (32768-60999): an outgoing
+    # connection or another program may hold it. Unless a port was asked
+    # for, the next free one is taken instead, and kept for `url` and later
+    # starts.
+    local tries=1 p=$PORT
+    if [ -z "${TENANTD_PG_PORT:-}" ]; then tries=50; fi
+    while :; do
+        if [ "$tries" -gt 1 ] && port_taken "$p"; then
+            tries=$((tries - 1)) p=$((p + 1))
+            continue
+        fi
+        local before
+        before=$(stat -c %s "$LOG")
+        # 9>&-: the server must not inherit the lock, or it would hold it for
+        # its whole life and every later `start` would wait on it forever.
+        # -k '': TCP only. A Unix socket path longer than 107 bytes (a
+        # checkout in a deep folder) makes the server refuse to start, and
+        # nothing here uses one. -p: the port is chosen here, not in the
+        # data folder's configuration.
+        if as_pg "$PGBIN/pg_ctl" -D "$DIR" -l "$LOG" -o "-k '' -p $p" -w -t 60 start >/dev/null 9>&-; then
+            break
+        fi
+        if [ "$tries" -gt 1 ] && tail -c +$((before + 1)) "$LOG" | grep -q 'Address already in use'; then
+            tries=$((tries - 1)) p=$((p + 1))
+            continue
+        fi
+        echo "deps/pg.sh: PostgreSQL did not start on port $p; the end of $LOG:" >&2
         tail -n 20 "$LOG" >&2 || true
         exit 1
-    fi
+    done
+    PORT=$p
+    URL="postgresql://tenantd@127.0.0.1:$PORT/tenantd"
+    if [ -z "${TENANTD_PG_PORT:-}" ]; then echo "$PORT" >"$DIR.port"; fi
     # Role and database of the app; superuser so tests may create databases.
     as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 <<'SQL' >/dev/null
 SELECT 'CREATE ROLE tenantd LOGIN SUPERUSER' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenantd') \gexec
@@ -88,11 +134,13 @@ stop() {
 }
 
 pick_dir
+resolve_port
 case "${1:-}" in
     start) start; echo "PostgreSQL ready: $URL" ;;
     stop) stop ;;
     status) if running; then echo "running: $URL ($DIR)"; else echo "stopped ($DIR)"; exit 3; fi ;;
     url) echo "$URL" ;;
+    port) echo "$PORT" ;;
     psql) shift; exec "$PGBIN/psql" "$URL" "$@" ;;
-    *) echo "usage: deps/pg.sh start|stop|status|url|psql [args]" >&2; exit 2 ;;
+    *) echo "usage: deps/pg.sh start|stop|status|url|port|psql [args]" >&2; exit 2 ;;
 esac

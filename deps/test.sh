@@ -40,6 +40,10 @@ if ! ./deps/pg.sh status >/dev/null 2>&1; then
     started_pg=1
 fi
 ./deps/pg.sh start
+# The port it runs on (55432, or the next free one if that was taken), for
+# every test process.
+TENANTD_PG_PORT=$(./deps/pg.sh port)
+export TENANTD_PG_PORT
 
 failed=()
 npassed=0

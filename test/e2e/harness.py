@@ -38,7 +38,10 @@ class PgCluster:
             self.env["TENANTD_PG_DIR"] = data_dir
         if port:
             self.env["TENANTD_PG_PORT"] = str(port)
-        self.port = port or int(os.environ.get("TENANTD_PG_PORT", "55432"))
+        # Without a port asked for, deps/pg.sh picks one (55432 or the next
+        # free one) and says which once the cluster runs.
+        self.port = port or (int(os.environ["TENANTD_PG_PORT"])
+                             if os.environ.get("TENANTD_PG_PORT") else None)
 
     def _run(self, *args):
         return subprocess.run([PG_SH, *args], env=self.env, check=True,
@@ -46,6 +49,8 @@ class PgCluster:
 
     def start(self):
         self._run("start")
+        if self.port is None:
+            self.port = int(self._run("port"))
         if self.private and self not in _private_clusters:
             _private_clusters.append(self)
 
