@@ -7,9 +7,19 @@
  *
  * A worker: claim a batch (tenantd_job_claim: SKIP LOCKED, round-robin
  * between orgs from a rotating cursor), run each job's handler, end the
- * attempt (tenantd_job_finish: success, retry with backoff, or failure +
- * refund). With nothing to do it sleeps until the coordinator hears a
- * NOTIFY or TENANTD_JOB_POLL_MS pass (run_at in the future, retries).
+ * attempt: a success goes to the completer; a retry with backoff or a
+ * failure + refund is tenantd_job_finish, at once. With nothing to do it
+ * sleeps until the coordinator hears a NOTIFY or TENANTD_JOB_POLL_MS pass
+ * (run_at in the future, retries).
+ *
+ * The completer (a thread with its own connection) ends succeeded attempts
+ * in sets (tenantd_job_finish_succeeded), group-commit style: all that
+ * arrived while the previous set ran go in the next one. A statement and
+ * a commit per job cost the database as much as the claims did; a worker
+ * no longer waits for its completion either. The queue is bounded (a
+ * worker waits for room), so a database that is away holds workers back
+ * instead of piling up results. A completion lost with the process is a
+ * job whose lease lapses and which runs again, as with a crash mid-job.
  *
  * The coordinator: LISTEN tenantd_jobs on a connection outside any pool
  * (re-LISTENs after a reconnect and wakes everyone, since notifications
@@ -22,11 +32,12 @@
  * Shutdown: workers stop claiming; a running job may finish until the
  * drain deadline (handlers wait through job_run_wait, which returns
  * JOB_WAIT_STOP then), then it and every claimed job not started are
- * released. The coordinator keeps renewing leases until the workers are
- * gone.
+ * released. The completer then ends what it holds (trying until the drain
+ * deadline), and the coordinator keeps renewing leases until both are gone.
  */
 #include "job/job.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -241,6 +252,174 @@ static void release(struct worker *wk, const struct claimed *c)
     log_msg(LOG_DEBUG, "job %s attempt %d released (shutdown)", c->id, c->attempt);
 }
 
+/* ---- the completer ---------------------------------------------------------- */
+
+struct succeeded {
+    char id[37], type[64];
+    int attempt;
+    char *result; /* malloc'd JSON object text, or NULL */
+};
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cond; /* CLOCK_MONOTONIC; work arrived, room freed, stop */
+    struct succeeded *q; /* waiting for the next set */
+    size_t n, cap;
+    bool stop;
+    pthread_t thread;
+} C = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* Hands a succeeded attempt (and its result) to the completer; waits while
+ * the queue is full. */
+static void completer_push(const struct claimed *c, char *result)
+{
+    pthread_mutex_lock(&C.mu);
+    while (C.n == C.cap && !C.stop)
+        pthread_cond_wait(&C.cond, &C.mu);
+    assert(C.n < C.cap); /* the completer stops only after the workers */
+    struct succeeded *d = &C.q[C.n++];
+    snprintf(d->id, sizeof d->id, "%s", c->id);
+    snprintf(d->type, sizeof d->type, "%s", c->type);
+    d->attempt = c->attempt;
+    d->result = result;
+    pthread_cond_broadcast(&C.cond);
+    pthread_mutex_unlock(&C.mu);
+}
+
+/* Appends text to a growing buffer; aborts when out of memory, as the
+ * workers' other allocations do. */
+static void buf_add(char **b, size_t *len, size_t *cap, const char *text)
+{
+    size_t t = strlen(text);
+    if (*len + t + 1 > *cap) {
+        size_t nc = *cap ? *cap : 256;
+        while (*len + t + 1 > nc)
+            nc *= 2;
+        char *nb = realloc(*b, nc);
+        if (!nb)
+            abort();
+        *b = nb;
+        *cap = nc;
+    }
+    memcpy(*b + *len, text, t + 1);
+    *len += t;
+}
+
+/* Ends set[0..n) in one statement. false: the statement did not run (the
+ * connection failed); the set is kept for another try. */
+static bool complete_set(PGconn *conn, struct succeeded *set, size_t n)
+{
+    char *ids = NULL, *attempts = NULL, *results = NULL;
+    size_t il = 0, ic = 0, al = 0, ac = 0, rl = 0, rc = 0;
+    buf_add(&ids, &il, &ic, "{");
+    buf_add(&attempts, &al, &ac, "{");
+    buf_add(&results, &rl, &rc, "[");
+    for (size_t i = 0; i < n; i++) {
+        char num[16];
+        snprintf(num, sizeof num, "%d", set[i].attempt);
+        const char *sep = i ? "," : "";
+        buf_add(&ids, &il, &ic, sep);
+        buf_add(&ids, &il, &ic, set[i].id);
+        buf_add(&attempts, &al, &ac, sep);
+        buf_add(&attempts, &al, &ac, num);
+        buf_add(&results, &rl, &rc, sep);
+        buf_add(&results, &rl, &rc, set[i].result ? set[i].result : "null");
+    }
+    buf_add(&ids, &il, &ic, "}");
+    buf_add(&attempts, &al, &ac, "}");
+    buf_add(&results, &rl, &rc, "]");
+    const char *v[] = {W.ident, ids, attempts, results};
+    PGresult *r = PQexecParams(conn,
+                               "SELECT public.tenantd_job_finish_succeeded($1, $2::uuid[],"
+                               " $3::integer[], $4::jsonb)",
+                               4, NULL, v, NULL, NULL, 0);
+    free(ids);
+    free(attempts);
+    free(results);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        bool lost = PQstatus(conn) != CONNECTION_OK;
+        log_msg(LOG_WARN, "job completer: ending %zu job(s) failed: %s", n,
+                PQresultErrorMessage(r));
+        PQclear(r);
+        if (lost)
+            return false;
+        /* The statement itself failed (a result that is not JSON, say): the
+         * jobs stay running under a lease no one renews after this process,
+         * then run again, as with a crash mid-job. Not retried: it would
+         * fail the same way. */
+        for (size_t i = 0; i < n; i++)
+            job_metrics_count(set[i].type, JOB_VIA_IN_PROCESS, JOB_COUNT_FAIL_LOST);
+        return true;
+    }
+    int rows = PQntuples(r);
+    for (size_t i = 0; i < n; i++) {
+        bool ended = false;
+        for (int k = 0; k < rows && !ended; k++)
+            ended = !strcmp(PQgetvalue(r, k, 0), set[i].id);
+        job_metrics_count(set[i].type, JOB_VIA_IN_PROCESS,
+                          ended ? JOB_COUNT_COMPLETED : JOB_COUNT_FAIL_LOST);
+        log_msg(LOG_DEBUG, "job %s attempt %d end status=%s (a set of %zu)", set[i].id,
+                set[i].attempt, ended ? "succeeded" : "lost-lease", n);
+    }
+    PQclear(r);
+    return true;
+}
+
+static void *completer_main(void *arg)
+{
+    (void)arg;
+    thread_name("job-completer");
+    PGconn *conn = NULL;
+    uint64_t backoff = BACKOFF_MIN_MS;
+    struct succeeded *set = calloc(C.cap, sizeof *set);
+    if (!set)
+        abort();
+    pthread_mutex_lock(&C.mu);
+    for (;;) {
+        while (C.n == 0 && !C.stop)
+            pthread_cond_wait(&C.cond, &C.mu);
+        if (C.n == 0)
+            break; /* stopped and nothing left */
+        /* Take everything waiting: the workers fill C.q again meanwhile. */
+        size_t n = C.n;
+        memcpy(set, C.q, n * sizeof *set);
+        C.n = 0;
+        pthread_cond_broadcast(&C.cond); /* room for the workers */
+        pthread_mutex_unlock(&C.mu);
+        for (;;) {
+            if (!conn || PQstatus(conn) != CONNECTION_OK) {
+                PQfinish(conn);
+                conn = connect_db("completer");
+            }
+            if (conn && complete_set(conn, set, n))
+                break;
+            /* No database: try again, until the drain deadline once stopping. */
+            pthread_mutex_lock(&W.mu);
+            bool give_up = W.stopping && job_now_ns() >= W.drain_deadline;
+            pthread_mutex_unlock(&W.mu);
+            if (give_up) {
+                log_msg(LOG_WARN, "job completer: %zu succeeded job(s) not recorded; they run "
+                        "again once their lease lapses", n);
+                break;
+            }
+            struct timespec ts;
+            abs_deadline(job_now_ns() + backoff * 1000000u, &ts);
+            pthread_mutex_lock(&C.mu);
+            pthread_cond_timedwait(&C.cond, &C.mu, &ts);
+            pthread_mutex_unlock(&C.mu);
+            backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+        }
+        backoff = BACKOFF_MIN_MS;
+        for (size_t i = 0; i < n; i++)
+            free(set[i].result);
+        pthread_mutex_lock(&C.mu);
+    }
+    pthread_mutex_unlock(&C.mu);
+    free(set);
+    PQfinish(conn);
+    return NULL;
+}
+
 static void run_one(struct worker *wk, const struct claimed *c)
 {
     struct job_run run = {
@@ -275,6 +454,11 @@ static void run_one(struct worker *wk, const struct claimed *c)
         free(run.result);
         return;
     }
+    if (out == JOB_OK) {
+        completer_push(c, run.result); /* it owns the result now */
+        return;
+    }
+    /* A retry or a failure (with its refund): at once, one at a time. */
     char attempt[16], base[24], max[24], status[16];
     snprintf(attempt, sizeof attempt, "%d", c->attempt);
     snprintf(base, sizeof base, "%lld", (long long)g_config->job_retry_base_ms);
@@ -282,9 +466,9 @@ static void run_one(struct worker *wk, const struct claimed *c)
     const char *v[] = {c->id,
                        W.ident,
                        attempt,
-                       out == JOB_OK ? "true" : "false",
+                       "false",
                        run.result,
-                       out == JOB_OK ? NULL : run.error,
+                       run.error,
                        out == JOB_RETRY ? "true" : "false",
                        base,
                        max,
@@ -294,12 +478,9 @@ static void run_one(struct worker *wk, const struct claimed *c)
                 " $6, $7::boolean, $8::bigint, $9::bigint, $10::boolean)",
                 10, v, status, sizeof status)) {
         /* status: the job's after this attempt; "" when the lease had lapsed. */
-        job_metrics_count(c->type, JOB_VIA_IN_PROCESS,
-                          !strcmp(status, "succeeded") ? JOB_COUNT_COMPLETED
-                                                       : job_metrics_fail_outcome(status));
-        log_msg(LOG_DEBUG, "job %s attempt %d end status=%s%s%s", c->id, c->attempt,
-                status[0] ? status : "lost-lease",
-                out == JOB_OK ? "" : " error=", out == JOB_OK ? "" : run.error);
+        job_metrics_count(c->type, JOB_VIA_IN_PROCESS, job_metrics_fail_outcome(status));
+        log_msg(LOG_DEBUG, "job %s attempt %d end status=%s error=%s", c->id, c->attempt,
+                status[0] ? status : "lost-lease", run.error);
     }
     free(run.result);
 }
@@ -467,7 +648,6 @@ int job_workers_start(const char *conninfo, int n)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&W.cond, &ca);
-    pthread_condattr_destroy(&ca);
     W.stopping = W.coord_stop = false;
     W.conninfo = strdup(conninfo);
     W.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -483,10 +663,22 @@ int job_workers_start(const char *conninfo, int n)
         abort();
     snprintf(W.ident, sizeof W.ident, "%.60s/%d/%02x%02x%02x%02x%02x%02x", host, (int)getpid(),
              rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
-    if (spawn(&W.coord, coord_main, NULL) != 0) {
+    /* Room for a few batches of every worker: enough that sets grow under
+     * load, small enough that a database away holds the workers soon. */
+    pthread_cond_init(&C.cond, &ca);
+    C.stop = false;
+    C.n = 0;
+    C.cap = (size_t)n * (size_t)g_config->job_batch * 4;
+    if (C.cap < 64)
+        C.cap = 64;
+    C.q = calloc(C.cap, sizeof *C.q);
+    if (!C.q)
+        abort();
+    if (spawn(&W.coord, coord_main, NULL) != 0 || spawn(&C.thread, completer_main, NULL) != 0) {
         log_msg(LOG_ERROR, "job workers: cannot start a thread");
-        return -1;
+        abort(); /* a half-started set of threads would be worse */
     }
+    pthread_condattr_destroy(&ca);
     for (int i = 0; i < n; i++) {
         struct worker *wk = &W.workers[i];
         wk->index = i;
@@ -524,6 +716,16 @@ void job_workers_stop(int drain_ms)
         pthread_join(W.workers[i].thread, NULL);
         free(W.workers[i].batch);
     }
+    /* Workers gone: the completer ends what it holds, then stops. */
+    pthread_mutex_lock(&C.mu);
+    C.stop = true;
+    pthread_cond_broadcast(&C.cond);
+    pthread_mutex_unlock(&C.mu);
+    pthread_join(C.thread, NULL);
+    assert(C.n == 0);
+    free(C.q);
+    C.q = NULL;
+    pthread_cond_destroy(&C.cond);
     pthread_mutex_lock(&W.mu);
     W.coord_stop = true;
     pthread_mutex_unlock(&W.mu);

@@ -529,6 +529,9 @@ class WorkerApiTest(harness.DbTestCase):
             "in-process finish": f"SELECT public.tenantd_job_finish({one(4)}, 'lease-check', 1,"
                                  " true, '{}', NULL, false, 1000, 60000, true)",
             "in-process release": f"SELECT public.tenantd_job_release({one(5)}, 'lease-check', 1)",
+            "in-process set": "SELECT count(*) FROM public.tenantd_job_finish_succeeded("
+                              f"'lease-check', ARRAY[{one(6)}, {one(7)}], ARRAY[1, 1],"
+                              " '[{}, null]')",
         }
         steps = "\n".join(f"{reads} {c};" for c in calls.values())
         sql = f"""BEGIN;
@@ -536,7 +539,7 @@ class WorkerApiTest(harness.DbTestCase):
             INSERT INTO public.orgs (id, name, slug, schema_name)
             VALUES ({org}, 'lease check', 'lease-check', 'tenant_lease_check');
             INSERT INTO public.jobs (id, org_id, type, payload, cost, max_attempts)
-            SELECT {job}, {org}, CASE WHEN i IN (4, 5) THEN 'lease.inproc' ELSE 'lease.check' END,
+            SELECT {job}, {org}, CASE WHEN i BETWEEN 4 AND 7 THEN 'lease.inproc' ELSE 'lease.check' END,
                    '{{}}', 0, 3
               FROM generate_series(1, 2000) i;
             ANALYZE public.jobs;
@@ -549,11 +552,44 @@ class WorkerApiTest(harness.DbTestCase):
             {reads}
             ROLLBACK;"""
         rows = self.pg.psql(sql, db=self.dbname)
-        self.assertEqual(rows[1::2], ["ok", "ok", "ok", "cancel_requested", "succeeded", "t"])
+        self.assertEqual(rows[1::2],
+                         ["ok", "ok", "ok", "cancel_requested", "succeeded", "t", "2"])
         counts = [int(r) for r in rows[0::2]]
         read = {name: after - before for name, before, after in zip(calls, counts, counts[1:])}
         self.assertEqual([n for n, k in read.items() if k >= 10], [],
                          f"index entries of running jobs read per call: {read}")
+
+    def test_a_succeeded_set_ends_only_the_attempts_this_worker_holds(self):
+        # The in-process completer's statement: of four jobs, one holds
+        # another worker's lock and one is at a later attempt (its lease
+        # lapsed and the job was claimed again): those two stay running.
+        job = "('00000000-0000-0000-0004-' || lpad(to_hex(i), 12, '0'))::uuid"
+        one = "'00000000-0000-0000-0004-00000000000{}'::uuid".format
+        org = "'00000000-0000-0000-0005-000000000001'::uuid"
+        sql = f"""BEGIN;
+            INSERT INTO public.orgs (id, name, slug, schema_name)
+            VALUES ({org}, 'set check', 'set-check', 'tenant_set_check');
+            INSERT INTO public.jobs (id, org_id, type, payload, cost, max_attempts)
+            SELECT {job}, {org}, 'set.check', '{{}}', 0, 3 FROM generate_series(1, 4) i;
+            UPDATE public.jobs SET status = 'running', started_at = now(),
+                   attempts = CASE WHEN id = {one(4)} THEN 2 ELSE 1 END,
+                   locked_until = now() + interval '1 hour',
+                   locked_by = CASE WHEN id = {one(3)} THEN 'other' ELSE 'me' END
+             WHERE org_id = {org};
+            SELECT string_agg(right(x::text, 1), ',' ORDER BY x)
+              FROM public.tenantd_job_finish_succeeded('me',
+                   ARRAY[{one(1)}, {one(2)}, {one(3)}, {one(4)}], ARRAY[1, 1, 1, 1],
+                   '[{{"n": 1}}, null, {{"n": 3}}, {{"n": 4}}]') x;
+            SELECT string_agg(right(id::text, 1) || ':' || status || ':'
+                              || coalesce(result::text, '-') || ':'
+                              || coalesce(locked_by, '-') || ':' || (finished_at IS NOT NULL),
+                              ' ' ORDER BY id)
+              FROM public.jobs WHERE org_id = {org};
+            ROLLBACK;"""
+        ended, jobs = self.pg.psql(sql, db=self.dbname)
+        self.assertEqual(ended, "1,2")
+        self.assertEqual(jobs, '1:succeeded:{"n": 1}:-:true 2:succeeded:-:-:true'
+                               ' 3:running:-:other:false 4:running:-:me:false')
 
     def test_metrics(self):
         status, _ = self.call("PUT", "/v1/admin/job-types/metrics.probe", {"cost": 0}, OPERATOR)
