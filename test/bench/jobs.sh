@@ -27,7 +27,9 @@
 # exactly one deduction per job and no refund.
 #
 # It is a measurement, not a test. Environment: BENCH_JOBS (20000),
-# BENCH_ORGS (100), BENCH_BATCH (TENANTD_JOB_BATCH, default 8), TENANTD_BIN
+# BENCH_ORGS (100), BENCH_BATCH (the in-process workers' TENANTD_JOB_BATCH;
+# default 10, the claim size of the HTTP workers and of the pgbench script,
+# so that all claim alike; tenantd's own default is 8), TENANTD_BIN
 # (default: the release preset's binary, built here if stale).
 set -euo pipefail
 
@@ -36,7 +38,7 @@ cd "$here"
 . test/bench/lib.sh
 jobs=${BENCH_JOBS:-20000}
 orgs=${BENCH_ORGS:-100}
-batch=${BENCH_BATCH:-8}
+batch=${BENCH_BATCH:-10}
 
 if [ -z "${TENANTD_BIN:-}" ]; then
     ./deps/install.sh
@@ -140,13 +142,17 @@ cpu_report() {
 
 echo "jobs: $jobs sleep(0) jobs over $orgs orgs, batch $batch, $(nproc) cores shared with PostgreSQL"
 
-prepare
-cpu_mark
-TENANTD_JOB_WORKERS=2 TENANTD_LISTEN=127.0.0.1:$(free_port) "$BIN" serve 2>>/tmp/bench-jobs-$$.log &
-pids+=($!)
-measure "serve, 2 in-process workers"
-stop_all
-cpu_report "  (serve, 2 in-process workers)"
+phase_inproc() {
+    prepare
+    cpu_mark
+    TENANTD_JOB_WORKERS=2 TENANTD_LISTEN=127.0.0.1:$(free_port) "$BIN" serve 2>>/tmp/bench-jobs-$$.log &
+    pids+=($!)
+    measure "serve, 2 in-process workers"
+    stop_all
+    cpu_report "  (serve, 2 in-process workers)"
+}
+phase_inproc
+in_rates=("$rate")
 
 prepare
 cpu_mark
@@ -285,26 +291,31 @@ fi
 [ -n "$have_pgbench" ] && phase_pgbench && pg_rates=("$rate")
 [ -n "$have_pgbench" ] && phase_pgbench_sql && sql_rates=("$rate")
 
-# BENCH_ROUNDS > 1: more rounds of the two, in alternating order (so a drift
-# of the machine's load favours neither), then each round's ratio and their
-# median: one round's ratio swung 0.64-1.09 on a quiet 2-core machine.
+# BENCH_ROUNDS > 1: more rounds of the four, in alternating order (so a
+# drift of the machine's load favours none), then each round's ratios and
+# their medians: one round's ratio swung 0.64-1.09 on a quiet 2-core machine.
 if [ -n "$have_wrk" ] && [ -n "$have_pgbench" ] && [ "${BENCH_ROUNDS:-1}" -gt 1 ]; then
     for r in $(seq 2 "$BENCH_ROUNDS"); do
         echo "round $r:"
         if [ $((r % 2)) = 0 ]; then
             phase_pgbench_sql; sql_rates+=("$rate"); phase_pgbench; pg_rates+=("$rate")
-            phase_wrk; wrk_rates+=("$rate")
+            phase_wrk; wrk_rates+=("$rate"); phase_inproc; in_rates+=("$rate")
         else
-            phase_wrk; wrk_rates+=("$rate"); phase_pgbench; pg_rates+=("$rate")
-            phase_pgbench_sql; sql_rates+=("$rate")
+            phase_inproc; in_rates+=("$rate"); phase_wrk; wrk_rates+=("$rate")
+            phase_pgbench; pg_rates+=("$rate"); phase_pgbench_sql; sql_rates+=("$rate")
         fi
     done
-    python3 - "${wrk_rates[*]}" "${pg_rates[*]}" "${sql_rates[*]}" <<'PY'
+    python3 - "${in_rates[*]}" "${wrk_rates[*]}" "${pg_rates[*]}" "${sql_rates[*]}" <<'PY'
 import statistics, sys
-w, p, s = ([float(x) for x in a.split()] for a in sys.argv[1:4])
-for name, base in (("pgbench claim+complete SQL", p), ("pgbench worker API SQL", s)):
-    r = [a / b for a, b in zip(w, base)]
-    print(f"HTTP worker API (wrk) / {name} per round: " + " ".join(f"{x:.2f}" for x in r)
+i, w, p, s = ([float(x) for x in a.split()] for a in sys.argv[1:5])
+for top, base in (("in-process workers", "pgbench claim+complete SQL"),
+                  ("HTTP worker API (wrk)", "in-process workers"),
+                  ("HTTP worker API (wrk)", "pgbench claim+complete SQL"),
+                  ("HTTP worker API (wrk)", "pgbench worker API SQL")):
+    a = {"in-process workers": i, "HTTP worker API (wrk)": w,
+         "pgbench claim+complete SQL": p, "pgbench worker API SQL": s}
+    r = [x / y for x, y in zip(a[top], a[base])]
+    print(f"{top} / {base} per round: " + " ".join(f"{x:.2f}" for x in r)
           + f"; median {statistics.median(r):.2f} over {len(r)} rounds")
 PY
 fi

@@ -1,6 +1,7 @@
 """Per-process, per-type job counters in /metrics: jobs claimed, completed
 and failed (by what became of the job) by this process's in-process
 workers (worker="in_process") and through its worker API (worker="http")."""
+import json
 import re
 import time
 import unittest
@@ -80,6 +81,35 @@ class WorkerProcessCountersTest(harness.DbTestCase):
             " failed_cancelled=0 failed_lease_lost=0"
             " fail(in_process) claimed=2 completed=1 failed_retry=1 failed_failed=0"
             " failed_cancelled=0 failed_lease_lost=0"], w.log())
+
+
+class CompletionSetsTest(harness.DbTestCase):
+    """In-process workers end succeeded attempts in sets (the completer,
+    src/job/worker.c): 60 short jobs queued before a worker process starts
+    (2 workers, claims of 10) end in fewer statements than jobs, each job
+    once, with its result."""
+    server_env = dict(FAST, TENANTD_JOB_WORKERS="0")
+
+    def test_succeeded_attempts_end_in_sets(self):
+        token = signup(self.server)["access_token"]
+        jobs = [enqueue(self.server, token, "sleep", {"ms": 0}) for _ in range(60)]
+        w = harness.Server(self.db_url, dict(FAST, TENANTD_JOB_WORKERS="2", TENANTD_JOB_BATCH="10",
+                                             TENANTD_LOG_LEVEL="debug"), args=("worker",))
+        w.start(wait=False)
+        try:
+            done = [wait_job(self.server, token, j["id"]) for j in jobs]
+        finally:
+            self.assertEqual(w.stop(), 0, w.log())
+        self.assertEqual({(j["status"], j["attempts"], json.dumps(j["result"])) for j in done},
+                         {("succeeded", 1, '{"slept_ms": 0}')})
+        ends = [re.match(r"job (\S+) attempt 1 end status=succeeded \(a set of (\d+)\)$", x)
+                for x in (y.get("msg", "") for y in w.log_lines())]
+        ends = [(m.group(1), int(m.group(2))) for m in ends if m]
+        self.assertEqual(sorted(i for i, _ in ends), sorted(j["id"] for j in jobs), w.log())
+        sizes = [n for _, n in ends]
+        self.assertGreater(max(sizes), 1, "every attempt ended in a statement of its own")
+        statements = round(sum(1 / n for n in sizes))  # a set of n logs n lines
+        self.assertLess(statements, len(jobs))
 
 
 class HttpCountersTest(harness.DbTestCase):
