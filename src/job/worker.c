@@ -394,18 +394,26 @@ static void *completer_main(void *arg)
             if (conn && complete_set(conn, set, n))
                 break;
             /* No database: try again, until the drain deadline once stopping. */
+            uint64_t until = job_now_ns() + backoff * 1000000u;
             pthread_mutex_lock(&W.mu);
             bool give_up = W.stopping && job_now_ns() >= W.drain_deadline;
+            if (W.stopping && W.drain_deadline < until)
+                until = W.drain_deadline;
             pthread_mutex_unlock(&W.mu);
             if (give_up) {
                 log_msg(LOG_WARN, "job completer: %zu succeeded job(s) not recorded; they run "
                         "again once their lease lapses", n);
                 break;
             }
+            /* The backoff whole (up to the drain deadline): the workers'
+             * hand-overs signal the same condition and must not make each
+             * one another try. */
             struct timespec ts;
-            abs_deadline(job_now_ns() + backoff * 1000000u, &ts);
+            abs_deadline(until, &ts);
             pthread_mutex_lock(&C.mu);
-            pthread_cond_timedwait(&C.cond, &C.mu, &ts);
+            while (job_now_ns() < until)
+                if (pthread_cond_timedwait(&C.cond, &C.mu, &ts) == ETIMEDOUT)
+                    break;
             pthread_mutex_unlock(&C.mu);
             backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
         }

@@ -266,6 +266,39 @@ class DbRestartTest(unittest.TestCase):
         self.assertEqual(worker.stop(), 0, worker.log())
         self.assertEqual(server.stop(), 0)
 
+    def test_a_success_while_the_database_is_away_is_recorded_when_it_is_back(self):
+        # The handler ends while PostgreSQL is down: the completer keeps the
+        # success and records it after the restart; the job is not run again.
+        url = self.pg.url()
+        server = harness.Server(url, env=dict(LEASE, TENANTD_JOB_WORKERS="0")).start()
+        self.procs.append(server)
+        token = signup(server)["access_token"]
+        worker = start_worker(url, TENANTD_JOB_LEASE_MS="60000")
+        self.procs.append(worker)
+        job = enqueue(server, token, "sleep", {"ms": 1500})
+        self.assertEqual(wait_job(server, token, job["id"], statuses=("running",),
+                                  timeout=10)["status"], "running")
+        self.pg.stop()
+        deadline = time.time() + 20
+        while not any(x.get("msg", "").startswith("job completer:") for x in worker.log_lines()):
+            self.assertLess(time.time(), deadline, worker.log()[-4000:])
+            time.sleep(0.05)
+        self.pg.start()
+        deadline = time.time() + 30
+        while True:
+            status, body, _ = server.json("GET", f"/v1/jobs/{job['id']}", None,
+                                          {"Authorization": f"Bearer {token}"})
+            if status == 200 and body["status"] != "running":
+                break
+            self.assertLess(time.time(), deadline, worker.log()[-4000:])
+            time.sleep(0.1)
+        self.assertEqual((body["status"], body["attempts"], body["result"]),
+                         ("succeeded", 1, {"slept_ms": 1500}), worker.log()[-4000:])
+        self.assertIn(f"job {job['id']} attempt 1 end status=succeeded (a set of 1)",
+                      [x.get("msg") for x in worker.log_lines()])
+        self.assertEqual(worker.stop(), 0, worker.log())
+        self.assertEqual(server.stop(), 0)
+
 
 if __name__ == "__main__":
     unittest.main()
