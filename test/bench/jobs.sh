@@ -4,10 +4,12 @@
 # 4 external workers over the HTTP worker API (test/bench/http_worker.py:
 # claim batches of 10, complete each; the same jobs as an external type;
 # then the same 4 workers driven by wrk, test/bench/http_worker.lua),
-# and pgbench with 4 clients (BENCH_PGBENCH=0 skips it) twice: running the
-# external claim's UPDATE ... SKIP LOCKED reduced to its core (no fairness
-# between orgs; batches of 10, completed by one UPDATE), and running the
-# worker API's own SQL functions as the HTTP path calls them. Each phase also reports the CPU it used per job (tenantd, the
+# and pgbench with 4 clients (BENCH_PGBENCH=0 skips it) three times:
+# running the external claim's UPDATE ... SKIP LOCKED reduced to its core
+# (no fairness between orgs; batches of 10, completed by one UPDATE),
+# running the worker API's own SQL functions as the HTTP path calls them,
+# and running the in-process claim and the completer's statement as the
+# in-process path sends them. Each phase also reports the CPU it used per job (tenantd, the
 # clients and the cluster's backends together; see cpu_ticks), a figure a
 # busy shared machine moves much less than jobs/s.
 #
@@ -239,6 +241,32 @@ run_pgbench() {
     rm -f /tmp/bench-jobs-$$.sql /tmp/bench-jobs-$$.pgbench
 }
 
+# pgbench running the in-process workers' own SQL: the claim
+# (tenantd_job_claim: its UPDATE ... SKIP LOCKED with the fairness between
+# orgs, from a rotating cursor kept in the session as each worker keeps its
+# own), then the completer's statement for the claimed jobs
+# (tenantd_job_finish_succeeded), each a transaction, as tenantd sends them
+# but with no handler, no hand-over between threads and no tenantd.
+# In-process/this is what tenantd's own layer costs that path.
+phase_pgbench_claim() {
+    prepare
+    cat >/tmp/bench-jobs-$$.sql <<'SQL'
+SELECT set_config('bench.ids', coalesce(array_agg(id)::text, '{}'), false),
+       set_config('bench.tries', coalesce(array_agg(attempts)::text, '{}'), false),
+       set_config('bench.results', '[' || coalesce(string_agg('{"slept_ms":0}', ','), '') || ']',
+                  false),
+       set_config('bench.cur', CASE WHEN count(*) < 10 THEN '00000000-0000-0000-0000-000000000000'
+                                    ELSE max(org_id::text) END, false)
+  FROM public.tenantd_job_claim('pgbench',
+           coalesce(nullif(current_setting('bench.cur', true), ''),
+                    '00000000-0000-0000-0000-000000000000')::uuid, 10, 30000);
+SELECT count(*) FROM public.tenantd_job_finish_succeeded('pgbench',
+           current_setting('bench.ids')::uuid[], current_setting('bench.tries')::integer[],
+           current_setting('bench.results')::jsonb);
+SQL
+    run_pgbench "pgbench in-process SQL" $((jobs / orgs * orgs / 40))
+}
+
 # pgbench running the statements the worker API runs, committed as it
 # commits them: one claim of 10 (tenantd_job_ext_claim, with its fairness
 # between orgs), then one tenantd_job_ext_finish per job, each its own
@@ -290,6 +318,7 @@ fi
 [ -n "$have_wrk" ] && phase_wrk && wrk_rates=("$rate")
 [ -n "$have_pgbench" ] && phase_pgbench && pg_rates=("$rate")
 [ -n "$have_pgbench" ] && phase_pgbench_sql && sql_rates=("$rate")
+[ -n "$have_pgbench" ] && phase_pgbench_claim && claim_rates=("$rate")
 
 # BENCH_ROUNDS > 1: more rounds of the four, in alternating order (so a
 # drift of the machine's load favours none), then each round's ratios and
@@ -298,22 +327,27 @@ if [ -n "$have_wrk" ] && [ -n "$have_pgbench" ] && [ "${BENCH_ROUNDS:-1}" -gt 1 
     for r in $(seq 2 "$BENCH_ROUNDS"); do
         echo "round $r:"
         if [ $((r % 2)) = 0 ]; then
+            phase_pgbench_claim; claim_rates+=("$rate")
             phase_pgbench_sql; sql_rates+=("$rate"); phase_pgbench; pg_rates+=("$rate")
             phase_wrk; wrk_rates+=("$rate"); phase_inproc; in_rates+=("$rate")
         else
             phase_inproc; in_rates+=("$rate"); phase_wrk; wrk_rates+=("$rate")
             phase_pgbench; pg_rates+=("$rate"); phase_pgbench_sql; sql_rates+=("$rate")
+            phase_pgbench_claim; claim_rates+=("$rate")
         fi
     done
-    python3 - "${in_rates[*]}" "${wrk_rates[*]}" "${pg_rates[*]}" "${sql_rates[*]}" <<'PY'
+    python3 - "${in_rates[*]}" "${wrk_rates[*]}" "${pg_rates[*]}" "${sql_rates[*]}" \
+        "${claim_rates[*]}" <<'PY'
 import statistics, sys
-i, w, p, s = ([float(x) for x in a.split()] for a in sys.argv[1:5])
-for top, base in (("in-process workers", "pgbench claim+complete SQL"),
+i, w, p, s, c = ([float(x) for x in a.split()] for a in sys.argv[1:6])
+for top, base in (("in-process workers", "pgbench in-process SQL"),
+                  ("in-process workers", "pgbench claim+complete SQL"),
                   ("HTTP worker API (wrk)", "in-process workers"),
                   ("HTTP worker API (wrk)", "pgbench claim+complete SQL"),
                   ("HTTP worker API (wrk)", "pgbench worker API SQL")):
     a = {"in-process workers": i, "HTTP worker API (wrk)": w,
-         "pgbench claim+complete SQL": p, "pgbench worker API SQL": s}
+         "pgbench claim+complete SQL": p, "pgbench worker API SQL": s,
+         "pgbench in-process SQL": c}
     r = [x / y for x, y in zip(a[top], a[base])]
     print(f"{top} / {base} per round: " + " ".join(f"{x:.2f}" for x in r)
           + f"; median {statistics.median(r):.2f} over {len(r)} rounds")
