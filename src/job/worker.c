@@ -171,7 +171,19 @@ static PGconn *connect_db(const char *who)
         return NULL;
     }
     PQsetNoticeProcessor(c, NULL, NULL);
-    PGresult *r = PQexec(c, "SET application_name = 'tenantd worker'");
+    /* Generic plans, as on the pools' connections (db/pool.c): left to
+     * PostgreSQL's default, the claim's statement was planned anew at
+     * every call, which cost the in-process path a fifth of its speed. */
+    PGresult *r = PQexec(c, "SELECT set_config('application_name', 'tenantd worker', false),"
+                            " set_config('plan_cache_mode', 'force_generic_plan', false)");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        log_msg(LOG_WARN, "job %s: cannot set up the connection: %s", who,
+                PQresultErrorMessage(r));
+        PQclear(r);
+        PQfinish(c);
+        return NULL;
+    }
+    log_msg(LOG_DEBUG, "job %s: connected (plan_cache_mode %s)", who, PQgetvalue(r, 0, 1));
     PQclear(r);
     return c;
 }

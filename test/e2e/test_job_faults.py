@@ -294,8 +294,12 @@ class DbRestartTest(unittest.TestCase):
             time.sleep(0.1)
         self.assertEqual((body["status"], body["attempts"], body["result"]),
                          ("succeeded", 1, {"slept_ms": 1500}), worker.log()[-4000:])
-        self.assertIn(f"job {job['id']} attempt 1 end status=succeeded (a set of 1)",
-                      [x.get("msg") for x in worker.log_lines()])
+        msgs = [x.get("msg") for x in worker.log_lines()]
+        self.assertIn(f"job {job['id']} attempt 1 end status=succeeded (a set of 1)", msgs)
+        # Every connection of the worker plans generically, as the pools'
+        # do: with PostgreSQL's default the claim was planned at every call.
+        for who in ("worker", "listener", "completer"):
+            self.assertIn(f"job {who}: connected (plan_cache_mode force_generic_plan)", msgs)
         self.assertEqual(worker.stop(), 0, worker.log())
         self.assertEqual(server.stop(), 0)
 
