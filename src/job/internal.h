@@ -160,6 +160,9 @@ enum job_count {
     JOB_COUNT__COUNT
 };
 void job_metrics_count(const char *type, enum job_via via, enum job_count what);
+/* n schedule ticks this process fired ended as `outcome` ("enqueued",
+ * "skipped: ..."). */
+void job_metrics_schedule_ticks(const char *outcome, int n);
 /* The counters as one log line ("type(worker) claimed=N completed=N
  * failed_retry=N ..." per type; "" when none), malloc'd; NULL when out of
  * memory. `tenantd worker`, which has no /metrics, logs it when it stops. */

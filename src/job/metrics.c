@@ -2,8 +2,9 @@
  * The jobs section of /metrics (job.h). Jobs run in every process (and in
  * external workers), so the figures that matter are the database's: the
  * job listener thread samples them every SAMPLE_MS with one aggregate query
- * per table and keeps the rendered text; a scrape only copies it. The
- * worker API calls of this process are counted here too.
+ * over the live jobs and keeps the rendered text; a scrape only copies it.
+ * What grows for good (finished jobs, schedule ticks) is counted by the
+ * process that did it instead, as are the worker API calls.
  */
 #include <assert.h>
 #include <pthread.h>
@@ -78,6 +79,37 @@ void job_metrics_count(const char *type, enum job_via via, enum job_count what)
     pthread_mutex_unlock(&count_mu);
 }
 
+/* Schedule tick outcomes: the tick function's own words, a handful; any
+ * beyond TICK_OUTCOMES_MAX are counted as "other". */
+#define TICK_OUTCOMES_MAX 16
+#define TICK_OUTCOME_LEN 48
+static struct {
+    char outcome[TICK_OUTCOME_LEN];
+    unsigned long long n;
+} ticks[TICK_OUTCOMES_MAX + 1]; /* the last: "other"; under count_mu */
+static size_t nticks;
+
+void job_metrics_schedule_ticks(const char *outcome, int n)
+{
+    if (n <= 0)
+        return;
+    pthread_mutex_lock(&count_mu);
+    size_t i = 0;
+    while (i < nticks && strcmp(ticks[i].outcome, outcome) != 0)
+        i++;
+    if (i == nticks) {
+        if (nticks < TICK_OUTCOMES_MAX && strlen(outcome) < TICK_OUTCOME_LEN) {
+            snprintf(ticks[i].outcome, TICK_OUTCOME_LEN, "%s", outcome);
+            nticks++;
+        } else {
+            i = TICK_OUTCOMES_MAX;
+            snprintf(ticks[i].outcome, TICK_OUTCOME_LEN, "other");
+        }
+    }
+    ticks[i].n += (unsigned long long)n;
+    pthread_mutex_unlock(&count_mu);
+}
+
 enum job_count job_metrics_fail_outcome(const char *status)
 {
     if (!status || !status[0])
@@ -117,12 +149,9 @@ void job_metrics_sample(PGconn *c)
            " UNION ALL SELECT type, status, attempts, type = 'webhook.deliver' AND payload ?"
            " 'event_id' FROM public.jobs WHERE status = 'running') j"
            " GROUP BY type, status ORDER BY type, status");
-    PGresult *ticks = PQexec(c, "SELECT outcome, count(*) FROM public.schedule_ticks"
-                                " GROUP BY outcome ORDER BY outcome");
-    if (PQresultStatus(jobs) != PGRES_TUPLES_OK || PQresultStatus(ticks) != PGRES_TUPLES_OK) {
+    if (PQresultStatus(jobs) != PGRES_TUPLES_OK) {
         log_msg(LOG_DEBUG, "job metrics: sample failed: %s", PQerrorMessage(c));
         PQclear(jobs);
-        PQclear(ticks);
         return;
     }
     struct strbuf t = {0};
@@ -139,11 +168,6 @@ void job_metrics_sample(PGconn *c)
         sb_printf(&t, "tenantd_job_attempts{type=\"%s\",status=\"%s\"} %s\n",
                   label(PQgetvalue(jobs, i, 0), a, sizeof a),
                   label(PQgetvalue(jobs, i, 1), b, sizeof b), PQgetvalue(jobs, i, 3));
-    sb_printf(&t, "# HELP tenantd_schedule_ticks Schedule ticks fired, by outcome.\n"
-                  "# TYPE tenantd_schedule_ticks gauge\n");
-    for (int i = 0; i < PQntuples(ticks); i++)
-        sb_printf(&t, "tenantd_schedule_ticks{outcome=\"%s\"} %s\n",
-                  label(PQgetvalue(ticks, i, 0), a, sizeof a), PQgetvalue(ticks, i, 1));
     sb_printf(&t, "# HELP tenantd_event_deliveries Event webhook deliveries queued and running, by "
                   "status.\n# TYPE tenantd_event_deliveries gauge\n");
     for (int i = 0; i < PQntuples(jobs); i++)
@@ -151,7 +175,6 @@ void job_metrics_sample(PGconn *c)
             sb_printf(&t, "tenantd_event_deliveries{status=\"%s\"} %s\n",
                       label(PQgetvalue(jobs, i, 1), b, sizeof b), PQgetvalue(jobs, i, 4));
     PQclear(jobs);
-    PQclear(ticks);
     pthread_mutex_lock(&mu);
     free(sampled);
     sampled = t.s;
@@ -202,6 +225,12 @@ static void add_counts(struct strbuf *t)
             }
         }
     }
+    sb_printf(t, "# HELP tenantd_schedule_ticks_total Schedule ticks this process fired, by "
+                 "outcome.\n# TYPE tenantd_schedule_ticks_total counter\n");
+    for (size_t i = 0; i <= TICK_OUTCOMES_MAX; i++)
+        if ((i < nticks || i == TICK_OUTCOMES_MAX) && ticks[i].n)
+            sb_printf(t, "tenantd_schedule_ticks_total{outcome=\"%s\"} %llu\n",
+                      label(ticks[i].outcome, a, sizeof a), ticks[i].n);
     pthread_mutex_unlock(&count_mu);
 }
 

@@ -72,14 +72,20 @@ void job_schedule_tick(PGconn *c)
     json_decref(costs);
     char clock[40];
     const char *v[] = {job_clock_fake(clock, sizeof clock) ? clock : NULL, ctext};
+    /* The ticks this call fired, by outcome, for this process's counters
+     * (tenantd_schedule_ticks_total; control migration 0021). */
     PGresult *r = PQexecParams(c,
-                               "SELECT public.tenantd_schedule_tick("
+                               "SELECT outcome, ticks FROM public.tenantd_schedule_tick_outcomes("
                                "coalesce(to_timestamp($1::float8), now()), $2::jsonb)",
                                2, NULL, v, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_TUPLES_OK)
         log_msg(LOG_WARN, "schedules: tick failed: %s", PQresultErrorMessage(r));
-    else if (atoi(PQgetvalue(r, 0, 0)) > 0)
-        log_msg(LOG_DEBUG, "schedules: %s tick(s) fired", PQgetvalue(r, 0, 0));
+    else
+        for (int i = 0; i < PQntuples(r); i++) {
+            job_metrics_schedule_ticks(PQgetvalue(r, i, 0), atoi(PQgetvalue(r, i, 1)));
+            log_msg(LOG_DEBUG, "schedules: %s tick(s) fired: %s", PQgetvalue(r, i, 1),
+                    PQgetvalue(r, i, 0));
+        }
     PQclear(r);
     free(ctext);
 }

@@ -38,6 +38,17 @@ def ts(s):
     return datetime.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def tick_counters(servers):
+    """tenantd_schedule_ticks_total summed over the processes, by outcome."""
+    out = {}
+    for server in servers:
+        for line in server.get("/metrics").body.decode().splitlines():
+            if line.startswith("tenantd_schedule_ticks_total{outcome="):
+                outcome = line.split('"')[1]
+                out[outcome] = out.get(outcome, 0) + int(line.rsplit(" ", 1)[1])
+    return out
+
+
 class CronNextTest(harness.DbTestCase):
     """tenantd_cron_next, the SQL that plans runs, straight from SQL."""
     server_env = env(0)
@@ -189,6 +200,7 @@ class SchedulesTest(harness.DbTestCase):
         harness.check_paging(self, lambda path: self.call("GET", path), "/v1/schedules", ids)
 
     def test_ticks_exactly_once_across_three_processes(self):
+        before = tick_counters(self.servers)
         status, s = self.call("POST", "/v1/schedules", {
             "type": "report.tick", "payload": {"n": 1}, "cron": "*/10 * * * *",
             "timezone": "Europe/Paris"})
@@ -209,6 +221,16 @@ class SchedulesTest(harness.DbTestCase):
         charged = self.sql("SELECT count(*) FROM public.credit_transactions"
                            f" WHERE org_id = '{self.org_id}' AND type = 'deduction'")
         self.assertEqual((int(jobs[0]), int(charged[0])), (len(ticks), len(ticks)))
+        # Each process counts the ticks it fired (tenantd_schedule_ticks_total):
+        # together, each tick once (this class's other schedules are paused).
+        deadline = time.time() + 5
+        while True:
+            after = tick_counters(self.servers)
+            fired = {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+            if fired == {"enqueued": len(ticks)} or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual(fired, {"enqueued": len(ticks)})
         status, listed = self.call("GET", "/v1/schedules")
         self.assertEqual([x["id"] for x in listed["data"]], [s["id"]])
         self.assertEqual(listed["data"][0]["last_outcome"], "enqueued")

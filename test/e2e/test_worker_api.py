@@ -608,7 +608,7 @@ class WorkerApiTest(harness.DbTestCase):
         self.assertIn(want, text)
         self.assertIn('tenantd_job_attempts{type="metrics.probe",status="queued"} 0', text)
         self.assertRegex(text, r'tenantd_worker_api_calls_total\{op="claim",result="ok"\} [1-9]')
-        self.assertIn("# TYPE tenantd_schedule_ticks gauge", text)
+        self.assertIn("# TYPE tenantd_schedule_ticks_total counter", text)
 
     def test_metrics_sample_reads_only_live_jobs(self):
         # 20,000 finished jobs: the database part of /metrics (every 5 s in
