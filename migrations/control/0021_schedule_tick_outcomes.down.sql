@@ -55,4 +55,4 @@ BEGIN
     RETURN v_n;
 END $$;
 
-DROP FUNCTION public.tenantd_schedule_tick_outcomes(timestamptz, jsonb, integer);
+DROP FUNCTION public.tenantd_schedule_tick_outcomes(timestamptz, jsonb, integer, integer);

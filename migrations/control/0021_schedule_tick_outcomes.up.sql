@@ -8,8 +8,15 @@
 -- due ticks as tenantd_schedule_tick did and says how many ended how; each
 -- process adds them to its own counters (tenantd_schedule_ticks_total).
 -- tenantd_schedule_tick keeps its contract for binaries that call it.
+--
+-- That table also grew for good. With p_keep_days > 0
+-- (TENANTD_SCHEDULE_TICK_KEEP_DAYS) each tick deletes its schedule's
+-- records older than that many days before it, through the primary key:
+-- a row or two per tick once steady. Exactly once does not need them: a
+-- schedule's next run only moves forward, past every record pruned.
 CREATE FUNCTION public.tenantd_schedule_tick_outcomes(p_now timestamptz, p_costs jsonb,
-                                                      p_max integer DEFAULT 100)
+                                                      p_max integer DEFAULT 100,
+                                                      p_keep_days integer DEFAULT 0)
 RETURNS TABLE (outcome text, ticks integer)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -55,6 +62,11 @@ BEGIN
         END IF;
         INSERT INTO public.schedule_ticks (schedule_id, tick_at, outcome, job_id)
         VALUES (s.id, s.next_run_at, v_outcome, v_job);
+        IF p_keep_days > 0 THEN
+            DELETE FROM public.schedule_ticks t
+             WHERE t.schedule_id = s.id
+               AND t.tick_at < s.next_run_at - make_interval(days => p_keep_days);
+        END IF;
         UPDATE public.schedules x
            SET last_tick_at = s.next_run_at, last_outcome = v_outcome,
                next_run_at = public.tenantd_cron_next(s, greatest(s.next_run_at, p_now))

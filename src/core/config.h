@@ -94,6 +94,8 @@
       "webhook.deliver may reach loopback/private/link-local addresses (tests, labs)")             \
     X(schedule_tick_ms, TENANTD_SCHEDULE_TICK_MS, INT, 1000, 0, 60000,                            \
       "how often each serve and worker process fires due schedule ticks (0 = this one does not)")  \
+    X(schedule_tick_keep_days, TENANTD_SCHEDULE_TICK_KEEP_DAYS, INT, 30, 0, 36500,                \
+      "days a schedule keeps the records of its ticks (0 = for good)")                             \
     X(test_clock_speed, TENANTD_TEST_CLOCK_SPEED, INT, 1, 1, 100000,                               \
       "tests only: schedules see time run this many times faster, from TENANTD_TEST_CLOCK_BASE")   \
     X(test_clock_base, TENANTD_TEST_CLOCK_BASE, INT, 0, 0, INT64_C(4000000000),                    \

@@ -71,13 +71,17 @@ void job_schedule_tick(PGconn *c)
     char *ctext = json_dumps(costs, JSON_COMPACT);
     json_decref(costs);
     char clock[40];
-    const char *v[] = {job_clock_fake(clock, sizeof clock) ? clock : NULL, ctext};
+    char keep[16];
+    snprintf(keep, sizeof keep, "%lld", (long long)g_config->schedule_tick_keep_days);
+    const char *v[] = {job_clock_fake(clock, sizeof clock) ? clock : NULL, ctext, keep};
     /* The ticks this call fired, by outcome, for this process's counters
-     * (tenantd_schedule_ticks_total; control migration 0021). */
+     * (tenantd_schedule_ticks_total; control migration 0021); each tick
+     * also prunes its schedule's records past TENANTD_SCHEDULE_TICK_KEEP_DAYS. */
     PGresult *r = PQexecParams(c,
                                "SELECT outcome, ticks FROM public.tenantd_schedule_tick_outcomes("
-                               "coalesce(to_timestamp($1::float8), now()), $2::jsonb)",
-                               2, NULL, v, NULL, NULL, 0);
+                               "coalesce(to_timestamp($1::float8), now()), $2::jsonb,"
+                               " p_keep_days => $3::integer)",
+                               3, NULL, v, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_TUPLES_OK)
         log_msg(LOG_WARN, "schedules: tick failed: %s", PQresultErrorMessage(r));
     else

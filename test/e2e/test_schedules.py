@@ -237,6 +237,33 @@ class SchedulesTest(harness.DbTestCase):
         status, _ = self.call("DELETE", f"/v1/schedules/{s['id']}")
         self.assertEqual(status, 204)
 
+    def test_tick_records_past_the_retention_are_pruned(self):
+        # TENANTD_SCHEDULE_TICK_KEEP_DAYS (30 by default): a tick deletes its
+        # schedule's records older than that before it, and only those.
+        status, s = self.call("POST", "/v1/schedules", {
+            "type": "report.tick", "cron": "*/10 * * * *"})
+        self.assertEqual(status, 201, s)
+        sid = s["id"]
+        status, other = self.call("POST", "/v1/schedules", {
+            "type": "report.tick", "cron": "0 0 1 1 *", "paused": True})
+        self.assertEqual(status, 201, other)
+        self.sql("INSERT INTO public.schedule_ticks (schedule_id, tick_at, outcome) VALUES"
+                 f" ('{sid}', now() - interval '60 days', 'enqueued'),"
+                 f" ('{sid}', now() - interval '10 days', 'enqueued'),"
+                 f" ('{other['id']}', now() - interval '60 days', 'enqueued')")
+        deadline = time.time() + 10
+        while len(self.ticks(sid)) < 4 and time.time() < deadline:
+            time.sleep(0.1)  # two ticks at least
+        self.call("PATCH", f"/v1/schedules/{sid}", {"paused": True})
+        kept = self.sql("SELECT (now() - tick_at > interval '30 days')::text || '|'"
+                        " || (now() - tick_at > interval '5 days')::text"
+                        f" FROM public.schedule_ticks WHERE schedule_id = '{sid}' ORDER BY tick_at")
+        self.assertGreaterEqual(len(kept), 3, kept)
+        self.assertEqual(kept[0], "false|true", kept)  # the 10-day-old record stays
+        self.assertNotIn("true|true", kept)  # the 60-day-old one went
+        # Another schedule's old records are not a tick's to prune.
+        self.assertEqual(len(self.ticks(other["id"])), 1)
+
     def test_tick_short_of_credits_is_skipped_and_recorded(self):
         status, s = self.call("POST", "/v1/schedules", {
             "type": "report.dear", "cron": "*/10 * * * *"})
