@@ -252,6 +252,10 @@ char *job_metrics_counts_line(void)
                 sb_printf(&t, " failed_%s=%llu", fail_names[w], n[w]);
         }
     }
+    for (size_t i = 0; i <= TICK_OUTCOMES_MAX; i++)
+        if ((i < nticks || i == TICK_OUTCOMES_MAX) && ticks[i].n)
+            sb_printf(&t, "%sschedule_ticks(%s)=%llu", t.len ? " " : "", ticks[i].outcome,
+                      ticks[i].n);
     pthread_mutex_unlock(&count_mu);
     return t.s;
 }

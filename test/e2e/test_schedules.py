@@ -8,6 +8,7 @@ Time is sped up instead of waited for: TENANTD_TEST_CLOCK_SPEED=600 makes
 schedules see ten minutes pass every real second (the same fake clock in
 every process, from TENANTD_TEST_CLOCK_BASE)."""
 import datetime
+import re
 import time
 import unittest
 import uuid
@@ -398,6 +399,13 @@ class WorkerTicksTest(harness.DbTestCase):
         charged = self.sql("SELECT count(*) FROM public.credit_transactions"
                            f" WHERE org_id = '{org_id}' AND type = 'deduction'")
         self.assertEqual((int(jobs[0]), int(charged[0])), (len(ticks), len(ticks)))
+        # Each worker process logs at its stop the ticks it fired: together,
+        # each tick once.
+        logged = [re.findall(r"schedule_ticks\(enqueued\)=(\d+)", x.get("msg", ""))
+                  for w in workers for x in w.log_lines()
+                  if x.get("msg", "").startswith("worker: stopped")]
+        self.assertEqual(len(logged), 3, [w.log() for w in workers])
+        self.assertEqual(sum(int(n) for found in logged for n in found), len(ticks), logged)
 
 if __name__ == "__main__":
     unittest.main()
