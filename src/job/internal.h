@@ -165,7 +165,8 @@ void job_metrics_count(const char *type, enum job_via via, enum job_count what);
 void job_metrics_schedule_ticks(const char *outcome, int n);
 /* The counters as one log line ("type(worker) claimed=N completed=N
  * failed_retry=N ..." per type, then "schedule_ticks(outcome)=N" per tick
- * outcome; "" when none), malloc'd; NULL when out of memory. `tenantd worker`, which has no /metrics, logs it when it stops. */
+ * outcome; "" when none), malloc'd; NULL when out of memory. `tenantd
+ * worker`, which has no /metrics, logs it when it stops. */
 char *job_metrics_counts_line(void);
 /* The failure counter for the job status a failed (or lost) attempt left. */
 enum job_count job_metrics_fail_outcome(const char *status);

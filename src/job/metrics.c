@@ -59,22 +59,31 @@ static const char *const fail_names[JOB_COUNT__COUNT] = {
     [JOB_COUNT_FAIL_LOST] = "lease_lost",
 };
 
+/* The slot named `name` in a bounded table of max + 1 entries of `stride`
+ * bytes, each starting with its name (name_len bytes): found, else taken
+ * from the *used ones, else the last, named "other". Under count_mu. */
+static size_t slot(void *table, size_t stride, size_t name_len, size_t *used, size_t max,
+                   const char *name)
+{
+    char *base = table;
+    size_t i = 0;
+    while (i < *used && strcmp(base + i * stride, name) != 0)
+        i++;
+    if (i < *used)
+        return i;
+    if (*used < max && strlen(name) < name_len) {
+        snprintf(base + i * stride, name_len, "%s", name);
+        return (*used)++;
+    }
+    snprintf(base + max * stride, name_len, "other");
+    return max;
+}
+
 void job_metrics_count(const char *type, enum job_via via, enum job_count what)
 {
     assert(via < JOB_VIA__COUNT && what < JOB_COUNT__COUNT);
     pthread_mutex_lock(&count_mu);
-    size_t i = 0;
-    while (i < ncounts && strcmp(counts[i].type, type) != 0)
-        i++;
-    if (i == ncounts) {
-        if (ncounts < TYPES_MAX && strlen(type) < TYPE_LEN) {
-            snprintf(counts[i].type, TYPE_LEN, "%s", type);
-            ncounts++;
-        } else {
-            i = TYPES_MAX;
-            snprintf(counts[i].type, TYPE_LEN, "other");
-        }
-    }
+    size_t i = slot(counts, sizeof counts[0], TYPE_LEN, &ncounts, TYPES_MAX, type);
     counts[i].n[via][what]++;
     pthread_mutex_unlock(&count_mu);
 }
@@ -94,18 +103,7 @@ void job_metrics_schedule_ticks(const char *outcome, int n)
     if (n <= 0)
         return;
     pthread_mutex_lock(&count_mu);
-    size_t i = 0;
-    while (i < nticks && strcmp(ticks[i].outcome, outcome) != 0)
-        i++;
-    if (i == nticks) {
-        if (nticks < TICK_OUTCOMES_MAX && strlen(outcome) < TICK_OUTCOME_LEN) {
-            snprintf(ticks[i].outcome, TICK_OUTCOME_LEN, "%s", outcome);
-            nticks++;
-        } else {
-            i = TICK_OUTCOMES_MAX;
-            snprintf(ticks[i].outcome, TICK_OUTCOME_LEN, "other");
-        }
-    }
+    size_t i = slot(ticks, sizeof ticks[0], TICK_OUTCOME_LEN, &nticks, TICK_OUTCOMES_MAX, outcome);
     ticks[i].n += (unsigned long long)n;
     pthread_mutex_unlock(&count_mu);
 }
@@ -227,8 +225,8 @@ static void add_counts(struct strbuf *t)
     }
     sb_printf(t, "# HELP tenantd_schedule_ticks_total Schedule ticks this process fired, by "
                  "outcome.\n# TYPE tenantd_schedule_ticks_total counter\n");
-    for (size_t i = 0; i <= TICK_OUTCOMES_MAX; i++)
-        if ((i < nticks || i == TICK_OUTCOMES_MAX) && ticks[i].n)
+    for (size_t i = 0; i <= TICK_OUTCOMES_MAX; i++) /* slots never taken hold 0 */
+        if (ticks[i].n)
             sb_printf(t, "tenantd_schedule_ticks_total{outcome=\"%s\"} %llu\n",
                       label(ticks[i].outcome, a, sizeof a), ticks[i].n);
     pthread_mutex_unlock(&count_mu);
@@ -253,7 +251,7 @@ char *job_metrics_counts_line(void)
         }
     }
     for (size_t i = 0; i <= TICK_OUTCOMES_MAX; i++)
-        if ((i < nticks || i == TICK_OUTCOMES_MAX) && ticks[i].n)
+        if (ticks[i].n)
             sb_printf(&t, "%sschedule_ticks(%s)=%llu", t.len ? " " : "", ticks[i].outcome,
                       ticks[i].n);
     pthread_mutex_unlock(&count_mu);

@@ -54,6 +54,7 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "core/strbuf.h"
 #include "core/thread.h"
 #include "db/listen.h"
 #include "db/migrate.h"
@@ -177,8 +178,7 @@ static PGconn *connect_db(const char *who)
     PGresult *r = PQexec(c, "SELECT set_config('application_name', 'tenantd worker', false),"
                             " set_config('plan_cache_mode', 'force_generic_plan', false)");
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        log_msg(LOG_WARN, "job %s: cannot set up the connection: %s", who,
-                PQresultErrorMessage(r));
+        log_msg(LOG_WARN, "job %s: cannot set up the connection: %s", who, PQresultErrorMessage(r));
         PQclear(r);
         PQfinish(c);
         return NULL;
@@ -298,56 +298,31 @@ static void completer_push(const struct claimed *c, char *result)
     pthread_mutex_unlock(&C.mu);
 }
 
-/* Appends text to a growing buffer; aborts when out of memory, as the
- * workers' other allocations do. */
-static void buf_add(char **b, size_t *len, size_t *cap, const char *text)
-{
-    size_t t = strlen(text);
-    if (*len + t + 1 > *cap) {
-        size_t nc = *cap ? *cap : 256;
-        while (*len + t + 1 > nc)
-            nc *= 2;
-        char *nb = realloc(*b, nc);
-        if (!nb)
-            abort();
-        *b = nb;
-        *cap = nc;
-    }
-    memcpy(*b + *len, text, t + 1);
-    *len += t;
-}
-
 /* Ends set[0..n) in one statement. false: the statement did not run (the
  * connection failed); the set is kept for another try. */
 static bool complete_set(PGconn *conn, struct succeeded *set, size_t n)
 {
-    char *ids = NULL, *attempts = NULL, *results = NULL;
-    size_t il = 0, ic = 0, al = 0, ac = 0, rl = 0, rc = 0;
-    buf_add(&ids, &il, &ic, "{");
-    buf_add(&attempts, &al, &ac, "{");
-    buf_add(&results, &rl, &rc, "[");
+    struct strbuf ids = {0}, attempts = {0}, results = {0};
+    sb_puts(&ids, "{");
+    sb_puts(&attempts, "{");
+    sb_puts(&results, "[");
     for (size_t i = 0; i < n; i++) {
-        char num[16];
-        snprintf(num, sizeof num, "%d", set[i].attempt);
         const char *sep = i ? "," : "";
-        buf_add(&ids, &il, &ic, sep);
-        buf_add(&ids, &il, &ic, set[i].id);
-        buf_add(&attempts, &al, &ac, sep);
-        buf_add(&attempts, &al, &ac, num);
-        buf_add(&results, &rl, &rc, sep);
-        buf_add(&results, &rl, &rc, set[i].result ? set[i].result : "null");
+        sb_printf(&ids, "%s%s", sep, set[i].id);
+        sb_printf(&attempts, "%s%d", sep, set[i].attempt);
+        sb_printf(&results, "%s%s", sep, set[i].result ? set[i].result : "null");
     }
-    buf_add(&ids, &il, &ic, "}");
-    buf_add(&attempts, &al, &ac, "}");
-    buf_add(&results, &rl, &rc, "]");
-    const char *v[] = {W.ident, ids, attempts, results};
+    sb_puts(&ids, "}");
+    sb_puts(&attempts, "}");
+    sb_puts(&results, "]");
+    const char *v[] = {W.ident, ids.s, attempts.s, results.s};
     PGresult *r = PQexecParams(conn,
                                "SELECT public.tenantd_job_finish_succeeded($1, $2::uuid[],"
                                " $3::integer[], $4::jsonb)",
                                4, NULL, v, NULL, NULL, 0);
-    free(ids);
-    free(attempts);
-    free(results);
+    free(ids.s);
+    free(attempts.s);
+    free(results.s);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         bool lost = PQstatus(conn) != CONNECTION_OK;
         log_msg(LOG_WARN, "job completer: ending %zu job(s) failed: %s", n,
@@ -392,9 +367,11 @@ static void *completer_main(void *arg)
             pthread_cond_wait(&C.cond, &C.mu);
         if (C.n == 0)
             break; /* stopped and nothing left */
-        /* Take everything waiting: the workers fill C.q again meanwhile. */
+        /* Take everything waiting; the workers fill the other array meanwhile. */
         size_t n = C.n;
-        memcpy(set, C.q, n * sizeof *set);
+        struct succeeded *taken = C.q;
+        C.q = set;
+        set = taken;
         C.n = 0;
         pthread_cond_broadcast(&C.cond); /* room for the workers */
         pthread_mutex_unlock(&C.mu);
@@ -413,8 +390,10 @@ static void *completer_main(void *arg)
                 until = W.drain_deadline;
             pthread_mutex_unlock(&W.mu);
             if (give_up) {
-                log_msg(LOG_WARN, "job completer: %zu succeeded job(s) not recorded; they run "
-                        "again once their lease lapses", n);
+                log_msg(LOG_WARN,
+                        "job completer: %zu succeeded job(s) not recorded; they run "
+                        "again once their lease lapses",
+                        n);
                 break;
             }
             /* The backoff whole (up to the drain deadline): the workers'
