@@ -125,6 +125,15 @@ class TenantFairnessTest(harness.DbTestCase):
         slow = time.monotonic() - t0
         self.assertEqual(r.status, 200, r.body)
         self.quiet_latencies(80)  # warm: statements prepared
+
+        # A quiet GET stalled behind the flood waits for at least the rest of
+        # one slow list, and 3 of 300 doing so put the p99 there. Within 3x
+        # of the unloaded p99, or a fifth of one list: on two cores the two
+        # lists the org's cap lets run take both, and a quiet GET's backend
+        # then waits for the scheduler too (6-9 ms p99 against 1-2 ms seen
+        # under ASan in CI, with one list at 164 ms), which is no stall.
+        def bound(base):
+            return max(3 * base, slow / 5)
         # Timing on a shared machine: up to three tries, each measured against
         # a baseline taken just before it.
         tries, bases = [], []
@@ -151,9 +160,9 @@ class TenantFairnessTest(harness.DbTestCase):
                          f"{base * 1000:.1f} ms without")
             if os.environ.get("TENANTD_TEST_VERBOSE"):
                 print(f"\nquiet p99 {tries[-1]}; one slow list {slow * 1000:.0f} ms")
-            if loaded <= 3 * base:
+            if loaded <= bound(base):
                 break
-        self.assertLessEqual(loaded, 3 * base,
+        self.assertLessEqual(loaded, bound(base),
                              f"quiet orgs' GET p99: {'; '.join(tries)} "
                              f"(one slow list: {slow * 1000:.0f} ms)")
         # Against the quiet GETs' own p99 measured here, not a fixed 20 ms: one
