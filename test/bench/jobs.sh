@@ -3,7 +3,9 @@
 # `tenantd serve`, with 2 `tenantd worker` processes (one worker each), with
 # 4 external workers over the HTTP worker API (test/bench/http_worker.py:
 # claim batches of 10, complete each; the same jobs as an external type;
-# then the same 4 workers driven by wrk, test/bench/http_worker.lua),
+# then 4 workers driven by wrk, test/bench/http_worker.lua, first each
+# waiting for every answer, then each with BENCH_WORKER_CONNS requests under
+# way: the figure set against the in-process workers),
 # and pgbench with 4 clients (BENCH_PGBENCH=0 skips it) three times:
 # running the external claim's UPDATE ... SKIP LOCKED reduced to its core
 # (no fairness between orgs; batches of 10, completed by one UPDATE),
@@ -29,7 +31,8 @@
 # exactly one deduction per job and no refund.
 #
 # It is a measurement, not a test. Environment: BENCH_JOBS (20000),
-# BENCH_ORGS (100), BENCH_BATCH (the in-process workers' TENANTD_JOB_BATCH;
+# BENCH_ORGS (100), BENCH_WORKER_CONNS (10: the requests each wrk-driven
+# worker may have under way, one per job of its batch), BENCH_BATCH (the in-process workers' TENANTD_JOB_BATCH;
 # default 10, the claim size of the HTTP workers and of the pgbench script,
 # so that all claim alike; tenantd's own default is 8), TENANTD_BIN
 # (default: the release preset's binary, built here if stale).
@@ -185,19 +188,29 @@ cpu_report "  (HTTP, 4 Python workers)"
 
 # The same with wrk driving the 4 workers (http_worker.lua): the Python
 # clients' own CPU competes with PostgreSQL and tenantd on a small machine.
+# $1: requests each worker may have under way (its connections). With 1 a
+# worker waits for each completion's answer before it sends the next, so
+# the server never sees more than 4 completions at once and completion sets
+# (src/job/workerapi.c) stay at 1-2 per loop; with $conns (the jobs of a
+# batch run at once, each reported as it ends) sets grow as the in-process
+# completer's do. The second is the figure set against the in-process
+# workers, the first is reported beside it.
+conns=${BENCH_WORKER_CONNS:-10}
 phase_wrk() {
+    local k=$1 label="HTTP worker API, 4 wrk workers x$1"
     prepare bench.ext
     cpu_mark
     port=$(free_port)
     TENANTD_JOB_WORKERS=0 TENANTD_LISTEN=127.0.0.1:$port "$BIN" serve 2>>/tmp/bench-jobs-$$.log &
     pids+=($!)
     for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
-    TENANTD_WORKER_TOKEN=$TENANTD_WORKER_TOKEN BENCH_JOB_TYPE=bench.ext wrk -t4 -c4 -d600s -s test/bench/http_worker.lua \
+    TENANTD_WORKER_TOKEN=$TENANTD_WORKER_TOKEN BENCH_JOB_TYPE=bench.ext \
+        wrk -t4 -c$((4 * k)) -d600s -s test/bench/http_worker.lua \
         "http://127.0.0.1:$port" >/dev/null &
     pids+=($!)
-    measure "HTTP worker API, 4 wrk workers"
+    measure "$label"
     stop_all
-    cpu_report "  (HTTP, 4 wrk workers)"
+    cpu_report "  (HTTP, 4 wrk workers x$k)"
 }
 
 phase_pgbench() {
@@ -315,7 +328,8 @@ have_pgbench=
 if [ "${BENCH_PGBENCH:-1}" != 0 ] && command -v /usr/lib/postgresql/15/bin/pgbench >/dev/null; then
     have_pgbench=1
 fi
-[ -n "$have_wrk" ] && phase_wrk && wrk_rates=("$rate")
+[ -n "$have_wrk" ] && [ "$conns" != 1 ] && phase_wrk 1
+[ -n "$have_wrk" ] && phase_wrk "$conns" && wrk_rates=("$rate")
 [ -n "$have_pgbench" ] && phase_pgbench && pg_rates=("$rate")
 [ -n "$have_pgbench" ] && phase_pgbench_sql && sql_rates=("$rate")
 [ -n "$have_pgbench" ] && phase_pgbench_claim && claim_rates=("$rate")
@@ -329,9 +343,9 @@ if [ -n "$have_wrk" ] && [ -n "$have_pgbench" ] && [ "${BENCH_ROUNDS:-1}" -gt 1 
         if [ $((r % 2)) = 0 ]; then
             phase_pgbench_claim; claim_rates+=("$rate")
             phase_pgbench_sql; sql_rates+=("$rate"); phase_pgbench; pg_rates+=("$rate")
-            phase_wrk; wrk_rates+=("$rate"); phase_inproc; in_rates+=("$rate")
+            phase_wrk "$conns"; wrk_rates+=("$rate"); phase_inproc; in_rates+=("$rate")
         else
-            phase_inproc; in_rates+=("$rate"); phase_wrk; wrk_rates+=("$rate")
+            phase_inproc; in_rates+=("$rate"); phase_wrk "$conns"; wrk_rates+=("$rate")
             phase_pgbench; pg_rates+=("$rate"); phase_pgbench_sql; sql_rates+=("$rate")
             phase_pgbench_claim; claim_rates+=("$rate")
         fi
