@@ -6,7 +6,12 @@ job, sends heartbeats with progress while it works (stopping early when the
 job's cancel was requested) and reports the outcome with complete or fail.
 
     TENANTD_URL=http://127.0.0.1:8080 TENANTD_WORKER_CREDENTIAL=<worker token or API key> \
-        python3 examples/worker.py [--max-jobs N] [--idle-exit S]
+        python3 examples/worker.py [--concurrency N] [--max-jobs N] [--idle-exit S]
+
+With --concurrency N it runs up to N jobs at once, each in its own thread,
+and reports each as it ends: reports arriving together share one statement
+at the database, so a busy worker gets more done than N workers that each
+wait for every answer.
 
 The credential is the operator's TENANTD_WORKER_TOKEN (jobs of every org) or
 an API key created with role "worker" (its org's jobs only).
@@ -23,6 +28,7 @@ where progress(percent) heartbeats and returns True when the job was
 cancelled (then stop and raise Cancelled).
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import sys
@@ -106,28 +112,51 @@ def main():
     ap.add_argument("--max-jobs", type=int, default=0, help="exit after this many jobs (0: never)")
     ap.add_argument("--idle-exit", type=float, default=0,
                     help="exit after this many seconds without a job (0: never)")
-    ap.add_argument("--batch", type=int, default=1, help="jobs claimed at once (1..100)")
+    ap.add_argument("--concurrency", type=int, default=1, help="jobs run at once (1..100)")
+    ap.add_argument("--batch", type=int, default=0,
+                    help="jobs claimed at once, at most --concurrency (default: --concurrency)")
     args = ap.parse_args()
+    if not 1 <= args.concurrency <= 100 or not 0 <= args.batch <= 100:
+        ap.error("--concurrency and --batch are 1..100")
+    batch = args.batch or args.concurrency
     client = Client(os.environ.get("TENANTD_URL", "http://127.0.0.1:8080"),
                     os.environ["TENANTD_WORKER_CREDENTIAL"])
     done, idle_since = 0, time.time()
-    while True:
-        status, body = client.post("/v1/worker/claim", {
-            "types": sorted(HANDLERS), "max": args.batch, "wait_s": 5})
-        if status != 200:
-            print(f"claim: {status} {body}", file=sys.stderr)
-            time.sleep(1)
-            continue
-        for job in body["data"]:
-            status, answer = run_job(client, job)
-            print(json.dumps({"job": job["id"], "status": status,
-                              "outcome": (answer or {}).get("status")}), flush=True)
-            done += 1
-            idle_since = time.time()
-        if args.max_jobs and done >= args.max_jobs:
-            return 0
-        if args.idle_exit and time.time() - idle_since > args.idle_exit:
-            return 0
+    running = {}  # future -> job
+    with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
+        while True:
+            # Jobs that ended (their threads reported them): log them.
+            finished = [f for f in running if f.done()]
+            if not finished and len(running) == args.concurrency:
+                finished = concurrent.futures.wait(
+                    running, return_when=concurrent.futures.FIRST_COMPLETED).done
+            for f in finished:
+                job = running.pop(f)
+                status, answer = f.result()
+                print(json.dumps({"job": job["id"], "status": status,
+                                  "outcome": (answer or {}).get("status")}), flush=True)
+                done += 1
+                idle_since = time.time()
+            if args.max_jobs and done >= args.max_jobs:
+                return 0
+            if args.idle_exit and not running and time.time() - idle_since > args.idle_exit:
+                return 0
+            want = min(batch, args.concurrency - len(running))
+            if args.max_jobs:
+                want = min(want, args.max_jobs - done - len(running))
+            if want <= 0:
+                concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                continue
+            # With jobs running, a short long-poll: their ends are logged
+            # and their slots refilled within a second.
+            status, body = client.post("/v1/worker/claim", {
+                "types": sorted(HANDLERS), "max": want, "wait_s": 1 if running else 5})
+            if status != 200:
+                print(f"claim: {status} {body}", file=sys.stderr)
+                time.sleep(1)
+                continue
+            for job in body["data"]:
+                running[pool.submit(run_job, client, job)] = job
 
 
 if __name__ == "__main__":

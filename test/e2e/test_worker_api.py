@@ -648,6 +648,30 @@ class WorkerApiTest(harness.DbTestCase):
         self.assertEqual(done["result"]["words"], 8)
         self.assertEqual(done["result"]["top"][0], {"word": "the", "count": 3})
 
+    def test_python_example_worker_runs_jobs_at_once(self):
+        # --concurrency: a claimed batch's jobs run in threads and each is
+        # reported as it ends. Four jobs of 1.5 s each all ran at one time:
+        # the last to start started before the first to end ended (one after
+        # another, each would start after the previous ended).
+        jobs = [self.enqueue(f"w{i} x", delay_s=1.5) for i in range(4)]
+        env = dict(os.environ, TENANTD_URL=f"http://127.0.0.1:{self.server.port}",
+                   TENANTD_WORKER_CREDENTIAL=self.key)
+        p = subprocess.run([sys.executable, os.path.join(harness.SOURCE_DIR, "examples",
+                                                         "worker.py"),
+                            "--concurrency", "4", "--max-jobs", "4"],
+                           env=env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        lines = [json.loads(x) for x in p.stdout.splitlines()]
+        self.assertEqual(sorted(x["job"] for x in lines), sorted(j["id"] for j in jobs))
+        self.assertTrue(all(x["status"] == 200 and x["outcome"] == "succeeded" for x in lines),
+                        lines)
+        done = [self.job(j["id"]) for j in jobs]
+        for d in done:
+            self.assertEqual(d["status"], "succeeded", d)
+            self.assertEqual((d["result"]["words"], d["attempts"]), (2, 1), d)
+        self.assertLess(max(d["started_at"] for d in done), min(d["finished_at"] for d in done),
+                        [(d["started_at"], d["finished_at"]) for d in done])
+
     def test_javascript_example_worker_runs_a_job(self):
         node = shutil.which("node")
         if not node:
