@@ -298,9 +298,23 @@ static void completer_push(const struct claimed *c, char *result)
     pthread_mutex_unlock(&C.mu);
 }
 
-/* Ends set[0..n) in one statement. false: the statement did not run (the
- * connection failed); the set is kept for another try. */
-static bool complete_set(PGconn *conn, struct succeeded *set, size_t n)
+/* Whether row k of r (ids) names id. */
+static bool has_id(const PGresult *r, const char *id)
+{
+    for (int k = 0, rows = r ? PQntuples(r) : 0; k < rows; k++)
+        if (!strcmp(PQgetvalue(r, k, 0), id))
+            return true;
+    return false;
+}
+
+/* Ends set[0..n) in one statement. false: the statement did not run, or its
+ * answer was lost (the connection failed); the set is kept for another try.
+ * `again`: an earlier try of this set lost its connection while the set was
+ * at the database, so it may have committed: a job that this try finds no
+ * longer running under this worker, but succeeded at the very attempt this
+ * worker held (any later holder would have counted another attempt), was
+ * ended by that try, and is counted completed, not lost. */
+static bool complete_set(PGconn *conn, struct succeeded *set, size_t n, bool again)
 {
     struct strbuf ids = {0}, attempts = {0}, results = {0};
     sb_puts(&ids, "{");
@@ -320,6 +334,29 @@ static bool complete_set(PGconn *conn, struct succeeded *set, size_t n)
                                "SELECT public.tenantd_job_finish_succeeded($1, $2::uuid[],"
                                " $3::integer[], $4::jsonb)",
                                4, NULL, v, NULL, NULL, 0);
+    PGresult *before = NULL; /* ids that an earlier try ended */
+    if (again && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) < (int)n) {
+        before = PQexecParams(conn,
+                              "SELECT x.id FROM public.jobs x"
+                              " JOIN unnest($1::uuid[], $2::integer[]) AS r (id, attempt)"
+                              " ON x.id = r.id"
+                              " WHERE x.status = 'succeeded' AND x.attempts = r.attempt",
+                              2, NULL, v + 1, NULL, NULL, 0);
+        if (PQresultStatus(before) != PGRES_TUPLES_OK) {
+            bool lost = PQstatus(conn) != CONNECTION_OK;
+            log_msg(LOG_WARN, "job completer: reading what an earlier try ended failed: %s",
+                    PQresultErrorMessage(before));
+            PQclear(before);
+            before = NULL;
+            if (lost) { /* the set went in; its next try finds it ended */
+                PQclear(r);
+                free(ids.s);
+                free(attempts.s);
+                free(results.s);
+                return false;
+            }
+        }
+    }
     free(ids.s);
     free(attempts.s);
     free(results.s);
@@ -338,16 +375,15 @@ static bool complete_set(PGconn *conn, struct succeeded *set, size_t n)
             job_metrics_count(set[i].type, JOB_VIA_IN_PROCESS, JOB_COUNT_FAIL_LOST);
         return true;
     }
-    int rows = PQntuples(r);
     for (size_t i = 0; i < n; i++) {
-        bool ended = false;
-        for (int k = 0; k < rows && !ended; k++)
-            ended = !strcmp(PQgetvalue(r, k, 0), set[i].id);
+        bool ended = has_id(r, set[i].id), earlier = !ended && has_id(before, set[i].id);
         job_metrics_count(set[i].type, JOB_VIA_IN_PROCESS,
-                          ended ? JOB_COUNT_COMPLETED : JOB_COUNT_FAIL_LOST);
-        log_msg(LOG_DEBUG, "job %s attempt %d end status=%s (a set of %zu)", set[i].id,
-                set[i].attempt, ended ? "succeeded" : "lost-lease", n);
+                          ended || earlier ? JOB_COUNT_COMPLETED : JOB_COUNT_FAIL_LOST);
+        log_msg(LOG_DEBUG, "job %s attempt %d end status=%s (a set of %zu%s)", set[i].id,
+                set[i].attempt, ended || earlier ? "succeeded" : "lost-lease", n,
+                earlier ? ", ended by a try whose answer was lost" : "");
     }
+    PQclear(before);
     PQclear(r);
     return true;
 }
@@ -375,13 +411,17 @@ static void *completer_main(void *arg)
         C.n = 0;
         pthread_cond_broadcast(&C.cond); /* room for the workers */
         pthread_mutex_unlock(&C.mu);
+        bool again = false;
         for (;;) {
             if (!conn || PQstatus(conn) != CONNECTION_OK) {
                 PQfinish(conn);
                 conn = connect_db("completer");
             }
-            if (conn && complete_set(conn, set, n))
-                break;
+            if (conn) {
+                if (complete_set(conn, set, n, again))
+                    break;
+                again = true; /* it was sent: it may have gone in */
+            }
             /* No database: try again, until the drain deadline once stopping. */
             uint64_t until = job_now_ns() + backoff * 1000000u;
             pthread_mutex_lock(&W.mu);

@@ -3,10 +3,12 @@ middle of a job (its lease lapses, another worker runs the job again; it is
 charged once and refunded at most once), and graceful shutdown (SIGTERM:
 a running job finishes within the drain time, or is released unharmed)."""
 import os
+import re
 import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 import unittest
 
@@ -23,6 +25,69 @@ def start_worker(db_url, **env):
     e = dict(LEASE, TENANTD_JOB_WORKERS="1", TENANTD_LOG_LEVEL="debug")
     e.update(env)
     return harness.Server(db_url, env=e, args=("worker",)).start(wait=False)
+
+
+class CuttingProxy:
+    """A TCP relay to PostgreSQL that, once, passes on the first client bytes
+    holding `marker`, then drops the server's answer and closes both sides a
+    moment later: the statement runs and commits, and its client sees only
+    its connection fail."""
+
+    def __init__(self, pg_port, marker):
+        self.pg_port, self.marker = pg_port, marker
+        self.cut = threading.Event()
+        self.victim = None  # the server side whose answer is dropped
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.socks = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.pg_port))
+            self.socks += [client, server]
+            threading.Thread(target=self.up, args=(client, server), daemon=True).start()
+            threading.Thread(target=self.down, args=(server, client), daemon=True).start()
+
+    @staticmethod
+    def close(*socks):
+        for x in socks:
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            x.close()
+
+    def up(self, client, server):
+        try:
+            while data := client.recv(65536):
+                if not self.cut.is_set() and self.marker in data:
+                    self.victim = server  # before the answer can come
+                    self.cut.set()
+                    server.sendall(data)
+                    time.sleep(1)  # the statement runs and commits
+                    break
+                server.sendall(data)
+        except OSError:
+            pass
+        self.close(client, server)
+
+    def down(self, server, client):
+        try:
+            while data := server.recv(65536):
+                if server is not self.victim:
+                    client.sendall(data)
+        except OSError:
+            pass
+        self.close(client, server)
+
+    def stop(self):
+        self.listener.close()
+        self.close(*self.socks)
 
 
 class WorkerCrashTest(LedgerAudit, harness.DbTestCase):
@@ -109,6 +174,39 @@ class WorkerCrashTest(LedgerAudit, harness.DbTestCase):
         self.assertEqual(done["attempts"], 2)
         self.assertIn("lost-lease", slow.log())  # its finish found the attempt gone
         self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -1)])
+
+
+    def test_a_set_whose_answer_was_lost_counts_its_jobs_completed(self):
+        # The completer's statement commits but its connection fails before
+        # the answer arrives; it tries the set again on a new connection,
+        # which finds the job already ended. That try ended it (succeeded at
+        # the attempt this worker held): it is counted completed, not a lost
+        # lease, and the job ran once.
+        port = int(re.search(r":(\d+)/", self.db_url).group(1))
+        proxy = CuttingProxy(port, b"tenantd_job_finish_succeeded")
+        self.addCleanup(proxy.stop)
+        url = re.sub(r":\d+/", f":{proxy.port}/", self.db_url, count=1)
+        url += ("&" if "?" in url else "?") + "sslmode=disable"  # the relay reads the bytes
+        worker = start_worker(url, TENANTD_JOB_LEASE_MS="60000")
+        self.addCleanup(lambda: worker.proc.poll() is None and worker.proc.kill())
+        job = enqueue(self.server, self.token, "sleep", {"ms": 1})
+        deadline = time.time() + 30
+        want = f"job {job['id']} attempt 1 end status="
+        while not any(x.get("msg", "").startswith(want) for x in worker.log_lines()):
+            self.assertLess(time.time(), deadline, worker.log()[-4000:])
+            time.sleep(0.05)
+        self.assertTrue(proxy.cut.is_set(), "the completer's statement never went through")
+        msgs = [x.get("msg", "") for x in worker.log_lines()]
+        self.assertIn(want + "succeeded (a set of 1, ended by a try whose answer was lost)",
+                      msgs, worker.log()[-4000:])
+        self.assertEqual(self.job_row(job["id"])[:2], ["succeeded", "1"])
+        self.assertEqual(worker.stop(), 0, worker.log())
+        stopped = [m for m in (x.get("msg", "") for x in worker.log_lines())
+                   if m.startswith("worker: stopped")]
+        self.assertEqual(len(stopped), 1, worker.log()[-4000:])
+        self.assertIn("sleep(in_process) claimed=1 completed=1 ", stopped[0])
+        self.assertIn("failed_lease_lost=0", stopped[0])
+        self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -1)])  # charged once
 
 
 class GracefulShutdownTest(LedgerAudit, harness.DbTestCase):
