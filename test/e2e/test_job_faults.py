@@ -29,12 +29,12 @@ def start_worker(db_url, **env):
 
 class CuttingProxy:
     """A TCP relay to PostgreSQL that, once, passes on the first client bytes
-    holding `marker`, then drops the server's answer and closes both sides a
-    moment later: the statement runs and commits, and its client sees only
-    its connection fail."""
+    holding `marker`, then drops the server's answer and, once `committed()`
+    says the statement's work is in (or after 20 s), closes both sides: the
+    statement commits, and its client sees only its connection fail."""
 
-    def __init__(self, pg_port, marker):
-        self.pg_port, self.marker = pg_port, marker
+    def __init__(self, pg_port, marker, committed):
+        self.pg_port, self.marker, self.committed = pg_port, marker, committed
         self.cut = threading.Event()
         self.victim = None  # the server side whose answer is dropped
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -69,7 +69,9 @@ class CuttingProxy:
                     self.victim = server  # before the answer can come
                     self.cut.set()
                     server.sendall(data)
-                    time.sleep(1)  # the statement runs and commits
+                    deadline = time.time() + 20
+                    while not self.committed() and time.time() < deadline:
+                        time.sleep(0.05)
                     break
                 server.sendall(data)
         except OSError:
@@ -183,7 +185,10 @@ class WorkerCrashTest(LedgerAudit, harness.DbTestCase):
         # the attempt this worker held): it is counted completed, not a lost
         # lease, and the job ran once.
         port = int(re.search(r":(\d+)/", self.db_url).group(1))
-        proxy = CuttingProxy(port, b"tenantd_job_finish_succeeded")
+        succeeded = (f"SELECT count(*) FROM public.jobs WHERE org_id = '{self.org_id}'"
+                     " AND status = 'succeeded'")
+        proxy = CuttingProxy(port, b"tenantd_job_finish_succeeded",
+                             lambda: self.pg.psql(succeeded, db=self.dbname)[0] == "1")
         self.addCleanup(proxy.stop)
         url = re.sub(r":\d+/", f":{proxy.port}/", self.db_url, count=1)
         url += ("&" if "?" in url else "?") + "sslmode=disable"  # the relay reads the bytes
