@@ -40,20 +40,24 @@ pick_dir() {
     fi
 }
 
+set_port() {
+    PORT=$1
+    URL="postgresql://tenantd@127.0.0.1:$PORT/tenantd"
+}
+
 # The port: the one asked for; else the one the running server listens on
 # (postmaster.pid's 4th line); else the one the last start chose (kept in
 # $DIR.port); else the default.
 resolve_port() {
     if [ -n "${TENANTD_PG_PORT:-}" ]; then
-        PORT=$TENANTD_PG_PORT
+        set_port "$TENANTD_PG_PORT"
     elif [ -f "$DIR/postmaster.pid" ] && running; then
-        PORT=$(sed -n 4p "$DIR/postmaster.pid")
+        set_port "$(sed -n 4p "$DIR/postmaster.pid")"
     elif [ -f "$DIR.port" ]; then
-        PORT=$(cat "$DIR.port")
+        set_port "$(cat "$DIR.port")"
     else
-        PORT=$DEFAULT_PORT
+        set_port "$DEFAULT_PORT"
     fi
-    URL="postgresql://tenantd@127.0.0.1:$PORT/tenantd"
 }
 
 # Something accepts connections on the port (another cluster, any server).
@@ -119,8 +123,7 @@ CONF
         tail -n 20 "$LOG" >&2 || true
         exit 1
     done
-    PORT=$p
-    URL="postgresql://tenantd@127.0.0.1:$PORT/tenantd"
+    set_port "$p"
     if [ -z "${TENANTD_PG_PORT:-}" ]; then echo "$PORT" >"$DIR.port"; fi
     # Role and database of the app; superuser so tests may create databases.
     as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 <<'SQL' >/dev/null

@@ -335,6 +335,7 @@ static bool complete_set(PGconn *conn, struct succeeded *set, size_t n, bool aga
                                " $3::integer[], $4::jsonb)",
                                4, NULL, v, NULL, NULL, 0);
     PGresult *before = NULL; /* ids that an earlier try ended */
+    bool before_lost = false;
     if (again && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) < (int)n) {
         before = PQexecParams(conn,
                               "SELECT x.id FROM public.jobs x"
@@ -343,23 +344,20 @@ static bool complete_set(PGconn *conn, struct succeeded *set, size_t n, bool aga
                               " WHERE x.status = 'succeeded' AND x.attempts = r.attempt",
                               2, NULL, v + 1, NULL, NULL, 0);
         if (PQresultStatus(before) != PGRES_TUPLES_OK) {
-            bool lost = PQstatus(conn) != CONNECTION_OK;
+            before_lost = PQstatus(conn) != CONNECTION_OK;
             log_msg(LOG_WARN, "job completer: reading what an earlier try ended failed: %s",
                     PQresultErrorMessage(before));
             PQclear(before);
             before = NULL;
-            if (lost) { /* the set went in; its next try finds it ended */
-                PQclear(r);
-                free(ids.s);
-                free(attempts.s);
-                free(results.s);
-                return false;
-            }
         }
     }
     free(ids.s);
     free(attempts.s);
     free(results.s);
+    if (before_lost) { /* the set went in; its next try finds it ended */
+        PQclear(r);
+        return false;
+    }
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         bool lost = PQstatus(conn) != CONNECTION_OK;
         log_msg(LOG_WARN, "job completer: ending %zu job(s) failed: %s", n,
