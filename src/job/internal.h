@@ -145,6 +145,8 @@ void job_metrics_sample(PGconn *c);
 void job_metrics_api(enum job_api_op op, bool ok);
 /* One statement carried a set of worker completions (workerapi.c). */
 void job_metrics_completion_set(void);
+/* One statement carried a set of worker claims (workerapi.c). */
+void job_metrics_claim_set(void);
 
 /* Per-process, per-type counts of jobs this process's workers handled: in
  * process (worker.c) or through the worker API (workerapi.c). */

@@ -25,6 +25,7 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static char *sampled; /* the database part, malloc'd */
 static atomic_ullong api_calls[JOB_API__COUNT][2];
 static atomic_ullong completion_sets; /* statements that carried completions together */
+static atomic_ullong claim_sets;      /* statements that carried claims together */
 
 static const char *const api_names[JOB_API__COUNT] = {"claim", "heartbeat", "complete", "fail"};
 
@@ -36,6 +37,11 @@ void job_metrics_api(enum job_api_op op, bool ok)
 void job_metrics_completion_set(void)
 {
     atomic_fetch_add_explicit(&completion_sets, 1, memory_order_relaxed);
+}
+
+void job_metrics_claim_set(void)
+{
+    atomic_fetch_add_explicit(&claim_sets, 1, memory_order_relaxed);
 }
 
 /* Per-type counters. Types are declared at run time, so the table grows as
@@ -279,6 +285,12 @@ char *job_metrics_text(void)
               "share one).\n# TYPE tenantd_worker_completion_sets_total counter\n"
               "tenantd_worker_completion_sets_total %llu\n",
               (unsigned long long)atomic_load_explicit(&completion_sets, memory_order_relaxed));
+    sb_printf(&t,
+              "# HELP tenantd_worker_claim_sets_total Statements that carried this process's "
+              "worker claims to the database (claims of one org and types arriving together "
+              "share one).\n# TYPE tenantd_worker_claim_sets_total counter\n"
+              "tenantd_worker_claim_sets_total %llu\n",
+              (unsigned long long)atomic_load_explicit(&claim_sets, memory_order_relaxed));
     add_counts(&t);
     return t.s;
 }

@@ -251,6 +251,61 @@ class WorkerApiTest(harness.DbTestCase):
         self.assertLess(sent_sets, len(reports),
                         f"{sent_sets} statements for {len(reports)} completions sent at once")
 
+    def test_claims_arriving_together_share_a_statement(self):
+        # Claims of one org and types that arrive while one is at the
+        # database go together as one statement; each still gets its own
+        # jobs (no job twice, none past its max), and a claim of another
+        # org or of other types never takes part in theirs.
+        jobs = [self.enqueue(f"job {i}") for i in range(24)]
+        other = signup(self.server)
+        theirs = [self.enqueue("theirs", other["access_token"]) for _ in range(2)]
+        their_key = create_key(self.server, other["access_token"], name="w", role="worker")["key"]
+        harness.secret(their_key)
+
+        def sets():
+            text = self.server.get("/metrics").body.decode()
+            return int(re.search(r"^tenantd_worker_claim_sets_total (\d+)$", text, re.M)[1])
+
+        claims = [(self.key, [self.type], 2) for _ in range(12)]
+        claims.insert(3, (their_key, [self.type], 5))
+        claims.insert(7, (self.key, ["text.nothing"], 5))  # nothing of that type: empty
+        before = sets()
+        conns = [self.server.conn() for _ in claims]
+        for c in conns:
+            c.connect()
+        for c, (key, types, n) in zip(conns, claims):  # all sent before any answer is read
+            c.request("POST", "/v1/worker/claim",
+                      json.dumps({"types": types, "max": n, "wait_s": 0}),
+                      {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        answers = []
+        for c in conns:
+            r = c.getresponse()
+            body = json.loads(r.read())
+            self.assertEqual(r.status, 200, body)
+            answers.append(body["data"])
+            c.close()
+        sent_sets = sets() - before
+
+        ours = [a for (key, types, _), a in zip(claims, answers)
+                if key == self.key and types == [self.type]]
+        self.assertEqual([len(a) for a in ours], [2] * 12)
+        got = [j["id"] for a in ours for j in a]
+        self.assertEqual(sorted(got), sorted(j["id"] for j in jobs))  # each job once
+        self.assertEqual(len({j["lease_id"] for a in ours for j in a}), 24)
+        self.assertEqual(sorted(j["id"] for j in answers[3]), sorted(j["id"] for j in theirs))
+        self.assertEqual(answers[7], [])
+        for a in answers:
+            for j in a:
+                status, done = self.call("POST", f"/v1/worker/jobs/{j['id']}/complete",
+                                         {"lease_id": j["lease_id"]},
+                                         their_key if j["org_id"] == other["org"]["id"]
+                                         else self.key)
+                self.assertEqual((status, done["status"]), (200, "succeeded"), done)
+        # 14 claims sent at once went in fewer statements (at most one set
+        # per key and loop in flight, and the rest together after it).
+        self.assertLess(sent_sets, len(claims) - 4,
+                        f"{sent_sets} statements for {len(claims)} claims sent at once")
+
     def test_bad_worker_requests(self):
         for body in ({}, {"types": []}, {"types": ["A B"]}, {"types": [self.type], "max": 0},
                      {"types": [self.type], "max": 101}, {"types": [self.type], "wait_s": 31},
