@@ -468,6 +468,47 @@ class WorkerApiTest(harness.DbTestCase):
         # Every org is served within the first batch of six, not after the flood.
         self.assertEqual(set(first), wanted, first)
 
+    def test_claim_fills_its_batch_past_rows_another_claim_holds(self):
+        # Each org's scan locks its own share (control 0022), skipping rows
+        # another transaction holds and taking the org's next ones. The
+        # claim before it read a share plus one spare unlocked and locked
+        # them after: with two of an org's first rows held it came back
+        # short (2 of 3) although the org had 3 more jobs queued.
+        kind = "text.held"
+        status, body = self.call("PUT", f"/v1/admin/job-types/{kind}", {"cost": 1}, OPERATOR)
+        self.assertEqual(status, 200, body)
+        ids = []
+        for prio in (9, 9, 5, 5, 5):
+            status, job = self.call("POST", "/v1/jobs", {"type": kind, "payload": {},
+                                                         "priority": prio})
+            self.assertEqual(status, 202, job)
+            ids.append(job["id"])
+        held = ids[:2]  # the first two in claim order
+        holder = subprocess.Popen([harness.PSQL, self.pg.url(self.dbname), "-qAt", "-v",
+                                   "ON_ERROR_STOP=1"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            in_list = ",".join(f"'{i}'" for i in held)
+            holder.stdin.write("BEGIN; SELECT count(*) FROM (SELECT id FROM public.jobs"
+                               f" WHERE id IN ({in_list}) FOR UPDATE) s;\n")
+            holder.stdin.flush()
+            self.assertEqual(holder.stdout.readline().strip(), "2")  # held now
+            got = self.claim(WORKER, max=3, types=[kind])
+            self.assertEqual(sorted(j["id"] for j in got), sorted(ids[2:]), got)
+            holder.stdin.write("COMMIT;\n")
+            holder.stdin.close()
+            self.assertEqual(holder.wait(timeout=30), 0)
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait()
+        rest = self.claim(WORKER, max=3, types=[kind])
+        self.assertEqual(sorted(j["id"] for j in rest), sorted(held), rest)
+        for j in got + rest:
+            status, done = self.call("POST", f"/v1/worker/jobs/{j['id']}/complete",
+                                     {"lease_id": j["lease_id"]}, WORKER)
+            self.assertEqual((status, done["status"]), (200, "succeeded"), done)
+
     def test_claim_skip_scan_steps_over_no_finished_jobs(self):
         # 200 orgs of 50 jobs, the first 30 orgs' jobs finished (updated, as
         # workers leave them): each claim's skip scan must find the orgs with
