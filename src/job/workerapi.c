@@ -13,7 +13,8 @@
  * timeout_s), a lapsed lease is reaped like an in-process worker's (the job
  * runs again, or fails and is refunded), and a stale lease id is 409.
  * Claims are fair between orgs exactly as in-process claims (the same skip
- * scan, from a rotating cursor kept per loop).
+ * scan, from a rotating cursor kept per loop); claims arriving together go
+ * to the database as one statement (claim sets, below).
  *
  * Long polling: a claim that finds nothing parks (a timer on the request's
  * loop) until wait_s pass. It claims again only when the LISTEN thread
