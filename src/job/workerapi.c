@@ -226,8 +226,9 @@ struct claim {
  * other's locked rows (test/bench/jobs.sh, 4 workers with 10 requests under
  * way each: 2,336 claim statements for 20,000 jobs, 1.5-2 ms each, where a
  * lone claim takes 0.8; as sets, ~950 of ~21 jobs and 15-20% more jobs/s).
- * A NOTIFY that wakes many parked workers costs one statement, not one per
- * worker. Claims of other orgs or types never wait behind these.
+ * A NOTIFY that wakes many parked workers of one org (or the operator's)
+ * costs one statement, not one per worker. Claims of other orgs or types
+ * never wait behind these.
  */
 #define CLAIM_SET_JOBS 100 /* the most jobs one statement claims (one claim's max) */
 
@@ -236,13 +237,27 @@ struct claim_set {
     int n, jobs;
     char *org, *types, *schema;      /* the key, owned */
     struct claim *wait, **wait_tail; /* came while this set was at the database */
-    struct claim_set *next;          /* this loop's sets at the database */
+    struct claim_set *next;          /* in its bucket of claim_sets */
     const char *values[5];
     char cursor[37], jobs_s[12], lease_s[24];
 };
 
-/* This loop's claim sets at the database (a handful: one per key in use). */
-static _Thread_local struct claim_set *claim_sets;
+/* This loop's claim sets at the database, one per key in use, by a hash of
+ * the key: when a NOTIFY wakes the parked claims of thousands of orgs'
+ * workers, each finds its key's set without walking all the others. */
+#define CLAIM_SET_BUCKETS 256
+static _Thread_local struct claim_set *claim_sets[CLAIM_SET_BUCKETS];
+
+static unsigned claim_key_hash(const char *org, const char *types)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *p = org ? org : ""; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    h = (h ^ '/') * 16777619u;
+    for (const char *p = types; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return h % CLAIM_SET_BUCKETS;
+}
 
 static void claim_submit(struct claim *list);
 
@@ -345,7 +360,7 @@ static void claim_set_free(struct claim_set *s)
 static void claim_set_done(struct db_result *r, void *ud)
 {
     struct claim_set *s = ud;
-    struct claim_set **p = &claim_sets;
+    struct claim_set **p = &claim_sets[claim_key_hash(s->org, s->types)];
     while (*p != s)
         p = &(*p)->next;
     *p = s->next;
@@ -389,7 +404,8 @@ static void claim_submit(struct claim *list)
 {
     struct claim *c = list;
     const char *schema = auth_ctx(c->req)->schema;
-    for (struct claim_set *s = claim_sets; s; s = s->next) {
+    struct claim_set **bucket = &claim_sets[claim_key_hash(c->org, c->types)];
+    for (struct claim_set *s = *bucket; s; s = s->next) {
         if ((s->org == NULL) != (c->org == NULL) || (s->org && strcmp(s->org, c->org)) ||
             strcmp(s->types, c->types))
             continue;
@@ -444,8 +460,8 @@ static void claim_submit(struct claim *list)
     s->values[2] = s->cursor;
     s->values[3] = s->jobs_s;
     s->values[4] = s->lease_s;
-    s->next = claim_sets;
-    claim_sets = s;
+    s->next = *bucket;
+    *bucket = s;
     job_metrics_claim_set();
     db_query(c->req->ctx->db, s->schema, &claim_stmt, 5, s->values, claim_set_done, s);
 }
