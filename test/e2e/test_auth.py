@@ -6,7 +6,6 @@ signup route."""
 import concurrent.futures
 import hashlib
 import json
-import os
 import secrets
 import string
 import time
@@ -596,20 +595,14 @@ class DefaultParamsTest(AuthCase):
         self.tokens("tim@timing.io")  # re-hashed to the default parameters
 
         pid = self.server.proc.pid
-        tick = os.sysconf("SC_CLK_TCK")
-
-        def server_cpu_ms():
-            # utime + stime of the whole process (the hashing threads included):
-            # CPU time, unlike wall time, hardly moves when the machine is busy.
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) * 1000 / tick
 
         def cpu_ms(email, pw, n=8):
-            before = server_cpu_ms()
+            # The server's CPU time (the hashing threads included): unlike
+            # wall time, it hardly moves when the machine is busy.
+            before = harness.process_cpu_ms(pid)
             for _ in range(n):
                 self.assertEqual(self.login(email, pw)[0], 401)
-            return (server_cpu_ms() - before) / n
+            return (harness.process_cpu_ms(pid) - before) / n
 
         # Give the background re-hash time to land first.
         self.settles(lambda: "m=19456" in self.sql(
