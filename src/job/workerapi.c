@@ -426,10 +426,13 @@ static void claim_submit(struct claim *list)
             s = NULL;
         }
     }
-    if (!s) {
-        for (struct claim *x = list; x; x = x->next) {
+    if (!s) { /* out of memory: 503, which tells a worker to claim again */
+        while (list) {
+            struct claim *x = list;
+            list = x->next;
             x->querying = false;
-            claim_answer(x, NULL, 0, 0);
+            claim_stop_timer(x);
+            db_respond_unavailable(x->req);
         }
         return;
     }
