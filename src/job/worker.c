@@ -298,7 +298,7 @@ static void completer_push(const struct claimed *c, char *result)
     pthread_mutex_unlock(&C.mu);
 }
 
-/* Whether row k of r (ids) names id. */
+/* Whether a row of r (a column of ids; NULL: none) names id. */
 static bool has_id(const PGresult *r, const char *id)
 {
     for (int k = 0, rows = r ? PQntuples(r) : 0; k < rows; k++)

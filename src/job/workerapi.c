@@ -235,7 +235,9 @@ struct claim {
 struct claim_set {
     struct claim *item[CLAIM_SET_JOBS]; /* each claim asks at least one job */
     int n, jobs;
-    char *org, *types, *schema;      /* the key, owned */
+    /* The key, item[0]'s: its request is answered only after the set has
+     * left its bucket, so these outlive every lookup and the statement. */
+    const char *org, *types, *schema;
     struct claim *wait, **wait_tail; /* came while this set was at the database */
     struct claim_set *next;          /* in its bucket of claim_sets */
     const char *values[5];
@@ -349,14 +351,6 @@ static void claim_settle(struct claim *c, const PGresult *r, int from, int got)
     }
 }
 
-static void claim_set_free(struct claim_set *s)
-{
-    free(s->org);
-    free(s->types);
-    free(s->schema);
-    free(s);
-}
-
 static void claim_set_done(struct db_result *r, void *ud)
 {
     struct claim_set *s = ud;
@@ -395,7 +389,7 @@ static void claim_set_done(struct db_result *r, void *ud)
         claim_settle(c, r->res, from, got);
         from += got;
     }
-    claim_set_free(s);
+    free(s);
 }
 
 /* Sends claims of one key (list: linked by next) as one statement, or adds
@@ -403,29 +397,19 @@ static void claim_set_done(struct db_result *r, void *ud)
 static void claim_submit(struct claim *list)
 {
     struct claim *c = list;
-    const char *schema = auth_ctx(c->req)->schema;
+    for (struct claim *x = list; x; x = x->next)
+        x->querying = true;
     struct claim_set **bucket = &claim_sets[claim_key_hash(c->org, c->types)];
     for (struct claim_set *s = *bucket; s; s = s->next) {
         if ((s->org == NULL) != (c->org == NULL) || (s->org && strcmp(s->org, c->org)) ||
             strcmp(s->types, c->types))
             continue;
-        for (struct claim *x = list; x; x = x->next)
-            x->querying = true;
         *s->wait_tail = list;
         while (*s->wait_tail)
             s->wait_tail = &(*s->wait_tail)->next;
         return;
     }
     struct claim_set *s = calloc(1, sizeof *s);
-    if (s) {
-        s->types = strdup(c->types);
-        s->org = c->org ? strdup(c->org) : NULL;
-        s->schema = schema ? strdup(schema) : NULL;
-        if (!s->types || (c->org && !s->org) || (schema && !s->schema)) {
-            claim_set_free(s);
-            s = NULL;
-        }
-    }
     if (!s) { /* out of memory: 503, which tells a worker to claim again */
         while (list) {
             struct claim *x = list;
@@ -441,7 +425,6 @@ static void claim_submit(struct claim *list)
         struct claim *x = list;
         list = x->next;
         x->next = NULL;
-        x->querying = true;
         from_start |= x->pass != 0;
         s->item[s->n++] = x;
         s->jobs += x->max;
@@ -449,10 +432,11 @@ static void claim_submit(struct claim *list)
     assert(s->n >= 1 && s->jobs <= CLAIM_SET_JOBS);
     s->wait = list; /* the rest: the next set */
     s->wait_tail = &s->wait;
-    while (*s->wait_tail) {
-        (*s->wait_tail)->querying = true;
+    while (*s->wait_tail)
         s->wait_tail = &(*s->wait_tail)->next;
-    }
+    s->org = c->org;
+    s->types = c->types;
+    s->schema = auth_ctx(c->req)->schema;
     snprintf(s->cursor, sizeof s->cursor, "%s", from_start ? NIL_UUID : loop_cursor);
     for (int i = 0; i < s->n; i++)
         memcpy(s->item[i]->cursor, s->cursor, sizeof s->cursor);

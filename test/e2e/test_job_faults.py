@@ -177,7 +177,6 @@ class WorkerCrashTest(LedgerAudit, harness.DbTestCase):
         self.assertIn("lost-lease", slow.log())  # its finish found the attempt gone
         self.assertEqual(self.ledger.rows(job["id"]), [("deduction", -1)])
 
-
     def test_a_set_whose_answer_was_lost_counts_its_jobs_completed(self):
         # The completer's statement commits but its connection fails before
         # the answer arrives; it tries the set again on a new connection,
